@@ -1,0 +1,29 @@
+"""Errors the library raises for a user's mistake or a bad input; the CLI prints them as one line."""
+
+
+class AlexNetError(Exception):
+    """Base class: a problem the user can fix, with a message saying how."""
+
+
+class DataNotFoundError(AlexNetError):
+    """A data set is not where it was looked for, and could not be downloaded."""
+
+
+class UnsafeCheckpointError(AlexNetError):
+    """A checkpoint would need arbitrary code to load; it was refused and nothing ran."""
+
+
+class CorruptCheckpointError(AlexNetError):
+    """A checkpoint or weights file is truncated, corrupted, or not one of ours."""
+
+
+class IncompatibleCheckpointError(AlexNetError):
+    """A checkpoint belongs to another variant, class count or class list."""
+
+
+class NonFiniteLossError(AlexNetError):
+    """Training produced a NaN or infinite loss."""
+
+
+class InvalidImageError(AlexNetError):
+    """A file could not be decoded as an image (or was refused, like a decompression bomb)."""

@@ -1,0 +1,93 @@
+"""The one AlexNet module, built from an `ArchSpec`.
+
+Children are ``features`` / ``avgpool`` / ``classifier`` in torchvision's order (conv, act, [LRN], [pool]), so
+torchvision's AlexNet state dict loads unchanged into ``alexnet_owt``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .init import initialize
+from .layers import LocalResponseNorm
+from .specs import POOLS, ArchSpec
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.ReLU(inplace=True) if name == "relu" else nn.Tanh()
+
+
+class AlexNet(nn.Module):
+    """AlexNet-family network: five conv stages and three fully-connected layers.
+
+    Args:
+        spec: the resolved architecture.
+        num_classes: outputs of the last layer.
+        in_channels: input image channels (3 RGB, 1 grayscale).
+    """
+
+    def __init__(self, spec: ArchSpec, num_classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        self.spec, self.num_classes, self.in_channels = spec, num_classes, in_channels
+        self.config: dict[str, Any] = {}  # how to rebuild this model; filled by create_model
+        k_pool, s_pool = POOLS[spec.pool]
+        layers: list[nn.Module] = []
+        convs: list[nn.Conv2d] = []
+        prev = in_channels
+        for conv, out in zip(spec.convs, spec.channels()):
+            groups = spec.groups if conv.tower else 1
+            batch_norm = spec.norm == "batch"
+            convs.append(nn.Conv2d(prev, out, conv.kernel, conv.stride, conv.pad, groups=groups))
+            layers.append(convs[-1])
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(_activation(spec.activation))
+            if conv.lrn and spec.norm == "lrn":
+                # Per tower where the conv stack is split (groups=2); across all channels with one tower.
+                layers.append(
+                    LocalResponseNorm(
+                        spec.lrn_size,
+                        spec.lrn_alpha,
+                        spec.lrn_beta,
+                        spec.lrn_k,
+                        spec.lrn_convention,
+                        spec.groups,
+                    )
+                )
+            if conv.pool:
+                layers.append(nn.MaxPool2d(k_pool, s_pool, spec.pool_pad))
+            prev = out
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(spec.adaptive_pool) if spec.adaptive_pool else nn.Identity()
+
+        c, h, w = spec.feature_shape()
+        widths = [c * h * w, *spec.hidden(), num_classes]
+        head: list[nn.Module] = []
+        linears: list[nn.Linear] = []
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            last = i == len(widths) - 2
+            linears.append(nn.Linear(fan_in, fan_out))
+            if not last and spec.dropout_position == "before":
+                head.append(nn.Dropout(spec.dropout))
+            head.append(linears[-1])
+            if not last:
+                head.append(_activation(spec.activation))
+                if spec.dropout_position == "after":
+                    head.append(nn.Dropout(spec.dropout))
+        self.classifier = nn.Sequential(*head)
+        initialize(convs, linears, spec.init)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) images -> (B, C·h·w) flattened conv features (9216 for the paper net)."""
+        return torch.flatten(self.avgpool(self.features(x)), 1)
+
+    def forward_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, 4096) last hidden layer (fc7 after its activation): the paper's Figure 4 codes."""
+        return self.classifier[:-1](self.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) images -> (B, num_classes) logits."""
+        return self.classifier(self.forward_features(x))

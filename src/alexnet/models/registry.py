@@ -1,0 +1,106 @@
+"""Public model API: create a variant by name, list variants, describe one (parameters, MACs, input size)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .alexnet import AlexNet
+from .specs import OVERRIDABLE, VARIANTS, ArchSpec, apply_overrides
+
+
+def list_models() -> list[str]:
+    """Names of every registered variant, sorted."""
+    return sorted(VARIANTS)
+
+
+def get_spec(name: str, **overrides: Any) -> ArchSpec:
+    """The resolved `ArchSpec` of ``name`` with ``overrides`` applied.
+
+    Raises:
+        ValueError: for an unknown name or a bad override, naming what is valid.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    return apply_overrides(name, VARIANTS[name], overrides)
+
+
+def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, **overrides: Any) -> nn.Module:
+    """Build a variant on the current default device (the caller moves it).
+
+    Args:
+        name: one of `list_models()`.
+        num_classes: size of the last layer.
+        in_channels: image channels.
+        **overrides: spec fields to change; see ``alexnet.models.specs.OVERRIDABLE``.
+
+    Returns:
+        An `AlexNet` whose ``.config`` records how to rebuild it.
+
+    Raises:
+        ValueError: for an unknown name, bad override or bad class/channel count.
+    """
+    for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
+    model = AlexNet(get_spec(name, **overrides), num_classes=num_classes, in_channels=in_channels)
+    model.config = {
+        "variant": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "overrides": dict(overrides),
+    }
+    return model
+
+
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from its ``.config`` dict (as saved with weights and checkpoints)."""
+    return create_model(
+        config["variant"],
+        num_classes=config["num_classes"],
+        in_channels=config["in_channels"],
+        **config.get("overrides", {}),
+    )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``alexnet models`` shows for one variant."""
+
+    name: str
+    params: int
+    macs: int
+    input_size: int
+    note: str
+
+
+def model_info(name: str, *, num_classes: int = 1000, in_channels: int = 3, **overrides: Any) -> ModelInfo:
+    """Parameters and multiply-accumulates of one forward pass of a single image at the default input size.
+
+    MACs come from ``torch.utils.flop_counter`` (convolutions and matmuls; FLOPs / 2) on the meta device, so no
+    memory is allocated and no arithmetic is done.
+    """
+    spec = get_spec(name, **overrides)
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, in_channels=in_channels, **overrides)
+        x = torch.empty(1, in_channels, spec.input_size, spec.input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(x)
+    params = sum(p.numel() for p in model.parameters())
+    return ModelInfo(name, params, counter.get_total_flops() // 2, spec.input_size, spec.note)
+
+
+__all__ = [
+    "OVERRIDABLE",
+    "ModelInfo",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "model_from_config",
+    "model_info",
+]

@@ -1,0 +1,244 @@
+"""The AlexNet family as data: one frozen `ArchSpec` per variant, and the rules for overriding its fields.
+
+Every architectural number here is sourced in ../README.md ("Variants") and in the paper spec: Krizhevsky,
+Sutskever, Hinton, "ImageNet Classification with Deep Convolutional Neural Networks", NIPS 2012, §3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolutional stage: conv → [BN] → activation → [LRN] → [max-pool].
+
+    Attributes:
+        out: output channels at width 1.0.
+        kernel: square kernel size (px).
+        stride: conv stride (px).
+        pad: zero padding (px, each side).
+        tower: True where the paper's two GPUs do not talk (conv2, conv4, conv5): the layer gets
+            ``groups=spec.groups``.
+        lrn: local response normalisation after the activation (paper: conv1 and conv2 only).
+        pool: max-pool after this stage (kernel and stride from ``spec.pool``).
+    """
+
+    out: int
+    kernel: int
+    stride: int = 1
+    pad: int = 0
+    tower: bool = False
+    lrn: bool = False
+    pool: bool = False
+
+
+# Pooling modes of the paper's §3.4 ablation: (kernel, stride). "overlapping" is z=3, s=2.
+POOLS = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
+NORMS = ("lrn", "batch", "none")
+ACTIVATIONS = ("relu", "tanh")
+LRN_CONVENTIONS = ("paper", "caffe")
+INITS = ("paper", "caffe", "xavier", "kaiming", "torch")
+DROPOUT_POSITIONS = ("after", "before")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A complete, resolved description of one network.
+
+    Attributes:
+        convs: the five conv stages at width 1.0.
+        fc: hidden fully-connected widths at width 1.0 (fc6, fc7).
+        input_size: default square input side (px) the variant is designed for.
+        width: channel multiplier applied to every conv and hidden fc layer.
+        groups: tower count for ``tower`` convs (2 = the paper's two GPUs, 1 = one tower).
+        norm: ``lrn`` (where a stage asks for it), ``batch`` (BatchNorm after every conv), or ``none``.
+        lrn_size: LRN window n (channels).
+        lrn_alpha: LRN α as the convention below defines it.
+        lrn_beta: LRN exponent β.
+        lrn_k: LRN additive constant k.
+        lrn_convention: ``paper`` sums α·Σa² (α not divided by n, as printed in §3.3); ``caffe`` uses α/n,
+            as Caffe, cuda-convnet and ``torch.nn.LocalResponseNorm`` do.
+        activation: ``relu`` or ``tanh`` (the paper's Figure 1 comparison).
+        pool: key of ``POOLS``.
+        pool_pad: max-pool padding (px); the small model pads so 28 and 32 px inputs both end at 4×4.
+        adaptive_pool: output side of an AdaptiveAvgPool2d before the classifier (torchvision: 6), or None.
+        dropout: dropout probability on the fc layers.
+        dropout_position: ``after`` the fc6/fc7 ReLU (paper, Caffe, d2l) or ``before`` fc6/fc7 (torchvision).
+        init: weight-initialisation scheme, see `alexnet.models.init`.
+        note: one line for tables.
+        source: where the architecture comes from.
+    """
+
+    convs: tuple[ConvSpec, ...]
+    fc: tuple[int, ...] = (4096, 4096)
+    input_size: int = 224
+    width: float = 1.0
+    groups: int = 1
+    norm: str = "lrn"
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    lrn_convention: str = "paper"
+    activation: str = "relu"
+    pool: str = "overlapping"
+    pool_pad: int = 0
+    adaptive_pool: int | None = None
+    dropout: float = 0.5
+    dropout_position: str = "after"
+    init: str = "torch"
+    note: str = field(default="", compare=False)
+    source: str = field(default="", compare=False)
+
+    def channels(self) -> list[int]:
+        """Conv output channels after the width multiplier, rounded to a multiple of 8 (and of the towers)."""
+        return [_scale(c.out, self.width, 8 * self.groups) for c in self.convs]
+
+    def hidden(self) -> list[int]:
+        """Hidden fc widths after the width multiplier."""
+        return [_scale(f, self.width, 8) for f in self.fc]
+
+    def feature_shape(self, size: int | None = None) -> tuple[int, int, int]:
+        """(C, H, W) of the conv trunk's output (after the adaptive pool, if any) for a square input.
+
+        Raises:
+            ValueError: if the input is too small for the trunk.
+        """
+        side = size or self.input_size
+        k_pool, s_pool = POOLS[self.pool]
+        for i, c in enumerate(self.convs):
+            side = (side + 2 * c.pad - c.kernel) // c.stride + 1
+            if c.pool:
+                side = (side + 2 * self.pool_pad - k_pool) // s_pool + 1
+            if side < 1:
+                raise ValueError(f"input {size or self.input_size}px is too small: conv{i + 1} has no output")
+        if self.adaptive_pool:
+            side = self.adaptive_pool
+        return self.channels()[-1], side, side
+
+
+def _scale(channels: int, width: float, multiple: int) -> int:
+    return max(multiple, int(round(channels * width / multiple)) * multiple)
+
+
+_C = ConvSpec
+VARIANTS: dict[str, ArchSpec] = {
+    # The 2012 network, §3.5 and Figure 2, with Caffe's strides and paddings (not stated in the paper).
+    # 227 px input: the paper's "224" only yields 55×55 conv1 maps with cuda-convnet's 3 px overhang.
+    "alexnet_paper": ArchSpec(
+        convs=(
+            _C(96, 11, 4, 0, lrn=True, pool=True),
+            _C(256, 5, 1, 2, tower=True, lrn=True, pool=True),
+            _C(384, 3, 1, 1),
+            _C(384, 3, 1, 1, tower=True),
+            _C(256, 3, 1, 1, tower=True, pool=True),
+        ),
+        input_size=227,
+        groups=2,
+        init="paper",
+        note="the 2012 paper: two towers (groups=2), per-tower LRN, overlapping pooling",
+        source="Krizhevsky et al. 2012 §3; strides/pads from Caffe bvlc_alexnet",
+    ),
+    # torchvision.models.alexnet: Krizhevsky 2014 "one weird trick" 1-GPU model, without LRN.
+    "alexnet_owt": ArchSpec(
+        convs=(
+            _C(64, 11, 4, 2, pool=True),
+            _C(192, 5, 1, 2, tower=True, pool=True),
+            _C(384, 3, 1, 1),
+            _C(256, 3, 1, 1, tower=True),
+            _C(256, 3, 1, 1, tower=True, pool=True),
+        ),
+        norm="none",
+        adaptive_pool=6,
+        dropout_position="before",
+        note="torchvision's AlexNet (one weird trick, 2014): 64-192-384-256-256, no LRN",
+        source="torchvision/models/alexnet.py; arXiv:1404.5997",
+    ),
+    # d2l.ai §8.1 (PyTorch): LazyConv2d(96, 11, 4, padding=1) ... flatten 6400 at 224 px.
+    "alexnet_d2l": ArchSpec(
+        convs=(
+            _C(96, 11, 4, 1, pool=True),
+            _C(256, 5, 1, 2, tower=True, pool=True),
+            _C(384, 3, 1, 1),
+            _C(384, 3, 1, 1, tower=True),
+            _C(256, 3, 1, 1, tower=True, pool=True),
+        ),
+        norm="none",
+        init="xavier",
+        note="Dive into Deep Learning §8.1: paper widths, no LRN, conv1 padding 1",
+        source="d2l.ai chapter_convolutional-modern/alexnet",
+    ),
+    # Designed for 28-32 px: 5×5 convs at stride 1 keep conv1-2 at full and half resolution, and
+    # padded 3/2 pooling takes both 28 (→14→7→4) and 32 (→16→8→4) px to a 4×4 map for the classifier.
+    "alexnet_small": ArchSpec(
+        convs=(
+            _C(48, 5, 1, 2, lrn=True, pool=True),
+            _C(128, 5, 1, 2, tower=True, lrn=True, pool=True),
+            _C(192, 3, 1, 1),
+            _C(192, 3, 1, 1, tower=True),
+            _C(128, 3, 1, 1, tower=True, pool=True),
+        ),
+        fc=(1024, 1024),
+        input_size=32,
+        pool_pad=1,
+        norm="batch",
+        init="kaiming",
+        note="AlexNet topology for 28-32 px (MNIST, Fashion-MNIST, CIFAR): 48-128-192-192-128, fc 1024",
+        source="this project",
+    ),
+}
+
+# Fields a user may override, with a validator each; other ArchSpec fields are the architecture itself.
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "norm": NORMS,
+    "activation": ACTIVATIONS,
+    "lrn_convention": LRN_CONVENTIONS,
+    "pool": tuple(POOLS),
+    "init": INITS,
+    "dropout_position": DROPOUT_POSITIONS,
+}
+_NUMBERS: dict[str, tuple[type, float, float]] = {  # field: (type, lowest, highest), inclusive
+    "width": (float, 1e-3, 64.0),
+    "groups": (int, 1, 64),
+    "lrn_size": (int, 1, 255),
+    "lrn_alpha": (float, 0.0, 1e3),
+    "lrn_beta": (float, 0.0, 10.0),
+    "lrn_k": (float, 0.0, 1e3),
+    "dropout": (float, 0.0, 0.999),
+    "input_size": (int, 8, 4096),
+}
+OVERRIDABLE = tuple(sorted([*_CHOICES, *_NUMBERS]))
+
+
+def apply_overrides(name: str, spec: ArchSpec, overrides: dict[str, Any]) -> ArchSpec:
+    """Return ``spec`` with ``overrides`` applied, after checking every key and value.
+
+    Raises:
+        ValueError: naming the bad key or value and what is valid.
+    """
+    for key, value in overrides.items():
+        if key in _CHOICES:
+            if value not in _CHOICES[key]:
+                raise ValueError(f"{key}={value!r} is not valid; choose one of {list(_CHOICES[key])}")
+        elif key in _NUMBERS:
+            kind, low, high = _NUMBERS[key]
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind is int:
+                ok = ok and float(value).is_integer()
+            if not ok or not low <= value <= high:
+                raise ValueError(f"{key}={value!r} is not valid; expected {kind.__name__} in [{low}, {high}]")
+        else:
+            raise ValueError(f"unknown override {key!r} for {name}; valid overrides: {list(OVERRIDABLE)}")
+    resolved = {k: int(v) if _NUMBERS.get(k, (None,))[0] is int else v for k, v in overrides.items()}
+    spec = dataclasses.replace(spec, **resolved)
+    _check(name, spec)
+    return spec
+
+
+def _check(name: str, spec: ArchSpec) -> None:
+    if spec.lrn_size % 2 == 0:
+        raise ValueError(f"lrn_size={spec.lrn_size} must be odd so the window is centred on the channel")
+    spec.feature_shape()  # raises for an input too small for the trunk

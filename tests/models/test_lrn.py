@@ -1,0 +1,72 @@
+"""LRN against the paper's formula written out, and the per-tower property."""
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.models import LocalResponseNorm
+
+
+def paper_lrn(a, n=5, k=2.0, alpha=1e-4, beta=0.75):
+    """§3.3 literally: b_i = a_i / (k + α Σ_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a_j²)^β, over all N channels."""
+    out = torch.empty_like(a)
+    big_n = a.shape[1]
+    for i in range(big_n):
+        lo, hi = max(0, i - n // 2), min(big_n - 1, i + n // 2)
+        s = sum(a[:, j] ** 2 for j in range(lo, hi + 1))
+        out[:, i] = a[:, i] / (k + alpha * s) ** beta
+    return out
+
+
+@pytest.mark.parametrize("n", [3, 5, 7])
+def test_lrn_equals_paper_formula(n):
+    torch.manual_seed(0)
+    # Post-ReLU activations large enough that α Σ a² matters against k: values up to ~30.
+    a = (torch.randn(2, 16, 3, 3, dtype=torch.float64) * 30).relu()
+    got = LocalResponseNorm(n, 1e-4, 0.75, 2.0, "paper")(a)
+    assert torch.allclose(got, paper_lrn(a, n=n), rtol=1e-12, atol=0)
+    assert not torch.allclose(got, a / 2.0**0.75)  # the sum term is not negligible
+
+
+def test_caffe_convention_divides_alpha_by_n():
+    torch.manual_seed(1)
+    a = (torch.randn(2, 16, 3, 3, dtype=torch.float64) * 30).relu()
+    ours = LocalResponseNorm(5, 1e-4, 0.75, 1.0, "caffe")(a)
+    assert torch.allclose(ours, paper_lrn(a, k=1.0, alpha=1e-4 / 5), rtol=1e-12)
+    assert torch.allclose(ours, torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(a), rtol=1e-12)
+
+
+def test_per_tower_windows_do_not_cross():
+    torch.manual_seed(2)
+    a = (torch.randn(1, 96, 4, 4, dtype=torch.float64) * 30).relu()
+    lrn = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", groups=2)
+    out = lrn(a)
+    # Each tower equals the formula applied to its own 48 channels.
+    assert torch.allclose(out[:, :48], paper_lrn(a[:, :48]), rtol=1e-12)
+    assert torch.allclose(out[:, 48:], paper_lrn(a[:, 48:]), rtol=1e-12)
+    # Perturbing tower 2 (including the channel next to the boundary) leaves tower 1 unchanged.
+    b = a.clone()
+    b[:, 48:] += 100.0
+    out_b = lrn(b)
+    assert torch.equal(out_b[:, :48], out[:, :48])
+    assert not torch.equal(out_b[:, 48:], out[:, 48:])
+    # One tower across all channels does see the neighbour.
+    across = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", groups=1)
+    assert not torch.equal(across(b)[:, 47], across(a)[:, 47])
+
+
+def test_paper_model_uses_per_tower_lrn():
+    lrns = [m for m in alexnet.create_model("alexnet_paper").modules() if isinstance(m, LocalResponseNorm)]
+    assert [(m.groups, m.size, m.alpha, m.beta, m.k, m.convention) for m in lrns] == [
+        (2, 5, 1e-4, 0.75, 2.0, "paper")
+    ] * 2
+    one = [m for m in alexnet.create_model("alexnet_paper", groups=1).modules() if isinstance(m, LocalResponseNorm)]
+    assert [m.groups for m in one] == [1, 1]
+
+
+def test_lrn_channels_last_and_bf16():
+    a = (torch.randn(2, 32, 5, 5) * 10).relu()
+    lrn = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    ref = lrn(a)
+    assert torch.allclose(lrn(a.to(memory_format=torch.channels_last)), ref)
+    assert torch.allclose(lrn(a.bfloat16()).float(), ref, rtol=2e-2, atol=1e-2)

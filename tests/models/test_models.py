@@ -1,0 +1,216 @@
+"""Every registered variant: forward, backward, parameter counts, init statistics, overrides."""
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+import alexnet
+from alexnet.models import OVERRIDABLE, get_spec
+from alexnet.models.init import BIAS_ONE_CONVS
+
+MODELS = alexnet.list_models()
+# Counts at 1000 classes, 3 channels, from the paper spec (Caffe bvlc_alexnet, torchvision meta).
+PARAMS = {"alexnet_paper": 60_965_224, "alexnet_owt": 61_100_840}
+
+
+def _convs_linears(model):
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return convs, linears
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward(name):
+    size = get_spec(name).input_size
+    model = alexnet.create_model(name, num_classes=7)
+    x = torch.randn(2, 3, size, size, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_grayscale_input(name):
+    size = get_spec(name).input_size
+    model = alexnet.create_model(name, num_classes=10, in_channels=1).eval()
+    assert model(torch.randn(1, 1, size, size)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_info_counts_parameters_and_macs(name):
+    info = alexnet.model_info(name)
+    model = alexnet.create_model(name)
+    assert info.params == sum(p.numel() for p in model.parameters())
+    if name in PARAMS:
+        assert info.params == PARAMS[name]
+    # MACs are at least the conv1 MACs and at most params × output positions; a loose but failing-capable check.
+    assert info.params // 2 < info.macs < 5e9
+
+
+def test_param_counts_named_by_the_issue():
+    assert alexnet.model_info("alexnet_paper", groups=1).params == 62_378_344
+    d2l = alexnet.create_model("alexnet_d2l", num_classes=10, in_channels=1)
+    assert d2l.classifier[0].in_features == 6400  # d2l's LazyLinear sees 256×5×5 at 224 px
+
+
+def test_paper_layer_shapes():
+    model = alexnet.create_model("alexnet_paper").eval()
+    shapes = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: shapes.append(tuple(o.shape[1:])))
+        for m in model.features
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 227, 227))
+    for h in hooks:
+        h.remove()
+    assert shapes == [(96, 55, 55), (256, 27, 27), (384, 13, 13), (384, 13, 13), (256, 13, 13)]
+    assert feats.shape == (1, 9216)
+    assert [m.groups for m in model.features if isinstance(m, torch.nn.Conv2d)] == [1, 2, 1, 2, 2]
+
+
+def test_owt_matches_torchvision():
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet().eval()
+    ours = alexnet.create_model("alexnet_owt").eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+    assert list(ours.state_dict()) == list(reference.state_dict())
+
+
+def _std_of(m):
+    return m.weight.detach().double().std().item()
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("init", ["paper", "caffe", "xavier", "kaiming", "torch"])
+def test_init_statistics(name, init):
+    torch.manual_seed(0)
+    model = alexnet.create_model(name, init=init)
+    convs, linears = _convs_linears(model)
+    for i, m in enumerate(convs + linears):
+        is_conv = i < len(convs)
+        j = i if is_conv else i - len(convs)
+        hidden = not is_conv and j < len(linears) - 1
+        bias_layer = (j in BIAS_ONE_CONVS) if is_conv else hidden
+        w = m.weight.detach().double()
+        fan_in = w[0].numel()
+        fan_out = w.shape[0] * w[0, 0].numel()
+        assert abs(w.mean().item()) < 0.2 * w.std().item() + 1e-4
+        if init in ("paper", "caffe"):
+            std = 0.005 if init == "caffe" and hidden else 0.01
+            assert _std_of(m) == pytest.approx(std, rel=0.1)
+            one = 1.0 if init == "paper" else 0.1
+            assert torch.all(m.bias == (one if bias_layer else 0.0))
+        elif init == "xavier":
+            assert _std_of(m) == pytest.approx(math.sqrt(2.0 / (fan_in + fan_out)), rel=0.1)
+        elif init == "kaiming":
+            assert _std_of(m) == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.1)
+            assert torch.all(m.bias == 0)
+        else:  # PyTorch default: kaiming_uniform(a=√5) gives std 1/√(3·fan_in)
+            assert _std_of(m) == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.1)
+
+
+GOOD_OVERRIDES = [
+    {"width": 0.5},
+    {"norm": "batch"},
+    {"norm": "none"},
+    {"norm": "lrn", "lrn_convention": "caffe", "lrn_k": 1.0},
+    {"lrn_size": 3, "lrn_alpha": 1e-3, "lrn_beta": 0.5},
+    {"activation": "tanh"},
+    {"pool": "non_overlapping"},
+    {"dropout": 0.0},
+    {"groups": 1},
+    {"groups": 2},
+    {"dropout_position": "before"},
+]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("overrides", GOOD_OVERRIDES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_good_overrides_build_and_run(name, overrides):
+    spec = get_spec(name, **overrides)
+    model = alexnet.create_model(name, num_classes=3, **overrides).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, spec.input_size, spec.input_size)).shape == (1, 3)
+    for key, value in overrides.items():
+        assert getattr(model.spec, key) == value
+    assert model.config["overrides"] == overrides
+
+
+def test_override_effects():
+    paper = alexnet.create_model("alexnet_paper", groups=1)
+    assert all(m.groups == 1 for m in paper.modules() if isinstance(m, torch.nn.Conv2d))
+    narrow = alexnet.create_model("alexnet_paper", width=0.5)
+    assert [m.out_channels for m in narrow.features if isinstance(m, torch.nn.Conv2d)] == [
+        48,
+        128,
+        192,
+        192,
+        128,
+    ]
+    tanh = alexnet.create_model("alexnet_owt", activation="tanh")
+    assert any(isinstance(m, torch.nn.Tanh) for m in tanh.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in tanh.modules())
+    bn = alexnet.create_model("alexnet_paper", norm="batch")
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 5
+    pools = alexnet.create_model("alexnet_paper", pool="non_overlapping")
+    assert {m.kernel_size for m in pools.modules() if isinstance(m, torch.nn.MaxPool2d)} == {2}
+
+
+BAD_OVERRIDES = [
+    ({"nrom": "batch"}, "unknown override 'nrom'"),
+    ({"norm": "group"}, "choose one of"),
+    ({"activation": "gelu"}, "choose one of"),
+    ({"lrn_convention": "tf"}, "choose one of"),
+    ({"pool": "avg"}, "choose one of"),
+    ({"init": "orthogonal"}, "choose one of"),
+    ({"width": 0}, "width=0"),
+    ({"width": "wide"}, "width='wide'"),
+    ({"dropout": 1.0}, "dropout=1.0"),
+    ({"groups": 1.5}, "groups=1.5"),
+    ({"groups": True}, "groups=True"),
+    ({"lrn_size": 4}, "must be odd"),
+    ({"input_size": 16}, "too small"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_OVERRIDES, ids=lambda o: str(o))
+def test_bad_overrides_raise(overrides, message):
+    with pytest.raises(ValueError, match="valid|odd|small") as err:
+        alexnet.create_model("alexnet_paper", **overrides)
+    assert message in str(err.value)
+
+
+def test_every_overridable_field_is_tested():
+    tested = {k for o in GOOD_OVERRIDES + [b for b, _ in BAD_OVERRIDES] for k in o}
+    assert set(OVERRIDABLE) <= tested
+
+
+def test_unknown_model_and_bad_counts():
+    with pytest.raises(ValueError, match="available: .*alexnet_paper"):
+        alexnet.create_model("alexnet_2013")
+    with pytest.raises(ValueError, match="num_classes"):
+        alexnet.create_model("alexnet_owt", num_classes=0)
+    with pytest.raises(ValueError, match="in_channels"):
+        alexnet.create_model("alexnet_owt", in_channels=2.0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_from_config_round_trip(name):
+    model = alexnet.create_model(name, num_classes=5, width=0.5)
+    again = alexnet.model_from_config(model.config)
+    assert again.config == model.config
+    assert [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_small_model_sizes():
+    model = alexnet.create_model("alexnet_small", num_classes=10, in_channels=1).eval()
+    for side in (28, 32):
+        assert model.features(torch.randn(1, 1, side, side)).shape[-2:] == (4, 4)
