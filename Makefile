@@ -19,7 +19,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/alexnet models
+	$(VENV)/bin/alexnet demo --out runs/demo
 
 bench: $(STAMP)
 	$(VENV)/bin/alexnet bench

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from alexnet.cli import main
 
 
@@ -24,3 +26,44 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "alexnet.cli", "models"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "alexnet_small" in result.stdout
+
+
+def _train_args(out, *extra):
+    return ["train", "--recipe", "fashion-mnist", "--dataset", "fake", "--out", str(out), "--epochs", "1",
+            "--precision", "fp32", "--no-progress", "--set", "model.overrides.width=0.25",
+            "--set", "model.overrides.input_size=32", "-b", "64", *extra]  # fmt: skip
+
+
+def test_train_then_eval(tmp_path, capsys):
+    assert main(_train_args(tmp_path / "run", "--limit-train-batches", "8")) == 0
+    assert "best val acc1" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.safetensors"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"loss", "acc1", "acc5", "err1", "err5", "per_class_acc", "images"}
+    assert result["images"] == 256 and abs(result["acc1"] + result["err1"] - 100) < 1e-6
+    assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--ten-crop"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Acc@1") and "class_3" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent", "--set", "data.download=false"], "not found"),
+        (["train", "--dataset", "folder", "--data-dir", "/nonexistent"], "needs train/ and val/"),
+        (["train", "--set", "optim.lr=fast"], "wrong type"),
+        (["train", "--model", "alexnet_2013", "--dataset", "fake"], "unknown model"),
+        (["eval", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line_and_nonzero(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("alexnet ")
+
+
+def test_list_recipes(capsys):
+    assert main(["train", "--list-recipes"]) == 0
+    assert "paper-imagenet" in capsys.readouterr().out

@@ -30,9 +30,123 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="fashion-mnist", help="a recipe name (see --list-recipes) or a .toml/.json file")
+    p.add_argument("--list-recipes", action="store_true", help="print the built-in recipes and exit")
+    p.add_argument("--model", dest="model__name", help="model variant (alexnet models)")
+    p.add_argument(
+        "--dataset", dest="data__dataset", help="fashion-mnist, mnist, cifar10, cifar100, imagenet, folder, fake"
+    )
+    p.add_argument("--data-dir", dest="data__data_dir", help="data root (default $ALEXNET_DATA, else ./data)")
+    p.add_argument("--out", dest="train__out", help="run directory (default runs/<time>-<model>-<dataset>)")
+    p.add_argument("--epochs", dest="train__epochs", type=int)
+    p.add_argument("-b", "--batch-size", dest="data__batch_size", type=int)
+    p.add_argument("--lr", dest="optim__lr", type=float)
+    p.add_argument("-j", "--workers", dest="data__workers", type=int, help="image-decoding processes (folders)")
+    p.add_argument("--device", dest="train__device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--precision", dest="train__precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", dest="train__seed", type=int)
+    p.add_argument("--resume", dest="train__resume", help="checkpoint path, or 'auto' for OUT/last.pt")
+    p.add_argument("--limit-train-batches", dest="train__limit_train_batches", type=int)
+    p.add_argument("--limit-val-batches", dest="train__limit_val_batches", type=int)
+    p.add_argument("--ten-crop", dest="data__ten_crop", action="store_const", const=True, help="10-crop validation")
+    p.add_argument("--compile", dest="train__compile", action="store_const", const=True, help="torch.compile")
+    p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override any config field, e.g. --set optim.weight_decay=1e-4 --set model.overrides.width=0.5",
+    )  # fmt: skip
+
+
+def _fields(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if "__" in k and v is not None}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import list_recipes, load_config
+    from .fit import fit
+
+    if args.list_recipes:
+        print("\n".join(list_recipes()))
+        return 0
+    result = fit(load_config(args.recipe, args.overrides, **_fields(args)))
+    final = result.final
+    if final:
+        print(
+            f"done: {result.out}  best val acc1 {result.best_acc1:.2f}%  last val acc1 {final['acc1']:.2f}% "
+            f"acc5 {final['acc5']:.2f}%  loss {final['loss']:.4f}"
+        )
+    return 0
+
+
+def _eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or .safetensors weights")
+    p.add_argument("--dataset", help="default: the one the model was trained on")
+    p.add_argument("--data-dir")
+    p.add_argument("--ten-crop", action="store_true", help="average softmax over 4 corners + centre and mirrors")
+    p.add_argument("-b", "--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--limit-val-batches", type=int)
+    p.add_argument("--out-dir", help="where to write confusion.png (default: beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, ten_crop=args.ten_crop, device=args.device,
+        precision=args.precision, batch_size=args.batch_size, limit_batches=args.limit_val_batches,
+        progress=not args.json,
+    )  # fmt: skip
+    out_dir = Path(args.out_dir or Path(args.checkpoint).parent)
+    confusion_png = None
+    try:
+        from .report import plot_confusion
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        confusion_png = str(plot_confusion(result["confusion"], result["classes"], out_dir / "confusion.png"))
+    except ImportError:  # matplotlib is the optional [report] extra
+        pass
+    per_class = dict(zip(result["classes"], (round(a, 3) for a in result["per_class_acc"])))
+    summary = {k: round(result[k], 4) for k in ("loss", "acc1", "acc5", "err1", "err5")}
+    summary.update(images=result["images"], ten_crop=args.ten_crop, confusion_png=confusion_png)
+    if args.json:
+        print(json.dumps({**summary, "per_class_acc": per_class}))
+        return 0
+    print(f"Acc@1 {summary['acc1']:.2f}  Acc@5 {summary['acc5']:.2f}  (error {summary['err1']:.2f} / "
+          f"{summary['err5']:.2f})  loss {summary['loss']:.4f}  on {summary['images']} images")  # fmt: skip
+    for name, acc in per_class.items():
+        print(f"  {name:<24} {acc:6.2f}%")
+    if confusion_png:
+        print(f"confusion matrix: {confusion_png}")
+    return 0
+
+
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--recipe", default="fashion-mnist")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    path = demo(args.out, args.recipe, args.overrides)
+    print(path.read_text().split("## Figures")[0].rstrip())
+    print(f"\nreport: {path}")
+    return 0
+
+
 # name: (help, add arguments, run)
 COMMANDS = {
     "models": ("list the model variants with parameters and MACs", _models, run_models),
+    "train": ("train a model from a recipe", _train, run_train),
+    "eval": ("evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix", _eval, run_eval),
+    "demo": ("get Fashion-MNIST, train the default recipe, evaluate, write a report", _demo, run_demo),
 }
 
 

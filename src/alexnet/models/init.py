@@ -21,8 +21,8 @@ def initialize(convs: list[nn.Conv2d], linears: list[nn.Linear], scheme: str) ->
         convs: the conv layers in order (conv1…conv5).
         linears: the fc layers in order; all but the last are hidden.
         scheme: ``paper``, ``caffe``, ``xavier`` (d2l's ``init_cnn``: Xavier-uniform weights, biases left at
-            PyTorch's default), ``kaiming`` (He-normal, fan-in, zero biases) or ``torch`` (leave PyTorch's
-            defaults, as torchvision does).
+            PyTorch's default), ``kaiming`` (He-normal, fan-in, zero biases; N(0, 0.01²) for the classifier)
+            or ``torch`` (leave PyTorch's defaults, as torchvision does).
     """
     if scheme == "torch":
         return
@@ -39,7 +39,10 @@ def initialize(convs: list[nn.Conv2d], linears: list[nn.Linear], scheme: str) ->
         elif scheme == "xavier":
             nn.init.xavier_uniform_(m.weight)
         elif scheme == "kaiming":
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if is_conv or j in hidden:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            else:  # the classifier: small logits, so the first loss is ln(classes) (as torchvision's VGG)
+                nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
         else:
             raise ValueError(f"unknown init {scheme!r}")

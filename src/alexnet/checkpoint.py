@@ -1,0 +1,151 @@
+"""Checkpoints and release weights, written atomically and read without running code.
+
+Training checkpoints are ``torch.save`` dicts of tensors and plain Python values, loaded only with
+``weights_only=True``; a file whose pickle asks for anything else is refused (`UnsafeCheckpointError`), never
+retried unsafely. Release weights are safetensors with the model's config, classes and preprocessing as JSON
+metadata. Every write goes to a temporary file in the same directory, is fsynced, then renamed over the target,
+so a crash leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
+
+log = logging.getLogger(__name__)
+META_KEY = "alexnet"
+
+
+def atomic_write(path: Path | str, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every platform)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def remove_stale_temporaries(directory: Path | str) -> None:
+    """Delete ``.*.tmp`` files a killed writer left behind."""
+    for stale in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:
+    """Atomically ``torch.save`` ``state`` (tensors, numbers, strings, lists, dicts only)."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Load a training checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the pickle references code or classes outside the allow-list; nothing ran.
+        CorruptCheckpointError: truncated or not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only's refusal: the file wants globals (code) we did not allow. Never retry unsafely.
+        raise UnsafeCheckpointError(
+            f"{path} was refused: loading it would execute or import code ({str(err).splitlines()[0]}); "
+            "only load checkpoints you created, and ship weights as safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CorruptCheckpointError(f"{path} is not an alexnet checkpoint (no model state and config)")
+    return state
+
+
+def file_digest(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without torch.compile's ``_orig_mod.`` or DDP's ``module.`` prefixes, contiguous, on the CPU."""
+    out = {}
+    for key, value in model.state_dict().items():
+        for prefix in ("_orig_mod.", "module."):
+            key = key.replace(prefix, "")
+        out[key] = value.detach().cpu().contiguous()
+    return out
+
+
+def save_weights(model: nn.Module, path: Path | str, meta: dict[str, Any]) -> None:
+    """Atomically write release weights: safetensors tensors plus ``meta`` (JSON) under the ``alexnet`` key."""
+    data = st_save(_plain_state(model), metadata={META_KEY: json.dumps(meta)})
+    atomic_write(path, lambda f: f.write(data))
+
+
+def load_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a safetensors weights file.
+
+    Raises:
+        CorruptCheckpointError: truncated, corrupted, or missing our metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        meta = json.loads(header.get("__metadata__", {})[META_KEY])
+    except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as err:
+        raise CorruptCheckpointError(f"{path} is not a valid alexnet safetensors file ({err})") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CorruptCheckpointError(f"{path} has no alexnet model metadata")
+    return tensors, meta
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``state``, turning shape or key mismatches into one clear error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = wrong[:3] or missing[:3] or unexpected[:3]
+        raise IncompatibleCheckpointError(f"{source} does not fit this model (mismatched: {detail})")
+    model.load_state_dict(state)

@@ -1,0 +1,183 @@
+"""Typed run configuration: defaults here, recipes in TOML files, overrides from the command line.
+
+A recipe holds only what differs from these defaults; `load_config` resolves it into one `Config`, which is
+saved with every run and every checkpoint as a plain dict (no pickled objects).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from .errors import AlexNetError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "alexnet_small"
+    overrides: dict[str, Any] = field(default_factory=dict)  # spec fields, see alexnet.models.specs
+    channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None  # else $ALEXNET_DATA, else ./data
+    download: bool = True  # let torchvision download where it can
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    workers: int = 2  # decoding processes for image folders
+    resize: int | None = None  # folders: shorter side → resize, then central resize×resize (paper: 256)
+    crop: int | None = None  # train crop side before the model's resize; None = model input (or stored size)
+    pad: int = 0  # zero padding before random crops (px; small images)
+    flip: bool = True  # random horizontal flips
+    pca_std: float = 0.0  # σ of the paper's PCA colour noise (paper: 0.1)
+    normalize: str = "meanstd"  # meanstd: (x - mean) / std; mean: x - mean (the paper)
+    mean_image: bool = False  # subtract the per-pixel mean image (the paper) instead of per-channel means
+    pixel_scale: float = 1.0  # pixel range after scaling: 1 → [0, 1]; 255 → the paper's raw pixel values
+    mean: list[float] | None = None  # None: computed from the training set (ImageNet: torchvision's constants)
+    std: list[float] | None = None
+    pca_eigval: list[float] | None = None  # None: fb.resnet ImageNet constants (RGB, [0, 1] scale)
+    pca_eigvec: list[list[float]] | None = None
+    ten_crop: bool = False  # evaluate on 4 corners + centre and their mirrors, softmax averaged
+    max_bad_fraction: float = 0.01  # stop when more than this fraction of image files fail to decode
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd (the paper's update rule), adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bias_decay: bool = True  # paper: unspecified (decay everything); Caffe and cuda-convnet2 exempt biases
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "plateau"  # plateau, step, cosine, onecycle, constant
+    plateau_patience: int = 1  # epochs without val improvement before ÷10
+    max_drops: int = 3  # the paper reduced the rate three times
+    step_size: int = 30  # epochs, schedule=step
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    precision: str = "auto"  # auto (bf16 where fast), fp32, bf16, fp16
+    compile: bool = False
+    out: str | None = None  # run directory; default runs/<time>-<model>-<dataset>
+    resume: str | None = None  # a checkpoint path, or "auto" (the run directory's last.pt)
+    limit_train_batches: int | None = None
+    limit_val_batches: int | None = None
+    progress: bool = True
+    checkpoint_every: int | None = None  # also save last.pt every N steps within an epoch
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    recipe: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.name[:-5] for p in resources.files("alexnet.recipes").iterdir() if p.name.endswith(".toml"))
+
+
+def _read_recipe(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".toml", ".json") and path.is_file():
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    builtin = resources.files("alexnet.recipes") / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        raise AlexNetError(f"unknown recipe {name_or_path!r}: not a file, and not one of {list_recipes()}")
+    return tomllib.loads(builtin.read_text())
+
+
+def _parse_value(text: str) -> Any:
+    """TOML literal if it parses (1e-3, true, [1, 2], "s"), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _coerce(where: str, value: Any, hint: Any) -> Any:
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        base = get_origin(option) or option
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (bool, str, list, dict) and isinstance(value, base):
+            return value
+    raise AlexNetError(f"{where}={value!r} has the wrong type; expected {hint}")
+
+
+def _merge(config: Config, tree: dict[str, Any], origin: str) -> None:
+    for section, values in tree.items():
+        if section == "recipe":
+            continue
+        target = getattr(config, section, None)
+        if not dataclasses.is_dataclass(target) or not isinstance(values, dict):
+            raise AlexNetError(f"{origin}: unknown section {section!r}; sections are model, data, optim, train")
+        hints = get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in hints:
+                raise AlexNetError(f"{origin}: unknown key {section}.{key}; valid keys: {sorted(hints)}")
+            setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | None = None, **fields: Any) -> Config:
+    """Resolve a recipe, then ``section.key=value`` overrides, then keyword ``section__key=value`` fields.
+
+    Raises:
+        AlexNetError: for an unknown recipe, section, key or a value of the wrong type.
+    """
+    config = Config(recipe=recipe or "")
+    if recipe:
+        _merge(config, _read_recipe(recipe), f"recipe {recipe}")
+    tree: dict[str, dict[str, Any]] = {}
+    for item in overrides or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise AlexNetError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.01")
+        dotted, text = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        if section == "model" and key.startswith("overrides."):
+            tree.setdefault("model", {}).setdefault("overrides", dict(config.model.overrides))
+            tree["model"]["overrides"][key.split(".", 1)[1]] = _parse_value(text)
+            continue
+        tree.setdefault(section, {})[key] = _parse_value(text)
+    for name, value in fields.items():
+        if value is not None:
+            section, key = name.split("__", 1)
+            tree.setdefault(section, {})[key] = value
+    _merge(config, tree, "override")
+    return config
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a `Config` saved by `Config.to_dict`."""
+    config = Config(recipe=tree.get("recipe", ""))
+    _merge(config, tree, "saved config")
+    return config

@@ -1,0 +1,117 @@
+"""The paper's augmentation on whole uint8 batches, on whatever device they are on (§4.1).
+
+Every random draw comes from a ``torch.Generator`` the caller seeds from (seed, epoch, step), so a batch's
+augmentation does not depend on how many workers decoded it or whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# fb.resnet.torch's ImageNet PCA, RGB on the [0, 1] pixel scale: eigenvalues and eigenvectors (columns).
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """A CPU generator for one training step, independent of every other step's."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+
+
+@dataclass
+class BatchTransform:
+    """uint8 (B, C, S, S) stored images → normalised float (B, C, input, input) model inputs.
+
+    Attributes:
+        input_size: side the model takes (px).
+        crop: side of the random (train) or central (eval) crop, before resizing to ``input_size``.
+        pad: zero padding before the random crop (px), for small images.
+        flip: random horizontal flips in training.
+        pca_std: σ of the PCA colour noise α ~ N(0, σ²) (paper: 0.1); 0 disables it.
+        mean: (C, 1, 1) channel means or (C, S, S) mean image, on the [0, 1] scale.
+        std: (C, 1, 1) channel standard deviations on the [0, 1] scale, or None (subtract the mean only).
+        eigval: (3,) RGB covariance eigenvalues on the [0, 1] scale.
+        eigvec: (3, 3) eigenvectors as columns.
+        pixel_scale: multiply [0, 1] pixels by this (255 gives the paper's raw pixel values).
+    """
+
+    input_size: int
+    crop: int
+    mean: torch.Tensor
+    std: torch.Tensor | None = None
+    pad: int = 0
+    flip: bool = True
+    pca_std: float = 0.0
+    eigval: torch.Tensor | None = None
+    eigvec: torch.Tensor | None = None
+    pixel_scale: float = 1.0
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        # Mean subtraction on the stored image, before cropping: Caffe's per-pixel mean at the crop's offset.
+        return x.float().div_(255.0).sub_(self.mean.to(x.device))
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.std is not None:
+            x = x / self.std.to(x.device)
+        if x.shape[-1] != self.input_size:
+            antialias = x.shape[-1] > self.input_size
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=antialias)
+        x = x * self.pixel_scale if self.pixel_scale != 1.0 else x
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def train(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random crop (after optional padding), random flip, PCA colour noise, normalisation."""
+        b, _c, h, w = x.shape
+        x = self._to_float(x)
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4)
+            h, w = h + 2 * self.pad, w + 2 * self.pad
+        # One crop offset per image, drawn uniformly from every valid position (257 - 227 = 30 for the paper).
+        oy = torch.randint(0, h - self.crop + 1, (b,), generator=generator).to(x.device)
+        ox = torch.randint(0, w - self.crop + 1, (b,), generator=generator).to(x.device)
+        flips = (torch.rand(b, generator=generator) < 0.5).to(x.device) if self.flip else None
+        span = torch.arange(self.crop, device=x.device)
+        rows = (oy[:, None] + span)[:, :, None]  # (B, crop, 1)
+        cols = ox[:, None] + span  # (B, crop)
+        if flips is not None:
+            cols = torch.where(flips[:, None], cols.flip(1), cols)
+        # Gather the crops from (B, H, W, C): (B, crop, crop, C), then view as (B, C, crop, crop) channels-last.
+        x = x.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols[:, None, :]]
+        x = x.permute(0, 3, 1, 2)
+        if self.pca_std > 0 and x.shape[1] == 3 and self.eigval is not None and self.eigvec is not None:
+            alpha = torch.randn(b, 3, generator=generator) * self.pca_std  # α_i ~ N(0, σ²), per image
+            # [p1 p2 p3][α1λ1 α2λ2 α3λ3]ᵀ: one RGB offset per image, added to every pixel.
+            rgb = (alpha * self.eigval) @ self.eigvec.T  # (B, 3)
+            x = x + rgb.to(x.device)[:, :, None, None]
+        return self._finish(x)
+
+    def eval(self, x: torch.Tensor) -> torch.Tensor:
+        """The central crop, normalised."""
+        x = self._to_float(x)
+        top = (x.shape[-2] - self.crop) // 2
+        left = (x.shape[-1] - self.crop) // 2
+        return self._finish(x[..., top : top + self.crop, left : left + self.crop])
+
+    def ten_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """(10·B, C, input, input): four corners and the centre of the (padded) image, then their mirrors.
+
+        Crop-major order: rows [k·B, (k+1)·B) are crop k of every image, so averaging over crops is
+        ``probs.view(10, B, -1).mean(0)``.
+        """
+        x = self._to_float(x)
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4)
+        h, w, c = x.shape[-2], x.shape[-1], self.crop
+        corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
+        crops = [x[..., t : t + c, left : left + c] for t, left in corners]
+        crops += [crop.flip(-1) for crop in crops]
+        return self._finish(torch.cat(crops))

@@ -1,0 +1,143 @@
+"""Image-folder data sets (ImageNet, a folder of JPEGs): scanning, per-sample decoding in workers, loading.
+
+Workers only decode and resize (no randomness), so any number of workers yields the same batches; the random
+crops, flips and colour noise run afterwards on whole batches (`alexnet.data.batch`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import AlexNetError, DataNotFoundError, InvalidImageError
+from .decode import decode_image, is_image_file
+
+log = logging.getLogger(__name__)
+
+
+def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(path, label) samples of a class-folder tree, and the class list.
+
+    Args:
+        split_dir: a directory with one subdirectory per class.
+        classes: the training split's classes; a validation split must use them so labels keep their meaning.
+
+    Raises:
+        DataNotFoundError: missing directory, no class folders, an empty class, or a class training lacks.
+    """
+    if not split_dir.is_dir():
+        raise DataNotFoundError(f"{split_dir} is not a directory")
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise DataNotFoundError(
+            f"{split_dir} has no class folders; expected {split_dir}/<class>/<image> "
+            "(an ImageNet val folder must be sorted into class folders first)"
+        )
+    if classes is None:
+        classes = found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataNotFoundError(f"{split_dir} has classes the training split lacks: {unknown[:5]}")
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for name in found:
+        files = sorted(p for p in (split_dir / name).rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise DataNotFoundError(f"class folder {split_dir / name} has no images")
+        samples += [(p, index[name]) for p in files]
+    return samples, classes
+
+
+def find_splits(root: Path) -> tuple[Path, Path]:
+    """``root/train`` and the first of ``root/val``, ``root/test``."""
+    train = root / "train"
+    for name in ("val", "test"):
+        if (root / name).is_dir() and train.is_dir():
+            return train, root / name
+    raise DataNotFoundError(f"{root.resolve()} needs train/ and val/ (or test/) class folders")
+
+
+class FolderDataset(Dataset):
+    """Decodes one file to a uint8 (3, S, S) tensor: shorter side resized to S, then the central S×S (§2).
+
+    A file that fails to decode gives ``None`` (counted and skipped by `collate_skip`).
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], size: int) -> None:
+        self.samples, self.size = samples, size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
+        path, label = self.samples[i]
+        try:
+            img = decode_image(path)
+        except InvalidImageError as err:
+            return None, str(err)
+        img = TF.resize(img, [self.size], antialias=True)
+        return TF.center_crop(img, [self.size]), label
+
+
+def collate_skip(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    good = [(x, y) for x, y in batch if x is not None]
+    errors = [y for x, y in batch if x is None]
+    if not good:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), errors
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), errors
+
+
+@dataclass
+class FolderLoader:
+    """Epoch-seeded batches of a folder data set, decoded by ``workers`` processes.
+
+    ``batches(epoch, start)`` skips the first ``start`` batches, which is how a run resumes mid-epoch.
+    """
+
+    dataset: FolderDataset
+    batch_size: int
+    shuffle: bool
+    seed: int = 0
+    workers: int = 2
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    max_bad_fraction: float = 0.01
+    drop_last: bool = False
+    bad: int = 0
+    seen: int = 0
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
+        else:
+            order = list(range(n))
+        chunks = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)][: len(self)]
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=chunks[start:],
+            num_workers=self.workers,
+            collate_fn=collate_skip,
+            pin_memory=self.device.type == "cuda",
+        )
+        for x, y, errors in loader:
+            self.seen += len(y) + len(errors)
+            for message in errors:
+                self.bad += 1
+                log.warning("skipped %s", message)
+            if self.bad > self.max_bad_fraction * max(self.seen, 100):
+                raise AlexNetError(
+                    f"{self.bad} of {self.seen} images failed to decode (limit {self.max_bad_fraction:.1%}); "
+                    "check the data set"
+                )
+            if len(y):
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

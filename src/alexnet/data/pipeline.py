@@ -1,0 +1,136 @@
+"""Build the training and validation data for a run: sources, loaders, and the batch transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..config import DataConfig
+from .batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, BatchTransform
+from .folder import FolderDataset, FolderLoader, find_splits, scan_folder
+from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
+
+
+class Loader(Protocol):
+    def __len__(self) -> int: ...
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class TensorLoader:
+    """Epoch-seeded batches of an in-memory split, kept on the compute device as uint8 (no workers needed)."""
+
+    split: TensorSplit
+    batch_size: int
+    shuffle: bool
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    drop_last: bool = False
+    _images: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        n = len(self.split.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._images is None:  # one copy to the device per run: 47 MB for Fashion-MNIST
+            self._images = self.split.images.to(self.device)
+            self._labels = self.split.labels.to(self.device)
+        n = len(self._labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            order = order.to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(start, len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self._images[idx], self._labels[idx]
+
+
+@dataclass
+class Data:
+    """What a run needs from its data."""
+
+    train: Loader
+    val: Loader
+    classes: list[str]
+    in_channels: int
+    train_transform: BatchTransform
+    eval_transform: BatchTransform
+    meta: dict[str, Any]  # JSON-able: mean, std, sizes; saved with the weights
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, C, H, W) uint8 images, on the [0, 1] scale (float64 accumulation)."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1)
+    mean = [float(c.double().mean() / 255) for c in x]
+    std = [float(c.double().std() / 255) for c in x]
+    return mean, std
+
+
+def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int = 0) -> Data:
+    """Sources, loaders and transforms for ``cfg``.
+
+    Args:
+        cfg: the data section of the run's config.
+        input_size: the model's input side (px).
+        device: where batches are produced and augmented.
+        seed: the run's seed; shuffling and augmentation derive from it and the epoch.
+
+    Raises:
+        DataNotFoundError: the data set is missing; the message says how to get it.
+    """
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown data set {cfg.dataset!r}; choose one of {list(DATASETS)}")
+    mean_image = None
+    if cfg.dataset in TENSOR_DATASETS:
+        train_split = load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=cfg.download)
+        val_split = load_tensor_split(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
+        classes, in_channels, stored = train_split.classes, train_split.images.shape[1], train_split.images.shape[-1]
+        mean, std = _channel_stats(train_split.images)
+        if cfg.mean_image:
+            mean_image = train_split.images.double().mean(0).div(255).float()  # (C, S, S)
+        train: Loader = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True)
+        val: Loader = TensorLoader(val_split, cfg.eval_batch_size, False, seed, device)
+    else:
+        root = data_root(cfg.data_dir)
+        train_dir, val_dir = find_splits(root)
+        train_samples, classes = scan_folder(train_dir)
+        val_samples, _ = scan_folder(val_dir, classes)
+        in_channels = 3
+        stored = cfg.resize or (256 if input_size >= 128 else input_size)
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        common = dict(seed=seed, workers=cfg.workers, device=device, max_bad_fraction=cfg.max_bad_fraction)
+        train = FolderLoader(FolderDataset(train_samples, stored), cfg.batch_size, True, drop_last=True, **common)
+        val = FolderLoader(FolderDataset(val_samples, stored), cfg.eval_batch_size, False, **common)
+    mean, std = cfg.mean or mean, cfg.std or std
+    crop = cfg.crop or min(input_size, stored)
+    shape = (len(mean), 1, 1)
+    tf: dict[str, Any] = dict(
+        input_size=input_size,
+        crop=crop,
+        mean=mean_image if mean_image is not None else torch.tensor(mean).view(shape),
+        std=torch.tensor(std).view(shape) if cfg.normalize == "meanstd" else None,
+        pad=cfg.pad,
+        pixel_scale=cfg.pixel_scale,
+        eigval=torch.tensor(cfg.pca_eigval or IMAGENET_EIGVAL),
+        eigvec=torch.tensor(cfg.pca_eigvec or IMAGENET_EIGVEC),
+    )
+    train_tf = BatchTransform(flip=cfg.flip, pca_std=cfg.pca_std, **tf)
+    eval_tf = BatchTransform(flip=False, **tf)
+    meta = {
+        "dataset": cfg.dataset,
+        "mean": mean,
+        "std": std if cfg.normalize == "meanstd" else None,
+        "stored_size": stored,
+        "crop": crop,
+        "input_size": input_size,
+        "pad": cfg.pad,
+        "pixel_scale": cfg.pixel_scale,
+        "mean_image": cfg.mean_image,
+        "resize": stored if cfg.dataset not in TENSOR_DATASETS else None,
+    }
+    return Data(train, val, classes, in_channels, train_tf, eval_tf, meta)

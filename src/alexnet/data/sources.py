@@ -1,0 +1,156 @@
+"""Where data sets live and how they are read: small ones as whole uint8 tensors, image folders as file lists.
+
+Small data sets (MNIST, Fashion-MNIST, CIFAR-10/100, fake) fit in memory as (N, C, H, W) uint8 tensors, so every
+augmentation runs on whole batches on the compute device (`alexnet.data.batch`). Image folders (ImageNet, any
+``train/`` + ``val/`` tree) are decoded in worker processes (`alexnet.data.folder`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+TENSOR_DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "fake")
+FOLDER_DATASETS = ("imagenet", "folder")
+DATASETS = TENSOR_DATASETS + FOLDER_DATASETS
+# Where Debian's dataset-fashion-mnist package installs the four original IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+
+@dataclass
+class TensorSplit:
+    """A whole split in memory: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+
+def data_root(data_dir: str | None) -> Path:
+    """``data_dir``, else ``$ALEXNET_DATA``, else ``./data``."""
+    return Path(data_dir or os.environ.get("ALEXNET_DATA") or "data")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An MNIST-format IDX file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSplit:
+    import torchvision
+
+    folder = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
+    dirs = [root / folder / "raw", root / name, root]
+    if name == "fashion-mnist":
+        dirs.append(DEBIAN_FASHION_MNIST)
+    prefix = "train" if train else "t10k"
+    images, labels = _find_idx(dirs, f"{prefix}-images-idx3-ubyte"), _find_idx(dirs, f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        if not download:
+            raise DataNotFoundError(_missing_message(name, root))
+        cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
+        try:
+            ds = cls(str(root), train=train, download=True)
+        except Exception as err:  # network errors come in many types (URLError, OSError, RuntimeError)
+            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {err})") from err
+        return TensorSplit(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes))
+    log.debug("reading %s from %s", name, images.parent)
+    x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)  # (N, 1, 28, 28)
+    y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+    classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+    return TensorSplit(x, y, list(classes))
+
+
+def _cifar(name: str, root: Path, train: bool, download: bool) -> TensorSplit:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        ds = cls(str(root), train=train, download=False)
+    except RuntimeError:
+        if not download:
+            raise DataNotFoundError(_missing_message(name, root)) from None
+        try:
+            ds = cls(str(root), train=train, download=True)
+        except Exception as err:
+            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {err})") from err
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) → (N, 3, 32, 32)
+    return TensorSplit(x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+def fake_split(
+    train: bool, num_classes: int = 10, size: int = 32, channels: int = 3, n: int | None = None
+) -> TensorSplit:
+    """Synthetic images a network can learn: each class is a fixed smooth random pattern plus per-image noise.
+
+    The patterns are 4×4 random colours upsampled to ``size``, so a few pixels of translation (random crops)
+    keep an image recognisable.
+
+    Deterministic (seeded by the split), so tests and benchmarks see the same data every time.
+    """
+    n = n or (1024 if train else 256)
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(num_classes, channels, 4, 4, generator=g) * 255
+    prototypes = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    g.manual_seed(1 if train else 2)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    noise = torch.randn(n, channels, size, size, generator=g) * 60
+    images = (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8)
+    return TensorSplit(images, labels, [f"class_{i}" for i in range(num_classes)])
+
+
+def load_tensor_split(name: str, data_dir: str | None, train: bool, download: bool = True) -> TensorSplit:
+    """One split of a small data set as uint8 tensors.
+
+    Raises:
+        DataNotFoundError: the files are missing and could not be downloaded; the message says how to get them.
+    """
+    root = data_root(data_dir)
+    if name == "fake":
+        return fake_split(train)
+    if name in ("fashion-mnist", "mnist"):
+        return _mnist_like(name, root, train, download)
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, root, train, download)
+    raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+
+
+def _missing_message(name: str, root: Path) -> str:
+    how = {
+        "fashion-mnist": f"run with network access to download it into {root}, or `apt-get install "
+        f"dataset-fashion-mnist` (Debian/Ubuntu; installs to {DEBIAN_FASHION_MNIST}), or put the four "
+        f"*-idx?-ubyte.gz files in {root / 'FashionMNIST' / 'raw'}",
+        "mnist": f"run with network access to download it into {root}, or put the four *-idx?-ubyte.gz files in "
+        f"{root / 'MNIST' / 'raw'}",
+        "cifar10": f"run with network access, or extract cifar-10-python.tar.gz into {root} "
+        f"(giving {root / 'cifar-10-batches-py'}); a folder of JPEGs works with --dataset folder",
+        "cifar100": f"run with network access, or extract cifar-100-python.tar.gz into {root}",
+    }[name]
+    return f"{name} not found under {root.resolve()}: {how}; --data-dir or $ALEXNET_DATA choose the root"

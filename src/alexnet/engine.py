@@ -1,0 +1,186 @@
+"""The training step loop and evaluation: pure functions of a model, a loader and settings, returning metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .data.batch import BatchTransform, step_generator
+from .data.pipeline import Loader
+from .device import autocast
+from .errors import NonFiniteLossError
+from .optim import Schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepSettings:
+    device: torch.device
+    precision: str
+    seed: int
+    num_classes: int
+    label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None
+    limit_batches: int | None = None
+    progress: bool = True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Loader,
+    transform: BatchTransform,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    settings: StepSettings,
+    epoch: int,
+    start_step: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader`` from batch ``start_step``.
+
+    Returns:
+        loss (mean cross-entropy), acc1 (percent), img_s (images per second), data_s and compute_s (seconds
+        spent waiting for batches and computing), steps.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite.
+    """
+    model.train()
+    total = len(loader) if settings.limit_batches is None else min(len(loader), settings.limit_batches)
+    loss_sum = correct = seen = 0.0
+    data_s = compute_s = 0.0
+    stuck_at = math.log(settings.num_classes)
+    bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch + 1}", disable=not settings.progress, leave=False)
+    tick = time.perf_counter()
+    for step, (images, labels) in enumerate(loader.batches(epoch, start_step), start_step):
+        if step >= total:
+            break
+        if labels.numel() and (labels.min() < 0 or labels.max() >= settings.num_classes):
+            raise ValueError(f"label outside [0, {settings.num_classes}) in epoch {epoch + 1}, batch {step}")
+        x = transform.train(images, step_generator(settings.seed, epoch, step))
+        got_batch = time.perf_counter()
+        lr = schedule.set(epoch, step)
+        with autocast(settings.device, settings.precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"loss became {value} at epoch {epoch + 1}, batch {step} (lr {lr:g}); the last good checkpoint is "
+                "kept. Lower the learning rate, check the data, or try --precision fp32"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # before clipping, so the norm is of the true gradients
+        else:
+            loss.backward()
+        if settings.clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        _sync(settings.device)
+        done = time.perf_counter()
+        n = labels.numel()
+        loss_sum += value * n
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += n
+        data_s += got_batch - tick
+        compute_s += done - got_batch
+        tick = done
+        if step == 300 and epoch == 0 and loss_sum / seen > 0.95 * stuck_at:
+            log.warning(
+                "loss is still %.3f ≈ ln(%d) after 300 steps: the model is not learning. Usual causes: learning "
+                "rate too high (AlexNet without BN wants ~0.01), bad init, labels not matching images, or an "
+                "unlucky seed",
+                loss_sum / seen,
+                settings.num_classes,
+            )
+        bar.set_postfix(
+            loss=f"{value:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{seen / (data_s + compute_s):.0f}"
+        )
+        bar.update()
+        if on_step is not None:
+            on_step(step)
+    bar.close()
+    elapsed = data_s + compute_s
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "acc1": 100 * correct / max(seen, 1),
+        "img_s": seen / elapsed if elapsed else 0.0,
+        "data_s": data_s,
+        "compute_s": compute_s,
+        "steps": total - start_step,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Loader,
+    transform: BatchTransform,
+    settings: StepSettings,
+    ten_crop: bool = False,
+) -> dict:
+    """Loss, top-1/top-5 accuracy (percent), per-class accuracy and the confusion matrix.
+
+    With ``ten_crop`` each image is scored by the softmax averaged over its ten crops (§4.1) and the loss is the
+    negative log of that average.
+    """
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    model.eval()
+    c = settings.num_classes
+    top5 = MulticlassAccuracy(num_classes=c, top_k=min(5, c), average="micro").to(settings.device)
+    confusion = MulticlassConfusionMatrix(num_classes=c).to(settings.device)
+    loss_sum = seen = 0.0
+    total = len(loader) if settings.limit_batches is None else min(len(loader), settings.limit_batches)
+    bar = tqdm(total=total, desc="eval", disable=not settings.progress, leave=False)
+    for step, (images, labels) in enumerate(loader.batches(0)):
+        if step >= total:
+            break
+        b = labels.numel()
+        x = transform.ten_crop(images) if ten_crop else transform.eval(images)
+        with autocast(settings.device, settings.precision):
+            logits = model(x).float()
+        probs = logits.softmax(1)
+        if ten_crop:
+            probs = probs.view(10, b, c).mean(0)  # crop-major rows: see BatchTransform.ten_crop
+        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
+        seen += b
+        top5.update(probs, labels)
+        confusion.update(probs, labels)
+        bar.update()
+    bar.close()
+    matrix = confusion.compute().cpu()
+    per_class = (matrix.diag() / matrix.sum(1).clamp_min(1)).mul(100).tolist()
+    acc1 = 100 * matrix.diag().sum().item() / max(seen, 1)
+    acc5 = 100 * top5.compute().item()
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "acc1": acc1,
+        "acc5": acc5,
+        "err1": 100 - acc1,
+        "err5": 100 - acc5,
+        "per_class_acc": per_class,
+        "confusion": matrix,
+        "images": int(seen),
+    }

@@ -1,0 +1,94 @@
+"""Load a trained model from a checkpoint or safetensors weights, and evaluate it on a data set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, load_model_state, load_weights
+from .config import Config, config_from_dict
+from .data.pipeline import build_data
+from .device import pick_device, pick_precision
+from .engine import StepSettings, evaluate
+from .errors import IncompatibleCheckpointError
+from .models import model_from_config
+
+
+@dataclass
+class Trained:
+    """A model with everything needed to feed it: classes, preprocessing (``data``), and its training config."""
+
+    model: nn.Module
+    classes: list[str]
+    data: dict[str, Any]
+    config: Config | None
+    metrics: dict[str, Any]
+
+
+def load_trained(path: Path | str) -> Trained:
+    """Rebuild a model from ``best.safetensors`` / ``*.safetensors`` weights or a ``.pt`` training checkpoint.
+
+    Raises:
+        FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError, IncompatibleCheckpointError.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, meta = load_weights(path)
+        model = model_from_config(meta["model"])
+        load_model_state(model, tensors, str(path))
+        return Trained(model.eval(), meta["classes"], meta["data"], None, meta.get("metrics", {}))
+    state = load_checkpoint(path)
+    model = model_from_config(state["model_config"])
+    load_model_state(model, state["model"], str(path))
+    config = config_from_dict(state["config"])
+    history = state.get("history") or [{}]
+    return Trained(model.eval(), state["classes"], state["data_meta"], config, history[-1])
+
+
+def evaluate_checkpoint(
+    path: Path | str,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    ten_crop: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    limit_batches: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a trained model on a validation split.
+
+    The data set defaults to the one the model was trained on; its preprocessing (mean, std, crop) always comes
+    from the model's metadata.
+    """
+    trained = load_trained(path)
+    cfg = trained.config or Config()
+    if trained.config is None:  # safetensors: rebuild the data section from the weights' metadata
+        cfg.model.overrides = trained.model.config["overrides"]
+    cfg.data.dataset = dataset or trained.data.get("dataset", cfg.data.dataset)
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    if batch_size:
+        cfg.data.eval_batch_size = batch_size
+    meta = trained.data
+    cfg.data.mean, cfg.data.std = meta["mean"], meta["std"]
+    cfg.data.pad, cfg.data.crop, cfg.data.pixel_scale = meta["pad"], meta["crop"], meta["pixel_scale"]
+    if meta.get("resize"):
+        cfg.data.resize = meta["resize"]
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    data = build_data(cfg.data, meta["input_size"], dev, cfg.train.seed)
+    if data.classes != trained.classes:
+        raise IncompatibleCheckpointError(
+            f"{path} was trained on classes {trained.classes[:4]}…; this data set has {data.classes[:4]}…"
+        )
+    model = trained.model.to(dev, memory_format=torch.channels_last)
+    settings = StepSettings(dev, prec, 0, len(data.classes), limit_batches=limit_batches, progress=progress)
+    result = evaluate(model, data.val, data.eval_transform, settings, ten_crop=ten_crop)
+    result["classes"] = data.classes
+    return result

@@ -1,0 +1,237 @@
+"""`fit(config)`: wire data, model, optimizer and engine into a resumable run directory.
+
+A run directory holds ``config.json`` (the resolved config), ``metrics.csv`` (one row per epoch), ``last.pt``
+and ``best.pt`` (full training state) and ``best.safetensors`` (release weights with their metadata).
+Everything random derives from the seed, the epoch and the step, and the torch RNG state (dropout) is saved, so
+training two epochs equals training one, stopping, and resuming the second: bitwise on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    load_model_state,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_weights,
+)
+from .config import Config
+from .data.pipeline import Data, build_data
+from .device import pick_device, pick_precision
+from .engine import StepSettings, evaluate, train_one_epoch
+from .errors import IncompatibleCheckpointError
+from .models import create_model, get_spec
+from .optim import Schedule, build_optimizer
+
+log = logging.getLogger(__name__)
+CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "img_s", "seconds"]
+
+
+@dataclass
+class RunResult:
+    out: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_acc1: float = 0.0
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        # numpy's state holds an ndarray, which weights_only loading refuses: keep it as a list.
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_out(cfg: Config) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.name}-{cfg.data.dataset}"
+
+
+def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What travels with release weights: how to rebuild the model and preprocess its inputs."""
+    return {"model": model.config, "classes": data.classes, "data": data.meta, "metrics": metrics, "recipe": cfg.recipe}
+
+
+def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def _check_resume(state: dict[str, Any], model: nn.Module, classes: list[str], source: str) -> None:
+    saved, ours = state.get("model_config", {}), model.config
+    for key in ("variant", "num_classes", "in_channels", "overrides"):
+        if saved.get(key) != ours[key]:
+            raise IncompatibleCheckpointError(
+                f"{source} has {key}={saved.get(key)!r} but this run builds {key}={ours[key]!r}"
+            )
+    if state["classes"] != classes:
+        raise IncompatibleCheckpointError(
+            f"{source} was trained on classes {state['classes'][:4]}…; this data set has {classes[:4]}…"
+        )
+
+
+def fit(cfg: Config) -> RunResult:
+    """Train ``cfg`` to completion (or resume it), evaluating after every epoch.
+
+    Raises:
+        DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
+    """
+    device = pick_device(cfg.train.device)
+    precision = pick_precision(cfg.train.precision, device)
+    seed_everything(cfg.train.seed)
+    spec = get_spec(cfg.model.name, **cfg.model.overrides)
+    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed)
+    model = create_model(
+        cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
+    )
+    model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format)
+    optimizer = build_optimizer(model, cfg.optim)
+    steps = (
+        len(data.train)
+        if cfg.train.limit_train_batches is None
+        else min(len(data.train), cfg.train.limit_train_batches)
+    )
+    schedule = Schedule(optimizer, cfg.optim, cfg.train.epochs, steps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    result = RunResult(out)
+    start_epoch = start_step = 0
+    resume = cfg.train.resume
+    if resume == "auto":
+        resume = str(out / "last.pt") if (out / "last.pt").is_file() else None
+    if resume:
+        state = load_checkpoint(resume)
+        _check_resume(state, model, data.classes, resume)
+        load_model_state(model, state["model"], resume)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        result.history, result.best_acc1 = list(state["history"]), state["best_acc1"]
+        log.info("resumed from %s at epoch %d, batch %d", resume, start_epoch + 1, start_step)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
+    log.info(
+        "%s on %s: %d train batches of %d, %d classes, device %s, precision %s, out %s",
+        cfg.model.name, cfg.data.dataset, steps, cfg.data.batch_size, len(data.classes), device, precision, out,
+    )  # fmt: skip
+    settings = StepSettings(
+        device, precision, cfg.train.seed, len(data.classes), cfg.optim.label_smoothing, cfg.optim.clip_grad_norm,
+        cfg.train.limit_train_batches, cfg.train.progress,
+    )  # fmt: skip
+    eval_settings = StepSettings(
+        device, precision, cfg.train.seed, len(data.classes), limit_batches=cfg.train.limit_val_batches,
+        progress=cfg.train.progress,
+    )  # fmt: skip
+
+    def checkpoint(epoch: int, step: int, path: Path) -> None:
+        save_checkpoint(
+            {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_config": getattr(model, "_orig_mod", model).config,
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "rng": _rng_state(),
+                "epoch": epoch,
+                "step": step,
+                "history": result.history,
+                "best_acc1": result.best_acc1,
+                "config": cfg.to_dict(),
+                "classes": data.classes,
+                "data_meta": data.meta,
+                "version": 1,
+            },
+            path,
+        )
+
+    def on_step(epoch: int):
+        every = cfg.train.checkpoint_every
+
+        def hook(step: int) -> None:
+            if every and (step + 1) % every == 0 and step + 1 < steps:
+                checkpoint(epoch, step + 1, out / "last.pt")
+
+        return hook
+
+    plain = getattr(model, "_orig_mod", model)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        began = time.perf_counter()
+        train = train_one_epoch(
+            model, data.train, data.train_transform, optimizer, schedule, settings, epoch,
+            start_step, scaler, on_step(epoch),
+        )  # fmt: skip
+        start_step = 0
+        val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop)
+        schedule.end_epoch(val["err1"])
+        row = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": round(train["loss"], 5),
+            "train_acc1": round(train["acc1"], 3),
+            "val_loss": round(val["loss"], 5),
+            "val_acc1": round(val["acc1"], 3),
+            "val_acc5": round(val["acc5"], 3),
+            "img_s": round(train["img_s"], 1),
+            "seconds": round(time.perf_counter() - began, 2),
+        }
+        result.history.append(row)
+        log.info(
+            "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
+            "%.0f img/s  data %.1fs compute %.1fs",
+            epoch + 1, cfg.train.epochs, row["lr"], train["loss"], train["acc1"], val["loss"], val["acc1"],
+            val["acc5"], train["img_s"], train["data_s"], train["compute_s"],
+        )  # fmt: skip
+        _write_metrics(out / "metrics.csv", result.history)
+        improved = val["acc1"] > result.best_acc1
+        if improved:
+            result.best_acc1 = val["acc1"]
+        checkpoint(epoch + 1, 0, out / "last.pt")
+        if improved:
+            checkpoint(epoch + 1, 0, out / "best.pt")
+            metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
+            save_weights(plain, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
+        result.final = val
+    return result

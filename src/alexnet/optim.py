@@ -1,0 +1,110 @@
+"""Optimizers and learning-rate schedules, including the paper's exact momentum rule (§5)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+class PaperSGD(torch.optim.SGD):
+    """SGD with the paper's update, v ← 0.9·v − 0.0005·ε·w − ε·g; w ← w + v (§5), at any learning-rate schedule.
+
+    ``torch.optim.SGD`` keeps b ← μ·b + (g + λw) and steps w ← w − ε·b, which equals the paper's rule (v = −ε·b)
+    while ε is constant. When ε changes, the paper's velocity keeps the old ε inside it, so the matching torch
+    buffer is b·ε_old/ε_new: we rescale the buffer by that ratio at the first step after every change.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+        for group in self.param_groups:
+            group.setdefault("applied_lr", group["lr"])
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            old, new = group.get("applied_lr", group["lr"]), group["lr"]
+            if old != new and new > 0:
+                for p in group["params"]:
+                    buf = self.state.get(p, {}).get("momentum_buffer")
+                    if buf is not None:
+                        buf.mul_(old / new)
+            group["applied_lr"] = new
+        return super().step(closure)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (paper form) or AdamW, with biases and norm parameters exempt from decay unless ``bias_decay``."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 and not cfg.bias_decay else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if cfg.name == "sgd":
+        return PaperSGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))  # type: ignore[arg-type]
+    raise ValueError(f"unknown optimizer {cfg.name!r}; choose sgd or adamw")
+
+
+class Schedule:
+    """Learning rate as a function of (epoch, step), plus the paper's ÷10-on-plateau rule.
+
+    Per-step schedules (warm-up, cosine, one-cycle) are set before every step; ``plateau`` divides by 10 when the
+    validation error has not improved for ``plateau_patience`` epochs, at most ``max_drops`` times. Its state
+    (drops taken, best error, epochs waited) is a small dict saved in checkpoints.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, steps_per_epoch: int):
+        self.optimizer, self.cfg = optimizer, cfg
+        self.total = max(1, epochs * steps_per_epoch)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.state = {"drops": 0, "best": math.inf, "waited": 0}
+        if cfg.schedule not in ("plateau", "step", "cosine", "onecycle", "constant"):
+            raise ValueError(f"unknown schedule {cfg.schedule!r}; choose plateau, step, cosine, onecycle, constant")
+
+    def lr_at(self, epoch: int, step: int) -> float:
+        cfg, t = self.cfg, epoch * self.steps_per_epoch + step
+        warm = cfg.warmup_epochs * self.steps_per_epoch
+        if cfg.schedule == "onecycle":
+            # Linear up to the peak over the first 25% (or the warm-up), then linear down to zero.
+            peak = warm or 0.25 * self.total
+            return cfg.lr * (t / peak if t < peak else max(0.0, (self.total - t) / (self.total - peak)))
+        if warm and t < warm:
+            return cfg.lr * (t + 1) / warm
+        if cfg.schedule == "cosine":
+            progress = (t - warm) / max(1, self.total - warm)
+            return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "step":
+            return cfg.lr * cfg.gamma ** (epoch // cfg.step_size)
+        if cfg.schedule == "plateau":
+            return cfg.lr * cfg.gamma ** self.state["drops"]
+        return cfg.lr
+
+    def set(self, epoch: int, step: int) -> float:
+        lr = self.lr_at(epoch, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def end_epoch(self, val_error: float) -> None:
+        """Record the epoch's validation error (percent); on a plateau, take one more ÷10 drop."""
+        if self.cfg.schedule != "plateau":
+            return
+        if val_error < self.state["best"]:
+            self.state.update(best=val_error, waited=0)
+            return
+        self.state["waited"] += 1
+        if self.state["waited"] >= self.cfg.plateau_patience and self.state["drops"] < self.cfg.max_drops:
+            self.state.update(drops=self.state["drops"] + 1, waited=0)
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = dict(state)

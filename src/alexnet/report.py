@@ -1,0 +1,107 @@
+"""Figures and the markdown report of a run: training curves, conv1 filters (the paper's Figure 3), confusion."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.utils import make_grid, save_image
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(metrics_csv: Path | str, out: Path | str) -> Path:
+    """Loss and top-1 accuracy per epoch, train and validation, from a run's metrics.csv."""
+    plt = _pyplot()
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    epoch = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epoch, [float(r["train_loss"]) for r in rows], "o-", label="train")
+    ax_loss.plot(epoch, [float(r["val_loss"]) for r in rows], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epoch, [float(r["train_acc1"]) for r in rows], "o-", label="train")
+    ax_acc.plot(epoch, [float(r["val_acc1"]) for r in rows], "o-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def save_conv1_filters(model: nn.Module, out: Path | str, scale: int = 4) -> Path:
+    """conv1's kernels as an image grid, each kernel min-max scaled on its own (the paper's Figure 3).
+
+    With two towers the first half of the kernels (GPU 1) fills the top rows and the second half the bottom rows.
+    """
+    conv1 = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    w = conv1.weight.detach().float().cpu()  # (out, in, k, k)
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - lo) / (hi - lo).clamp_min(1e-8)
+    w = torch.nn.functional.interpolate(w, scale_factor=scale, mode="nearest")
+    # 96 kernels → 8 rows of 12: rows 1-4 are tower 1's 48 kernels, rows 5-8 tower 2's.
+    save_image(make_grid(w, nrow=12, padding=2, pad_value=1.0), out)
+    return Path(out)
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    plt = _pyplot()
+    m = confusion.double()
+    m = m / m.sum(1, keepdim=True).clamp_min(1)
+    n = len(classes)
+    size = min(4 + 0.45 * n, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(m.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if m[i, j] >= 0.01:
+                    ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set(xlabel="predicted", ylabel="true", title="confusion (% of each true class)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: dict[str, Any]) -> Path:
+    """``report.md`` with the final figures, per-class accuracy and links to the PNGs beside it."""
+    out_dir = Path(out_dir)
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    e = evaluation
+    lines += [
+        "",
+        "## Test set",
+        "",
+        f"top-1 accuracy **{e['acc1']:.2f}%** (error {e['err1']:.2f}%), top-5 accuracy {e['acc5']:.2f}% "
+        f"(error {e['err5']:.2f}%), loss {e['loss']:.4f} on {e['images']} images.",
+        "",
+        "| class | accuracy (%) |",
+        "|---|---:|",
+    ]
+    lines += [f"| {c} | {a:.1f} |" for c, a in zip(e["classes"], e["per_class_acc"])]
+    figures = [("training curves", "curves.png"), ("conv1 filters (the paper's Figure 3)", "conv1_filters.png"),
+               ("confusion matrix", "confusion.png")]  # fmt: skip
+    lines += ["", "## Figures", ""] + [f"![{alt}]({png})\n" for alt, png in figures]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,61 @@
+"""Shared fixtures: a real Fashion-MNIST excerpt, tiny image folders, quiet configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.config import load_config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _small_threads():
+    # Tests run many tiny models; two threads per process keep them from oversubscribing the machine.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def fashion_dir() -> str:
+    return str(FIXTURES)
+
+
+def make_folder(root: Path, classes=("cat", "dog", "eel"), per_class=6, size=20, splits=("train", "val")) -> Path:
+    """A class-folder tree of small PNGs whose colour depends on the class (learnable)."""
+    g = torch.Generator().manual_seed(0)
+    for split in splits:
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = torch.tensor([80 * c, 255 - 80 * c, 120]).view(3, 1, 1)
+                x = (base + torch.randint(-40, 40, (3, size, size), generator=g)).clamp(0, 255).byte()
+                Image.fromarray(x.permute(1, 2, 0).numpy()).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "images")
+
+
+def tiny_config(out: Path, *overrides: str, recipe: str | None = None):
+    """A seconds-long CPU config: half-width alexnet_small on fake data, no progress bars."""
+    base = [
+        'model.name="alexnet_small"',
+        "model.overrides.width=0.25",
+        'data.dataset="fake"',
+        "data.batch_size=32",
+        "data.eval_batch_size=64",
+        "data.pad=2",
+        "data.pca_std=0.1",
+        "optim.lr=0.02",
+        'optim.schedule="constant"',
+        "train.epochs=2",
+        "train.progress=false",
+        'train.precision="fp32"',
+        f'train.out="{out}"',
+    ]
+    return load_config(recipe, base + list(overrides))

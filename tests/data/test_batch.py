@@ -1,0 +1,92 @@
+"""The batch augmentation: crops, flips, PCA noise statistics, ten-crop averaging."""
+
+import pytest
+import torch
+
+from alexnet.data.batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, step_generator
+from alexnet.engine import StepSettings, evaluate
+
+
+def _tf(**kw):
+    base = dict(input_size=4, crop=4, mean=torch.zeros(3, 1, 1), std=None, flip=False)
+    base.update(kw)
+    return BatchTransform(**base)
+
+
+def test_random_crop_is_a_window_of_the_padded_image():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6).remainder(256).byte()
+    tf = _tf(input_size=4, crop=4, pad=1)
+    out = tf.train(x, step_generator(0, 0, 0)) * 255
+    padded = torch.nn.functional.pad(x.float(), (1, 1, 1, 1))
+    for b in range(2):
+        windows = [padded[b, :, i : i + 4, j : j + 4] for i in range(5) for j in range(5)]
+        assert any(torch.allclose(out[b], w, atol=1e-3) for w in windows)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_flips_happen_about_half_the_time_and_are_mirrors():
+    x = torch.randint(0, 255, (400, 1, 5, 5), dtype=torch.uint8)
+    tf = _tf(input_size=5, crop=5, flip=True, mean=torch.zeros(1, 1, 1))
+    out = tf.train(x, step_generator(1, 0, 0)) * 255
+    flipped = [torch.allclose(o, xi.float().flip(-1), atol=1e-3) for o, xi in zip(out, x)]
+    same = [torch.allclose(o, xi.float(), atol=1e-3) for o, xi in zip(out, x)]
+    assert all(f or s for f, s in zip(flipped, same))
+    assert 150 < sum(flipped) < 250
+
+
+def test_same_step_same_augmentation_other_step_differs():
+    x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
+    tf = _tf(input_size=8, crop=8, pad=2, flip=True, pca_std=0.1,
+             eigval=torch.tensor(IMAGENET_EIGVAL), eigvec=torch.tensor(IMAGENET_EIGVEC))  # fmt: skip
+    a = tf.train(x, step_generator(0, 1, 5))
+    assert torch.equal(a, tf.train(x, step_generator(0, 1, 5)))
+    assert not torch.equal(a, tf.train(x, step_generator(0, 1, 6)))
+
+
+def test_pca_noise_has_the_requested_statistics():
+    """Offset = V (α ⊙ λ), α ~ N(0, σ²): in the eigenbasis the offsets have std σ·λ_i and are uncorrelated."""
+    eigval, eigvec = torch.tensor(IMAGENET_EIGVAL), torch.tensor(IMAGENET_EIGVEC)
+    sigma, n = 0.1, 20000
+    x = torch.full((n, 3, 1, 1), 128, dtype=torch.uint8)
+    tf = _tf(input_size=1, crop=1, pca_std=sigma, eigval=eigval, eigvec=eigvec)
+    offsets = (tf.train(x, step_generator(3, 0, 0)) - 128 / 255).view(n, 3).double()
+    coords = offsets @ eigvec.double()  # columns are orthonormal eigenvectors: recover α ⊙ λ
+    assert coords.mean(0).abs().max() < 4 * sigma * eigval.max() / n**0.5
+    assert torch.allclose(coords.std(0), sigma * eigval.double(), rtol=0.03)
+    corr = torch.corrcoef(coords.T)
+    assert (corr - torch.eye(3, dtype=corr.dtype)).abs().max() < 0.03
+    no_noise = _tf(input_size=1, crop=1, pca_std=0.0, eigval=eigval, eigvec=eigvec)
+    assert torch.allclose(no_noise.train(x[:10], step_generator(0, 0, 0)), torch.full((10, 3, 1, 1), 128 / 255))
+
+
+class _Loader:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 1
+
+    def batches(self, epoch, start=0):
+        yield self.x, self.y
+
+
+def test_ten_crop_equals_hand_computed_average():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 3)).eval()
+    tf = _tf(input_size=6, crop=6)
+    settings = StepSettings(torch.device("cpu"), "fp32", 0, 3, progress=False)
+    got = evaluate(model, _Loader(x, y), tf, settings, ten_crop=True)
+    # By hand: the ten 6×6 crops of each 8×8 image, softmax-averaged.
+    xf = x.double() / 255
+    crops = [xf[..., i : i + 6, j : j + 6] for i, j in [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1)]]
+    crops += [c.flip(-1) for c in crops]
+    model64 = model.double()
+    probs = torch.stack([model64(c).softmax(1) for c in crops]).mean(0)
+    expected_loss = torch.nn.functional.nll_loss(probs.log(), y).item()
+    expected_acc = 100 * (probs.argmax(1) == y).double().mean().item()
+    assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert got["acc1"] == pytest.approx(expected_acc)
+    centre = evaluate(model.float(), _Loader(x, y), tf, settings, ten_crop=False)
+    assert centre["loss"] != pytest.approx(got["loss"], rel=1e-6)

@@ -1,0 +1,53 @@
+"""Image folders: class order, validation labels, bad layouts, and the bad-file skip policy."""
+
+import pytest
+import torch
+
+from alexnet.config import DataConfig
+from alexnet.data.folder import scan_folder
+from alexnet.data.pipeline import build_data
+from alexnet.errors import AlexNetError, DataNotFoundError
+from tests.conftest import make_folder
+
+
+def test_val_uses_training_class_order_even_with_a_missing_class(tmp_path):
+    make_folder(tmp_path, classes=("ant", "bee", "cow"), per_class=2, splits=("train",))
+    make_folder(tmp_path, classes=("bee", "cow"), per_class=2, splits=("val",))  # no "ant" in val
+    (tmp_path / "train" / ".hidden").mkdir()
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
+    train, classes = scan_folder(tmp_path / "train")
+    val, _ = scan_folder(tmp_path / "val", classes)
+    assert classes == ["ant", "bee", "cow"]
+    assert len(train) == 6
+    assert {p.parent.name: y for p, y in val} == {"bee": 1, "cow": 2}  # not shifted to 0, 1
+
+
+def test_folder_errors(tmp_path):
+    make_folder(tmp_path, classes=("a", "b"), per_class=1, splits=("train", "val"))
+    (tmp_path / "val" / "zebra").mkdir()
+    (tmp_path / "val" / "zebra" / "0.png").write_bytes((tmp_path / "val" / "a" / "0.png").read_bytes())
+    with pytest.raises(DataNotFoundError, match="classes the training split lacks"):
+        scan_folder(tmp_path / "val", ["a", "b"])
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(DataNotFoundError, match="has no images"):
+        scan_folder(tmp_path / "train")
+    with pytest.raises(DataNotFoundError, match="no class folders"):
+        scan_folder(tmp_path / "train" / "a")
+    with pytest.raises(DataNotFoundError, match="needs train/ and val/"):
+        build_data(DataConfig(dataset="folder", data_dir=str(tmp_path / "nowhere")), 32, torch.device("cpu"))
+
+
+def test_bad_files_are_skipped_and_counted_then_stop_the_run(tmp_path, caplog):
+    make_folder(tmp_path, per_class=10)
+    (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path), batch_size=31, workers=0, max_bad_fraction=0.05)
+    data = build_data(cfg, 16, torch.device("cpu"))
+    seen = sum(len(y) for _, y in data.train.batches(0))
+    assert seen == 30 and data.train.bad == 1  # 31 files in one batch of 31, one of them bad
+    assert "broken.jpg" in caplog.text
+    (tmp_path / "train" / "dog" / "empty.png").write_bytes(b"")
+    (tmp_path / "train" / "eel" / "text.png").write_bytes(b"hello")
+    cfg.max_bad_fraction = 0.001
+    data = build_data(cfg, 16, torch.device("cpu"))
+    with pytest.raises(AlexNetError, match="failed to decode"):
+        list(data.train.batches(0))

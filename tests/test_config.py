@@ -1,0 +1,62 @@
+import pytest
+
+from alexnet.config import config_from_dict, list_recipes, load_config
+from alexnet.errors import AlexNetError
+
+
+def test_builtin_recipes_resolve():
+    names = list_recipes()
+    assert {"paper-imagenet", "torchvision-imagenet", "d2l-fashion-mnist", "fashion-mnist", "cifar10"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.recipe == name and cfg.train.epochs > 0
+
+
+def test_paper_recipe_is_the_paper():
+    cfg = load_config("paper-imagenet")
+    assert (cfg.model.name, cfg.data.batch_size, cfg.optim.momentum, cfg.optim.weight_decay) == (
+        "alexnet_paper", 128, 0.9, 5e-4)  # fmt: skip
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.max_drops, cfg.train.epochs) == (0.01, "plateau", 3, 90)
+    assert cfg.data.pca_std == 0.1 and cfg.data.ten_crop and cfg.data.resize == 256
+
+
+def test_d2l_recipe_matches_the_chapter():
+    cfg = load_config("d2l-fashion-mnist")
+    assert (cfg.model.name, cfg.data.batch_size, cfg.optim.lr, cfg.optim.momentum, cfg.train.epochs) == (
+        "alexnet_d2l", 128, 0.01, 0.0, 10)  # fmt: skip
+
+
+def test_overrides_and_fields():
+    cfg = load_config(
+        "fashion-mnist", ["optim.lr=0.3", "model.overrides.width=0.5", "data.flip=false"], train__epochs=7
+    )
+    assert cfg.optim.lr == 0.3 and cfg.data.flip is False and cfg.train.epochs == 7
+    assert cfg.model.overrides == {"input_size": 28, "width": 0.5}  # merged with the recipe's
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lrr=1"], "unknown key optim.lrr"),
+        (["optimizer.lr=1"], "unknown section"),
+        (["optim.lr=fast"], "wrong type"),
+        (["train.epochs=1.5"], "wrong type"),
+        (["lr=1"], "section.key=value"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(AlexNetError, match=message):
+        load_config("fashion-mnist", overrides)
+
+
+def test_unknown_recipe_names_the_choices():
+    with pytest.raises(AlexNetError, match="paper-imagenet"):
+        load_config("papr")
+
+
+def test_recipe_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[model]\nname = "alexnet_owt"\n[train]\nepochs = 2\n')
+    cfg = load_config(str(path))
+    assert cfg.model.name == "alexnet_owt" and cfg.train.epochs == 2

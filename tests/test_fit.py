@@ -1,0 +1,119 @@
+"""End-to-end training: learning, bitwise resume, checkpoint safety, non-finite losses."""
+
+import math
+
+import pytest
+import torch
+
+from alexnet.checkpoint import load_checkpoint, load_weights
+from alexnet.errors import NonFiniteLossError
+from alexnet.fit import fit
+from tests.conftest import tiny_config
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    assert a["schedule"] == b["schedule"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_short_run_learns_and_writes_the_run_directory(tmp_path):
+    result = fit(tiny_config(tmp_path / "run", "train.epochs=3"))
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert result.history[-1]["val_acc1"] > 50  # 10 classes: chance is 10%
+    for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "best.safetensors"):
+        assert (tmp_path / "run" / name).is_file(), name
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,lr,train_loss,train_acc1,val_loss,val_acc1,val_acc5,img_s,seconds"
+    _, meta = load_weights(tmp_path / "run" / "best.safetensors")
+    assert meta["model"]["variant"] == "alexnet_small" and len(meta["classes"]) == 10
+    assert meta["data"]["input_size"] == 32 and len(meta["data"]["mean"]) == 3
+
+
+def test_resume_is_bitwise_with_augmentation(tmp_path):
+    straight = fit(tiny_config(tmp_path / "a"))
+    fit(tiny_config(tmp_path / "b", "train.epochs=1"))
+    resumed = fit(tiny_config(tmp_path / "b", 'train.resume="auto"'))
+    _assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
+    assert straight.history == [
+        {**r, "seconds": a["seconds"], "img_s": a["img_s"]} for r, a in zip(resumed.history, straight.history)
+    ]
+
+
+def test_resume_mid_epoch_is_bitwise(tmp_path, monkeypatch):
+    fit(tiny_config(tmp_path / "a", "train.epochs=1"))
+    import alexnet.fit as fit_module
+
+    real_save = fit_module.save_checkpoint
+
+    def save_then_die(state, path):  # the process is killed right after the mid-epoch checkpoint at batch 20
+        real_save(state, path)
+        if state["step"] == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(tmp_path / "b", "train.epochs=1", "train.checkpoint_every=10"))
+    monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 20
+    fit(tiny_config(tmp_path / "b", "train.epochs=1", 'train.resume="auto"'))
+    _assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
+
+
+def test_resume_with_workers_on_an_image_folder_is_bitwise(tmp_path, image_folder):
+    common = ["data.dataset=\"folder\"", f"data.data_dir=\"{image_folder}\"", "data.workers=2", "data.batch_size=4",
+              "data.eval_batch_size=8", "data.flip=true"]  # fmt: skip
+    fit(tiny_config(tmp_path / "a", *common))
+    fit(tiny_config(tmp_path / "b", *common, "train.epochs=1"))
+    fit(tiny_config(tmp_path / "b", *common, 'train.resume="auto"'))
+    _assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    fit(tiny_config(tmp_path / "run", "train.epochs=1"))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"partial")  # half a file reaches the temporary
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="No space"):
+        fit(tiny_config(tmp_path / "run", "train.epochs=2", 'train.resume="auto"'))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
+    fit(tiny_config(tmp_path / "run", "train.epochs=1"))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(NonFiniteLossError, match="loss became"):
+        fit(tiny_config(tmp_path / "run", "train.epochs=2", 'train.resume="auto"', "optim.lr=1e30"))
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_resume_refuses_another_model(tmp_path):
+    from alexnet.errors import IncompatibleCheckpointError
+
+    fit(tiny_config(tmp_path / "run", "train.epochs=1"))
+    with pytest.raises(IncompatibleCheckpointError, match="overrides"):
+        fit(tiny_config(tmp_path / "run", 'train.resume="auto"', "model.overrides.width=0.5"))
+
+
+def test_real_fashion_mnist_excerpt_learns(tmp_path, fashion_dir):
+    cfg = tiny_config(tmp_path / "run", "data.dataset=\"fashion-mnist\"", f"data.data_dir=\"{fashion_dir}\"",
+                      "data.download=false", "model.overrides.input_size=28", "train.epochs=2",
+                      "optim.lr=0.05")  # fmt: skip
+    result = fit(cfg)
+    assert result.history[-1]["val_acc1"] > 55
+    assert result.history[-1]["train_loss"] < math.log(10) - 0.5

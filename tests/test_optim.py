@@ -1,0 +1,56 @@
+import torch
+
+from alexnet.config import OptimConfig
+from alexnet.optim import PaperSGD, Schedule
+
+
+def test_paper_sgd_follows_the_paper_rule_across_lr_drops():
+    """v ← 0.9v − 0.0005·ε·w − ε·g;  w ← w + v (§5), written out, against PaperSGD with ε dropping ÷10 twice."""
+    torch.manual_seed(0)
+    w0 = torch.randn(5, dtype=torch.float64)
+    target = torch.randn(5, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.clone())
+    opt = PaperSGD([p], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    w, v = w0.clone(), torch.zeros(5, dtype=torch.float64)
+    plain = torch.nn.Parameter(w0.clone())
+    torch_sgd = torch.optim.SGD([plain], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for step in range(30):
+        lr = 0.1 * 0.1 ** (step // 10)
+        opt.param_groups[0]["lr"] = lr
+        torch_sgd.param_groups[0]["lr"] = lr
+        for param, o in ((p, opt), (plain, torch_sgd)):
+            o.zero_grad()
+            ((param - target) ** 2).sum().backward()
+            o.step()
+        g = 2 * (w - target)
+        v = 0.9 * v - 5e-4 * lr * w - lr * g
+        w = w + v
+    assert torch.allclose(p.detach(), w, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(plain.detach(), w, rtol=1e-6)  # torch's form really differs after a drop
+
+
+def test_plateau_schedule_drops_three_times_at_most():
+    model = torch.nn.Linear(2, 2)
+    opt = PaperSGD(model.parameters(), lr=0.01)
+    sched = Schedule(
+        opt, OptimConfig(schedule="plateau", plateau_patience=1, max_drops=3), epochs=20, steps_per_epoch=1
+    )
+    lrs = []
+    for epoch, err in enumerate([50, 40, 41, 39, 39, 39, 39, 39, 39, 39]):
+        lrs.append(sched.set(epoch, 0))
+        sched.end_epoch(err)
+    assert lrs[:3] == [0.01, 0.01, 0.01]
+    assert abs(lrs[3] - 1e-3) < 1e-12  # 41 did not improve on 40: one drop
+    assert abs(min(lrs) - 1e-5) < 1e-15  # three drops in all, never a fourth
+    restored = Schedule(opt, OptimConfig(schedule="plateau"), 20, 1)
+    restored.load_state_dict(sched.state_dict())
+    assert restored.lr_at(10, 0) == sched.lr_at(10, 0)
+
+
+def test_onecycle_and_cosine_shapes():
+    opt = PaperSGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    one = Schedule(opt, OptimConfig(lr=0.1, schedule="onecycle"), epochs=4, steps_per_epoch=10)
+    lrs = [one.lr_at(e, s) for e in range(4) for s in range(10)]
+    assert max(lrs) == 0.1 and lrs[0] == 0 and lrs[-1] < 0.01
+    cos = Schedule(opt, OptimConfig(lr=0.1, schedule="cosine"), epochs=4, steps_per_epoch=10)
+    assert cos.lr_at(0, 0) == 0.1 and cos.lr_at(3, 9) < 0.001
