@@ -59,3 +59,25 @@ def tiny_config(out: Path, *overrides: str, recipe: str | None = None):
         f'train.out="{out}"',
     ]
     return load_config(recipe, base + list(overrides))
+
+
+def make_weights(path: Path, name: str = "alexnet_small", num_classes: int = 4, in_channels: int = 3, **overrides):
+    """Release weights of a randomly initialised model with realistic metadata."""
+    import alexnet
+    from alexnet.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    overrides = {"width": 0.25, **overrides}
+    model = alexnet.create_model(name, num_classes=num_classes, in_channels=in_channels, **overrides)
+    size = model.spec.input_size
+    data = {"dataset": "fake", "mean": [0.5] * in_channels, "std": [0.25] * in_channels, "stored_size": size,
+            "crop": size, "input_size": size, "pad": 0, "pixel_scale": 1.0, "mean_image": False,
+            "resize": None}  # fmt: skip
+    classes = [f"label_{i}" for i in range(num_classes)]
+    save_weights(model, path, {"model": model.config, "classes": classes, "data": data, "metrics": {}})
+    return path
+
+
+@pytest.fixture
+def weights(tmp_path) -> Path:
+    return make_weights(tmp_path / "w.safetensors")

@@ -141,11 +141,58 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB", help="images, directories (recursive), globs")
+    p.add_argument("--checkpoint", required=True, help=".safetensors weights, a .pt checkpoint, or an exported .onnx")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("--ten-crop", action="store_true", help="average softmax over ten crops")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="JSON lines: {path, topk: [{label, prob}]} or {path, error}")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .inference import Predictor, expand_inputs
+
+    predictor = Predictor.from_path(args.checkpoint, device=args.device)
+    failed = 0
+    for pred in predictor.predict_iter(expand_inputs(args.inputs), args.topk, args.batch_size, args.ten_crop):
+        failed += pred.error is not None
+        if args.json:
+            print(json.dumps(pred.to_json()), flush=True)
+        elif pred.error is not None:
+            print(f"{pred.source}\terror: {pred.error}")
+        else:
+            print(pred.source + "\t" + "  ".join(f"{label} {100 * p:.1f}%" for label, p in pred.topk))
+    if failed:
+        print(f"alexnet predict: {failed} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help=".safetensors weights or a .pt checkpoint")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program"])
+    p.add_argument("--out", required=True, help="file to write (.onnx, .pt, .pt2)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |export - eager| over the logits")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .evaluation import load_trained
+    from .export import export_model
+
+    result = export_model(load_trained(args.checkpoint), args.format, args.out, atol=args.atol)
+    print(f"wrote {result.path} ({result.format}); {result.note}")
+    print(f"max |{result.format} - eager| over logits on {result.input_shape}: {result.max_abs_diff:.3e}")
+    return 0
+
+
 # name: (help, add arguments, run)
 COMMANDS = {
     "models": ("list the model variants with parameters and MACs", _models, run_models),
     "train": ("train a model from a recipe", _train, run_train),
     "eval": ("evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix", _eval, run_eval),
+    "predict": ("top-k classes for image files, directories or globs", _predict, run_predict),
+    "export": ("export to ONNX, TorchScript or torch.export, checked against eager", _export, run_export),
     "demo": ("get Fashion-MNIST, train the default recipe, evaluate, write a report", _demo, run_demo),
 }
 

@@ -14,7 +14,7 @@ from .config import Config, config_from_dict
 from .data.pipeline import build_data
 from .device import pick_device, pick_precision
 from .engine import StepSettings, evaluate
-from .errors import IncompatibleCheckpointError
+from .errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
 from .models import model_from_config
 
 
@@ -36,17 +36,22 @@ def load_trained(path: Path | str) -> Trained:
         FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError, IncompatibleCheckpointError.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        tensors, meta = load_weights(path)
-        model = model_from_config(meta["model"])
-        load_model_state(model, tensors, str(path))
-        return Trained(model.eval(), meta["classes"], meta["data"], None, meta.get("metrics", {}))
-    state = load_checkpoint(path)
-    model = model_from_config(state["model_config"])
-    load_model_state(model, state["model"], str(path))
-    config = config_from_dict(state["config"])
-    history = state.get("history") or [{}]
-    return Trained(model.eval(), state["classes"], state["data_meta"], config, history[-1])
+    try:
+        if path.suffix == ".safetensors":
+            tensors, meta = load_weights(path)
+            model = model_from_config(meta["model"])
+            load_model_state(model, tensors, str(path))
+            return Trained(model.eval(), list(meta["classes"]), dict(meta["data"]), None, meta.get("metrics", {}))
+        state = load_checkpoint(path)
+        model = model_from_config(state["model_config"])
+        load_model_state(model, state["model"], str(path))
+        config = config_from_dict(state["config"])
+        history = state.get("history") or [{}]
+        return Trained(model.eval(), list(state["classes"]), dict(state["data_meta"]), config, history[-1])
+    except (KeyError, TypeError, ValueError, AlexNetError) as err:
+        if isinstance(err, (IncompatibleCheckpointError, UnsafeCheckpointError, CorruptCheckpointError)):
+            raise
+        raise CorruptCheckpointError(f"{path} has invalid metadata ({type(err).__name__}: {err})") from None
 
 
 def evaluate_checkpoint(

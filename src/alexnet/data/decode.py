@@ -27,7 +27,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def pil_to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale to 8 bits instead of clipping at 255 (PIL's convert("L") clips).
         a = np.asarray(img, dtype=np.float64)
@@ -73,7 +73,7 @@ def decode_image(data: bytes | Path | str, name: str = "<bytes>") -> torch.Tenso
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            rgb = pil_to_rgb(img)
     except InvalidImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

@@ -1,0 +1,122 @@
+"""Export a trained model to ONNX, TorchScript or a torch.export program, and check the export against eager.
+
+Exports take a dynamic batch size. Height and width are fixed at the model's input size: every variant's
+classifier (and torchvision's adaptive 6×6 pooling in ONNX) ties the first fc layer to the feature-map size, so a
+dynamic spatial size would either break fc6 or export an adaptive pool many runtimes cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write
+from .errors import AlexNetError, CorruptCheckpointError
+
+log = logging.getLogger(__name__)
+FORMATS = ("onnx", "torchscript", "exported-program")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    input_shape: tuple[int, ...]
+    note: str
+
+
+def _meta_json(trained: Any) -> str:
+    return json.dumps({"model": trained.model.config, "classes": trained.classes, "data": trained.data})
+
+
+def export_model(trained: Any, fmt: str, out: str | Path, check_inputs: torch.Tensor | None = None,
+                 atol: float = 1e-4) -> ExportResult:  # fmt: skip
+    """Export ``trained`` (`alexnet.evaluation.Trained`) and verify the result on ``check_inputs``.
+
+    Args:
+        trained: the model with its classes and preprocessing metadata (embedded in the export).
+        fmt: ``onnx``, ``torchscript`` or ``exported-program``.
+        out: the file to write.
+        check_inputs: (B, C, H, W) preprocessed inputs for the parity check; default: random images.
+        atol: largest allowed |export − eager| over the logits.
+
+    Raises:
+        AlexNetError: unknown format, or the export's logits differ from eager PyTorch by more than ``atol``.
+    """
+    if fmt not in FORMATS:
+        raise AlexNetError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
+    model = trained.model.float().eval().cpu()
+    size = trained.data["input_size"]
+    example = torch.randn(2, model.in_channels, size, size)
+    x = check_inputs if check_inputs is not None else torch.randn(3, model.in_channels, size, size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        expected = model(x)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    meta = _meta_json(trained)
+    if fmt == "onnx":
+        got = _export_onnx(model, example, x, out, batch, meta)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():  # PyTorch deprecates TorchScript; users who still deploy it asked for it
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(model, example)
+            atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files={"alexnet.json": meta}))
+            got = torch.jit.load(str(out))(x)
+    else:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        atomic_write(out, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": meta}))
+        got = torch.export.load(str(out)).module()(x)
+    diff = (got.float() - expected).abs().max().item()
+    if not diff <= atol:
+        raise AlexNetError(f"{fmt} export differs from eager PyTorch by {diff:.2e} (> {atol:g}); not trusted")
+    note = f"dynamic batch; height and width fixed at {size} (the classifier's input depends on them)"
+    return ExportResult(out, fmt, diff, tuple(x.shape), note)
+
+
+def _export_onnx(
+    model: nn.Module, example: torch.Tensor, x: torch.Tensor, out: Path, batch: Any, meta: str
+) -> torch.Tensor:
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as err:
+        raise AlexNetError(f"ONNX export needs the export extra: pip install 'alexnet[export]' ({err})") from None
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+        dynamic_shapes=({0: batch},), verbose=False,
+    )  # fmt: skip
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "alexnet", meta
+    atomic_write(out, lambda f: f.write(proto.SerializeToString()))
+    onnx.checker.check_model(str(out))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """An onnxruntime session for an ONNX file this project exported, and its embedded metadata."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise AlexNetError(f"ONNX models need onnxruntime: pip install 'alexnet[export]' ({err})") from None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {path} does not exist")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = json.loads(session.get_modelmeta().custom_metadata_map["alexnet"])
+    except KeyError:
+        raise CorruptCheckpointError(f"{path} has no alexnet metadata (export it with `alexnet export`)") from None
+    except Exception as err:  # onnxruntime raises its own exception types for invalid graphs
+        raise CorruptCheckpointError(f"{path} is not a loadable ONNX model ({err})") from None
+    return session, meta

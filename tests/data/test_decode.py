@@ -1,0 +1,139 @@
+"""The one decoding path: colour modes, EXIF rotation, 16-bit, and a corpus of bad files (generated here)."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from alexnet.data.decode import decode_image
+from alexnet.errors import InvalidImageError
+
+
+def _gradient(w=40, h=30):
+    x = np.zeros((h, w, 3), dtype=np.uint8)
+    x[..., 0] = np.linspace(0, 255, w)[None, :]
+    x[..., 1] = np.linspace(0, 255, h)[:, None]
+    x[..., 2] = 90
+    return Image.fromarray(x, "RGB")
+
+
+def _save(img, fmt, **kw):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_png(width=30000, height=30000) -> bytes:
+    """A valid PNG header claiming width×height pixels, with almost no data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def bad_files() -> dict[str, bytes]:
+    jpeg = _save(_gradient(64, 64), "JPEG", quality=90)
+    png = bytearray(_save(_gradient(), "PNG"))
+    ihdr_crc = 8 + 4 + 4 + 13  # the IHDR chunk's CRC follows its 13 data bytes
+    png[ihdr_crc] ^= 0xFF
+    return {
+        "empty.jpg": b"",
+        "text.jpg": b"this is a text file, not an image\n" * 3,
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "bad_crc.png": bytes(png),
+        "bomb.png": bomb_png(),
+        "garbage.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(bad_files()))
+def test_bad_files_raise_invalid_image(name, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(bad_files()[name])
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(path)
+    assert str(path) in str(err.value)
+
+
+def test_bomb_is_rejected_before_allocation():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InvalidImageError, match="decompression bomb|exceeds"):
+        decode_image(bomb_png(), "bomb.png")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: under 100 MB
+
+
+def _modes():
+    rgb = _gradient()
+    rgba = rgb.copy()
+    rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
+    palette = rgb.convert("P", palette=Image.ADAPTIVE, colors=16)
+    palette_t = palette.copy()
+    palette_t.info["transparency"] = 0
+    return {
+        "L.png": (rgb.convert("L"), "PNG"),
+        "LA.png": (rgb.convert("LA"), "PNG"),
+        "RGBA.png": (rgba, "PNG"),
+        "P.png": (palette, "PNG"),
+        "P_transparent.png": (palette_t, "PNG"),
+        "CMYK.jpg": (rgb.convert("CMYK"), "JPEG"),
+        "1bit.bmp": (rgb.convert("1"), "BMP"),
+        "rgb.webp": (rgb, "WEBP"),
+        "rgb.bmp": (rgb, "BMP"),
+        "rgb.gif": (palette, "GIF"),
+        "tiny.png": (rgb.resize((1, 1)), "PNG"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_modes()))
+def test_colour_modes_decode_to_rgb_uint8(name, tmp_path):
+    img, fmt = _modes()[name]
+    path = tmp_path / name
+    img.save(path, fmt)
+    x = decode_image(path)
+    assert x.dtype == torch.uint8 and x.shape == (3, img.height, img.width)
+    expected = np.asarray(Image.open(path).convert("RGBA" if "A" in name or "transparent" in name else "RGB"))
+    if expected.shape[-1] == 4:  # alpha composited on white
+        alpha = expected[..., 3:4] / 255.0
+        expected = np.round(expected[..., :3] * alpha + 255 * (1 - alpha))
+    assert np.abs(x.permute(1, 2, 0).numpy().astype(float) - expected).max() <= 1
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert torch.all(decode_image(tmp_path / "clear.png") == 255)
+
+
+def test_exif_orientation_matches_exif_transpose(tmp_path):
+    img = _gradient(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    path = tmp_path / "rotated.jpg"
+    img.save(path, "JPEG", exif=exif, quality=95)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    got = decode_image(path).permute(1, 2, 0).numpy()
+    assert got.shape == expected.shape == (40, 30, 3)
+    assert np.array_equal(got, expected)
+
+
+def test_16_bit_png_keeps_its_levels(tmp_path):
+    ramp = (np.linspace(0, 65535, 256 * 4).reshape(4, 256)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    x = decode_image(tmp_path / "deep.png")
+    assert len(torch.unique(x[0])) >= 200 and x.max() == 255 and x.min() == 0
+
+
+def test_animated_gif_gives_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    x = decode_image(tmp_path / "anim.gif")
+    assert x[0].float().mean() > 200 and x[2].float().mean() < 50

@@ -1,0 +1,125 @@
+"""Loading weights safely: malicious pickles, truncation, corruption, mismatched models."""
+
+import contextlib
+import os
+import random
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.checkpoint import atomic_write, load_checkpoint, load_model_state, load_weights
+from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
+from alexnet.evaluation import load_trained
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))  # would create a directory when unpickled
+
+
+def test_malicious_checkpoint_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "payload": _Payload(str(marker))}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refused"):
+        load_checkpoint(path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_trained(path)
+    assert not marker.exists()
+
+
+def test_library_never_loads_unsafely():
+    """T2: every torch.load in the package passes weights_only=True; no pickle.load, no allow_pickle."""
+    import ast
+    from pathlib import Path
+
+    root = Path(alexnet.__file__).parent
+    for file in root.rglob("*.py"):
+        tree = ast.parse(file.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = ast.unparse(node.func)
+                if target == "torch.load":
+                    kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                    assert kw.get("weights_only") == "True", f"{file}: torch.load without weights_only=True"
+                assert target not in ("pickle.load", "pickle.loads"), f"{file}: {target}"
+                if target == "np.load":
+                    assert all(k.arg != "allow_pickle" for k in node.keywords), file
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, weights):
+    path = tmp_path / "c.pt"
+    torch.save({"model": {"w": torch.ones(1000)}, "config": {}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match="truncated"):
+        load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(CorruptCheckpointError):
+        load_checkpoint(path)
+
+
+def test_safetensors_round_trip_is_bitwise(weights):
+    trained = load_trained(weights)
+    tensors, meta = load_weights(weights)
+    for key, value in trained.model.state_dict().items():
+        assert torch.equal(value, tensors[key])
+    assert meta["classes"] == trained.classes and meta["model"]["variant"] == "alexnet_small"
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path, weights):
+    data = weights.read_bytes()
+    for cut in (0, 4, 8, 100, len(data) // 2, len(data) - 1):
+        broken = tmp_path / f"cut{cut}.safetensors"
+        broken.write_bytes(data[:cut])
+        with pytest.raises(CorruptCheckpointError):
+            load_trained(broken)
+
+
+def test_mutated_safetensors_never_crash(tmp_path, weights):
+    """T4: header byte flips, bad lengths and truncations give CorruptCheckpointError or a valid load, nothing else."""
+    data = weights.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    rng = random.Random(0)
+    path = tmp_path / "m.safetensors"
+    for i in range(300):
+        b = bytearray(data)
+        kind = i % 3
+        if kind == 0:
+            pos = rng.randrange(0, 8 + header_len)
+            b[pos] = rng.randrange(256)
+        elif kind == 1:
+            b[:8] = rng.choice([0, 1, header_len + 1, len(data), 2**63 - 1, 2**64 - 1]).to_bytes(8, "little")
+        else:
+            del b[rng.randrange(8, len(b)) :]
+        path.write_bytes(bytes(b))
+        with contextlib.suppress(CorruptCheckpointError, IncompatibleCheckpointError):
+            load_trained(path)
+
+
+def test_weights_for_another_model_are_refused(tmp_path, weights):
+    tensors, _ = load_weights(weights)
+    other = alexnet.create_model("alexnet_small", num_classes=7, width=0.25)
+    with pytest.raises(IncompatibleCheckpointError, match="does not fit"):
+        load_model_state(other, tensors, "w.safetensors")
+    paper = alexnet.create_model("alexnet_paper", num_classes=4)
+    with pytest.raises(IncompatibleCheckpointError, match="does not fit"):
+        load_model_state(paper, tensors, "w.safetensors")
+
+
+def test_exception_mid_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def explode(f):
+        f.write(b"new but incomplete")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, explode)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

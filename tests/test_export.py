@@ -1,0 +1,46 @@
+"""Export to every format, for every variant, with a parity check; ONNX files work in `alexnet predict`."""
+
+import json
+
+import pytest
+
+import alexnet
+from alexnet.cli import main
+from alexnet.evaluation import load_trained
+from alexnet.export import FORMATS, export_model
+from alexnet.inference import Predictor
+from tests.conftest import make_weights
+from tests.test_inference import _images
+
+
+@pytest.mark.parametrize("name", alexnet.list_models())
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_parity_every_variant(tmp_path, name, fmt):
+    weights = make_weights(tmp_path / f"{name}.safetensors", name=name, num_classes=5, width=0.25)
+    result = export_model(load_trained(weights), fmt, tmp_path / f"model.{fmt}")
+    assert result.max_abs_diff <= 1e-4
+    assert result.path.stat().st_size > 10_000
+
+
+def test_cli_export_and_onnx_predict_matches_pytorch(tmp_path, weights, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(weights), "--format", "onnx", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "max |onnx - eager|" in printed and "fixed at 32" in printed
+    paths = _images(tmp_path / "imgs")
+    torch_preds = Predictor.from_path(weights).predict(paths)
+    onnx_preds = Predictor.from_path(out).predict(paths)
+    for a, b in zip(torch_preds, onnx_preds):
+        assert [lbl for lbl, _ in a.topk] == [lbl for lbl, _ in b.topk]
+        assert max(abs(pa - pb) for (_, pa), (_, pb) in zip(a.topk, b.topk)) < 1e-4
+    assert main(["predict", "--checkpoint", str(out), "--json", str(paths[0])]) == 0
+    assert "topk" in json.loads(capsys.readouterr().out)
+
+
+def test_export_errors(tmp_path, weights, capsys):
+    assert main(["export", "--checkpoint", str(tmp_path / "none.safetensors"), "--format", "onnx",
+                 "--out", str(tmp_path / "x.onnx")]) == 2  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "fake.onnx").write_bytes(b"not onnx")
+    assert main(["predict", "--checkpoint", str(tmp_path / "fake.onnx"), str(tmp_path)]) == 2
+    assert "not a loadable ONNX model" in capsys.readouterr().err

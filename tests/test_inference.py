@@ -1,0 +1,107 @@
+"""Predictor and `alexnet predict`: inputs of every kind, bad files in a batch, JSON shape, ten-crop."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.cli import main
+from alexnet.inference import Predictor
+from tests.conftest import make_weights
+from tests.data.test_decode import bad_files
+
+
+def _images(root):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(40, 30), (5, 7), (1500, 900), (32, 32)]):
+        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        path = root / f"img{i}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_paths_pil_and_tensors_agree(tmp_path, weights):
+    predictor = Predictor.from_path(weights)
+    paths = _images(tmp_path / "imgs")
+    by_path = predictor.predict(paths, topk=3)
+    by_pil = predictor.predict([Image.open(p) for p in paths], topk=3)
+    by_tensor = predictor.predict([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                                   for p in paths], topk=3)  # fmt: skip
+    for a, b, c in zip(by_path, by_pil, by_tensor):
+        assert a.error is None and len(a.topk) == 3
+        assert [t[0] for t in a.topk] == [t[0] for t in b.topk] == [t[0] for t in c.topk]
+        assert np.allclose([t[1] for t in a.topk], [t[1] for t in c.topk], atol=1e-6)
+        probs = [p for _, p in a.topk]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(label.startswith("label_") for label, _ in a.topk)
+    single = predictor.predict(paths[0], topk=1)
+    assert len(single) == 1 and single[0].topk[0][0] == by_path[0].topk[0][0]
+    assert single[0].topk[0][1] == pytest.approx(by_path[0].topk[0][1], abs=1e-6)
+
+
+def test_batching_does_not_change_results(tmp_path, weights):
+    predictor = Predictor.from_path(weights)
+    paths = _images(tmp_path / "imgs")
+    one = predictor.predict(paths, batch_size=1)
+    many = predictor.predict(paths, batch_size=4)
+    for a, b in zip(one, many):
+        assert [lbl for lbl, _ in a.topk] == [lbl for lbl, _ in b.topk]
+        assert np.allclose([p for _, p in a.topk], [p for _, p in b.topk], atol=1e-5)
+
+
+def test_grayscale_model_takes_colour_photos(tmp_path):
+    weights = make_weights(tmp_path / "gray.safetensors", in_channels=1, num_classes=10,
+                           input_size=28)  # fmt: skip
+    predictor = Predictor.from_path(weights)
+    (pred,) = predictor.predict(_images(tmp_path / "imgs")[:1], topk=10)
+    assert pred.error is None and len(pred.topk) == 10
+
+
+def test_cli_predict_json_with_bad_files(tmp_path, weights, capsys):
+    good = _images(tmp_path / "data" / "nested")
+    for name, data in bad_files().items():
+        (tmp_path / "data" / name).write_bytes(data)
+    code = main(["predict", "--checkpoint", str(weights), "--json", "--topk", "2", "-b", "3", str(tmp_path / "data")])
+    assert code == 1  # some files failed
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == len(good) + len(bad_files())
+    ok = [r for r in lines if "topk" in r]
+    bad = [r for r in lines if "error" in r]
+    assert len(ok) == len(good) and len(bad) == len(bad_files())
+    for r in ok:
+        assert set(r) == {"path", "topk"} and [set(t) for t in r["topk"]] == [{"label", "prob"}] * 2
+    assert {r["path"].rsplit("/", 1)[1] for r in bad} == set(bad_files())
+    assert all(isinstance(r["error"], str) and r["error"] for r in bad)
+
+
+def test_cli_predict_table_glob_and_success_exit(tmp_path, weights, capsys):
+    _images(tmp_path / "imgs")
+    assert main(["predict", "--checkpoint", str(weights), str(tmp_path / "imgs" / "*.png")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all("label_" in line and "%" in line for line in out)
+
+
+def test_ten_crop_prediction(tmp_path, weights):
+    predictor = Predictor.from_path(weights)
+    paths = _images(tmp_path / "imgs")
+    ten = predictor.predict(paths, ten_crop=True)
+    centre = predictor.predict(paths)
+    assert all(len(p.topk) == 4 for p in ten)
+    assert any(a.topk != b.topk for a, b in zip(ten, centre))
+
+
+def test_missing_file_is_an_error_line(tmp_path, weights, capsys):
+    assert main(["predict", "--checkpoint", str(weights), str(tmp_path / "nope.jpg")]) == 1
+    assert "cannot read" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 2), torch.zeros(4, 8, 8), "not-an-image-object"])
+def test_bad_python_inputs(weights, bad):
+    predictor = Predictor.from_path(weights)
+    (pred,) = predictor.predict([bad] if not isinstance(bad, str) else [12345])
+    assert pred.error
