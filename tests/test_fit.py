@@ -41,7 +41,8 @@ def test_resume_is_bitwise_with_augmentation(tmp_path):
     resumed = fit(tiny_config(tmp_path / "b", 'train.resume="auto"'))
     _assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
     assert straight.history == [
-        {**r, "seconds": a["seconds"], "img_s": a["img_s"]} for r, a in zip(resumed.history, straight.history)
+        {**r, "seconds": a["seconds"], "img_s": a["img_s"], "elapsed": a["elapsed"]}
+        for r, a in zip(resumed.history, straight.history)
     ]
 
 

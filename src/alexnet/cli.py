@@ -186,6 +186,55 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--resize", type=int, help="folders: shorter side resized to this before measuring (default 256)")
+    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("--limit-batches", type=int, help="measure only this many batches of 256 images")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .data.stats import dataset_stats
+
+    cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, resize=args.resize, workers=args.workers,
+                     batch_size=256)  # fmt: skip
+    stats = dataset_stats(cfg, limit_batches=args.limit_batches)
+    print(json.dumps(stats, indent=2))
+    print("use with: " + " ".join(f"--set data.{k}={json.dumps(stats[k])}" for k in ("mean", "std", "pca_eigval")),
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="the owt rows only, fewer repeats (under a minute)")
+    p.add_argument("-b", "--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="write the result object to stdout")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import benchmark
+
+    result = benchmark(batch=args.batch_size, quick=args.quick, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    peak = result["peak_gflops"]
+    print(f"device {result['device']}, {result['threads']} threads, torch {result['torch']}; "
+          f"GEMM peak fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s")  # fmt: skip
+    print(f"{'case':<40} {'mode':<6} {'batch':>5} {'input':>5} {'prec':>5} {'img/s':>9} {'MFU':>6}")
+    for c in result["cases"]:
+        print(f"{c['name']:<40} {c['mode']:<6} {c['batch']:>5} {c['input']:>5} {c['precision']:>5} "
+              f"{c['img_s']:>9.1f} {100 * c['mfu']:>5.1f}%")  # fmt: skip
+    for mode in ("train", "infer"):
+        r = result[mode]
+        print(f"{mode}: {r['alexnet_img_s']:.1f} vs {r['baseline_img_s']:.1f} img/s = {r['speedup']:.2f}x, "
+              f"MFU {100 * r['mfu']:.1f}%")  # fmt: skip
+    return 0
+
+
 # name: (help, add arguments, run)
 COMMANDS = {
     "models": ("list the model variants with parameters and MACs", _models, run_models),
@@ -193,6 +242,8 @@ COMMANDS = {
     "eval": ("evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix", _eval, run_eval),
     "predict": ("top-k classes for image files, directories or globs", _predict, run_predict),
     "export": ("export to ONNX, TorchScript or torch.export, checked against eager", _export, run_export),
+    "stats": ("mean, std and RGB PCA of a training set, for data.mean/std/pca_*", _stats, run_stats),
+    "bench": ("training and inference throughput against torchvision's AlexNet", _bench, run_bench),
     "demo": ("get Fashion-MNIST, train the default recipe, evaluate, write a report", _demo, run_demo),
 }
 

@@ -112,6 +112,7 @@ def fit(cfg: Config) -> RunResult:
     Raises:
         DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
     """
+    started = time.perf_counter()
     device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
     seed_everything(cfg.train.seed)
@@ -216,6 +217,7 @@ def fit(cfg: Config) -> RunResult:
             "val_acc5": round(val["acc5"], 3),
             "img_s": round(train["img_s"], 1),
             "seconds": round(time.perf_counter() - began, 2),
+            "elapsed": round(time.perf_counter() - started, 2),  # since fit() began, data loading included
         }
         result.history.append(row)
         log.info(

@@ -51,3 +51,11 @@ def test_bad_files_are_skipped_and_counted_then_stop_the_run(tmp_path, caplog):
     data = build_data(cfg, 16, torch.device("cpu"))
     with pytest.raises(AlexNetError, match="failed to decode"):
         list(data.train.batches(0))
+
+
+def test_imagenet_layout_uses_devkit_names(tmp_path):
+    make_folder(tmp_path, classes=("n01440764", "n02012849", "n02013706"), per_class=2)
+    wnid_to_names = {"n01440764": ("tench", "Tinca tinca"), "n02012849": ("crane",), "n02013706": ("crane",)}
+    torch.save((wnid_to_names, []), tmp_path / "meta.bin")  # what torchvision's parse_devkit_archive writes
+    data = build_data(DataConfig(dataset="imagenet", data_dir=str(tmp_path), workers=0), 16, torch.device("cpu"))
+    assert data.classes == ["tench", "crane (n02012849)", "crane (n02013706)"]

@@ -63,6 +63,38 @@ def find_splits(root: Path) -> tuple[Path, Path]:
     raise DataNotFoundError(f"{root.resolve()} needs train/ and val/ (or test/) class folders")
 
 
+def prepare_imagenet(root: Path) -> None:
+    """Use torchvision's ImageNet tools where the official archives are present: parse the devkit into
+    ``meta.bin`` and sort a flat ``val/`` (or the val archive) into class folders, as ``valprep.sh`` does."""
+    from torchvision.datasets import imagenet
+
+    if not (root / "meta.bin").is_file() and (root / imagenet.ARCHIVE_META["devkit"][0]).is_file():
+        log.info("parsing the ImageNet devkit in %s", root)
+        imagenet.parse_devkit_archive(str(root))
+    val = root / "val"
+    flat = val.is_dir() and not any(d.is_dir() for d in val.iterdir())
+    if (flat or not val.exists()) and (root / imagenet.ARCHIVE_META["val"][0]).is_file():
+        if flat:
+            raise DataNotFoundError(
+                f"{val} is flat; move it away so the val archive can be extracted into class folders"
+            )
+        log.info("extracting the ImageNet val archive into class folders")
+        imagenet.parse_val_archive(str(root))
+
+
+def imagenet_class_names(root: Path, wnids: list[str]) -> list[str]:
+    """Human-readable names for WordNet ids (``n01440764`` → ``tench``) from torchvision's ``meta.bin``, when present.
+
+    A name shared by two ids (there are two "crane"s) keeps its id: ``crane (n02012849)``.
+    """
+    meta = root / "meta.bin"
+    if not meta.is_file():
+        return wnids
+    wnid_to_names = torch.load(meta, weights_only=True)[0]
+    names = [wnid_to_names.get(w, (w,))[0] for w in wnids]
+    return [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids)]
+
+
 class FolderDataset(Dataset):
     """Decodes one file to a uint8 (3, S, S) tensor: shorter side resized to S, then the central S×S (§2).
 

@@ -10,7 +10,7 @@ import torch
 
 from ..config import DataConfig
 from .batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, BatchTransform
-from .folder import FolderDataset, FolderLoader, find_splits, scan_folder
+from .folder import FolderDataset, FolderLoader, find_splits, imagenet_class_names, prepare_imagenet, scan_folder
 from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
 
 
@@ -97,9 +97,13 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         val: Loader = TensorLoader(val_split, cfg.eval_batch_size, False, seed, device)
     else:
         root = data_root(cfg.data_dir)
+        if cfg.dataset == "imagenet":
+            prepare_imagenet(root)
         train_dir, val_dir = find_splits(root)
         train_samples, classes = scan_folder(train_dir)
         val_samples, _ = scan_folder(val_dir, classes)
+        if cfg.dataset == "imagenet":
+            classes = imagenet_class_names(root, classes)
         in_channels = 3
         stored = cfg.resize or (256 if input_size >= 128 else input_size)
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)

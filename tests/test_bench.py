@@ -1,0 +1,13 @@
+"""The benchmark's output shape (not its speed: speed targets belong in the benchmark's printed figures)."""
+
+from alexnet.bench import benchmark
+
+
+def test_quick_benchmark_reports_every_field():
+    result = benchmark(batch=2, quick=True, device="cpu")
+    assert set(result) == {"device", "threads", "torch", "peak_gflops", "train", "infer", "cases"}
+    for mode in ("train", "infer"):
+        r = result[mode]
+        assert r["baseline_img_s"] > 0 and r["alexnet_img_s"] > 0 and 0 < r["mfu"] < 1.5
+        assert abs(r["speedup"] - r["alexnet_img_s"] / r["baseline_img_s"]) < 1e-2
+    assert len(result["cases"]) == 4 and result["peak_gflops"]["fp32"] > 0
