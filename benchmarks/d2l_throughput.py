@@ -22,7 +22,7 @@ from torchvision import transforms
 
 from alexnet.config import DataConfig
 from alexnet.data.pipeline import build_data
-from alexnet.device import autocast, pick_precision
+from alexnet.device import autocast, pick_precision, tune_cpu_allocator
 from alexnet.models import create_model
 
 
@@ -87,6 +87,7 @@ def main() -> None:
             yield
 
     theirs = _rate(d2l_steps(), args.batches, 128)
+    tune_cpu_allocator()  # what `alexnet train` does on a CPU; after the baseline, as it is process-wide
     ours = _rate(our_steps(), args.batches, 128)
     print(f"d2l loop (PIL resize per sample, fp32):        {theirs:7.1f} img/s")
     print(f"alexnet (batched resize, {pick_precision('auto', device)}, channels_last): {ours:7.1f} img/s")

@@ -113,8 +113,8 @@ def test_resume_refuses_another_model(tmp_path):
 
 def test_real_fashion_mnist_excerpt_learns(tmp_path, fashion_dir):
     cfg = tiny_config(tmp_path / "run", "data.dataset=\"fashion-mnist\"", f"data.data_dir=\"{fashion_dir}\"",
-                      "data.download=false", "model.overrides.input_size=28", "train.epochs=2",
-                      "optim.lr=0.05")  # fmt: skip
+                      "data.download=false", "model.overrides.input_size=28",
+                      "optim.lr=0.05", "data.pad=0", "train.epochs=3")  # fmt: skip
     result = fit(cfg)
     assert result.history[-1]["val_acc1"] > 55
     assert result.history[-1]["train_loss"] < math.log(10) - 0.5

@@ -75,6 +75,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     precision: str = "auto"  # auto (bf16 where fast), fp32, bf16, fp16
     compile: bool = False
+    tune_allocator: bool = True  # CPU: keep large freed blocks in the heap (see alexnet.device.tune_cpu_allocator)
     out: str | None = None  # run directory; default runs/<time>-<model>-<dataset>
     resume: str | None = None  # a checkpoint path, or "auto" (the run directory's last.pt)
     limit_train_batches: int | None = None

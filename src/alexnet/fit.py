@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .config import Config
 from .data.pipeline import Data, build_data
-from .device import pick_device, pick_precision
+from .device import pick_device, pick_precision, tune_cpu_allocator
 from .engine import StepSettings, evaluate, train_one_epoch
 from .errors import IncompatibleCheckpointError
 from .models import create_model, get_spec
@@ -115,6 +115,8 @@ def fit(cfg: Config) -> RunResult:
     started = time.perf_counter()
     device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
+    if device.type == "cpu" and cfg.train.tune_allocator:
+        tune_cpu_allocator()
     seed_everything(cfg.train.seed)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
     data = build_data(cfg.data, spec.input_size, device, cfg.train.seed)

@@ -55,51 +55,66 @@ class BatchTransform:
     eigvec: torch.Tensor | None = None
     pixel_scale: float = 1.0
 
-    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
-        # Mean subtraction on the stored image, before cropping: Caffe's per-pixel mean at the crop's offset.
-        return x.float().div_(255.0).sub_(self.mean.to(x.device))
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, x: torch.Tensor, mean: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 crops → float: /255, − mean (channel means or the mean image's matching crops), + colour
+        offset, / std, resized to the model's input, × pixel_scale, channels-last."""
+        x = x.float().mul_(1 / 255).sub_(mean.to(x.device))
+        if offset is not None:
+            x = x.add_(offset.to(x.device)[:, :, None, None])
         if self.std is not None:
-            x = x / self.std.to(x.device)
+            x = x.div_(self.std.to(x.device))
         if x.shape[-1] != self.input_size:
             antialias = x.shape[-1] > self.input_size
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=antialias)
-        x = x * self.pixel_scale if self.pixel_scale != 1.0 else x
+        if self.pixel_scale != 1.0:
+            x = x.mul_(self.pixel_scale)
         return x.contiguous(memory_format=torch.channels_last)
 
+    def _mean_for(self, b: int) -> torch.Tensor:
+        """The mean as a (B, C, S, S) view when it is a per-pixel image, else (C, 1, 1)."""
+        if self.mean.shape[-1] == 1:
+            return self.mean
+        mean = self.mean.expand(b, *self.mean.shape)
+        return F.pad(mean, (self.pad,) * 4) if self.pad else mean
+
+    def _crops(self, x: torch.Tensor, oy: list[int], ox: list[int], flips: list[bool]) -> torch.Tensor:
+        """(B, C, crop, crop) windows of ``x`` at per-image offsets, mirrored where asked, in channels-last memory.
+
+        A slice per image: on a CPU this is 3-4× faster than one advanced-indexing gather over the batch.
+        """
+        n, c, k = len(oy), x.shape[1], self.crop
+        out = torch.empty(n, k, k, c, dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
+        for i in range(n):  # crop i comes from image i mod B (ten-crop takes ten crops of each image)
+            patch = x[i % x.shape[0], :, oy[i] : oy[i] + k, ox[i] : ox[i] + k]
+            out[i] = patch.flip(-1) if flips[i] else patch
+        return out
+
     def train(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random crop (after optional padding), random flip, PCA colour noise, normalisation."""
+        """Random crop (after optional zero padding), random flip, PCA colour noise, normalisation."""
         b, _c, h, w = x.shape
-        x = self._to_float(x)
         if self.pad:
-            x = F.pad(x, (self.pad,) * 4)
+            x = F.pad(x, (self.pad,) * 4)  # black borders, as torchvision's RandomCrop(padding=...)
             h, w = h + 2 * self.pad, w + 2 * self.pad
         # One crop offset per image, drawn uniformly from every valid position (257 - 227 = 30 for the paper).
-        oy = torch.randint(0, h - self.crop + 1, (b,), generator=generator).to(x.device)
-        ox = torch.randint(0, w - self.crop + 1, (b,), generator=generator).to(x.device)
-        flips = (torch.rand(b, generator=generator) < 0.5).to(x.device) if self.flip else None
-        span = torch.arange(self.crop, device=x.device)
-        rows = (oy[:, None] + span)[:, :, None]  # (B, crop, 1)
-        cols = ox[:, None] + span  # (B, crop)
-        if flips is not None:
-            cols = torch.where(flips[:, None], cols.flip(1), cols)
-        # Gather the crops from (B, H, W, C): (B, crop, crop, C), then view as (B, C, crop, crop) channels-last.
-        x = x.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols[:, None, :]]
-        x = x.permute(0, 3, 1, 2)
+        oy = torch.randint(0, h - self.crop + 1, (b,), generator=generator).tolist()
+        ox = torch.randint(0, w - self.crop + 1, (b,), generator=generator).tolist()
+        flips = (torch.rand(b, generator=generator) < 0.5).tolist() if self.flip else [False] * b
+        mean = self._mean_for(b)
+        if mean.shape[-1] != 1:
+            mean = self._crops(mean, oy, ox, flips)
+        offset = None
         if self.pca_std > 0 and x.shape[1] == 3 and self.eigval is not None and self.eigvec is not None:
             alpha = torch.randn(b, 3, generator=generator) * self.pca_std  # α_i ~ N(0, σ²), per image
             # [p1 p2 p3][α1λ1 α2λ2 α3λ3]ᵀ: one RGB offset per image, added to every pixel.
-            rgb = (alpha * self.eigval) @ self.eigvec.T  # (B, 3)
-            x = x + rgb.to(x.device)[:, :, None, None]
-        return self._finish(x)
+            offset = (alpha * self.eigval) @ self.eigvec.T  # (B, 3)
+        return self._normalize(self._crops(x, oy, ox, flips), mean, offset)
 
     def eval(self, x: torch.Tensor) -> torch.Tensor:
         """The central crop, normalised."""
-        x = self._to_float(x)
         top = (x.shape[-2] - self.crop) // 2
         left = (x.shape[-1] - self.crop) // 2
-        return self._finish(x[..., top : top + self.crop, left : left + self.crop])
+        mean = self.mean if self.mean.shape[-1] == 1 else self.mean[..., top : top + self.crop, left : left + self.crop]
+        return self._normalize(x[..., top : top + self.crop, left : left + self.crop], mean)
 
     def ten_crop(self, x: torch.Tensor) -> torch.Tensor:
         """(10·B, C, input, input): four corners and the centre of the (padded) image, then their mirrors.
@@ -107,11 +122,15 @@ class BatchTransform:
         Crop-major order: rows [k·B, (k+1)·B) are crop k of every image, so averaging over crops is
         ``probs.view(10, B, -1).mean(0)``.
         """
-        x = self._to_float(x)
+        b = x.shape[0]
         if self.pad:
             x = F.pad(x, (self.pad,) * 4)
         h, w, c = x.shape[-2], x.shape[-1], self.crop
         corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
-        crops = [x[..., t : t + c, left : left + c] for t, left in corners]
-        crops += [crop.flip(-1) for crop in crops]
-        return self._finish(torch.cat(crops))
+        oy = [t for t, _ in corners for _ in range(b)] * 2
+        ox = [left for _, left in corners for _ in range(b)] * 2
+        flips = [False] * (5 * b) + [True] * (5 * b)
+        mean = self._mean_for(b)
+        if mean.shape[-1] != 1:
+            mean = self._crops(mean, oy, ox, flips)
+        return self._normalize(self._crops(x, oy, ox, flips), mean)
