@@ -90,3 +90,20 @@ def test_ten_crop_equals_hand_computed_average():
     assert got["acc1"] == pytest.approx(expected_acc)
     centre = evaluate(model.float(), _Loader(x, y), tf, settings, ten_crop=False)
     assert centre["loss"] != pytest.approx(got["loss"], rel=1e-6)
+
+
+def test_mean_image_is_subtracted_at_the_crop_offset():
+    from alexnet.config import DataConfig
+    from alexnet.data.pipeline import build_data
+    from alexnet.errors import AlexNetError
+
+    cfg = DataConfig(dataset="fake", mean_image=True, normalize="mean", crop=24, batch_size=8)
+    data = build_data(cfg, 24, torch.device("cpu"))
+    mean = data.train.split.images.double().mean(0)  # (3, 32, 32) on the 0-255 scale
+    x = mean.round().clamp(0, 255).byte().unsqueeze(0).repeat(4, 1, 1, 1)
+    out = data.train_transform.train(x, step_generator(0, 0, 0))
+    assert out.abs().max() < 1 / 255  # the mean image minus its own crop is ~0 wherever the crop lands
+    assert data.eval_transform.eval(x).abs().max() < 1 / 255
+    assert data.eval_transform.ten_crop(x).abs().max() < 1 / 255
+    with pytest.raises(AlexNetError, match="mean_image"):
+        build_data(DataConfig(dataset="folder", mean_image=True), 24, torch.device("cpu"))

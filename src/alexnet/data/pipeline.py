@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import torch
 
 from ..config import DataConfig
+from ..errors import AlexNetError
 from .batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, BatchTransform
 from .folder import FolderDataset, FolderLoader, find_splits, imagenet_class_names, prepare_imagenet, scan_folder
 from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
@@ -96,6 +97,11 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         train: Loader = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True)
         val: Loader = TensorLoader(val_split, cfg.eval_batch_size, False, seed, device)
     else:
+        if cfg.mean_image:
+            raise AlexNetError(
+                "data.mean_image=true needs a per-pixel mean of the training images, which is computed only for "
+                "in-memory data sets so far; use the per-channel mean (data.mean_image=false) for image folders"
+            )
         root = data_root(cfg.data_dir)
         if cfg.dataset == "imagenet":
             prepare_imagenet(root)
