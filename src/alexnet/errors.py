@@ -27,3 +27,11 @@ class NonFiniteLossError(AlexNetError):
 
 class InvalidImageError(AlexNetError):
     """A file could not be decoded as an image (or was refused, like a decompression bomb)."""
+
+
+class TrainingInterrupted(AlexNetError):
+    """A signal (SIGTERM, SIGINT) stopped training after a step; a checkpoint was saved to resume from."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell convention: 143 for SIGTERM

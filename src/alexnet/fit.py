@@ -8,11 +8,14 @@ training two epochs equals training one, stopping, and resuming the second: bitw
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,7 @@ from .config import Config
 from .data.pipeline import Data, build_data
 from .device import pick_device, pick_precision, tune_cpu_allocator
 from .engine import StepSettings, evaluate, train_one_epoch
-from .errors import IncompatibleCheckpointError
+from .errors import IncompatibleCheckpointError, TrainingInterrupted
 from .models import create_model, get_spec
 from .optim import Schedule, build_optimizer
 
@@ -196,48 +199,72 @@ def fit(cfg: Config) -> RunResult:
         every = cfg.train.checkpoint_every
 
         def hook(step: int) -> None:
+            if stop_signals:
+                # Preemption: finish the step, save where we are, and leave with the signal's exit code.
+                checkpoint(epoch, step + 1, out / "last.pt")
+                signum = stop_signals[0]
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, batch {step + 1}; saved "
+                    f"{out / 'last.pt'}: continue with --resume auto --out {out}",
+                    signum,
+                )
             if every and (step + 1) % every == 0 and step + 1 < steps:
                 checkpoint(epoch, step + 1, out / "last.pt")
 
         return hook
 
-    plain = getattr(model, "_orig_mod", model)
-    for epoch in range(start_epoch, cfg.train.epochs):
-        began = time.perf_counter()
-        train = train_one_epoch(
-            model, data.train, data.train_transform, optimizer, schedule, settings, epoch,
-            start_step, scaler, on_step(epoch),
-        )  # fmt: skip
-        start_step = 0
-        val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop)
-        schedule.end_epoch(val["err1"])
-        row = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": round(train["loss"], 5),
-            "train_acc1": round(train["acc1"], 3),
-            "val_loss": round(val["loss"], 5),
-            "val_acc1": round(val["acc1"], 3),
-            "val_acc5": round(val["acc5"], 3),
-            "img_s": round(train["img_s"], 1),
-            "seconds": round(time.perf_counter() - began, 2),
-            "elapsed": round(time.perf_counter() - started, 2),  # since fit() began, data loading included
-        }
-        result.history.append(row)
-        log.info(
-            "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
-            "%.0f img/s  data %.1fs compute %.1fs",
-            epoch + 1, cfg.train.epochs, row["lr"], train["loss"], train["acc1"], val["loss"], val["acc1"],
-            val["acc5"], train["img_s"], train["data_s"], train["compute_s"],
-        )  # fmt: skip
-        _write_metrics(out / "metrics.csv", result.history)
-        improved = val["acc1"] > result.best_acc1
-        if improved:
-            result.best_acc1 = val["acc1"]
-        checkpoint(epoch + 1, 0, out / "last.pt")
-        if improved:
-            checkpoint(epoch + 1, 0, out / "best.pt")
-            metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
-            save_weights(plain, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
-        result.final = val
+    stop_signals: list[int] = []
+    with _stop_on(signal.SIGTERM, stop_signals):
+        plain = getattr(model, "_orig_mod", model)
+        for epoch in range(start_epoch, cfg.train.epochs):
+            began = time.perf_counter()
+            train = train_one_epoch(
+                model, data.train, data.train_transform, optimizer, schedule, settings, epoch,
+                start_step, scaler, on_step(epoch),
+            )  # fmt: skip
+            start_step = 0
+            val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop)
+            schedule.end_epoch(val["err1"])
+            row = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": round(train["loss"], 5),
+                "train_acc1": round(train["acc1"], 3),
+                "val_loss": round(val["loss"], 5),
+                "val_acc1": round(val["acc1"], 3),
+                "val_acc5": round(val["acc5"], 3),
+                "img_s": round(train["img_s"], 1),
+                "seconds": round(time.perf_counter() - began, 2),
+                "elapsed": round(time.perf_counter() - started, 2),  # since fit() began, data loading included
+            }
+            result.history.append(row)
+            log.info(
+                "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
+                "%.0f img/s  data %.1fs compute %.1fs",
+                epoch + 1, cfg.train.epochs, row["lr"], train["loss"], train["acc1"], val["loss"], val["acc1"],
+                val["acc5"], train["img_s"], train["data_s"], train["compute_s"],
+            )  # fmt: skip
+            _write_metrics(out / "metrics.csv", result.history)
+            improved = val["acc1"] > result.best_acc1
+            if improved:
+                result.best_acc1 = val["acc1"]
+            checkpoint(epoch + 1, 0, out / "last.pt")
+            if improved:
+                checkpoint(epoch + 1, 0, out / "best.pt")
+                metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
+                save_weights(plain, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
+            result.final = val
     return result
+
+
+@contextlib.contextmanager
+def _stop_on(signum: int, stop_signals: list[int]):
+    """Record ``signum`` in ``stop_signals`` instead of dying, while training runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, lambda s, _frame: stop_signals.append(s))
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)

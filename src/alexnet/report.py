@@ -42,7 +42,7 @@ def plot_curves(metrics_csv: Path | str, out: Path | str) -> Path:
     return Path(out)
 
 
-def save_conv1_filters(model: nn.Module, out: Path | str, scale: int = 4) -> Path:
+def save_conv1_filters(model: nn.Module, out: Path | str, scale: int | None = None) -> Path:
     """conv1's kernels as an image grid, each kernel min-max scaled on its own (the paper's Figure 3).
 
     With two towers the first half of the kernels (GPU 1) fills the top rows and the second half the bottom rows.
@@ -52,6 +52,7 @@ def save_conv1_filters(model: nn.Module, out: Path | str, scale: int = 4) -> Pat
     lo = w.amin(dim=(1, 2, 3), keepdim=True)
     hi = w.amax(dim=(1, 2, 3), keepdim=True)
     w = (w - lo) / (hi - lo).clamp_min(1e-8)
+    scale = scale or max(1, 48 // w.shape[-1])  # ~48 px per kernel: 11×11 → ×4, 5×5 → ×9
     w = torch.nn.functional.interpolate(w, scale_factor=scale, mode="nearest")
     # 96 kernels → 8 rows of 12: rows 1-4 are tower 1's 48 kernels, rows 5-8 tower 2's.
     save_image(make_grid(w, nrow=12, padding=2, pad_value=1.0), out)

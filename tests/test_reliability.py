@@ -1,0 +1,81 @@
+"""Process-level reliability (shared/reference/reliability-tests.md): SIGTERM mid-epoch (T10), kill -9 during a
+checkpoint write (T5), and the same seed giving the same weights in two fresh processes with workers (T27)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import torch
+
+from alexnet.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries
+
+TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnist", "--dataset", "fake",
+         "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25",
+         "--set", "model.overrides.input_size=32", "--set", 'optim.schedule="constant"', "--lr", "0.02"]  # fmt: skip
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_bitwise(tmp_path):
+    args = ["--epochs", "3", "--set", "data.pad=2"]
+    straight = tmp_path / "straight"
+    assert subprocess.run([*TRAIN, "--out", str(straight), *args], capture_output=True).returncode == 0
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*TRAIN, "--out", str(run), *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)  # the end of epoch 1: signal during epoch 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "--resume auto" in err
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 1 and 0 < state["step"] <= 32
+    resumed = subprocess.run([*TRAIN, "--out", str(run), *args, "--resume", "auto"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(run / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_same_seed_same_weights_in_two_processes_with_workers(tmp_path, image_folder):
+    outs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out = tmp_path / name
+        cmd = [*TRAIN, "--out", str(out), "--epochs", "1", "--dataset", "folder", "--data-dir", str(image_folder),
+               "-j", "2", "-b", "4", "--seed", str(seed), "--set", "data.pad=2"]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        outs.append(load_weights(out / "best.safetensors")[0])
+    a, b, c = outs
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from alexnet.checkpoint import save_checkpoint
+    i = 0
+    while True:
+        i += 1
+        save_checkpoint({"model": {"w": torch.full((2_000_000,), float(i))}, "config": {}, "i": i}, sys.argv[1])
+""")
+
+
+def test_kill_9_during_save_leaves_a_whole_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    for trial in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+        deadline = time.time() + 60
+        while not path.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert path.exists(), "the writer never wrote"
+        time.sleep(0.05 + 0.07 * trial)  # land at different points of a write
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        state = load_checkpoint(path)  # always the old or the new file, never a mix
+        w = state["model"]["w"]
+        assert torch.all(w == state["i"])
+        remove_stale_temporaries(tmp_path)
+        assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
