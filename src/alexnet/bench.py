@@ -41,23 +41,23 @@ class Case:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def measure_peak(dtype: torch.dtype, device: torch.device, quick: bool = False) -> float:
+def measure_peak(dtype: torch.dtype, device: torch.device) -> float:
     """The best dense-kernel FLOP/s measured: n×n GEMMs and a 3×3 convolution shaped like AlexNet's conv3.
 
     oneDNN's convolutions can outrun ``torch.mm`` on a CPU, so a GEMM alone understates what the hardware does
     and would put MFU over 100%; the peak is the fastest of these kernels, best of repeats (a peak, not a typical
     rate: on a shared machine a median would move with the neighbours' load).
     """
-    repeats = 3 if quick else 5
+    repeats = 5  # also in --quick: a short peak measurement under-reads it (oneDNN builds its kernels first)
     rates = []
-    for n in (2048,) if quick else (2048, 4096):
+    for n in (2048, 4096):
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         rates.append(2 * n**3 * _rate(lambda a=a, b=b: a @ b, 1, 1, repeats, device, best=True))
     conv = nn.Conv2d(256, 384, 3, padding=1).to(device, dtype).to(memory_format=torch.channels_last)
     x = torch.randn(64, 256, 13, 13, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        rates.append(2 * 384 * 256 * 9 * 13 * 13 * _rate(lambda: conv(x), 64, 1, repeats, device, best=True))
+        rates.append(2 * 384 * 256 * 9 * 13 * 13 * _rate(lambda: conv(x), 64, 2, repeats, device, best=True))
     return max(rates)
 
 
@@ -185,7 +185,7 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dic
             Case("alexnet_small 32px (defaults)", "alexnet_small", "infer", 256, 32, settings=fast, **contender),
         ]  # fmt: skip
     # Both peaks before the allocator setting, as the baselines see the machine; it does not affect GEMM speed.
-    peak = {"fp32": measure_peak(torch.float32, dev, quick), "bf16": measure_peak(torch.bfloat16, dev, quick)}
+    peak = {"fp32": measure_peak(torch.float32, dev), "bf16": measure_peak(torch.bfloat16, dev)}
     for case in baselines:
         run_case(case, dev, warmup, repeats, peak)
         log.info("%-40s %-5s %8.1f img/s  MFU %5.1f%%", case.name, case.mode, case.img_s, 100 * case.mfu)
