@@ -26,7 +26,7 @@ def test_cli_export_and_onnx_predict_matches_pytorch(tmp_path, weights, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(weights), "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "max |onnx - eager|" in printed and "fixed at 32" in printed
+    assert "max |onnx - eager| over logits on the first 8 fake test images" in printed and "fixed at 32" in printed
     paths = _images(tmp_path / "imgs")
     torch_preds = Predictor.from_path(weights).predict(paths)
     onnx_preds = Predictor.from_path(out).predict(paths)
@@ -35,6 +35,10 @@ def test_cli_export_and_onnx_predict_matches_pytorch(tmp_path, weights, capsys):
         assert max(abs(pa - pb) for (_, pa), (_, pb) in zip(a.topk, b.topk)) < 1e-4
     assert main(["predict", "--checkpoint", str(out), "--json", str(paths[0])]) == 0
     assert "topk" in json.loads(capsys.readouterr().out)
+    pt2 = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(weights), "--format", "exported-program", "--out", str(pt2),
+                 "--images", str(tmp_path / "imgs")]) == 0  # fmt: skip
+    assert "on 4 given images (4, 3, 32, 32)" in capsys.readouterr().out
 
 
 def test_export_errors(tmp_path, weights, capsys):

@@ -174,15 +174,18 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program"])
     p.add_argument("--out", required=True, help="file to write (.onnx, .pt, .pt2)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |export - eager| over the logits")
+    p.add_argument("--images", nargs="+", help="images for the parity check (default: the training data's test split)")
 
 
 def run_export(args: argparse.Namespace) -> int:
     from .evaluation import load_trained
-    from .export import export_model
+    from .export import check_inputs_for, export_model
 
-    result = export_model(load_trained(args.checkpoint), args.format, args.out, atol=args.atol)
+    trained = load_trained(args.checkpoint)
+    inputs, described = check_inputs_for(trained, args.images)
+    result = export_model(trained, args.format, args.out, check_inputs=inputs, atol=args.atol)
     print(f"wrote {result.path} ({result.format}); {result.note}")
-    print(f"max |{result.format} - eager| over logits on {result.input_shape}: {result.max_abs_diff:.3e}")
+    print(f"max |{result.format} - eager| over logits on {described} {result.input_shape}: {result.max_abs_diff:.3e}")
     return 0
 
 

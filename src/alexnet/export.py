@@ -33,6 +33,33 @@ class ExportResult:
     note: str
 
 
+def check_inputs_for(trained: Any, images: list[str] | None = None, n: int = 8) -> tuple[torch.Tensor | None, str]:
+    """Real preprocessed inputs for the parity check: the given image files, else the first ``n`` validation
+    images of the data set the model was trained on when it is on disk, else None (random inputs).
+
+    Returns:
+        (B, C, H, W) inputs or None, and a few words saying what they are.
+    """
+    from .data.decode import decode_image
+    from .data.sources import TENSOR_DATASETS, load_tensor_split
+    from .errors import DataNotFoundError
+    from .inference import eval_transform, expand_inputs, to_stored
+
+    tf = eval_transform(trained.data, trained.model.in_channels)
+    if images:
+        files = expand_inputs(images)[:n]
+        stored = [to_stored(decode_image(f), trained.data["stored_size"], trained.model.in_channels) for f in files]
+        return tf.eval(torch.stack(stored)), f"{len(files)} given images"
+    dataset = trained.data.get("dataset")
+    if dataset in TENSOR_DATASETS:
+        try:
+            split = load_tensor_split(dataset, None, train=False, download=False)
+        except DataNotFoundError:
+            return None, "random inputs (the training data set is not on disk)"
+        return tf.eval(split.images[:n]), f"the first {n} {dataset} test images"
+    return None, "random inputs (pass --images for real ones)"
+
+
 def _meta_json(trained: Any) -> str:
     return json.dumps({"model": trained.model.config, "classes": trained.classes, "data": trained.data})
 
@@ -56,7 +83,7 @@ def export_model(trained: Any, fmt: str, out: str | Path, check_inputs: torch.Te
     model = trained.model.float().eval().cpu()
     size = trained.data["input_size"]
     example = torch.randn(2, model.in_channels, size, size)
-    x = check_inputs if check_inputs is not None else torch.randn(3, model.in_channels, size, size)
+    x = check_inputs.float() if check_inputs is not None else torch.randn(3, model.in_channels, size, size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
