@@ -56,18 +56,19 @@ class BatchTransform:
     pixel_scale: float = 1.0
 
     def _normalize(self, x: torch.Tensor, mean: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 crops → float: /255, − mean (channel means or the mean image's matching crops), + colour
-        offset, / std, resized to the model's input, × pixel_scale, channels-last."""
-        x = x.float().mul_(1 / 255).sub_(mean.to(x.device))
+        """uint8 crops → float in two in-place passes: ((x/255 − mean + offset) / std) · pixel_scale, resized to
+        the model's input, channels-last. ``mean`` is (C, 1, 1) or the mean image's (B, C, k, k) crops;
+        ``offset`` is the (B, 3) PCA colour noise."""
+        std = self.std.to(x.device) if self.std is not None else torch.ones((), device=x.device)
+        scale = self.pixel_scale / (255.0 * std)
+        shift = -mean.to(x.device)
         if offset is not None:
-            x = x.add_(offset.to(x.device)[:, :, None, None])
-        if self.std is not None:
-            x = x.div_(self.std.to(x.device))
+            shift = shift + offset.to(x.device)[:, :, None, None]
+        shift = shift * (self.pixel_scale / std)
+        x = x.float().mul_(scale).add_(shift)  # in place: keeps the crops' channels-last layout
         if x.shape[-1] != self.input_size:
             antialias = x.shape[-1] > self.input_size
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=antialias)
-        if self.pixel_scale != 1.0:
-            x = x.mul_(self.pixel_scale)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _mean_for(self, b: int) -> torch.Tensor:
