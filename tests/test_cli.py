@@ -67,3 +67,12 @@ def test_errors_are_one_line_and_nonzero(args, message, capsys):
 def test_list_recipes(capsys):
     assert main(["train", "--list-recipes"]) == 0
     assert "paper-imagenet" in capsys.readouterr().out
+
+
+def test_public_api_names_resolve():
+    import alexnet
+
+    for name in alexnet.__all__:
+        assert getattr(alexnet, name) is not None
+    with pytest.raises(AttributeError):
+        alexnet.no_such_thing  # noqa: B018

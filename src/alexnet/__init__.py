@@ -1,8 +1,36 @@
-"""alexnet: Krizhevsky, Sutskever and Hinton's 2012 network and its descendants, as a library."""
+"""alexnet: Krizhevsky, Sutskever and Hinton's 2012 network and its descendants, as a library.
+
+import alexnet
+model = alexnet.create_model("alexnet_paper")
+result = alexnet.fit(alexnet.load_config("fashion-mnist"))
+alexnet.Predictor.from_path("runs/demo/best.safetensors").predict(["shoe.jpg"])
+"""
+
+from importlib import import_module
+from typing import Any
 
 from .models import ModelInfo, create_model, get_spec, list_models, model_from_config, model_info
 
 __version__ = "0.1.0"
+
+# Training, evaluation, inference and export load on first use, so `import alexnet` stays light.
+_LAZY = {
+    "fit": "fit",
+    "load_config": "config",
+    "evaluate_checkpoint": "evaluation",
+    "load_trained": "evaluation",
+    "Predictor": "inference",
+    "export_model": "export",
+    "benchmark": "bench",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
+
+
 __all__ = [
     "ModelInfo",
     "__version__",
@@ -11,4 +39,5 @@ __all__ = [
     "list_models",
     "model_from_config",
     "model_info",
+    *_LAZY,
 ]

@@ -72,9 +72,7 @@ def evaluate_checkpoint(
     from the model's metadata.
     """
     trained = load_trained(path)
-    cfg = trained.config or Config()
-    if trained.config is None:  # safetensors: rebuild the data section from the weights' metadata
-        cfg.model.overrides = trained.model.config["overrides"]
+    cfg = trained.config or Config()  # safetensors carry no config: the data section comes from the metadata
     cfg.data.dataset = dataset or trained.data.get("dataset", cfg.data.dataset)
     if data_dir:
         cfg.data.data_dir = data_dir

@@ -8,7 +8,6 @@ training run's central (or ten-) crop and normalisation.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -179,8 +178,3 @@ class Predictor:
         if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
             images = [images]
         return list(self.predict_iter(images, topk, batch_size, ten_crop))
-
-
-def predictions_to_jsonl(predictions: Iterable[Prediction]) -> Iterator[str]:
-    for p in predictions:
-        yield json.dumps(p.to_json())
