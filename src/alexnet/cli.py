@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -71,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     result = fit(load_config(args.recipe, args.overrides, **_fields(args)))
     final = result.final
-    if final:
+    if final and os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         print(
             f"done: {result.out}  best val acc1 {result.best_acc1:.2f}%  last val acc1 {final['acc1']:.2f}% "
             f"acc5 {final['acc5']:.2f}%  loss {final['loss']:.4f}"

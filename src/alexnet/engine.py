@@ -170,6 +170,11 @@ def evaluate(
         confusion.update(probs, labels)
         bar.update()
     bar.close()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Each process saw its own images once (no padding): sum the loss and counts; torchmetrics syncs itself.
+        totals = torch.tensor([loss_sum, seen], dtype=torch.float64, device=settings.device)
+        torch.distributed.all_reduce(totals)
+        loss_sum, seen = totals.tolist()
     matrix = confusion.compute().cpu()
     per_class = (matrix.diag() / matrix.sum(1).clamp_min(1)).mul(100).tolist()
     acc1 = 100 * matrix.diag().sum().item() / max(seen, 1)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -117,14 +118,18 @@ def fit(cfg: Config) -> RunResult:
     """
     started = time.perf_counter()
     device = pick_device(cfg.train.device)
+    dist_info = distributed.setup(device)
+    device = distributed.local_device(device, dist_info)
     precision = pick_precision(cfg.train.precision, device)
     if device.type == "cpu" and cfg.train.tune_allocator:
         tune_cpu_allocator()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed + dist_info.rank)  # each process its own dropout masks
+    if not dist_info.is_main:
+        logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
-    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed)
+    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, dist_info.rank, dist_info.world)
     model = create_model(
         cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
     )
@@ -139,8 +144,14 @@ def fit(cfg: Config) -> RunResult:
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    if dist_info.enabled:  # every process must agree on the directory a timestamped default would name
+        shared = [str(out)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        out = Path(shared[0])
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+    distributed.barrier(dist_info)
     result = RunResult(out)
     start_epoch = start_step = 0
     resume = cfg.train.resume
@@ -154,35 +165,49 @@ def fit(cfg: Config) -> RunResult:
         schedule.load_state_dict(state["schedule"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng_ranks"][dist_info.rank] if dist_info.enabled else state["rng"])
         start_epoch, start_step = state["epoch"], state["step"]
         result.history, result.best_acc1 = list(state["history"]), state["best_acc1"]
         log.info("resumed from %s at epoch %d, batch %d", resume, start_epoch + 1, start_step)
+    plain = model  # the bare module, for state dicts and exports
+    if dist_info.enabled:
+        model = nn.parallel.DistributedDataParallel(model)
     if cfg.train.compile:
         model = torch.compile(model)
-    atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
+    if dist_info.is_main:
+        atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
     log.info(
         "%s on %s: %d train batches of %d, %d classes, device %s, precision %s, out %s",
         cfg.model.name, cfg.data.dataset, steps, cfg.data.batch_size, len(data.classes), device, precision, out,
     )  # fmt: skip
+    progress = cfg.train.progress and dist_info.is_main
+    # Augmentation seeds differ per process (rank 0 keeps the single-process seed).
+    aug_seed = cfg.train.seed + 1_000_003 * dist_info.rank
     settings = StepSettings(
-        device, precision, cfg.train.seed, len(data.classes), cfg.optim.label_smoothing, cfg.optim.clip_grad_norm,
-        cfg.train.limit_train_batches, cfg.train.progress,
+        device, precision, aug_seed, len(data.classes), cfg.optim.label_smoothing, cfg.optim.clip_grad_norm,
+        cfg.train.limit_train_batches, progress,
     )  # fmt: skip
     eval_settings = StepSettings(
         device, precision, cfg.train.seed, len(data.classes), limit_batches=cfg.train.limit_val_batches,
-        progress=cfg.train.progress,
+        progress=progress,
     )  # fmt: skip
 
     def checkpoint(epoch: int, step: int, path: Path) -> None:
+        rng = _rng_state()
+        rng_ranks = [rng] * dist_info.world
+        if dist_info.enabled:  # every process's RNG, so a resumed multi-process run continues each of them
+            torch.distributed.all_gather_object(rng_ranks, rng)
+        if not dist_info.is_main:
+            return
         save_checkpoint(
             {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "model_config": getattr(model, "_orig_mod", model).config,
+                "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
+                "model_config": plain.config,
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": _rng_state(),
+                "rng": rng,
+                "rng_ranks": rng_ranks,
                 "epoch": epoch,
                 "step": step,
                 "history": result.history,
@@ -199,6 +224,10 @@ def fit(cfg: Config) -> RunResult:
         every = cfg.train.checkpoint_every
 
         def hook(step: int) -> None:
+            if dist_info.enabled:  # stop together: a process leaving alone would hang the others' all-reduce
+                flag = distributed.all_reduce_sum(torch.tensor([len(stop_signals)], device=device), dist_info)
+                if flag.item() and not stop_signals:
+                    stop_signals.append(signal.SIGTERM)
             if stop_signals:
                 # Preemption: finish the step, save where we are, and leave with the signal's exit code.
                 checkpoint(epoch, step + 1, out / "last.pt")
@@ -215,7 +244,6 @@ def fit(cfg: Config) -> RunResult:
 
     stop_signals: list[int] = []
     with _stop_on(signal.SIGTERM, stop_signals):
-        plain = getattr(model, "_orig_mod", model)
         for epoch in range(start_epoch, cfg.train.epochs):
             began = time.perf_counter()
             train = train_one_epoch(
@@ -238,22 +266,26 @@ def fit(cfg: Config) -> RunResult:
                 "elapsed": round(time.perf_counter() - started, 2),  # since fit() began, data loading included
             }
             result.history.append(row)
-            log.info(
-                "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
-                "%.0f img/s  data %.1fs compute %.1fs",
-                epoch + 1, cfg.train.epochs, row["lr"], train["loss"], train["acc1"], val["loss"], val["acc1"],
-                val["acc5"], train["img_s"], train["data_s"], train["compute_s"],
-            )  # fmt: skip
-            _write_metrics(out / "metrics.csv", result.history)
-            improved = val["acc1"] > result.best_acc1
+            result.final = val
+            improved = val["acc1"] > result.best_acc1  # the same in every process: the metrics are summed
             if improved:
                 result.best_acc1 = val["acc1"]
-            checkpoint(epoch + 1, 0, out / "last.pt")
+            if dist_info.is_main:
+                log.info(
+                    "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
+                    "%.0f img/s  data %.1fs compute %.1fs",
+                    epoch + 1, cfg.train.epochs, row["lr"], train["loss"], train["acc1"], val["loss"],
+                    val["acc1"], val["acc5"], train["img_s"], train["data_s"], train["compute_s"],
+                )  # fmt: skip
+                _write_metrics(out / "metrics.csv", result.history)
+            checkpoint(epoch + 1, 0, out / "last.pt")  # in every process (it gathers RNG states); rank 0 writes
             if improved:
                 checkpoint(epoch + 1, 0, out / "best.pt")
-                metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
-                save_weights(plain, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
-            result.final = val
+                if dist_info.is_main:
+                    metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
+                    save_weights(plain, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
+    distributed.barrier(dist_info)
+    distributed.cleanup(dist_info)
     return result
 
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import AlexNetError, DataNotFoundError, InvalidImageError
+from .batch import epoch_order
 from .decode import decode_image, is_image_file
 
 log = logging.getLogger(__name__)
@@ -140,20 +141,22 @@ class FolderLoader:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     max_bad_fraction: float = 0.01
     drop_last: bool = False
+    rank: int = 0
+    world: int = 1
     bad: int = 0
     seen: int = 0
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self._order(0))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _order(self, epoch: int) -> list[int]:
         n = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
-        else:
-            order = list(range(n))
-        chunks = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)][: len(self)]
+        return epoch_order(n, epoch, self.shuffle, self.seed, self.rank, self.world, self.drop_last).tolist()
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order(epoch)
+        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)][: len(self)]
         loader = DataLoader(
             self.dataset,
             batch_sampler=chunks[start:],

@@ -10,7 +10,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import AlexNetError
-from .batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, BatchTransform
+from .batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, BatchTransform, epoch_order
 from .folder import FolderDataset, FolderLoader, find_splits, imagenet_class_names, prepare_imagenet, scan_folder
 from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
 
@@ -30,10 +30,12 @@ class TensorLoader:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     drop_last: bool = False
+    rank: int = 0
+    world: int = 1
     _images: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        n = len(self.split.labels)
+        n = len(epoch_order(len(self.split.labels), 0, False, self.seed, self.rank, self.world, self.drop_last))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -41,11 +43,8 @@ class TensorLoader:
             self._images = self.split.images.to(self.device)
             self._labels = self.split.labels.to(self.device)
         n = len(self._labels)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-            order = order.to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
+        order = epoch_order(n, epoch, self.shuffle, self.seed, self.rank, self.world, self.drop_last)
+        order = order.to(self.device)
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self._images[idx], self._labels[idx]
@@ -72,7 +71,8 @@ def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int = 0) -> Data:
+def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int = 0, rank: int = 0,
+               world: int = 1) -> Data:  # fmt: skip
     """Sources, loaders and transforms for ``cfg``.
 
     Args:
@@ -80,6 +80,8 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         input_size: the model's input side (px).
         device: where batches are produced and augmented.
         seed: the run's seed; shuffling and augmentation derive from it and the epoch.
+        rank: this process's rank under torchrun.
+        world: the number of processes.
 
     Raises:
         DataNotFoundError: the data set is missing; the message says how to get it.
@@ -94,8 +96,9 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         mean, std = _channel_stats(train_split.images)
         if cfg.mean_image:
             mean_image = train_split.images.double().mean(0).div(255).float()  # (C, S, S)
-        train: Loader = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True)
-        val: Loader = TensorLoader(val_split, cfg.eval_batch_size, False, seed, device)
+        shard = {"rank": rank, "world": world}
+        train: Loader = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True, **shard)
+        val: Loader = TensorLoader(val_split, cfg.eval_batch_size, False, seed, device, **shard)
     else:
         if cfg.mean_image:
             raise AlexNetError(
@@ -113,7 +116,8 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         in_channels = 3
         stored = cfg.resize or (256 if input_size >= 128 else input_size)
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-        common = dict(seed=seed, workers=cfg.workers, device=device, max_bad_fraction=cfg.max_bad_fraction)
+        common = dict(seed=seed, workers=cfg.workers, device=device, max_bad_fraction=cfg.max_bad_fraction,
+                      rank=rank, world=world)  # fmt: skip
         train = FolderLoader(FolderDataset(train_samples, stored), cfg.batch_size, True, drop_last=True, **common)
         val = FolderLoader(FolderDataset(val_samples, stored), cfg.eval_batch_size, False, **common)
     mean, std = cfg.mean or mean, cfg.std or std
