@@ -34,8 +34,12 @@ def epoch_order(n: int, epoch: int, shuffle: bool, seed: int, rank: int = 0, wor
     match); without it each sample appears exactly once across processes (exact evaluation)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)) if shuffle else None
     order = torch.arange(n) if order is None else order
-    mine = order[rank::world]
-    return mine[: n // world] if equal else mine
+    return order[rank::world][: shard_size(n, rank, world, equal)]
+
+
+def shard_size(n: int, rank: int = 0, world: int = 1, equal: bool = False) -> int:
+    """How many of ``n`` samples `epoch_order` gives process ``rank``."""
+    return n // world if equal else len(range(rank, n, world))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import AlexNetError, DataNotFoundError, InvalidImageError
-from .batch import epoch_order
+from .batch import epoch_order, shard_size
 from .decode import decode_image, is_image_file
 
 log = logging.getLogger(__name__)
@@ -147,15 +147,12 @@ class FolderLoader:
     seen: int = 0
 
     def __len__(self) -> int:
-        n = len(self._order(0))
+        n = shard_size(len(self.dataset), self.rank, self.world, self.drop_last)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _order(self, epoch: int) -> list[int]:
-        n = len(self.dataset)
-        return epoch_order(n, epoch, self.shuffle, self.seed, self.rank, self.world, self.drop_last).tolist()
-
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order(epoch)
+        n = len(self.dataset)
+        order = epoch_order(n, epoch, self.shuffle, self.seed, self.rank, self.world, self.drop_last).tolist()
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)][: len(self)]
         loader = DataLoader(
             self.dataset,

@@ -10,7 +10,15 @@ import torch
 
 from ..config import DataConfig
 from ..errors import AlexNetError
-from .batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, BatchTransform, epoch_order
+from .batch import (
+    IMAGENET_EIGVAL,
+    IMAGENET_EIGVEC,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchTransform,
+    epoch_order,
+    shard_size,
+)
 from .folder import FolderDataset, FolderLoader, find_splits, imagenet_class_names, prepare_imagenet, scan_folder
 from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
 
@@ -35,7 +43,7 @@ class TensorLoader:
     _images: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        n = len(epoch_order(len(self.split.labels), 0, False, self.seed, self.rank, self.world, self.drop_last))
+        n = shard_size(len(self.split.labels), self.rank, self.world, self.drop_last)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
