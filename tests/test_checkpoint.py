@@ -25,7 +25,7 @@ def test_malicious_checkpoint_is_refused_and_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "config": {}, "payload": _Payload(str(marker))}, path)
-    with pytest.raises(UnsafeCheckpointError, match="refused"):
+    with pytest.raises(UnsafeCheckpointError, match=r"refused.*os\.makedirs"):
         load_checkpoint(path)
     with pytest.raises(UnsafeCheckpointError):
         load_trained(path)
@@ -60,6 +60,9 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, weights):
         load_checkpoint(path)
     path.write_bytes(b"")
     with pytest.raises(CorruptCheckpointError):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage bytes, not a pickle")  # corrupt, not unsafe
+    with pytest.raises(CorruptCheckpointError, match="not a valid pickle"):
         load_checkpoint(path)
 
 

@@ -118,3 +118,20 @@ def test_real_fashion_mnist_excerpt_learns(tmp_path, fashion_dir):
     result = fit(cfg)
     assert result.history[-1]["val_acc1"] > 55
     assert result.history[-1]["train_loss"] < math.log(10) - 0.5
+
+
+def test_auto_resume_falls_back_when_last_is_corrupt(tmp_path, caplog):
+    from alexnet.errors import CorruptCheckpointError
+
+    fit(tiny_config(tmp_path / "run", "train.epochs=1"))
+    last = tmp_path / "run" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk outside our atomic writes
+    result = fit(tiny_config(tmp_path / "run", "train.epochs=2", 'train.resume="auto"'))
+    assert "trying the previous checkpoint" in caplog.text
+    assert [row["epoch"] for row in result.history] == [1, 2]  # continued from best.pt (epoch 1), not from scratch
+    for name in ("last.pt", "best.pt"):
+        (tmp_path / "run" / name).write_bytes(b"garbage")
+    with pytest.raises(CorruptCheckpointError, match="no checkpoint"):
+        fit(tiny_config(tmp_path / "run", "train.epochs=3", 'train.resume="auto"'))
+    with pytest.raises(CorruptCheckpointError):
+        fit(tiny_config(tmp_path / "other", f'train.resume="{last}"'))

@@ -81,9 +81,12 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = next((line for line in str(err).splitlines() if "GLOBAL" in line.upper()), None)
+        if reason is None:  # the unpickler met bytes that are no pickle at all
+            raise CorruptCheckpointError(f"{path} is corrupt or not a checkpoint (not a valid pickle)") from None
         # weights_only's refusal: the file wants globals (code) we did not allow. Never retry unsafely.
         raise UnsafeCheckpointError(
-            f"{path} was refused: loading it would execute or import code ({str(err).splitlines()[0]}); "
+            f"{path} was refused: loading it would import or run code ({reason.strip()}); "
             "only load checkpoints you created, and ship weights as safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:

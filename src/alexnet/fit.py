@@ -38,7 +38,7 @@ from .config import Config
 from .data.pipeline import Data, build_data
 from .device import pick_device, pick_precision, tune_cpu_allocator
 from .engine import StepSettings, evaluate, train_one_epoch
-from .errors import IncompatibleCheckpointError, TrainingInterrupted
+from .errors import CorruptCheckpointError, IncompatibleCheckpointError, TrainingInterrupted
 from .models import create_model, get_spec
 from .optim import Schedule, build_optimizer
 
@@ -95,6 +95,27 @@ def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def _latest_valid(out: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """``last.pt``, or ``best.pt`` with a warning when ``last.pt`` is corrupt; (None, None) in a new run directory.
+
+    Raises:
+        CorruptCheckpointError: checkpoints exist but none loads (training does not silently start over).
+    """
+    candidates = [p for p in (out / "last.pt", out / "best.pt") if p.is_file()]
+    errors = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except CorruptCheckpointError as err:
+            errors.append(str(err))
+            log.warning("%s; trying the previous checkpoint", err)
+            continue
+        return str(path), state
+    if errors:
+        raise CorruptCheckpointError("no checkpoint in " + str(out) + " loads: " + "; ".join(errors))
+    return None, None
 
 
 def _check_resume(state: dict[str, Any], model: nn.Module, classes: list[str], source: str) -> None:
@@ -154,11 +175,12 @@ def fit(cfg: Config) -> RunResult:
     distributed.barrier(dist_info)
     result = RunResult(out)
     start_epoch = start_step = 0
-    resume = cfg.train.resume
+    resume, state = cfg.train.resume, None
     if resume == "auto":
-        resume = str(out / "last.pt") if (out / "last.pt").is_file() else None
-    if resume:
-        state = load_checkpoint(resume)
+        resume, state = _latest_valid(out)
+    elif resume:
+        state = load_checkpoint(resume)  # an explicit path that is missing or corrupt is an error, never a fresh start
+    if state is not None:
         _check_resume(state, model, data.classes, resume)
         load_model_state(model, state["model"], resume)
         optimizer.load_state_dict(state["optimizer"])
