@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, load_model_state, load_weights
-from .config import Config, config_from_dict
-from .data.pipeline import build_data
+from .config import Config, DataConfig, config_from_dict
+from .data.batch import BatchTransform
+from .data.pipeline import build_eval_loader, mean_image_of
+from .data.sources import load_tensor_split
 from .device import pick_device, pick_precision
 from .engine import StepSettings, evaluate
 from .errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
@@ -72,26 +75,24 @@ def evaluate_checkpoint(
     from the model's metadata.
     """
     trained = load_trained(path)
-    cfg = trained.config or Config()  # safetensors carry no config: the data section comes from the metadata
-    cfg.data.dataset = dataset or trained.data.get("dataset", cfg.data.dataset)
-    if data_dir:
-        cfg.data.data_dir = data_dir
-    if batch_size:
-        cfg.data.eval_batch_size = batch_size
     meta = trained.data
-    cfg.data.mean, cfg.data.std = meta["mean"], meta["std"]
-    cfg.data.pad, cfg.data.crop, cfg.data.pixel_scale = meta["pad"], meta["crop"], meta["pixel_scale"]
-    if meta.get("resize"):
-        cfg.data.resize = meta["resize"]
+    # Only the validation split is read; the preprocessing is the one recorded with the weights.
+    cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()
+    cfg.dataset = dataset or meta.get("dataset", cfg.dataset)
+    cfg.data_dir = data_dir or cfg.data_dir
+    cfg.eval_batch_size = batch_size or cfg.eval_batch_size
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
-    data = build_data(cfg.data, meta["input_size"], dev, cfg.train.seed)
-    if data.classes != trained.classes:
+    loader, classes = build_eval_loader(cfg, meta["stored_size"], dev)
+    if classes != trained.classes:
         raise IncompatibleCheckpointError(
-            f"{path} was trained on classes {trained.classes[:4]}…; this data set has {data.classes[:4]}…"
+            f"{path} was trained on classes {trained.classes[:4]}…; this data set has {classes[:4]}…"
         )
+    transform = BatchTransform.from_meta(meta, trained.model.in_channels)
+    if meta.get("mean_image"):  # the per-pixel mean is not stored with the weights: recompute it, as training did
+        transform.mean = mean_image_of(load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=False))
     model = trained.model.to(dev, memory_format=torch.channels_last)
-    settings = StepSettings(dev, prec, 0, len(data.classes), limit_batches=limit_batches, progress=progress)
-    result = evaluate(model, data.val, data.eval_transform, settings, ten_crop=ten_crop)
-    result["classes"] = data.classes
+    settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
+    result = evaluate(model, loader, transform, settings, ten_crop=ten_crop)
+    result["classes"] = classes
     return result

@@ -40,12 +40,13 @@ def check_inputs_for(trained: Any, images: list[str] | None = None, n: int = 8) 
     Returns:
         (B, C, H, W) inputs or None, and a few words saying what they are.
     """
+    from .data.batch import BatchTransform
     from .data.decode import decode_image
     from .data.sources import TENSOR_DATASETS, load_tensor_split
     from .errors import DataNotFoundError
-    from .inference import eval_transform, expand_inputs, to_stored
+    from .inference import expand_inputs, to_stored
 
-    tf = eval_transform(trained.data, trained.model.in_channels)
+    tf = BatchTransform.from_meta(trained.data, trained.model.in_channels)
     if images:
         files = expand_inputs(images)[:n]
         stored = [to_stored(decode_image(f), trained.data["stored_size"], trained.model.in_channels) for f in files]

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from .data.batch import BatchTransform
 from .data.decode import decode_image, is_image_file, pil_to_rgb
 from .device import autocast, pick_device, pick_precision
-from .errors import AlexNetError, InvalidImageError
+from .errors import InvalidImageError
 
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image | torch.Tensor
@@ -39,18 +39,6 @@ class Prediction:
         if self.error is not None:
             return {"path": self.source, "error": self.error}
         return {"path": self.source, "topk": [{"label": label, "prob": round(p, 6)} for label, p in self.topk]}
-
-
-def eval_transform(data: dict[str, Any], in_channels: int) -> BatchTransform:
-    """The evaluation transform recorded in a model's metadata."""
-    mean = torch.tensor(data["mean"], dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(data["std"], dtype=torch.float32).view(-1, 1, 1) if data.get("std") else None
-    if mean.shape[0] != in_channels:
-        raise AlexNetError(f"metadata has {mean.shape[0]} channel means for a {in_channels}-channel model")
-    return BatchTransform(
-        input_size=data["input_size"], crop=data["crop"], mean=mean, std=std, pad=data.get("pad", 0),
-        flip=False, pixel_scale=data.get("pixel_scale", 1.0),
-    )  # fmt: skip
 
 
 def to_stored(image: torch.Tensor, size: int, channels: int) -> torch.Tensor:
@@ -104,7 +92,7 @@ class Predictor:
     def __init__(self, model: Any, classes: Sequence[str], data: dict[str, Any], in_channels: int = 3,
                  device: str = "cpu", precision: str = "fp32") -> None:  # fmt: skip
         self.classes, self.data, self.in_channels = list(classes), data, in_channels
-        self.transform = eval_transform(data, in_channels)
+        self.transform = BatchTransform.from_meta(data, in_channels)
         self.is_onnx = not isinstance(model, torch.nn.Module)
         self.device = torch.device("cpu") if self.is_onnx else pick_device(device)
         self.precision = "fp32" if self.is_onnx else pick_precision(precision, self.device)

@@ -70,6 +70,18 @@ class BatchTransform:
     eigvec: torch.Tensor | None = None
     pixel_scale: float = 1.0
 
+    @classmethod
+    def from_meta(cls, data: dict, in_channels: int) -> BatchTransform:
+        """The evaluation transform recorded in a model's metadata (``best.safetensors``, checkpoints, exports)."""
+        mean = torch.tensor(data["mean"], dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(data["std"], dtype=torch.float32).view(-1, 1, 1) if data.get("std") else None
+        if mean.shape[0] != in_channels:
+            raise ValueError(f"metadata has {mean.shape[0]} channel means for a {in_channels}-channel model")
+        return cls(
+            input_size=data["input_size"], crop=data["crop"], mean=mean, std=std, pad=data.get("pad", 0),
+            flip=False, pixel_scale=data.get("pixel_scale", 1.0),
+        )  # fmt: skip
+
     def _normalize(self, x: torch.Tensor, mean: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 crops → float in two in-place passes: ((x/255 − mean + offset) / std) · pixel_scale, resized to
         the model's input, channels-last. ``mean`` is (C, 1, 1) or the mean image's (B, C, k, k) crops;

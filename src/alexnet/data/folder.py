@@ -22,6 +22,23 @@ from .decode import decode_image, is_image_file
 log = logging.getLogger(__name__)
 
 
+def list_classes(split_dir: Path) -> list[str]:
+    """The sorted class-folder names of a split (one directory listing; no files are read).
+
+    Raises:
+        DataNotFoundError: missing directory or no class folders.
+    """
+    if not split_dir.is_dir():
+        raise DataNotFoundError(f"{split_dir} is not a directory")
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise DataNotFoundError(
+            f"{split_dir} has no class folders; expected {split_dir}/<class>/<image> "
+            "(an ImageNet val folder must be sorted into class folders first)"
+        )
+    return found
+
+
 def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
     """(path, label) samples of a class-folder tree, and the class list.
 
@@ -32,14 +49,7 @@ def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list
     Raises:
         DataNotFoundError: missing directory, no class folders, an empty class, or a class training lacks.
     """
-    if not split_dir.is_dir():
-        raise DataNotFoundError(f"{split_dir} is not a directory")
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not found:
-        raise DataNotFoundError(
-            f"{split_dir} has no class folders; expected {split_dir}/<class>/<image> "
-            "(an ImageNet val folder must be sorted into class folders first)"
-        )
+    found = list_classes(split_dir)
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))

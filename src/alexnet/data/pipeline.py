@@ -19,7 +19,15 @@ from .batch import (
     epoch_order,
     shard_size,
 )
-from .folder import FolderDataset, FolderLoader, find_splits, imagenet_class_names, prepare_imagenet, scan_folder
+from .folder import (
+    FolderDataset,
+    FolderLoader,
+    find_splits,
+    imagenet_class_names,
+    list_classes,
+    prepare_imagenet,
+    scan_folder,
+)
 from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
 
 
@@ -79,6 +87,45 @@ def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean, std
 
 
+def mean_image_of(split: TensorSplit) -> torch.Tensor:
+    """The per-pixel mean image (C, S, S) of a split on the [0, 1] scale: the paper's "mean activity"."""
+    return split.images.double().mean(0).div(255).float()
+
+
+def build_eval_loader(cfg: DataConfig, stored: int, device: torch.device, rank: int = 0,
+                      world: int = 1) -> tuple[Loader, list[str]]:  # fmt: skip
+    """The validation loader and the class list, reading no training images.
+
+    Folders take their classes from the names of ``train/``'s class folders (one directory listing), so a class
+    missing from ``val/`` keeps its label.
+
+    Args:
+        cfg: the data section; ``dataset``, ``data_dir``, ``eval_batch_size``, ``workers`` are used.
+        stored: side of the stored images (folders: the shorter-side resize and central square).
+        device: where batches go.
+        rank: this process's rank under torchrun.
+        world: the number of processes.
+    """
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown data set {cfg.dataset!r}; choose one of {list(DATASETS)}")
+    if cfg.dataset in TENSOR_DATASETS:
+        split = load_tensor_split(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
+        return TensorLoader(split, cfg.eval_batch_size, False, 0, device, rank=rank, world=world), split.classes
+    root = data_root(cfg.data_dir)
+    if cfg.dataset == "imagenet":
+        prepare_imagenet(root)
+    train_dir, val_dir = find_splits(root)
+    classes = list_classes(train_dir)
+    val_samples, _ = scan_folder(val_dir, classes)
+    if cfg.dataset == "imagenet":
+        classes = imagenet_class_names(root, classes)
+    loader = FolderLoader(
+        FolderDataset(val_samples, stored), cfg.eval_batch_size, False, 0, cfg.workers, device, cfg.max_bad_fraction,
+        rank=rank, world=world,
+    )  # fmt: skip
+    return loader, classes
+
+
 def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int = 0, rank: int = 0,
                world: int = 1) -> Data:  # fmt: skip
     """Sources, loaders and transforms for ``cfg``.
@@ -97,37 +144,31 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
     if cfg.dataset not in DATASETS:
         raise ValueError(f"unknown data set {cfg.dataset!r}; choose one of {list(DATASETS)}")
     mean_image = None
+    train: Loader
+    val: Loader
     if cfg.dataset in TENSOR_DATASETS:
         train_split = load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=cfg.download)
-        val_split = load_tensor_split(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
-        classes, in_channels, stored = train_split.classes, train_split.images.shape[1], train_split.images.shape[-1]
+        in_channels, stored = train_split.images.shape[1], train_split.images.shape[-1]
         mean, std = _channel_stats(train_split.images)
         if cfg.mean_image:
-            mean_image = train_split.images.double().mean(0).div(255).float()  # (C, S, S)
-        shard = {"rank": rank, "world": world}
-        train: Loader = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True, **shard)
-        val: Loader = TensorLoader(val_split, cfg.eval_batch_size, False, seed, device, **shard)
+            mean_image = mean_image_of(train_split)
+        train = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True, rank=rank, world=world)
+        val, classes = build_eval_loader(cfg, stored, device, rank, world)
     else:
         if cfg.mean_image:
             raise AlexNetError(
                 "data.mean_image=true needs a per-pixel mean of the training images, which is computed only for "
                 "in-memory data sets so far; use the per-channel mean (data.mean_image=false) for image folders"
             )
-        root = data_root(cfg.data_dir)
-        if cfg.dataset == "imagenet":
-            prepare_imagenet(root)
-        train_dir, val_dir = find_splits(root)
-        train_samples, classes = scan_folder(train_dir)
-        val_samples, _ = scan_folder(val_dir, classes)
-        if cfg.dataset == "imagenet":
-            classes = imagenet_class_names(root, classes)
         in_channels = 3
         stored = cfg.resize or (256 if input_size >= 128 else input_size)
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-        common = dict(seed=seed, workers=cfg.workers, device=device, max_bad_fraction=cfg.max_bad_fraction,
-                      rank=rank, world=world)  # fmt: skip
-        train = FolderLoader(FolderDataset(train_samples, stored), cfg.batch_size, True, drop_last=True, **common)
-        val = FolderLoader(FolderDataset(val_samples, stored), cfg.eval_batch_size, False, **common)
+        val, classes = build_eval_loader(cfg, stored, device, rank, world)  # first: it prepares ImageNet's val
+        train_samples, _ = scan_folder(find_splits(data_root(cfg.data_dir))[0])
+        train = FolderLoader(
+            FolderDataset(train_samples, stored), cfg.batch_size, True, seed, cfg.workers, device,
+            cfg.max_bad_fraction, drop_last=True, rank=rank, world=world,
+        )  # fmt: skip
     mean, std = cfg.mean or mean, cfg.std or std
     crop = cfg.crop or min(input_size, stored)
     shape = (len(mean), 1, 1)
