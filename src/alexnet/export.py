@@ -42,6 +42,7 @@ def check_inputs_for(trained: Any, images: list[str] | None = None, n: int = 8) 
     """
     from .data.batch import BatchTransform
     from .data.decode import decode_image
+    from .data.folder import stack_images
     from .data.sources import TENSOR_DATASETS, load_tensor_split
     from .errors import DataNotFoundError
     from .inference import expand_inputs, to_stored
@@ -50,7 +51,7 @@ def check_inputs_for(trained: Any, images: list[str] | None = None, n: int = 8) 
     if images:
         files = expand_inputs(images)[:n]
         stored = [to_stored(decode_image(f), trained.data["stored_size"], trained.model.in_channels) for f in files]
-        return tf.eval(torch.stack(stored)), f"{len(files)} given images"
+        return tf.eval(stack_images(stored)), f"{len(files)} given images"
     dataset = trained.data.get("dataset")
     if dataset in TENSOR_DATASETS:
         try:

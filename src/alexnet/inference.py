@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data.batch import BatchTransform
 from .data.decode import decode_image, is_image_file, pil_to_rgb
+from .data.folder import stack_images
 from .device import autocast, pick_device, pick_precision
 from .errors import InvalidImageError
 
@@ -124,7 +125,7 @@ class Predictor:
     ) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for already-decoded (3, H, W) uint8 RGB images."""
         size = self.data["stored_size"]
-        x = torch.stack([to_stored(img, size, self.in_channels) for img in images])
+        x = stack_images([to_stored(img, size, self.in_channels) for img in images])
         b = x.shape[0]
         inputs = self.transform.ten_crop(x) if ten_crop else self.transform.eval(x)
         probs = self._logits(inputs).softmax(1)

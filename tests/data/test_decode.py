@@ -137,3 +137,45 @@ def test_animated_gif_gives_first_frame(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     x = decode_image(tmp_path / "anim.gif")
     assert x[0].float().mean() > 200 and x[2].float().mean() < 50
+
+
+def _jpegs() -> dict[str, bytes]:
+    img = _gradient(53, 37)
+    return {
+        "420": _save(img, "JPEG", quality=90),
+        "422": _save(img, "JPEG", quality=90, subsampling=1),
+        "444": _save(img, "JPEG", quality=90, subsampling=0),
+        "progressive": _save(img, "JPEG", quality=90, progressive=True),
+        "gray": _save(img.convert("L"), "JPEG", quality=90),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_jpegs()))
+def test_plain_jpegs_take_the_fast_path_with_pillows_pixels(name, monkeypatch):
+    import alexnet.data.decode as decode
+
+    calls = []
+    real = decode.simplejpeg.decode_jpeg
+    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = _jpegs()[name]
+    got = decode_image(data).permute(1, 2, 0).numpy()
+    assert calls == [1]
+    assert np.array_equal(got, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_exif_and_cmyk_jpegs_go_through_pillow(monkeypatch):
+    import alexnet.data.decode as decode
+
+    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("fast path taken"))
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    assert decode_image(_save(_gradient(), "JPEG", exif=exif)).shape == (3, 30, 40)
+    assert decode_image(_save(_gradient().convert("CMYK"), "JPEG")).shape == (3, 30, 40)
+
+
+def test_jpeg_bomb_is_rejected_from_its_header():
+    data = bytearray(_save(_gradient(16, 16), "JPEG"))
+    sof = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    with pytest.raises(InvalidImageError, match="exceeds"):
+        decode_image(bytes(data), "bomb.jpg")

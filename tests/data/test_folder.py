@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from alexnet.config import DataConfig
-from alexnet.data.folder import scan_folder
+from alexnet.data.folder import scan_folder, stack_images
 from alexnet.data.pipeline import build_data
 from alexnet.errors import AlexNetError, DataNotFoundError
 from tests.conftest import make_folder
@@ -59,3 +59,13 @@ def test_imagenet_layout_uses_devkit_names(tmp_path):
     torch.save((wnid_to_names, []), tmp_path / "meta.bin")  # what torchvision's parse_devkit_archive writes
     data = build_data(DataConfig(dataset="imagenet", data_dir=str(tmp_path), workers=0), 16, torch.device("cpu"))
     assert data.classes == ["tench", "crane (n02012849)", "crane (n02013706)"]
+
+
+@pytest.mark.parametrize("hwc_memory", [True, False])
+def test_stack_images_equals_torch_stack_in_channels_last_memory(hwc_memory):
+    images = [torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8) for _ in range(4)]
+    if hwc_memory:  # what the decoders give
+        images = [x.permute(1, 2, 0).contiguous().permute(2, 0, 1) for x in images]
+    out = stack_images(images)
+    assert torch.equal(out, torch.stack(images))
+    assert out.is_contiguous(memory_format=torch.channels_last)

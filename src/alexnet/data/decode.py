@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image, ImageFile, ImageOps
 
@@ -42,25 +43,39 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode_jpeg_fast(data: bytes, img: Image.Image) -> torch.Tensor | None:
-    """libjpeg-turbo through torchvision.io for complete baseline RGB/grayscale JPEGs (about 1.2× faster than
-    Pillow's decode and without its copies); None hands the file to Pillow, which handles everything else."""
-    if img.format != "JPEG" or img.mode not in ("RGB", "L") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        return None  # other formats, CMYK/YCCK, and files without an end marker (truncated) go through Pillow
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_jpeg
+def _check_size(width: int, height: int, name: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise InvalidImageError(
+            f"{name}: {width}×{height} pixels exceeds the limit of {MAX_PIXELS:,} (possible decompression bomb)"
+        )
 
-        try:
-            x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                            apply_exif_orientation=True)  # fmt: skip
-        except RuntimeError:
-            return None
-    return x if x.ndim == 3 and x.shape[0] == 3 else None
+
+def _decode_jpeg_fast(data: bytes, name: str) -> torch.Tensor | None:
+    """libjpeg-turbo through simplejpeg for complete YCbCr/grayscale JPEGs without EXIF; None hands the file to
+    Pillow, which handles everything else (EXIF orientation, CMYK/YCCK, truncated files, other formats).
+
+    Pillow decodes JPEGs with the same libjpeg-turbo and default settings, so the pixels are identical (tested);
+    skipping Pillow's Python header parser is what makes this faster: 2× for CIFAR's 32×32 files, 1.2× for
+    ImageNet-sized ones. Raises `InvalidImageError` for bombs, from the header, before decoding.
+    """
+    if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9") or b"Exif\0\0" in data:
+        return None  # not a JPEG, no end marker (truncated), or EXIF (perhaps an orientation): Pillow's path
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "Gray"):
+        return None  # CMYK, YCCK (Adobe's inverted conventions) and RGB-coded JPEGs: Pillow knows them
+    _check_size(width, height, name)
+    try:
+        array = simplejpeg.decode_jpeg(data, colorspace="RGB")  # (H, W, 3)
+    except ValueError:
+        return None  # recoverable libjpeg warnings (strict mode): Pillow decides
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def decode_image(data: bytes | Path | str, name: str = "<bytes>") -> torch.Tensor:
-    """Decode an image file to a (3, H, W) uint8 RGB tensor.
+    """Decode an image file to a (3, H, W) uint8 RGB tensor (in (H, W, 3) memory, which resizing keeps).
 
     Args:
         data: a path or the file's bytes.
@@ -77,20 +92,14 @@ def decode_image(data: bytes | Path | str, name: str = "<bytes>") -> torch.Tenso
             raise InvalidImageError(f"{name}: cannot read ({err.strerror or err})") from err
     if not data:
         raise InvalidImageError(f"{name}: empty file")
+    fast = _decode_jpeg_fast(data, name)
+    if fast is not None:
+        return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
-            # The header alone gives the size: refuse bombs before any pixel is decoded.
-            if img.width * img.height > MAX_PIXELS:
-                raise InvalidImageError(
-                    f"{name}: {img.width}×{img.height} pixels exceeds the limit of {MAX_PIXELS:,} "
-                    "(possible decompression bomb)"
-                )
-            fast = _decode_jpeg_fast(data, img)
-            if fast is not None:
-                return fast
-            img.seek(0)
+            _check_size(img.width, img.height, name)  # the header alone gives the size: before any pixel
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = pil_to_rgb(img)
@@ -101,4 +110,4 @@ def decode_image(data: bytes | Path | str, name: str = "<bytes>") -> torch.Tenso
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for bad files
         raise InvalidImageError(f"{name}: not a decodable image ({type(err).__name__}: {err})") from err
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (H, W, C) memory, as libjpeg-turbo's output

