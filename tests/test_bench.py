@@ -10,4 +10,6 @@ def test_quick_benchmark_reports_every_field():
         r = result[mode]
         assert r["baseline_img_s"] > 0 and r["alexnet_img_s"] > 0 and 0 < r["mfu"] < 1.5
         assert abs(r["speedup"] - r["alexnet_img_s"] / r["baseline_img_s"]) < 1e-2
+        # ceiling = peak / baseline FLOP/s = speedup / MFU (MFU = contender FLOP/s / peak)
+        assert abs(r["ceiling_speedup"] - r["speedup"] / r["mfu"]) < 0.02 * r["ceiling_speedup"]
     assert len(result["cases"]) == 4 and result["peak_gflops"]["fp32"] > 0

@@ -198,8 +198,11 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dic
     def summary(mode: str) -> dict[str, Any]:
         b = next(x for x in baselines if x.mode == mode)
         c = next(x for x in cases if x.mode == mode)
+        # The most any contender could reach on this machine: the same FLOPs at 100% of its measured peak.
+        ceiling = peak["bf16" if c.precision == "bf16" else "fp32"] / (b.img_s * b.gflops_per_img * 1e9)
         return {"batch": batch, "input": 224, "baseline_img_s": round(b.img_s, 2), "alexnet_img_s": round(c.img_s, 2),
-                "speedup": round(c.img_s / b.img_s, 3), "mfu": round(c.mfu, 4), "precision": c.precision}  # fmt: skip
+                "speedup": round(c.img_s / b.img_s, 3), "mfu": round(c.mfu, 4), "precision": c.precision,
+                "ceiling_speedup": round(ceiling, 3)}  # fmt: skip
 
     return {
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),

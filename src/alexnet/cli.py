@@ -235,7 +235,7 @@ def run_bench(args: argparse.Namespace) -> int:
     for mode in ("train", "infer"):
         r = result[mode]
         print(f"{mode}: {r['alexnet_img_s']:.1f} vs {r['baseline_img_s']:.1f} img/s = {r['speedup']:.2f}x, "
-              f"MFU {100 * r['mfu']:.1f}%")  # fmt: skip
+              f"MFU {100 * r['mfu']:.1f}% (at 100% of the peak: {r['ceiling_speedup']:.2f}x)")  # fmt: skip
     return 0
 
 
