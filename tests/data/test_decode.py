@@ -179,3 +179,39 @@ def test_jpeg_bomb_is_rejected_from_its_header():
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
     with pytest.raises(InvalidImageError, match="exceeds"):
         decode_image(bytes(data), "bomb.jpg")
+
+
+def test_mutated_files_decode_or_raise_invalid_image():
+    """T15: byte flips and truncations of small seed files give a uint8 image or `InvalidImageError`, nothing
+    else, each in well under 2 s. JPEG mutants keep their end marker, so they reach the libjpeg-turbo fast path."""
+    import time
+
+    img = _gradient(24, 16)
+    seeds = {
+        "jpeg": _save(img, "JPEG", quality=90),
+        "progressive": _save(img, "JPEG", quality=90, progressive=True),
+        "gray": _save(img.convert("L"), "JPEG"),
+        "png": _save(img, "PNG"),
+        "gif": _save(img.convert("P"), "GIF"),
+        "webp": _save(img, "WEBP"),
+    }
+    rng = np.random.default_rng(0)
+    outcomes = {"decoded": 0, "invalid": 0}
+    for name, seed in seeds.items():
+        for _ in range(150):
+            data = bytearray(seed)
+            if rng.random() < 0.2:
+                data = data[: rng.integers(1, len(data))]
+            for pos in rng.integers(0, len(data) - 2, rng.integers(1, 8)):
+                data[pos] = rng.integers(0, 256)
+            if name in ("jpeg", "progressive", "gray"):
+                data[-2:] = b"\xff\xd9"
+            start = time.perf_counter()
+            try:
+                x = decode_image(bytes(data), name)
+                assert x.dtype == torch.uint8 and x.ndim == 3 and x.shape[0] == 3
+                outcomes["decoded"] += 1
+            except InvalidImageError:
+                outcomes["invalid"] += 1
+            assert time.perf_counter() - start < 2.0
+    assert outcomes["decoded"] > 0 and outcomes["invalid"] > 0
