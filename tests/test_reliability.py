@@ -1,5 +1,6 @@
 """Process-level reliability (shared/reference/reliability-tests.md): SIGTERM mid-epoch (T10), kill -9 during a
-checkpoint write (T5), and the same seed giving the same weights in two fresh processes with workers (T27)."""
+checkpoint write (T5), the same seed giving the same weights in two fresh processes with workers (T27), and a
+data-loading worker killed while decoding (T19)."""
 
 import os
 import signal
@@ -79,3 +80,27 @@ def test_kill_9_during_save_leaves_a_whole_checkpoint(tmp_path):
         assert torch.all(w == state["i"])
         remove_stale_temporaries(tmp_path)
         assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+POISONED = textwrap.dedent("""
+    import os, signal, sys
+    import alexnet.data.folder as folder
+    real = folder.decode_image
+    def decode(path):
+        if os.path.basename(path) == "poison.png":  # a decoder crash: the worker dies without a Python error
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path)
+    folder.decode_image = decode
+    from alexnet.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_worker_killed_while_decoding_is_reported_by_file(tmp_path, image_folder):
+    poison = image_folder / "train" / "dog" / "poison.png"
+    (image_folder / "train" / "dog" / "0.png").rename(poison)
+    cmd = [sys.executable, "-c", POISONED, *TRAIN[3:], "--out", str(tmp_path / "run"), "--epochs", "1",
+           "--dataset", "folder", "--data-dir", str(image_folder), "-j", "2", "-b", "4"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # no hang
+    assert result.returncode != 0
+    assert "DataLoader worker" in result.stderr and f"while decoding {poison}" in result.stderr, result.stderr

@@ -29,6 +29,11 @@ class InvalidImageError(AlexNetError):
     """A file could not be decoded as an image (or was refused, like a decompression bomb)."""
 
 
+class DataWorkerError(AlexNetError):
+    """A data-loading worker process died (a decoder crash, the OOM killer); the message names the file(s) it was
+    decoding."""
+
+
 class TrainingInterrupted(AlexNetError):
     """A signal (SIGTERM, SIGINT) stopped training after a step; a checkpoint was saved to resume from."""
 

@@ -13,6 +13,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, load_model_state, load_weights
 from .config import Config, DataConfig, config_from_dict
 from .data.batch import BatchTransform
+from .data.folder import reporting_worker_crashes
 from .data.pipeline import build_eval_loader, mean_image_of
 from .data.sources import load_tensor_split
 from .device import pick_device, pick_precision
@@ -93,6 +94,7 @@ def evaluate_checkpoint(
         transform.mean = mean_image_of(load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=False))
     model = trained.model.to(dev, memory_format=torch.channels_last)
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
-    result = evaluate(model, loader, transform, settings, ten_crop=ten_crop)
+    with reporting_worker_crashes(loader):
+        result = evaluate(model, loader, transform, settings, ten_crop=ten_crop)
     result["classes"] = classes
     return result

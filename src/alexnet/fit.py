@@ -35,6 +35,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import Config
+from .data.folder import reporting_worker_crashes
 from .data.pipeline import Data, build_data
 from .device import pick_device, pick_precision, tune_cpu_allocator
 from .engine import StepSettings, evaluate, train_one_epoch
@@ -265,7 +266,7 @@ def fit(cfg: Config) -> RunResult:
         return hook
 
     stop_signals: list[int] = []
-    with _stop_on(signal.SIGTERM, stop_signals):
+    with _stop_on(signal.SIGTERM, stop_signals), reporting_worker_crashes(data.train, data.val):
         for epoch in range(start_epoch, cfg.train.epochs):
             began = time.perf_counter()
             train = train_one_epoch(

@@ -6,7 +6,12 @@ crops, flips and colour noise run afterwards on whole batches (`alexnet.data.bat
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import multiprocessing
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import AlexNetError, DataNotFoundError, InvalidImageError
+from ..errors import AlexNetError, DataNotFoundError, DataWorkerError, InvalidImageError
 from .batch import epoch_order, shard_size
 from .decode import decode_image, is_image_file
 
@@ -106,24 +111,80 @@ def imagenet_class_names(root: Path, wnids: list[str]) -> list[str]:
     return [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids)]
 
 
+class DecodeTracker:
+    """Which file each worker process is decoding, in shared memory, so a worker that dies (a decoder crash, the
+    OOM killer) can be reported by the file it died on. One slot per worker: its pid and the path, cleared after."""
+
+    SLOT = 4096  # bytes of path per worker
+
+    def __init__(self, workers: int) -> None:
+        self.pids = multiprocessing.RawArray(ctypes.c_int64, max(workers, 1))
+        self.paths = multiprocessing.RawArray(ctypes.c_char, self.SLOT * max(workers, 1))
+
+    def start(self, worker: int, path: str) -> None:
+        data = os.fsencode(path)[: self.SLOT - 1]
+        self.paths[worker * self.SLOT : worker * self.SLOT + len(data) + 1] = data + b"\0"
+        self.pids[worker] = os.getpid()
+
+    def done(self, worker: int) -> None:
+        self.pids[worker] = 0
+
+    def active(self, pids: set[int] | None = None) -> list[str]:
+        """Paths being decoded now (by the given worker pids, if any of them is tracked)."""
+        slots = [i for i, pid in enumerate(self.pids) if pid]
+        if pids and any(self.pids[i] in pids for i in slots):
+            slots = [i for i in slots if self.pids[i] in pids]
+        raw = bytes(self.paths)
+        return [os.fsdecode(raw[i * self.SLOT : (i + 1) * self.SLOT].split(b"\0", 1)[0]) for i in slots]
+
+
+@contextlib.contextmanager
+def reporting_worker_crashes(*loaders: object) -> Iterator[None]:
+    """Turn PyTorch's "DataLoader worker (pid N) exited unexpectedly / is killed by signal" RuntimeError into a
+    `DataWorkerError` naming the file that worker was decoding.
+
+    Around the whole loop, not just the loader: PyTorch's SIGCHLD handler raises that error wherever the main
+    thread happens to be (often in the model's forward), so only an outer frame sees every case.
+    """
+    try:
+        yield
+    except RuntimeError as err:
+        message = str(err)
+        if "DataLoader worker" not in message:
+            raise
+        pids = {int(p) for p in re.findall(r"\d+", message.split(")", 1)[0])}
+        trackers = [t for t in (getattr(loader, "tracker", None) for loader in loaders) if t is not None]
+        files = [f for t in trackers for f in t.active(pids)]
+        where = f"while decoding {', '.join(files)}" if files else "(no file was being decoded)"
+        raise DataWorkerError(f"{message.rstrip('. ')} {where}; remove or re-encode it, or check memory") from err
+
+
 class FolderDataset(Dataset):
     """Decodes one file to a uint8 (3, S, S) tensor: shorter side resized to S, then the central S×S (§2).
 
-    A file that fails to decode gives ``None`` (counted and skipped by `collate_skip`).
+    A file that fails to decode gives ``None`` (counted and skipped by `collate_skip`). With a ``tracker``, each
+    worker records the file it is decoding (see `DecodeTracker`).
     """
 
     def __init__(self, samples: list[tuple[Path, int]], size: int) -> None:
         self.samples, self.size = samples, size
+        self.tracker: DecodeTracker | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
         path, label = self.samples[i]
+        worker = torch.utils.data.get_worker_info()
+        if self.tracker is not None and worker is not None:
+            self.tracker.start(worker.id, str(path))
         try:
             img = decode_image(path)
         except InvalidImageError as err:
             return None, str(err)
+        finally:
+            if self.tracker is not None and worker is not None:
+                self.tracker.done(worker.id)
         img = TF.resize(img, [self.size], antialias=True)
         return TF.center_crop(img, [self.size]), label
 
@@ -169,6 +230,10 @@ class FolderLoader:
     bad: int = 0
     seen: int = 0
 
+    @property
+    def tracker(self) -> DecodeTracker | None:
+        return self.dataset.tracker
+
     def __len__(self) -> int:
         n = shard_size(len(self.dataset), self.rank, self.world, self.drop_last)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -177,6 +242,8 @@ class FolderLoader:
         n = len(self.dataset)
         order = epoch_order(n, epoch, self.shuffle, self.seed, self.rank, self.world, self.drop_last).tolist()
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)][: len(self)]
+        if self.workers:
+            self.dataset.tracker = DecodeTracker(self.workers)  # before the workers fork, which inherit it
         loader = DataLoader(
             self.dataset,
             batch_sampler=chunks[start:],
