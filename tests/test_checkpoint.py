@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import alexnet
-from alexnet.checkpoint import atomic_write, load_checkpoint, load_model_state, load_weights
+from alexnet.checkpoint import atomic_write, load_checkpoint, load_model_state, load_weights, save_checkpoint
 from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
 from alexnet.evaluation import load_trained
 
@@ -64,6 +64,54 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, weights):
     path.write_bytes(b"garbage bytes, not a pickle")  # corrupt, not unsafe
     with pytest.raises(CorruptCheckpointError, match="not a valid pickle"):
         load_checkpoint(path)
+
+
+def test_a_flipped_byte_is_caught_by_the_digest_before_unpickling(tmp_path, monkeypatch):
+    """T7: torch.load reads a flipped byte in tensor data silently; the recorded SHA-256 does not."""
+    import hashlib
+    import struct
+
+    import alexnet.checkpoint as ckpt
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.arange(1000, dtype=torch.float32)}, "config": {}}, path)
+    data = bytearray(path.read_bytes())
+    assert (tmp_path / "last.pt.sha256").read_text() == f"{hashlib.sha256(data).hexdigest()}  last.pt\n"  # sha256sum
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.arange(1000, dtype=torch.float32))
+    data[data.index(struct.pack("<f", 500.0))] ^= 1
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["model"]["w"][500] != 500  # what the digest protects against
+    monkeypatch.setattr(ckpt.torch, "load", lambda *a, **k: pytest.fail("unpickled before the digest check"))
+    with pytest.raises(CorruptCheckpointError, match="SHA-256"):
+        load_checkpoint(path)
+
+
+def test_disk_full_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """T8: ENOSPC while writing (patched fsync) gives a WriteError; the old file and its digest stay valid."""
+    import errno
+
+    import alexnet.checkpoint as ckpt
+    from alexnet.errors import WriteError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.zeros(10)}, "config": {}}, path)
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ckpt.os, "fsync", full)
+    with pytest.raises(WriteError, match="No space left on device; any previous last.pt is unchanged"):
+        save_checkpoint({"model": {"w": torch.ones(10)}, "config": {}}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporaries left
+
+
+def test_a_checkpoint_without_a_recorded_digest_still_loads(tmp_path):
+    path = tmp_path / "elsewhere.pt"
+    torch.save({"model": {"w": torch.ones(3)}, "config": {}}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
 
 
 def test_safetensors_round_trip_is_bitwise(weights):

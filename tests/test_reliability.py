@@ -75,11 +75,11 @@ def test_kill_9_during_save_leaves_a_whole_checkpoint(tmp_path):
         time.sleep(0.05 + 0.07 * trial)  # land at different points of a write
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        state = load_checkpoint(path)  # always the old or the new file, never a mix
+        state = load_checkpoint(path)  # always the old or the new file, never a mix, matching its recorded digest
         w = state["model"]["w"]
         assert torch.all(w == state["i"])
         remove_stale_temporaries(tmp_path)
-        assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
 
 
 POISONED = textwrap.dedent("""

@@ -5,6 +5,9 @@ Training checkpoints are ``torch.save`` dicts of tensors and plain Python values
 retried unsafely. Release weights are safetensors with the model's config, classes and preprocessing as JSON
 metadata. Every write goes to a temporary file in the same directory, is fsynced, then renamed over the target,
 so a crash leaves the old file or the new one, never half of one.
+
+A checkpoint's SHA-256 goes beside it (``last.pt.sha256``, the format of ``sha256sum``; ``sha256sum -c`` checks it)
+and is verified before the file is unpickled: ``torch.load`` reads a flipped byte in tensor data without complaint.
 """
 
 from __future__ import annotations
@@ -26,14 +29,19 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
+from .errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, WriteError
 
 log = logging.getLogger(__name__)
 META_KEY = "alexnet"
 
 
-def atomic_write(path: Path | str, write: Callable[[Any], None]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+def atomic_write(
+    path: Path | str, write: Callable[[Any], None], before_rename: Callable[[], None] | None = None
+) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``.
+
+    ``before_rename`` runs once the new content is durable and before it replaces the old.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -42,10 +50,15 @@ def atomic_write(path: Path | str, write: Callable[[Any], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):  # disk full, quota, permissions: say so, and that nothing was lost
+            reason = err.strerror or str(err)
+            raise WriteError(f"could not write {path}: {reason}; any previous {path.name} is unchanged") from err
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every platform)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -62,9 +75,57 @@ def remove_stale_temporaries(directory: Path | str) -> None:
             stale.unlink()
 
 
+class _HashingWriter:
+    """A write-only file that hashes what passes through it (so saving does not read the file back)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def digest_path(path: Path | str) -> Path:
+    """Where a checkpoint's SHA-256 is recorded: ``<name>.sha256`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_digests(path: Path | str) -> list[str]:
+    """The SHA-256 digests recorded for ``path`` (none when it has no sidecar: written elsewhere or by hand)."""
+    try:
+        lines = digest_path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def _record_digests(path: Path, digests: list[str]) -> None:
+    text = "".join(f"{d}  {path.name}\n" for d in digests)
+    atomic_write(digest_path(path), lambda f: f.write(text.encode()))
+
+
 def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:
-    """Atomically ``torch.save`` ``state`` (tensors, numbers, strings, lists, dicts only)."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Atomically ``torch.save`` ``state`` (tensors, numbers, strings, lists, dicts only), recording its SHA-256.
+
+    While the new file replaces the old one the sidecar lists both digests, so a crash at any point leaves a file
+    that matches its record.
+    """
+    path = Path(path)
+    old = recorded_digests(path)[:1] if path.exists() else []
+    new: list[str] = []
+
+    def write(f: Any) -> None:
+        writer = _HashingWriter(f)
+        torch.save(state, writer)
+        new.append(writer.sha.hexdigest())
+
+    atomic_write(path, write, before_rename=lambda: _record_digests(path, new + old))
+    _record_digests(path, new)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -73,11 +134,17 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the pickle references code or classes outside the allow-list; nothing ran.
-        CorruptCheckpointError: truncated or not a checkpoint.
+        CorruptCheckpointError: truncated, changed since it was written (its SHA-256 differs from the record
+            beside it), or not a checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    expected = recorded_digests(path)
+    if expected and file_digest(path) not in expected:
+        raise CorruptCheckpointError(
+            f"{path} does not match the SHA-256 recorded in {digest_path(path)}: it changed after it was written"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -17,6 +17,11 @@ class CorruptCheckpointError(AlexNetError):
     """A checkpoint or weights file is truncated, corrupted, or not one of ours."""
 
 
+class WriteError(AlexNetError, OSError):
+    """A file could not be written (disk full, permissions); the previous version of it is unchanged. Also an
+    `OSError`, which is what it wraps."""
+
+
 class IncompatibleCheckpointError(AlexNetError):
     """A checkpoint belongs to another variant, class count or class list."""
 
