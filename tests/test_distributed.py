@@ -1,8 +1,10 @@
 """Two processes under torchrun on the CPU (gloo): sharding, exact evaluation, resume (reliability T20-T22)."""
 
 import csv
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -63,3 +65,57 @@ def test_two_process_resume_is_bitwise(two_process_run, tmp_path):
     a, b = load_checkpoint(two_process_run / "last.pt"), load_checkpoint(out / "last.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+CHAOS = """
+import os, signal, sys
+import alexnet.fit as fit_module
+
+real = fit_module.train_one_epoch
+
+def train_one_epoch(*args, **kwargs):
+    epoch = args[6]
+    if os.environ["RANK"] == "1" and epoch == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        if os.environ["CHAOS"] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)  # a lost machine: no Python error, no cleanup
+        raise RuntimeError("rank 1 fails at the start of epoch 2")
+    return real(*args, **kwargs)
+
+fit_module.train_one_epoch = train_one_epoch
+from alexnet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _chaos_run(tmp_path, chaos: str, restarts: int, out):
+    script = tmp_path / "chaos.py"
+    script.write_text(CHAOS)
+    launcher = [*TORCHRUN[:5], f"--max-restarts={restarts}", str(script), *TORCHRUN[7:]]
+    env = {**os.environ, "CHAOS": chaos}
+    args = ["--epochs", "2", "--out", str(out), "--resume", "auto"]
+    result = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300, env=env)
+    orphans = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not orphans, f"processes left behind: {orphans}"
+    return result
+
+
+def test_elastic_restart_after_a_lost_rank_continues_bitwise(two_process_run, tmp_path):
+    """T20: rank 1 is SIGKILLed in epoch 2; torchrun restarts both ranks, which resume from epoch 1's checkpoint
+    and finish with the weights of the uninterrupted run (constant learning rate, so resume is exact)."""
+    out = tmp_path / "elastic"
+    result = _chaos_run(tmp_path, "kill", 1, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr
+    a, b = load_checkpoint(two_process_run / "last.pt"), load_checkpoint(out / "last.pt")
+    assert b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_one_failing_rank_stops_every_rank(tmp_path):
+    """T21: rank 1 raises; the job exits non-zero soon, with no process left waiting on the dead rank."""
+    out = tmp_path / "diverged"
+    start = time.monotonic()
+    result = _chaos_run(tmp_path, "raise", 0, out)
+    assert result.returncode != 0 and "rank 1 fails" in result.stderr
+    assert time.monotonic() - start < 120
