@@ -67,11 +67,27 @@ def test_resume_mid_epoch_is_bitwise(tmp_path, monkeypatch):
 
 
 def test_resume_with_workers_on_an_image_folder_is_bitwise(tmp_path, image_folder):
-    common = ["data.dataset=\"folder\"", f"data.data_dir=\"{image_folder}\"", "data.workers=2", "data.batch_size=4",
-              "data.eval_batch_size=8", "data.flip=true"]  # fmt: skip
+    common = [
+        'data.dataset="folder"',
+        f'data.data_dir="{image_folder}"',
+        "data.workers=2",
+        "data.batch_size=4",
+        "data.eval_batch_size=8",
+        "data.flip=true",
+        "data.in_memory_gb=0",
+    ]  # fmt: skip: streamed by workers
     fit(tiny_config(tmp_path / "a", *common))
     fit(tiny_config(tmp_path / "b", *common, "train.epochs=1"))
     fit(tiny_config(tmp_path / "b", *common, 'train.resume="auto"'))
+    _assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
+
+
+def test_a_folder_held_in_memory_trains_exactly_as_streamed(tmp_path, image_folder):
+    common = ["data.dataset=\"folder\"", f"data.data_dir=\"{image_folder}\"", "data.workers=2", "data.batch_size=4",
+              "data.eval_batch_size=8", "train.epochs=1"]  # fmt: skip
+    streamed = fit(tiny_config(tmp_path / "a", *common, "data.in_memory_gb=0"))
+    held = fit(tiny_config(tmp_path / "b", *common))
+    assert streamed.history[0]["val_acc1"] == held.history[0]["val_acc1"]
     _assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
 
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import torch
 
 from alexnet.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries
@@ -44,8 +45,27 @@ def test_same_seed_same_weights_in_two_processes_with_workers(tmp_path, image_fo
     outs = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         out = tmp_path / name
-        cmd = [*TRAIN, "--out", str(out), "--epochs", "1", "--dataset", "folder", "--data-dir", str(image_folder),
-               "-j", "2", "-b", "4", "--seed", str(seed), "--set", "data.pad=2"]  # fmt: skip
+        cmd = [
+            *TRAIN,
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            str(image_folder),
+            "-j",
+            "2",
+            "-b",
+            "4",
+            "--seed",
+            str(seed),
+            "--set",
+            "data.pad=2",
+            "--set",
+            "data.in_memory_gb=0",
+        ]  # fmt: skip: streamed by workers
         result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         outs.append(load_weights(out / "best.safetensors")[0])
@@ -96,11 +116,13 @@ POISONED = textwrap.dedent("""
 """)
 
 
-def test_worker_killed_while_decoding_is_reported_by_file(tmp_path, image_folder):
+@pytest.mark.parametrize("in_memory_gb", [0, 4])  # streamed during training, or decoded up front
+def test_worker_killed_while_decoding_is_reported_by_file(tmp_path, image_folder, in_memory_gb):
     poison = image_folder / "train" / "dog" / "poison.png"
     (image_folder / "train" / "dog" / "0.png").rename(poison)
     cmd = [sys.executable, "-c", POISONED, *TRAIN[3:], "--out", str(tmp_path / "run"), "--epochs", "1",
-           "--dataset", "folder", "--data-dir", str(image_folder), "-j", "2", "-b", "4"]  # fmt: skip
+           "--dataset", "folder", "--data-dir", str(image_folder), "-j", "2", "-b", "4",
+           "--set", f"data.in_memory_gb={in_memory_gb}"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # no hang
     assert result.returncode != 0
     assert "DataLoader worker" in result.stderr and f"while decoding {poison}" in result.stderr, result.stderr

@@ -1,10 +1,13 @@
 """The batch augmentation: crops, flips, PCA noise statistics, ten-crop averaging."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from alexnet.data.batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, step_generator
 from alexnet.engine import StepSettings, evaluate
+from tests.conftest import make_folder
 
 
 def _tf(**kw):
@@ -92,7 +95,7 @@ def test_ten_crop_equals_hand_computed_average():
     assert centre["loss"] != pytest.approx(got["loss"], rel=1e-6)
 
 
-def test_mean_image_is_subtracted_at_the_crop_offset():
+def test_mean_image_is_subtracted_at_the_crop_offset(tmp_path):
     from alexnet.config import DataConfig
     from alexnet.data.pipeline import build_data
     from alexnet.errors import AlexNetError
@@ -105,5 +108,8 @@ def test_mean_image_is_subtracted_at_the_crop_offset():
     assert out.abs().max() < 1 / 255  # the mean image minus its own crop is ~0 wherever the crop lands
     assert data.eval_transform.eval(x).abs().max() < 1 / 255
     assert data.eval_transform.ten_crop(x).abs().max() < 1 / 255
+    make_folder(tmp_path, per_class=2, size=32)
+    folder = DataConfig(dataset="folder", data_dir=str(tmp_path), mean_image=True, workers=0)
+    assert build_data(folder, 24, torch.device("cpu")).train_transform.mean.shape == (3, 24, 24)  # held in memory
     with pytest.raises(AlexNetError, match="mean_image"):
-        build_data(DataConfig(dataset="folder", mean_image=True), 24, torch.device("cpu"))
+        build_data(dataclasses.replace(folder, in_memory_gb=0), 24, torch.device("cpu"))

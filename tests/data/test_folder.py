@@ -1,5 +1,7 @@
 """Image folders: class order, validation labels, bad layouts, and the bad-file skip policy."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -40,7 +42,8 @@ def test_folder_errors(tmp_path):
 def test_bad_files_are_skipped_and_counted_then_stop_the_run(tmp_path, caplog):
     make_folder(tmp_path, per_class=10)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")
-    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path), batch_size=31, workers=0, max_bad_fraction=0.05)
+    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path), batch_size=31, workers=0, max_bad_fraction=0.05,
+                     in_memory_gb=0)  # fmt: skip
     data = build_data(cfg, 16, torch.device("cpu"))
     seen = sum(len(y) for _, y in data.train.batches(0))
     assert seen == 30 and data.train.bad == 1  # 31 files in one batch of 31, one of them bad
@@ -69,3 +72,21 @@ def test_stack_images_equals_torch_stack_in_channels_last_memory(hwc_memory):
     out = stack_images(images)
     assert torch.equal(out, torch.stack(images))
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_small_folders_are_decoded_once_into_memory_skipping_bad_files(tmp_path, caplog):
+    caplog.set_level("INFO")
+    make_folder(tmp_path, per_class=10)
+    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path), batch_size=8, workers=0, max_bad_fraction=0.05)
+    data = build_data(cfg, 16, torch.device("cpu"))
+    assert data.train.split.images.shape == (30, 3, 16, 16) and len(data.val.split.labels) == 30
+    assert "into memory" in caplog.text
+    streamed = build_data(dataclasses.replace(cfg, in_memory_gb=0), 16, torch.device("cpu"))
+    for (a, ya), (b, yb) in zip(data.train.batches(1), streamed.train.batches(1), strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)  # the same images in the same order as streaming
+    (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    assert len(build_data(cfg, 16, torch.device("cpu")).train.split.labels) == 30
+    assert "broken.jpg" in caplog.text
+    (tmp_path / "train" / "dog" / "empty.png").write_bytes(b"")
+    with pytest.raises(AlexNetError, match="failed to decode"):
+        build_data(dataclasses.replace(cfg, max_bad_fraction=0.001), 16, torch.device("cpu"))

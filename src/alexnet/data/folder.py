@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import AlexNetError, DataNotFoundError, DataWorkerError, InvalidImageError
 from .batch import epoch_order, shard_size
 from .decode import decode_image, is_image_file
+from .sources import TensorSplit
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,9 @@ class FolderLoader:
             num_workers=self.workers,
             collate_fn=collate_skip,
             pin_memory=self.device.type == "cuda",
+            # Workers draw nothing at random; a private generator keeps the loader from consuming the global RNG
+            # (model init, dropout), so streaming a folder and holding it in memory train identically.
+            generator=torch.Generator().manual_seed(0),
         )
         for x, y, errors in loader:
             self.seen += len(y) + len(errors)
@@ -263,3 +267,20 @@ class FolderLoader:
                 )
             if len(y):
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def decode_split(samples: list[tuple[Path, int]], classes: list[str], size: int, workers: int,
+                 max_bad_fraction: float) -> TensorSplit:  # fmt: skip
+    """Decode a whole folder split once into memory: (N, 3, size, size) uint8 in channels-last memory.
+
+    Files that fail to decode are skipped and counted, with the same limit as training (`FolderLoader`).
+    """
+    loader = FolderLoader(FolderDataset(samples, size), 256, False, workers=workers, max_bad_fraction=max_bad_fraction)
+    images = torch.empty(len(samples), size, size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    labels = torch.empty(len(samples), dtype=torch.int64)
+    n = 0
+    with reporting_worker_crashes(loader):
+        for x, y in loader.batches(0):
+            images[n : n + len(y)], labels[n : n + len(y)] = x, y
+            n += len(y)
+    return TensorSplit(images[:n], labels[:n], classes)
