@@ -90,3 +90,24 @@ def test_small_folders_are_decoded_once_into_memory_skipping_bad_files(tmp_path,
     (tmp_path / "train" / "dog" / "empty.png").write_bytes(b"")
     with pytest.raises(AlexNetError, match="failed to decode"):
         build_data(dataclasses.replace(cfg, max_bad_fraction=0.001), 16, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("template", ["DataLoader worker (pid {}) is killed by signal: Killed.",
+                                      "DataLoader worker (pid(s) {}) exited unexpectedly"])  # fmt: skip
+def test_a_dead_worker_is_named_by_its_file(template):
+    from types import SimpleNamespace
+
+    from alexnet.data.folder import DecodeTracker, reporting_worker_crashes
+    from alexnet.errors import DataWorkerError
+
+    tracker = DecodeTracker(2)
+    tracker.start(0, "/data/fine.jpg")
+    tracker.start(1, "/data/poison.jpg")
+    tracker.pids[0], tracker.pids[1] = 1111, 2222  # two live workers, as two processes would record themselves
+    loader = SimpleNamespace(tracker=tracker)
+    with pytest.raises(DataWorkerError, match=r"while decoding /data/poison\.jpg; remove") as err, \
+            reporting_worker_crashes(loader):  # fmt: skip
+        raise RuntimeError(template.format(2222))
+    assert "fine.jpg" not in str(err.value)
+    with pytest.raises(ValueError), reporting_worker_crashes(loader):
+        raise ValueError("other errors pass through")

@@ -153,7 +153,9 @@ def reporting_worker_crashes(*loaders: object) -> Iterator[None]:
         message = str(err)
         if "DataLoader worker" not in message:
             raise
-        pids = {int(p) for p in re.findall(r"\d+", message.split(")", 1)[0])}
+        # "(pid 123)" when the SIGCHLD handler saw it, "(pid(s) 123, 456)" when the loader's watchdog did
+        match = re.search(r"\(pid(?:\(s\))? ([\d, ]+)\)", message)
+        pids = {int(p) for p in re.findall(r"\d+", match.group(1))} if match else set()
         trackers = [t for t in (getattr(loader, "tracker", None) for loader in loaders) if t is not None]
         files = [f for t in trackers for f in t.active(pids)]
         where = f"while decoding {', '.join(files)}" if files else "(no file was being decoded)"
