@@ -239,6 +239,39 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paper(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", choices=["fig1"], help="fig1: ReLU against tanh on CIFAR-10 (Figure 1, §3.1)")
+    p.add_argument("--out", default="runs/fig1", help="where the runs, fig1.json and fig1.png go")
+    p.add_argument("--dataset", dest="data__dataset", help="cifar10 (torchvision's format) or folder (JPEGs)")
+    p.add_argument("--data-dir", dest="data__data_dir")
+    p.add_argument("--sweep", help="comma-separated learning rates to try for each unit, e.g. 0.003,0.01,0.03")
+    p.add_argument("--target", type=float, default=25.0, help="training error (%%) to reach (paper: 25)")
+    p.add_argument("--max-epochs", type=int, default=60)
+    p.add_argument("--device", dest="train__device")
+    p.add_argument("--precision", dest="train__precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def run_paper(args: argparse.Namespace) -> int:
+    from .paper import figure1
+
+    sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else None
+    result = figure1(args.out, args.overrides, sweep, args.target, args.max_epochs, **_fields(args))
+    for r in result["runs"]:
+        if r["diverged"]:
+            print(f"{r['unit']:<5} lr {r['lr']:<8g} diverged (non-finite loss)")
+            continue
+        reached = f"{r['epochs']} epochs" if r["epochs"] else f"not within {len(r['train_error'])} epochs"
+        print(f"{r['unit']:<5} lr {r['lr']:<8g} {args.target:g}% training error: {reached} "
+              f"(final {r['train_error'][-1]:.1f}%, {r['seconds']:.0f} s)")  # fmt: skip
+    relu, tanh = result["best"]["relu"], result["best"]["tanh"]
+    speedup = f"{result['speedup']}x" if result["speedup"] else "n/a (a unit never reached the target)"
+    print(f"ReLU (lr {relu['lr']:g}) {relu['epochs']} epochs, tanh (lr {tanh['lr']:g}) {tanh['epochs']} epochs: "
+          f"ReLU {speedup} faster; the paper: about 6x. {args.out}/fig1.json, fig1.png")  # fmt: skip
+    return 0
+
+
 # name: (help, add arguments, run)
 COMMANDS = {
     "models": ("list the model variants with parameters and MACs", _models, run_models),
@@ -248,6 +281,7 @@ COMMANDS = {
     "export": ("export to ONNX, TorchScript or torch.export, checked against eager", _export, run_export),
     "stats": ("mean, std and RGB PCA of a training set, for data.mean/std/pca_*", _stats, run_stats),
     "bench": ("training and inference throughput against torchvision's AlexNet", _bench, run_bench),
+    "paper": ("reproduce one of the paper's experiments: fig1 (ReLU against tanh)", _paper, run_paper),
     "demo": ("get Fashion-MNIST, train the default recipe, evaluate, write a report", _demo, run_demo),
 }
 

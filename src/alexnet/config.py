@@ -83,6 +83,7 @@ class TrainConfig:
     limit_val_batches: int | None = None
     progress: bool = True
     checkpoint_every: int | None = None  # also save last.pt every N steps within an epoch
+    stop_at_train_acc1: float | None = None  # stop after the epoch whose training accuracy (%) reaches this
 
 
 @dataclass

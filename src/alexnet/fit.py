@@ -307,6 +307,12 @@ def fit(cfg: Config) -> RunResult:
                 if dist_info.is_main:
                     metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
                     save_weights(plain, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
+            target = cfg.train.stop_at_train_acc1
+            if target is not None:  # the mean over processes, so every process stops at the same epoch
+                acc1 = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), dist_info).item() / dist_info.world
+                if acc1 >= target:
+                    log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
+                    break
     distributed.barrier(dist_info)
     distributed.cleanup(dist_info)
     return result

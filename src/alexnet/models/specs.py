@@ -189,6 +189,18 @@ VARIANTS: dict[str, ArchSpec] = {
         note="AlexNet topology for 28-32 px (MNIST, Fashion-MNIST, CIFAR): 48-128-192-192-128, fc 1024",
         source="this project",
     ),
+    # The paper's Figure 1 experiment (§3.1): "a four-layer convolutional neural network" on CIFAR-10, ReLU against
+    # tanh. The layout of cuda-convnet's layers-80sec.cfg (3 conv + 1 fc); its average pools 2-3 are max pools here.
+    "convnet_fig1": ArchSpec(
+        convs=(_C(32, 5, 1, 2, pool=True), _C(32, 5, 1, 2, pool=True), _C(64, 5, 1, 2, pool=True)),
+        fc=(),
+        input_size=32,
+        pool_pad=1,
+        norm="none",
+        dropout=0.0,
+        note="the paper's Figure 1 network for ReLU vs tanh: 32-32-64 5×5 convs and one fc layer, 32 px",
+        source="Krizhevsky et al. 2012 §3.1, Fig. 1; layout of cuda-convnet's layers-80sec.cfg",
+    ),
 }
 
 # Fields a user may override, with a validator each; other ArchSpec fields are the architecture itself.

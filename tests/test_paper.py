@@ -1,0 +1,41 @@
+"""The paper's experiments: Figure 1's two trainings on fake data (the real run is in the README)."""
+
+import json
+
+from alexnet.cli import main
+from alexnet.fit import fit
+from alexnet.paper import epochs_to, figure1
+from tests.conftest import tiny_config
+
+FAST = ['data.dataset="fake"', 'train.precision="fp32"', "train.progress=false", "train.limit_train_batches=4"]
+
+
+def test_epochs_to_the_target():
+    assert epochs_to([60.0, 30.0, 25.0, 20.0], 25.0) == 3
+    assert epochs_to([60.0, 30.0], 25.0) is None
+
+
+def test_training_stops_once_the_training_accuracy_is_reached(tmp_path):
+    result = fit(tiny_config(tmp_path / "run", "train.epochs=3", "train.stop_at_train_acc1=0"))
+    assert [row["epoch"] for row in result.history] == [1]
+
+
+def test_figure1_trains_both_units_and_writes_the_figure(tmp_path):
+    result = figure1(tmp_path / "fig1", FAST, sweep=[0.01, 1e6], target=95.0, max_epochs=2)
+    assert [(r["unit"], r["lr"]) for r in result["runs"]] == [("relu", 0.01), ("relu", 1e6), ("tanh", 0.01),
+                                                                ("tanh", 1e6)]  # fmt: skip
+    relu_diverged = next(r for r in result["runs"] if r["unit"] == "relu" and r["lr"] == 1e6)
+    assert relu_diverged["diverged"] and relu_diverged["epochs"] is None  # a sweep survives a diverging rate
+    assert result["best"]["relu"]["lr"] == 0.01 and result["best"]["relu"]["epochs"] == 1
+    assert result["speedup"] == result["best"]["tanh"]["epochs"] / result["best"]["relu"]["epochs"]
+    assert json.loads((tmp_path / "fig1" / "fig1.json").read_text())["best"]["tanh"]["unit"] == "tanh"
+    assert (tmp_path / "fig1" / "fig1.png").stat().st_size > 5000
+    assert (tmp_path / "fig1" / "tanh-lr0.01" / "best.safetensors").exists()
+
+
+def test_paper_command(tmp_path, capsys):
+    args = ["paper", "fig1", "--out", str(tmp_path), "--dataset", "fake", "--precision", "fp32", "--no-progress",
+            "--max-epochs", "1", "--target", "95", "--set", "train.limit_train_batches=4"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "relu  lr 0.01" in out and "tanh  lr 0.01" in out and "faster; the paper: about 6x" in out
