@@ -4,7 +4,7 @@ import json
 
 from alexnet.cli import main
 from alexnet.fit import fit
-from alexnet.paper import epochs_to, figure1
+from alexnet.paper import FIG1_LRS, epochs_to, figure1
 from tests.conftest import tiny_config
 
 FAST = ['data.dataset="fake"', 'train.precision="fp32"', "train.progress=false", "train.limit_train_batches=4"]
@@ -38,4 +38,5 @@ def test_paper_command(tmp_path, capsys):
             "--max-epochs", "1", "--target", "95", "--set", "train.limit_train_batches=4"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "relu  lr 0.01" in out and "tanh  lr 0.01" in out and "faster; the paper: about 6x" in out
+    assert f"relu  lr {FIG1_LRS['relu']:<8g}" in out and f"tanh  lr {FIG1_LRS['tanh']:<8g}" in out
+    assert "faster; the paper: about 6x" in out
