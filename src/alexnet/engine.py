@@ -39,6 +39,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _no_bar(settings: StepSettings) -> bool | None:
+    """tqdm's ``disable``: off when asked, and (None) when stderr is not a terminal, so logs get no bar frames."""
+    return None if settings.progress else True
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Loader,
@@ -65,7 +70,7 @@ def train_one_epoch(
     loss_sum = correct = seen = 0.0
     data_s = compute_s = 0.0
     stuck_at = math.log(settings.num_classes)
-    bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch + 1}", disable=not settings.progress, leave=False)
+    bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch + 1}", disable=_no_bar(settings), leave=False)
     tick = time.perf_counter()
     for step, (images, labels) in enumerate(loader.batches(epoch, start_step), start_step):
         if step >= total:
@@ -153,7 +158,7 @@ def evaluate(
     confusion = MulticlassConfusionMatrix(num_classes=c).to(settings.device)
     loss_sum = seen = 0.0
     total = len(loader) if settings.limit_batches is None else min(len(loader), settings.limit_batches)
-    bar = tqdm(total=total, desc="eval", disable=not settings.progress, leave=False)
+    bar = tqdm(total=total, desc="eval", disable=_no_bar(settings), leave=False)
     for step, (images, labels) in enumerate(loader.batches(0)):
         if step >= total:
             break
