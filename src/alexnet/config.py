@@ -47,7 +47,7 @@ class DataConfig:
     pca_eigvec: list[list[float]] | None = None
     ten_crop: bool = False  # evaluate on 4 corners + centre and their mirrors, softmax averaged
     max_bad_fraction: float = 0.01  # stop when more than this fraction of image files fail to decode
-    in_memory_gb: float = 4.0  # folders: decode once and keep in memory when the decoded splits fit (0 = never)
+    in_memory_gb: float = 2.0  # folders: decode once and keep in memory (per process, on the device) if they fit
 
 
 @dataclass
