@@ -151,3 +151,14 @@ def test_auto_resume_falls_back_when_last_is_corrupt(tmp_path, caplog):
         fit(tiny_config(tmp_path / "run", "train.epochs=3", 'train.resume="auto"'))
     with pytest.raises(CorruptCheckpointError):
         fit(tiny_config(tmp_path / "other", f'train.resume="{last}"'))
+
+
+@pytest.mark.parametrize("dataset", ["fake", "folder"])
+def test_a_mean_image_run_evaluates_as_it_trained(tmp_path, image_folder, dataset):
+    from alexnet.evaluation import evaluate_checkpoint
+
+    data = [f'data.dataset="{dataset}"', f'data.data_dir="{image_folder}"', "data.batch_size=4", "data.workers=0"]
+    result = fit(tiny_config(tmp_path / "run", *data, "data.mean_image=true", "train.epochs=1"))
+    for name in ("last.pt", "best.safetensors"):
+        got = evaluate_checkpoint(tmp_path / "run" / name, data_dir=str(image_folder), precision="fp32", progress=False)
+        assert got["acc1"] == pytest.approx(result.final["acc1"]) and got["loss"] == pytest.approx(result.final["loss"])

@@ -14,8 +14,7 @@ from .checkpoint import load_checkpoint, load_model_state, load_weights
 from .config import Config, DataConfig, config_from_dict
 from .data.batch import BatchTransform
 from .data.folder import reporting_worker_crashes
-from .data.pipeline import build_eval_loader, mean_image_of
-from .data.sources import load_tensor_split
+from .data.pipeline import build_eval_loader, training_mean_image
 from .device import pick_device, pick_precision
 from .engine import StepSettings, evaluate
 from .errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
@@ -91,7 +90,7 @@ def evaluate_checkpoint(
         )
     transform = BatchTransform.from_meta(meta, trained.model.in_channels)
     if meta.get("mean_image"):  # the per-pixel mean is not stored with the weights: recompute it, as training did
-        transform.mean = mean_image_of(load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=False))
+        transform.mean = training_mean_image(cfg, meta["stored_size"])
     model = trained.model.to(dev, memory_format=torch.channels_last)
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):

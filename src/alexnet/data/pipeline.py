@@ -97,6 +97,15 @@ def mean_image_of(split: TensorSplit) -> torch.Tensor:
     return split.images.double().mean(0).div(255).float()
 
 
+def training_mean_image(cfg: DataConfig, stored: int) -> torch.Tensor:
+    """The mean image of ``cfg``'s training split, as training computed it (weights do not store it): the tensor
+    data set, or the folder decoded at ``stored`` px."""
+    if cfg.dataset in TENSOR_DATASETS:
+        return mean_image_of(load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=False))
+    samples, classes = scan_folder(find_splits(data_root(cfg.data_dir))[0])
+    return mean_image_of(decode_split(samples, classes, stored, cfg.workers, cfg.max_bad_fraction))
+
+
 def build_eval_loader(cfg: DataConfig, stored: int, device: torch.device, rank: int = 0,
                       world: int = 1) -> tuple[Loader, list[str]]:  # fmt: skip
     """The validation loader and the class list, reading no training images.
