@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from alexnet.config import load_config
-from alexnet.fit import fit
+from alexnet.training.fit import fit
 
 
 def main() -> None:

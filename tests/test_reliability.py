@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from alexnet.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries
+from alexnet.training.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries
 
 TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnist", "--dataset", "fake",
          "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25",
@@ -76,7 +76,7 @@ def test_same_seed_same_weights_in_two_processes_with_workers(tmp_path, image_fo
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from alexnet.checkpoint import save_checkpoint
+    from alexnet.training.checkpoint import save_checkpoint
     i = 0
     while True:
         i += 1

@@ -15,13 +15,13 @@ __version__ = "0.1.0"
 
 # Training, evaluation, inference and export load on first use, so `import alexnet` stays light.
 _LAZY = {
-    "fit": "fit",
+    "fit": "training.fit",
     "load_config": "config",
-    "evaluate_checkpoint": "evaluation",
-    "load_trained": "evaluation",
-    "Predictor": "inference",
-    "export_model": "export",
-    "benchmark": "bench",
+    "evaluate_checkpoint": "inference.evaluation",
+    "load_trained": "inference.evaluation",
+    "Predictor": "inference.predictor",
+    "export_model": "inference.export",
+    "benchmark": "experiments.bench",
 }
 
 

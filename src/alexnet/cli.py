@@ -65,7 +65,7 @@ def _fields(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import list_recipes, load_config
-    from .fit import fit
+    from .training.fit import fit
 
     if args.list_recipes:
         print("\n".join(list_recipes()))
@@ -96,7 +96,7 @@ def _eval(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluation import evaluate_checkpoint
+    from .inference.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, ten_crop=args.ten_crop, device=args.device,
@@ -106,7 +106,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent)
     confusion_png = None
     try:
-        from .report import plot_confusion
+        from .experiments.report import plot_confusion
 
         out_dir.mkdir(parents=True, exist_ok=True)
         confusion_png = str(plot_confusion(result["confusion"], result["classes"], out_dir / "confusion.png"))
@@ -134,7 +134,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo as demo
+    from .experiments.demo import run_demo as demo
 
     path = demo(args.out, args.recipe, args.overrides)
     print(path.read_text().split("## Figures")[0].rstrip())
@@ -153,7 +153,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .inference import Predictor, expand_inputs
+    from .inference.predictor import Predictor, expand_inputs
 
     predictor = Predictor.from_path(args.checkpoint, device=args.device)
     failed = 0
@@ -179,8 +179,8 @@ def _export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .evaluation import load_trained
-    from .export import check_inputs_for, export_model
+    from .inference.evaluation import load_trained
+    from .inference.export import check_inputs_for, export_model
 
     trained = load_trained(args.checkpoint)
     inputs, described = check_inputs_for(trained, args.images)
@@ -219,7 +219,7 @@ def _bench(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import benchmark
+    from .experiments.bench import benchmark
 
     result = benchmark(batch=args.batch_size, quick=args.quick, device=args.device)
     if args.json:
@@ -254,7 +254,7 @@ def _paper(p: argparse.ArgumentParser) -> None:
 
 
 def run_paper(args: argparse.Namespace) -> int:
-    from .paper import figure1
+    from .experiments.paper import figure1
 
     sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else None
     result = figure1(args.out, args.overrides, sweep, args.target, args.max_epochs, **_fields(args))

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write
-from .errors import AlexNetError, CorruptCheckpointError
+from ..errors import AlexNetError, CorruptCheckpointError
+from ..training.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -40,12 +40,12 @@ def check_inputs_for(trained: Any, images: list[str] | None = None, n: int = 8) 
     Returns:
         (B, C, H, W) inputs or None, and a few words saying what they are.
     """
-    from .data.batch import BatchTransform
-    from .data.decode import decode_image
-    from .data.folder import stack_images
-    from .data.sources import TENSOR_DATASETS, load_tensor_split
-    from .errors import DataNotFoundError
-    from .inference import expand_inputs, to_stored
+    from ..data.batch import BatchTransform
+    from ..data.decode import decode_image
+    from ..data.folder import stack_images
+    from ..data.sources import TENSOR_DATASETS, load_tensor_split
+    from ..errors import DataNotFoundError
+    from .predictor import expand_inputs, to_stored
 
     tf = BatchTransform.from_meta(trained.data, trained.model.in_channels)
     if images:

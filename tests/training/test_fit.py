@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from alexnet.checkpoint import load_checkpoint, load_weights
 from alexnet.errors import NonFiniteLossError
-from alexnet.fit import fit
+from alexnet.training.checkpoint import load_checkpoint, load_weights
+from alexnet.training.fit import fit
 from tests.conftest import tiny_config
 
 
@@ -48,7 +48,7 @@ def test_resume_is_bitwise_with_augmentation(tmp_path):
 
 def test_resume_mid_epoch_is_bitwise(tmp_path, monkeypatch):
     fit(tiny_config(tmp_path / "a", "train.epochs=1"))
-    import alexnet.fit as fit_module
+    import alexnet.training.fit as fit_module
 
     real_save = fit_module.save_checkpoint
 
@@ -155,7 +155,7 @@ def test_auto_resume_falls_back_when_last_is_corrupt(tmp_path, caplog):
 
 @pytest.mark.parametrize("dataset", ["fake", "folder"])
 def test_a_mean_image_run_evaluates_as_it_trained(tmp_path, image_folder, dataset):
-    from alexnet.evaluation import evaluate_checkpoint
+    from alexnet.inference.evaluation import evaluate_checkpoint
 
     data = [f'data.dataset="{dataset}"', f'data.data_dir="{image_folder}"', "data.batch_size=4", "data.workers=0"]
     result = fit(tiny_config(tmp_path / "run", *data, "data.mean_image=true", "train.epochs=1"))

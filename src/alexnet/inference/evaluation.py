@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_model_state, load_weights
-from .config import Config, DataConfig, config_from_dict
-from .data.batch import BatchTransform
-from .data.folder import reporting_worker_crashes
-from .data.pipeline import build_eval_loader, training_mean_image
-from .device import pick_device, pick_precision
-from .engine import StepSettings, evaluate
-from .errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
-from .models import model_from_config
+from ..config import Config, DataConfig, config_from_dict
+from ..data.batch import BatchTransform
+from ..data.folder import reporting_worker_crashes
+from ..data.pipeline import build_eval_loader, training_mean_image
+from ..device import pick_device, pick_precision
+from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
+from ..models import model_from_config
+from ..training.checkpoint import load_checkpoint, load_model_state, load_weights
+from ..training.engine import StepSettings, evaluate
 
 
 @dataclass

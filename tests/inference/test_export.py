@@ -6,11 +6,11 @@ import pytest
 
 import alexnet
 from alexnet.cli import main
-from alexnet.evaluation import load_trained
-from alexnet.export import FORMATS, export_model
-from alexnet.inference import Predictor
+from alexnet.inference.evaluation import load_trained
+from alexnet.inference.export import FORMATS, export_model
+from alexnet.inference.predictor import Predictor
 from tests.conftest import make_weights
-from tests.test_inference import _images
+from tests.inference.test_predictor import _images
 
 
 @pytest.mark.parametrize("name", alexnet.list_models())

@@ -9,11 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import load_config
-from .data.sources import load_tensor_split
-from .errors import DataNotFoundError
-from .evaluation import evaluate_checkpoint, load_trained
-from .fit import fit
+from ..config import load_config
+from ..data.sources import load_tensor_split
+from ..errors import DataNotFoundError
+from ..inference.evaluation import evaluate_checkpoint, load_trained
+from ..training.fit import fit
 from .report import plot_confusion, plot_curves, save_conv1_filters, write_report
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
-from .config import load_config
-from .errors import NonFiniteLossError
-from .fit import fit
+from ..config import load_config
+from ..errors import NonFiniteLossError
+from ..training.checkpoint import atomic_write
+from ..training.fit import fit
 
 log = logging.getLogger(__name__)
 

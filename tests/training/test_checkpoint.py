@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import alexnet
-from alexnet.checkpoint import atomic_write, load_checkpoint, load_model_state, load_weights, save_checkpoint
 from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
-from alexnet.evaluation import load_trained
+from alexnet.inference.evaluation import load_trained
+from alexnet.training.checkpoint import atomic_write, load_checkpoint, load_model_state, load_weights, save_checkpoint
 
 
 class _Payload:
@@ -71,7 +71,7 @@ def test_a_flipped_byte_is_caught_by_the_digest_before_unpickling(tmp_path, monk
     import hashlib
     import struct
 
-    import alexnet.checkpoint as ckpt
+    import alexnet.training.checkpoint as ckpt
 
     path = tmp_path / "last.pt"
     save_checkpoint({"model": {"w": torch.arange(1000, dtype=torch.float32)}, "config": {}}, path)
@@ -90,7 +90,7 @@ def test_disk_full_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_path, monke
     """T8: ENOSPC while writing (patched fsync) gives a WriteError; the old file and its digest stay valid."""
     import errno
 
-    import alexnet.checkpoint as ckpt
+    import alexnet.training.checkpoint as ckpt
     from alexnet.errors import WriteError
 
     path = tmp_path / "last.pt"

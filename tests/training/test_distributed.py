@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from alexnet.checkpoint import load_checkpoint
 from alexnet.data.batch import epoch_order
-from alexnet.evaluation import evaluate_checkpoint
+from alexnet.inference.evaluation import evaluate_checkpoint
+from alexnet.training.checkpoint import load_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "alexnet.cli",
             "train", "--recipe", "fashion-mnist", "--dataset", "fake", "--precision", "fp32", "--no-progress",
@@ -69,7 +69,7 @@ def test_two_process_resume_is_bitwise(two_process_run, tmp_path):
 
 CHAOS = """
 import os, signal, sys
-import alexnet.fit as fit_module
+import alexnet.training.fit as fit_module
 
 real = fit_module.train_one_epoch
 

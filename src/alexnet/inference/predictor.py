@@ -18,11 +18,11 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
-from .data.batch import BatchTransform
-from .data.decode import decode_image, is_image_file, pil_to_rgb
-from .data.folder import stack_images
-from .device import autocast, pick_device, pick_precision
-from .errors import InvalidImageError
+from ..data.batch import BatchTransform
+from ..data.decode import decode_image, is_image_file, pil_to_rgb
+from ..data.folder import stack_images
+from ..device import autocast, pick_device, pick_precision
+from ..errors import InvalidImageError
 
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image | torch.Tensor

@@ -1,7 +1,7 @@
 import torch
 
 from alexnet.config import OptimConfig
-from alexnet.optim import PaperSGD, Schedule
+from alexnet.training.optim import PaperSGD, Schedule
 
 
 def test_paper_sgd_follows_the_paper_rule_across_lr_drops():

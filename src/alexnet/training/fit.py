@@ -25,6 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import Config
+from ..data.folder import reporting_worker_crashes
+from ..data.pipeline import Data, build_data
+from ..device import pick_device, pick_precision, tune_cpu_allocator
+from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, TrainingInterrupted
+from ..models import create_model, get_spec
 from . import distributed
 from .checkpoint import (
     atomic_write,
@@ -34,13 +40,7 @@ from .checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from .config import Config
-from .data.folder import reporting_worker_crashes
-from .data.pipeline import Data, build_data
-from .device import pick_device, pick_precision, tune_cpu_allocator
 from .engine import StepSettings, evaluate, train_one_epoch
-from .errors import CorruptCheckpointError, IncompatibleCheckpointError, TrainingInterrupted
-from .models import create_model, get_spec
 from .optim import Schedule, build_optimizer
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import autocast, pick_device, pick_precision, tune_cpu_allocator
-from .models import create_model, model_info
+from ..device import autocast, pick_device, pick_precision, tune_cpu_allocator
+from ..models import create_model, model_info
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.inference import Predictor
+from alexnet.inference.predictor import Predictor
 from tests.conftest import make_weights
 from tests.data.test_decode import bad_files
 

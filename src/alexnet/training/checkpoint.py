@@ -29,7 +29,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, WriteError
+from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, WriteError
 
 log = logging.getLogger(__name__)
 META_KEY = "alexnet"

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data.batch import BatchTransform, step_generator
-from .data.pipeline import Loader
-from .device import autocast
-from .errors import NonFiniteLossError
+from ..data.batch import BatchTransform, step_generator
+from ..data.pipeline import Loader
+from ..device import autocast
+from ..errors import NonFiniteLossError
 from .optim import Schedule
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 import json
 
 from alexnet.cli import main
-from alexnet.fit import fit
-from alexnet.paper import FIG1_LRS, epochs_to, figure1
+from alexnet.experiments.paper import FIG1_LRS, epochs_to, figure1
+from alexnet.training.fit import fit
 from tests.conftest import tiny_config
 
 FAST = ['data.dataset="fake"', 'train.precision="fp32"', "train.progress=false", "train.limit_train_batches=4"]

@@ -1,6 +1,6 @@
 """The benchmark's output shape (not its speed: speed targets belong in the benchmark's printed figures)."""
 
-from alexnet.bench import benchmark
+from alexnet.experiments.bench import benchmark
 
 
 def test_quick_benchmark_reports_every_field():

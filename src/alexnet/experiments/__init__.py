@@ -1,0 +1,1 @@
+"""The paper's figures and claims, benchmarks, the demo and run reports."""

@@ -1,0 +1,1 @@
+"""Using a trained model: the artifact and its loader, evaluation, prediction, export."""

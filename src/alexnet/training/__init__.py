@@ -1,0 +1,1 @@
+"""Training: the fit loop, the step engine, optimizers and schedules, checkpoints, and torchrun."""
