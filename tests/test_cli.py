@@ -76,3 +76,55 @@ def test_public_api_names_resolve():
         assert getattr(alexnet, name) is not None
     with pytest.raises(AttributeError):
         alexnet.no_such_thing  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--dataset", "fake", "-b", "0"], "-b/--batch-size: 0 must be at least 1"),
+        (["train", "--dataset", "fake", "-b", "-4"], "-4 must be at least 1"),
+        (["train", "--dataset", "fake", "--epochs", "0"], "--epochs: 0 must be at least 1"),
+        (["train", "--dataset", "fake", "--limit-train-batches", "0"], "0 must be at least 1"),
+        (
+            ["train", "--dataset", "fake", "--set", 'data.normalize="meanstdd"'],
+            "data.normalize='meanstdd' is not valid",
+        ),
+        (["train", "--dataset", "fake", "--set", "optim.lr=-1"], "optim.lr=-1.0 is out of range"),
+        (["train", "--dataset", "fake", "--set", "data.batch_size=0"], "data.batch_size=0 is out of range"),
+        (["train", "--dataset", "fake", "--set", 'optim.schedule="cosin"'], "optim.schedule='cosin' is not valid"),
+        (["train", "--set", 'data.dataset="imagenett"'], "data.dataset='imagenett'"),
+        (["predict", "--checkpoint", "x.safetensors", "--topk", "-3", "a.png"], "--topk: -3 must be at least 1"),
+        (["predict", "--checkpoint", "x.safetensors", "-b", "0", "a.png"], "0 must be at least 1"),
+        (["eval", "--checkpoint", "x.safetensors", "-b", "0"], "0 must be at least 1"),
+    ],
+)
+def test_bad_numbers_and_choices_are_one_line_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error for flags
+        code = main(args)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_an_unwritable_out_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["train", "--dataset", "fake", "--out", str(blocker / "run"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the run directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_path, capsys):
+    from alexnet.training.fit import fit
+    from tests.conftest import make_folder, tiny_config
+
+    root = make_folder(tmp_path / "imgs", classes=("$x^{2", "plain", "a_b$"), per_class=4)
+    fit(tiny_config(tmp_path / "run", 'data.dataset="folder"', f'data.data_dir="{root}"', "train.epochs=1"))
+    capsys.readouterr()
+    weights = str(tmp_path / "run" / "best.safetensors")
+    assert main(["eval", "--checkpoint", weights, "--data-dir", str(root), "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[0])
+    assert set(result["per_class_acc"]) == {"$x^{2", "plain", "a_b$"}
+    assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000  # drawn: the names were not parsed as maths

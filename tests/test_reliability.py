@@ -19,7 +19,15 @@ TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnis
          "--set", "model.overrides.input_size=32", "--set", 'optim.schedule="constant"', "--lr", "0.02"]  # fmt: skip
 
 
-def test_sigterm_mid_epoch_checkpoints_and_resumes_bitwise(tmp_path):
+def _metrics_rows(run):
+    """metrics.csv rows without their timings."""
+    lines = (run / "metrics.csv").read_text().splitlines()
+    return [line.split(",")[:7] for line in lines]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # a scheduler's preemption, or Ctrl-C
+def test_signal_mid_epoch_checkpoints_and_resumes_bitwise(tmp_path, signum):
     args = ["--epochs", "3", "--set", "data.pad=2"]
     straight = tmp_path / "straight"
     assert subprocess.run([*TRAIN, "--out", str(straight), *args], capture_output=True).returncode == 0
@@ -28,10 +36,10 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_bitwise(tmp_path):
     deadline = time.time() + 120
     while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)  # the end of epoch 1: signal during epoch 2
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by SIGTERM" in err and "--resume auto" in err
+    assert proc.returncode == 128 + signum, err
+    assert f"stopped by {signal.Signals(signum).name}" in err and "--resume auto" in err
     state = load_checkpoint(run / "last.pt")
     assert state["epoch"] == 1 and 0 < state["step"] <= 32
     resumed = subprocess.run([*TRAIN, "--out", str(run), *args, "--resume", "auto"], capture_output=True, text=True)
@@ -39,6 +47,10 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_bitwise(tmp_path):
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(run / "last.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+    # The interrupted epoch's row covers all of it (its running sums were checkpointed), not only the resumed part.
+    assert _metrics_rows(run) == _metrics_rows(straight)
+    for sidecar in run.glob("*.sha256"):
+        assert subprocess.run(["sha256sum", "-c", "--quiet", sidecar.name], cwd=run).returncode == 0
 
 
 def test_same_seed_same_weights_in_two_processes_with_workers(tmp_path, image_folder):
@@ -105,12 +117,12 @@ def test_kill_9_during_save_leaves_a_whole_checkpoint(tmp_path):
 POISONED = textwrap.dedent("""
     import os, signal, sys
     import alexnet.data.folder as folder
-    real = folder.decode_image
-    def decode(path):
+    real = folder.decode_stored
+    def decode(path, *args, **kwargs):
         if os.path.basename(path) == "poison.png":  # a decoder crash: the worker dies without a Python error
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(path)
-    folder.decode_image = decode
+        return real(path, *args, **kwargs)
+    folder.decode_stored = decode
     from alexnet.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

@@ -18,7 +18,7 @@ _LAZY = {
     "fit": "training.fit",
     "load_config": "config",
     "evaluate_checkpoint": "inference.evaluation",
-    "load_trained": "inference.evaluation",
+    "load_trained": "inference.artifact",
     "Predictor": "inference.predictor",
     "export_model": "inference.export",
     "benchmark": "experiments.bench",

@@ -15,7 +15,48 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .errors import AlexNetError
+from .errors import AlexNetError, ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NORMALIZATIONS = ("meanstd", "mean")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
+INF = float("inf")
+# Every choice field and numeric range, checked in one place (`validate`). (low, high, low inclusive); None is
+# allowed where the field's type allows it.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.normalize": NORMALIZATIONS,
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": SCHEDULES,
+    "train.precision": PRECISIONS,
+}
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "data.batch_size": (1, INF, True),
+    "data.eval_batch_size": (1, INF, True),
+    "data.workers": (0, 256, True),
+    "data.resize": (1, 8192, True),
+    "data.crop": (1, 8192, True),
+    "data.pad": (0, 1024, True),
+    "data.pca_std": (0, INF, True),
+    "data.pixel_scale": (0, INF, False),
+    "data.max_bad_fraction": (0, 1, True),
+    "data.in_memory_gb": (0, INF, True),
+    "optim.lr": (0, INF, False),
+    "optim.momentum": (0, 1, True),
+    "optim.weight_decay": (0, INF, True),
+    "optim.plateau_patience": (0, INF, True),
+    "optim.max_drops": (0, INF, True),
+    "optim.step_size": (1, INF, True),
+    "optim.gamma": (0, 1, False),
+    "optim.warmup_epochs": (0, INF, True),
+    "optim.label_smoothing": (0, 1, True),
+    "optim.clip_grad_norm": (0, INF, False),
+    "train.epochs": (1, INF, True),
+    "train.limit_train_batches": (1, INF, True),
+    "train.limit_val_batches": (1, INF, True),
+    "train.checkpoint_every": (1, INF, True),
+    "train.stop_at_train_acc1": (0, 100, True),
+}
 
 
 @dataclass
@@ -79,6 +120,7 @@ class TrainConfig:
     tune_allocator: bool = True  # CPU: keep large freed blocks in the heap (see alexnet.device.tune_cpu_allocator)
     out: str | None = None  # run directory; default runs/<time>-<model>-<dataset>
     resume: str | None = None  # a checkpoint path, or "auto" (the run directory's last.pt)
+    allow_changes: bool = False  # resume even if batch size, learning rate, seed... differ from the checkpoint's
     limit_train_batches: int | None = None
     limit_val_batches: int | None = None
     progress: bool = True
@@ -96,6 +138,42 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        """Check every choice field and numeric range, and the model and data set names.
+
+        Raises:
+            ConfigError: naming the field, its value and what is valid.
+        """
+        from .data.sources import DATASETS
+        from .models import get_spec
+
+        for dotted, choices in {**CHOICES, "data.dataset": tuple(DATASETS)}.items():
+            value = self._get(dotted)
+            if value not in choices:
+                raise ConfigError(f"{dotted}={value!r} is not valid; choose one of {list(choices)}")
+        for dotted, (low, high, inclusive) in RANGES.items():
+            value = self._get(dotted)
+            if value is None:
+                continue
+            above = value >= low if inclusive else value > low
+            if not (above and value <= high and value == value):  # value == value: not NaN
+                bracket = "[" if inclusive else "("
+                raise ConfigError(
+                    f"{dotted}={value!r} is out of range; expected a value in {bracket}{low:g}, {high:g}]"
+                )
+        betas = self.optim.betas
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1)")
+        try:
+            get_spec(self.model.name, **self.model.overrides)
+        except ValueError as err:  # an unknown model name, or an override out of range
+            raise ConfigError(str(err)) from None
+        return self
+
+    def _get(self, dotted: str) -> Any:
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
 
 
 def list_recipes() -> list[str]:
@@ -176,7 +254,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None, *
             section, key = name.split("__", 1)
             tree.setdefault(section, {})[key] = value
     _merge(config, tree, "override")
-    return config
+    return config.validate()
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

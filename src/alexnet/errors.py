@@ -45,3 +45,11 @@ class TrainingInterrupted(AlexNetError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell convention: 143 for SIGTERM
+
+
+class NonFiniteWeightsError(AlexNetError):
+    """A model's weights hold NaN or infinity (training diverged); they are never saved, resumed or used."""
+
+
+class ConfigError(AlexNetError, ValueError):
+    """A configuration value or command-line flag is out of range or not one of its choices."""

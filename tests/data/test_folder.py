@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from alexnet.config import DataConfig
-from alexnet.data.folder import scan_folder, stack_images
+from alexnet.data.batch import stack_images
+from alexnet.data.folder import scan_folder
 from alexnet.data.pipeline import build_data
 from alexnet.errors import AlexNetError, DataNotFoundError
 from tests.conftest import make_folder

@@ -6,7 +6,7 @@ import pytest
 
 import alexnet
 from alexnet.cli import main
-from alexnet.inference.evaluation import load_trained
+from alexnet.inference.artifact import load_trained
 from alexnet.inference.export import FORMATS, export_model
 from alexnet.inference.predictor import Predictor
 from tests.conftest import make_weights
@@ -18,7 +18,7 @@ from tests.inference.test_predictor import _images
 def test_export_parity_every_variant(tmp_path, name, fmt):
     weights = make_weights(tmp_path / f"{name}.safetensors", name=name, num_classes=5, width=0.25)
     result = export_model(load_trained(weights), fmt, tmp_path / f"model.{fmt}")
-    assert result.max_abs_diff <= 1e-4
+    assert result.parity.ok and result.parity.max_abs <= 1e-4
     assert result.path.stat().st_size > 10_000
 
 
@@ -46,5 +46,6 @@ def test_export_errors(tmp_path, weights, capsys):
                  "--out", str(tmp_path / "x.onnx")]) == 2  # fmt: skip
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "fake.onnx").write_bytes(b"not onnx")
-    assert main(["predict", "--checkpoint", str(tmp_path / "fake.onnx"), str(tmp_path)]) == 2
+    image = _images(tmp_path / "imgs")[0]
+    assert main(["predict", "--checkpoint", str(tmp_path / "fake.onnx"), str(image)]) == 2
     assert "not a loadable ONNX model" in capsys.readouterr().err

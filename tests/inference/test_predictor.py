@@ -105,3 +105,44 @@ def test_bad_python_inputs(weights, bad):
     predictor = Predictor.from_path(weights)
     (pred,) = predictor.predict([bad] if not isinstance(bad, str) else [12345])
     assert pred.error
+
+
+def test_fifo_empty_argument_empty_glob_and_urls(tmp_path, weights, capsys):
+    import os
+
+    good = _images(tmp_path / "imgs")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # reading it would block forever
+    args = ["predict", "--checkpoint", str(weights), "--json", str(good[0]), str(fifo), "https://x.test/a.jpg",
+            str(good[1])]  # fmt: skip
+    assert main(args) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in lines] == [str(good[0]), str(fifo), "https://x.test/a.jpg", str(good[1])]  # input order
+    assert "not a regular file" in lines[1]["error"] and "URLs are not read" in lines[2]["error"]
+    assert "topk" in lines[0] and "topk" in lines[3]
+    for bad, message in [("", "an input is empty"), (str(tmp_path / "none*.png"), "matches no file"),
+                         (str(tmp_path / "imgs" / "sub"), "holds no image files")]:  # fmt: skip
+        (tmp_path / "imgs" / "sub").mkdir(exist_ok=True)
+        assert main(["predict", "--checkpoint", str(weights), bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_file_size_cap_is_checked_before_reading(tmp_path, weights, capsys):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (600, 600)).save(big)
+    size = big.stat().st_size
+    args = ["predict", "--checkpoint", str(weights), "--max-file-mb", str(size / 2**20 / 2), str(big)]
+    assert main(args) == 1
+    assert "exceeds the file-size limit" in capsys.readouterr().out
+
+
+def test_large_jpegs_decode_at_reduced_scale_and_batches_hold_stored_images(tmp_path, weights):
+    from alexnet.data.decode import decode_image
+
+    photo = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (90, 120, 200)).save(photo, quality=80)
+    assert decode_image(photo).shape == (3, 3000, 4000)
+    assert decode_image(photo, min_size=64).shape == (3, 375, 500)  # 1/8 DCT scale, both sides >= 64
+    predictor = Predictor.from_path(weights)
+    assert predictor.stored(photo).shape == (3, 32, 32)  # what waits for a batch: the stored square only

@@ -9,8 +9,9 @@ import torch
 
 import alexnet
 from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
-from alexnet.inference.evaluation import load_trained
-from alexnet.training.checkpoint import atomic_write, load_checkpoint, load_model_state, load_weights, save_checkpoint
+from alexnet.inference.artifact import load_state as load_model_state
+from alexnet.inference.artifact import load_trained
+from alexnet.training.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
 
 
 class _Payload:

@@ -113,7 +113,11 @@ def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
     fit(tiny_config(tmp_path / "run", "train.epochs=1"))
     before = (tmp_path / "run" / "last.pt").read_bytes()
     with pytest.raises(NonFiniteLossError, match="loss became"):
-        fit(tiny_config(tmp_path / "run", "train.epochs=2", 'train.resume="auto"', "optim.lr=1e30"))
+        fit(
+            tiny_config(
+                tmp_path / "run", "train.epochs=2", 'train.resume="auto"', "optim.lr=1e30", "train.allow_changes=true"
+            )
+        )
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -42,6 +42,19 @@ def shard_size(n: int, rank: int = 0, world: int = 1, equal: bool = False) -> in
     return n // world if equal else len(range(rank, n, world))
 
 
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """(B, C, H, W) from (C, H, W) images, in channels-last memory.
+
+    The decoders give (H, W, C) memory, so this is one straight copy per image where `torch.stack` transposes
+    (about 8× slower), and the batch crops read channels-last about 5× faster than NCHW.
+    """
+    c, h, w = images[0].shape
+    out = torch.empty(len(images), h, w, c, dtype=images[0].dtype)
+    for i, img in enumerate(images):
+        out[i] = img.permute(1, 2, 0)
+    return out.permute(0, 3, 1, 2)
+
+
 @dataclass
 class BatchTransform:
     """uint8 (B, C, S, S) stored images → normalised float (B, C, input, input) model inputs.
@@ -69,18 +82,6 @@ class BatchTransform:
     eigval: torch.Tensor | None = None
     eigvec: torch.Tensor | None = None
     pixel_scale: float = 1.0
-
-    @classmethod
-    def from_meta(cls, data: dict, in_channels: int) -> BatchTransform:
-        """The evaluation transform recorded in a model's metadata (``best.safetensors``, checkpoints, exports)."""
-        mean = torch.tensor(data["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(data["std"], dtype=torch.float32).view(-1, 1, 1) if data.get("std") else None
-        if mean.shape[0] != in_channels:
-            raise ValueError(f"metadata has {mean.shape[0]} channel means for a {in_channels}-channel model")
-        return cls(
-            input_size=data["input_size"], crop=data["crop"], mean=mean, std=std, pad=data.get("pad", 0),
-            flip=False, pixel_scale=data.get("pixel_scale", 1.0),
-        )  # fmt: skip
 
     def _normalize(self, x: torch.Tensor, mean: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 crops → float in two in-place passes: ((x/255 − mean + offset) / std) · pixel_scale, resized to

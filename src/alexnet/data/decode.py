@@ -8,6 +8,8 @@ image, or whose header claims more than `MAX_PIXELS`, raises `InvalidImageError`
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import simplejpeg
 import torch
 from PIL import Image, ImageFile, ImageOps
+from torchvision.transforms.v2 import functional as TF
 
 from ..errors import InvalidImageError
 
@@ -50,13 +53,40 @@ def _check_size(width: int, height: int, name: str) -> None:
         )
 
 
-def _decode_jpeg_fast(data: bytes, name: str) -> torch.Tensor | None:
+def read_image_file(path: Path | str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file, refusing pipes, devices, sockets and directories (a FIFO would block the
+    reader forever) and files over ``max_bytes`` before reading them.
+
+    Raises:
+        InvalidImageError: unreadable, not a regular file, or too large.
+    """
+    name = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
+    except OSError as err:
+        raise InvalidImageError(f"{name}: cannot read ({err.strerror or err})") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidImageError(f"{name}: not a regular file (a directory, pipe, device or socket)")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise InvalidImageError(f"{name}: {info.st_size:,} bytes exceeds the file-size limit of {max_bytes:,}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise InvalidImageError(f"{name}: cannot read ({err.strerror or err})") from err
+    finally:
+        os.close(fd)
+
+
+def _decode_jpeg_fast(data: bytes, name: str, min_size: int = 0) -> torch.Tensor | None:
     """libjpeg-turbo through simplejpeg for complete YCbCr/grayscale JPEGs without EXIF; None hands the file to
     Pillow, which handles everything else (EXIF orientation, CMYK/YCCK, truncated files, other formats).
 
     Pillow decodes JPEGs with the same libjpeg-turbo and default settings, so the pixels are identical (tested);
     skipping Pillow's Python header parser is what makes this faster: 2× for CIFAR's 32×32 files, 1.2× for
-    ImageNet-sized ones. Raises `InvalidImageError` for bombs, from the header, before decoding.
+    ImageNet-sized ones. Raises `InvalidImageError` for bombs, from the header, before decoding. ``min_size``
+    lets libjpeg scale by 1/2, 1/4 or 1/8 in the DCT while both sides stay at least that long.
     """
     if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9") or b"Exif\0\0" in data:
         return None  # not a JPEG, no end marker (truncated), or EXIF (perhaps an orientation): Pillow's path
@@ -68,31 +98,33 @@ def _decode_jpeg_fast(data: bytes, name: str) -> torch.Tensor | None:
         return None  # CMYK, YCCK (Adobe's inverted conventions) and RGB-coded JPEGs: Pillow knows them
     _check_size(width, height, name)
     try:
-        array = simplejpeg.decode_jpeg(data, colorspace="RGB")  # (H, W, 3)
+        array = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size, min_width=min_size)  # (H, W, 3)
     except ValueError:
         return None  # recoverable libjpeg warnings (strict mode): Pillow decides
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def decode_image(data: bytes | Path | str, name: str = "<bytes>") -> torch.Tensor:
+def decode_image(
+    data: bytes | Path | str, name: str = "<bytes>", min_size: int = 0, max_bytes: int | None = None
+) -> torch.Tensor:
     """Decode an image file to a (3, H, W) uint8 RGB tensor (in (H, W, 3) memory, which resizing keeps).
 
     Args:
         data: a path or the file's bytes.
         name: shown in errors when ``data`` is bytes.
+        min_size: the caller resizes afterwards and needs both sides at least this long (px): JPEGs are then
+            decoded at 1/2, 1/4 or 1/8 scale where that still holds, which bounds memory and time for large photos.
+        max_bytes: refuse files larger than this before reading them.
 
     Raises:
         InvalidImageError: empty, not an image, truncated, corrupt, or larger than `MAX_PIXELS`.
     """
     if not isinstance(data, bytes):
         name = str(data)
-        try:
-            data = Path(data).read_bytes()
-        except OSError as err:
-            raise InvalidImageError(f"{name}: cannot read ({err.strerror or err})") from err
+        data = read_image_file(data, max_bytes)
     if not data:
         raise InvalidImageError(f"{name}: empty file")
-    fast = _decode_jpeg_fast(data, name)
+    fast = _decode_jpeg_fast(data, name, min_size)
     if fast is not None:
         return fast
     try:
@@ -100,6 +132,8 @@ def decode_image(data: bytes | Path | str, name: str = "<bytes>") -> torch.Tenso
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_size(img.width, img.height, name)  # the header alone gives the size: before any pixel
+            if min_size and img.format == "JPEG":
+                img.draft(img.mode, (min_size, min_size))  # DCT scaling, both sides kept >= min_size
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = pil_to_rgb(img)
@@ -111,3 +145,22 @@ def decode_image(data: bytes | Path | str, name: str = "<bytes>") -> torch.Tenso
         raise InvalidImageError(f"{name}: not a decodable image ({type(err).__name__}: {err})") from err
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (H, W, C) memory, as libjpeg-turbo's output
+
+
+def to_stored(image: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:
+    """(3, H, W) uint8 RGB → (channels, size, size) uint8: shorter side to ``size``, central square (§2)."""
+    image = TF.resize(image, [size], antialias=True)
+    image = TF.center_crop(image, [size])
+    if channels == 1:
+        image = TF.rgb_to_grayscale(image)  # ITU-R 601-2 luma, as PIL's convert("L")
+    return image
+
+
+def decode_stored(data: bytes | Path | str, size: int, channels: int = 3, max_bytes: int | None = None,
+                  name: str = "<bytes>") -> torch.Tensor:  # fmt: skip
+    """Decode and bring to the stored square: what training folders, prediction and serving all do to a file.
+
+    JPEGs decode at a reduced DCT scale while both sides stay at least twice ``size`` (then the antialiased
+    resize finishes the job), so a 16-megapixel photo never exists at full size in memory for a 256 px model.
+    """
+    return to_stored(decode_image(data, name, 2 * size, max_bytes), size, channels)

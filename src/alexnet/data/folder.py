@@ -12,17 +12,17 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import AlexNetError, DataNotFoundError, DataWorkerError, InvalidImageError
-from .batch import epoch_order, shard_size
-from .decode import decode_image, is_image_file
+from .batch import epoch_order, shard_size, stack_images
+from .decode import decode_stored, is_image_file
 from .sources import TensorSplit
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,11 @@ def reporting_worker_crashes(*loaders: object) -> Iterator[None]:
         raise DataWorkerError(f"{message.rstrip('. ')} {where}; remove or re-encode it, or check memory") from err
 
 
+def _ignore_sigint(_worker: int) -> None:
+    """Ctrl-C reaches the whole process group: workers leave it to the main process, which saves and stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class FolderDataset(Dataset):
     """Decodes one file to a uint8 (3, S, S) tensor: shorter side resized to S, then the central S×S (§2).
 
@@ -182,14 +187,13 @@ class FolderDataset(Dataset):
         if self.tracker is not None and worker is not None:
             self.tracker.start(worker.id, str(path))
         try:
-            img = decode_image(path)
+            img = decode_stored(path, self.size)
         except InvalidImageError as err:
             return None, str(err)
         finally:
             if self.tracker is not None and worker is not None:
                 self.tracker.done(worker.id)
-        img = TF.resize(img, [self.size], antialias=True)
-        return TF.center_crop(img, [self.size]), label
+        return img, label
 
 
 def collate_skip(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -198,19 +202,6 @@ def collate_skip(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     if not good:
         return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), errors
     return stack_images([x for x, _ in good]), torch.tensor([y for _, y in good]), errors
-
-
-def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
-    """(B, C, H, W) from (C, H, W) images, in channels-last memory.
-
-    The decoders give (H, W, C) memory, so this is one straight copy per image where `torch.stack` transposes
-    (about 8× slower), and the batch crops read channels-last about 5× faster than NCHW.
-    """
-    c, h, w = images[0].shape
-    out = torch.empty(len(images), h, w, c, dtype=images[0].dtype)
-    for i, img in enumerate(images):
-        out[i] = img.permute(1, 2, 0)
-    return out.permute(0, 3, 1, 2)
 
 
 @dataclass
@@ -256,6 +247,7 @@ class FolderLoader:
             # Workers draw nothing at random; a private generator keeps the loader from consuming the global RNG
             # (model init, dropout), so streaming a folder and holding it in memory train identically.
             generator=torch.Generator().manual_seed(0),
+            worker_init_fn=_ignore_sigint,
         )
         for x, y, errors in loader:
             self.seen += len(y) + len(errors)

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
+from ..inference.artifact import display_label
+
 
 def _pyplot():
     import matplotlib
@@ -69,8 +71,10 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(m.numpy(), cmap="Blues", vmin=0, vmax=1)
     if n <= 40:
-        ax.set_xticks(range(n), classes, rotation=90)
-        ax.set_yticks(range(n), classes)
+        # Class names are folder names: plain text, never mathtext ("$x^2$") or escape sequences.
+        labels = [display_label(c) for c in classes]
+        ax.set_xticks(range(n), labels, rotation=90, parse_math=False)
+        ax.set_yticks(range(n), labels, parse_math=False)
         for i in range(n):
             for j in range(n):
                 if m[i, j] >= 0.01:

@@ -1,15 +1,16 @@
-"""`Predictor`: top-k class names for images, from weights whose metadata carries the eval preprocessing.
+"""`Predictor`: top-k class names for images, from a trained model whose metadata carries the eval preprocessing.
 
 The same preprocessing serves PyTorch weights and exported ONNX files: decode (`alexnet.data.decode`), shorter side
 to the stored size and its central square (as in training), grayscale when the model takes one channel, then the
-training run's central (or ten-) crop and normalisation.
+training run's central (or ten-) crop and normalisation. Each input is brought to the stored size as soon as it is
+decoded, so a batch waiting to fill holds small tensors only: memory is bounded whatever the files' sizes.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,15 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.batch import BatchTransform
-from ..data.decode import decode_image, is_image_file, pil_to_rgb
-from ..data.folder import stack_images
+from ..data.batch import stack_images
+from ..data.decode import IMAGE_EXTENSIONS, decode_stored, is_image_file, pil_to_rgb, to_stored
 from ..device import autocast, pick_device, pick_precision
-from ..errors import InvalidImageError
+from ..errors import AlexNetError, InvalidImageError
+from .artifact import ModelMeta, load_trained
 
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image | torch.Tensor
+MAX_FILE_MB = 64.0  # default per-file cap: a 16-megapixel PNG is ~20-45 MB
 
 
 @dataclass
@@ -42,40 +44,38 @@ class Prediction:
         return {"path": self.source, "topk": [{"label": label, "prob": round(p, 6)} for label, p in self.topk]}
 
 
-def to_stored(image: torch.Tensor, size: int, channels: int) -> torch.Tensor:
-    """(3, H, W) uint8 RGB → (channels, size, size) uint8: shorter side to ``size``, central square."""
-    image = TF.resize(image, [size], antialias=True)
-    image = TF.center_crop(image, [size])
-    if channels == 1:
-        image = TF.rgb_to_grayscale(image)  # ITU-R 601-2 luma, as PIL's convert("L")
-    return image
-
-
-def _as_rgb_tensor(item: ImageLike) -> torch.Tensor:
-    if isinstance(item, (str, Path)):
-        return decode_image(Path(item))
-    if isinstance(item, Image.Image):
-        return TF.pil_to_tensor(pil_to_rgb(ImageOps.exif_transpose(item)))
-    if isinstance(item, torch.Tensor):
-        if item.ndim != 3 or item.shape[0] not in (1, 3):
-            raise InvalidImageError(f"tensor of shape {tuple(item.shape)} is not a (C, H, W) image with C = 1 or 3")
-        x = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().byte()
-        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
-    raise InvalidImageError(f"cannot predict on a {type(item).__name__}; pass a path, PIL image or tensor")
-
-
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
-    """Files, directories (walked recursively for images) and glob patterns, in a stable order."""
+    """Files, directories (walked recursively for images) and glob patterns, in the order given.
+
+    A missing file stays in the list (it is reported per path); a URL too (reported as not read).
+
+    Raises:
+        AlexNetError: an empty argument, or a directory or pattern that matches no image.
+    """
     files: list[str] = []
     for item in inputs:
+        if not item.strip():
+            raise AlexNetError("an input is empty ('' would mean the current directory): name files, folders or globs")
         path = Path(item)
         if path.is_dir():
-            files += sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
-        elif not path.exists() and any(c in item for c in "*?["):
-            files += sorted(glob.glob(item, recursive=True))
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not found:
+                raise AlexNetError(
+                    f"directory {item} holds no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})"
+                )
+            files += found
+        elif not path.exists() and not _is_url(item) and any(c in item for c in "*?["):
+            found = sorted(glob.glob(item, recursive=True))
+            if not found:
+                raise AlexNetError(f"pattern {item!r} matches no file")
+            files += found
         else:
-            files.append(item)  # a missing file is reported per path by predict
+            files.append(item)
     return files
+
+
+def _is_url(item: str) -> bool:
+    return item.split("://", 1)[0].lower() in ("http", "https", "ftp", "s3", "gs") and "://" in item
 
 
 class Predictor:
@@ -83,35 +83,37 @@ class Predictor:
 
     Args:
         model: a PyTorch module, or an ``onnxruntime.InferenceSession``.
-        classes: class names in label order.
-        data: preprocessing metadata saved with the weights (``mean``, ``std``, ``crop``, sizes).
-        in_channels: image channels the model takes.
+        meta: the model's validated metadata (classes and preprocessing).
         device: for PyTorch models (``auto``, ``cpu``, ``cuda``...).
         precision: ``auto``, ``fp32`` or ``bf16`` for PyTorch models.
+        max_file_mb: files larger than this are refused before they are read.
     """
 
-    def __init__(self, model: Any, classes: Sequence[str], data: dict[str, Any], in_channels: int = 3,
-                 device: str = "cpu", precision: str = "fp32") -> None:  # fmt: skip
-        self.classes, self.data, self.in_channels = list(classes), data, in_channels
-        self.transform = BatchTransform.from_meta(data, in_channels)
+    def __init__(self, model: Any, meta: ModelMeta, device: str = "cpu", precision: str = "fp32",
+                 max_file_mb: float = MAX_FILE_MB) -> None:  # fmt: skip
+        self.meta = meta
+        self.classes = meta.labels  # display-safe names: no escape sequence of a class name reaches a terminal
+        self.in_channels = meta.model.in_channels
+        self.stored_size = meta.preprocessing.stored_size
+        self.transform = meta.preprocessing.transform()
+        self.max_bytes = int(max_file_mb * 2**20)
         self.is_onnx = not isinstance(model, torch.nn.Module)
         self.device = torch.device("cpu") if self.is_onnx else pick_device(device)
         self.precision = "fp32" if self.is_onnx else pick_precision(precision, self.device)
         self.model = model if self.is_onnx else model.eval().to(self.device)
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> Predictor:
+    def from_path(cls, path: str | Path, device: str = "cpu", precision: str = "fp32",
+                  max_file_mb: float = MAX_FILE_MB) -> Predictor:  # fmt: skip
         """From ``.safetensors`` weights, a ``.pt`` training checkpoint, or an ``.onnx`` file we exported."""
         path = Path(path)
         if path.suffix == ".onnx":
             from .export import load_onnx
 
             session, meta = load_onnx(path)
-            return cls(session, meta["classes"], meta["data"], meta["model"]["in_channels"])
-        from .evaluation import load_trained
-
+            return cls(session, meta, max_file_mb=max_file_mb)
         trained = load_trained(path)
-        return cls(trained.model, trained.classes, trained.data, trained.model.in_channels, device, precision)
+        return cls(trained.model, trained.meta, device, precision, max_file_mb)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_onnx:
@@ -120,17 +122,33 @@ class Predictor:
         with torch.no_grad(), autocast(self.device, self.precision):
             return self.model(x.to(self.device)).float().cpu()
 
-    def predict_batch(
-        self, images: Sequence[torch.Tensor], topk: int = 5, ten_crop: bool = False
-    ) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) for already-decoded (3, H, W) uint8 RGB images."""
-        size = self.data["stored_size"]
-        x = stack_images([to_stored(img, size, self.in_channels) for img in images])
+    def stored(self, item: ImageLike) -> torch.Tensor:
+        """One input decoded and brought to the stored (C, S, S) uint8 square.
+
+        Raises:
+            InvalidImageError: not an image, refused (size, bomb, not a regular file), or a URL.
+        """
+        c, s = self.in_channels, self.stored_size
+        if isinstance(item, (str, Path)):
+            if _is_url(str(item)):
+                raise InvalidImageError(f"{item}: URLs are not read; download the file and pass its path")
+            return decode_stored(Path(item), s, c, self.max_bytes)
+        if isinstance(item, Image.Image):
+            return to_stored(TF.pil_to_tensor(pil_to_rgb(ImageOps.exif_transpose(item))), s, c)
+        if isinstance(item, torch.Tensor):
+            if item.ndim != 3 or item.shape[0] not in (1, 3):
+                raise InvalidImageError(f"tensor of shape {tuple(item.shape)} is not a (C, H, W) image with C = 1 or 3")
+            x = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().byte()
+            return to_stored(x.expand(3, -1, -1) if x.shape[0] == 1 else x, s, c)
+        raise InvalidImageError(f"cannot predict on a {type(item).__name__}; pass a path, PIL image or tensor")
+
+    def predict_stored(self, x: torch.Tensor, topk: int = 5, ten_crop: bool = False) -> list[list[tuple[str, float]]]:
+        """Top-k (label, probability) for a (B, C, S, S) uint8 batch of stored images."""
         b = x.shape[0]
         inputs = self.transform.ten_crop(x) if ten_crop else self.transform.eval(x)
         probs = self._logits(inputs).softmax(1)
         if ten_crop:
-            probs = probs.view(10, b, -1).mean(0)
+            probs = probs.view(10, b, -1).mean(0)  # crop-major rows: see BatchTransform.ten_crop
         k = min(topk, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         return [
@@ -139,25 +157,30 @@ class Predictor:
 
     def predict_iter(self, images: Iterable[ImageLike], topk: int = 5, batch_size: int = 32,
                      ten_crop: bool = False) -> Iterator[Prediction]:  # fmt: skip
-        """Yield one `Prediction` per input, in order; an input that fails carries its error, the rest go on."""
-        pending: list[tuple[str, torch.Tensor]] = []
+        """Yield one `Prediction` per input, in input order; an input that fails carries its error, the rest go on."""
+        if topk < 1 or batch_size < 1:
+            raise AlexNetError(f"topk ({topk}) and batch size ({batch_size}) must be at least 1")
+        pending: list[tuple[str, torch.Tensor | None, str | None]] = []  # in input order, errors included
 
         def flush() -> Iterator[Prediction]:
-            results = self.predict_batch([t for _, t in pending], topk, ten_crop)
-            for (name, _), top in zip(pending, results):
-                yield Prediction(name, top)
+            good = [t for _, t, _ in pending if t is not None]
+            results = iter(self.predict_stored(stack_images(good), topk, ten_crop) if good else [])
+            for name, tensor, error in pending:
+                yield Prediction(name, [], error) if tensor is None else Prediction(name, next(results))
             pending.clear()
 
+        waiting = 0
         for i, item in enumerate(images):
             name = str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} {i}>"
             try:
-                pending.append((name, _as_rgb_tensor(item)))
+                pending.append((name, self.stored(item), None))
+                waiting += 1
             except InvalidImageError as err:
                 message = str(err)
-                yield Prediction(name, [], message[len(name) + 2 :] if message.startswith(name + ": ") else message)
-                continue
-            if len(pending) >= batch_size:
+                pending.append((name, None, message[len(name) + 2 :] if message.startswith(name + ": ") else message))
+            if waiting >= batch_size:
                 yield from flush()
+                waiting = 0
         if pending:
             yield from flush()
 

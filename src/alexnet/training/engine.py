@@ -18,6 +18,7 @@ from ..data.pipeline import Loader
 from ..device import autocast
 from ..errors import NonFiniteLossError
 from .optim import Schedule
+from .state import EpochTotals
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,21 @@ def train_one_epoch(
     start_step: int = 0,
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[int], None] | None = None,
+    totals: EpochTotals | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader`` from batch ``start_step``.
+    """One pass over ``loader`` from batch ``start_step``, adding to ``totals`` (the running sums of the epoch,
+    which a resumed epoch brings from its checkpoint; ``on_step`` may save them).
 
     Returns:
         loss (mean cross-entropy), acc1 (percent), img_s (images per second), data_s and compute_s (seconds
-        spent waiting for batches and computing), steps.
+        spent waiting for batches and computing) over the whole epoch, and steps run now.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
     """
     model.train()
     total = len(loader) if settings.limit_batches is None else min(len(loader), settings.limit_batches)
-    loss_sum = correct = seen = 0.0
-    data_s = compute_s = 0.0
+    sums = totals if totals is not None else EpochTotals()
     stuck_at = math.log(settings.num_classes)
     bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch + 1}", disable=_no_bar(settings), leave=False)
     tick = time.perf_counter()
@@ -105,36 +107,26 @@ def train_one_epoch(
         _sync(settings.device)
         done = time.perf_counter()
         n = labels.numel()
-        loss_sum += value * n
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += n
-        data_s += got_batch - tick
-        compute_s += done - got_batch
+        sums.loss_sum += value * n
+        sums.correct += (logits.argmax(1) == labels).sum().item()
+        sums.seen += n
+        sums.data_s += got_batch - tick
+        sums.compute_s += done - got_batch
         tick = done
-        if step == 300 and epoch == 0 and loss_sum / seen > 0.95 * stuck_at:
+        if step == 300 and epoch == 0 and sums.loss_sum / sums.seen > 0.95 * stuck_at:
             log.warning(
                 "loss is still %.3f ≈ ln(%d) after 300 steps: the model is not learning. Usual causes: learning "
                 "rate too high (AlexNet without BN wants ~0.01), bad init, labels not matching images, or an "
                 "unlucky seed",
-                loss_sum / seen,
+                sums.loss_sum / sums.seen,
                 settings.num_classes,
             )
-        bar.set_postfix(
-            loss=f"{value:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{seen / (data_s + compute_s):.0f}"
-        )
+        bar.set_postfix(loss=f"{value:.3f}", acc=f"{100 * sums.correct / sums.seen:.1f}")
         bar.update()
         if on_step is not None:
             on_step(step)
     bar.close()
-    elapsed = data_s + compute_s
-    return {
-        "loss": loss_sum / max(seen, 1),
-        "acc1": 100 * correct / max(seen, 1),
-        "img_s": seen / elapsed if elapsed else 0.0,
-        "data_s": data_s,
-        "compute_s": compute_s,
-        "steps": total - start_step,
-    }
+    return {**sums.metrics(), "steps": total - start_step}
 
 
 @torch.no_grad()

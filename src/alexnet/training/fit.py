@@ -13,7 +13,8 @@ import csv
 import io
 import json
 import logging
-import random
+import math
+import os
 import signal
 import threading
 import time
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,19 +29,14 @@ from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
-from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, TrainingInterrupted
+from ..errors import NonFiniteWeightsError, TrainingInterrupted, WriteError
+from ..inference.artifact import FORMAT_VERSION, first_non_finite
 from ..models import create_model, get_spec
 from . import distributed
-from .checkpoint import (
-    atomic_write,
-    load_checkpoint,
-    load_model_state,
-    remove_stale_temporaries,
-    save_checkpoint,
-    save_weights,
-)
+from .checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
 from .engine import StepSettings, evaluate, train_one_epoch
 from .optim import Schedule, build_optimizer
+from .state import EpochTotals, build_state, check_resume, latest_valid, restore, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "img_s", "seconds"]
@@ -55,39 +50,17 @@ class RunResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        # numpy's state holds an ndarray, which weights_only loading refuses: keep it as a list.
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def default_out(cfg: Config) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.name}-{cfg.data.dataset}"
 
 
 def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, Any]) -> dict[str, Any]:
-    """What travels with release weights: how to rebuild the model and preprocess its inputs."""
-    return {"model": model.config, "classes": data.classes, "data": data.meta, "metrics": metrics, "recipe": cfg.recipe}
+    """What travels with release weights (`alexnet.inference.artifact.ModelMeta`): how to rebuild the model and
+    preprocess its inputs, its classes, metrics and provenance."""
+    return {
+        "format_version": FORMAT_VERSION, "model": model.config, "classes": data.classes, "data": data.meta,
+        "metrics": metrics, "provenance": {"recipe": cfg.recipe, "model": cfg.model.name, "dataset": cfg.data.dataset},
+    }  # fmt: skip
 
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
@@ -98,38 +71,14 @@ def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
-def _latest_valid(out: Path) -> tuple[str | None, dict[str, Any] | None]:
-    """``last.pt``, or ``best.pt`` with a warning when ``last.pt`` is corrupt; (None, None) in a new run directory.
-
-    Raises:
-        CorruptCheckpointError: checkpoints exist but none loads (training does not silently start over).
-    """
-    candidates = [p for p in (out / "last.pt", out / "best.pt") if p.is_file()]
-    errors = []
-    for path in candidates:
-        try:
-            state = load_checkpoint(path)
-        except CorruptCheckpointError as err:
-            errors.append(str(err))
-            log.warning("%s; trying the previous checkpoint", err)
-            continue
-        return str(path), state
-    if errors:
-        raise CorruptCheckpointError("no checkpoint in " + str(out) + " loads: " + "; ".join(errors))
-    return None, None
-
-
-def _check_resume(state: dict[str, Any], model: nn.Module, classes: list[str], source: str) -> None:
-    saved, ours = state.get("model_config", {}), model.config
-    for key in ("variant", "num_classes", "in_channels", "overrides"):
-        if saved.get(key) != ours[key]:
-            raise IncompatibleCheckpointError(
-                f"{source} has {key}={saved.get(key)!r} but this run builds {key}={ours[key]!r}"
-            )
-    if state["classes"] != classes:
-        raise IncompatibleCheckpointError(
-            f"{source} was trained on classes {state['classes'][:4]}…; this data set has {classes[:4]}…"
-        )
+def check_writable(out: Path) -> None:
+    """Fail before any training when the run directory cannot be created or written (creating nothing yet)."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        why = "is not a directory" if not probe.is_dir() else "is not writable"
+        raise WriteError(f"cannot write the run directory {out}: {probe} {why}; choose another --out")
 
 
 def fit(cfg: Config) -> RunResult:
@@ -150,6 +99,13 @@ def fit(cfg: Config) -> RunResult:
     seed_everything(cfg.train.seed + dist_info.rank)  # each process its own dropout masks
     if not dist_info.is_main:
         logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
+    out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
+    if dist_info.enabled:  # every process must agree on the directory a timestamped default would name
+        shared = [str(out)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        out = Path(shared[0])
+    if dist_info.is_main:
+        check_writable(out)  # before the data loads and anything trains
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
     data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, dist_info.rank, dist_info.world)
     model = create_model(
@@ -165,11 +121,6 @@ def fit(cfg: Config) -> RunResult:
     schedule = Schedule(optimizer, cfg.optim, cfg.train.epochs, steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
-    out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
-    if dist_info.enabled:  # every process must agree on the directory a timestamped default would name
-        shared = [str(out)]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        out = Path(shared[0])
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
@@ -177,18 +128,14 @@ def fit(cfg: Config) -> RunResult:
     result = RunResult(out)
     start_epoch = start_step = 0
     resume, state = cfg.train.resume, None
+    totals = EpochTotals()
     if resume == "auto":
-        resume, state = _latest_valid(out)
+        resume, state = latest_valid(out)
     elif resume:
         state = load_checkpoint(resume)  # an explicit path that is missing or corrupt is an error, never a fresh start
     if state is not None:
-        _check_resume(state, model, data.classes, resume)
-        load_model_state(model, state["model"], resume)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng_ranks"][dist_info.rank] if dist_info.enabled else state["rng"])
+        check_resume(state, model, data.classes, cfg, resume)
+        totals = restore(state, model, optimizer, schedule, scaler, dist_info.rank if dist_info.enabled else None)
         start_epoch, start_step = state["epoch"], state["step"]
         result.history, result.best_acc1 = list(state["history"]), state["best_acc1"]
         log.info("resumed from %s at epoch %d, batch %d", resume, start_epoch + 1, start_step)
@@ -216,32 +163,24 @@ def fit(cfg: Config) -> RunResult:
     )  # fmt: skip
 
     def checkpoint(epoch: int, step: int, path: Path) -> None:
-        rng = _rng_state()
+        bad = first_non_finite(plain)
+        if bad is not None:  # never written: auto-resume would load it again and again
+            raise NonFiniteWeightsError(
+                f"weights became non-finite ({bad}) at epoch {epoch + (step > 0)}, batch {step}; not saved, "
+                f"{out / 'last.pt'} keeps the last finite state. Lower the learning rate or try --precision fp32"
+            )
+        rng = rng_state()
         rng_ranks = [rng] * dist_info.world
         if dist_info.enabled:  # every process's RNG, so a resumed multi-process run continues each of them
             torch.distributed.all_gather_object(rng_ranks, rng)
         if not dist_info.is_main:
             return
-        save_checkpoint(
-            {
-                "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
-                "model_config": plain.config,
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": rng,
-                "rng_ranks": rng_ranks,
-                "epoch": epoch,
-                "step": step,
-                "history": result.history,
-                "best_acc1": result.best_acc1,
-                "config": cfg.to_dict(),
-                "classes": data.classes,
-                "data_meta": data.meta,
-                "version": 1,
-            },
-            path,
-        )
+        state = build_state(
+            model=plain, optimizer=optimizer, schedule=schedule, scaler=scaler, rng=rng, rng_ranks=rng_ranks,
+            epoch=epoch, step=step, totals=totals, history=result.history, best_acc1=result.best_acc1, cfg=cfg,
+            classes=data.classes, data_meta=data.meta,
+        )  # fmt: skip
+        save_checkpoint(state, path)
 
     def on_step(epoch: int):
         every = cfg.train.checkpoint_every
@@ -266,14 +205,20 @@ def fit(cfg: Config) -> RunResult:
         return hook
 
     stop_signals: list[int] = []
-    with _stop_on(signal.SIGTERM, stop_signals), reporting_worker_crashes(data.train, data.val):
+    with _stop_on((signal.SIGTERM, signal.SIGINT), stop_signals), reporting_worker_crashes(data.train, data.val):
         for epoch in range(start_epoch, cfg.train.epochs):
             began = time.perf_counter()
             train = train_one_epoch(
                 model, data.train, data.train_transform, optimizer, schedule, settings, epoch,
-                start_step, scaler, on_step(epoch),
+                start_step, scaler, on_step(epoch), totals,
             )  # fmt: skip
-            start_step = 0
+            start_step, totals = 0, EpochTotals()
+            bad = first_non_finite(plain)
+            if bad is not None:  # a finite loss whose update broke the weights: stop before evaluating them
+                raise NonFiniteWeightsError(
+                    f"weights became non-finite ({bad}) in epoch {epoch + 1}; not saved, {out / 'last.pt'} keeps the "
+                    "last finite state. Lower the learning rate or try --precision fp32"
+                )
             val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop)
             schedule.end_epoch(val["err1"])
             row = {
@@ -290,7 +235,8 @@ def fit(cfg: Config) -> RunResult:
             }
             result.history.append(row)
             result.final = val
-            improved = val["acc1"] > result.best_acc1  # the same in every process: the metrics are summed
+            # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
+            improved = math.isfinite(val["loss"]) and val["acc1"] > result.best_acc1
             if improved:
                 result.best_acc1 = val["acc1"]
             if dist_info.is_main:
@@ -319,13 +265,21 @@ def fit(cfg: Config) -> RunResult:
 
 
 @contextlib.contextmanager
-def _stop_on(signum: int, stop_signals: list[int]):
-    """Record ``signum`` in ``stop_signals`` instead of dying, while training runs (main thread only)."""
+def _stop_on(signums: tuple[int, ...], stop_signals: list[int]):
+    """Record ``signums`` in ``stop_signals`` instead of dying, while training runs (main thread only): the step
+    finishes and a checkpoint is written. A second Ctrl-C interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signum, lambda s, _frame: stop_signals.append(s))
+
+    def handler(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and stop_signals:
+            raise KeyboardInterrupt
+        stop_signals.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signums}
     try:
         yield
     finally:
-        signal.signal(signum, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)

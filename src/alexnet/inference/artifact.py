@@ -1,0 +1,328 @@
+"""The trained model as one typed artifact: the network's description, its preprocessing, its classes and where it
+came from, validated before anything is allocated. Every path that loads a model (eval, predict, export, resume
+and serving) reads its metadata through `ModelMeta.from_dict` and its weights through `load_trained`.
+
+Like torchvision's ``Weights``, the artifact carries what a user needs to feed the network (``preprocessing``) and
+to read its output (``classes``); ``provenance`` says how it was made. On disk it is JSON: under the ``alexnet``
+key of a safetensors header, in the ONNX / TorchScript / torch.export files we write, and beside the state in
+training checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import config_from_dict
+from ..data.batch import BatchTransform
+from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
+from ..training.checkpoint import load_checkpoint, load_weights, read_weights_meta
+
+FORMAT_VERSION = 1
+# A classifier wider than this is a tampered file, not a model: fc8 at 4096 × 100,000 is already 1.6 GB of fp32.
+MAX_CLASSES = 100_000
+MAX_SIDE = 4096  # px; the spec table's own bound on input_size
+
+
+class InvalidMetadataError(CorruptCheckpointError):
+    """A model's metadata is missing a field, has a wrong value, or comes from a newer format."""
+
+
+def _fail(source: str, message: str) -> InvalidMetadataError:
+    return InvalidMetadataError(f"{source}: invalid model metadata: {message}")
+
+
+def _int(tree: dict[str, Any], key: str, source: str, low: int = 1, high: int = MAX_SIDE, where: str = "") -> int:
+    value = tree.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _fail(source, f"{where}{key}={value!r} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _floats(value: Any, n: int, source: str, name: str, positive: bool = False) -> tuple[float, ...]:
+    ok = isinstance(value, (list, tuple)) and len(value) == n
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if ok and positive:
+        ok = all(v > 0 for v in value)
+    if not ok:
+        kind = "finite positive" if positive else "finite"
+        raise _fail(source, f"data.{name}={value!r} must be {n} {kind} number(s), one per input channel")
+    return tuple(float(v) for v in value)
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """How to rebuild the network: a registered variant, its output and input widths, its spec overrides."""
+
+    variant: str
+    num_classes: int
+    in_channels: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, tree: Any, source: str) -> ModelDescription:
+        from ..models import get_spec, list_models
+
+        if not isinstance(tree, dict):
+            raise _fail(source, "'model' must be an object")
+        variant = tree.get("variant")
+        if variant not in list_models():
+            raise _fail(source, f"model.variant={variant!r} is not one of {list_models()}")
+        overrides = tree.get("overrides", {})
+        if not isinstance(overrides, dict):
+            raise _fail(source, "model.overrides must be an object")
+        try:
+            get_spec(variant, **overrides)  # checks every override's name and range; builds nothing
+        except ValueError as err:
+            raise _fail(source, f"model.overrides: {err}") from None
+        num_classes = _int(tree, "num_classes", source, 1, MAX_CLASSES, "model.")
+        in_channels = _int(tree, "in_channels", source, 1, 4, "model.")
+        return cls(variant, num_classes, in_channels, dict(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def build(self) -> nn.Module:
+        from ..models import create_model
+
+        return create_model(self.variant, num_classes=self.num_classes, in_channels=self.in_channels, **self.overrides)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns a decoded image into the network's input, as the training run did it.
+
+    Attributes:
+        stored_size: shorter side the image is resized to (then its central square is kept), px.
+        crop: central crop side taken from the stored square, px (then resized to ``input_size``).
+        input_size: the side the network takes, px.
+        mean: per-channel mean on the [0, 1] scale, subtracted.
+        std: per-channel standard deviation on the [0, 1] scale, divided by; None subtracts the mean only.
+        pad: zero padding around the stored image before cropping (ten-crop of small images), px.
+        pixel_scale: the scaled pixel range (1: [0, 1]; 255: the paper's raw values).
+        mean_image: training subtracted a per-pixel mean image, which is not stored (evaluation recomputes it).
+        dataset: the data set it was trained on, if known (evaluation's default).
+    """
+
+    stored_size: int
+    crop: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...] | None = None
+    pad: int = 0
+    pixel_scale: float = 1.0
+    mean_image: bool = False
+    dataset: str | None = None
+
+    @classmethod
+    def from_dict(cls, tree: Any, in_channels: int, source: str) -> Preprocessing:
+        if not isinstance(tree, dict):
+            raise _fail(source, "'data' must be an object")
+        stored = _int(tree, "stored_size", source, where="data.")
+        crop = _int(tree, "crop", source, where="data.")
+        input_size = _int(tree, "input_size", source, where="data.")
+        pad = _int(tree, "pad", source, 0, MAX_SIDE, "data.") if "pad" in tree else 0
+        if crop > stored + 2 * pad:
+            raise _fail(source, f"data.crop={crop} is larger than the stored image ({stored} px, padded by {pad})")
+        mean = _floats(tree.get("mean"), in_channels, source, "mean")
+        std = tree.get("std")
+        std = None if std is None else _floats(std, in_channels, source, "std", positive=True)
+        scale = tree.get("pixel_scale", 1.0)
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
+            raise _fail(source, f"data.pixel_scale={scale!r} must be a finite positive number")
+        dataset = tree.get("dataset")
+        if dataset is not None and not isinstance(dataset, str):
+            raise _fail(source, f"data.dataset={dataset!r} must be a string")
+        return cls(stored, crop, input_size, mean, std, pad, float(scale), bool(tree.get("mean_image")), dataset)
+
+    def transform(self) -> BatchTransform:
+        """The evaluation transform: uint8 stored images → normalised model inputs."""
+        shape = (len(self.mean), 1, 1)
+        std = torch.tensor(self.std).view(shape) if self.std is not None else None
+        return BatchTransform(
+            input_size=self.input_size, crop=self.crop, mean=torch.tensor(self.mean).view(shape), std=std,
+            pad=self.pad, flip=False, pixel_scale=self.pixel_scale,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        tree = asdict(self)
+        tree["mean"], tree["std"] = list(self.mean), None if self.std is None else list(self.std)
+        return tree
+
+
+def display_label(name: str) -> str:
+    """``name`` safe to print or plot: control characters (escape sequences, newlines, bidi overrides) escaped
+    as ``\\xNN`` / ``\\uNNNN`` and maths markers left to the caller (plots render labels as plain text)."""
+    out = []
+    for ch in name:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything but the tensors: the model, its preprocessing, its classes, its metrics and provenance."""
+
+    model: ModelDescription
+    preprocessing: Preprocessing
+    classes: tuple[str, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # recipe, training config, source weights...
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, tree: Any, source: str) -> ModelMeta:
+        """Validate saved metadata, naming the first bad field.
+
+        Raises:
+            InvalidMetadataError: a missing or wrong field, or a newer format than this code reads.
+        """
+        if not isinstance(tree, dict):
+            raise _fail(source, "not a JSON object")
+        version = tree.get("format_version", 1)  # files written before the field existed are version 1
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise _fail(source, f"format_version={version!r} is not a positive integer")
+        if version > FORMAT_VERSION:
+            raise _fail(source, f"format_version {version} is newer than this alexnet reads ({FORMAT_VERSION}): "
+                                "upgrade alexnet")  # fmt: skip
+        model = ModelDescription.from_dict(tree.get("model"), source)
+        classes = tree.get("classes")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise _fail(source, "classes must be a list of strings")
+        if len(classes) != model.num_classes:
+            raise _fail(source, f"{len(classes)} class names for a model with num_classes={model.num_classes}")
+        if len(set(classes)) != len(classes):
+            raise _fail(source, "class names repeat")
+        prep = Preprocessing.from_dict(tree.get("data"), model.in_channels, source)
+        metrics = tree.get("metrics") or {}
+        provenance = tree.get("provenance") or {}
+        if "recipe" in tree and "recipe" not in provenance:  # version-1 files kept the recipe at the top
+            provenance = {**provenance, "recipe": tree["recipe"]}
+        if not isinstance(metrics, dict) or not isinstance(provenance, dict):
+            raise _fail(source, "metrics and provenance must be objects")
+        return cls(model, prep, tuple(classes), dict(metrics), dict(provenance), FORMAT_VERSION)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "model": self.model.to_dict(),
+            "classes": list(self.classes),
+            "data": self.preprocessing.to_dict(),
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+        }
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names, safe to print (see `display_label`)."""
+        return [display_label(c) for c in self.classes]
+
+
+@dataclass
+class TrainedModel:
+    """A network with its metadata: what `load_trained` returns and eval, predict, export and serving use.
+
+    Attributes:
+        model: the network in eval mode, on the CPU, fp32.
+        meta: its description, preprocessing, classes, metrics, provenance.
+        config: the training run's config, for a ``.pt`` checkpoint (None for release weights).
+        source: the file it came from.
+    """
+
+    model: nn.Module
+    meta: ModelMeta
+    config: Any = None
+    source: str = ""
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.classes)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.meta.preprocessing
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise `NonFiniteWeightsError` naming the first tensor with a NaN or infinity."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteWeightsError(
+                f"{source} has non-finite weights ({key} holds NaN or inf): training diverged before it was saved"
+            )
+
+
+def first_non_finite(module: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``module`` holding a NaN or infinity, else None."""
+    for key, value in module.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """Strictly load ``state``, turning shape or key mismatches into one clear error. With ``assign`` the
+    module takes the given tensors (a model built on the meta device), made contiguous float32 where floating."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = wrong[:3] or missing[:3] or unexpected[:3]
+        raise IncompatibleCheckpointError(f"{source} does not fit this model (mismatched: {detail})")
+    if assign:
+        state = {k: v.float().contiguous() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, assign=assign)
+
+
+def load_trained(path: Path | str) -> TrainedModel:
+    """Rebuild a trained model from release weights (``.safetensors``) or a training checkpoint (``.pt``).
+
+    The metadata is validated before the network is built, and the weights must be finite.
+
+    Raises:
+        FileNotFoundError, CorruptCheckpointError (and its `InvalidMetadataError`), UnsafeCheckpointError,
+        IncompatibleCheckpointError, NonFiniteWeightsError.
+    """
+    path = Path(path)
+    source = str(path)
+    if path.suffix == ".safetensors":
+        meta, config = ModelMeta.from_dict(read_weights_meta(path), source), None  # before any tensor is read
+        tensors, _ = load_weights(path)
+    else:
+        state = load_checkpoint(path)
+        meta, tensors = meta_from_checkpoint(state, source), state["model"]
+        try:
+            config = config_from_dict(state["config"])
+        except (AlexNetError, TypeError, AttributeError) as err:
+            raise _fail(source, f"config: {err}") from None
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise CorruptCheckpointError(f"{source}: the model state is not a dict of tensors")
+    check_finite(tensors, source)
+    with torch.device("meta"):  # no random initialisation to overwrite: the weights are assigned, not copied
+        model = meta.model.build()
+    load_state(model, tensors, source, assign=True)
+    return TrainedModel(model.eval(), meta, config, source)
+
+
+def meta_from_checkpoint(state: dict[str, Any], source: str) -> ModelMeta:
+    """The artifact metadata a training checkpoint carries (its model config, classes and data metadata)."""
+    history = state.get("history") or [{}]
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    tree = {
+        "model": state.get("model_config"),
+        "classes": state.get("classes"),
+        "data": state.get("data_meta"),
+        "metrics": history[-1] if isinstance(history, list) and isinstance(history[-1], dict) else {},
+        "provenance": {"recipe": config.get("recipe", "")},
+    }
+    return ModelMeta.from_dict(tree, source)

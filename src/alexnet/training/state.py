@@ -1,0 +1,180 @@
+"""What a training checkpoint holds, and how a run resumes from one.
+
+A checkpoint is a dict of tensors and plain values (loadable with ``weights_only=True`` and no extra globals):
+the model and optimizer state, the schedule, the scaler, every process's RNG state, the position (epoch, step),
+the running totals of a half-finished epoch, the history, and the artifact metadata (model config, classes, data
+preprocessing) that `alexnet.inference.artifact` validates.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
+from ..inference.artifact import check_finite, display_label, meta_from_checkpoint
+from .checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+VERSION = 1
+# Resuming with another value of these would silently make the run something other than what it claims to be.
+PINNED = ("data.batch_size", "data.dataset", "optim.name", "optim.lr", "optim.momentum", "optim.weight_decay",
+          "optim.schedule", "train.seed")  # fmt: skip
+
+
+@dataclass
+class EpochTotals:
+    """Running sums of the current epoch, saved mid-epoch so a resumed epoch's metrics cover all of it."""
+
+    loss_sum: float = 0.0  # cross-entropy × images
+    correct: float = 0.0
+    seen: float = 0.0
+    data_s: float = 0.0  # seconds waiting for batches
+    compute_s: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        elapsed = self.data_s + self.compute_s
+        return {
+            "loss": self.loss_sum / max(self.seen, 1),
+            "acc1": 100 * self.correct / max(self.seen, 1),
+            "img_s": self.seen / elapsed if elapsed else 0.0,
+            "data_s": self.data_s,
+            "compute_s": self.compute_s,
+        }
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        # numpy's state holds an ndarray, which weights_only loading refuses: keep it as a list.
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_state(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any,
+                rng: dict[str, Any], rng_ranks: list[dict[str, Any]], epoch: int, step: int, totals: EpochTotals,
+                history: list[dict[str, float]], best_acc1: float, cfg: Config, classes: list[str],
+                data_meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The checkpoint dict (see the module docstring)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": model.config,
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": rng,
+        "rng_ranks": rng_ranks,
+        "epoch": epoch,
+        "step": step,
+        "epoch_totals": asdict(totals) if step else {},
+        "history": history,
+        "best_acc1": best_acc1,
+        "config": cfg.to_dict(),
+        "classes": classes,
+        "data_meta": data_meta,
+        "version": VERSION,
+    }
+
+
+def latest_valid(out: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """``last.pt``, or ``best.pt`` with a warning when ``last.pt`` is corrupt or holds non-finite weights;
+    (None, None) in a new run directory.
+
+    Raises:
+        CorruptCheckpointError: checkpoints exist but none loads (training does not silently start over).
+    """
+    candidates = [p for p in (out / "last.pt", out / "best.pt") if p.is_file()]
+    errors = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+            check_finite(state["model"], str(path))
+        except (CorruptCheckpointError, NonFiniteWeightsError) as err:
+            errors.append(str(err))
+            log.warning("%s; trying the previous checkpoint", err)
+            continue
+        return str(path), state
+    if errors:
+        raise CorruptCheckpointError("no checkpoint in " + str(out) + " loads: " + "; ".join(errors))
+    return None, None
+
+
+def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[str], cfg: Config,
+                 source: str) -> None:  # fmt: skip
+    """Refuse to resume ``state`` into a different model, class list or (unless allowed) recipe.
+
+    Raises:
+        IncompatibleCheckpointError: naming the first difference.
+        NonFiniteWeightsError: the checkpoint's weights hold NaN or infinity.
+    """
+    meta = meta_from_checkpoint(state, source)  # validates the model config, classes and preprocessing
+    saved, ours = meta.model.to_dict(), model.config
+    for key in ("variant", "num_classes", "in_channels", "overrides"):
+        if saved.get(key) != ours[key]:
+            raise IncompatibleCheckpointError(
+                f"{source} has {key}={saved.get(key)!r} but this run builds {key}={ours[key]!r}"
+            )
+    if list(meta.classes) != classes:
+        first = next((i for i, (a, b) in enumerate(zip(meta.classes, classes)) if a != b), min(len(classes), 4))
+        raise IncompatibleCheckpointError(
+            f"{source} was trained on {len(meta.classes)} classes; this data set has {len(classes)} "
+            f"(first difference at label {first}: {display_label(str(meta.classes[first : first + 1]))} against "
+            f"{display_label(str(classes[first : first + 1]))})"
+        )
+    check_finite(state["model"], source)
+    if cfg.train.allow_changes:
+        return
+    saved_cfg = state.get("config", {})
+    for dotted in PINNED:
+        section, key = dotted.split(".")
+        before, now = saved_cfg.get(section, {}).get(key), getattr(getattr(cfg, section), key)
+        if before != now:
+            raise IncompatibleCheckpointError(
+                f"{source} was trained with {dotted}={before!r}; this run says {now!r}. Resuming would no longer be "
+                "the run it claims to be: keep the value, start a new --out, or pass --allow-changes"
+            )
+
+
+def restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+            scaler: Any, rank: int | None) -> EpochTotals:  # fmt: skip
+    """Load ``state`` into the run's objects and RNGs (``rank``'s under torchrun, else the single process's).
+
+    Returns:
+        the running totals of the epoch the checkpoint was taken in (empty at an epoch boundary).
+    """
+    from ..inference.artifact import load_state
+
+    load_state(model, state["model"], "checkpoint")
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if rank is not None and len(state.get("rng_ranks", [])) <= rank:
+        raise AlexNetError(f"the checkpoint holds RNG states for {len(state['rng_ranks'])} processes, not {rank + 1}")
+    set_rng_state(state["rng_ranks"][rank] if rank is not None else state["rng"])
+    return EpochTotals(**state.get("epoch_totals") or {})
