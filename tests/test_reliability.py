@@ -9,10 +9,11 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from alexnet.training.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries
+from alexnet.training.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
 
 TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnist", "--dataset", "fake",
          "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25",
@@ -86,32 +87,49 @@ def test_same_seed_same_weights_in_two_processes_with_workers(tmp_path, image_fo
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-WRITER = textwrap.dedent("""
-    import sys, torch
-    from alexnet.training.checkpoint import save_checkpoint
-    i = 0
+def _save_forever(path: str, ready) -> None:
+    """The child of the kill -9 test: announce each write (its number), then save, forever."""
+    i, took = 0, None
     while True:
         i += 1
-        save_checkpoint({"model": {"w": torch.full((2_000_000,), float(i))}, "config": {}, "i": i}, sys.argv[1])
-""")
+        # numpy fills it: torch's OpenMP pool does not survive fork (a parallel op would hang the child)
+        state = {"model": {"w": torch.from_numpy(np.full(4_000_000, i, np.float32))}, "config": {}, "i": i}
+        ready.send((i, took))  # and how long the previous write took
+        began = time.perf_counter()
+        save_checkpoint(state, path)
+        took = time.perf_counter() - began
 
 
+@pytest.mark.slow
 def test_kill_9_during_save_leaves_a_whole_checkpoint(tmp_path):
-    path = tmp_path / "last.pt"
-    for trial in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
-        deadline = time.time() + 60
-        while not path.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert path.exists(), "the writer never wrote"
-        time.sleep(0.05 + 0.07 * trial)  # land at different points of a write
+    """T5: 50 SIGKILLs at random points inside checkpoint writes (not before the first one)."""
+    import multiprocessing
+    import random
+
+    path, rng, mid_write = tmp_path / "last.pt", random.Random(0), 0
+    save_s = 0.05  # until the writers have measured it
+    ctx = multiprocessing.get_context("fork")  # the child inherits torch already imported: fast to start
+    for _ in range(50):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_save_forever, args=(str(path), child))
+        proc.start()
+        target = 1 if path.exists() else 2  # a write that replaces an existing file (the first one must finish)
+        while True:
+            assert parent.poll(60), "the writer stopped announcing writes"
+            i, took = parent.recv()
+            save_s = took or save_s
+            if i >= target:
+                break
+        time.sleep(rng.uniform(0, save_s))  # land anywhere inside the announced write
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.join()
+        mid_write += any(tmp_path.glob(".*.tmp"))  # killed before the rename: the temporary is still there
         state = load_checkpoint(path)  # always the old or the new file, never a mix, matching its recorded digest
-        w = state["model"]["w"]
-        assert torch.all(w == state["i"])
-        remove_stale_temporaries(tmp_path)
+        assert torch.all(state["model"]["w"] == state["i"])
+        remove_stale_temporaries(tmp_path)  # what the next start does
         assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
+        assert subprocess.run(["sha256sum", "-c", "--quiet", "last.pt.sha256"], cwd=tmp_path).returncode == 0
+    assert mid_write >= 10, f"only {mid_write} of 50 kills landed inside a write"
 
 
 POISONED = textwrap.dedent("""
