@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import alexnet
 from alexnet.cli import main
@@ -49,3 +50,44 @@ def test_export_errors(tmp_path, weights, capsys):
     image = _images(tmp_path / "imgs")[0]
     assert main(["predict", "--checkpoint", str(tmp_path / "fake.onnx"), str(image)]) == 2
     assert "not a loadable ONNX model" in capsys.readouterr().err
+
+
+def _trained_scale(tmp_path):
+    """Weights whose logits have a trained model's magnitude (~10-40), where float32 summation order shows."""
+    from alexnet.training.checkpoint import load_weights, save_weights
+
+    path = make_weights(tmp_path / "big.safetensors", num_classes=10)
+    trained = load_trained(path)
+    with torch.no_grad():
+        trained.model.classifier[-1].weight.mul_(300)
+    _, meta = load_weights(path)
+    save_weights(trained.model, path, meta)
+    return path
+
+
+def test_trained_scale_logits_pass_and_the_refusal_path_works(tmp_path, capsys):
+    path = _trained_scale(tmp_path)
+    trained = load_trained(path)
+    logits = trained.model(torch.randn(4, 3, 32, 32))
+    assert logits.abs().max() > 5  # the regime where an absolute 1e-4 stops being a principled bar
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(out)]) == 0
+    assert "top-1 agreement 100%" in capsys.readouterr().out
+    strict = ["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(out), "--atol", "0", "--rtol", "0"]
+    assert main(strict) == 2  # an exact match is not what two kernel libraries give
+    err = capsys.readouterr().err
+    assert "not trusted" in err and "removed" in err and not out.exists()
+
+
+def test_a_wrong_export_fails_the_parity_check(tmp_path):
+    """One weight changed between the eager model and the export: the check must catch it."""
+    from alexnet.inference.export import parity
+
+    trained = load_trained(_trained_scale(tmp_path))
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = trained.model(x)
+        trained.model.features[0].weight[0, 0, 0, 0] += 0.5
+        wrong = trained.model(x)
+        assert parity(expected, expected + 1e-6).ok
+        assert not parity(expected, wrong).ok

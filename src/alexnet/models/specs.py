@@ -1,6 +1,6 @@
 """The AlexNet family as data: one frozen `ArchSpec` per variant, and the rules for overriding its fields.
 
-Every architectural number here is sourced in ../README.md ("Variants") and in the paper spec: Krizhevsky,
+Every architectural number here is sourced in ../README.md ("Models") and in the paper: Krizhevsky,
 Sutskever, Hinton, "ImageNet Classification with Deep Convolutional Neural Networks", NIPS 2012, §3.
 """
 

@@ -1,0 +1,63 @@
+"""The README's commands stay true: every command line in it parses, and each one runs on fake data."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from alexnet.cli import build_parser, main
+
+README = Path(__file__).parents[1] / "README.md"
+# Appended to a README training command: the same command in miniature on synthetic data.
+TINY = ["--dataset", "fake", "--epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1", "-b", "8",
+        "--no-progress", "--set", "data.eval_batch_size=8", "--set", "data.workers=0"]  # fmt: skip
+
+
+def readme_commands() -> list[list[str]]:
+    """Argument lists of every ``alexnet ...`` or ``torchrun ... -m alexnet.cli ...`` line in a bash block."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.replace("[", "").replace("]", ""), comments=True)
+            if words[:1] == ["alexnet"]:
+                commands.append(words[1:])
+            elif words[:1] == ["torchrun"]:
+                commands.append(words[words.index("alexnet.cli") + 1 :])
+    return commands
+
+
+def test_the_readme_has_commands_and_every_one_parses():
+    commands = readme_commands()
+    assert {c[0] for c in commands} >= {"train", "eval", "predict", "export"}
+    for words in commands:
+        build_parser().parse_args(words)  # an unknown flag or subcommand exits 2 here
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run_on_fake_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands()
+    trained = 0
+    for i, words in enumerate(c for c in commands if c[0] == "train" and "--list-recipes" not in c):
+        assert main([*words, *TINY, "--out", str(tmp_path / f"run{i}")]) == 0, words
+        trained += 1
+    assert trained >= 6  # every recipe line, the paper's and torchrun's included
+    # The evaluation block, on weights trained above (the first line: the demo's recipe).
+    demo = tmp_path / "runs" / "demo"
+    demo.mkdir(parents=True)
+    (tmp_path / "run0" / "best.safetensors").rename(demo / "best.safetensors")
+    for folder in ("photos", "more"):
+        (tmp_path / folder).mkdir()
+        for j in range(2):
+            Image.new("RGB", (40, 30), (40 * j, 90, 200)).save(tmp_path / folder / f"{j}.png")
+    ran = set()
+    for words in commands:
+        if words[0] in ("eval", "predict", "export"):
+            args = [*words, "--limit-val-batches", "1"] if words[0] == "eval" else words
+            assert main(args) == 0, words
+            ran.add(words[0])
+    assert ran == {"eval", "predict", "export"}
+    assert (tmp_path / "model.onnx").stat().st_size > 10_000
