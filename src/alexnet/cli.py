@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .config import PRECISIONS
+from .config import PARALLEL_MODES, PRECISIONS
 from .errors import AlexNetError
 
 
@@ -69,6 +69,11 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-val-batches", dest="train__limit_val_batches", type=_positive_int)
     p.add_argument("--ten-crop", dest="data__ten_crop", action="store_const", const=True, help="10-crop validation")
     p.add_argument("--compile", dest="train__compile", action="store_const", const=True, help="torch.compile")
+    p.add_argument(
+        "--parallel", dest="train__parallel", choices=PARALLEL_MODES,
+        help="under torchrun: data (DDP, default), towers (the paper's two-GPU split), hybrid (data-parallel convs, "
+        "model-parallel fc)",
+    )  # fmt: skip
     p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False)
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -308,6 +313,29 @@ def run_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parallel_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="alexnet_paper")
+    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--batch", type=_positive_int, default=128, help="global batch (the paper: 128)")
+    p.add_argument("--classes", type=_positive_int, default=1000)
+    p.add_argument("--json", action="store_true")
+
+
+def run_parallel_plan(args: argparse.Namespace) -> int:
+    from .training.model_parallel import parallel_plan
+
+    rows = parallel_plan(args.model, args.workers, args.batch, args.classes)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return 0
+    print(f"{args.model}, {args.workers} workers, global batch {args.batch}, fp32; bytes each worker sends per step")
+    print(f"{'mode':<7} {'MB/step':>9} {'KB/image':>9} {'params MB/worker':>17}  how")
+    for r in rows:
+        mb, kb, params = r.bytes_per_step / 1e6, r.bytes_per_image / 1e3, r.param_bytes / 1e6
+        print(f"{r.mode:<7} {mb:>9.2f} {kb:>9.1f} {params:>17.1f}  {r.note}")
+    return 0
+
+
 # name: (help, add arguments, run)
 COMMANDS = {
     "models": ("list the model variants with parameters and MACs", _models, run_models),
@@ -318,6 +346,11 @@ COMMANDS = {
     "stats": ("mean, std and RGB PCA of a training set, for data.mean/std/pca_*", _stats, run_stats),
     "bench": ("training and inference throughput against torchvision's AlexNet", _bench, run_bench),
     "paper": ("reproduce one of the paper's experiments: fig1 (ReLU against tanh)", _paper, run_paper),
+    "parallel-plan": (
+        "bytes communicated and parameter memory per worker: data, towers, hybrid",
+        _parallel_plan,
+        run_parallel_plan,
+    ),
     "demo": ("get Fashion-MNIST, train the default recipe, evaluate, write a report", _demo, run_demo),
 }
 

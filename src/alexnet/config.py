@@ -21,6 +21,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NORMALIZATIONS = ("meanstd", "mean")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
+PARALLEL_MODES = ("data", "towers", "hybrid")
 INF = float("inf")
 # Every choice field and numeric range, checked in one place (`validate`). (low, high, low inclusive); None is
 # allowed where the field's type allows it.
@@ -29,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
     "train.precision": PRECISIONS,
+    "train.parallel": PARALLEL_MODES,
 }
 RANGES: dict[str, tuple[float, float, bool]] = {
     "data.batch_size": (1, INF, True),
@@ -120,6 +122,7 @@ class TrainConfig:
     tune_allocator: bool = True  # CPU: keep large freed blocks in the heap (see alexnet.device.tune_cpu_allocator)
     out: str | None = None  # run directory; default runs/<time>-<model>-<dataset>
     resume: str | None = None  # a checkpoint path, or "auto" (the run directory's last.pt)
+    parallel: str = "data"  # under torchrun: data (DDP), towers (the paper's two-GPU split), hybrid (2014)
     allow_changes: bool = False  # resume even if batch size, learning rate, seed... differ from the checkpoint's
     limit_train_batches: int | None = None
     limit_val_batches: int | None = None

@@ -189,9 +189,11 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_weights(model: nn.Module, path: Path | str, meta: dict[str, Any]) -> None:
-    """Atomically write release weights: safetensors tensors plus ``meta`` (JSON) under the ``alexnet`` key."""
-    data = st_save(_plain_state(model), metadata={META_KEY: json.dumps(meta)})
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path | str, meta: dict[str, Any]) -> None:
+    """Atomically write release weights (a model's or a state dict's tensors) plus ``meta`` (JSON) under the
+    ``alexnet`` key."""
+    state = _plain_state(model) if isinstance(model, nn.Module) else {k: v.contiguous() for k, v in model.items()}
+    data = st_save(state, metadata={META_KEY: json.dumps(meta)})
     atomic_write(path, lambda f: f.write(data))
 
 

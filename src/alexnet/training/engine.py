@@ -33,6 +33,7 @@ class StepSettings:
     clip_grad_norm: float | None = None
     limit_batches: int | None = None
     progress: bool = True
+    sync: bool = True  # evaluation: sum counts across processes (each saw its own images)
 
 
 def _sync(device: torch.device) -> None:
@@ -146,8 +147,9 @@ def evaluate(
 
     model.eval()
     c = settings.num_classes
-    top5 = MulticlassAccuracy(num_classes=c, top_k=min(5, c), average="micro").to(settings.device)
-    confusion = MulticlassConfusionMatrix(num_classes=c).to(settings.device)
+    sync = {"sync_on_compute": settings.sync}  # towers/hybrid: every rank saw every image, nothing to sum
+    top5 = MulticlassAccuracy(num_classes=c, top_k=min(5, c), average="micro", **sync).to(settings.device)
+    confusion = MulticlassConfusionMatrix(num_classes=c, **sync).to(settings.device)
     loss_sum = seen = 0.0
     total = len(loader) if settings.limit_batches is None else min(len(loader), settings.limit_batches)
     bar = tqdm(total=total, desc="eval", disable=_no_bar(settings), leave=False)
@@ -167,7 +169,7 @@ def evaluate(
         confusion.update(probs, labels)
         bar.update()
     bar.close()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if settings.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
         # Each process saw its own images once (no padding): sum the loss and counts; torchmetrics syncs itself.
         totals = torch.tensor([loss_sum, seen], dtype=torch.float64, device=settings.device)
         torch.distributed.all_reduce(totals)

@@ -29,14 +29,15 @@ from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
-from ..errors import NonFiniteWeightsError, TrainingInterrupted, WriteError
-from ..inference.artifact import FORMAT_VERSION, first_non_finite
+from ..errors import TrainingInterrupted, WriteError
+from ..inference.artifact import FORMAT_VERSION
 from ..models import create_model, get_spec
 from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
 from .engine import StepSettings, evaluate, train_one_epoch
 from .optim import Schedule, build_optimizer
 from .state import EpochTotals, build_state, check_resume, latest_valid, restore, rng_state, seed_everything
+from .strategy import Strategy
 
 log = logging.getLogger(__name__)
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "img_s", "seconds"]
@@ -106,13 +107,20 @@ def fit(cfg: Config) -> RunResult:
         out = Path(shared[0])
     if dist_info.is_main:
         check_writable(out)  # before the data loads and anything trains
+    strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
-    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, dist_info.rank, dist_info.world)
-    model = create_model(
-        cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
-    )
+    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard())
+    if strategy.sharded:  # every rank evaluates the whole validation set (the model spans the ranks)
+        data.val.rank, data.val.world = 0, 1
+    with torch.random.fork_rng(devices=[]) if strategy.sharded else contextlib.nullcontext():
+        if strategy.sharded:
+            torch.manual_seed(cfg.train.seed)  # one whole model, the same on every rank, to take the shards of
+        model = create_model(
+            cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
+        )
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format)
-    optimizer = build_optimizer(model, cfg.optim)
+    model, plain = strategy.wrap(model)  # DDP, this rank's shard, or the model itself; plain for state dicts
+    optimizer = build_optimizer(plain, cfg.optim)
     steps = (
         len(data.train)
         if cfg.train.limit_train_batches is None
@@ -134,14 +142,13 @@ def fit(cfg: Config) -> RunResult:
     elif resume:
         state = load_checkpoint(resume)  # an explicit path that is missing or corrupt is an error, never a fresh start
     if state is not None:
-        check_resume(state, model, data.classes, cfg, resume)
-        totals = restore(state, model, optimizer, schedule, scaler, dist_info.rank if dist_info.enabled else None)
+        check_resume(state, plain, data.classes, cfg, resume)
+        totals = restore(
+            state, plain, optimizer, schedule, scaler, strategy, dist_info.rank if dist_info.enabled else None
+        )
         start_epoch, start_step = state["epoch"], state["step"]
         result.history, result.best_acc1 = list(state["history"]), state["best_acc1"]
         log.info("resumed from %s at epoch %d, batch %d", resume, start_epoch + 1, start_step)
-    plain = model  # the bare module, for state dicts and exports
-    if dist_info.enabled:
-        model = nn.parallel.DistributedDataParallel(model)
     if cfg.train.compile:
         model = torch.compile(model)
     if dist_info.is_main:
@@ -151,36 +158,35 @@ def fit(cfg: Config) -> RunResult:
         cfg.model.name, cfg.data.dataset, steps, cfg.data.batch_size, len(data.classes), device, precision, out,
     )  # fmt: skip
     progress = cfg.train.progress and dist_info.is_main
-    # Augmentation seeds differ per process (rank 0 keeps the single-process seed).
-    aug_seed = cfg.train.seed + 1_000_003 * dist_info.rank
     settings = StepSettings(
-        device, precision, aug_seed, len(data.classes), cfg.optim.label_smoothing, cfg.optim.clip_grad_norm,
-        cfg.train.limit_train_batches, progress,
+        device, precision, strategy.aug_seed(cfg.train.seed), len(data.classes), cfg.optim.label_smoothing,
+        cfg.optim.clip_grad_norm, cfg.train.limit_train_batches, progress,
     )  # fmt: skip
     eval_settings = StepSettings(
         device, precision, cfg.train.seed, len(data.classes), limit_batches=cfg.train.limit_val_batches,
-        progress=progress,
+        progress=progress, sync=strategy.eval_synced,
     )  # fmt: skip
 
-    def checkpoint(epoch: int, step: int, path: Path) -> None:
-        bad = first_non_finite(plain)
-        if bad is not None:  # never written: auto-resume would load it again and again
-            raise NonFiniteWeightsError(
-                f"weights became non-finite ({bad}) at epoch {epoch + (step > 0)}, batch {step}; not saved, "
-                f"{out / 'last.pt'} keeps the last finite state. Lower the learning rate or try --precision fp32"
-            )
+    def checkpoint(epoch: int, step: int, *paths: Path) -> dict[str, torch.Tensor]:
+        """Write the run's state to ``paths`` (in every process: it gathers; rank 0 writes); returns the model's."""
+        where = f"at epoch {epoch + (step > 0)}, batch {step}"
+        strategy.check_finite(plain, where, str(out / "last.pt"))  # never written: auto-resume would reload it
+        model_state = strategy.model_state(plain)
+        optimizer_states = strategy.optimizer_states(optimizer)
         rng = rng_state()
         rng_ranks = [rng] * dist_info.world
         if dist_info.enabled:  # every process's RNG, so a resumed multi-process run continues each of them
             torch.distributed.all_gather_object(rng_ranks, rng)
-        if not dist_info.is_main:
-            return
-        state = build_state(
-            model=plain, optimizer=optimizer, schedule=schedule, scaler=scaler, rng=rng, rng_ranks=rng_ranks,
-            epoch=epoch, step=step, totals=totals, history=result.history, best_acc1=result.best_acc1, cfg=cfg,
-            classes=data.classes, data_meta=data.meta,
-        )  # fmt: skip
-        save_checkpoint(state, path)
+        if dist_info.is_main:
+            state = build_state(
+                model_state=model_state, model_config=plain.config, optimizer_states=optimizer_states,
+                schedule=schedule, scaler=scaler, rng=rng, rng_ranks=rng_ranks, epoch=epoch, step=step, totals=totals,
+                history=result.history, best_acc1=result.best_acc1, cfg=cfg, classes=data.classes,
+                data_meta=data.meta,
+            )  # fmt: skip
+            for path in paths:
+                save_checkpoint(state, path)
+        return model_state
 
     def on_step(epoch: int):
         every = cfg.train.checkpoint_every
@@ -213,12 +219,8 @@ def fit(cfg: Config) -> RunResult:
                 start_step, scaler, on_step(epoch), totals,
             )  # fmt: skip
             start_step, totals = 0, EpochTotals()
-            bad = first_non_finite(plain)
-            if bad is not None:  # a finite loss whose update broke the weights: stop before evaluating them
-                raise NonFiniteWeightsError(
-                    f"weights became non-finite ({bad}) in epoch {epoch + 1}; not saved, {out / 'last.pt'} keeps the "
-                    "last finite state. Lower the learning rate or try --precision fp32"
-                )
+            # A finite loss whose update broke the weights: stop before evaluating them.
+            strategy.check_finite(plain, f"in epoch {epoch + 1}", str(out / "last.pt"))
             val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop)
             schedule.end_epoch(val["err1"])
             row = {
@@ -247,12 +249,11 @@ def fit(cfg: Config) -> RunResult:
                     val["acc1"], val["acc5"], train["img_s"], train["data_s"], train["compute_s"],
                 )  # fmt: skip
                 _write_metrics(out / "metrics.csv", result.history)
-            checkpoint(epoch + 1, 0, out / "last.pt")  # in every process (it gathers RNG states); rank 0 writes
-            if improved:
-                checkpoint(epoch + 1, 0, out / "best.pt")
-                if dist_info.is_main:
-                    metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
-                    save_weights(plain, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
+            # In every process (it gathers the model, optimizer and RNG states); rank 0 writes.
+            model_state = checkpoint(epoch + 1, 0, *(out / n for n in ("last.pt", "best.pt")[: 1 + improved]))
+            if improved and dist_info.is_main:
+                metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
+                save_weights(model_state, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
             target = cfg.train.stop_at_train_acc1
             if target is not None:  # the mean over processes, so every process stops at the same epoch
                 acc1 = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), dist_info).item() / dist_info.world

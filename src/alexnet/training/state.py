@@ -76,15 +76,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_state(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any,
-                rng: dict[str, Any], rng_ranks: list[dict[str, Any]], epoch: int, step: int, totals: EpochTotals,
+def build_state(*, model_state: dict[str, torch.Tensor], model_config: dict[str, Any],
+                optimizer_states: list[dict[str, Any]], schedule: Any, scaler: Any, rng: dict[str, Any],
+                rng_ranks: list[dict[str, Any]], epoch: int, step: int, totals: EpochTotals,
                 history: list[dict[str, float]], best_acc1: float, cfg: Config, classes: list[str],
                 data_meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """The checkpoint dict (see the module docstring)."""
+    """The checkpoint dict (see the module docstring). ``optimizer_states`` has one entry, or one per rank when
+    each rank holds different parameters (``--parallel towers`` or ``hybrid``)."""
     return {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "model_config": model.config,
-        "optimizer": optimizer.state_dict(),
+        "model": model_state,
+        "model_config": model_config,
+        "optimizer": optimizer_states[0],
+        "optimizer_ranks": optimizer_states if len(optimizer_states) > 1 else [],
         "schedule": schedule.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": rng,
@@ -161,16 +164,21 @@ def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[st
 
 
 def restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
-            scaler: Any, rank: int | None) -> EpochTotals:  # fmt: skip
-    """Load ``state`` into the run's objects and RNGs (``rank``'s under torchrun, else the single process's).
+            scaler: Any, strategy: Any, rank: int | None) -> EpochTotals:  # fmt: skip
+    """Load ``state`` into the run's objects and RNGs (``rank``'s under torchrun, else the single process's);
+    ``strategy`` (`alexnet.training.strategy.Strategy`) takes a sharded model's slices.
 
     Returns:
         the running totals of the epoch the checkpoint was taken in (empty at an epoch boundary).
     """
-    from ..inference.artifact import load_state
-
-    load_state(model, state["model"], "checkpoint")
-    optimizer.load_state_dict(state["optimizer"])
+    strategy.load_model_state(model, state["model"], "checkpoint")
+    per_rank = state.get("optimizer_ranks") or []
+    if strategy.sharded and len(per_rank) != strategy.dist.world:
+        raise IncompatibleCheckpointError(
+            f"the checkpoint holds optimizer states for {len(per_rank) or 1} model shard(s), not {strategy.dist.world}:"
+            " resume --parallel towers/hybrid runs with the same mode and process count"
+        )
+    optimizer.load_state_dict(per_rank[rank] if strategy.sharded and rank is not None else state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
