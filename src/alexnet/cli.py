@@ -56,6 +56,18 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", dest="train__epochs", type=_positive_int)
     p.add_argument("-b", "--batch-size", dest="data__batch_size", type=_positive_int)
     p.add_argument("--lr", dest="optim__lr", type=float)
+    p.add_argument(
+        "--scale-lr", dest="optim__lr_reference_batch", type=_positive_int, metavar="REF_BATCH",
+        help="linear scaling rule: lr × (batch × processes × accumulate) / REF_BATCH (the paper's lr: 128)",
+    )  # fmt: skip
+    p.add_argument("--accumulate", dest="train__accumulate", type=_positive_int, metavar="N",
+                   help="accumulate gradients over N batches per optimizer step")  # fmt: skip
+    p.add_argument(
+        "--sync-bn",
+        dest="train__sync_bn",
+        action=argparse.BooleanOptionalAction,
+        help="batch norm over every process's images (default: on under torchrun for BN models)",
+    )
     p.add_argument("-j", "--workers", dest="data__workers", type=int, help="image-decoding processes (folders)")
     p.add_argument("--device", dest="train__device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", dest="train__precision", choices=PRECISIONS)

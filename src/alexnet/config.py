@@ -53,6 +53,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "optim.warmup_epochs": (0, INF, True),
     "optim.label_smoothing": (0, 1, True),
     "optim.clip_grad_norm": (0, INF, False),
+    "optim.lr_reference_batch": (1, INF, True),
+    "train.accumulate": (1, 4096, True),
     "train.epochs": (1, INF, True),
     "train.limit_train_batches": (1, INF, True),
     "train.limit_val_batches": (1, INF, True),
@@ -110,6 +112,8 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
+    # Linear scaling rule (Goyal et al. 2017): lr × global batch / this batch. The paper's 0.01 was for 128.
+    lr_reference_batch: int | None = None
 
 
 @dataclass
@@ -122,6 +126,8 @@ class TrainConfig:
     tune_allocator: bool = True  # CPU: keep large freed blocks in the heap (see alexnet.device.tune_cpu_allocator)
     out: str | None = None  # run directory; default runs/<time>-<model>-<dataset>
     resume: str | None = None  # a checkpoint path, or "auto" (the run directory's last.pt)
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation; no all-reduce on the inner ones)
+    sync_bn: bool | None = None  # batch statistics over every process's images; None: on when >1 process and BN
     parallel: str = "data"  # under torchrun: data (DDP), towers (the paper's two-GPU split), hybrid (2014)
     allow_changes: bool = False  # resume even if batch size, learning rate, seed... differ from the checkpoint's
     limit_train_batches: int | None = None

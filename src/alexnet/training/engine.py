@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ class StepSettings:
     limit_batches: int | None = None
     progress: bool = True
     sync: bool = True  # evaluation: sum counts across processes (each saw its own images)
+    accumulate: int = 1  # batches per optimizer step
 
 
 def _sync(device: torch.device) -> None:
@@ -83,28 +85,35 @@ def train_one_epoch(
         x = transform.train(images, step_generator(settings.seed, epoch, step))
         got_batch = time.perf_counter()
         lr = schedule.set(epoch, step)
-        with autocast(settings.device, settings.precision):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"loss became {value} at epoch {epoch + 1}, batch {step} (lr {lr:g}); the last good checkpoint is "
-                "kept. Lower the learning rate, check the data, or try --precision fp32"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # before clipping, so the norm is of the true gradients
-        else:
-            loss.backward()
-        if settings.clip_grad_norm:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        # Gradient accumulation: an optimizer step every `accumulate` batches (the epoch's last group may be
+        # shorter); DDP skips its all-reduce on the inner batches.
+        n = settings.accumulate
+        first, last = step % n == 0, (step + 1) % n == 0 or step + 1 == total
+        group = min(n, total - (step - step % n))
+        with model.no_sync() if not last and hasattr(model, "no_sync") else contextlib.nullcontext():
+            with autocast(settings.device, settings.precision):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss became {value} at epoch {epoch + 1}, batch {step} (lr {lr:g}); the last good checkpoint "
+                    "is kept. Lower the learning rate, check the data, or try --precision fp32"
+                )
+            if first:
+                optimizer.zero_grad(set_to_none=True)
+            part = loss / group if group > 1 else loss
+            (scaler.scale(part) if scaler is not None else part).backward()
+        if last:
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # before clipping, so the norm is of the true gradients
+            if settings.clip_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
         _sync(settings.device)
         done = time.perf_counter()
         n = labels.numel()

@@ -119,14 +119,15 @@ def fit(cfg: Config) -> RunResult:
             cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
         )
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format)
-    model, plain = strategy.wrap(model)  # DDP, this rank's shard, or the model itself; plain for state dicts
-    optimizer = build_optimizer(plain, cfg.optim)
+    model, plain = strategy.wrap(model, cfg.train.sync_bn)  # DDP, a shard, or the model; plain for state dicts
+    optim_cfg = strategy.scaled_lr(cfg.optim, cfg.data.batch_size * cfg.train.accumulate)
+    optimizer = build_optimizer(plain, optim_cfg)
     steps = (
         len(data.train)
         if cfg.train.limit_train_batches is None
         else min(len(data.train), cfg.train.limit_train_batches)
     )
-    schedule = Schedule(optimizer, cfg.optim, cfg.train.epochs, steps)
+    schedule = Schedule(optimizer, optim_cfg, cfg.train.epochs, steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     if dist_info.is_main:
@@ -160,7 +161,7 @@ def fit(cfg: Config) -> RunResult:
     progress = cfg.train.progress and dist_info.is_main
     settings = StepSettings(
         device, precision, strategy.aug_seed(cfg.train.seed), len(data.classes), cfg.optim.label_smoothing,
-        cfg.optim.clip_grad_norm, cfg.train.limit_train_batches, progress,
+        cfg.optim.clip_grad_norm, cfg.train.limit_train_batches, progress, accumulate=cfg.train.accumulate,
     )  # fmt: skip
     eval_settings = StepSettings(
         device, precision, cfg.train.seed, len(data.classes), limit_batches=cfg.train.limit_val_batches,
@@ -192,6 +193,8 @@ def fit(cfg: Config) -> RunResult:
         every = cfg.train.checkpoint_every
 
         def hook(step: int) -> None:
+            if (step + 1) % cfg.train.accumulate and step + 1 < steps:
+                return  # checkpoints and stops fall between optimizer steps, never inside an accumulation
             if dist_info.enabled:  # stop together: a process leaving alone would hang the others' all-reduce
                 flag = distributed.all_reduce_sum(torch.tensor([len(stop_signals)], device=device), dist_info)
                 if flag.item() and not stop_signals:

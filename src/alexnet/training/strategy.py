@@ -4,6 +4,7 @@ paper's two-GPU split) or ``hybrid`` (data-parallel convolutions, model-parallel
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +13,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config import OptimConfig
 from ..errors import ConfigError, NonFiniteWeightsError
 from ..inference.artifact import first_non_finite, load_state
 from ..models import model_from_config
-from .distributed import DistInfo
+from .distributed import DistInfo, convert_sync_batchnorm
 from .model_parallel import ShardedAlexNet
 
 log = logging.getLogger(__name__)
@@ -49,14 +51,21 @@ class Strategy:
         """Augmentation seeds differ per process where each has its own images (rank 0 keeps the run's seed)."""
         return seed if self.mode == "towers" else seed + 1_000_003 * self.dist.rank
 
-    def wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """(what trains, the bare module for state dicts): DDP, this rank's shard, or the model itself."""
+    def wrap(self, model: nn.Module, sync_bn: bool | None = None) -> tuple[nn.Module, nn.Module]:
+        """(what trains, the bare module for state dicts): DDP, this rank's shard, or the model itself.
+
+        Under DDP, batch norm becomes `SyncBatchNorm2d` when ``sync_bn`` says so (None: whenever the model has it).
+        """
         if self.sharded:
             shard = ShardedAlexNet(model, self.mode, self.dist.rank, self.dist.world)
             mine, total = (sum(p.numel() for p in m.parameters()) for m in (shard, model))
             log.info("--parallel %s: rank %d holds %d of %d parameters", self.mode, self.dist.rank, mine, total)
             return shard, shard
         if self.dist.enabled:
+            has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+            if has_bn and sync_bn is not False:
+                convert_sync_batchnorm(model)
+                log.info("batch norm synchronised across %d processes (--no-sync-bn: per process)", self.dist.world)
             return nn.parallel.DistributedDataParallel(model), model
         return model, model
 
@@ -94,6 +103,18 @@ class Strategy:
                 f"weights became non-finite ({bad}) {where}; not saved, {keeps} keeps the last finite state. Lower "
                 "the learning rate or try --precision fp32"
             )
+
+    def scaled_lr(self, optim: OptimConfig, batch: int) -> OptimConfig:
+        """``optim`` with the linear scaling rule applied when ``lr_reference_batch`` is set: the learning rate
+        times the global batch (``batch`` per process, accumulation included, times the data-parallel processes)
+        over the reference batch (Goyal et al. 2017, "Accurate, large minibatch SGD")."""
+        if optim.lr_reference_batch is None:
+            return optim
+        global_batch = batch * self.data_shard()[1]
+        lr = optim.lr * global_batch / optim.lr_reference_batch
+        log.info("learning rate %g × %d / %d = %g (linear scaling rule)", optim.lr, global_batch,
+                 optim.lr_reference_batch, lr)  # fmt: skip
+        return dataclasses.replace(optim, lr=lr)
 
     @property
     def eval_synced(self) -> bool:
