@@ -157,7 +157,7 @@ def test_two_nodes_on_loopback_equal_one_node(two_process_run, tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     for proc in procs:
