@@ -38,9 +38,10 @@ def run_models(args: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps(r.__dict__))
         return 0
-    print(f"{'name':<15} {'params':>12} {'GMACs':>7} {'input':>6}  note")
+    w = max(len(r.name) for r in rows)
+    print(f"{'name':<{w}} {'params':>12} {'GMACs':>7} {'input':>6}  note")
     for r in rows:
-        print(f"{r.name:<15} {r.params:>12,} {r.macs / 1e9:>7.3f} {r.input_size:>6}  {r.note}")
+        print(f"{r.name:<{w}} {r.params:>12,} {r.macs / 1e9:>7.3f} {r.input_size:>6}  {r.note}")
     return 0
 
 
@@ -111,6 +112,23 @@ def run_train(args: argparse.Namespace) -> int:
             f"done: {result.out}  best val acc1 {result.best_acc1:.2f}%  last val acc1 {final['acc1']:.2f}% "
             f"acc5 {final['acc5']:.2f}%  loss {final['loss']:.4f}"
         )
+        try:
+            from .experiments.report import run_report
+
+            print(f"report: {run_report(result.out, final)}")
+        except ImportError:  # matplotlib is the optional [report] extra
+            print("report: skipped (pip install 'alexnet[report]' for figures)")
+    return 0
+
+
+def _report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run directory (config.json, metrics.csv, last.pt)")
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from .experiments.report import run_report
+
+    print(f"report: {run_report(args.run)}")
     return 0
 
 
@@ -288,8 +306,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _paper(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=["fig1"], help="fig1: ReLU against tanh on CIFAR-10 (Figure 1, §3.1)")
-    p.add_argument("--out", default="runs/fig1", help="where the runs, fig1.json and fig1.png go")
+    p.add_argument("experiment", choices=["fig1", "fig3", "fig4"],
+                   help="fig1: ReLU against tanh on CIFAR-10 (Figure 1, §3.1); fig3: conv1 kernels and the towers' "
+                   "colour specialisation; fig4: top-5 and nearest training images in fc7 space")  # fmt: skip
+    p.add_argument("source", nargs="?", help="fig3, fig4: a run directory, weights or a checkpoint")
+    p.add_argument("--out", help="where the runs and figures go (default runs/fig1, or beside the source)")
+    p.add_argument("--queries", type=_positive_int, default=5, help="fig4: test images shown")
+    p.add_argument("--limit", type=_positive_int, help="fig4: at most this many images of a folder")
     p.add_argument("--dataset", dest="data__dataset", help="cifar10 (torchvision's format) or folder (JPEGs)")
     p.add_argument("--data-dir", dest="data__data_dir")
     p.add_argument("--sweep", help="comma-separated learning rates to try for each unit, e.g. 0.003,0.01,0.03")
@@ -302,7 +325,11 @@ def _paper(p: argparse.ArgumentParser) -> None:
 
 
 def run_paper(args: argparse.Namespace) -> int:
+    if args.experiment in ("fig3", "fig4"):
+        return _run_figure(args)
     from .experiments.paper import figure1
+
+    args.out = args.out or "runs/fig1"
 
     sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else None
     result = figure1(args.out, args.overrides, sweep, args.target, args.max_epochs, **_fields(args))
@@ -322,6 +349,40 @@ def run_paper(args: argparse.Namespace) -> int:
     verdict += "" if result["speedup"] else "reached the target (raise --max-epochs or --target)"
     print(f"ReLU (lr {relu['lr']:g}) {reached(relu)}, tanh (lr {tanh['lr']:g}) {reached(tanh)}: {verdict}; "
           f"the paper: about 6x. {args.out}/fig1.json, fig1.png")  # fmt: skip
+    return 0
+
+
+def _reproduce(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="the reproduction's directory: runs, report.md, results.json")
+    p.add_argument(
+        "--budget",
+        default="small",
+        choices=["small", "full"],
+        help="small: CIFAR-10 and Fashion-MNIST on a CPU in about an hour; full: ImageNet on GPUs",
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--only", help="comma-separated experiment names (default: all)")
+    p.add_argument("--cifar-dir", help="the CIFAR-10 JPEG folder (train/, test/) for the small budget")
+    p.add_argument("--fashion-dir", help="where Fashion-MNIST is (default: the usual places)")
+    p.add_argument("--data-dir", dest="data__data_dir", help="full budget: the ImageNet root")
+    p.add_argument("--dataset", dest="data__dataset", help="replace every run's data set (tests: fake)")
+    p.add_argument("--device", dest="train__device")
+    p.add_argument("--precision", dest="train__precision", choices=PRECISIONS)
+    p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="applied to every run")  # fmt: skip
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from .experiments.reproduce import reproduce
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    results = reproduce(args.out, args.budget, args.seeds, only, args.cifar_dir, args.fashion_dir, args.overrides,
+                        **_fields(args))  # fmt: skip
+    for name, r in results.items():
+        effect = f"{r['effect']:.2f}x ± {r['se']:.2f}" if r["ratio"] else f"{r['effect']:+.2f} points ± {r['se']:.2f}"
+        print(f"{name:<13} {effect:<22} {r['verdict']}")
+    print(f"report: {args.out}/report.md")
     return 0
 
 
@@ -348,6 +409,61 @@ def run_parallel_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_figure(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .experiments.figures import figure3, figure4, resolve
+
+    if not args.source:
+        raise ValueError(f"alexnet paper {args.experiment} needs a run directory, weights or a checkpoint")
+    out = args.out or str(resolve(args.source).parent)
+    if args.experiment == "fig3":
+        result = figure3(args.source, out)
+        for t in result["towers"]:
+            print(f"tower {t['tower']}: {t['kernels']} conv1 kernels, colour specificity mean {t['mean']:.3f} "
+                  f"(median {t['median']:.3f})")  # fmt: skip
+        if result["ratio"]:
+            print(f"the more colourful tower: {result['ratio']}x the other's mean (the paper: one tower largely "
+                  "colour-agnostic, the other largely colour-specific)")  # fmt: skip
+    else:
+        result = figure4(args.source, out, args.data__dataset, args.data__data_dir, args.queries, limit=args.limit)
+        for q in result["queries"]:
+            top = ", ".join(f"{name} {100 * p:.0f}%" for name, p in q["top5"])
+            print(f"true {q['true']}: {top}; nearest: {', '.join(q['neighbour_classes'])}")
+        precision, chance = 100 * result["retrieval_precision"], 100 * result["chance_precision"]
+        print(f"fc7 retrieval precision@{result['k']}: {precision:.1f}% over {result['retrieval_queries']} test "
+              f"images (chance {chance:.1f}%)")  # fmt: skip
+    Path(out, f"{args.experiment}.json").write_text(json.dumps(result, indent=1))
+    print(f"figure: {result['figure']}")
+    return 0
+
+
+def _features(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, help="weights or a checkpoint")
+    p.add_argument("--layer", default="fc7", choices=["fc7", "fc6", "pool5"])
+    p.add_argument("--out", required=True, help="a .npy file; the file order goes beside it as .txt")
+
+
+def run_features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .inference.artifact import load_trained
+    from .inference.features import features_of_files
+    from .inference.predictor import expand_inputs
+
+    files = expand_inputs(args.inputs)
+    feats, done, errors = features_of_files(load_trained(args.checkpoint), files, args.layer)
+    np.save(args.out, feats)
+    order = args.out[: -len(".npy")] + ".txt" if args.out.endswith(".npy") else args.out + ".txt"
+    with open(order, "w") as f:
+        f.write("".join(name + "\n" for name in done))
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
+    return 1 if errors else 0
+
+
 # name: (help, add arguments, run)
 COMMANDS = {
     "models": ("list the model variants with parameters and MACs", _models, run_models),
@@ -358,6 +474,17 @@ COMMANDS = {
     "stats": ("mean, std and RGB PCA of a training set, for data.mean/std/pca_*", _stats, run_stats),
     "bench": ("training and inference throughput against torchvision's AlexNet", _bench, run_bench),
     "paper": ("reproduce one of the paper's experiments: fig1 (ReLU against tanh)", _paper, run_paper),
+    "features": ("embeddings of images from a hidden layer (fc7, fc6, pool5) as .npy", _features, run_features),
+    "report": (
+        "rebuild a training run's report.md: curves, conv1 filters, confusion matrix",
+        _report,
+        run_report_command,
+    ),
+    "reproduce": (
+        "the paper's ablations and claims as training runs, with a report beside its numbers",
+        _reproduce,
+        run_reproduce,
+    ),
     "parallel-plan": (
         "bytes communicated and parameter memory per worker: data, towers, hybrid",
         _parallel_plan,

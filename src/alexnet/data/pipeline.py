@@ -140,6 +140,25 @@ def build_eval_loader(cfg: DataConfig, stored: int, device: torch.device, rank: 
     return loader, classes
 
 
+# The last folder decoded into memory, for the next run in this process (`alexnet reproduce` trains dozens of runs
+# on one folder): keyed by its files and size, one entry, so at most one folder's images are kept.
+_DECODED: dict[tuple, tuple[TensorSplit, TensorSplit]] = {}
+
+
+def _decoded_folder(train_samples: list, val_samples: list, classes: list[str], stored: int,
+                    cfg: DataConfig) -> tuple[TensorSplit, TensorSplit]:  # fmt: skip
+    key = (tuple(train_samples), tuple(val_samples), tuple(classes), stored)
+    if key not in _DECODED:
+        _DECODED.clear()
+        began = time.perf_counter()
+        train = decode_split(train_samples, classes, stored, cfg.workers, cfg.max_bad_fraction)
+        val = decode_split(val_samples, classes, stored, cfg.workers, cfg.max_bad_fraction)
+        log.info("decoded %d + %d images into memory in %.1f s", len(train.labels), len(val.labels),
+                 time.perf_counter() - began)  # fmt: skip
+        _DECODED[key] = (train, val)
+    return _DECODED[key]
+
+
 def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int = 0, rank: int = 0,
                world: int = 1) -> Data:  # fmt: skip
     """Sources, loaders and transforms for ``cfg``.
@@ -179,11 +198,7 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         if decoded_gb <= cfg.in_memory_gb:
             # Small folders (the CIFAR-10 JPEGs: 0.18 GB) are decoded once, then batched like the in-memory data sets:
             # the same images in the same order as streaming them, without decoding them again every epoch.
-            began = time.perf_counter()
-            train_split = decode_split(train_samples, classes, stored, cfg.workers, cfg.max_bad_fraction)
-            val_split = decode_split(val.dataset.samples, classes, stored, cfg.workers, cfg.max_bad_fraction)
-            log.info("decoded %d + %d images into memory (%.2f GB) in %.1f s", len(train_split.labels),
-                     len(val_split.labels), decoded_gb, time.perf_counter() - began)  # fmt: skip
+            train_split, val_split = _decoded_folder(train_samples, val.dataset.samples, classes, stored, cfg)
             if cfg.mean_image:
                 mean_image = mean_image_of(train_split)
             train = TensorLoader(

@@ -87,7 +87,8 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str)
     return Path(out)
 
 
-def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: dict[str, Any]) -> Path:
+def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: dict[str, Any],
+                 split: str = "Test set") -> Path:  # fmt: skip
     """``report.md`` with the final figures, per-class accuracy and links to the PNGs beside it."""
     out_dir = Path(out_dir)
     lines = [f"# {title}", "", "| | |", "|---|---|"]
@@ -95,7 +96,7 @@ def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evalu
     e = evaluation
     lines += [
         "",
-        "## Test set",
+        f"## {split}",
         "",
         f"top-1 accuracy **{e['acc1']:.2f}%** (error {e['err1']:.2f}%), top-5 accuracy {e['acc5']:.2f}% "
         f"(error {e['err5']:.2f}%), loss {e['loss']:.4f} on {e['images']} images.",
@@ -103,10 +104,45 @@ def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evalu
         "| class | accuracy (%) |",
         "|---|---:|",
     ]
-    lines += [f"| {c} | {a:.1f} |" for c, a in zip(e["classes"], e["per_class_acc"])]
+    lines += [f"| {display_label(c)} | {a:.1f} |" for c, a in zip(e["classes"], e["per_class_acc"])]
     figures = [("training curves", "curves.png"), ("conv1 filters (the paper's Figure 3)", "conv1_filters.png"),
                ("confusion matrix", "confusion.png")]  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{alt}]({png})\n" for alt, png in figures]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Path:
+    """Write ``run/report.md`` for a training run: its summary, curves, conv1 filters and the validation split's
+    confusion matrix (``evaluation`` of the final weights, as `fit` returns it; evaluated again when None)."""
+    import json
+
+    from ..inference.artifact import load_trained
+    from ..inference.evaluation import evaluate_checkpoint
+
+    run = Path(run)
+    weights = run / "last.pt"
+    trained = load_trained(weights)
+    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    if evaluation is None:  # at the run's precision, so the figures match what training printed
+        precision = cfg.get("train", {}).get("precision", "auto")
+        evaluation = evaluate_checkpoint(weights, precision=precision, progress=False)
+    evaluation = {**evaluation, "classes": trained.classes}
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    plot_curves(run / "metrics.csv", run / "curves.png")
+    save_conv1_filters(trained.model, run / "conv1_filters.png")
+    plot_confusion(evaluation["confusion"], evaluation["classes"], run / "confusion.png")
+    summary = {
+        "recipe": cfg.get("recipe", ""),
+        "model": trained.meta.model.variant
+        + (f" {trained.meta.model.overrides}" if trained.meta.model.overrides else ""),
+        "data set": trained.preprocessing.dataset,
+        "epochs": len(rows),
+        "best validation top-1 (%)": max((float(r["val_acc1"]) for r in rows), default="n/a"),
+        "training images/s (last epoch)": rows[-1]["img_s"] if rows else "n/a",
+        "training time (s)": round(sum(float(r["seconds"]) for r in rows), 1),
+    }
+    title = f"alexnet train: {trained.meta.model.variant} on {trained.preprocessing.dataset}"
+    return write_report(run, title, summary, evaluation, "Validation split, last epoch's weights")

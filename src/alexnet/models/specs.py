@@ -201,6 +201,28 @@ VARIANTS: dict[str, ArchSpec] = {
         note="the paper's Figure 1 network for ReLU vs tanh: 32-32-64 5×5 convs and one fc layer, 32 px",
         source="Krizhevsky et al. 2012 §3.1, Fig. 1; layout of cuda-convnet's layers-80sec.cfg",
     ),
+    # The paper's CIFAR-10 LRN claim (§3.3, "13% → 11% test error"): cuda-convnet's layers-conv-local-11pct.cfg,
+    # whose two cmrnorm layers (size 9, scale 0.001, pow 0.75, α divided by the size) norm="none" removes to give
+    # the 13pct net. Its locally connected local3/local4 (3×3, 64 and 32 filters, unshared weights) are
+    # convolutions here, and its first norm follows pool1 where ours precedes it.
+    "convnet_cifar_local": ArchSpec(
+        convs=(
+            _C(64, 5, 1, 2, lrn=True, pool=True),
+            _C(64, 5, 1, 2, lrn=True, pool=True),
+            _C(64, 3, 1, 1),
+            _C(32, 3, 1, 1),
+        ),
+        fc=(),
+        input_size=32,
+        pool_pad=1,
+        lrn_size=9,
+        lrn_alpha=0.001,
+        lrn_k=1.0,
+        lrn_convention="caffe",
+        dropout=0.0,
+        note="cuda-convnet's CIFAR-10 11% net (LRN) or, with norm='none', its 13% net; local layers as convs",
+        source="cuda-convnet layers-conv-local-11pct.cfg / -13pct.cfg; Krizhevsky et al. 2012 §3.3",
+    ),
 }
 
 # Fields a user may override, with a validator each; other ArchSpec fields are the architecture itself.

@@ -1,0 +1,78 @@
+"""Figures 3 and 4 for any trained model, the per-run report, and fc7 features."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alexnet.cli import main
+from alexnet.experiments.figures import colour_specificity
+from alexnet.training.fit import fit
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def two_tower_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fig") / "run"
+    fit(tiny_config(out, "model.overrides.groups=2", "model.overrides.width=0.5", "train.epochs=2"))
+    return out
+
+
+def test_colour_specificity_by_hand():
+    grey = torch.ones(1, 3, 2, 2)  # R = G = B: luminance only
+    opponent = torch.stack([torch.ones(2, 2), -torch.ones(2, 2), torch.zeros(2, 2)])[None]  # R − G
+    half = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)  # red only: (1 − 1/3)² + 2·(1/3)² over 1 = 2/3
+    spec = colour_specificity(torch.cat([grey, opponent, half.expand(1, 3, 2, 2)]))
+    assert spec.tolist() == pytest.approx([0.0, 1.0, 2 / 3])
+
+
+def test_fig3_measures_each_tower(two_tower_run, capsys):
+    assert main(["paper", "fig3", str(two_tower_run)]) == 0
+    result = json.loads((two_tower_run / "fig3.json").read_text())
+    towers = result["towers"]
+    assert [t["kernels"] for t in towers] == [16, 16]  # width 0.5: 32 conv1 kernels (multiples of 16), half each
+    weights = load_file(two_tower_run / "best.safetensors")["features.0.weight"]  # what a run directory shows
+    by_hand = colour_specificity(weights)
+    assert towers[0]["mean"] == pytest.approx(by_hand[:16].mean().item(), abs=1e-4)
+    assert towers[1]["mean"] == pytest.approx(by_hand[16:].mean().item(), abs=1e-4)
+    assert (two_tower_run / "fig3.png").stat().st_size > 5000
+    assert "tower 2: 16 conv1 kernels" in capsys.readouterr().out
+
+
+def test_fig4_neighbours_and_retrieval_precision(two_tower_run, capsys):
+    assert main(["paper", "fig4", str(two_tower_run), "--dataset", "fake", "--queries", "3"]) == 0
+    result = json.loads((two_tower_run / "fig4.json").read_text())
+    assert len(result["queries"]) == 3 and all(len(q["neighbours"]) == 6 for q in result["queries"])
+    assert all(len(q["top5"]) == 5 for q in result["queries"])
+    # The fake classes are learnable: fc7 neighbours mostly share the query's class, far above chance.
+    assert result["retrieval_precision"] > 3 * result["chance_precision"]
+    assert (two_tower_run / "fig4.png").stat().st_size > 5000
+
+
+def test_every_train_run_writes_a_report_and_report_rebuilds_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "fake", "--epochs", "1", "--limit-train-batches", "3", "-b", "16", "--no-progress",
+            "--precision", "fp32", "--set", "model.overrides.width=0.25", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    assert "## Validation split" in report and "class_9" in report
+    for png in ("curves.png", "conv1_filters.png", "confusion.png"):
+        assert (out / png).stat().st_size > 1000
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text().split("## Figures")[0] == report.split("## Figures")[0]
+
+
+def test_features_command_writes_embeddings_in_file_order(two_tower_run, tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 40), (80 * i, 100, 50)).save(tmp_path / f"{i}.png")
+    weights = str(two_tower_run / "best.safetensors")
+    assert main(["features", "--weights", weights, str(tmp_path), "--out", str(tmp_path / "f.npy")]) == 0
+    feats = np.load(tmp_path / "f.npy")
+    order = (tmp_path / "f.txt").read_text().splitlines()
+    assert feats.shape == (3, 512) and order == [str(tmp_path / f"{i}.png") for i in range(3)]  # fc7 at width 0.5
+    assert (feats >= 0).all()  # after fc7's ReLU
