@@ -11,6 +11,15 @@ from alexnet.config import load_config
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run only where CUDA devices are (each says how many it needs with its own skip)."""
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device here")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _small_threads():
     # Tests run many tiny models; two threads per process keep them from oversubscribing the machine.
@@ -56,6 +65,7 @@ def tiny_config(out: Path, *overrides: str, recipe: str | None = None):
         "train.epochs=2",
         "train.progress=false",
         'train.precision="fp32"',
+        'train.device="cpu"',  # the tests mean the CPU (bitwise resume): a CUDA runner would pick its GPU
         f'train.out="{out}"',
     ]
     return load_config(recipe, base + list(overrides))

@@ -16,7 +16,7 @@ import torch
 from alexnet.training.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
 
 TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnist", "--dataset", "fake",
-         "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25",
+         "--device", "cpu", "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25",
          "--set", "model.overrides.input_size=32", "--set", 'optim.schedule="constant"', "--lr", "0.02"]  # fmt: skip
 
 

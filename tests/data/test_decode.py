@@ -160,7 +160,10 @@ def test_plain_jpegs_take_the_fast_path_with_pillows_pixels(name, monkeypatch):
     data = _jpegs()[name]
     got = decode_image(data).permute(1, 2, 0).numpy()
     assert calls == [1]
-    assert np.array_equal(got, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    # Same libjpeg-turbo, same settings: identical here. Two wheels may bundle different libjpeg builds, whose
+    # integer IDCTs may differ by a level (ITU-T T.83 allows that), so allow 1 and require agreement on average.
+    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert np.abs(got.astype(int) - want).max() <= 1 and np.abs(got.astype(int) - want).mean() < 0.05
 
 
 def test_exif_and_cmyk_jpegs_go_through_pillow(monkeypatch):

@@ -58,8 +58,14 @@ def test_grayscale_model_takes_colour_photos(tmp_path):
     weights = make_weights(tmp_path / "gray.safetensors", in_channels=1, num_classes=10,
                            input_size=28)  # fmt: skip
     predictor = Predictor.from_path(weights)
-    (pred,) = predictor.predict(_images(tmp_path / "imgs")[:1], topk=10)
+    path = _images(tmp_path / "imgs")[0]
+    (pred,) = predictor.predict([path], topk=10)
     assert pred.error is None and len(pred.topk) == 10
+    # A colour photo is read as its luma: the same prediction as the grayscale file PIL makes of it.
+    Image.open(path).convert("L").save(tmp_path / "luma.png")
+    (luma,) = predictor.predict([tmp_path / "luma.png"], topk=10)
+    assert [lbl for lbl, _ in luma.topk] == [lbl for lbl, _ in pred.topk]
+    assert [p for _, p in luma.topk] == pytest.approx([p for _, p in pred.topk], abs=2e-3)
 
 
 def test_cli_predict_json_with_bad_files(tmp_path, weights, capsys):
@@ -93,6 +99,19 @@ def test_ten_crop_prediction(tmp_path, weights):
     centre = predictor.predict(paths)
     assert all(len(p.topk) == 4 for p in ten)
     assert any(a.topk != b.topk for a, b in zip(ten, centre))
+    # By hand: each image's ten crops (4 corners, centre, their mirrors) through the model one by one, softmax
+    # averaged per image; the batched, crop-major path must group them the same way.
+    stored = torch.stack([predictor.stored(p) for p in paths])
+    tf, s, c = predictor.transform, stored.shape[-1], predictor.transform.crop
+    for i, pred in enumerate(ten):
+        crops = [stored[i, :, y : y + c, x : x + c] for y, x in [(0, 0), (0, s - c), (s - c, 0), (s - c, s - c),
+                                                                 ((s - c) // 2, (s - c) // 2)]]  # fmt: skip
+        crops += [crop.flip(-1) for crop in crops]
+        with torch.no_grad():
+            probs = predictor.model(tf._normalize(torch.stack(crops), tf.mean)).softmax(1).mean(0)
+        top = probs.topk(4)
+        assert [lbl for lbl, _ in pred.topk] == [predictor.classes[j] for j in top.indices]
+        assert [p for _, p in pred.topk] == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
 def test_missing_file_is_an_error_line(tmp_path, weights, capsys):

@@ -13,6 +13,17 @@ from alexnet.models.init import BIAS_ONE_CONVS
 MODELS = alexnet.list_models()
 # Counts at 1000 classes, 3 channels, from the paper spec (Caffe bvlc_alexnet, torchvision meta).
 PARAMS = {"alexnet_paper": 60_965_224, "alexnet_owt": 61_100_840}
+# Multiply-accumulates of one image at the default input size, 1000 classes (the README's table).
+MACS = {"alexnet_paper": 724_406_816, "alexnet_owt": 714_188_480, "alexnet_d2l": 1_009_945_728,
+        "alexnet_small": 96_722_944, "convnet_cifar_local": 36_716_544, "convnet_fig1": 13_312_000}  # fmt: skip
+
+
+def test_paper_macs_by_hand():
+    """conv: out × in/groups × k² × out side²; fc: in × out (227 px: 55, 27, 13, 13, 13 and 6×6×256 = 9216)."""
+    convs = [96 * 3 * 121 * 55**2, 256 * 48 * 25 * 27**2, 384 * 256 * 9 * 13**2, 384 * 192 * 9 * 13**2,
+             256 * 192 * 9 * 13**2]  # fmt: skip
+    fcs = [9216 * 4096, 4096 * 4096, 4096 * 1000]
+    assert sum(convs) + sum(fcs) == MACS["alexnet_paper"] == alexnet.model_info("alexnet_paper").macs
 
 
 def _convs_linears(model):
@@ -46,8 +57,7 @@ def test_model_info_counts_parameters_and_macs(name):
     assert info.params == sum(p.numel() for p in model.parameters())
     if name in PARAMS:
         assert info.params == PARAMS[name]
-    # MACs are at least the conv1 MACs and at most params × output positions; a loose but failing-capable check.
-    assert info.params // 2 < info.macs < 5e9
+    assert info.macs == MACS[name]  # the README's table (1000 classes, 3 channels, the default input size)
 
 
 def test_param_counts_named_by_the_issue():

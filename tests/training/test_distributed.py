@@ -16,7 +16,8 @@ from alexnet.inference.evaluation import evaluate_checkpoint
 from alexnet.training.checkpoint import load_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "alexnet.cli",
-            "train", "--recipe", "fashion-mnist", "--dataset", "fake", "--precision", "fp32", "--no-progress",
+            "train", "--recipe", "fashion-mnist", "--dataset", "fake",
+            "--device", "cpu", "--precision", "fp32", "--no-progress",
             "-b", "32", "--set", "model.overrides.width=0.25", "--set", "model.overrides.input_size=32",
             "--set", "data.pad=2", "--set", 'optim.schedule="constant"', "--lr", "0.02"]  # fmt: skip
 

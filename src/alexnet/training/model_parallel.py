@@ -296,12 +296,15 @@ def equivalence(
     from ..models import create_model
 
     rank, world = dist.get_rank(), dist.get_world_size()
+    # NCCL works on GPU tensors: each rank its current device (CUDA-only branch: one line).
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     torch.manual_seed(0)
-    full = create_model(name, num_classes=20, **{"dropout": 0.0, "input_size": 67, **overrides})
+    full = create_model(name, num_classes=20, **{"dropout": 0.0, "input_size": 67, **overrides}).to(device)
     size = full.spec.input_size
     sharded = ShardedAlexNet(full, mode, rank, world)
     x = torch.randn(batch * world, full.in_channels, size, size, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 20, (batch * world,), generator=torch.Generator().manual_seed(2))
+    x, y = x.to(device), y.to(device)
     mine = slice(rank * batch, (rank + 1) * batch) if mode == "hybrid" else slice(None)
     opt_full = torch.optim.SGD(full.parameters(), lr=lr, momentum=0.9)
     opt_shard = torch.optim.SGD(sharded.parameters(), lr=lr, momentum=0.9)
