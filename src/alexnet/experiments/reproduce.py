@@ -82,6 +82,22 @@ class Budget:
     experiments: list[Experiment] = field(default_factory=list)
 
 
+def _ablations(base: Arm, off: Any, half: float, towers_note: str = "") -> list[Experiment]:
+    """§3.2-§4.1's ablations against ``base``; ``off(name, *overrides)`` makes an arm without one feature, and the
+    one-tower arm has ``half`` the base's width (half its kernels)."""
+    return [
+        Experiment("lrn", "§3.3", "response normalisation reduces top-1 error by 1.4% (ImageNet)", "−1.4 points",
+                   1.4, "error", base, off("no_lrn", 'model.overrides.norm="none"')),
+        Experiment("pooling", "§3.4", "overlapping pooling (3/2) reduces top-1 error by 0.4% against 2/2",
+                   "−0.4 points", 0.4, "error", base, off("non_overlapping", 'model.overrides.pool="non_overlapping"')),
+        Experiment("towers", "§3.2", "two towers reduce top-1 error by 1.7% against one tower with half the kernels",
+                   "−1.7 points", 1.7, "error", base,
+                   off("one_tower", "model.overrides.groups=1", f"model.overrides.width={half}"), note=towers_note),
+        Experiment("pca", "§4.1", "PCA colour noise reduces top-1 error by over 1%", "> 1 point", 1.0, "error",
+                   base, off("no_pca", "data.pca_std=0")),
+    ]  # fmt: skip
+
+
 def _small() -> Budget:
     # CIFAR-10 JPEGs (50,000 train, 10,000 test), alexnet_small at half width with the paper's features (LRN, two
     # towers, overlapping pooling, PCA noise, crops, flips, dropout); 8 epochs of 60 batches of 128 (7,680 images
@@ -122,47 +138,7 @@ def _small() -> Budget:
             Arm("none", "cifar10", (*common, 'model.overrides.norm="none"')),
             note="locally connected layers as convolutions; 8 short epochs, not cuda-convnet's schedule",
         ),
-        Experiment(
-            "lrn",
-            "§3.3",
-            "response normalisation reduces top-1 error by 1.4% (ImageNet)",
-            "−1.4 points",
-            1.4,
-            "error",
-            base,
-            off("no_lrn", 'model.overrides.norm="none"'),
-        ),
-        Experiment(
-            "pooling",
-            "§3.4",
-            "overlapping pooling (3/2) reduces top-1 error by 0.4% against 2/2",
-            "−0.4 points",
-            0.4,
-            "error",
-            base,
-            off("non_overlapping", 'model.overrides.pool="non_overlapping"'),
-        ),
-        Experiment(
-            "towers",
-            "§3.2",
-            "two towers reduce top-1 error by 1.7% against one tower with half the kernels",
-            "−1.7 points",
-            1.7,
-            "error",
-            base,
-            off("one_tower", "model.overrides.groups=1", "model.overrides.width=0.25"),
-            note="the one-tower arm halves the fc layers too (width applies to every layer)",
-        ),
-        Experiment(
-            "pca",
-            "§4.1",
-            "PCA colour noise reduces top-1 error by over 1%",
-            "> 1 point",
-            1.0,
-            "error",
-            base,
-            off("no_pca", "data.pca_std=0"),
-        ),
+        *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
         Experiment(
             "crops_flips",
             "§4.1",
@@ -208,46 +184,7 @@ def _full() -> Budget:
         return Arm(name, "paper-imagenet", changes)
 
     experiments = [
-        Experiment(
-            "lrn",
-            "§3.3",
-            "response normalisation reduces top-1 error by 1.4%",
-            "−1.4 points",
-            1.4,
-            "error",
-            base,
-            off("no_lrn", 'model.overrides.norm="none"'),
-        ),
-        Experiment(
-            "pooling",
-            "§3.4",
-            "overlapping pooling reduces top-1 error by 0.4%",
-            "−0.4 points",
-            0.4,
-            "error",
-            base,
-            off("non_overlapping", 'model.overrides.pool="non_overlapping"'),
-        ),
-        Experiment(
-            "towers",
-            "§3.2",
-            "two towers reduce top-1 error by 1.7% against one tower of half the kernels",
-            "−1.7 points",
-            1.7,
-            "error",
-            base,
-            off("one_tower", "model.overrides.groups=1", "model.overrides.width=0.5"),
-        ),
-        Experiment(
-            "pca",
-            "§4.1",
-            "PCA colour noise reduces top-1 error by over 1%",
-            "> 1 point",
-            1.0,
-            "error",
-            base,
-            off("no_pca", "data.pca_std=0"),
-        ),
+        *_ablations(base, off, 0.5),
         Experiment(
             "dropout",
             "§4.2",
