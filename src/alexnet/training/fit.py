@@ -100,26 +100,13 @@ def fit(cfg: Config) -> RunResult:
     seed_everything(cfg.train.seed + dist_info.rank)  # each process its own dropout masks
     if not dist_info.is_main:
         logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
-    out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
-    if dist_info.enabled:  # every process must agree on the directory a timestamped default would name
-        shared = [str(out)]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        out = Path(shared[0])
-    if dist_info.is_main:
-        check_writable(out)  # before the data loads and anything trains
+    out = _run_dir(cfg, dist_info)
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
     data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard())
     if strategy.sharded:  # every rank evaluates the whole validation set (the model spans the ranks)
         data.val.rank, data.val.world = 0, 1
-    with torch.random.fork_rng(devices=[]) if strategy.sharded else contextlib.nullcontext():
-        if strategy.sharded:
-            torch.manual_seed(cfg.train.seed)  # one whole model, the same on every rank, to take the shards of
-        model = create_model(
-            cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
-        )
-    model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format)
-    model, plain = strategy.wrap(model, cfg.train.sync_bn)  # DDP, a shard, or the model; plain for state dicts
+    model, plain = _build_model(cfg, data, device, strategy)  # DDP, a shard, or the model; plain for state dicts
     optim_cfg = strategy.scaled_lr(cfg.optim, cfg.data.batch_size * cfg.train.accumulate)
     optimizer = build_optimizer(plain, optim_cfg)
     steps = (
@@ -226,18 +213,7 @@ def fit(cfg: Config) -> RunResult:
             strategy.check_finite(plain, f"in epoch {epoch + 1}", str(out / "last.pt"))
             val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop)
             schedule.end_epoch(val["err1"])
-            row = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": round(train["loss"], 5),
-                "train_acc1": round(train["acc1"], 3),
-                "val_loss": round(val["loss"], 5),
-                "val_acc1": round(val["acc1"], 3),
-                "val_acc5": round(val["acc5"], 3),
-                "img_s": round(train["img_s"], 1),
-                "seconds": round(time.perf_counter() - began, 2),
-                "elapsed": round(time.perf_counter() - started, 2),  # since fit() began, data loading included
-            }
+            row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train, val, began, started)
             result.history.append(row)
             result.final = val
             # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
@@ -245,12 +221,7 @@ def fit(cfg: Config) -> RunResult:
             if improved:
                 result.best_acc1 = val["acc1"]
             if dist_info.is_main:
-                log.info(
-                    "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
-                    "%.0f img/s  data %.1fs compute %.1fs",
-                    epoch + 1, cfg.train.epochs, row["lr"], train["loss"], train["acc1"], val["loss"],
-                    val["acc1"], val["acc5"], train["img_s"], train["data_s"], train["compute_s"],
-                )  # fmt: skip
+                _log_epoch(row, cfg.train.epochs, train)
                 _write_metrics(out / "metrics.csv", result.history)
             # In every process (it gathers the model, optimizer and RNG states); rank 0 writes.
             model_state = checkpoint(epoch + 1, 0, *(out / n for n in ("last.pt", "best.pt")[: 1 + improved]))
@@ -266,6 +237,50 @@ def fit(cfg: Config) -> RunResult:
     distributed.barrier(dist_info)
     distributed.cleanup(dist_info)
     return result
+
+
+def _run_dir(cfg: Config, dist_info: distributed.DistInfo) -> Path:
+    """The run directory every process agrees on (a timestamped default is rank 0's), checked writable."""
+    out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
+    if dist_info.enabled:
+        shared = [str(out)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        out = Path(shared[0])
+    if dist_info.is_main:
+        check_writable(out)  # before the data loads and anything trains
+    return out
+
+
+def _build_model(cfg: Config, data: Data, device: torch.device, strategy: Strategy) -> tuple[nn.Module, nn.Module]:
+    """(what trains, the bare module): the variant for ``data``, on ``device``, wrapped as ``strategy`` says."""
+    with torch.random.fork_rng(devices=[]) if strategy.sharded else contextlib.nullcontext():
+        if strategy.sharded:
+            torch.manual_seed(cfg.train.seed)  # one whole model, the same on every rank, to take the shards of
+        model = create_model(
+            cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
+        )
+    model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format)
+    return strategy.wrap(model, cfg.train.sync_bn)
+
+
+def _epoch_row(epoch: int, lr: float, train: dict[str, float], val: dict[str, Any], began: float,
+               started: float) -> dict[str, float]:  # fmt: skip
+    """One ``metrics.csv`` row (``elapsed``: seconds since fit() began, data loading included)."""
+    now = time.perf_counter()
+    return {
+        "epoch": epoch + 1, "lr": lr, "train_loss": round(train["loss"], 5), "train_acc1": round(train["acc1"], 3),
+        "val_loss": round(val["loss"], 5), "val_acc1": round(val["acc1"], 3), "val_acc5": round(val["acc5"], 3),
+        "img_s": round(train["img_s"], 1), "seconds": round(now - began, 2), "elapsed": round(now - started, 2),
+    }  # fmt: skip
+
+
+def _log_epoch(row: dict[str, float], epochs: int, train: dict[str, float]) -> None:
+    log.info(
+        "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
+        "%.0f img/s  data %.1fs compute %.1fs",
+        row["epoch"], epochs, row["lr"], train["loss"], train["acc1"], row["val_loss"], row["val_acc1"],
+        row["val_acc5"], train["img_s"], train["data_s"], train["compute_s"],
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
