@@ -197,6 +197,7 @@ SYNC_BN = textwrap.dedent("""
                           whole.state_dict().values()) if "running" in n)}
     if rank == 0:
         print("RESULT " + json.dumps(out))
+    dist.barrier()  # both ranks done before either tears gloo down (an early exit can abort the other)
     dist.destroy_process_group()
 """)
 

@@ -24,6 +24,7 @@ EQUIVALENCE = textwrap.dedent("""
     out = {f"{m} {n} {o}": equivalence(m, n, batch=4, steps=3, width=0.25, **o) for m, n, o in cases}
     if dist.get_rank() == 0:
         print("RESULT " + json.dumps(out))
+    dist.barrier()  # both ranks done before either tears gloo down (an early exit can abort the other)
     dist.destroy_process_group()
 """)
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -140,6 +140,15 @@ def build_eval_loader(cfg: DataConfig, stored: int, device: torch.device, rank: 
     return loader, classes
 
 
+def _per_channel(values: list[float], channels: int, name: str) -> list[float]:
+    """One value per input channel: a single value applies to every channel (d2l's ``mean = [0.0]``)."""
+    if len(values) == 1:
+        return list(values) * channels
+    if len(values) != channels:
+        raise AlexNetError(f"data.{name} has {len(values)} values for {channels}-channel images; give 1 or {channels}")
+    return list(values)
+
+
 # The last folder decoded into memory, for the next run in this process (`alexnet reproduce` trains dozens of runs
 # on one folder): keyed by its files and size, one entry, so at most one folder's images are kept.
 _DECODED: dict[tuple, tuple[TensorSplit, TensorSplit]] = {}
@@ -216,7 +225,7 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
                 FolderDataset(train_samples, stored), cfg.batch_size, True, seed, cfg.workers, device,
                 cfg.max_bad_fraction, drop_last=True, rank=rank, world=world,
             )  # fmt: skip
-    mean, std = cfg.mean or mean, cfg.std or std
+    mean, std = _per_channel(cfg.mean or mean, in_channels, "mean"), _per_channel(cfg.std or std, in_channels, "std")
     crop = cfg.crop or min(input_size, stored)
     shape = (len(mean), 1, 1)
     tf: dict[str, Any] = dict(
