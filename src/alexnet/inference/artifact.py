@@ -252,21 +252,22 @@ class TrainedModel:
         return self.meta.preprocessing
 
 
+def _first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+
+
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     """Raise `NonFiniteWeightsError` naming the first tensor with a NaN or infinity."""
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise NonFiniteWeightsError(
-                f"{source} has non-finite weights ({key} holds NaN or inf): training diverged before it was saved"
-            )
+    key = _first_non_finite(state)
+    if key is not None:
+        raise NonFiniteWeightsError(
+            f"{source} has non-finite weights ({key} holds NaN or inf): training diverged before it was saved"
+        )
 
 
 def first_non_finite(module: nn.Module) -> str | None:
     """The name of the first parameter or buffer of ``module`` holding a NaN or infinity, else None."""
-    for key, value in module.state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return key
-    return None
+    return _first_non_finite(module.state_dict())
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
