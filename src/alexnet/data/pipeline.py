@@ -169,7 +169,7 @@ def _decoded_folder(train_samples: list, val_samples: list, classes: list[str], 
 
 
 def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int = 0, rank: int = 0,
-               world: int = 1) -> Data:  # fmt: skip
+               world: int = 1, shard_val: bool = True) -> Data:  # fmt: skip
     """Sources, loaders and transforms for ``cfg``.
 
     Args:
@@ -179,10 +179,13 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         seed: the run's seed; shuffling and augmentation derive from it and the epoch.
         rank: this process's rank under torchrun.
         world: the number of processes.
+        shard_val: split the validation set across processes (False: every process evaluates all of it, as a
+            model spread over the processes needs).
 
     Raises:
         DataNotFoundError: the data set is missing; the message says how to get it.
     """
+    val_rank, val_world = (rank, world) if shard_val else (0, 1)
     if cfg.dataset not in DATASETS:
         raise ValueError(f"unknown data set {cfg.dataset!r}; choose one of {list(DATASETS)}")
     mean_image = None
@@ -195,12 +198,12 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         if cfg.mean_image:
             mean_image = mean_image_of(train_split)
         train = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True, rank=rank, world=world)
-        val, classes = build_eval_loader(cfg, stored, device, rank, world)
+        val, classes = build_eval_loader(cfg, stored, device, val_rank, val_world)
     else:
         in_channels = 3
         stored = cfg.resize or (256 if input_size >= 128 else input_size)
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-        val, classes = build_eval_loader(cfg, stored, device, rank, world)  # first: it prepares ImageNet's val
+        val, classes = build_eval_loader(cfg, stored, device, val_rank, val_world)  # first: prepares ImageNet's val
         train_samples, _ = scan_folder(find_splits(data_root(cfg.data_dir))[0])
         assert isinstance(val, FolderLoader)  # build_eval_loader's folder branch
         decoded_gb = (len(train_samples) + len(val.dataset)) * 3 * stored**2 / 1e9
@@ -213,7 +216,7 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
             train = TensorLoader(
                 train_split, cfg.batch_size, True, seed, device, drop_last=True, rank=rank, world=world
             )
-            val = TensorLoader(val_split, cfg.eval_batch_size, False, 0, device, rank=rank, world=world)
+            val = TensorLoader(val_split, cfg.eval_batch_size, False, 0, device, rank=val_rank, world=val_world)
         else:
             if cfg.mean_image:
                 raise AlexNetError(

@@ -273,6 +273,15 @@ def first_non_finite(module: nn.Module) -> str | None:
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
     """Strictly load ``state``, turning shape or key mismatches into one clear error. With ``assign`` the
     module takes the given tensors (a model built on the meta device), made contiguous float32 where floating."""
+    check_fits(model, state, source)
+    if assign:
+        state = {k: v.float().contiguous() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, assign=assign)
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise `IncompatibleCheckpointError` unless ``state`` has exactly ``model``'s keys and shapes (a model on the
+    meta device will do: nothing is read or copied)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -280,9 +289,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, as
     if missing or unexpected or wrong:
         detail = wrong[:3] or missing[:3] or unexpected[:3]
         raise IncompatibleCheckpointError(f"{source} does not fit this model (mismatched: {detail})")
-    if assign:
-        state = {k: v.float().contiguous() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, assign=assign)
 
 
 def load_trained(path: Path | str) -> TrainedModel:

@@ -103,9 +103,8 @@ def fit(cfg: Config) -> RunResult:
     out = _run_dir(cfg, dist_info)
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
-    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard())
-    if strategy.sharded:  # every rank evaluates the whole validation set (the model spans the ranks)
-        data.val.rank, data.val.world = 0, 1
+    # Towers and hybrid: every rank evaluates the whole validation set (the model spans the ranks).
+    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard(), not strategy.sharded)
     model, plain = _build_model(cfg, data, device, strategy)  # DDP, a shard, or the model; plain for state dicts
     optim_cfg = strategy.scaled_lr(cfg.optim, cfg.data.batch_size * cfg.train.accumulate)
     optimizer = build_optimizer(plain, optim_cfg)

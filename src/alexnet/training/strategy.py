@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import OptimConfig
 from ..errors import ConfigError, NonFiniteWeightsError
-from ..inference.artifact import first_non_finite, load_state
+from ..inference.artifact import check_fits, first_non_finite, load_state
 from ..models import model_from_config
 from .distributed import DistInfo, convert_sync_batchnorm
 from .model_parallel import ShardedAlexNet
@@ -76,8 +76,9 @@ class Strategy:
 
     def load_model_state(self, plain: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
         if isinstance(plain, ShardedAlexNet):
-            whole = model_from_config(plain.config)  # validates the state's shapes against the whole network
-            load_state(whole, state, source)
+            with torch.device("meta"):  # the whole network's shapes, to check the state against; no memory
+                whole = model_from_config(plain.config)
+            check_fits(whole, state, source)
             plain.load_full_state_dict(state)
         else:
             load_state(plain, state, source)
