@@ -9,6 +9,7 @@ import torchvision
 import alexnet
 from alexnet.models import OVERRIDABLE, get_spec
 from alexnet.models.init import BIAS_ONE_CONVS
+from alexnet.models.layers import LocalResponseNorm
 
 MODELS = alexnet.list_models()
 # Counts at 1000 classes, 3 channels, from the paper spec (Caffe bvlc_alexnet, torchvision meta).
@@ -140,6 +141,7 @@ GOOD_OVERRIDES = [
     {"groups": 1},
     {"groups": 2},
     {"dropout_position": "before"},
+    {"lrn_across_towers": True, "lrn_convention": "caffe"},
 ]
 
 
@@ -173,6 +175,10 @@ def test_override_effects():
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 5
     pools = alexnet.create_model("alexnet_paper", pool="non_overlapping")
     assert {m.kernel_size for m in pools.modules() if isinstance(m, torch.nn.MaxPool2d)} == {2}
+    lrns = [m for m in alexnet.create_model("alexnet_paper").modules() if isinstance(m, LocalResponseNorm)]
+    caffe = [m for m in alexnet.create_model("alexnet_paper", lrn_across_towers=True).modules()
+             if isinstance(m, LocalResponseNorm)]  # fmt: skip
+    assert [m.groups for m in lrns] == [2, 2] and [m.groups for m in caffe] == [1, 1]
 
 
 BAD_OVERRIDES = [
@@ -189,6 +195,7 @@ BAD_OVERRIDES = [
     ({"groups": True}, "groups=True"),
     ({"lrn_size": 4}, "must be odd"),
     ({"input_size": 16}, "too small"),
+    ({"lrn_across_towers": 1}, "choose one of"),
 ]
 
 

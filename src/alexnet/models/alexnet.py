@@ -46,17 +46,12 @@ class AlexNet(nn.Module):
                 layers.append(nn.BatchNorm2d(out))
             layers.append(_activation(spec.activation))
             if conv.lrn and spec.norm == "lrn":
-                # Per tower where the conv stack is split (groups=2); across all channels with one tower.
-                layers.append(
-                    LocalResponseNorm(
-                        spec.lrn_size,
-                        spec.lrn_alpha,
-                        spec.lrn_beta,
-                        spec.lrn_k,
-                        spec.lrn_convention,
-                        spec.groups,
-                    )
+                # Per tower where the conv stack is split (groups=2), unless the spec says across them (Caffe).
+                lrn_groups = 1 if spec.lrn_across_towers else spec.groups
+                norm = LocalResponseNorm(
+                    spec.lrn_size, spec.lrn_alpha, spec.lrn_beta, spec.lrn_k, spec.lrn_convention, lrn_groups
                 )
+                layers.append(norm)
             if conv.pool:
                 layers.append(nn.MaxPool2d(k_pool, s_pool, spec.pool_pad))
             prev = out

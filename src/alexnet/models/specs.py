@@ -61,6 +61,8 @@ class ArchSpec:
         lrn_k: LRN additive constant k.
         lrn_convention: ``paper`` sums α·Σa² (α not divided by n, as printed in §3.3); ``caffe`` uses α/n,
             as Caffe, cuda-convnet and ``torch.nn.LocalResponseNorm`` do.
+        lrn_across_towers: LRN windows span both towers' channels (Caffe's bvlc_alexnet, whose LRN layer sees all
+            96 / 256 maps) instead of staying within one tower (the paper's two GPUs, cuda-convnet).
         activation: ``relu`` or ``tanh`` (the paper's Figure 1 comparison).
         pool: key of ``POOLS``.
         pool_pad: max-pool padding (px); the small model pads so 28 and 32 px inputs both end at 4×4.
@@ -83,6 +85,7 @@ class ArchSpec:
     lrn_beta: float = 0.75
     lrn_k: float = 2.0
     lrn_convention: str = "paper"
+    lrn_across_towers: bool = False
     activation: str = "relu"
     pool: str = "overlapping"
     pool_pad: int = 0
@@ -233,6 +236,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "pool": tuple(POOLS),
     "init": INITS,
     "dropout_position": DROPOUT_POSITIONS,
+    "lrn_across_towers": (False, True),
 }
 _NUMBERS: dict[str, tuple[type, float, float]] = {  # field: (type, lowest, highest), inclusive
     "width": (float, 1e-3, 64.0),
@@ -255,7 +259,7 @@ def apply_overrides(name: str, spec: ArchSpec, overrides: dict[str, Any]) -> Arc
     """
     for key, value in overrides.items():
         if key in _CHOICES:
-            if value not in _CHOICES[key]:
+            if value not in _CHOICES[key] or type(value) not in {type(c) for c in _CHOICES[key]}:  # 1 is not True
                 raise ValueError(f"{key}={value!r} is not valid; choose one of {list(_CHOICES[key])}")
         elif key in _NUMBERS:
             kind, low, high = _NUMBERS[key]
