@@ -292,7 +292,8 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 
 def load_trained(path: Path | str) -> TrainedModel:
-    """Rebuild a trained model from release weights (``.safetensors``) or a training checkpoint (``.pt``).
+    """Rebuild a trained model from release weights (``.safetensors``), a training checkpoint (``.pt``) or published
+    weights (a registry name such as ``alexnet_owt.IMAGENET1K_V1``, or its file: see `alexnet.inference.weights`).
 
     The metadata is validated before the network is built, and the weights must be finite.
 
@@ -302,6 +303,10 @@ def load_trained(path: Path | str) -> TrainedModel:
     """
     path = Path(path)
     source = str(path)
+    if path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
+        from .weights import resolve  # published weights: a registry name, torchvision's or Caffe's files
+
+        return resolve(path)
     if path.suffix == ".safetensors":
         meta, config = ModelMeta.from_dict(read_weights_meta(path), source), None  # before any tensor is read
         tensors, _ = load_weights(path)

@@ -29,21 +29,30 @@ def get_spec(name: str, **overrides: Any) -> ArchSpec:
     return apply_overrides(name, VARIANTS[name], overrides)
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, **overrides: Any) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int | None = None, in_channels: int = 3, weights: str | None = None, **overrides: Any
+) -> nn.Module:
     """Build a variant on the current default device (the caller moves it).
 
     Args:
         name: one of `list_models()`.
-        num_classes: size of the last layer.
+        num_classes: size of the last layer (default 1000, or the weights' class count).
         in_channels: image channels.
+        weights: published weights of this variant to load: a tag (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or a full
+            name from ``alexnet weights``, downloaded and verified on first use (see `alexnet.inference.weights`).
+            The model comes in eval mode, with the weights' classes and preprocessing as ``.meta``.
         **overrides: spec fields to change; see ``alexnet.models.specs.OVERRIDABLE``.
 
     Returns:
         An `AlexNet` whose ``.config`` records how to rebuild it.
 
     Raises:
-        ValueError: for an unknown name, bad override or bad class/channel count.
+        ValueError: for an unknown name, bad override or bad class/channel count; WeightsError: unknown weights,
+            or the download or hash check failed.
     """
+    if weights is not None:
+        return _pretrained(name, weights, num_classes, in_channels, overrides)
+    num_classes = 1000 if num_classes is None else num_classes
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
@@ -55,6 +64,20 @@ def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, **
         "overrides": dict(overrides),
     }
     return model
+
+
+def _pretrained(name: str, weights: str, num_classes: int | None, in_channels: int, overrides: dict) -> nn.Module:
+    from ..inference.weights import get_weights, load_pretrained
+
+    entry = get_weights(weights, variant=name)
+    if entry.variant != name:
+        raise ValueError(f"the weights {entry.name} are for {entry.variant}, not {name}")
+    if overrides or in_channels != 3 or num_classes not in (None, entry.num_classes):
+        raise ValueError(f"{entry.name} has {entry.num_classes} classes, 3 input channels and its own spec: to change "
+                         "them, fine-tune (alexnet train --weights)")  # fmt: skip
+    trained = load_pretrained(entry)
+    trained.model.meta = trained.meta  # classes and preprocessing, like torchvision's weights.meta / .transforms()
+    return trained.model
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:

@@ -1,0 +1,294 @@
+"""Published weights, the torchvision way: a registry of entries that each carry their URL, hash, size, licence,
+the preprocessing and categories they need and the metrics their publisher reports.
+
+Files download into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``, as torchvision's do), are checked against
+the published hash before use and are never resumed: a partial or wrong file is deleted and reported with the hash
+it should have had. Offline, the error says where to put the file by hand. Caffe's model is converted on first
+use into a safetensors file beside it, which then loads like any weights of ours.
+
+A local path works wherever a registry name does (`resolve`): our ``.safetensors`` and ``.pt`` files, a
+``.caffemodel``, or a registry entry's own file (matched by its file name, and hash-checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AlexNetError, CorruptCheckpointError
+from .artifact import FORMAT_VERSION, ModelMeta, TrainedModel, check_finite, load_state, load_trained
+
+log = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class WeightsError(AlexNetError):
+    """Weights could not be found, downloaded or verified; the message says what was expected and where."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One published set of weights.
+
+    Attributes:
+        name: ``variant.TAG``, e.g. ``alexnet_owt.IMAGENET1K_V1`` (what ``--weights`` takes).
+        url: where the publisher serves the file (``file://`` works too).
+        file_name: its name in the cache.
+        digest: ``sha256:HEX`` or ``sha1:HEX`` as published; torchvision publishes only the first 8 hex digits of
+            the SHA-256 (in the file name), which is all that can be checked for its files.
+        size_mb: the file's size as published (MiB), for display.
+        file_format: ``state_dict`` (a torch.save'd dict of tensors), ``safetensors`` (ours) or ``caffemodel``.
+        overrides: spec overrides the network needs (Caffe's LRN).
+        preprocessing: `alexnet.inference.artifact.Preprocessing` fields, as the publisher evaluated.
+        categories: returns the class names (read when needed: ImageNet's 1,000 come from torchvision).
+        metrics: the publisher's reported metrics; ``metrics_source`` says where they are reported.
+        licence: the terms the weights come under.
+    """
+
+    name: str
+    url: str
+    file_name: str
+    digest: str
+    size_mb: float
+    file_format: str
+    preprocessing: dict[str, Any]
+    categories: Callable[[], list[str]]
+    metrics: dict[str, float] = field(default_factory=dict)
+    metrics_source: str = ""
+    licence: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 1000
+
+    @property
+    def variant(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    def cache_path(self) -> Path:
+        return cache_dir() / self.file_name
+
+    def meta(self) -> ModelMeta:
+        """The artifact metadata of these weights (validated like any saved model's)."""
+        return ModelMeta.from_dict(
+            {
+                "format_version": FORMAT_VERSION,
+                "model": {"variant": self.variant, "num_classes": self.num_classes, "in_channels": 3,
+                          "overrides": dict(self.overrides)},
+                "classes": self.categories(),
+                "data": {**self.preprocessing, "dataset": "imagenet"},
+                "metrics": {**self.metrics, "source": self.metrics_source},
+                "provenance": {"weights": self.name, "url": self.url, "digest": self.digest, "licence": self.licence},
+            },
+            self.name,
+        )  # fmt: skip
+
+
+def _imagenet() -> list[str]:
+    from .caffe import imagenet_categories
+
+    return imagenet_categories()
+
+
+_REGISTRY: dict[str, Weights] = {}
+
+
+def register(weights: Weights) -> Weights:
+    """Add ``weights`` to the registry (replacing an entry of the same name) and return it."""
+    if "." not in weights.name:
+        raise ValueError(f"weights name {weights.name!r} must be 'variant.TAG'")
+    algo = weights.digest.split(":", 1)[0]
+    if algo not in ("sha256", "sha1") or len(weights.digest.split(":", 1)[-1]) < 8:
+        raise ValueError(f"digest {weights.digest!r} must be 'sha256:HEX' or 'sha1:HEX' (at least 8 hex digits)")
+    _REGISTRY[weights.name] = weights
+    return weights
+
+
+register(Weights(
+    name="alexnet_owt.IMAGENET1K_V1",
+    url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    file_name="alexnet-owt-7be5be79.pth",
+    digest="sha256:7be5be79",
+    size_mb=233.087,
+    file_format="state_dict",
+    preprocessing={"stored_size": 256, "crop": 224, "input_size": 224, "mean": list(IMAGENET_MEAN),
+                   "std": list(IMAGENET_STD)},
+    categories=_imagenet,
+    metrics={"acc1": 56.522, "acc5": 79.066},
+    metrics_source="torchvision AlexNet_Weights.IMAGENET1K_V1 (ImageNet-1K val, resize 256, centre crop 224)",
+    licence="BSD-3-Clause (torchvision); ImageNet's terms of access apply to the data it was trained on",
+))  # fmt: skip
+register(Weights(
+    name="alexnet_paper.BVLC_IMAGENET1K",
+    url="http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
+    file_name="bvlc_alexnet.caffemodel",
+    digest="sha1:9116a64c0fbe4459d18f4bb6b56d647b63920377",
+    size_mb=233.0,
+    file_format="caffemodel",
+    # Converted: RGB in (conv1 reversed), [0, 255] minus BVLC's per-channel means (B 104, G 117, R 123).
+    preprocessing={"stored_size": 256, "crop": 227, "input_size": 227, "mean": [123 / 255, 117 / 255, 104 / 255],
+                   "std": None, "pixel_scale": 255.0},
+    categories=_imagenet,
+    metrics={"acc1": 57.1, "acc5": 80.2},
+    metrics_source="BVLC model zoo, models/bvlc_alexnet/readme.md (ILSVRC-2012 val, centre crop only)",
+    licence="non-commercial use only (BVLC: ImageNet's terms of access)",
+    overrides={"lrn_k": 1.0, "lrn_convention": "caffe", "lrn_across_towers": True},
+))  # fmt: skip
+
+
+def list_weights() -> list[Weights]:
+    """Every registered entry, by name."""
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def get_weights(name: str, variant: str | None = None) -> Weights:
+    """The entry called ``name``: ``variant.TAG``, or a ``TAG`` (or ``DEFAULT``: its first entry) of ``variant``.
+
+    Raises:
+        WeightsError: no such entry, naming the registered ones.
+    """
+    if variant is not None and "." not in name:
+        own = [w for w in list_weights() if w.variant == variant]
+        if name == "DEFAULT" and own:
+            return own[0]
+        name = f"{variant}.{name}"
+    if name not in _REGISTRY:
+        raise WeightsError(f"no weights called {name!r}; registered: {sorted(_REGISTRY)} (or give a file path)")
+    return _REGISTRY[name]
+
+
+def cache_dir() -> Path:
+    """torch.hub's checkpoint cache: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def is_cached(weights: Weights) -> bool:
+    return weights.cache_path().is_file()
+
+
+def _digest_of(path: Path, algo: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algo).hexdigest()
+
+
+def verify(path: Path, weights: Weights) -> None:
+    """Raise `WeightsError` unless ``path`` has the published hash (a prefix, where that is all that's published)."""
+    algo, expected = weights.digest.split(":", 1)
+    actual = _digest_of(path, algo)
+    if not actual.startswith(expected.lower()):
+        raise WeightsError(
+            f"{path} is not {weights.name}: its {algo.upper()} is {actual[:16]}…, expected {expected}; "
+            "delete it and download again (or put the publisher's file there by hand)"
+        )
+
+
+def download(weights: Weights, progress: bool = True) -> Path:
+    """The verified file of ``weights`` in the cache, downloading it first if it is not there.
+
+    Raises:
+        WeightsError: the download failed (offline: where to put the file by hand) or the file's hash is wrong.
+    """
+    path = weights.cache_path()
+    if path.is_file():
+        verify(path, weights)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.download")
+    log.info("downloading %s from %s to %s", weights.name, weights.url, path)
+    try:
+        torch.hub.download_url_to_file(weights.url, str(partial), progress=progress)
+        verify(partial, weights)
+        os.replace(partial, path)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise WeightsError(
+            f"cannot download {weights.name} from {weights.url} ({reason}); offline, fetch that URL elsewhere and "
+            f"put the file at {path} ({weights.digest})"
+        ) from None
+    except WeightsError as err:
+        raise WeightsError(f"the download of {weights.url} was refused: {err}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _load_state_dict_file(path: Path, weights: Weights) -> TrainedModel:
+    """A torch.save'd state dict (torchvision's release files), read without running any pickled code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a truncated zip, a pickle with code: both refused, named
+        raise CorruptCheckpointError(f"{path} is not a loadable state dict: {str(err).splitlines()[0]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptCheckpointError(f"{path}: not a dict of tensors")
+    meta = weights.meta()
+    check_finite(state, str(path))
+    with torch.device("meta"):
+        model = meta.model.build()
+    load_state(model, state, str(path), assign=True)
+    return TrainedModel(model.eval(), meta, None, str(path))
+
+
+def _load_file(path: Path, weights: Weights) -> TrainedModel:
+    if weights.file_format == "state_dict":
+        return _load_state_dict_file(path, weights)
+    if weights.file_format == "caffemodel":
+        converted = path.with_suffix(".safetensors")
+        if not converted.is_file():
+            from ..training.checkpoint import save_weights
+            from .caffe import convert_caffe
+
+            log.info("converting %s into %s (once)", path, converted)
+            trained = convert_caffe(path, provenance={"weights": weights.name, "digest": weights.digest})
+            meta = replace(trained.meta, metrics=weights.meta().metrics)
+            save_weights(trained.model, converted, meta.to_dict())
+        return load_trained(converted)
+    return load_trained(path)
+
+
+def load_pretrained(weights: Weights | str, progress: bool = True) -> TrainedModel:
+    """A registry entry's weights as a `TrainedModel`, downloaded, verified and converted as needed."""
+    entry = get_weights(weights) if isinstance(weights, str) else weights
+    return _load_file(download(entry, progress), entry)
+
+
+def resolve(name_or_path: str | Path, progress: bool = True) -> TrainedModel:
+    """What ``--weights`` and ``--checkpoint`` take: a registry name, or a file.
+
+    Files: our ``.safetensors`` / ``.pt``, a ``.caffemodel`` (converted in memory), or a registry entry's own file
+    kept anywhere (recognised by its name, then hash-checked).
+    """
+    text = str(name_or_path)
+    path = Path(text)
+    if not path.exists() and text in _REGISTRY:
+        return load_pretrained(text, progress)
+    own = [w for w in _REGISTRY.values() if w.file_name == path.name]
+    if path.is_file() and own and path.suffix in (".pth", ".caffemodel"):
+        verify(path, own[0])
+        return _load_file(path, own[0]) if own[0].file_format != "caffemodel" else _converted(path)
+    if path.suffix == ".caffemodel":
+        return _converted(path)
+    if path.suffix == ".pth" and path.is_file():
+        raise WeightsError(
+            f"{path} is a bare state dict with no metadata: pass a registry name ({sorted(_REGISTRY)}) or "
+            "our .safetensors / .pt files"
+        )
+    if not path.exists() and path.suffix not in (".pt", ".safetensors"):
+        raise WeightsError(f"{text!r} is neither a file nor registered weights; registered: {sorted(_REGISTRY)}")
+    return load_trained(path)
+
+
+def _converted(path: Path) -> TrainedModel:
+    from .caffe import convert_caffe
+
+    return convert_caffe(path)
