@@ -14,6 +14,8 @@ from typing import NoReturn
 from .config import PARALLEL_MODES, PRECISIONS
 from .errors import AlexNetError
 
+MODEL_HELP = "published weights (see alexnet weights), .safetensors weights or a .pt checkpoint"
+
 
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a batch of 0 divides by zero; a negative top-k means nothing)."""
@@ -75,6 +77,13 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", dest="train__seed", type=int)
     p.add_argument("--resume", dest="train__resume", help="checkpoint path, or 'auto' for OUT/last.pt")
     p.add_argument(
+        "--weights", dest="model__weights", metavar="NAME|PATH",
+        help="start from these weights (alexnet weights lists them): their network and preprocessing; the last "
+        "layer is replaced when the classes differ",
+    )  # fmt: skip
+    p.add_argument("--freeze", dest="model__freeze", metavar="features|N",
+                   help="train only what follows: every conv layer, or the first N weight layers")  # fmt: skip
+    p.add_argument(
         "--allow-changes", dest="train__allow_changes", action="store_const", const=True,
         help="resume although batch size, learning rate, optimizer, schedule or seed differ from the checkpoint's",
     )  # fmt: skip
@@ -133,7 +142,7 @@ def run_report_command(args: argparse.Namespace) -> int:
 
 
 def _eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or .safetensors weights")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, help=MODEL_HELP)
     p.add_argument("--dataset", help="default: the one the model was trained on")
     p.add_argument("--data-dir")
     p.add_argument("--ten-crop", action="store_true", help="average softmax over 4 corners + centre and mirrors")
@@ -156,7 +165,8 @@ def run_eval(args: argparse.Namespace) -> int:
         precision=args.precision, batch_size=args.batch_size, limit_batches=args.limit_val_batches,
         progress=not args.json,
     )  # fmt: skip
-    out_dir = Path(args.out_dir or Path(args.checkpoint).parent)
+    beside = Path(args.checkpoint).parent if Path(args.checkpoint).exists() else Path("runs", "eval", args.checkpoint)
+    out_dir = Path(args.out_dir or beside)
     per_class = dict(zip(result["classes"], (round(a, 3) for a in result["per_class_acc"])))
     summary = {k: round(result[k], 4) for k in ("loss", "acc1", "acc5", "err1", "err5")}
     summary.update(images=result["images"], ten_crop=args.ten_crop)
@@ -201,7 +211,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB", help="images, directories (recursive), globs")
-    p.add_argument("--checkpoint", required=True, help=".safetensors weights, a .pt checkpoint, or an exported .onnx")
+    p.add_argument(
+        "--checkpoint", "--weights", dest="checkpoint", required=True,
+        help="published weights (see alexnet weights), .safetensors weights, a .pt checkpoint, or an exported .onnx",
+    )  # fmt: skip
     p.add_argument("--topk", type=_positive_int, default=5)
     p.add_argument("-b", "--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-file-mb", type=float, default=64.0, help="refuse image files larger than this (MB)")
@@ -231,7 +244,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help=".safetensors weights or a .pt checkpoint")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, help=MODEL_HELP)
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program"])
     p.add_argument("--out", required=True, help="file to write (.onnx, .pt, .pt2)")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute part of the allowed |export - eager| logit gap")
@@ -440,7 +453,7 @@ def _run_figure(args: argparse.Namespace) -> int:
 
 def _features(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB")
-    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, help="weights or a checkpoint")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, help=MODEL_HELP)
     p.add_argument("--layer", default="fc7", choices=["fc7", "fc6", "pool5"])
     p.add_argument("--out", required=True, help="a .npy file; the file order goes beside it as .txt")
 
@@ -462,6 +475,50 @@ def run_features(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
     print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
     return 1 if errors else 0
+
+
+def _weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per entry")
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    from .inference.weights import is_cached, list_weights
+
+    for w in list_weights():
+        row = {"name": w.name, "acc1": w.metrics.get("acc1"), "acc5": w.metrics.get("acc5"), "size_mb": w.size_mb,
+               "cached": is_cached(w), "path": str(w.cache_path()), "url": w.url, "digest": w.digest,
+               "licence": w.licence, "metrics_source": w.metrics_source}  # fmt: skip
+        if args.json:
+            print(json.dumps(row))
+        else:
+            state = "cached" if row["cached"] else "not downloaded"
+            print(f"{w.name:<32} acc@1 {row['acc1']:6.2f}  acc@5 {row['acc5']:6.2f}  {w.size_mb:6.1f} MB  {state}")
+            print(f"    {w.url}  ({w.digest})\n    licence: {w.licence}\n    metrics: {w.metrics_source}")
+    return 0
+
+
+def _convert_caffe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("caffemodel", help="a .caffemodel with bvlc_alexnet's layers (conv1-conv5, fc6-fc8)")
+    p.add_argument("--out", help="the .safetensors to write (default: beside the input)")
+    p.add_argument("--mean-file", help="Caffe's ilsvrc_2012_mean.binaryproto: use its per-channel means")
+    p.add_argument("--classes", help="a text file of class names, one per line (default: ImageNet's 1,000)")
+
+
+def run_convert_caffe(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .inference.caffe import IMAGENET_MEAN_BGR, convert_caffe, mean_from_binaryproto
+    from .training.checkpoint import save_weights
+
+    mean = mean_from_binaryproto(args.mean_file) if args.mean_file else IMAGENET_MEAN_BGR
+    classes = Path(args.classes).read_text().splitlines() if args.classes else None
+    trained = convert_caffe(args.caffemodel, classes=classes, mean_bgr=mean)
+    out = Path(args.out or Path(args.caffemodel).with_suffix(".safetensors"))
+    save_weights(trained.model, out, trained.meta.to_dict())
+    spec = trained.meta.model
+    print(f"wrote {out}: {spec.variant} {spec.overrides}, {spec.num_classes} classes, BGR means "
+          f"{tuple(round(m, 2) for m in mean)}")  # fmt: skip
+    return 0
 
 
 # name: (help, add arguments, run)
@@ -489,6 +546,12 @@ COMMANDS = {
         "bytes communicated and parameter memory per worker: data, towers, hybrid",
         _parallel_plan,
         run_parallel_plan,
+    ),
+    "weights": ("list the published weights: metrics, size, licence, whether cached", _weights, run_weights),
+    "convert-caffe": (
+        "convert Caffe's bvlc_alexnet.caffemodel into weights for alexnet_paper",
+        _convert_caffe,
+        run_convert_caffe,
     ),
     "demo": ("get Fashion-MNIST, train the default recipe, evaluate, write a report", _demo, run_demo),
 }

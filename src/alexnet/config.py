@@ -54,6 +54,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "optim.label_smoothing": (0, 1, True),
     "optim.clip_grad_norm": (0, INF, False),
     "optim.lr_reference_batch": (1, INF, True),
+    "optim.pretrained_lr_scale": (0, INF, True),
     "train.accumulate": (1, 4096, True),
     "train.epochs": (1, INF, True),
     "train.limit_train_batches": (1, INF, True),
@@ -68,6 +69,8 @@ class ModelConfig:
     name: str = "alexnet_small"
     overrides: dict[str, Any] = field(default_factory=dict)  # spec fields, see alexnet.models.specs
     channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
+    weights: str | None = None  # start from these weights: a registry name (alexnet weights) or a file
+    freeze: str | None = None  # "features" (every conv) or N (the first N weight layers): not trained
 
 
 @dataclass
@@ -114,6 +117,7 @@ class OptimConfig:
     clip_grad_norm: float | None = None
     # Linear scaling rule (Goyal et al. 2017): lr × global batch / this batch. The paper's 0.01 was for 128.
     lr_reference_batch: int | None = None
+    pretrained_lr_scale: float = 1.0  # with model.weights: lr × this for the pretrained layers (new ones: × 1)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CorruptCheckpointError
+from ..errors import AlexNetError, CorruptCheckpointError
 from .artifact import FORMAT_VERSION, ModelMeta, TrainedModel, check_finite, load_state
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,10 @@ MAX_FILE_BYTES = 2 << 30  # protobuf refuses messages over 2 GB; bvlc_alexnet is
 def messages() -> dict[str, Any]:
     """Message classes for caffe.proto's ``NetParameter``, ``LayerParameter``, ``V1LayerParameter``, ``BlobProto``
     and ``BlobShape`` (only the fields that carry names and weights; protobuf skips the rest unread)."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    try:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    except ImportError:
+        raise AlexNetError("reading a .caffemodel needs protobuf: pip install 'alexnet[caffe]'") from None
 
     F = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(name="alexnet_caffe_subset.proto", package="caffe", syntax="proto2")

@@ -35,6 +35,7 @@ from ..models import create_model, get_spec
 from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
 from .engine import StepSettings, evaluate, train_one_epoch
+from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
 from .state import EpochTotals, build_state, check_resume, latest_valid, restore, rng_state, seed_everything
 from .strategy import Strategy
@@ -89,6 +90,7 @@ def fit(cfg: Config) -> RunResult:
         DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
     """
     started = time.perf_counter()
+    cfg, pretrained = adopt_pretrained(cfg)  # model.weights: their network and preprocessing
     device = pick_device(cfg.train.device)
     dist_info = distributed.setup(device)
     device = distributed.local_device(device, dist_info)
@@ -105,9 +107,13 @@ def fit(cfg: Config) -> RunResult:
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
     # Towers and hybrid: every rank evaluates the whole validation set (the model spans the ranks).
     data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard(), not strategy.sharded)
-    model, plain = _build_model(cfg, data, device, strategy)  # DDP, a shard, or the model; plain for state dicts
+    # DDP, a shard, or the model; plain for state dicts; new: parameters not taken from pretrained weights
+    model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     optim_cfg = strategy.scaled_lr(cfg.optim, cfg.data.batch_size * cfg.train.accumulate)
-    optimizer = build_optimizer(plain, optim_cfg)
+    scales = None
+    if pretrained is not None and cfg.optim.pretrained_lr_scale != 1.0:
+        scales = {n: cfg.optim.pretrained_lr_scale for n, _ in plain.named_parameters() if n not in new}
+    optimizer = build_optimizer(plain, optim_cfg, scales)
     steps = (
         len(data.train)
         if cfg.train.limit_train_batches is None
@@ -250,16 +256,23 @@ def _run_dir(cfg: Config, dist_info: distributed.DistInfo) -> Path:
     return out
 
 
-def _build_model(cfg: Config, data: Data, device: torch.device, strategy: Strategy) -> tuple[nn.Module, nn.Module]:
-    """(what trains, the bare module): the variant for ``data``, on ``device``, wrapped as ``strategy`` says."""
+def _build_model(cfg: Config, data: Data, device: torch.device, strategy: Strategy, pretrained: Any = None
+                 ) -> tuple[nn.Module, nn.Module, set[str]]:  # fmt: skip
+    """(what trains, the bare module, names of parameters not pretrained): the variant for ``data``, started from
+    ``pretrained`` weights if given, frozen where ``model.freeze`` says, on ``device``, wrapped as ``strategy``
+    says."""
     with torch.random.fork_rng(devices=[]) if strategy.sharded else contextlib.nullcontext():
         if strategy.sharded:
             torch.manual_seed(cfg.train.seed)  # one whole model, the same on every rank, to take the shards of
         model = create_model(
             cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels, **cfg.model.overrides
         )
+    new = {n for n, _ in model.named_parameters()}
+    if pretrained is not None:
+        new = transfer(model, pretrained, data.classes)
+    freeze(model, cfg.model.freeze)
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format)
-    return strategy.wrap(model, cfg.train.sync_bn)
+    return (*strategy.wrap(model, cfg.train.sync_bn), new)
 
 
 def _epoch_row(epoch: int, lr: float, train: dict[str, float], val: dict[str, Any], began: float,

@@ -36,15 +36,23 @@ class PaperSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (paper form) or AdamW, with biases and norm parameters exempt from decay unless ``bias_decay``."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float] | None = None
+                    ) -> torch.optim.Optimizer:  # fmt: skip
+    """SGD (paper form) or AdamW, with biases and norm parameters exempt from decay unless ``bias_decay``.
+
+    ``lr_scales`` multiplies the learning rate of the named parameters (pretrained layers: see
+    ``optim.pretrained_lr_scale``); each group keeps its factor as ``lr_scale``, which `Schedule` applies.
+    """
+    grouped: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 and not cfg.bias_decay else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            decays = not (p.ndim <= 1 and not cfg.bias_decay)
+            grouped.setdefault((decays, (lr_scales or {}).get(name, 1.0)), []).append(p)
+    groups = [
+        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale,
+         "lr": cfg.lr * scale}
+        for (decays, scale), params in sorted(grouped.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))
+    ]  # fmt: skip
     if cfg.name == "sgd":
         return PaperSGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
@@ -89,7 +97,7 @@ class Schedule:
     def set(self, epoch: int, step: int) -> float:
         lr = self.lr_at(epoch, step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def end_epoch(self, val_error: float) -> None:

@@ -1,0 +1,208 @@
+"""The weights registry end to end, offline: a registry entry a test adds, pointing at a weights file the test makes
+and serves from a loopback HTTP server, then download (progress bar, hash check, cache), predict with its class
+names, eval, export and fine-tuning from it; and every way a download can go wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import alexnet
+from alexnet.cli import main
+from alexnet.inference import weights as W
+from alexnet.inference.artifact import load_trained
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+SMALL = {"width": 0.25, "input_size": 64}  # alexnet_owt at a quarter width and 64 px: 2.5 M parameters
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    routes: dict[str, tuple[bytes, dict[str, str]]]
+    hits: list[str]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.hits.append(self.path)
+        body, headers = self.server.routes.get(self.path, (None, {}))
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", headers.get("Content-Length", str(len(body))))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.routes, srv.hits = {}, []
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def state_bytes(tmp_path_factory) -> bytes:
+    """A torchvision-format release file (a torch.save'd state dict, no metadata) of a small alexnet_owt."""
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_owt", num_classes=len(CLASSES), **SMALL)
+    path = tmp_path_factory.mktemp("src") / "owt.pth"
+    torch.save(model.state_dict(), path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def entry(server, state_bytes, tmp_path, monkeypatch):
+    """A registry entry served over loopback, with torch.hub's cache in a fresh TORCH_HOME."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    server.routes["/w/owt-test.pth"] = (state_bytes, {})
+    weights = W.register(W.Weights(
+        name="alexnet_owt.TEST_V1", url=f"http://127.0.0.1:{server.server_port}/w/owt-test.pth",
+        file_name="owt-test.pth", digest="sha256:" + hashlib.sha256(state_bytes).hexdigest(),
+        size_mb=len(state_bytes) / 2**20, file_format="state_dict", num_classes=len(CLASSES), overrides=SMALL,
+        preprocessing={"stored_size": 72, "crop": 64, "input_size": 64, "mean": [0.5, 0.4, 0.3],
+                       "std": [0.25, 0.25, 0.25]},
+        categories=lambda: list(CLASSES), metrics={"acc1": 12.5, "acc5": 50.0}, metrics_source="a test",
+        licence="CC0",
+    ))  # fmt: skip
+    yield weights
+    W._REGISTRY.pop(weights.name, None)
+
+
+def _images(folder: Path, n: int, seed: int = 0, tint: int | None = None) -> list[Path]:
+    """Noise images; with ``tint`` (a channel), that channel is bright: a class a network can learn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i}.png"
+        pixels = rng.integers(0, 128, (80, 96, 3), dtype=np.uint8)
+        if tint is not None:
+            pixels[..., tint] += 128
+        Image.fromarray(pixels).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_download_verifies_caches_and_predicts_with_the_entrys_classes(entry, server, tmp_path, capsys):
+    server.hits.clear()
+    assert not W.is_cached(entry)
+    model = alexnet.create_model("alexnet_owt", weights="TEST_V1")  # the torchvision way
+    assert W.is_cached(entry) and entry.cache_path().parent == tmp_path / "torch-home" / "hub" / "checkpoints"
+    assert server.hits == ["/w/owt-test.pth"]
+    assert model.meta.classes == tuple(CLASSES) and not model.training
+    expected = torch.load(entry.cache_path(), weights_only=True)
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    assert "100%" in capsys.readouterr().err  # torch.hub's progress bar, finished
+
+    load_trained("alexnet_owt.TEST_V1")  # the second time comes from the cache
+    assert server.hits == ["/w/owt-test.pth"]
+
+    image = _images(tmp_path / "imgs", 1)[0]
+    assert main(["predict", "--weights", "alexnet_owt.TEST_V1", "--json", str(image)]) == 0
+    top = json.loads(capsys.readouterr().out)["topk"]
+    assert {t["label"] for t in top} == set(CLASSES)
+
+    assert main(["weights", "--json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["alexnet_owt.TEST_V1"]["cached"] is True and rows["alexnet_owt.TEST_V1"]["acc1"] == 12.5
+    assert rows["alexnet_paper.BVLC_IMAGENET1K"]["licence"].startswith("non-commercial")
+
+
+def test_a_corrupted_download_is_refused_and_nothing_is_cached(entry, server, state_bytes):
+    bad = bytearray(state_bytes)
+    bad[len(bad) // 2] ^= 0xFF
+    server.routes["/w/owt-test.pth"] = (bytes(bad), {})
+    with pytest.raises(W.WeightsError, match=entry.digest.split(":")[1][:16]):
+        W.download(entry, progress=False)
+    assert not list(entry.cache_path().parent.iterdir())  # no partial, no wrong file
+
+
+def test_a_truncated_download_is_refused(entry, server, state_bytes):
+    # The server promises the whole file and sends half of it: never resumed, never kept.
+    server.routes["/w/owt-test.pth"] = (state_bytes[: len(state_bytes) // 2], {"Content-Length": str(len(state_bytes))})
+    with pytest.raises(W.WeightsError):
+        W.download(entry, progress=False)
+    assert not list(entry.cache_path().parent.iterdir())
+
+
+def test_offline_says_where_to_put_the_file(entry, tmp_path):
+    offline = W.register(W.Weights(**{**entry.__dict__, "url": "http://127.0.0.1:9/owt-test.pth"}))
+    with pytest.raises(W.WeightsError) as err:
+        W.download(offline, progress=False)
+    assert str(offline.cache_path()) in str(err.value) and offline.digest in str(err.value)
+    # ...and the CLI says it on one line, exit 2
+    assert main(["predict", "--weights", offline.name, str(tmp_path)]) == 2
+
+
+def test_file_urls_work_and_a_tampered_cache_is_refused(entry, state_bytes, tmp_path):
+    src = tmp_path / "published.pth"
+    src.write_bytes(state_bytes)
+    local = W.register(W.Weights(**{**entry.__dict__, "url": src.as_uri()}))
+    assert W.download(local, progress=False) == local.cache_path()
+    with open(local.cache_path(), "r+b") as f:  # bit rot or tampering after the download
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(W.WeightsError, match="delete it"):
+        load_trained(local.name)
+
+
+def test_a_local_copy_works_wherever_a_name_does(entry, state_bytes, tmp_path):
+    copy = tmp_path / "elsewhere" / entry.file_name
+    copy.parent.mkdir()
+    copy.write_bytes(state_bytes)
+    trained = load_trained(copy)  # recognised by its name, hash-checked, with the entry's classes
+    assert trained.classes == CLASSES
+    other = tmp_path / "unknown.pth"
+    other.write_bytes(state_bytes)
+    with pytest.raises(W.WeightsError, match="no metadata"):
+        load_trained(other)
+    with pytest.raises(W.WeightsError, match="neither a file nor registered"):
+        load_trained("alexnet_owt.NO_SUCH_TAG")
+
+
+def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
+    data = tmp_path / "pets"
+    for split, n in (("train", 12), ("val", 4)):
+        for k, name in enumerate(("cat", "dog")):
+            _images(data / split / name, n, seed=10 * k + (split == "val"), tint=2 * k)
+    onnx = tmp_path / "m.onnx"
+    images = [str(p) for p in sorted((data / "val" / "cat").iterdir())]
+    assert main(["export", "--weights", entry.name, "--format", "onnx", "--out", str(onnx), "--images", *images]) == 0
+    assert main(["eval", "--weights", entry.name, "--dataset", "folder", "--data-dir", str(data), "--json",
+                 "--out-dir", str(tmp_path / "ev")]) == 2  # fmt: skip
+    assert "classes" in capsys.readouterr().err  # its 5 classes are not the folder's 2: said, not crashed
+
+    out = tmp_path / "ft"
+    before = load_trained(entry.name).model.state_dict()
+    code = main([
+        "train", "--recipe", "finetune", "--weights", entry.name, "--freeze", "features", "--data-dir", str(data),
+        "--epochs", "3", "-b", "8", "--out", str(out), "--device", "cpu", "--precision", "fp32", "--no-progress",
+        "--set", "data.workers=0", "--set", "optim.lr=0.01",
+    ])  # fmt: skip
+    assert code == 0
+    after = load_trained(out / "best.safetensors")
+    assert after.classes == ["cat", "dog"] and after.meta.model.overrides == SMALL
+    assert after.preprocessing.mean == (0.5, 0.4, 0.3) and after.preprocessing.stored_size == 72
+    state = after.model.state_dict()
+    for k, v in state.items():
+        if k.startswith("features."):
+            assert torch.equal(v, before[k]), k  # frozen: bitwise the published weights
+    assert not torch.equal(state["classifier.4.weight"], before["classifier.4.weight"])  # fc7 trained
+    assert state["classifier.6.weight"].shape == (2, before["classifier.6.weight"].shape[1])  # new head
+    losses = [float(r.split(",")[2]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < losses[0]
