@@ -17,7 +17,6 @@ import numpy as np
 import simplejpeg
 import torch
 from PIL import Image, ImageFile, ImageOps
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import InvalidImageError
 
@@ -149,6 +148,8 @@ def decode_image(
 
 def to_stored(image: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:
     """(3, H, W) uint8 RGB → (channels, size, size) uint8: shorter side to ``size``, central square (§2)."""
+    from torchvision.transforms.v2 import functional as TF  # here: importing torchvision costs ~1 s
+
     image = TF.resize(image, [size], antialias=True)
     image = TF.center_crop(image, [size])
     if channels == 1:

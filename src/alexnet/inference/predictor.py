@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms.v2 import functional as TF
 
 from ..data.batch import stack_images
 from ..data.decode import IMAGE_EXTENSIONS, decode_stored, is_image_file, pil_to_rgb, to_stored
@@ -134,6 +133,8 @@ class Predictor:
                 raise InvalidImageError(f"{item}: URLs are not read; download the file and pass its path")
             return decode_stored(Path(item), s, c, self.max_bytes)
         if isinstance(item, Image.Image):
+            from torchvision.transforms.v2 import functional as TF
+
             return to_stored(TF.pil_to_tensor(pil_to_rgb(ImageOps.exif_transpose(item))), s, c)
         if isinstance(item, torch.Tensor):
             if item.ndim != 3 or item.shape[0] not in (1, 3):
