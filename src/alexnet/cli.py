@@ -521,6 +521,41 @@ def run_convert_caffe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, help=MODEL_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs --api-key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the weights' name or file stem)")
+    p.add_argument("--max-batch", type=_positive_int, default=32, help="most images run together")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits to be batched (ms)")
+    p.add_argument("--max-queue", type=_positive_int, default=256, help="images waiting before requests get 503")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before a waiting request gets 504")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413 (MiB)")
+    p.add_argument("--api-key", help="required on every endpoint but health checks (default $ALEXNET_API_KEY)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        from .inference.serving.app import ServeSettings
+        from .inference.serving.server import serve
+    except ImportError as err:
+        raise AlexNetError(f"serving needs the [serve] extra: pip install 'alexnet[serve]' ({err})") from None
+    for flag, value in (("--max-wait-ms", args.max_wait_ms), ("--timeout", args.timeout),
+                        ("--max-body-mb", args.max_body_mb)):  # fmt: skip
+        if not value > 0 or value != value or value == float("inf"):
+            raise AlexNetError(f"{flag} {value} must be a positive number")
+    if not 0 <= args.port <= 65535:
+        raise AlexNetError(f"--port {args.port} is not a port number")
+    settings = ServeSettings(
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
+        max_body_mb=args.max_body_mb, api_key=args.api_key, device=args.device, precision=args.precision,
+    )  # fmt: skip
+    serve(args.checkpoint, args.host, args.port, settings, args.name)
+    return 0
+
+
 # name: (help, add arguments, run)
 COMMANDS = {
     "models": ("list the model variants with parameters and MACs", _models, run_models),
@@ -547,6 +582,7 @@ COMMANDS = {
         _parallel_plan,
         run_parallel_plan,
     ),
+    "serve": ("an HTTP service: web page, /v1/classify, KServe v2, /metrics; batched", _serve, run_serve),
     "weights": ("list the published weights: metrics, size, licence, whether cached", _weights, run_weights),
     "convert-caffe": (
         "convert Caffe's bvlc_alexnet.caffemodel into weights for alexnet_paper",

@@ -121,6 +121,10 @@ class Predictor:
         with torch.no_grad(), autocast(self.device, self.precision):
             return self.model(x.to(self.device)).float().cpu()
 
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) model inputs (already transformed) → (B, num_classes) softmax probabilities, fp32."""
+        return self._logits(inputs).softmax(1)
+
     def stored(self, item: ImageLike) -> torch.Tensor:
         """One input decoded and brought to the stored (C, S, S) uint8 square.
 
@@ -147,7 +151,7 @@ class Predictor:
         """Top-k (label, probability) for a (B, C, S, S) uint8 batch of stored images."""
         b = x.shape[0]
         inputs = self.transform.ten_crop(x) if ten_crop else self.transform.eval(x)
-        probs = self._logits(inputs).softmax(1)
+        probs = self.probabilities(inputs)
         if ten_crop:
             probs = probs.view(10, b, -1).mean(0)  # crop-major rows: see BatchTransform.ten_crop
         k = min(topk, probs.shape[1])

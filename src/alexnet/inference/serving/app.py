@@ -1,0 +1,328 @@
+"""The ASGI application of ``alexnet serve`` (Starlette): the page, ``/v1/classify``, the Open Inference Protocol
+(KServe v2) endpoints and Prometheus metrics, over one trained model and a dynamic batcher.
+
+Bad input is always a 4xx with ``{"error": ...}``: a body over the limit 413 before it is read (its Content-Length)
+or as soon as it passes the limit (chunked), a bad Content-Length 400, a wrong Content-Type 415, an image that does
+not decode (or is a bomb, or is truncated) 400. Overload is 503 with Retry-After at once, a slow inference 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import torch
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ...data.decode import decode_stored
+from ...errors import InvalidImageError
+from ..artifact import TrainedModel
+from ..predictor import Predictor
+from .batcher import Batcher, QueueFull
+from .protocol import HEADER, ProtocolError, infer_response, parse_infer
+
+log = logging.getLogger(__name__)
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and batching of the service (the ``alexnet serve`` flags).
+
+    Attributes:
+        max_batch: the most images run together.
+        max_wait_ms: how long a request waits for others to batch with (ms).
+        max_queue: the most images waiting; beyond it requests get 503.
+        timeout_s: a request waiting longer than this for its result gets 504 (s).
+        max_body_mb: request bodies over this get 413 (MiB).
+        api_key: required on every endpoint but the health checks, when set.
+        device: where the model runs; precision: ``auto`` (bf16 where fast), ``fp32``, ``bf16``.
+    """
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    timeout_s: float = 10.0
+    max_body_mb: float = 16.0
+    api_key: str | None = None
+    device: str = "cpu"
+    precision: str = "auto"
+
+
+class _Metrics:
+    def __init__(self, batcher_depth: Any) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("alexnet_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "code"], registry=r)  # fmt: skip
+        self.latency = Histogram("alexnet_request_seconds", "request latency (s)", ["endpoint"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
+        self.batch = Histogram("alexnet_batch_size", "images per model call", registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
+        self.inference = Histogram("alexnet_inference_seconds", "model call time (s)", registry=r,
+                                   buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))  # fmt: skip
+        Gauge("alexnet_queue_depth", "images waiting for the model", registry=r).set_function(batcher_depth)
+
+    def on_batch(self, n: int, seconds: float) -> None:
+        self.batch.observe(n)
+        self.inference.observe(seconds)
+
+
+def _endpoint(path: str) -> str:
+    """A bounded label for metrics: the route's template, never the raw path a client sent."""
+    path = re.sub(r"^/v2/models/[^/]+", "/v2/models/{name}", path)
+    known = ("/", "/v1/classify", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}",
+             "/v2/models/{name}/ready", "/v2/models/{name}/infer")  # fmt: skip
+    return path if path in known else "other"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _Service:
+    def __init__(self, trained: TrainedModel, name: str, settings: ServeSettings) -> None:
+        self.trained, self.name, self.settings = trained, name, settings
+        self.predictor = Predictor(trained.model, trained.meta, settings.device, settings.precision)
+        prep = trained.preprocessing
+        self.input_shape = [trained.meta.model.in_channels, prep.input_size, prep.input_size]
+        self.max_body = int(settings.max_body_mb * 2**20)
+        self.metrics = _Metrics(lambda: self.batcher.depth)
+        self.batcher = Batcher(self._infer, settings.max_batch, settings.max_wait_ms, settings.max_queue,
+                               self.metrics.on_batch)  # fmt: skip
+        self.ready = False
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor.probabilities(x.contiguous(memory_format=torch.channels_last))
+
+    # --- request plumbing ---
+    def authorize(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        given = request.headers.get("x-api-key") or request.query_params.get("api_key") or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:]
+        if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no key prefix leaks by timing
+            raise HTTPException(401, "a valid API key is required (X-API-Key or Authorization: Bearer)")
+
+    async def body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as it is known to be over the limit (before reading it, when the
+        client said its length)."""
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise HTTPException(400, f"Content-Length {length!r} is not a byte count")
+            if int(length) > self.max_body:
+                raise HTTPException(413, f"the body is {length} bytes; the limit is {self.max_body}")
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > self.max_body:
+                raise HTTPException(413, f"the body passed the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _prepare(self, data: bytes) -> torch.Tensor:
+        """Encoded image → (1, C, H, W) model input (in a worker thread: decoding is CPU work)."""
+        prep = self.trained.preprocessing
+        stored = decode_stored(data, prep.stored_size, self.input_shape[0], self.max_body)
+        return self.predictor.transform.eval(stored.unsqueeze(0))
+
+    async def images_to_inputs(self, images: list[bytes]) -> torch.Tensor:
+        try:
+            return torch.cat([await run_in_threadpool(self._prepare, data) for data in images])
+        except InvalidImageError as err:
+            message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the upload", str(err))
+            raise HTTPException(400, message.removeprefix("<bytes>: ")) from None
+
+    async def run(self, inputs: torch.Tensor) -> torch.Tensor:
+        try:
+            return await asyncio.wait_for(self.batcher.submit(inputs), self.settings.timeout_s)
+        except QueueFull as err:
+            raise HTTPException(503, f"busy: {err}; retry shortly", headers={"Retry-After": "1"}) from None
+        except TimeoutError:
+            raise HTTPException(504, f"no result within {self.settings.timeout_s:g} s") from None
+
+    # --- endpoints ---
+    async def page(self, request: Request) -> Response:
+        self.authorize(request)
+        html = resources.files(__package__).joinpath("page.html").read_text()
+        return HTMLResponse(html)
+
+    async def classify(self, request: Request) -> Response:
+        began = time.perf_counter()
+        self.authorize(request)
+        topk = request.query_params.get("topk", "5")
+        if not topk.isdigit() or not 1 <= int(topk) <= 1000:
+            raise HTTPException(400, f"topk={topk!r} must be an integer from 1 to 1000")
+        ctype = request.headers.get("content-type", "").lower()
+        if not (ctype.startswith("multipart/form-data") or ctype.startswith(IMAGE_TYPES)):
+            raise HTTPException(415, f"Content-Type {ctype or 'none'!r}: send multipart/form-data or image/*")
+        body = await self.body(request)
+        data = await self._multipart_file(request, body) if ctype.startswith("multipart/") else body
+        probs = (await self.run(await self.images_to_inputs([data])))[0]
+        values, indices = probs.topk(min(int(topk), probs.numel()))
+        labels = self.trained.meta.labels
+        return JSONResponse({
+            "model": self.name,
+            "classes": [labels[i] for i in indices.tolist()],
+            "probabilities": [round(v, 6) for v in values.tolist()],
+            "latency_ms": round(1000 * (time.perf_counter() - began), 2),
+        })  # fmt: skip
+
+    async def _multipart_file(self, request: Request, body: bytes) -> bytes:
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            async with Request(request.scope, replay).form(max_files=1, max_fields=8) as form:
+                files = [v for v in form.values() if hasattr(v, "read")]
+                if not files:
+                    raise HTTPException(400, "the form has no file: send the image as a file field")
+                return await files[0].read()
+        except HTTPException:
+            raise
+        except Exception as err:  # python-multipart's parse errors
+            raise HTTPException(400, f"malformed multipart body: {err}") from None
+
+    async def infer(self, request: Request) -> Response:
+        self.authorize(request)
+        self.check_model(request)
+        ctype = request.headers.get("content-type", "application/json").lower()
+        if not ctype.startswith(("application/json", "application/octet-stream", "application/x-www-form")):
+            raise HTTPException(415, f"Content-Type {ctype!r}: send JSON (or Triton's binary extension)")
+        body = await self.body(request)
+        try:
+            req = parse_infer(body, request.headers.get(HEADER))
+        except ProtocolError as err:
+            raise HTTPException(400, str(err)) from None
+        item = req.inputs[0]
+        if item.images is not None:
+            inputs = await self.images_to_inputs(item.images)
+        else:
+            if list(item.tensor.shape[1:]) != self.input_shape:
+                raise HTTPException(400, f"FP32 input shape {item.shape}: this model takes [N, {self.input_shape}]")
+            if not np.isfinite(item.tensor).all():
+                raise HTTPException(400, "FP32 input holds NaN or infinity")
+            inputs = torch.from_numpy(item.tensor.copy())
+        probs = (await self.run(inputs)).numpy().astype(np.float32)
+        outputs = {"probabilities": probs, "top1": probs.argmax(1).astype(np.int64)}
+        payload, headers = infer_response(self.name, req, outputs)
+        media = "application/octet-stream" if headers else "application/json"
+        return Response(payload, media_type=media, headers=headers)
+
+    def check_model(self, request: Request) -> None:
+        if request.path_params.get("name") != self.name:
+            raise HTTPException(404, f"no model {request.path_params.get('name')!r}; this server has {self.name!r}")
+
+    async def model_metadata(self, request: Request) -> Response:
+        self.authorize(request)
+        self.check_model(request)
+        meta = self.trained.meta
+        return JSONResponse({
+            "name": self.name, "versions": ["1"], "platform": "pytorch_alexnet",
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
+                       {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, meta.model.num_classes]},
+                        {"name": "top1", "datatype": "INT64", "shape": [-1]}],
+            "parameters": {"variant": meta.model.variant, "classes": list(meta.labels)},
+        })  # fmt: skip
+
+    async def model_ready(self, request: Request) -> Response:
+        self.authorize(request)
+        self.check_model(request)
+        return JSONResponse({"name": self.name, "ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def health_ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        self.authorize(request)
+        from ... import __version__
+
+        return JSONResponse({"name": "alexnet", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def metrics_text(self, request: Request) -> Response:
+        self.authorize(request)
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None = None) -> Starlette:
+    """The service for ``trained`` under the model name ``name``; the batcher starts and stops with the app."""
+    service = _Service(trained, name, settings or ServeSettings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        service.batcher.start()
+        service.ready = True
+        log.info("serving %s (%s): batches of up to %d, queue %d", name, trained.meta.model.variant,
+                 service.settings.max_batch, service.settings.max_queue)  # fmt: skip
+        try:
+            yield
+        finally:
+            service.ready = False
+            await run_in_threadpool(service.batcher.stop)  # what is queued still runs
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__})")
+
+    s = service
+    routes = [
+        Route("/", s.page), Route("/v1/classify", s.classify, methods=["POST"]),
+        Route("/v2", s.server_metadata), Route("/v2/health/live", s.live), Route("/v2/health/ready", s.health_ready),
+        Route("/v2/models/{name}", s.model_metadata), Route("/v2/models/{name}/ready", s.model_ready),
+        Route("/v2/models/{name}/infer", s.infer, methods=["POST"]), Route("/metrics", s.metrics_text),
+    ]  # fmt: skip
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: server_error})  # fmt: skip
+    app.state.service = service
+    return _Measured(app, service.metrics)
+
+
+class _Measured:
+    """ASGI wrapper counting every HTTP response by endpoint and status, and timing it."""
+
+    def __init__(self, app: Starlette, metrics: _Metrics) -> None:
+        self.app, self.metrics, self.state = app, metrics, app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began, status = time.perf_counter(), [500]
+        endpoint = _endpoint(scope.get("path", ""))
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - began)

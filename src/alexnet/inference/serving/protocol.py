@@ -1,0 +1,162 @@
+"""The Open Inference Protocol (KServe v2) infer request and response, with Triton's binary tensor extension.
+
+A request's body is JSON, or (binary extension, what ``tritonclient.http`` sends by default) a JSON header of
+``Inference-Header-Content-Length`` bytes followed by each binary input's raw data in order, each input saying its
+size as ``parameters.binary_data_size``. Inputs here are either images (datatype ``BYTES``, shape ``[N]``, each
+element an encoded JPEG/PNG/...; OpenVINO Model Server's convention) or model inputs (``FP32``, shape
+``[N, C, H, W]``, already preprocessed). BYTES elements in binary form are a 4-byte little-endian length followed by
+the bytes; in JSON they are strings, which cannot carry arbitrary bytes, so JSON BYTES are read as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+HEADER = "Inference-Header-Content-Length"
+MAX_ELEMENTS = 256  # images in one request
+
+
+class ProtocolError(ValueError):
+    """A malformed infer request: the server answers 400 with this message."""
+
+
+@dataclass
+class InferInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    images: list[bytes] | None = None  # BYTES
+    tensor: np.ndarray | None = None  # FP32, (N, C, H, W)
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[InferInput]
+    binary_outputs: dict[str, bool]  # output name → wants binary data
+    binary_default: bool
+
+
+def _shape(value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in value):  # fmt: skip
+        raise ProtocolError(f"shape {value!r} must be a list of non-negative integers")
+    return value
+
+
+def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
+    out, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(raw):
+            raise ProtocolError("binary BYTES data ends inside an element's length")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        if pos + 4 + n > len(raw):
+            raise ProtocolError("binary BYTES data ends inside an element")
+        out.append(raw[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    if pos != len(raw):
+        raise ProtocolError("binary BYTES data is longer than its elements")
+    return out
+
+
+def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body (see the module's docstring).
+
+    Raises:
+        ProtocolError: anything malformed, named.
+    """
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ProtocolError(f"{HEADER}={header_length!r} is not a length within the body ({len(body)} bytes)")
+        split = int(header_length)
+        head, binary = body[:split], body[split:]
+    else:
+        head, binary = body, b""
+    try:
+        tree = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"the request is not JSON: {err}") from None
+    if not isinstance(tree, dict) or not isinstance(tree.get("inputs"), list) or len(tree["inputs"]) != 1:
+        raise ProtocolError("the request must be an object with exactly one entry in 'inputs'")
+    params = tree.get("parameters") if isinstance(tree.get("parameters"), dict) else {}
+    inputs, offset = [], 0
+    for spec in tree["inputs"]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ProtocolError("each input needs a 'name'")
+        datatype, shape = spec.get("datatype"), _shape(spec.get("shape"))
+        if datatype not in ("BYTES", "FP32"):
+            raise ProtocolError(f"input datatype {datatype!r}: send images as BYTES or model inputs as FP32")
+        count = int(np.prod(shape)) if shape else 0
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise ProtocolError(f"binary_data_size={size!r} runs past the body")
+            raw, offset = binary[offset : offset + size], offset + size
+        elif "data" not in spec:
+            raise ProtocolError(f"input {spec['name']!r} has neither 'data' nor binary data")
+        item = InferInput(spec["name"], datatype, shape)
+        if datatype == "BYTES":
+            if len(shape) != 1 or not 1 <= shape[0] <= MAX_ELEMENTS:
+                raise ProtocolError(f"BYTES input shape must be [N] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
+            item.images = _bytes_elements(raw, count) if size is not None else _json_bytes(spec["data"], count)
+        else:
+            if len(shape) != 4 or not 1 <= shape[0] <= MAX_ELEMENTS:
+                raise ProtocolError(f"FP32 input shape must be [N, C, H, W] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
+            if size is not None:
+                if size != 4 * count:
+                    raise ProtocolError(f"binary_data_size={size} is not 4 × {count} FP32 elements")
+                array = np.frombuffer(raw, dtype="<f4")
+            else:
+                try:
+                    array = np.asarray(spec["data"], dtype=np.float32).reshape(-1)
+                except (ValueError, TypeError):
+                    raise ProtocolError("FP32 'data' must be a flat or nested list of numbers") from None
+            if array.size != count:
+                raise ProtocolError(f"{array.size} FP32 values for shape {shape}")
+            item.tensor = array.reshape(shape).astype(np.float32)
+        inputs.append(item)
+    outputs = tree.get("outputs") if isinstance(tree.get("outputs"), list) else []
+    wanted = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False))
+              for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str)}  # fmt: skip
+    request_id = tree.get("id") if isinstance(tree.get("id"), str) else None
+    return InferRequest(request_id, inputs, wanted, bool(params.get("binary_data_output", False)))
+
+
+def _json_bytes(data: Any, count: int) -> list[bytes]:
+    if not isinstance(data, list) or len(data) != count or not all(isinstance(d, str) for d in data):
+        raise ProtocolError(f"BYTES 'data' must be {count} base64 string(s)")
+    try:
+        return [base64.b64decode(d, validate=True) for d in data]
+    except (binascii.Error, ValueError):
+        raise ProtocolError("BYTES 'data' in JSON must be base64 (or send binary data)") from None
+
+
+def infer_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """The response body and extra headers: JSON, or a JSON header plus binary data for outputs asked that way."""
+    tree: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": []}
+    if request.id is not None:
+        tree["id"] = request.id
+    binary = []
+    for name, array in outputs.items():
+        if request.binary_outputs and name not in request.binary_outputs:
+            continue  # the client asked for other outputs only
+        datatype = "FP32" if array.dtype == np.float32 else "INT64"
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if request.binary_outputs.get(name, request.binary_default):
+            raw = array.astype("<f4" if datatype == "FP32" else "<i8").tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        tree["outputs"].append(entry)
+    head = json.dumps(tree).encode()
+    if not binary:
+        return head, {}
+    return head + b"".join(binary), {HEADER: str(len(head))}
