@@ -527,7 +527,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the weights' name or file stem)")
     p.add_argument("--max-batch", type=_positive_int, default=32, help="most images run together")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits to be batched (ms)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits to be batched (ms)")
     p.add_argument("--max-queue", type=_positive_int, default=256, help="images waiting before requests get 503")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a waiting request gets 504")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413 (MiB)")

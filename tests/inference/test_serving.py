@@ -352,3 +352,13 @@ def test_endpoint_fuzz_never_5xx(files):
 
         fuzz()
         assert client.post("/v1/classify", content=_png(), headers={"Content-Type": "image/png"}).status_code == 200
+
+
+def test_a_batch_mixing_images_and_tensors_answers_each_in_order(files):
+    _, service = _client(files)
+    stored = torch.randint(0, 256, (2, 3, 36, 36), dtype=torch.uint8)
+    tensor = torch.randn(1, 3, 32, 32)
+    alone = [service._infer([stored[:1]]), service._infer([tensor]), service._infer([stored[1:]])]
+    mixed = service._infer([stored[:1], tensor, stored[1:]])
+    torch.testing.assert_close(mixed, torch.cat(alone))
+    assert not torch.allclose(alone[0], alone[1])

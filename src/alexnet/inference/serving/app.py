@@ -46,7 +46,8 @@ class ServeSettings:
     Attributes:
         max_batch: the most images run together.
         max_wait_ms: how long a request waits for others to batch with (ms).
-        max_queue: the most images waiting; beyond it requests get 503.
+        max_queue: the most requests in progress (and images waiting for the model); beyond it requests get 503
+            with Retry-After at once, before their body is read.
         timeout_s: a request waiting longer than this for its result gets 504 (s).
         max_body_mb: request bodies over this get 413 (MiB).
         api_key: required on every endpoint but the health checks, when set.
@@ -54,7 +55,7 @@ class ServeSettings:
     """
 
     max_batch: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 10.0
     max_queue: int = 256
     timeout_s: float = 10.0
     max_body_mb: float = 16.0
@@ -105,8 +106,34 @@ class _Service:
         self.batcher = Batcher(self._infer, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                                self.metrics.on_batch)  # fmt: skip
         self.ready = False
+        self.admitted = 0  # requests between admission and their answer: at most max_queue
+        self.labels = trained.meta.labels  # display-safe names, escaped once (not per request)
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+    @contextlib.contextmanager
+    def admission(self):
+        """Admit a request that will need the model, or refuse it with 503 at once: before its body is read or its
+        image decoded, so an overloaded server spends nothing on what it cannot serve."""
+        if self.admitted >= self.settings.max_queue:
+            raise HTTPException(503, f"busy: {self.admitted} requests are in progress; retry shortly",
+                                headers={"Retry-After": "1"})  # fmt: skip
+        self.admitted += 1  # the event loop is one thread: no lock needed
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    def _infer(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Requests' tensors → probabilities, in the batcher's thread. Decoded images arrive as uint8 stored squares
+        and are cropped and normalised here, as one batch: torch ops in the many decoding threads would each start
+        OpenMP work competing with the model's."""
+        images = [x for x in parts if x.dtype == torch.uint8]
+        tensors = [x for x in parts if x.dtype != torch.uint8]
+        if images and tensors:  # both kinds in one batch: run them separately, answer in the requests' order
+            out = {id(x): p for x, p in zip(images, self._infer(images).split([len(x) for x in images]))}
+            out |= {id(x): p for x, p in zip(tensors, self._infer(tensors).split([len(x) for x in tensors]))}
+            return torch.cat([out[id(x)] for x in parts])
+        x = torch.cat(parts) if len(parts) > 1 else parts[0]
+        x = self.predictor.transform.eval(x) if images else x
         return self.predictor.probabilities(x.contiguous(memory_format=torch.channels_last))
 
     # --- request plumbing ---
@@ -139,10 +166,9 @@ class _Service:
         return b"".join(chunks)
 
     def _prepare(self, data: bytes) -> torch.Tensor:
-        """Encoded image → (1, C, H, W) model input (in a worker thread: decoding is CPU work)."""
+        """Encoded image → (1, C, S, S) uint8 stored square (in a worker thread: decoding is CPU work)."""
         prep = self.trained.preprocessing
-        stored = decode_stored(data, prep.stored_size, self.input_shape[0], self.max_body)
-        return self.predictor.transform.eval(stored.unsqueeze(0))
+        return decode_stored(data, prep.stored_size, self.input_shape[0], self.max_body).unsqueeze(0)
 
     async def images_to_inputs(self, images: list[bytes]) -> torch.Tensor:
         try:
@@ -174,11 +200,12 @@ class _Service:
         ctype = request.headers.get("content-type", "").lower()
         if not (ctype.startswith("multipart/form-data") or ctype.startswith(IMAGE_TYPES)):
             raise HTTPException(415, f"Content-Type {ctype or 'none'!r}: send multipart/form-data or image/*")
-        body = await self.body(request)
-        data = await self._multipart_file(request, body) if ctype.startswith("multipart/") else body
-        probs = (await self.run(await self.images_to_inputs([data])))[0]
+        with self.admission():
+            body = await self.body(request)
+            data = await self._multipart_file(request, body) if ctype.startswith("multipart/") else body
+            probs = (await self.run(await self.images_to_inputs([data])))[0]
         values, indices = probs.topk(min(int(topk), probs.numel()))
-        labels = self.trained.meta.labels
+        labels = self.labels
         return JSONResponse({
             "model": self.name,
             "classes": [labels[i] for i in indices.tolist()],
@@ -207,21 +234,22 @@ class _Service:
         ctype = request.headers.get("content-type", "application/json").lower()
         if not ctype.startswith(("application/json", "application/octet-stream", "application/x-www-form")):
             raise HTTPException(415, f"Content-Type {ctype!r}: send JSON (or Triton's binary extension)")
-        body = await self.body(request)
-        try:
-            req = parse_infer(body, request.headers.get(HEADER))
-        except ProtocolError as err:
-            raise HTTPException(400, str(err)) from None
-        item = req.inputs[0]
-        if item.images is not None:
-            inputs = await self.images_to_inputs(item.images)
-        else:
-            if list(item.tensor.shape[1:]) != self.input_shape:
-                raise HTTPException(400, f"FP32 input shape {item.shape}: this model takes [N, {self.input_shape}]")
-            if not np.isfinite(item.tensor).all():
-                raise HTTPException(400, "FP32 input holds NaN or infinity")
-            inputs = torch.from_numpy(item.tensor.copy())
-        probs = (await self.run(inputs)).numpy().astype(np.float32)
+        with self.admission():
+            body = await self.body(request)
+            try:
+                req = parse_infer(body, request.headers.get(HEADER))
+            except ProtocolError as err:
+                raise HTTPException(400, str(err)) from None
+            item = req.inputs[0]
+            if item.images is not None:
+                inputs = await self.images_to_inputs(item.images)
+            else:
+                if list(item.tensor.shape[1:]) != self.input_shape:
+                    raise HTTPException(400, f"FP32 input shape {item.shape}: this model takes [N, {self.input_shape}]")
+                if not np.isfinite(item.tensor).all():
+                    raise HTTPException(400, "FP32 input holds NaN or infinity")
+                inputs = torch.from_numpy(item.tensor.copy())
+            probs = (await self.run(inputs)).numpy().astype(np.float32)
         outputs = {"probabilities": probs, "top1": probs.argmax(1).astype(np.int64)}
         payload, headers = infer_response(self.name, req, outputs)
         media = "application/octet-stream" if headers else "application/json"
@@ -241,7 +269,7 @@ class _Service:
                        {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, meta.model.num_classes]},
                         {"name": "top1", "datatype": "INT64", "shape": [-1]}],
-            "parameters": {"variant": meta.model.variant, "classes": list(meta.labels)},
+            "parameters": {"variant": meta.model.variant, "classes": list(self.labels)},
         })  # fmt: skip
 
     async def model_ready(self, request: Request) -> Response:

@@ -33,15 +33,16 @@ class Batcher:
     """Run ``infer`` on batches gathered from concurrent requests.
 
     Args:
-        infer: (B, C, H, W) model inputs → (B, K) outputs; called in the worker thread only.
+        infer: the requests' tensors (each (n, ...)) → (Σn, K) outputs; called in the worker thread only.
         max_batch: the most images in one call.
         max_wait_ms: how long the first request of a batch waits for others (ms).
         max_queue: the most images waiting; more are refused with `QueueFull`.
         on_batch: called with (batch size, seconds) after every call, for metrics.
     """
 
-    def __init__(self, infer: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+    def __init__(self, infer: Callable[[list[torch.Tensor]], torch.Tensor], max_batch: int = 32,
+                 max_wait_ms: float = 10.0, max_queue: int = 256,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
         self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
         self.max_queue, self.on_batch = max_queue, on_batch
         self._items: collections.deque[_Item] = collections.deque()
@@ -49,6 +50,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="alexnet-batcher", daemon=True)
+        self.threads = torch.get_num_threads()  # the model's intra-op threads, as the process was configured
 
     @property
     def depth(self) -> int:
@@ -105,12 +107,13 @@ class Batcher:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        torch.set_num_threads(self.threads)  # OpenMP's thread count is per calling thread: this one runs the model
         while (batch := self._take()) is not None:
             if not batch:
                 continue
             began = time.perf_counter()
             try:
-                outputs = self.infer(torch.cat([item.inputs for item in batch]))
+                outputs = self.infer([item.inputs for item in batch])
                 error = None
             except Exception as err:  # a bug must fail its requests, not kill the worker and hang every later one
                 log.exception("inference failed")

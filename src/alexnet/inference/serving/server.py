@@ -54,7 +54,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, settings: Serv
     model_name = model_name.replace("/", "_")
     app = create_app(trained, model_name, settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                            limit_concurrency=settings.max_queue + 64, access_log=False)  # fmt: skip
+                            limit_concurrency=4 * settings.max_queue + 256, access_log=False)  # fmt: skip
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the previous handler: this one
     # makes that a no-op, so a requested stop is a clean exit (status 0), as process managers expect.
