@@ -110,7 +110,7 @@ def _save_forever(path: str, ready) -> None:
     while True:
         i += 1
         # numpy fills it: torch's OpenMP pool does not survive fork (a parallel op would hang the child)
-        state = {"model": {"w": torch.from_numpy(np.full(4_000_000, i, np.float32))}, "config": {}, "i": i}
+        state = {"model": {"w": torch.from_numpy(np.full(1_000_000, i, np.float32))}, "config": {}, "i": i}
         ready.send((i, took))  # and how long the previous write took
         began = time.perf_counter()
         save_checkpoint(state, path)
