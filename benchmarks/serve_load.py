@@ -158,7 +158,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from predict_memory import make_weights
 
-    tmp = Path(tempfile.mkdtemp(prefix="alexnet-serve-load-"))
+    scratch = tempfile.TemporaryDirectory(prefix="alexnet-serve-load-")  # removed at exit: the weights are 244 MB
+    tmp = Path(scratch.name)
     weights = args.weights or str(make_weights(tmp / "owt.safetensors"))
     images = make_images(tmp, 64)
     bodies = [p.read_bytes() for p in images]
@@ -203,6 +204,7 @@ def main() -> None:
     finally:
         server.terminate()
         code = server.wait(60)
+        scratch.cleanup()
     result = {"offline_img_s": offline, "served": served, "overload": over, "server_peak_rss_mb": peak,
               "served_over_offline": served["rps"] / offline, "p99_over_p50": served["p99_ms"] / served["p50_ms"],
               "sigterm_exit": code, "clients": args.clients, "precision": args.precision,

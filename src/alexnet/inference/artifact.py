@@ -303,6 +303,10 @@ def load_trained(path: Path | str) -> TrainedModel:
     """
     path = Path(path)
     source = str(path)
+    if path.suffix == ".pt2":  # a torch.export program we wrote: exported fp32, or quantized int8
+        from .quantize import load_program
+
+        return load_program(path)
     if path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
         from .weights import resolve  # published weights: a registry name, torchvision's or Caffe's files
 

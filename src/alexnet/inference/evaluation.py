@@ -15,6 +15,7 @@ from ..device import pick_device, pick_precision
 from ..errors import IncompatibleCheckpointError
 from ..training.engine import StepSettings, evaluate
 from .artifact import display_label, load_trained
+from .quantize import CALIBRATION_IMAGES, calibration_inputs, is_int8, quantize
 
 
 def evaluate_checkpoint(
@@ -35,14 +36,18 @@ def evaluate_checkpoint(
     from the model's metadata.
     """
     trained = load_trained(path)
+    int8 = precision == "int8" or is_int8(trained)
+    if precision == "int8" and not is_int8(trained):  # quantize on the fly, calibrated on the training split
+        trained, _ = quantize(trained, calibration_inputs(trained, CALIBRATION_IMAGES, data_dir),
+                              record={"calibration_split": "train", "calibration_seed": 0})  # fmt: skip
     prep = trained.preprocessing
     # Only the validation split is read; the preprocessing is the one recorded with the weights.
     cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()
     cfg.dataset = dataset or prep.dataset or cfg.dataset
     cfg.data_dir = data_dir or cfg.data_dir
     cfg.eval_batch_size = batch_size or cfg.eval_batch_size
-    dev = pick_device(device)
-    prec = pick_precision(precision, dev)
+    dev = torch.device("cpu") if int8 else pick_device(device)  # the X86 int8 kernels run on the CPU
+    prec = "fp32" if int8 else pick_precision(precision, dev)  # int8 graphs run as they are: no autocast
     loader, classes = build_eval_loader(cfg, prep.stored_size, dev)
     if classes != trained.classes:
         shown = [display_label(c) for c in classes[:4]]
@@ -53,7 +58,7 @@ def evaluate_checkpoint(
     transform = prep.transform()
     if prep.mean_image:  # the per-pixel mean is not stored with the weights: recompute it, as training did
         transform.mean = training_mean_image(cfg, prep.stored_size)
-    model = trained.model.to(dev, memory_format=torch.channels_last)
+    model = trained.model if int8 else trained.model.to(dev, memory_format=torch.channels_last)
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
         result = evaluate(model, loader, transform, settings, ten_crop=ten_crop)

@@ -97,8 +97,9 @@ class Predictor:
         self.transform = meta.preprocessing.transform()
         self.max_bytes = int(max_file_mb * 2**20)
         self.is_onnx = not isinstance(model, torch.nn.Module)
-        self.device = torch.device("cpu") if self.is_onnx else pick_device(device)
-        self.precision = "fp32" if self.is_onnx else pick_precision(precision, self.device)
+        fixed = self.is_onnx or bool(meta.provenance.get("quantization"))  # runs as it is: CPU, no autocast
+        self.device = torch.device("cpu") if fixed else pick_device(device)
+        self.precision = "fp32" if fixed else pick_precision(precision, self.device)
         self.model = model if self.is_onnx else model.eval().to(self.device)
 
     @classmethod

@@ -1,0 +1,61 @@
+"""int8 post-training quantization: `alexnet quantize` writes a program that loads like any weights, agrees with
+fp32, is really quantized, runs any batch size, and evaluates as fp32 does; `eval --precision int8` on the fly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.inference.artifact import load_trained
+from alexnet.inference.quantize import Int8Model, calibration_inputs, is_int8
+from alexnet.training.fit import fit
+
+from ..conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "run"
+    fit(tiny_config(out, "train.epochs=1", "data.pad=0", "data.pca_std=0.0"))
+    return out
+
+
+def test_quantize_writes_an_int8_program_that_loads_and_agrees(trained_run, tmp_path, capsys):
+    weights, program = trained_run / "best.safetensors", tmp_path / "int8.pt2"
+    assert main(["quantize", "--checkpoint", str(weights), "--out", str(program), "--calibration", "128",
+                 "--batch", "32"]) == 0  # fmt: skip
+    assert "calibrated on 128 training images of fake" in capsys.readouterr().out
+    int8, fp32 = load_trained(program), load_trained(weights)
+    assert is_int8(int8) and isinstance(int8.model, Int8Model) and int8.classes == fp32.classes
+    record = int8.meta.provenance["quantization"]
+    assert record["calibration_images"] == 128 and record["calibration_split"] == "train" and record["batch"] == 32
+    x = calibration_inputs(fp32, 45, seed=3)  # other training images; 45 is not a multiple of 32: padded, then cut
+    with torch.no_grad():
+        got, want = int8.model(x), fp32.model(x)
+    assert got.shape == want.shape
+    assert 0 < (got - want).abs().max() < 0.1 * want.abs().max()  # quantized (not fp32 passed through), and close
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.9
+
+    assert main(["predict", "--checkpoint", str(program), "--json", str(tmp_path)]) == 2  # no image: a clear error
+    results = {}
+    for name, args in (("fp32", [str(weights), "--precision", "fp32"]), ("int8", [str(program)]),
+                       ("fly", [str(weights), "--precision", "int8"])):  # fmt: skip
+        assert main(["eval", "--checkpoint", *args, "--json", "--out-dir", str(tmp_path / name)]) == 0
+        results[name] = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert results["fp32"]["images"] == results["int8"]["images"] == results["fly"]["images"]
+    assert abs(results["int8"]["acc1"] - results["fp32"]["acc1"]) <= 3.0
+    assert abs(results["fly"]["acc1"] - results["fp32"]["acc1"]) <= 3.0
+
+
+def test_quantize_refuses_a_wrong_suffix_and_a_broken_program(trained_run, tmp_path, capsys):
+    assert (
+        main(["quantize", "--checkpoint", str(trained_run / "best.safetensors"), "--out", str(tmp_path / "q.pt")]) == 2
+    )
+    assert ".pt2" in capsys.readouterr().err
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["eval", "--checkpoint", str(broken)]) == 2
+    assert "not a loadable torch.export program" in capsys.readouterr().err
