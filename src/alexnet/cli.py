@@ -320,6 +320,17 @@ def run_bench(args: argparse.Namespace) -> int:
         r = result[mode]
         print(f"{mode}: {r['alexnet_img_s']:.1f} vs {r['baseline_img_s']:.1f} img/s = {r['speedup']:.2f}x, "
               f"MFU {100 * r['mfu']:.1f}% (at 100% of the peak: {r['ceiling_speedup']:.2f}x)")  # fmt: skip
+    engines = result.get("engines")
+    if engines:
+        key = f"batch{engines['batch']}_img_s"
+        print(f"\ninference engines at {engines['input']} px; int8 GEMM peak {engines['int8_peak_gops']} GOP/s")
+        print(f"{'engine':<40} {'batch ' + str(engines['batch']) + ' img/s':>16} {'batch 1 ms':>11} {'MFU':>6}")
+        for row in engines["rows"]:
+            if "note" in row:
+                print(f"{row['engine']:<40} {row['note']}")
+                continue
+            mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] else "     -"
+            print(f"{row['engine']:<40} {row[key]:>16.1f} {row['batch1_ms']:>11.2f} {mfu:>6}")
     return 0
 
 

@@ -12,7 +12,8 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
     monkeypatch.setattr(bench, "measure_peak", lambda dtype, device: 200e9 if dtype == torch.float32 else 400e9)
     result = benchmark(batch=2, quick=True, device="cpu")
     assert result["peak_gflops"] == {"fp32": 200.0, "bf16": 400.0}
-    assert set(result) == {"device", "threads", "torch", "peak_gflops", "train", "infer", "cases"}
+    assert set(result) == {"device", "threads", "torch", "peak_gflops", "train", "infer", "cases", "engines"}
+    assert result["engines"] is None  # --quick: no engine comparison
     for mode in ("train", "infer"):
         r = result[mode]
         assert r["baseline_img_s"] > 0 and r["alexnet_img_s"] > 0 and 0 < r["mfu"] < 1.5
@@ -20,3 +21,20 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
         # ceiling = peak / baseline FLOP/s = speedup / MFU (MFU = contender FLOP/s / peak)
         assert abs(r["ceiling_speedup"] - r["speedup"] / r["mfu"]) < 0.02 * r["ceiling_speedup"]
     assert len(result["cases"]) == 4 and result["peak_gflops"]["fp32"] > 0
+
+
+def test_engine_rows_report_rates_latency_mfu_and_skips(monkeypatch):
+    import time
+
+    import alexnet.experiments.engines as engines
+
+    def runner(x):
+        return lambda: time.sleep(0.001 * len(x))  # 1 ms per image: 1,000 img/s, 1 ms at batch 1
+
+    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: {"fast int8": runner, "absent": "skipped: no"})
+    result = engines.compare_engines(batch=4, size=32, repeats=3, latency_calls=5, peaks={"int8": 1e12})
+    fast, absent = result["rows"]
+    assert absent == {"engine": "absent", "note": "skipped: no"}
+    assert 500 < fast["batch4_img_s"] <= 1000 and 1 <= fast["batch1_ms"] < 3
+    macs = engines.model_info("alexnet_owt").macs
+    assert abs(fast["mfu"] - 2 * macs * fast["batch4_img_s"] / 1e12) < 1e-3 and fast["peak"] == "int8"

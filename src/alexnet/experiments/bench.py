@@ -160,7 +160,8 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dic
     (including the process-wide allocator setting, which would otherwise speed up the baseline too).
 
     Returns:
-        The JSON object described in the README (device, threads, peak_gflops, train, infer, cases).
+        The JSON object described in the README (device, threads, peak_gflops, train, infer, cases, and on a CPU
+        without ``quick`` the inference engines of `alexnet.experiments.engines`).
     """
     dev = pick_device(device)
     fast = fast_settings(dev)
@@ -204,7 +205,13 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dic
                 "speedup": round(c.img_s / b.img_s, 3), "mfu": round(c.mfu, 4), "precision": c.precision,
                 "ceiling_speedup": round(ceiling, 3)}  # fmt: skip
 
+    engines = None
+    if not quick and dev.type == "cpu":
+        from .engines import compare_engines
+
+        engines = compare_engines(batch, peaks=peak)
     return {
+        "engines": engines,
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

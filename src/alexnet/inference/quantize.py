@@ -68,7 +68,9 @@ class Int8Model(nn.Module):
             n = len(chunk)
             if n < self.batch:
                 chunk = torch.cat([chunk, chunk.new_zeros(self.batch - n, *chunk.shape[1:])])
-            with torch.no_grad():
+            # The same inductor config as at compile time: a call outside the patch would recompile without freezing
+            # (and without the int8 kernels: 5× slower).
+            with torch.no_grad(), torch._inductor.config.patch(freezing=True):
                 outs.append(self.compiled(chunk)[:n])
         return torch.cat(outs)
 

@@ -1,0 +1,157 @@
+"""CPU inference engines side by side, in one run: torchvision's AlexNet in eager fp32, onnxruntime fp32 and
+OpenVINO bf16 (when those optional packages are installed; skipped with a note otherwise), this library's bf16
+defaults and its int8 program, at batch 64 (images/s) and batch 1 (median latency), with MFU against the
+matching measured peak (int8: ``torch._int_mm``'s, the VNNI GEMM rate)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import create_model, model_info
+
+log = logging.getLogger(__name__)
+
+
+def int8_peak(repeats: int = 5) -> float:
+    """int8 multiply-accumulates as FLOP/s (2 per MAC): the best of n×n ``torch._int_mm`` (int8 → int32)."""
+    best = 0.0
+    for n in (2048, 4096):
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        torch._int_mm(a, b)
+        for _ in range(repeats):
+            began = time.perf_counter()
+            torch._int_mm(a, b)
+            best = max(best, 2 * n**3 / (time.perf_counter() - began))
+    return best
+
+
+def _throughput(run: Callable[[], Any], batch: int, repeats: int) -> float:
+    run()
+    rates = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        rates.append(batch / (time.perf_counter() - began))
+    return statistics.median(rates)
+
+
+def _latency_ms(run: Callable[[], Any], calls: int) -> float:
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(calls):
+        began = time.perf_counter()
+        run()
+        times.append(1000 * (time.perf_counter() - began))
+    return statistics.median(times)
+
+
+def _torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable[[torch.Tensor], Callable] | str]:
+    """Name → a function making a runner for an input batch, or the reason the engine is skipped."""
+    threads = torch.get_num_threads()
+    out: dict[str, Any] = {}
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet().eval()
+    out["torchvision eager fp32"] = lambda x: _torch_runner(tv, x)
+    onnx_path = tmp / "alexnet.onnx"
+    try:
+        import onnxruntime as ort
+
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        program = torch.onnx.export(tv, (torch.randn(2, 3, size, size),), dynamo=True, input_names=["x"],
+                                    dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip
+        program.save(str(onnx_path))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+        def onnxruntime(x: torch.Tensor) -> Callable[[], Any]:
+            xn = x.numpy()
+            return lambda: session.run(None, {"x": xn})
+
+        out["onnxruntime fp32"] = onnxruntime
+    except ImportError:
+        out["onnxruntime fp32"] = "skipped: onnxruntime is not installed (pip install 'alexnet[export]')"
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = {}
+
+        def openvino(x: torch.Tensor) -> Callable[[], Any]:
+            key = tuple(x.shape)
+            if key not in compiled:
+                ov_model = ov.convert_model(tv, example_input=x)
+                config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
+                          "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+                compiled[key] = core.compile_model(ov_model, "CPU", config)
+            request, xn = compiled[key].create_infer_request(), x.numpy()
+            return lambda: request.infer({0: xn})
+
+        out["OpenVINO bf16"] = openvino
+    except ImportError:
+        out["OpenVINO bf16"] = "skipped: openvino is not installed (pip install openvino)"
+
+    # The library's inference defaults, on a copy (the int8 path below quantizes the fp32 original).
+    bf16 = copy.deepcopy(model).eval().to(torch.bfloat16).to(memory_format=torch.channels_last)
+    out["alexnet_owt bf16 (library defaults)"] = lambda x: _torch_runner(
+        bf16, x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    )
+    try:
+        from ..inference.quantize import Int8Model, quantize_graph
+
+        fp32 = model.float()
+
+        def int8(x: torch.Tensor) -> Callable[[], Any]:
+            # Calibrated on random inputs: the speed of int8 arithmetic does not depend on the scales chosen.
+            program = quantize_graph(fp32, torch.randn(max(len(x), 8), *x.shape[1:]), batch=len(x))
+            return _torch_runner(Int8Model(program.module(), len(x), 3, size), x)
+
+        out["alexnet_owt int8 (alexnet quantize)"] = int8
+    except ImportError:
+        out["alexnet_owt int8 (alexnet quantize)"] = "skipped: torchao is not installed (pip install 'alexnet[int8]')"
+    return out
+
+
+def compare_engines(batch: int = 64, size: int = 224, repeats: int = 5, latency_calls: int = 30,
+                    peaks: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The rows of the engine comparison (see the module's docstring) and the int8 peak."""
+    peaks = dict(peaks or {})
+    peaks.setdefault("int8", int8_peak())
+    macs = model_info("alexnet_owt").macs
+    torch.manual_seed(0)
+    model = create_model("alexnet_owt")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in _engines(model, size, Path(tmp)).items():
+            if isinstance(make, str):
+                rows.append({"engine": name, "note": make})
+                continue
+            img_s = _throughput(make(torch.randn(batch, 3, size, size)), batch, repeats)
+            ms = _latency_ms(make(torch.randn(1, 3, size, size)), latency_calls)
+            kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
+            mfu = 2 * macs * img_s / peaks[kind] if kind in peaks else None
+            rows.append({"engine": name, f"batch{batch}_img_s": round(img_s, 1), "batch1_ms": round(ms, 2),
+                         "peak": kind, "mfu": round(mfu, 4) if mfu else None})  # fmt: skip
+            log.info("%-40s %8.1f img/s  batch 1 %6.2f ms", name, img_s, ms)
+    return {"batch": batch, "input": size, "int8_peak_gops": round(peaks["int8"] / 1e9, 1), "rows": rows}
