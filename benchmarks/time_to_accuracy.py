@@ -1,16 +1,20 @@
-"""Time to accuracy: wall-clock seconds from nothing loaded to a target test accuracy, for a recipe.
+"""Time to accuracy, honestly selected: the final epoch's test accuracy and the wall-clock seconds from nothing
+loaded to the end of training, for a recipe, over one or several seeds.
 
-    python benchmarks/time_to_accuracy.py                      # fashion-mnist recipe, target 92%
-    python benchmarks/time_to_accuracy.py --recipe cifar10 --target 85 --set train.epochs=20
+    python benchmarks/time_to_accuracy.py                                   # fashion-mnist, target 93% in 180 s
+    python benchmarks/time_to_accuracy.py --recipe cifar10 --target 90 --budget 1200 --seeds 3
 
-Prints each epoch's elapsed time (data loading included) and test accuracy, then the first time the target was
-reached. A measurement, not a test: it exits 0 either way and says whether the target was met.
+The result is the last epoch's test accuracy, never the best epoch's: for these data sets the per-epoch
+"validation" is the test split, and picking the best epoch (or stopping when the target is first crossed) would
+select on the test set. Each epoch's figures are printed for the curve only. A measurement, not a test: it exits 0
+either way and says whether the target was met (mean ± std over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 
@@ -18,32 +22,41 @@ from alexnet.config import load_config
 from alexnet.training.fit import fit
 
 
+def one_run(recipe: str, overrides: list[str], seed: int) -> tuple[float, float, list[dict]]:
+    """(final-epoch test top-1 %, seconds from nothing loaded to the end of training, the epoch rows)."""
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(recipe, overrides, train__out=out, train__progress=False, train__seed=seed)
+        result = fit(cfg)
+    return result.history[-1]["val_acc1"], time.perf_counter() - began, result.history
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="fashion-mnist")
-    parser.add_argument("--target", type=float, default=92.0, help="test top-1 accuracy, percent")
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds the target should be reached in")
+    parser.add_argument("--target", type=float, default=93.0, help="final-epoch test top-1 accuracy, percent")
+    parser.add_argument("--budget", type=float, default=180.0, help="seconds the run should take at most")
+    parser.add_argument("--seeds", type=int, default=1, help="runs with seeds 0..N-1; mean ± std")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    began = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(args.recipe, args.overrides, train__out=out, train__progress=False)
-        result = fit(cfg)
-    total = time.perf_counter() - began
-    print(f"\n{'epoch':>5} {'elapsed s':>10} {'test acc1 %':>12}")
-    reached = None
-    for row in result.history:
-        print(f"{row['epoch']:>5} {row['elapsed']:>10.1f} {row['val_acc1']:>12.2f}")
-        if reached is None and row["val_acc1"] >= args.target:
-            reached = row["elapsed"]
-    final = result.history[-1]["val_acc1"]
-    if reached is None:
-        print(f"target {args.target}% NOT reached: final {final:.2f}% after {total:.1f} s")
-    else:
-        verdict = "within" if reached <= args.budget else "OVER"
-        print(f"target {args.target}% reached at {reached:.1f} s ({verdict} the {args.budget:.0f} s budget); "
-              f"final {final:.2f}% after {total:.1f} s")  # fmt: skip
+    finals, seconds = [], []
+    for seed in range(args.seeds):
+        final, total, history = one_run(args.recipe, args.overrides, seed)
+        print(f"\nseed {seed}\n{'epoch':>5} {'elapsed s':>10} {'test acc1 %':>12}")
+        for row in history:
+            print(f"{row['epoch']:>5} {row['elapsed']:>10.1f} {row['val_acc1']:>12.2f}")
+        print(f"seed {seed}: final-epoch test top-1 {final:.2f}% in {total:.1f} s")
+        finals.append(final)
+        seconds.append(total)
+
+    def spread(values: list[float]) -> str:
+        mean = statistics.mean(values)
+        return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+    met = statistics.mean(finals) >= args.target and statistics.mean(seconds) <= args.budget
+    print(f"\n{args.recipe}: final-epoch test top-1 {spread(finals)}% in {spread(seconds)} s over {args.seeds} "
+          f"seed(s); target {args.target}% in {args.budget:.0f} s: {'MET' if met else 'NOT met'}")  # fmt: skip
 
 
 if __name__ == "__main__":

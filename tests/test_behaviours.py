@@ -119,6 +119,8 @@ def test_demo_with_a_tiny_limit(tmp_path, fashion_dir, capsys):
             "train.epochs=1", "--set", "train.limit_train_batches=2", "--set", "train.progress=false"]  # fmt: skip
     assert main(args) == 0
     assert "report:" in capsys.readouterr().out and (tmp_path / "demo" / "report.md").is_file()
+    # The reported figures are the final epoch's, never the best-on-the-test-split epoch's.
+    assert "last.pt (the final epoch" in (tmp_path / "demo" / "report.md").read_text()
 
 
 def test_verbose_shows_the_traceback(tmp_path):
