@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import json
 import logging
@@ -89,10 +90,23 @@ def fit(cfg: Config) -> RunResult:
     Raises:
         DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
     """
+    dist: list[distributed.DistInfo] = []
+    result = _fit(cfg, dist)  # a failure leaves as before: the launcher stops the other processes
+    # The run's objects went with _fit's frame, but DDP and the towers' modules hold the process group in reference
+    # cycles: collected now, while the interpreter is whole. Left to interpreter shutdown, destroying gloo's threads
+    # there aborted a worker now and then (SIGABRT, "terminate called without an active exception";
+    # pytorch/pytorch#179291 describes the mechanism).
+    gc.collect()
+    distributed.cleanup(dist[0])
+    return result
+
+
+def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
     started = time.perf_counter()
     cfg, pretrained = adopt_pretrained(cfg)  # model.weights: their network and preprocessing
     device = pick_device(cfg.train.device)
     dist_info = distributed.setup(device)
+    dist.append(dist_info)
     device = distributed.local_device(device, dist_info)
     precision = pick_precision(cfg.train.precision, device)
     if device.type == "cpu" and cfg.train.tune_allocator:
@@ -240,7 +254,6 @@ def fit(cfg: Config) -> RunResult:
                     log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
                     break
     distributed.barrier(dist_info)
-    distributed.cleanup(dist_info)
     return result
 
 
