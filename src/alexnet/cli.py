@@ -579,6 +579,8 @@ def _quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_positive_int, default=64, help="the batch size the program is compiled for")
     p.add_argument("--data-dir", help="where the model's data set is (default: as training found it)")
     p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
+    p.add_argument("--no-autotune", dest="autotune", action="store_false",
+                   help="compile without timing GEMM templates (faster to load, slower at batch 1)")  # fmt: skip
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -595,7 +597,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     calibration = calibration_inputs(trained, args.calibration, args.data_dir, args.seed)
     record = {"calibration_split": "train", "calibration_seed": args.seed, "dataset": trained.preprocessing.dataset}
-    int8, program = quantize(trained, calibration, args.batch, record)
+    int8, program = quantize(trained, calibration, args.batch, record, args.autotune)
     save_int8(program, int8.meta, args.out)
     # Agreement with fp32 on other training images (the test split is for eval, never for choices).
     check = calibration_inputs(trained, min(256, args.calibration), args.data_dir, args.seed + 1)

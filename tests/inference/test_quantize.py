@@ -26,12 +26,13 @@ def trained_run(tmp_path_factory):
 def test_quantize_writes_an_int8_program_that_loads_and_agrees(trained_run, tmp_path, capsys):
     weights, program = trained_run / "best.safetensors", tmp_path / "int8.pt2"
     assert main(["quantize", "--checkpoint", str(weights), "--out", str(program), "--calibration", "128",
-                 "--batch", "32"]) == 0  # fmt: skip
+                 "--batch", "32", "--no-autotune"]) == 0  # fmt: skip
     assert "calibrated on 128 training images of fake" in capsys.readouterr().out
     int8, fp32 = load_trained(program), load_trained(weights)
     assert is_int8(int8) and isinstance(int8.model, Int8Model) and int8.classes == fp32.classes
     record = int8.meta.provenance["quantization"]
     assert record["calibration_images"] == 128 and record["calibration_split"] == "train" and record["batch"] == 32
+    assert record["autotune"] is False  # --no-autotune, recorded: loading compiles the same way
     x = calibration_inputs(fp32, 45, seed=3)  # other training images; 45 is not a multiple of 32: padded, then cut
     with torch.no_grad():
         got, want = int8.model(x), fp32.model(x)

@@ -125,7 +125,7 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
         def int8(x: torch.Tensor) -> Callable[[], Any]:
             # Calibrated on random inputs: the speed of int8 arithmetic does not depend on the scales chosen.
             program = quantize_graph(fp32, torch.randn(max(len(x), 8), *x.shape[1:]), batch=len(x))
-            return _torch_runner(Int8Model(program.module(), len(x), 3, size), x)
+            return _torch_runner(Int8Model(program.module(), len(x), 3, size, autotune=True), x)
 
         out["alexnet_owt int8 (alexnet quantize)"] = int8
     except ImportError:
