@@ -56,6 +56,11 @@ def test_train_then_eval(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--ten-crop"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Acc@1") and "class_3" in out
+    # Mirror test-time augmentation from the command line: flagged in the result, and scored differently.
+    args = ["eval", "--checkpoint", str(tmp_path / "run" / "best.safetensors"), "--json", "--precision", "fp32"]
+    assert main([*args, "--flip-tta"]) == 0
+    flipped = json.loads(capsys.readouterr().out)
+    assert flipped["flip_tta"] is True and flipped["images"] == 256 and flipped["loss"] != result["loss"]
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ def test_overrides_and_fields():
         (["optim.lr=fast"], "wrong type"),
         (["train.epochs=1.5"], "wrong type"),
         (["lr=1"], "section.key=value"),
+        (["data.ten_crop=true", "data.flip_tta=true"], "exclusive"),
     ],
 )
 def test_bad_overrides(overrides, message):

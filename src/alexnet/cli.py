@@ -145,7 +145,9 @@ def _eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True, help=MODEL_HELP)
     p.add_argument("--dataset", help="default: the one the model was trained on")
     p.add_argument("--data-dir")
-    p.add_argument("--ten-crop", action="store_true", help="average softmax over 4 corners + centre and mirrors")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--ten-crop", action="store_true", help="average softmax over 4 corners + centre and mirrors")
+    views.add_argument("--flip-tta", action="store_true", help="average softmax over the centre crop and its mirror")
     p.add_argument("-b", "--batch-size", type=_positive_int)
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -166,15 +168,15 @@ def run_eval(args: argparse.Namespace) -> int:
     from .inference.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, ten_crop=args.ten_crop, device=args.device,
-        precision=args.precision, batch_size=args.batch_size, limit_batches=args.limit_val_batches,
+        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, ten_crop=args.ten_crop, flip=args.flip_tta,
+        device=args.device, precision=args.precision, batch_size=args.batch_size, limit_batches=args.limit_val_batches,
         progress=not args.json,
     )  # fmt: skip
     beside = Path(args.checkpoint).parent if Path(args.checkpoint).exists() else Path("runs", "eval", args.checkpoint)
     out_dir = Path(args.out_dir or beside)
     per_class = dict(zip(result["classes"], (round(a, 3) for a in result["per_class_acc"])))
     summary = {k: round(result[k], 4) for k in ("loss", "acc1", "acc5", "err1", "err5")}
-    summary.update(images=result["images"], ten_crop=args.ten_crop)
+    summary.update(images=result["images"], ten_crop=args.ten_crop, flip_tta=args.flip_tta)
     # The figures come last: a plotting failure must not lose the metrics already computed.
     if args.json:
         print(json.dumps({**summary, "per_class_acc": per_class}), flush=True)

@@ -94,6 +94,7 @@ class DataConfig:
     pca_eigval: list[float] | None = None  # None: fb.resnet ImageNet constants (RGB, [0, 1] scale)
     pca_eigvec: list[list[float]] | None = None
     ten_crop: bool = False  # evaluate on 4 corners + centre and their mirrors, softmax averaged
+    flip_tta: bool = False  # evaluate on the centre crop and its mirror, softmax averaged (ten_crop has mirrors)
     max_bad_fraction: float = 0.01  # stop when more than this fraction of image files fail to decode
     in_memory_gb: float = 2.0  # folders: decode once and keep in memory (per process, on the device) if they fit
 
@@ -138,6 +139,7 @@ class TrainConfig:
     limit_val_batches: int | None = None
     progress: bool = True
     checkpoint_every: int | None = None  # also save last.pt every N steps within an epoch
+    keep_every_epoch: bool = False  # also keep each epoch's state as epoch-N.pt (resumable, like last.pt)
     stop_at_train_acc1: float | None = None  # stop after the epoch whose training accuracy (%) reaches this
 
 
@@ -175,6 +177,8 @@ class Config:
                 raise ConfigError(
                     f"{dotted}={value!r} is out of range; expected a value in {bracket}{low:g}, {high:g}]"
                 )
+        if self.data.ten_crop and self.data.flip_tta:
+            raise ConfigError("data.flip_tta and data.ten_crop are exclusive: ten crops already include the mirrors")
         betas = self.optim.betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1)")

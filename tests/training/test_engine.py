@@ -10,7 +10,7 @@ import alexnet
 from alexnet.config import OptimConfig
 from alexnet.data.batch import BatchTransform
 from alexnet.training.distributed import DistInfo
-from alexnet.training.engine import StepSettings, train_one_epoch
+from alexnet.training.engine import StepSettings, evaluate, train_one_epoch
 from alexnet.training.optim import Schedule
 from alexnet.training.strategy import Strategy
 
@@ -78,3 +78,22 @@ def test_linear_scaling_rule(world, mode, expected):
     # 64 per process × 4 accumulated = 256 per process; towers see the same images on every rank
     assert strategy.scaled_lr(cfg, 256).lr == pytest.approx(expected)
     assert strategy.scaled_lr(OptimConfig(lr=0.01), 256).lr == 0.01  # off unless asked
+
+
+def test_flip_tta_scores_the_mean_softmax_of_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_small", num_classes=10, width=0.25).eval()
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (12,), generator=g)
+    transform = BatchTransform(input_size=32, crop=32, mean=torch.full((3, 1, 1), 0.5), flip=False)
+    settings = StepSettings(torch.device("cpu"), "fp32", 0, 10, progress=False)
+    result = evaluate(model, FixedLoader(images, labels, 5), transform, settings, flip=True)  # 5 + 5, 2 left over
+    x = transform.eval(images[:10])
+    with torch.no_grad():
+        probs = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2  # by hand, per image
+    assert result["images"] == 10
+    assert result["loss"] == pytest.approx(torch.nn.functional.nll_loss(probs.log(), labels[:10]).item(), rel=1e-5)
+    assert result["acc1"] == pytest.approx(100 * (probs.argmax(1) == labels[:10]).float().mean().item())
+    plain = evaluate(model, FixedLoader(images, labels, 5), transform, settings)
+    assert plain["loss"] != pytest.approx(result["loss"], rel=1e-5)  # the mirror changed the scores

@@ -89,9 +89,13 @@ def _train(*args):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["towers", "hybrid"])
 def test_training_evaluates_as_one_model_and_resumes_bitwise(tmp_path, mode):
-    _train("--parallel", mode, "--epochs", "2", "--out", str(tmp_path / "straight"))
-    _train("--parallel", mode, "--epochs", "1", "--out", str(tmp_path / "resumed"))
-    _train("--parallel", mode, "--epochs", "2", "--out", str(tmp_path / "resumed"), "--resume", "auto")
+    # Two launches, not three: the straight run keeps its epoch-1 state, and a second run resumes from that file.
+    _train(
+        "--parallel", mode, "--epochs", "2", "--out", str(tmp_path / "straight"), "--set", "train.keep_every_epoch=true"
+    )
+    assert sorted(p.name for p in (tmp_path / "straight").glob("epoch-*.pt")) == ["epoch-1.pt", "epoch-2.pt"]
+    first = str(tmp_path / "straight" / "epoch-1.pt")
+    _train("--parallel", mode, "--epochs", "2", "--out", str(tmp_path / "resumed"), "--resume", first)
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
     assert len(a["optimizer_ranks"]) == 2  # each rank's momentum for its own shard
     for key in a["model"]:

@@ -24,6 +24,7 @@ def evaluate_checkpoint(
     dataset: str | None = None,
     data_dir: str | None = None,
     ten_crop: bool = False,
+    flip: bool = False,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int | None = None,
@@ -33,7 +34,7 @@ def evaluate_checkpoint(
     """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a trained model on a validation split.
 
     The data set defaults to the one the model was trained on; its preprocessing (mean, std, crop) always comes
-    from the model's metadata.
+    from the model's metadata. ``ten_crop`` and ``flip`` average the softmax over views (see `evaluate`).
     """
     trained = load_trained(path)
     int8 = precision == "int8" or is_int8(trained)
@@ -61,6 +62,6 @@ def evaluate_checkpoint(
     model = trained.model if int8 else trained.model.to(dev, memory_format=torch.channels_last)
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
-        result = evaluate(model, loader, transform, settings, ten_crop=ten_crop)
+        result = evaluate(model, loader, transform, settings, ten_crop=ten_crop, flip=flip)
     result["classes"] = classes
     return result

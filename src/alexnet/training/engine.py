@@ -146,11 +146,13 @@ def evaluate(
     transform: BatchTransform,
     settings: StepSettings,
     ten_crop: bool = False,
+    flip: bool = False,
 ) -> dict:
     """Loss, top-1/top-5 accuracy (percent), per-class accuracy and the confusion matrix.
 
-    With ``ten_crop`` each image is scored by the softmax averaged over its ten crops (§4.1) and the loss is the
-    negative log of that average.
+    With ``ten_crop`` each image is scored by the softmax averaged over its ten crops (§4.1), with ``flip`` over the
+    centre crop and its mirror (test-time augmentation at 2× the cost, not 10×); the loss is the negative log of
+    that average.
     """
     model.eval()
     c = settings.num_classes
@@ -166,11 +168,14 @@ def evaluate(
             break
         b = labels.numel()
         x = transform.ten_crop(images) if ten_crop else transform.eval(images)
+        views = 10 if ten_crop else 1 + flip
+        if views == 2:
+            x = torch.cat([x, x.flip(3)])  # view-major rows, as ten_crop's: (2·B, C, H, W)
         with autocast(settings.device, settings.precision):
             logits = model(x).float()
         probs = logits.softmax(1)
-        if ten_crop:
-            probs = probs.view(10, b, c).mean(0)  # crop-major rows: see BatchTransform.ten_crop
+        if views > 1:
+            probs = probs.view(views, b, c).mean(0)  # view-major rows: see BatchTransform.ten_crop
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
         seen += b
         confusion += torch.bincount(labels * c + probs.argmax(1), minlength=c * c)
