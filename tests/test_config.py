@@ -44,6 +44,7 @@ def test_overrides_and_fields():
         (["train.epochs=1.5"], "wrong type"),
         (["lr=1"], "section.key=value"),
         (["data.ten_crop=true", "data.flip_tta=true"], "exclusive"),
+        (['optim.schedule="plateau"', "train.val_every=2"], "every epoch"),
     ],
 )
 def test_bad_overrides(overrides, message):

@@ -60,6 +60,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "train.limit_train_batches": (1, INF, True),
     "train.limit_val_batches": (1, INF, True),
     "train.checkpoint_every": (1, INF, True),
+    "train.val_every": (1, INF, True),
     "train.stop_at_train_acc1": (0, 100, True),
 }
 
@@ -138,6 +139,7 @@ class TrainConfig:
     limit_train_batches: int | None = None
     limit_val_batches: int | None = None
     progress: bool = True
+    val_every: int = 1  # validate every N epochs (and always after the last); plateau needs every epoch
     checkpoint_every: int | None = None  # also save last.pt every N steps within an epoch
     keep_every_epoch: bool = False  # also keep each epoch's state as epoch-N.pt (resumable, like last.pt)
     stop_at_train_acc1: float | None = None  # stop after the epoch whose training accuracy (%) reaches this
@@ -177,6 +179,8 @@ class Config:
                 raise ConfigError(
                     f"{dotted}={value!r} is out of range; expected a value in {bracket}{low:g}, {high:g}]"
                 )
+        if self.train.val_every > 1 and self.optim.schedule == "plateau":
+            raise ConfigError('optim.schedule="plateau" needs the validation error of every epoch: train.val_every=1')
         if self.data.ten_crop and self.data.flip_tta:
             raise ConfigError("data.flip_tta and data.ten_crop are exclusive: ten crops already include the mirrors")
         betas = self.optim.betas

@@ -167,3 +167,21 @@ def test_a_mean_image_run_evaluates_as_it_trained(tmp_path, image_folder, datase
     for name in ("last.pt", "best.safetensors"):
         got = evaluate_checkpoint(tmp_path / "run" / name, data_dir=str(image_folder), precision="fp32", progress=False)
         assert got["acc1"] == pytest.approx(result.final["acc1"]) and got["loss"] == pytest.approx(result.final["loss"])
+
+
+def test_val_every_skips_validation_but_not_the_last_epoch_and_trains_the_same(tmp_path, monkeypatch):
+    import alexnet.training.fit as fit_module
+
+    every = fit(tiny_config(tmp_path / "a", "train.epochs=3"))
+    calls = []
+    real = fit_module.evaluate
+    monkeypatch.setattr(fit_module, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sparse = fit(tiny_config(tmp_path / "b", "train.epochs=3", "train.val_every=2"))
+    assert len(calls) == 2  # epochs 2 and 3 (the last), not 1
+    assert math.isnan(sparse.history[0]["val_acc1"]) and "nan" in (tmp_path / "b" / "metrics.csv").read_text()
+    assert sparse.history[-1]["val_acc1"] == every.history[-1]["val_acc1"]
+    _assert_same_state(load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt"))
+    # A run stopped early by its training-accuracy target is validated at the epoch it stops.
+    calls.clear()
+    stopped = fit(tiny_config(tmp_path / "c", "train.epochs=5", "train.val_every=4", "train.stop_at_train_acc1=0"))
+    assert len(stopped.history) == 1 and len(calls) == 1 and not math.isnan(stopped.history[0]["val_acc1"])

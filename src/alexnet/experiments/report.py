@@ -140,7 +140,9 @@ def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Pat
         + (f" {trained.meta.model.overrides}" if trained.meta.model.overrides else ""),
         "data set": trained.preprocessing.dataset,
         "epochs": len(rows),
-        "best validation top-1 (%)": max((float(r["val_acc1"]) for r in rows), default="n/a"),
+        "best validation top-1 (%)": max(
+            (v for r in rows if (v := float(r["val_acc1"])) == v), default="n/a"
+        ),  # NaN: not validated
         "training images/s (last epoch)": rows[-1]["img_s"] if rows else "n/a",
         "training time (s)": round(sum(float(r["seconds"]) for r in rows), 1),
     }

@@ -43,6 +43,8 @@ from .state import EpochTotals, build_state, check_resume, latest_valid, restore
 from .strategy import Strategy
 
 log = logging.getLogger(__name__)
+# An epoch trained without validation (train.val_every > 1): its row's validation figures are NaN.
+SKIPPED_VAL = {"loss": math.nan, "acc1": math.nan, "acc5": math.nan}
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "img_s", "seconds"]
 
 
@@ -232,15 +234,23 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
             start_step, totals = 0, EpochTotals()
             # A finite loss whose update broke the weights: stop before evaluating them.
             strategy.check_finite(plain, f"in epoch {epoch + 1}", str(out / "last.pt"))
-            val = evaluate(
-                model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop, flip=cfg.data.flip_tta
-            )
-            schedule.end_epoch(val["err1"])
+            target = cfg.train.stop_at_train_acc1
+            stopping = False
+            if target is not None:  # the mean over processes, so every process stops at the same epoch
+                acc1 = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), dist_info).item() / dist_info.world
+                stopping = acc1 >= target
+            # Every val_every-th epoch, and always the last one trained.
+            validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
+            val = SKIPPED_VAL
+            if validate:
+                val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop,
+                               flip=cfg.data.flip_tta)  # fmt: skip
+                schedule.end_epoch(val["err1"])
+                result.final = val
             row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train, val, began, started)
             result.history.append(row)
-            result.final = val
             # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
-            improved = math.isfinite(val["loss"]) and val["acc1"] > result.best_acc1
+            improved = validate and math.isfinite(val["loss"]) and val["acc1"] > result.best_acc1
             if improved:
                 result.best_acc1 = val["acc1"]
             if dist_info.is_main:
@@ -252,12 +262,9 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
             if improved and dist_info.is_main:
                 metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
                 save_weights(model_state, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
-            target = cfg.train.stop_at_train_acc1
-            if target is not None:  # the mean over processes, so every process stops at the same epoch
-                acc1 = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), dist_info).item() / dist_info.world
-                if acc1 >= target:
-                    log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
-                    break
+            if stopping:
+                log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
+                break
     distributed.barrier(dist_info)
     return result
 
@@ -305,11 +312,13 @@ def _epoch_row(epoch: int, lr: float, train: dict[str, float], val: dict[str, An
 
 
 def _log_epoch(row: dict[str, float], epochs: int, train: dict[str, float]) -> None:
+    val = "val not run (train.val_every)"
+    if not math.isnan(row["val_acc1"]):
+        val = f"val loss {row['val_loss']:.4f} acc1 {row['val_acc1']:.2f}% acc5 {row['val_acc5']:.2f}%"
     log.info(
-        "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  val loss %.4f acc1 %.2f%% acc5 %.2f%%  "
-        "%.0f img/s  data %.1fs compute %.1fs",
-        row["epoch"], epochs, row["lr"], train["loss"], train["acc1"], row["val_loss"], row["val_acc1"],
-        row["val_acc5"], train["img_s"], train["data_s"], train["compute_s"],
+        "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  %s  %.0f img/s  data %.1fs compute %.1fs",
+        row["epoch"], epochs, row["lr"], train["loss"], train["acc1"], val, train["img_s"], train["data_s"],
+        train["compute_s"],
     )  # fmt: skip
 
 
