@@ -2,7 +2,8 @@
 loaded to the end of training, for a recipe, over one or several seeds.
 
     python benchmarks/time_to_accuracy.py                                   # fashion-mnist, target 93% in 180 s
-    python benchmarks/time_to_accuracy.py --recipe cifar10 --target 90 --budget 1200 --seeds 3
+    python benchmarks/time_to_accuracy.py --recipe cifar10-fast --target 90 --budget 1200 --seeds 3 \
+        --set 'data.dataset="folder"' --set 'data.data_dir="/tmp/cifar10-jpg"'     # the CIFAR-10 JPEGs
 
 The result is the last epoch's test accuracy, never the best epoch's: for these data sets the per-epoch
 "validation" is the test split, and picking the best epoch (or stopping when the target is first crossed) would
