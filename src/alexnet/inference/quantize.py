@@ -42,7 +42,16 @@ def _torchao() -> tuple[Any, Any, Any, Any]:
     return prepare_pt2e, convert_pt2e, X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 
-class Int8Model(nn.Module):
+class _ExportedModule(nn.Module):
+    """A module around an exported graph: exported in eval mode, the graph has no train mode to switch (an exported
+    module refuses ``.train()`` and ``.eval()``), so only the flag changes."""
+
+    def train(self, mode: bool = True) -> _ExportedModule:
+        self.training = mode
+        return self
+
+
+class Int8Model(_ExportedModule):
     """A quantized graph compiled by inductor for batches of exactly ``batch`` (B, C, H, W) inputs; other batch
     sizes are cut into such chunks, the last one zero-padded."""
 
@@ -58,11 +67,6 @@ class Int8Model(nn.Module):
             # compile time (small models: ~8 s more than without).
             self.compiled = torch.compile(graph, mode="max-autotune-no-cudagraphs" if autotune else None)
             self.compiled(torch.zeros(batch, in_channels, size, size))  # compile now, with the patch active
-
-    def train(self, mode: bool = True) -> Int8Model:
-        """A no-op for the graph: an exported program has no train mode (it was exported in eval mode)."""
-        self.training = mode
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous()
@@ -168,17 +172,12 @@ def load_program(path: Path | str) -> TrainedModel:
     return TrainedModel(ProgramModel(program.module(), meta.model.in_channels), meta, None, str(path))
 
 
-class ProgramModel(nn.Module):
-    """An fp32 exported program as a module: exported in eval mode, it has no train mode to switch (an exported
-    module refuses ``.train()`` and ``.eval()``)."""
+class ProgramModel(_ExportedModule):
+    """An fp32 exported program as a module."""
 
     def __init__(self, graph: nn.Module, in_channels: int) -> None:
         super().__init__()
         self.graph, self.in_channels = graph, in_channels
-
-    def train(self, mode: bool = True) -> ProgramModel:
-        self.training = mode
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.graph(x.contiguous())
