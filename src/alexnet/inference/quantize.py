@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import AlexNetError, CorruptCheckpointError
 from ..training.checkpoint import atomic_write
 from .artifact import ModelMeta, TrainedModel
+from .program_guard import check_program
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 512  # training images whose activation ranges set the int8 scales
@@ -151,6 +152,7 @@ def load_program(path: Path | str) -> TrainedModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    check_program(path)  # before torch reads it: torch.export.load unpickles and evaluates parts of an archive
     extra = {"alexnet.json": ""}
     # torchao registers the quantized_decomposed ops an int8 program is made of, before deserialising; an fp32
     # program needs none, and an int8 one without torchao fails below, naming the ops.
