@@ -120,11 +120,13 @@ def run_train(args: argparse.Namespace) -> int:
         print(
             f"done: {result.out}  best val acc1 {result.best_acc1:.2f}%  last val acc1 {final['acc1']:.2f}% "
             f"acc5 {final['acc5']:.2f}%  loss {final['loss']:.4f}"
+            + (f"  test acc1 {result.test['acc1']:.2f}% (once, after the last epoch)" if result.test else "")
         )
         try:
             from .experiments.report import run_report
 
-            print(f"report: {run_report(result.out, final)}")
+            # The report's figures: the test split when validation held images out of training, else validation.
+            print(f"report: {run_report(result.out, result.test or final)}")
         except ImportError:  # matplotlib is the optional [report] extra
             print("report: skipped (pip install 'alexnet[report]' for figures)")
     return 0
@@ -157,6 +159,13 @@ def _eval(p: argparse.ArgumentParser) -> None:
         help="int8: quantize on the fly, calibrated on 512 training images (see alexnet quantize)",
     )
     p.add_argument("--limit-val-batches", type=_positive_int)
+    p.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="test: the data set's own validation or test split; val: the images the run held out of its training "
+        "split (data.val_split)",
+    )
     p.add_argument("--out-dir", help="where to write confusion.png (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -170,7 +179,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, ten_crop=args.ten_crop, flip=args.flip_tta,
         device=args.device, precision=args.precision, batch_size=args.batch_size, limit_batches=args.limit_val_batches,
-        progress=not args.json,
+        progress=not args.json, split=args.split,
     )  # fmt: skip
     beside = Path(args.checkpoint).parent if Path(args.checkpoint).exists() else Path("runs", "eval", args.checkpoint)
     out_dir = Path(args.out_dir or beside)
@@ -384,16 +393,22 @@ def run_paper(args: argparse.Namespace) -> int:
 
 
 def _reproduce(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="the reproduction's directory: runs, report.md, results.json")
+    p.add_argument("--out", required=True, help="where the runs train (run directories with their checkpoints)")
+    p.add_argument(
+        "--records",
+        help="where each finished run's record (metrics, config; no weights) and report.md go, default --out; a run "
+        "with a record there is not trained again, so committed records carry a reproduction across sittings",
+    )
     p.add_argument(
         "--budget",
         default="small",
-        choices=["small", "full"],
-        help="small: CIFAR-10 and Fashion-MNIST on a CPU in about an hour; full: ImageNet on GPUs",
+        choices=["small", "cpu", "full"],
+        help="small: a smoke run, ~1 h on 2 CPU cores; cpu: converged arms on the CIFAR-10 JPEGs, ~6 h on 2 CPU "
+        "cores; full: ImageNet on GPUs",
     )
     p.add_argument("--seeds", type=_positive_int, default=3)
     p.add_argument("--only", help="comma-separated experiment names (default: all)")
-    p.add_argument("--cifar-dir", help="the CIFAR-10 JPEG folder (train/, test/) for the small budget")
+    p.add_argument("--cifar-dir", help="the CIFAR-10 JPEG folder (train/, test/) for the small and cpu budgets")
     p.add_argument("--fashion-dir", help="where Fashion-MNIST is (default: the usual places)")
     p.add_argument("--data-dir", dest="data__data_dir", help="full budget: the ImageNet root")
     p.add_argument("--dataset", dest="data__dataset", help="replace every run's data set (tests: fake)")
@@ -409,11 +424,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     results = reproduce(args.out, args.budget, args.seeds, only, args.cifar_dir, args.fashion_dir, args.overrides,
-                        **_fields(args))  # fmt: skip
+                        args.records, **_fields(args))  # fmt: skip
     for name, r in results.items():
-        effect = f"{r['effect']:.2f}x ± {r['se']:.2f}" if r["ratio"] else f"{r['effect']:+.2f} points ± {r['se']:.2f}"
-        print(f"{name:<13} {effect:<22} {r['verdict']}")
-    print(f"report: {args.out}/report.md")
+        print(f"{name:<13} {r['text']:<30} {r['verdict']}")
+    print(f"report: {args.records or args.out}/report.md")
     return 0
 
 

@@ -43,6 +43,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "data.pixel_scale": (0, INF, False),
     "data.max_bad_fraction": (0, 1, True),
     "data.in_memory_gb": (0, INF, True),
+    "data.val_split": (0, INF, True),
     "optim.lr": (0, INF, False),
     "optim.momentum": (0, 1, True),
     "optim.weight_decay": (0, INF, True),
@@ -98,6 +99,11 @@ class DataConfig:
     flip_tta: bool = False  # evaluate on the centre crop and its mirror, softmax averaged (ten_crop has mirrors)
     max_bad_fraction: float = 0.01  # stop when more than this fraction of image files fail to decode
     in_memory_gb: float = 2.0  # folders: decode once and keep in memory (per process, on the device) if they fit
+    # Hold out of the training split for validation (a fraction, or a count of images), stratified per class: what
+    # selects then never sees the test split, which is evaluated once after the last epoch. 0: validate on the
+    # data set's own validation (or test) split, as before.
+    val_split: float = 0.0
+    val_seed: int = 0  # seeds the held-out choice alone: every run and seed holds out the same images
 
 
 @dataclass

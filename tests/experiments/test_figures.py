@@ -57,7 +57,7 @@ def test_every_train_run_writes_a_report_and_report_rebuilds_it(tmp_path, capsys
             "--precision", "fp32", "--set", "model.overrides.width=0.25", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     report = (out / "report.md").read_text()
-    assert "## Validation split" in report and "class_9" in report
+    assert "## Test split" in report and "class_9" in report and "test top-1 (%), after the last epoch" in report
     for png in ("curves.png", "conv1_filters.png", "confusion.png"):
         assert (out / png).stat().st_size > 1000
     (out / "report.md").unlink()

@@ -49,11 +49,14 @@ def test_two_processes_train_and_evaluate_exactly(two_process_run):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]  # one writer
     assert float(rows[-1]["val_acc1"]) > 50
-    # The same weights evaluated in one process: the same accuracy, so no image was counted twice or missed.
+    # The same weights evaluated in one process: the same accuracy, so no image was counted twice or missed (the
+    # recipe holds out 10% of the training images for validation; the test split is evaluated after the last epoch).
     single = evaluate_checkpoint(two_process_run / "last.pt", precision="fp32", progress=False)
     assert single["images"] == 256
-    assert single["acc1"] == pytest.approx(float(rows[-1]["val_acc1"]), abs=1e-3)
-    assert single["loss"] == pytest.approx(float(rows[-1]["val_loss"]), abs=1e-4)
+    assert single["acc1"] == pytest.approx(float(rows[-1]["test_acc1"]), abs=1e-3)
+    assert single["loss"] == pytest.approx(float(rows[-1]["test_loss"]), abs=1e-4)
+    held = evaluate_checkpoint(two_process_run / "last.pt", precision="fp32", progress=False, split="val")
+    assert held["images"] == 102 and held["acc1"] == pytest.approx(float(rows[-1]["val_acc1"]), abs=1e-3)
     state = load_checkpoint(two_process_run / "last.pt")
     assert len(state["rng_ranks"]) == 2 and not torch.equal(
         state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"]
@@ -128,7 +131,7 @@ def test_uneven_shards_neither_hang_nor_double_count(tmp_path):
     out = tmp_path / "run"
     _run("--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "-b", "4", "--set", "data.eval_batch_size=5",
          "--set", "model.overrides.input_size=20", "--set", "data.pad=0", "--set", "data.in_memory_gb=0",
-         "-j", "0", "--out", str(out))  # fmt: skip
+         "-j", "0", "--out", str(out), "--set", "data.val_split=0")  # fmt: skip
     with open(out / "metrics.csv") as f:
         logged = list(csv.DictReader(f))[-1]
     single = evaluate_checkpoint(out / "last.pt", data_dir=str(root), precision="fp32", progress=False)

@@ -29,7 +29,10 @@ def test_short_run_learns_and_writes_the_run_directory(tmp_path):
     for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "best.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
-    assert header == "epoch,lr,train_loss,train_acc1,val_loss,val_acc1,val_acc5,img_s,seconds"
+    assert (
+        header
+        == "epoch,lr,train_loss,train_acc1,val_loss,val_acc1,val_acc5,img_s,seconds,test_loss,test_acc1,test_acc5"
+    )
     _, meta = load_weights(tmp_path / "run" / "best.safetensors")
     assert meta["model"]["variant"] == "alexnet_small" and len(meta["classes"]) == 10
     assert meta["data"]["input_size"] == 32 and len(meta["data"]["mean"]) == 3

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from ..config import DataConfig
-from ..errors import AlexNetError
+from ..errors import AlexNetError, ConfigError
 from .batch import (
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
@@ -31,6 +31,7 @@ from .folder import (
     prepare_imagenet,
     scan_folder,
 )
+from .holdout import holdout_indices, split_indices
 from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,20 @@ class Data:
     train_transform: BatchTransform
     eval_transform: BatchTransform
     meta: dict[str, Any]  # JSON-able: mean, std, sizes; saved with the weights
+    # With data.val_split: the data set's own validation/test split, evaluated once after training (``val`` is then
+    # the held-out part of the training split, whose indices ``held_out`` lists, into the full training split).
+    test: Loader | None = None
+    held_out: list[int] | None = None
+
+
+def _subset(split: TensorSplit, idx: torch.Tensor) -> TensorSplit:
+    return TensorSplit(split.images[idx], split.labels[idx], split.classes)
+
+
+def carve(split: TensorSplit, cfg: DataConfig) -> tuple[TensorSplit, TensorSplit, list[int]]:
+    """(training part, held-out part, held-out indices) of a training split, as ``data.val_split`` says."""
+    held = holdout_indices(split.labels, cfg.val_split, cfg.val_seed)
+    return _subset(split, split_indices(len(split.labels), held)), _subset(split, held), held.tolist()
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -140,6 +155,25 @@ def build_eval_loader(cfg: DataConfig, stored: int, device: torch.device, rank: 
     return loader, classes
 
 
+def build_held_out_loader(cfg: DataConfig, stored: int, device: torch.device) -> tuple[Loader, list[str], list[int]]:
+    """The loader of the images ``cfg.val_split`` holds out of the training split (as training chose them), the
+    class list and their indices: what ``alexnet eval --split val`` reads.
+
+    Raises:
+        ConfigError: ``cfg.val_split`` is 0 (the run held nothing out).
+    """
+    if not cfg.val_split:
+        raise ConfigError("this model was trained without data.val_split: it has no held-out validation split")
+    if cfg.dataset in TENSOR_DATASETS:
+        _, held, indices = carve(load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=False), cfg)
+        return TensorLoader(held, cfg.eval_batch_size, False, 0, device), held.classes, indices
+    samples, classes = scan_folder(find_splits(data_root(cfg.data_dir))[0])
+    held_idx = holdout_indices(torch.tensor([label for _, label in samples]), cfg.val_split, cfg.val_seed).tolist()
+    dataset = FolderDataset([samples[i] for i in held_idx], stored)
+    loader = FolderLoader(dataset, cfg.eval_batch_size, False, 0, cfg.workers, device, cfg.max_bad_fraction)
+    return loader, classes, held_idx
+
+
 def _per_channel(values: list[float], channels: int, name: str) -> list[float]:
     """One value per input channel: a single value applies to every channel (d2l's ``mean = [0.0]``)."""
     if len(values) == 1:
@@ -191,14 +225,20 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
     mean_image = None
     train: Loader
     val: Loader
+    test: Loader | None = None
+    held_out: list[int] | None = None
     if cfg.dataset in TENSOR_DATASETS:
         train_split = load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=cfg.download)
         in_channels, stored = train_split.images.shape[1], train_split.images.shape[-1]
-        mean, std = _channel_stats(train_split.images)
+        val, classes = build_eval_loader(cfg, stored, device, val_rank, val_world)
+        if cfg.val_split:
+            train_split, held_split, held_out = carve(train_split, cfg)
+            test, val = val, TensorLoader(held_split, cfg.eval_batch_size, False, 0, device, rank=val_rank,
+                                          world=val_world)  # fmt: skip
+        mean, std = _channel_stats(train_split.images)  # of the images that train
         if cfg.mean_image:
             mean_image = mean_image_of(train_split)
         train = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True, rank=rank, world=world)
-        val, classes = build_eval_loader(cfg, stored, device, val_rank, val_world)
     else:
         in_channels = 3
         stored = cfg.resize or (256 if input_size >= 128 else input_size)
@@ -211,18 +251,42 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
             # Small folders (the CIFAR-10 JPEGs: 0.18 GB) are decoded once, then batched like the in-memory data sets:
             # the same images in the same order as streaming them, without decoding them again every epoch.
             train_split, val_split = _decoded_folder(train_samples, val.dataset.samples, classes, stored, cfg)
+            val = TensorLoader(val_split, cfg.eval_batch_size, False, 0, device, rank=val_rank, world=val_world)
+            if cfg.val_split:
+                train_split, held_split, held_out = carve(train_split, cfg)
+                test, val = val, TensorLoader(held_split, cfg.eval_batch_size, False, 0, device, rank=val_rank,
+                                              world=val_world)  # fmt: skip
             if cfg.mean_image:
                 mean_image = mean_image_of(train_split)
             train = TensorLoader(
                 train_split, cfg.batch_size, True, seed, device, drop_last=True, rank=rank, world=world
             )
-            val = TensorLoader(val_split, cfg.eval_batch_size, False, 0, device, rank=val_rank, world=val_world)
         else:
             if cfg.mean_image:
                 raise AlexNetError(
                     "data.mean_image=true needs a per-pixel mean of the training images, computed for data sets "
                     f"held in memory; this folder decodes to {decoded_gb:.1f} GB, over data.in_memory_gb="
                     f"{cfg.in_memory_gb}. Raise that, or use the per-channel mean (data.mean_image=false)"
+                )
+            if cfg.val_split:
+                labels = torch.tensor([label for _, label in train_samples])
+                held = holdout_indices(labels, cfg.val_split, cfg.val_seed)
+                held_out = held.tolist()
+                held_samples = [train_samples[i] for i in held_out]
+                train_samples = [train_samples[i] for i in split_indices(len(labels), held).tolist()]
+                test, val = (
+                    val,
+                    FolderLoader(
+                        FolderDataset(held_samples, stored),
+                        cfg.eval_batch_size,
+                        False,
+                        0,
+                        cfg.workers,
+                        device,
+                        cfg.max_bad_fraction,
+                        rank=val_rank,
+                        world=val_world,
+                    ),
                 )
             train = FolderLoader(
                 FolderDataset(train_samples, stored), cfg.batch_size, True, seed, cfg.workers, device,
@@ -255,4 +319,6 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         "mean_image": cfg.mean_image,
         "resize": stored if cfg.dataset not in TENSOR_DATASETS else None,
     }
-    return Data(train, val, classes, in_channels, train_tf, eval_tf, meta)
+    if cfg.val_split:
+        meta["val_split"] = {"images": len(held_out or []), "seed": cfg.val_seed}
+    return Data(train, val, classes, in_channels, train_tf, eval_tf, meta, test, held_out)

@@ -146,5 +146,12 @@ def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Pat
         "training images/s (last epoch)": rows[-1]["img_s"] if rows else "n/a",
         "training time (s)": round(sum(float(r["seconds"]) for r in rows), 1),
     }
+    held_out = cfg.get("data", {}).get("val_split")
+    test = rows[-1].get("test_acc1") if rows else None
+    if held_out:  # validation read images held out of the training split; the test split was evaluated once
+        summary["best validation top-1 (%)"] = f"{summary['best validation top-1 (%)']} (held-out training images)"
+        if test and test != "nan":
+            summary["test top-1 (%), after the last epoch"] = test
     title = f"alexnet train: {trained.meta.model.variant} on {trained.preprocessing.dataset}"
-    return write_report(run, title, summary, evaluation, "Validation split, last epoch's weights")
+    split = "Test split, last epoch's weights" if held_out else "Validation split, last epoch's weights"
+    return write_report(run, title, summary, evaluation, split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,9 @@ import torch
 
 from ..config import DataConfig
 from ..data.folder import reporting_worker_crashes
-from ..data.pipeline import build_eval_loader, training_mean_image
+from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
 from ..device import pick_device, pick_precision
-from ..errors import IncompatibleCheckpointError
+from ..errors import ConfigError, IncompatibleCheckpointError
 from ..training.engine import StepSettings, evaluate
 from .artifact import display_label, load_trained
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, is_int8, quantize
@@ -30,12 +31,17 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     limit_batches: int | None = None,
     progress: bool = True,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a trained model on a validation split.
 
     The data set defaults to the one the model was trained on; its preprocessing (mean, std, crop) always comes
     from the model's metadata. ``ten_crop`` and ``flip`` average the softmax over views (see `evaluate`).
+    ``split`` is ``test`` (the data set's own validation or test split) or ``val`` (the images the training run held
+    out of its training split with ``data.val_split``, checked against the run's ``held_out.json`` when it is there).
     """
+    if split not in ("test", "val"):
+        raise ConfigError(f"split={split!r}: choose test (the data set's own split) or val (the held-out images)")
     trained = load_trained(path)
     int8 = precision == "int8" or is_int8(trained)
     if precision == "int8" and not is_int8(trained):  # quantize on the fly, calibrated on the training split
@@ -49,7 +55,15 @@ def evaluate_checkpoint(
     cfg.eval_batch_size = batch_size or cfg.eval_batch_size
     dev = torch.device("cpu") if int8 else pick_device(device)  # the X86 int8 kernels run on the CPU
     prec = "fp32" if int8 else pick_precision(precision, dev)  # int8 graphs run as they are: no autocast
-    loader, classes = build_eval_loader(cfg, prep.stored_size, dev)
+    if split == "val":
+        if trained.config is None:
+            raise ConfigError(
+                f"{path} carries no training config: only a run's .pt checkpoint knows its held-out split"
+            )
+        loader, classes, held = build_held_out_loader(cfg, prep.stored_size, dev)
+        _check_held_out(Path(path), held)
+    else:
+        loader, classes = build_eval_loader(cfg, prep.stored_size, dev)
     if classes != trained.classes:
         shown = [display_label(c) for c in classes[:4]]
         raise IncompatibleCheckpointError(
@@ -65,3 +79,19 @@ def evaluate_checkpoint(
         result = evaluate(model, loader, transform, settings, ten_crop=ten_crop, flip=flip)
     result["classes"] = classes
     return result
+
+
+def _check_held_out(checkpoint: Path, held: list[int]) -> None:
+    """The images about to be evaluated must be the ones the run held out (its ``held_out.json``, when present)."""
+    record = checkpoint.parent / "held_out.json"
+    if not record.is_file():
+        return
+    try:
+        indices = json.loads(record.read_text()).get("indices")
+    except (OSError, ValueError, AttributeError) as err:
+        raise IncompatibleCheckpointError(f"{record} is unreadable ({err})") from None
+    if indices != held:
+        raise IncompatibleCheckpointError(
+            f"the held-out images recomputed for {checkpoint} differ from the run's record {record}: the data set "
+            "changed since training, so these would not be the images the run validated on"
+        )

@@ -31,7 +31,7 @@ from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
-from ..errors import TrainingInterrupted, WriteError
+from ..errors import IncompatibleCheckpointError, TrainingInterrupted, WriteError
 from ..inference.artifact import FORMAT_VERSION
 from ..models import create_model, get_spec
 from . import distributed
@@ -45,7 +45,12 @@ from .strategy import Strategy
 log = logging.getLogger(__name__)
 # An epoch trained without validation (train.val_every > 1): its row's validation figures are NaN.
 SKIPPED_VAL = {"loss": math.nan, "acc1": math.nan, "acc5": math.nan}
-CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "img_s", "seconds"]
+CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "img_s", "seconds",
+              "test_loss", "test_acc1", "test_acc5"]  # fmt: skip
+# With data.val_split, the row of the last epoch also holds the test split's figures (the other rows' test columns
+# read nan in metrics.csv).
+TEST_KEYS = ("loss", "acc1", "acc5")
+HELD_OUT = "held_out.json"  # the run's record of the images data.val_split holds out of the training split
 
 
 @dataclass
@@ -54,6 +59,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_acc1: float = 0.0
     final: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)  # with data.val_split: the test split, after the last epoch
 
 
 def default_out(cfg: Config) -> Path:
@@ -71,7 +77,7 @@ def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, A
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", restval="nan")  # no test: nan
     writer.writeheader()
     writer.writerows(history)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
@@ -160,6 +166,8 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
         start_epoch, start_step = state["epoch"], state["step"]
         result.history, result.best_acc1 = list(state["history"]), state["best_acc1"]
         log.info("resumed from %s at epoch %d, batch %d", resume, start_epoch + 1, start_step)
+    if dist_info.is_main:
+        _record_held_out(out, data, cfg)  # after check_resume: a changed data.val_split is named as such
     if cfg.train.compile:
         model = torch.compile(model)
     if dist_info.is_main:
@@ -248,6 +256,11 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
                 schedule.end_epoch(val["err1"])
                 result.final = val
             row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train, val, began, started)
+            if data.test is not None and (epoch + 1 == cfg.train.epochs or stopping):
+                # The test split, once: nothing selects on it (best, plateau and early stops read the held-out split).
+                result.test = evaluate(model, data.test, data.eval_transform, eval_settings,
+                                       ten_crop=cfg.data.ten_crop, flip=cfg.data.flip_tta)  # fmt: skip
+                row.update({f"test_{k}": round(result.test[k], 5 if k == "loss" else 3) for k in TEST_KEYS})
             result.history.append(row)
             # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
             improved = validate and math.isfinite(val["loss"]) and val["acc1"] > result.best_acc1
@@ -267,6 +280,28 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
                 break
     distributed.barrier(dist_info)
     return result
+
+
+def _record_held_out(out: Path, data: Data, cfg: Config) -> None:
+    """Write which training images ``data.val_split`` holds out (``held_out.json``), or check a resumed run's record:
+    the same images must stay held out, or selection would have seen images that trained."""
+    if data.held_out is None:
+        return
+    record = {"val_split": cfg.data.val_split, "val_seed": cfg.data.val_seed, "indices": data.held_out}
+    path = out / HELD_OUT
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            why = f"{path} is unreadable ({err}): it records this run's held-out images"
+            raise IncompatibleCheckpointError(why) from None
+        if not isinstance(before, dict) or before.get("indices") != data.held_out:
+            raise IncompatibleCheckpointError(
+                f"{path} records other held-out images than this run would hold out (the data set changed?): "
+                "resuming would validate on images that trained; start a new --out"
+            )
+        return
+    atomic_write(path, lambda f: f.write(json.dumps(record).encode()))
 
 
 def _run_dir(cfg: Config, dist_info: distributed.DistInfo) -> Path:

@@ -25,8 +25,18 @@ from .checkpoint import load_checkpoint
 log = logging.getLogger(__name__)
 VERSION = 1
 # Resuming with another value of these would silently make the run something other than what it claims to be.
-PINNED = ("data.batch_size", "data.dataset", "optim.name", "optim.lr", "optim.momentum", "optim.weight_decay",
-          "optim.schedule", "train.seed")  # fmt: skip
+PINNED = (
+    "data.batch_size",
+    "data.dataset",
+    "data.val_split",
+    "data.val_seed",
+    "optim.name",
+    "optim.lr",
+    "optim.momentum",
+    "optim.weight_decay",
+    "optim.schedule",
+    "train.seed",
+)
 
 
 @dataclass
