@@ -1,11 +1,15 @@
-"""`alexnet reproduce` in miniature on fake data: every experiment's table, and a rerun that skips finished runs."""
+"""`alexnet reproduce` in miniature on fake data: every experiment's table with intervals and censoring, records that
+carry a reproduction across sittings, and the statistics behind the verdicts."""
 
 import json
+import math
+import shutil
 
 import pytest
 
 from alexnet.cli import main
-from alexnet.experiments.reproduce import BUDGETS, _verdict
+from alexnet.experiments import claims
+from alexnet.experiments.reproduce import BUDGETS
 
 TINY = ["--dataset", "fake", "--no-progress", "--precision", "fp32", "--set", "train.epochs=1",
         "--set", "train.limit_train_batches=2", "--set", "train.limit_val_batches=1", "--set", "data.batch_size=16",
@@ -13,32 +17,68 @@ TINY = ["--dataset", "fake", "--no-progress", "--precision", "fp32", "--set", "t
 
 
 @pytest.mark.slow
-def test_reproduce_writes_every_table_and_a_rerun_skips_finished_runs(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "repro"
-    assert main(["reproduce", "--out", str(out), "--seeds", "2", *TINY]) == 0
-    report = (out / "report.md").read_text()
-    names = [e.name for e in BUDGETS["small"]().experiments]
+def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp_path, capsys):
+    out, records = tmp_path / "runs", tmp_path / "records"
+    # One experiment of each kind: error (with the shared baseline), epochs, converge, paired; and lrn_cifar.
+    names = ["relu_tanh", "lrn_cifar", "lrn", "dropout", "ten_crop"]
+    assert set(names) <= {e.name for e in BUDGETS["cpu"]().experiments}
+    assert main(["reproduce", "--budget", "cpu", "--out", str(out), "--records", str(records), "--seeds", "2",
+                 "--only", ",".join(names), *TINY]) == 0  # fmt: skip
+    report = (records / "report.md").read_text()
     for name in names:
         assert f"| **{name}** (" in report
-    results = json.loads((out / "results.json").read_text())
+    assert "| claim | paper | ours: arms | effect, 95% CI | verdict | time | others |" in report
+    assert "47.0% top-1 error with LRN and without" in report  # Mishkin et al. beside the LRN claim
+    assert "runs, **" in report and " h** of training" in report and "torch " in report  # total time, machine
+    results = json.loads((records / "results.json").read_text())
     assert set(results) == set(names)
-    for r in results.values():
-        assert r["verdict"].startswith(("reproduced", "not reproduced"))
-        assert all(len(a["values"]) == 2 for a in r["arms"].values())  # two seeds per arm
+    for name in ("lrn", "lrn_cifar", "ten_crop"):
+        effect = results[name]["effect"]
+        assert effect["low"] <= effect["estimate"] <= effect["high"], name  # two seeds: an interval
+        assert "[" in results[name]["text"]
+    # One epoch of two fake batches reaches neither 25% training error nor a training loss of 0.9: censored runs,
+    # reported as bounds without an interval, never as plain numbers.
+    for name in ("relu_tanh", "dropout"):
+        r = results[name]
+        assert any(a["censored"] and all(a["censored"]) for a in r["arms"].values()), name
+        assert "censored" in r["text"] or "censored" in r["verdict"], r
+        assert r["effect"]["low"] is None
+    assert "(censored: > 1 in 2 of 2 runs)" in report
+    # The baseline's records hold its ten-crop figures and Figure 3 (no weights in any record).
+    base = records / "lrn" / "paper" / "seed0"
+    done = json.loads((base / "done.json").read_text())
+    assert {"test_err_centre", "test_err_ten_crop", "fig3"} <= set(done) and (base / "fig3.png").is_file()
+    assert "## Figure 3" in report
+    assert not list(records.rglob("*.pt")) and not list(records.rglob("*.safetensors"))
+    assert "report:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
+    out, records = tmp_path / "runs", tmp_path / "records"
+    args = ["reproduce", "--out", str(out), "--records", str(records), "--seeds", "1", "--only", "lrn,pca", *TINY]
+    assert main(args) == 0
+    results = json.loads((records / "results.json").read_text())
+    assert results["lrn"]["verdict"] == "one seed: no interval, no verdict"
     # The ablations' shared baseline trained once, under the first experiment that uses it.
-    assert (out / "lrn" / "paper" / "seed1" / "done.json").is_file()
-    assert not (out / "pooling" / "paper").exists()
-    assert "paper" in results["pooling"]["arms"]
-    # A rerun trains nothing; an interrupted run (no done.json) resumes from its checkpoint.
-    (out / "pca" / "no_pca" / "seed0" / "done.json").unlink()
+    assert (records / "lrn" / "paper" / "seed0" / "done.json").is_file() and not (records / "pca" / "paper").exists()
+    # A fresh clone has the records but no run directories: nothing trains again, the report is rebuilt.
+    shutil.rmtree(out)
+    (records / "report.md").unlink()
     import alexnet.experiments.reproduce as reproduce
 
     trained = []
     real_fit = reproduce.fit
     monkeypatch.setattr(reproduce, "fit", lambda cfg: trained.append(cfg) or real_fit(cfg))
-    assert main(["reproduce", "--out", str(out), "--seeds", "2", *TINY]) == 0
-    assert len(trained) == 1 and trained[0].train.resume == "auto" and str(trained[0].train.out).endswith("seed0")
-    assert "report:" in capsys.readouterr().out
+    assert main(args) == 0
+    assert trained == [] and (records / "report.md").is_file()
+    # A run without a record but with a checkpoint (killed mid-run) resumes from it.
+    (records / "pca" / "no_pca" / "seed0" / "done.json").unlink()
+    assert main([*args[:-len(TINY)], *TINY, "--set", "train.epochs=2"]) == 0  # fmt: skip
+    assert len(trained) == 1 and str(trained[0].train.out).endswith("seed0") and trained[0].train.resume is None
+    (records / "pca" / "no_pca" / "seed0" / "done.json").unlink()
+    assert main([*args[:-len(TINY)], *TINY, "--set", "train.epochs=2"]) == 0  # fmt: skip
+    assert len(trained) == 2 and trained[1].train.resume == "auto"
 
 
 def test_only_and_unknown_names(tmp_path, capsys):
@@ -46,16 +86,46 @@ def test_only_and_unknown_names(tmp_path, capsys):
     assert "unknown experiment(s) ['nope']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("effect", "se", "paper", "ratio", "verdict"),
-    [
-        (1.5, 0.2, 1.4, False, "reproduced in sign and size"),
-        (5.0, 0.2, 1.4, False, "reproduced in sign only"),
-        (0.3, 0.2, 1.4, False, "not reproduced (within noise)"),
-        (-1.0, 0.2, 1.4, False, "not reproduced (opposite)"),
-        (4.0, 0.5, 6.0, True, "reproduced in sign and size"),  # 4× against 6×: within a factor of two in log
-        (1.2, 0.3, 6.0, True, "not reproduced (within noise)"),
-    ],
-)
-def test_verdicts(effect, se, paper, ratio, verdict):
-    assert _verdict(effect, se, paper, ratio) == verdict
+def test_t_quantiles():
+    assert claims.t975(1) == 12.706 and claims.t975(4) == 2.776 and claims.t975(10) == 2.228
+    assert 2.228 > claims.t975(11) > 2.179 and abs(claims.t975(10_000) - 1.96) < 0.01
+
+
+def test_a_difference_has_welchs_interval():
+    paper, other = claims.Arm([20.0, 21.0, 22.0]), claims.Arm([24.0, 26.0, 28.0])
+    e = claims.difference(paper, other)
+    # se = sqrt(1/3 + 4/3); Welch's degrees of freedom (5/3)² / ((1/3)²/2 + (4/3)²/2) = 2.94
+    assert e.estimate == pytest.approx(5.0)
+    half = claims.t975((5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)) * math.sqrt(5 / 3)
+    assert e.low == pytest.approx(5 - half) and e.high == pytest.approx(5 + half) and e.low > 0
+    assert claims.verdict(e, 4.0) == "reproduced in sign and size"
+    assert claims.verdict(e, 1.0) == "reproduced in sign only"  # 5 points against the paper's 1: not its size
+    assert claims.verdict(claims.difference(other, paper), 4.0) == "not reproduced (opposite)"
+    noisy = claims.difference(claims.Arm([20.0, 30.0]), claims.Arm([22.0, 31.0]))
+    assert noisy.low < 0 < noisy.high and claims.verdict(noisy, 1.5) == "not reproduced (within noise)"
+
+
+def test_one_seed_gives_no_interval_and_says_so():
+    e = claims.difference(claims.Arm([50.0]), claims.Arm([55.0]))
+    assert e.low is None and claims.verdict(e, 1.4) == "one seed: no interval, no verdict"
+    assert claims.describe(e) == "+5.00 points"
+
+
+def test_censored_runs_are_bounds_not_numbers():
+    relu = claims.Arm([6.0, 7.0, 6.0])
+    tanh = claims.Arm([40.0, 31.0, 40.0], [True, False, True])  # two runs never reached the target in 40 epochs
+    e = claims.ratio(tanh, relu)
+    assert e.bound == "lower" and e.low is None and e.estimate == pytest.approx(37 / (19 / 3))
+    assert claims.describe(e).startswith("≥ 5.84×") and "censored" in claims.describe(e)
+    assert claims.verdict(e, 6.0) == "reproduced in sign (a lower bound: censored runs)"
+    assert claims.describe_arm(tanh, " epochs") == "≥ 37.00 epochs (censored: > 40 in 2 of 3 runs)"
+    unknown = claims.ratio(claims.Arm([10.0, 12.0]), claims.Arm([20.0, 20.0], [True, True]))
+    assert claims.verdict(unknown, 2.0).startswith("no verdict")
+    uncensored = claims.ratio(claims.Arm([24.0, 22.0, 23.0]), relu)
+    assert uncensored.low < uncensored.estimate < uncensored.high
+    assert claims.verdict(uncensored, 6.0) == "reproduced in sign and size"  # 3.6× against 6×: within 2× in log
+
+
+def test_paired_differences():
+    e = claims.paired([2.0, 2.5, 1.5])
+    assert e.estimate == pytest.approx(2.0) and e.low == pytest.approx(2 - 4.303 * 0.5 / math.sqrt(3), rel=1e-4)

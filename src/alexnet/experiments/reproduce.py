@@ -1,31 +1,38 @@
 """`alexnet reproduce`: the paper's ablations and claims as ordinary training runs, and a report beside its numbers.
 
 Every experiment compares arms (the paper's choice against the alternative) over seeds; each run is an ordinary
-run directory ``OUT/<experiment>/<arm>/seed<k>/``. A run with ``done.json`` is skipped; one without resumes from
-its ``last.pt``, so a killed reproduction loses at most one run's progress. Runs shared by several experiments (the
-baseline of the ablations) are trained once. ``OUT/report.md`` has one table per claim.
+run directory ``OUT/<experiment>/<arm>/seed<k>/``. Runs shared by several experiments (the baseline of the
+ablations) are trained once. A finished run leaves a small *record* (``done.json`` with its metrics history,
+``metrics.csv``, ``config.json``; never weights) under ``RECORDS/<experiment>/<arm>/seed<k>/`` (``RECORDS`` is
+``OUT`` unless given): a run with a record is not trained again, one without resumes from its ``last.pt``. Records
+can be committed, so a reproduction longer than one sitting continues from a fresh clone and its report is rebuilt
+from the records of every sitting. ``RECORDS/report.md`` has one table per claim (`alexnet.experiments.claims`).
 
-Budgets: ``small`` fits this 2-core CPU in about an hour (CIFAR-10 JPEGs and Fashion-MNIST, a half-width network,
-a subset of each epoch's batches; the report states them); ``full`` is the paper's scale for GPUs (ImageNet,
-``alexnet_paper``, the paper's recipe, 90 epochs).
+Budgets: ``small`` is a smoke run (about an hour on 2 CPU cores; its networks are far from converged, so most
+verdicts are "within noise"); ``cpu`` trains every arm to convergence on the CIFAR-10 JPEGs, about 6 hours on 2
+CPU cores; ``full`` is the paper's scale for GPUs (ImageNet, ``alexnet_paper``, the paper's recipe, 90 epochs).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import statistics
+import platform
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..config import load_config
 from ..errors import AlexNetError
 from ..training.checkpoint import atomic_write
 from ..training.fit import fit
+from . import claims
+from .paper import FIG1_LRS
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +59,12 @@ class Experiment:
         metric: ``error`` (final test top-1 error, %; the paper's arm should be lower), ``epochs`` (epochs to reach
             ``target`` % training error; ratio other/paper), ``converge`` (epochs to a training loss of ``target``;
             ratio paper/other, the paper's arm slower), or ``tencrop`` (centre-crop error minus ten-crop error of
-            the ``paper`` arm's runs; no second training).
+            the ``paper`` arm's runs on the test split; no second training).
         paper_arm: the configuration the paper used.
         other_arm: the alternative it was compared with.
         target: the training error (%) or loss the ``epochs`` and ``converge`` metrics count to.
         note: how this budget differs from the paper's setting.
+        others: other published reproductions of the claim and their figures.
     """
 
     name: str
@@ -69,17 +77,20 @@ class Experiment:
     other_arm: Arm | None
     target: float = 0.0
     note: str = ""
+    others: str = ""
 
 
 @dataclass
 class Budget:
-    """The common settings of a budget's runs, per data set: recipe overrides, and what the report says of them."""
+    """A budget's experiments, the settings its runs share (for the report) and which arm is the baseline."""
 
-    cifar: tuple[str, ...]
-    fashion: tuple[str, ...]
-    fig1: tuple[str, ...]
     describe: str
+    settings: dict[str, tuple[str, ...]]
     experiments: list[Experiment] = field(default_factory=list)
+    baseline: Arm | None = None  # its runs are also evaluated with ten crops and drawn as Figure 3
+
+
+MISHKIN = "Mishkin et al. 2016 (CaffeNet at 128 px, ImageNet): "
 
 
 def _ablations(base: Arm, off: Any, half: float, towers_note: str = "") -> list[Experiment]:
@@ -87,7 +98,8 @@ def _ablations(base: Arm, off: Any, half: float, towers_note: str = "") -> list[
     one-tower arm has ``half`` the base's width (half its kernels)."""
     return [
         Experiment("lrn", "§3.3", "response normalisation reduces top-1 error by 1.4% (ImageNet)", "−1.4 points",
-                   1.4, "error", base, off("no_lrn", 'model.overrides.norm="none"')),
+                   1.4, "error", base, off("no_lrn", 'model.overrides.norm="none"'),
+                   others=MISHKIN + "47.0% top-1 error with LRN and without: no difference"),
         Experiment("pooling", "§3.4", "overlapping pooling (3/2) reduces top-1 error by 0.4% against 2/2",
                    "−0.4 points", 0.4, "error", base, off("non_overlapping", 'model.overrides.pool="non_overlapping"')),
         Experiment("towers", "§3.2", "two towers reduce top-1 error by 1.7% against one tower with half the kernels",
@@ -98,8 +110,49 @@ def _ablations(base: Arm, off: Any, half: float, towers_note: str = "") -> list[
     ]  # fmt: skip
 
 
+def _relu_tanh(fig1: tuple[str, ...], target: float, note: str) -> Experiment:
+    return Experiment(
+        "relu_tanh",
+        "§3.1, Figure 1",
+        "a four-layer CNN with ReLUs reaches 25% training error on CIFAR-10 six times faster than with tanh units",
+        "6× fewer epochs",
+        6.0,
+        "epochs",
+        Arm("relu", "fig1-cifar10", (*fig1, 'model.overrides.activation="relu"', f"optim.lr={FIG1_LRS['relu']}")),
+        Arm("tanh", "fig1-cifar10", (*fig1, 'model.overrides.activation="tanh"', f"optim.lr={FIG1_LRS['tanh']}")),
+        target=target,
+        note=note,
+    )
+
+
+def _lrn_cifar(common: tuple[str, ...], note: str) -> Experiment:
+    return Experiment(
+        "lrn_cifar",
+        "§3.3",
+        "response normalisation reduces the CIFAR-10 test error of cuda-convnet's four-layer net from 13% to 11%",
+        "13% → 11%",
+        2.0,
+        "error",
+        Arm("lrn", "cifar10", common),
+        Arm("none", "cifar10", (*common, 'model.overrides.norm="none"')),
+        note=note,
+    )
+
+
+def _ten_crop(base: Arm, note: str) -> Experiment:
+    return Experiment("ten_crop", "§4.1, §6", "averaging the softmax over ten crops lowers the error",
+                      "cuda-convnet2's 1-GPU model: 42.5% → 40.4% top-1 error", 2.1, "tencrop", base, None,
+                      note=note)  # fmt: skip
+
+
+def _crops_flips(base: Arm, off: Any, note: str) -> Experiment:
+    return Experiment("crops_flips", "§4.1", "without random crops and flips the network overfits substantially",
+                      "(no figure)", 1.0, "error", base, off("no_crops_flips", "data.pad=0", "data.flip=false"),
+                      note=note)  # fmt: skip
+
+
 def _small() -> Budget:
-    # CIFAR-10 JPEGs (50,000 train, 10,000 test), alexnet_small at half width with the paper's features (LRN, two
+    # A smoke run: CIFAR-10 JPEGs and Fashion-MNIST, alexnet_small at half width with the paper's features (LRN, two
     # towers, overlapping pooling, PCA noise, crops, flips, dropout); 8 epochs of 60 batches of 128 (7,680 images
     # an epoch, 61,440 in all), a one-cycle learning rate: about 75 s a run here.
     cifar = ("model.overrides.width=0.5", 'model.overrides.norm="lrn"', "model.overrides.groups=2",
@@ -115,41 +168,10 @@ def _small() -> Budget:
         return Arm(name, "cifar10", (*cifar, *changes))
 
     experiments = [
-        Experiment(
-            "relu_tanh",
-            "§3.1, Figure 1",
-            "a four-layer CNN with ReLUs reaches 25% training error on CIFAR-10 six times faster than with tanh units",
-            "6× fewer epochs",
-            6.0,
-            "epochs",
-            Arm("relu", "fig1-cifar10", (*fig1, 'model.overrides.activation="relu"', "optim.lr=0.001")),
-            Arm("tanh", "fig1-cifar10", (*fig1, 'model.overrides.activation="tanh"', "optim.lr=0.003")),
-            target=45.0,
-            note="epochs of 80 batches (10,240 images), target 45% training error, at most 10",
-        ),
-        Experiment(
-            "lrn_cifar",
-            "§3.3",
-            "response normalisation reduces the CIFAR-10 test error of cuda-convnet's four-layer net from 13% to 11%",
-            "13% → 11%",
-            2.0,
-            "error",
-            Arm("lrn", "cifar10", common),
-            Arm("none", "cifar10", (*common, 'model.overrides.norm="none"')),
-            note="locally connected layers as convolutions; 8 short epochs, not cuda-convnet's schedule",
-        ),
+        _relu_tanh(fig1, 45.0, "epochs of 80 batches (10,240 images), target 45% training error, at most 10"),
+        _lrn_cifar(common, "locally connected layers as convolutions; 8 short epochs, not cuda-convnet's schedule"),
         *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
-        Experiment(
-            "crops_flips",
-            "§4.1",
-            "without random crops and flips the network overfits substantially",
-            "(no figure)",
-            1.0,
-            "error",
-            base,
-            off("no_crops_flips", "data.pad=0", "data.flip=false"),
-            note="CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256",
-        ),
+        _crops_flips(base, off, "CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256"),
         Experiment(
             "dropout",
             "§4.2",
@@ -162,19 +184,60 @@ def _small() -> Budget:
             target=0.35,
             note="Fashion-MNIST; epochs (of 60 batches) to a training loss of 0.35, at most 6",
         ),
-        Experiment(
-            "ten_crop",
-            "§4.1, §6",
-            "averaging the softmax over ten crops lowers the error",
-            "cuda-convnet2's 1-GPU model: 42.5% → 40.4% top-1 error",
-            2.1,
-            "tencrop",
-            base,
-            None,
-            note="the `paper` arm's runs of the ablations, evaluated again with ten crops",
-        ),
+        _ten_crop(base, "the `paper` arm's runs of the ablations, evaluated again with ten crops"),
     ]
-    return Budget(cifar, fashion, fig1, "small: CIFAR-10 JPEGs and Fashion-MNIST on a CPU", experiments)
+    settings = {"CIFAR-10 runs": cifar, "Fashion-MNIST runs": fashion, "Figure 1 runs": fig1}
+    return Budget("small: a smoke run on CIFAR-10 JPEGs and Fashion-MNIST (far from converged)", settings,
+                  experiments, base)  # fmt: skip
+
+
+# The cpu budget's CIFAR-10 runs: 45,000 training images (5,000 held out for validation), every epoch a full pass.
+CPU_EPOCHS = 20
+CPU_CIFAR = (
+    "model.overrides.width=0.5", 'model.overrides.norm="lrn"', "model.overrides.groups=2", "data.pca_std=0.1",
+    "data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0", f"train.epochs={CPU_EPOCHS}",
+    "data.val_split=0.1",
+)  # fmt: skip
+
+
+def _cpu() -> Budget:
+    # Converged arms on 2 CPU cores. alexnet_small at half width (24-64-96-96-64 per tower pair, fc 512) with every
+    # one of the paper's features: LRN, two towers, overlapping pooling, PCA noise σ 0.1, pad-4 crops and flips,
+    # dropout 0.5; SGD with Nesterov momentum, a one-cycle rate peaking at 0.05, batch 128, 20 epochs of 45,000
+    # images (1,200 img/s here: ~13 min a run).
+    base = Arm("paper", "cifar10", CPU_CIFAR)
+
+    def off(name: str, *changes: str) -> Arm:
+        return Arm(name, "cifar10", (*CPU_CIFAR, *changes))
+
+    fig1 = ("train.epochs=40",)  # at most; each run stops at the target (the recipe's stop_at_train_acc1)
+    local = ('model.name="convnet_cifar_local"', "data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0",
+             "train.epochs=30", "data.val_split=0.1")  # fmt: skip
+    experiments = [
+        _relu_tanh(fig1, 25.0, "the paper's target, 25% training error, on all 50,000 images; at most 40 epochs"),
+        _lrn_cifar(
+            local,
+            "cuda-convnet's layers-conv-local-11pct/-13pct nets with convolutions in place of its "
+            "locally connected layers, 30 epochs of this budget's schedule, not cuda-convnet's",
+        ),
+        *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
+        _crops_flips(base, off, "CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256"),
+        Experiment(
+            "dropout",
+            "§4.2",
+            "dropout roughly doubles the iterations needed to converge (and reduces overfitting)",
+            "≈ 2× the epochs",
+            2.0,
+            "converge",
+            base,
+            off("no_dropout", "model.overrides.dropout=0.0"),
+            target=0.9,
+            note="epochs to a training loss of 0.9 under the shared one-cycle schedule, at most 20",
+        ),
+        _ten_crop(base, "the baseline's runs evaluated again on the test split with ten crops (pad-4 corners)"),
+    ]
+    settings = {"CIFAR-10 runs": CPU_CIFAR, "Figure 1 runs": fig1, "lrn_cifar runs": local}
+    return Budget("cpu: converged arms on the CIFAR-10 JPEGs, 2 CPU cores", settings, experiments, base)
 
 
 def _full() -> Budget:
@@ -196,219 +259,181 @@ def _full() -> Budget:
             off("no_dropout", "model.overrides.dropout=0.0"),
             target=2.5,
         ),
-        Experiment(
-            "ten_crop", "§6", "ten crops lower the error", "≈ 2 points (cuda-convnet2)", 2.1, "tencrop", base, None
-        ),
+        _ten_crop(base, ""),
     ]
-    return Budget((), (), (), "full: ImageNet with the paper's recipe (GPUs)", experiments)
+    return Budget("full: ImageNet with the paper's recipe (GPUs)", {}, experiments, base)
 
 
-BUDGETS = {"small": _small, "full": _full}
+BUDGETS = {"small": _small, "cpu": _cpu, "full": _full}
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def machine() -> str:
+    """The CPU model and core count, and torch's version: what a record says it ran on."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{name} ({torch.get_num_threads()} threads{gpu}), torch {torch.__version__}"
 
 
-def _verdict(effect: float, se: float, paper: float, ratio: bool) -> str:
-    """Reproduced in sign and size (significant and within a factor of two of the paper's effect), in sign only,
-    or not. ``effect`` is signed so that positive agrees with the paper; for ratios, 1 is no effect."""
-    null = 1.0 if ratio else 0.0
-    if effect - 2 * se <= null:
-        return "not reproduced" + (" (opposite)" if effect + 2 * se < null else " (within noise)")
-    size = (effect / paper) if not ratio else math.log(effect) / math.log(paper)
-    return "reproduced in sign and size" if 0.5 <= size <= 2 else "reproduced in sign only"
+@dataclass
+class Plan:
+    """Where one reproduction's runs train (``out``) and where their records go (``records``)."""
+
+    out: Path
+    records: Path
+    cifar_dir: str | None
+    fashion_dir: str | None
+    overrides: list[str]
+    fields: dict[str, Any]
+    baseline: Arm | None
 
 
-def _run(arm: Arm, seed: int, path: Path, common: list[str], fields: dict[str, Any]) -> dict[str, Any]:
-    """Train one arm with one seed into ``path`` (skipped when done, resumed when interrupted)."""
-    done = path / "done.json"
+def _run(plan: Plan, arm: Arm, seed: int, rel: Path) -> dict[str, Any]:
+    """Train one arm with one seed (skipped when its record exists; resumed when its run was interrupted) and
+    return its record."""
+    record, run = plan.records / rel, plan.out / rel
+    done = record / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
-    overrides = [*arm.overrides, *common, f"train.seed={seed}", f'train.out="{path}"']
-    if (path / "last.pt").is_file() or (path / "best.pt").is_file():
+    overrides = [*arm.overrides, *_data_overrides(arm, plan), *plan.overrides, f"train.seed={seed}",
+                 f'train.out="{run}"']  # fmt: skip
+    if (run / "last.pt").is_file() or (run / "best.pt").is_file():
         overrides.append('train.resume="auto"')
-    cfg = load_config(arm.recipe, overrides, **fields)
+    cfg = load_config(arm.recipe, overrides, **plan.fields)
     began = time.perf_counter()
     result = fit(cfg)
-    summary = {"history": result.history, "seconds": round(time.perf_counter() - began, 1), "seed": seed,
-               "arm": arm.name, "recipe": arm.recipe, "overrides": list(arm.overrides)}  # fmt: skip
+    summary: dict[str, Any] = {
+        "history": result.history, "seconds": round(time.perf_counter() - began, 1), "seed": seed,
+        "arm": arm.name, "recipe": arm.recipe, "overrides": list(arm.overrides), "machine": machine(),
+    }  # fmt: skip
+    if arm == plan.baseline:
+        summary.update(_baseline_measures(run, plan, record))
+    record.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.csv", "config.json", "held_out.json"):
+        if (run / name).is_file() and record != run:
+            shutil.copyfile(run / name, record / name)
     atomic_write(done, lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary
 
 
-def _value(exp: Experiment, summary: dict[str, Any]) -> float:
+def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
+    """The baseline's extra measurements of its final weights, kept in its record (the weights are not): the test
+    error with the centre crop and with ten crops, and Figure 3's per-tower colour specificity."""
+    from ..inference.evaluation import evaluate_checkpoint
+    from .figures import figure3
+
+    weights = run / "last.pt"
+    kwargs = {"data_dir": plan.cifar_dir, "progress": False, "dataset": plan.fields.get("data__dataset"),
+              "precision": "fp32"}  # fmt: skip
+    centre = evaluate_checkpoint(weights, **kwargs)["err1"]
+    ten = evaluate_checkpoint(weights, ten_crop=True, **kwargs)["err1"]
+    out: dict[str, Any] = {"test_err_centre": round(centre, 3), "test_err_ten_crop": round(ten, 3)}
+    try:
+        fig3 = figure3(weights, record)
+        out["fig3"] = {"towers": [{k: t[k] for k in ("tower", "kernels", "mean", "median")} for t in fig3["towers"]],
+                       "ratio": fig3["ratio"]}  # fmt: skip
+    except (ImportError, ValueError) as err:  # no matplotlib, or a one-channel model
+        log.warning("Figure 3 not drawn for %s: %s", run, err)
+    return out
+
+
+def _data_overrides(arm: Arm, plan: Plan) -> list[str]:
+    if arm.recipe.startswith(("cifar10", "fig1")) and plan.cifar_dir:
+        return ['data.dataset="folder"', f'data.data_dir="{plan.cifar_dir}"', "model.overrides.input_size=32"]
+    if arm.recipe == "fashion-mnist" and plan.fashion_dir:
+        return [f'data.data_dir="{plan.fashion_dir}"']
+    return []
+
+
+def _value(exp: Experiment, summary: dict[str, Any]) -> tuple[float, bool]:
+    """A run's value for ``exp`` and whether it is censored (never reached the target: a lower bound)."""
     history = summary["history"]
-    if exp.metric == "error":
-        return 100 - history[-1]["val_acc1"]  # the last epoch: never selected on the test set
-    if exp.metric == "epochs":
-        hit = [i + 1 for i, r in enumerate(history) if 100 - r["train_acc1"] <= exp.target]
-        return float(hit[0]) if hit else float(len(history) + 1)  # not reached: counted as one more epoch
-    hit = [i + 1 for i, r in enumerate(history) if r["train_loss"] <= exp.target]
-    return float(hit[0]) if hit else float(len(history) + 1)
+    if exp.metric == "error":  # the last epoch's, on the test split: never selected
+        last = history[-1]
+        test = last.get("test_acc1")
+        return 100 - (test if test is not None and math.isfinite(test) else last["val_acc1"]), False
+    key, target = ("train_loss", exp.target) if exp.metric == "converge" else ("train_acc1", 100 - exp.target)
+    below = exp.metric == "converge"
+    hit = next((i + 1 for i, r in enumerate(history) if (r[key] <= target if below else r[key] >= target)), None)
+    return (float(hit), False) if hit else (float(len(history)), True)
+
+
+def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    if exp.metric == "tencrop":
+        records = runs[exp.paper_arm.name]
+        centre = [r["test_err_centre"] for r in records]
+        ten = [r["test_err_ten_crop"] for r in records]
+        arms = {"centre crop": claims.Arm(centre), "ten crops": claims.Arm(ten)}
+        effect = claims.paired([c - t for c, t in zip(centre, ten)])
+    else:
+        arms = {}
+        for name, records in runs.items():
+            values = [_value(exp, r) for r in records]
+            arms[name] = claims.Arm([v for v, _ in values], [c for _, c in values])
+        paper, other = arms[exp.paper_arm.name], arms[exp.other_arm.name]  # type: ignore[union-attr]
+        if exp.metric == "error":
+            effect = claims.difference(paper, other)
+        elif exp.metric == "epochs":  # the other arm (tanh) is the slower one
+            effect = claims.ratio(other, paper)
+        else:  # converge: the paper's arm (dropout) is the slower one
+            effect = claims.ratio(paper, other)
+    unit = "%" if exp.metric in ("error", "tencrop") else " epochs"
+    return {
+        "arms": {k: {"values": [round(v, 3) for v in a.values], "censored": a.censored, "mean": round(a.mean, 3),
+                     "sd": round(a.sd, 3), "text": claims.describe_arm(a, unit)} for k, a in arms.items()},
+        "effect": asdict(effect),
+        "text": claims.describe(effect),
+        "verdict": claims.verdict(effect, exp.paper_effect),
+        "seconds": round(sum(r["seconds"] for rs in runs.values() for r in rs), 1),
+    }  # fmt: skip
 
 
 def reproduce(out: Path | str, budget: str = "small", seeds: int = 3, only: list[str] | None = None,
               cifar_dir: str | None = None, fashion_dir: str | None = None, overrides: list[str] | None = None,
-              **fields: Any) -> dict[str, Any]:  # fmt: skip
-    """Run the budget's experiments (or ``only`` those) over ``seeds`` seeds and write ``out/report.md``.
+              records: Path | str | None = None, **fields: Any) -> dict[str, Any]:  # fmt: skip
+    """Run the budget's experiments (or ``only`` those) over ``seeds`` seeds and write ``records/report.md``.
 
     Args:
-        out: the reproduction's directory.
-        budget: ``small`` (this CPU, about an hour) or ``full`` (ImageNet on GPUs).
+        out: where the runs train (run directories with their checkpoints).
+        budget: ``small`` (a smoke run), ``cpu`` (converged, ~6 h on 2 cores) or ``full`` (ImageNet on GPUs).
         seeds: runs per arm (seeds 0, 1, ...).
         only: experiment names to run; default all.
-        cifar_dir: the CIFAR-10 JPEG folder (``train/``, ``test/``) for the small budget.
+        cifar_dir: the CIFAR-10 JPEG folder (``train/``, ``test/``).
         fashion_dir: where Fashion-MNIST is (default: the usual places).
         overrides: ``section.key=value`` for every run (tests: a fake data set, tiny limits).
+        records: where finished runs' records and the report go (default ``out``); a run with a record there is
+            not trained again.
         **fields: ``section__key=value`` for every run.
 
     Returns:
-        per experiment: the arms' values per seed, mean and std, the effect and its standard error, the verdict.
+        per experiment: the arms' values per seed (with censoring), the effect with its 95% interval, the verdict.
     """
     if budget not in BUDGETS:
         raise AlexNetError(f"unknown budget {budget!r}; choose one of {list(BUDGETS)}")
-    plan = BUDGETS[budget]()
-    names = [e.name for e in plan.experiments]
+    budget_plan = BUDGETS[budget]()
+    names = [e.name for e in budget_plan.experiments]
     unknown = sorted(set(only or []) - set(names))
     if unknown:
         raise AlexNetError(f"unknown experiment(s) {unknown}; choose from {names}")
     if seeds < 1:
         raise AlexNetError("--seeds must be at least 1")
     out = Path(out)
-    chosen = [e for e in plan.experiments if not only or e.name in only]
-    paths: dict[Arm, Path] = {}  # an arm shared by experiments (the ablations' baseline) trains once
+    plan = Plan(out, Path(records) if records else out, cifar_dir, fashion_dir, list(overrides or []), fields,
+                budget_plan.baseline)  # fmt: skip
+    chosen = [e for e in budget_plan.experiments if not only or e.name in only]
+    homes: dict[Arm, Path] = {}  # an arm shared by experiments (the ablations' baseline) trains once
     results: dict[str, Any] = {}
     for exp in chosen:
-        arms = [a for a in (exp.paper_arm, exp.other_arm) if a is not None]
         runs: dict[str, list[dict[str, Any]]] = {}
-        for arm in arms:
-            base = paths.setdefault(arm, out / exp.name / arm.name)
-            data = _data_overrides(arm, cifar_dir, fashion_dir)
-            runs[arm.name] = [
-                _run(arm, s, base / f"seed{s}", [*data, *(overrides or [])], fields) for s in range(seeds)
-            ]
-        results[exp.name] = _measure(exp, runs, paths[exp.paper_arm], seeds, cifar_dir, fields)
-    write_report(out, plan, chosen, results, seeds)
+        for arm in (a for a in (exp.paper_arm, exp.other_arm) if a is not None):
+            home = homes.setdefault(arm, Path(exp.name) / arm.name)
+            runs[arm.name] = [_run(plan, arm, s, home / f"seed{s}") for s in range(seeds)]
+        results[exp.name] = _measure(exp, runs)
+    from .reproduce_report import write_report
+
+    write_report(plan.records, budget_plan, chosen, results, seeds, homes)
     return results
-
-
-def _data_overrides(arm: Arm, cifar_dir: str | None, fashion_dir: str | None) -> list[str]:
-    if arm.recipe.startswith(("cifar10", "fig1")) and cifar_dir:
-        return ['data.dataset="folder"', f'data.data_dir="{cifar_dir}"', "model.overrides.input_size=32"]
-    if arm.recipe == "fashion-mnist" and fashion_dir:
-        return [f'data.data_dir="{fashion_dir}"']
-    return []
-
-
-def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]], paper_dir: Path, seeds: int,
-             cifar_dir: str | None, fields: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    if exp.metric == "tencrop":
-        from ..inference.evaluation import evaluate_checkpoint
-
-        centre, ten = [], []
-        for s in range(seeds):
-            weights = paper_dir / f"seed{s}" / "last.pt"
-            kwargs = {"data_dir": cifar_dir, "progress": False, "dataset": fields.get("data__dataset")}
-            centre.append(100 - evaluate_checkpoint(weights, **kwargs)["acc1"])
-            ten.append(100 - evaluate_checkpoint(weights, ten_crop=True, **kwargs)["acc1"])
-        arms = {"centre crop": centre, "ten crops": ten}
-        diffs = [c - t for c, t in zip(centre, ten)]  # paired: the same weights
-        effect, sd = _stats(diffs)
-        se = sd / math.sqrt(len(diffs))
-        ratio = False
-    else:
-        arms = {name: [_value(exp, r) for r in rs] for name, rs in runs.items()}
-        paper_values, other_values = list(arms.values())
-        (mp, sp), (mo, so) = _stats(paper_values), _stats(other_values)
-        ratio = exp.metric in ("epochs", "converge")
-        if ratio:  # a ratio of means; its standard error by the delta method
-            effect = mo / mp if exp.metric == "epochs" else mp / mo
-            rel = math.sqrt((sp / mp) ** 2 / len(paper_values) + (so / mo) ** 2 / len(other_values))
-            se = effect * rel
-        else:
-            effect = mo - mp  # error points the paper's choice saves
-            se = math.sqrt(sp**2 / len(paper_values) + so**2 / len(other_values))
-    return {
-        "arms": {
-            k: {"values": [round(v, 3) for v in vs], "mean": round(_stats(vs)[0], 3), "std": round(_stats(vs)[1], 3)}
-            for k, vs in arms.items()
-        },
-        "effect": round(effect, 3),
-        "se": round(se, 3),
-        "ratio": ratio,
-        "verdict": _verdict(effect, se, exp.paper_effect, ratio),
-        "seconds": round(sum(r["seconds"] for rs in runs.values() for r in rs), 1),
-    }
-
-
-def _fmt(arm: dict[str, Any], ratio: bool) -> str:
-    unit = "" if ratio else "%"
-    return f"{arm['mean']:.2f}{unit} ± {arm['std']:.2f}"
-
-
-def write_report(out: Path, plan: Budget, experiments: list[Experiment], results: dict[str, Any],
-                 seeds: int) -> Path:  # fmt: skip
-    """``out/report.md``: per claim, the paper's figure, the arms (mean ± std over seeds), the effect ± its
-    standard error, the verdict; ``curves_<experiment>.png`` beside it when matplotlib is installed."""
-    lines = [f"# The paper's claims, reproduced ({plan.describe})", "",
-             f"{seeds} seed(s) per arm; mean ± sample standard deviation over seeds; effect ± its standard error "
-             "(verdict: reproduced in sign when the effect exceeds two standard errors, and in size when it is also "
-             "within a factor of two of the paper's). Errors are the last epoch's test top-1 error, never the best.",
-             ""]  # fmt: skip
-    if plan.cifar:
-        lines += ["Settings of this budget: CIFAR-10 runs `" + " ".join(plan.cifar) + "`; Fashion-MNIST runs `"
-                  + " ".join(plan.fashion) + "`; Figure 1 runs `" + " ".join(plan.fig1) + "`.", ""]  # fmt: skip
-    lines += ["| claim | paper | arms | effect (ours) | verdict | time |", "|---|---|---|---|---|---:|"]
-    for exp in experiments:
-        r = results[exp.name]
-        arms = "; ".join(f"{name} {_fmt(a, r['ratio'])}" for name, a in r["arms"].items())
-        effect = f"{r['effect']:.2f}× ± {r['se']:.2f}" if r["ratio"] else f"{r['effect']:+.2f} points ± {r['se']:.2f}"
-        lines.append(f"| **{exp.name}** ({exp.section}): {exp.claim} | {exp.paper} | {arms} | {effect} | "
-                     f"{r['verdict']} | {r['seconds'] / 60:.1f} min |")  # fmt: skip
-    lines += [
-        "",
-        "Metrics: `error` experiments compare test error (points the paper's choice saves); `relu_tanh` "
-        "the epochs to the target training error (tanh's over ReLU's); `dropout` the epochs to the target "
-        "training loss (with dropout over without); `ten_crop` the same weights evaluated both ways.",
-        "",
-    ]
-    notes = [f"- **{e.name}**: {e.note}" for e in experiments if e.note]
-    if notes:
-        lines += ["Notes:", *notes, ""]
-    with contextlib.suppress(ImportError):  # matplotlib is the optional [report] extra
-        lines += _curves(out, experiments)
-    path = out / "report.md"
-    atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    return path
-
-
-def _curves(out: Path, experiments: list[Experiment]) -> list[str]:
-    from .report import _pyplot
-
-    plt = _pyplot()
-    lines = ["## Curves", ""]
-    for exp in experiments:
-        if exp.other_arm is None:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        key = "val_acc1" if exp.metric == "error" else ("train_acc1" if exp.metric == "epochs" else "train_loss")
-        for arm, style in ((exp.paper_arm, "-"), (exp.other_arm, "--")):
-            runs = sorted((out / exp.name / arm.name).glob("seed*/done.json"))
-            if not runs:  # the arm was trained under another experiment's directory
-                runs = sorted(out.glob(f"*/{arm.name}/seed*/done.json"))
-            for i, done in enumerate(runs):
-                rows = json.loads(done.read_text())["history"]
-                ys = [r[key] if key == "train_loss" else 100 - r[key] for r in rows]
-                ax.plot(range(1, len(ys) + 1), ys, style, color=f"C{(arm is exp.other_arm) * 1}", alpha=0.8,
-                        label=arm.name if i == 0 else None)  # fmt: skip
-        ax.set(xlabel="epoch", ylabel={"val_acc1": "test error (%)", "train_acc1": "training error (%)",
-                                        "train_loss": "training loss"}[key], title=exp.name)  # fmt: skip
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"curves_{exp.name}.png", dpi=90)
-        plt.close(fig)
-        lines.append(f"![{exp.name}](curves_{exp.name}.png)")
-    return lines
