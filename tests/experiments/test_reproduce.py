@@ -36,7 +36,7 @@ def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp
         effect = results[name]["effect"]
         assert effect["low"] <= effect["estimate"] <= effect["high"], name  # two seeds: an interval
         assert "[" in results[name]["text"]
-    # One epoch of two fake batches reaches neither 25% training error nor a training loss of 0.9: censored runs,
+    # One epoch of two fake batches reaches neither 25% training error nor a training loss of 0.75: censored runs,
     # reported as bounds without an interval, never as plain numbers.
     for name in ("relu_tanh", "dropout"):
         r = results[name]

@@ -70,3 +70,52 @@ def test_lrn_channels_last_and_bf16():
     ref = lrn(a)
     assert torch.allclose(lrn(a.to(memory_format=torch.channels_last)), ref)
     assert torch.allclose(lrn(a.bfloat16()).float(), ref, rtol=2e-2, atol=1e-2)
+
+
+def _fused_or_skip():
+    from alexnet.models import fused_lrn
+
+    if fused_lrn.kernel() is None:
+        pytest.skip("the fused LRN kernel cannot be built here (no C++ compiler or ninja)")
+    return fused_lrn
+
+
+@pytest.mark.parametrize(
+    ("n", "convention", "beta", "groups", "channels"),
+    [(5, "paper", 0.75, 2, 24), (5, "caffe", 0.75, 1, 24), (9, "caffe", 0.75, 1, 64), (3, "paper", 0.6, 2, 12),
+     (5, "paper", 0.75, 2, 96)],
+)  # fmt: skip
+def test_the_fused_kernel_equals_the_reference_forward_and_gradient(n, convention, beta, groups, channels):
+    """The fused CPU kernel against the formula (its oracle): both conventions, a β that is not 0.75, per tower
+    and across towers, NCHW and channels-last inputs; forward and gradient in fp32, and bf16 to bf16's precision."""
+    fused = _fused_or_skip()
+    torch.manual_seed(3)
+    layer = LocalResponseNorm(n, 1e-3, beta, 2.0, convention, groups)
+    x = (torch.randn(3, channels, 7, 5) * 20).relu()
+    grad = torch.randn(3, channels, 7, 5)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        xa = x.clone().to(memory_format=memory_format).requires_grad_()
+        ya = layer.reference(xa)
+        (ya * grad).sum().backward()
+        xb = x.clone().to(memory_format=memory_format).requires_grad_()
+        assert fused.usable(xb)
+        yb = layer(xb)
+        (yb * grad).sum().backward()
+        assert torch.allclose(ya, yb, rtol=1e-5, atol=1e-5), (ya - yb).abs().max()
+        assert torch.allclose(xa.grad, xb.grad, rtol=1e-5, atol=1e-6), (xa.grad - xb.grad).abs().max()
+    xh = x.bfloat16().requires_grad_()
+    yh = layer(xh)
+    (yh * grad.bfloat16()).sum().backward()
+    assert yh.dtype == torch.bfloat16 and xh.grad.dtype == torch.bfloat16
+    assert torch.allclose(yh.float(), ya.detach(), rtol=2e-2, atol=2e-2)
+    assert torch.allclose(xh.grad.float(), xa.grad, rtol=3e-2, atol=3e-2)
+
+
+def test_the_fused_kernel_equals_the_paper_formula_and_is_off_where_asked(monkeypatch):
+    fused = _fused_or_skip()
+    torch.manual_seed(4)
+    a = (torch.randn(2, 16, 3, 3) * 30).relu()
+    assert torch.allclose(LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper")(a), paper_lrn(a.double()).float(), rtol=1e-5)
+    monkeypatch.setenv("ALEXNET_FUSED_LRN", "0")
+    assert not fused.usable(a)
+    assert not fused.usable(a.double())  # float64 (the tests' oracle dtype) always takes the formula

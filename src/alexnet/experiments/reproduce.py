@@ -192,7 +192,7 @@ def _small() -> Budget:
 
 
 # The cpu budget's CIFAR-10 runs: 45,000 training images (5,000 held out for validation), every epoch a full pass.
-CPU_EPOCHS = 20
+CPU_EPOCHS = 30
 CPU_CIFAR = (
     "model.overrides.width=0.5", 'model.overrides.norm="lrn"', "model.overrides.groups=2", "data.pca_std=0.1",
     "data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0", f"train.epochs={CPU_EPOCHS}",
@@ -203,8 +203,9 @@ CPU_CIFAR = (
 def _cpu() -> Budget:
     # Converged arms on 2 CPU cores. alexnet_small at half width (24-64-96-96-64 per tower pair, fc 512) with every
     # one of the paper's features: LRN, two towers, overlapping pooling, PCA noise σ 0.1, pad-4 crops and flips,
-    # dropout 0.5; SGD with Nesterov momentum, a one-cycle rate peaking at 0.05, batch 128, 20 epochs of 45,000
-    # images (1,200 img/s here: ~13 min a run).
+    # dropout 0.5; SGD with Nesterov momentum, a one-cycle rate peaking at 0.05, batch 128, 30 epochs of 45,000
+    # images (2,000 img/s with the fused LRN kernel on a 2-core AMD EPYC: ~12 min a run). 20 epochs of it ended at
+    # 79.4% test accuracy (81.0% on the held-out images): short of the 80% this budget asks of its baseline.
     base = Arm("paper", "cifar10", CPU_CIFAR)
 
     def off(name: str, *changes: str) -> Arm:
@@ -213,13 +214,8 @@ def _cpu() -> Budget:
     fig1 = ("train.epochs=40",)  # at most; each run stops at the target (the recipe's stop_at_train_acc1)
     local = ('model.name="convnet_cifar_local"', "data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0",
              "train.epochs=30", "data.val_split=0.1")  # fmt: skip
+    # The baseline's arms first: the runs every ablation shares, and the budget's test of convergence.
     experiments = [
-        _relu_tanh(fig1, 25.0, "the paper's target, 25% training error, on all 50,000 images; at most 40 epochs"),
-        _lrn_cifar(
-            local,
-            "cuda-convnet's layers-conv-local-11pct/-13pct nets with convolutions in place of its "
-            "locally connected layers, 30 epochs of this budget's schedule, not cuda-convnet's",
-        ),
         *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
         _crops_flips(base, off, "CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256"),
         Experiment(
@@ -231,10 +227,16 @@ def _cpu() -> Budget:
             "converge",
             base,
             off("no_dropout", "model.overrides.dropout=0.0"),
-            target=0.9,
-            note="epochs to a training loss of 0.9 under the shared one-cycle schedule, at most 20",
+            target=0.75,
+            note="epochs to a training loss of 0.75 under the shared one-cycle schedule, at most 30",
         ),
         _ten_crop(base, "the baseline's runs evaluated again on the test split with ten crops (pad-4 corners)"),
+        _relu_tanh(fig1, 25.0, "the paper's target, 25% training error, on all 50,000 images; at most 40 epochs"),
+        _lrn_cifar(
+            local,
+            "cuda-convnet's layers-conv-local-11pct/-13pct nets with convolutions in place of its "
+            "locally connected layers, 30 epochs of this budget's schedule, not cuda-convnet's",
+        ),
     ]
     settings = {"CIFAR-10 runs": CPU_CIFAR, "Figure 1 runs": fig1, "lrn_cifar runs": local}
     return Budget("cpu: converged arms on the CIFAR-10 JPEGs, 2 CPU cores", settings, experiments, base)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UnsafeCheckpointError
+from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 
 # Every operator a registered variant (any norm, activation, pooling, towers) or its int8 program exports to, and
 # the int8 program's (de)quantize steps. Anything else (aten::from_file maps a file; torch.os.system is os.system)
@@ -151,12 +151,13 @@ def check_program(path: Path | str) -> None:
 
     Raises:
         UnsafeCheckpointError: naming the first entry or field that would run code, or that is not ours.
+        CorruptCheckpointError: not a zip archive at all.
     """
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise _refuse(path, f"not a torch.export archive ({err})") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as err:  # damaged, not hostile
+        raise CorruptCheckpointError(f"{path} is not a loadable torch.export program ({err})") from None
     with archive:
         infos = archive.infolist()
         tops = {info.filename.split("/", 1)[0] for info in infos}
