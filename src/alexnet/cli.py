@@ -478,7 +478,9 @@ def _run_figure(args: argparse.Namespace) -> int:
         precision, chance = 100 * result["retrieval_precision"], 100 * result["chance_precision"]
         print(f"fc7 retrieval precision@{result['k']}: {precision:.1f}% over {result['retrieval_queries']} test "
               f"images (chance {chance:.1f}%)")  # fmt: skip
-    Path(out, f"{args.experiment}.json").write_text(json.dumps(result, indent=1))
+    from .training.checkpoint import write_text
+
+    write_text(Path(out, f"{args.experiment}.json"), json.dumps(result, indent=1))
     print(f"figure: {result['figure']}")
     return 0
 
@@ -496,13 +498,14 @@ def run_features(args: argparse.Namespace) -> int:
     from .inference.artifact import load_trained
     from .inference.features import features_of_files
     from .inference.predictor import expand_inputs
+    from .training.checkpoint import atomic_write, check_target, write_text
 
+    order = args.out[: -len(".npy")] + ".txt" if args.out.endswith(".npy") else args.out + ".txt"
+    check_target(args.out), check_target(order)  # before any work: a directory or a device where a file goes
     files = expand_inputs(args.inputs)
     feats, done, errors = features_of_files(load_trained(args.checkpoint), files, args.layer)
-    np.save(args.out, feats)
-    order = args.out[: -len(".npy")] + ".txt" if args.out.endswith(".npy") else args.out + ".txt"
-    with open(order, "w") as f:
-        f.write("".join(name + "\n" for name in done))
+    atomic_write(args.out, lambda f: np.save(f, feats))
+    write_text(order, "".join(name + "\n" for name in done))
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
@@ -601,14 +604,19 @@ def _quantize(p: argparse.ArgumentParser) -> None:
 
 def run_quantize(args: argparse.Namespace) -> int:
     import time
+    from pathlib import Path
 
     import torch
 
     from .inference.artifact import load_trained
     from .inference.quantize import calibration_inputs, quantize, save_int8
+    from .training.checkpoint import check_target
 
     if not args.out.endswith(".pt2"):
         raise AlexNetError(f"--out {args.out}: the int8 program is a torch.export file, name it .pt2")
+    check_target(args.out)  # before the work: a directory or a device where the file goes
+    if Path(args.checkpoint).exists() and Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise AlexNetError(f"--out {args.out} is the model being quantized: choose another file")
     trained = load_trained(args.checkpoint)
     began = time.perf_counter()
     calibration = calibration_inputs(trained, args.calibration, args.data_dir, args.seed)

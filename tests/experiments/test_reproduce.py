@@ -72,13 +72,18 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "fit", lambda cfg: trained.append(cfg) or real_fit(cfg))
     assert main(args) == 0
     assert trained == [] and (records / "report.md").is_file()
-    # A run without a record but with a checkpoint (killed mid-run) resumes from it.
-    (records / "pca" / "no_pca" / "seed0" / "done.json").unlink()
-    assert main([*args[:-len(TINY)], *TINY, "--set", "train.epochs=2"]) == 0  # fmt: skip
-    assert len(trained) == 1 and str(trained[0].train.out).endswith("seed0") and trained[0].train.resume is None
-    (records / "pca" / "no_pca" / "seed0" / "done.json").unlink()
-    assert main([*args[:-len(TINY)], *TINY, "--set", "train.epochs=2"]) == 0  # fmt: skip
-    assert len(trained) == 2 and trained[1].train.resume == "auto"
+    # A run without a record and without a checkpoint trains from scratch; one with a checkpoint (killed after it)
+    # resumes from it.
+    done = records / "pca" / "no_pca" / "seed0" / "done.json"
+    done.unlink()
+    two = [*args[: -len(TINY)], *TINY, "--set", "train.epochs=2"]
+    assert main(two) == 0
+    assert len(trained) == 1 and trained[0].train.resume == "auto" and str(trained[0].train.out).endswith("seed0")
+    first = json.loads(done.read_text())["history"]
+    assert [r["epoch"] for r in first] == [1, 2]
+    done.unlink()
+    assert main(two) == 0
+    assert len(trained) == 2 and json.loads(done.read_text())["history"] == first  # resumed: nothing retrained
 
 
 def test_only_and_unknown_names(tmp_path, capsys):

@@ -73,10 +73,13 @@ def test_trained_scale_logits_pass_and_the_refusal_path_works(tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(out)]) == 0
     assert "top-1 agreement 100%" in capsys.readouterr().out
+    good = out.read_bytes()
     strict = ["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(out), "--atol", "0", "--rtol", "0"]
     assert main(strict) == 2  # an exact match is not what two kernel libraries give
     err = capsys.readouterr().err
-    assert "not trusted" in err and "removed" in err and not out.exists()
+    # The failed export never replaced the good one, and left no staged file behind.
+    assert "not trusted" in err and "left as it was" in err and out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_a_wrong_export_fails_the_parity_check(tmp_path):

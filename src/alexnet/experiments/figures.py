@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..inference.artifact import TrainedModel, load_trained
+from ..training.checkpoint import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _plot_fig3(w: torch.Tensor, spec: torch.Tensor, groups: int, path: Path) -> 
     ax.set(xlabel="energy outside the grey component", ylabel="kernels", title="colour specificity")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -193,6 +194,6 @@ def _plot_fig4(test_images: torch.Tensor, train_images: torch.Tensor, rows: list
             show(axes[r][c + 2], train_images[j], row["neighbour_classes"][c])
     fig.suptitle("top-5 (true class in red) and the nearest training images in fc7 space", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import NonFiniteLossError
-from ..training.checkpoint import atomic_write
+from ..training.checkpoint import atomic_write, save_figure
 from ..training.fit import fit
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,6 @@ def plot_figure1(result: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"CIFAR-10, four-layer CNN: ReLU {speedup} faster (paper: 6×)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 from torchvision.utils import make_grid, save_image
 
 from ..inference.artifact import display_label
+from ..training.checkpoint import save_figure, write_bytes, write_text
 
 
 def _pyplot():
@@ -39,7 +41,7 @@ def plot_curves(metrics_csv: Path | str, out: Path | str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
     return Path(out)
 
@@ -57,8 +59,9 @@ def save_conv1_filters(model: nn.Module, out: Path | str, scale: int | None = No
     scale = scale or max(1, 48 // w.shape[-1])  # ~48 px per kernel: 11×11 → ×4, 5×5 → ×9
     w = torch.nn.functional.interpolate(w, scale_factor=scale, mode="nearest")
     # 96 kernels → 8 rows of 12: rows 1-4 are tower 1's 48 kernels, rows 5-8 tower 2's.
-    save_image(make_grid(w, nrow=12, padding=2, pad_value=1.0), out)
-    return Path(out)
+    buffer = io.BytesIO()
+    save_image(make_grid(w, nrow=12, padding=2, pad_value=1.0), buffer, format="png")
+    return write_bytes(out, buffer.getvalue())
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str) -> Path:
@@ -82,7 +85,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str)
                             color="white" if m[i, j] > 0.5 else "black")  # fmt: skip
     ax.set(xlabel="predicted", ylabel="true", title="confusion (% of each true class)")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
     return Path(out)
 
@@ -109,8 +112,7 @@ def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evalu
                ("confusion matrix", "confusion.png")]  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{alt}]({png})\n" for alt, png in figures]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(path, "\n".join(lines))
 
 
 def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Path:

@@ -301,10 +301,9 @@ def _run(plan: Plan, arm: Arm, seed: int, rel: Path) -> dict[str, Any]:
     done = record / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
+    # resume="auto": from the run's checkpoint when it was interrupted, a fresh start when it has none
     overrides = [*arm.overrides, *_data_overrides(arm, plan), *plan.overrides, f"train.seed={seed}",
-                 f'train.out="{run}"']  # fmt: skip
-    if (run / "last.pt").is_file() or (run / "best.pt").is_file():
-        overrides.append('train.resume="auto"')
+                 f'train.out="{run}"', 'train.resume="auto"']  # fmt: skip
     cfg = load_config(arm.recipe, overrides, **plan.fields)
     began = time.perf_counter()
     result = fit(cfg)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import atomic_write
+from ..training.checkpoint import atomic_write, save_figure
 
 
 def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
@@ -111,7 +111,7 @@ def _curves(records: Path, experiments: list[Any], homes: dict[Any, Path]) -> li
         ax.set(xlabel="epoch", ylabel=ylabel[key], title=exp.name)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(records / f"curves_{exp.name}.png", dpi=90)
+        save_figure(fig, records / f"curves_{exp.name}.png", dpi=90)
         plt.close(fig)
         lines.append(f"![{exp.name}](curves_{exp.name}.png)")
     return lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import AlexNetError, CorruptCheckpointError
-from ..training.checkpoint import atomic_write
+from ..training.checkpoint import atomic_write, check_target
 from .artifact import ModelMeta, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,9 @@ def export_model(trained: TrainedModel, fmt: str, out: str | Path, check_inputs:
         rtol: part of the allowed logit difference relative to the largest eager logit.
 
     Raises:
-        AlexNetError: unknown format, or the export disagrees with eager PyTorch (the file is removed).
+        AlexNetError: unknown format, ``out`` is the input, or the export disagrees with eager PyTorch (then
+            nothing is written: a previous file at ``out`` is left as it was).
+        WriteError: ``out`` is a directory, a device or a FIFO, or cannot be written.
     """
     if fmt not in FORMATS:
         raise AlexNetError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
@@ -126,32 +129,39 @@ def export_model(trained: TrainedModel, fmt: str, out: str | Path, check_inputs:
     size = trained.preprocessing.input_size
     example = torch.randn(2, model.in_channels, size, size)
     x = check_inputs.float() if check_inputs is not None else torch.randn(3, model.in_channels, size, size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_target(out)
+    if trained.source and out.resolve() == Path(trained.source).resolve():
+        raise AlexNetError(f"--out {out} is the model being exported: choose another file")
+    # Written beside the target under another name and checked there; only a file that passes replaces the target,
+    # so a failed check leaves the user's previous export as it was.
+    staged = out.with_name(f".{out.stem}.{os.getpid()}.staged{out.suffix}")
     with torch.no_grad():
         expected = model(x)
     batch = torch.export.Dim("batch", min=1, max=4096)
     meta = json.dumps(trained.meta.to_dict())
-    if fmt == "onnx":
-        got = _export_onnx(model, example, x, out, batch, meta)
-    elif fmt == "torchscript":
-        with warnings.catch_warnings():  # PyTorch deprecates TorchScript; users who still deploy it asked for it
-            warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(model, example)
-            atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files={"alexnet.json": meta}))
-            got = torch.jit.load(str(out))(x)
-    else:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        atomic_write(out, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": meta}))
-        got = torch.export.load(str(out)).module()(x)
-    check = parity(expected, got, atol, rtol)
-    if not check.ok:
-        out.unlink(missing_ok=True)
-        raise AlexNetError(
-            f"{fmt} export differs from eager PyTorch: max |logit diff| {check.max_abs:.2e} (allowed "
-            f"{check.bound:.2e} = {atol:g} + {rtol:g}·max|logit|), max |prob diff| {check.max_prob:.2e} (allowed "
-            f"{PROB_TOL:g}), top-1 agreement {100 * check.top1_agree:.1f}%; not trusted, {out} removed"
-        )
+    try:
+        if fmt == "onnx":
+            got = _export_onnx(model, example, x, staged, batch, meta)
+        elif fmt == "torchscript":
+            with warnings.catch_warnings():  # PyTorch deprecates TorchScript; users who still deploy it asked for it
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(model, example)
+                atomic_write(staged, lambda f: torch.jit.save(traced, f, _extra_files={"alexnet.json": meta}))
+                got = torch.jit.load(str(staged))(x)
+        else:
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+            atomic_write(staged, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": meta}))
+            got = torch.export.load(str(staged)).module()(x)
+        check = parity(expected, got, atol, rtol)
+        if not check.ok:
+            raise AlexNetError(
+                f"{fmt} export differs from eager PyTorch: max |logit diff| {check.max_abs:.2e} (allowed "
+                f"{check.bound:.2e} = {atol:g} + {rtol:g}·max|logit|), max |prob diff| {check.max_prob:.2e} (allowed "
+                f"{PROB_TOL:g}), top-1 agreement {100 * check.top1_agree:.1f}%; not trusted, {out} left as it was"
+            )
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
     note = f"dynamic batch; height and width fixed at {size} (the classifier's input depends on them)"
     return ExportResult(out, fmt, check, tuple(x.shape), note)
 

@@ -39,6 +39,7 @@ from .checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries,
 from .engine import StepSettings, evaluate, train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
+from .rundir import RunLock, claim
 from .state import EpochTotals, build_state, check_resume, latest_valid, restore, rng_state, seed_everything
 from .strategy import Strategy
 
@@ -100,7 +101,12 @@ def fit(cfg: Config) -> RunResult:
         DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
     """
     dist: list[distributed.DistInfo] = []
-    result = _fit(cfg, dist)  # a failure leaves as before: the launcher stops the other processes
+    locks: list[RunLock] = []
+    try:
+        result = _fit(cfg, dist, locks)  # a failure leaves as before: the launcher stops the other processes
+    finally:
+        for lock in locks:
+            lock.release()
     # The run's objects went with _fit's frame, but DDP and the towers' modules hold the process group in reference
     # cycles: collected now, while the interpreter is whole. Left to interpreter shutdown, destroying gloo's threads
     # there aborted a worker now and then (SIGABRT, "terminate called without an active exception";
@@ -111,7 +117,7 @@ def fit(cfg: Config) -> RunResult:
     return result
 
 
-def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
+def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) -> RunResult:
     started = time.perf_counter()
     cfg, pretrained = adopt_pretrained(cfg)  # model.weights: their network and preprocessing
     device = pick_device(cfg.train.device)
@@ -127,6 +133,8 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo]) -> RunResult:
     if not dist_info.is_main:
         logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
     out = _run_dir(cfg, dist_info)
+    if dist_info.is_main:  # before the data loads: one process owns the directory, and a finished run is kept
+        locks.append(claim(out, resuming=bool(cfg.train.resume)))
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
     # Towers and hybrid: every rank evaluates the whole validation set (the model spans the ranks).

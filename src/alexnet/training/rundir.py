@@ -1,0 +1,63 @@
+"""One process owns a run directory: an OS lock that dies with the process, and no silent reuse of a finished run.
+
+Two ``train`` processes on one ``--out`` would interleave ``metrics.csv`` and checkpoints, and one's clean-up of
+stale temporaries could delete the other's file being written; a new run into a directory that holds one would
+replace its checkpoints. `claim` refuses both with one line before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from ..errors import AlexNetError
+
+LOCK = ".lock"
+# What makes a directory a run: a user's earlier results, which a new run (not a resume) would replace.
+RUN_FILES = ("last.pt", "best.pt", "best.safetensors", "metrics.csv")
+
+
+class RunDirectoryError(AlexNetError):
+    """The run directory is owned by another process, or holds a run this one would overwrite."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``DIR/.lock`` (with the owner's pid in it, for the message), released by `release`
+    or when the process ends, however it ends."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(self.fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunDirectoryError(
+                f"{out} is being written by process {owner}: wait for it, or choose another --out"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def claim(out: Path, resuming: bool) -> RunLock:
+    """Lock ``out`` for this process; unless ``resuming``, refuse a directory that already holds a run.
+
+    Raises:
+        RunDirectoryError: another live process holds it, or it holds a run and this is not a resume.
+    """
+    lock = RunLock(out)
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not resuming:
+        lock.release()
+        raise RunDirectoryError(
+            f"{out} already holds a run ({found[0]}): continue it with --resume auto, or choose a new --out"
+        )
+    return lock

@@ -1,0 +1,133 @@
+"""Nothing already written is lost (issue 21 §2): a finished run is not overwritten by a new one, a run directory
+has one writer at a time, an export or quantization never replaces its own input, a device or FIFO is never
+replaced by a file, and a full disk is one line with the previous file intact."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.errors import WriteError
+from alexnet.training import checkpoint
+
+TRAIN = ["train", "--recipe", "fashion-mnist", "--dataset", "fake", "--no-progress", "--precision", "fp32",
+         "--device", "cpu", "-b", "64", "--set", "model.overrides.width=0.25", "--set", "model.overrides.input_size=32",
+         "--limit-train-batches", "2"]  # fmt: skip
+
+
+def _digests(run):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def _one_line(err: str) -> None:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main([*TRAIN, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_new_run_into_a_finished_one_is_refused(finished_run, capsys):
+    capsys.readouterr()
+    before = _digests(finished_run)
+    assert main([*TRAIN, "--epochs", "1", "--out", str(finished_run)]) == 2
+    err = capsys.readouterr().err
+    _one_line(err)
+    assert "already holds a run" in err and "--resume auto" in err and "new --out" in err
+    assert _digests(finished_run) == before
+    assert main([*TRAIN, "--epochs", "1", "--out", str(finished_run), "--resume", "auto"]) == 0  # a resume is fine
+
+
+@pytest.mark.slow
+def test_a_run_directory_has_one_writer(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "alexnet.cli", *TRAIN, "--epochs", "50", "--out", str(out),
+                              "--limit-train-batches", "16"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.csv").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, first.stderr.read()
+        for extra in ([], ["--resume", "auto"]):
+            assert main([*TRAIN, "--epochs", "2", "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err
+            _one_line(err)
+            assert f"is being written by process {first.pid}" in err
+    finally:
+        first.kill()
+        first.wait()
+    # The lock died with its process: the directory can be resumed now.
+    assert main([*TRAIN, "--epochs", "1", "--out", str(out), "--resume", "auto"]) == 0
+
+
+def test_export_and_quantize_never_replace_their_input_or_a_device(finished_run, tmp_path, capsys):
+    weights = finished_run / "best.safetensors"
+    before = weights.read_bytes()
+    assert main(["export", "--checkpoint", str(weights), "--format", "onnx", "--out", str(weights)]) == 2
+    _one_line(err := capsys.readouterr().err)
+    assert "is the model being exported" in err and weights.read_bytes() == before
+    program = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(weights), "--format", "exported-program", "--out", str(program)]) == 0
+    assert main(["quantize", "--checkpoint", str(program), "--out", str(program)]) == 2
+    assert "is the model being quantized" in capsys.readouterr().err
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    for cmd in (
+        ["export", "--checkpoint", str(weights), "--format", "onnx"],
+        ["quantize", "--checkpoint", str(weights)],
+    ):
+        out = str(fifo) if cmd[0] == "export" else str(tmp_path / "fifo.pt2")
+        if cmd[0] == "quantize":
+            os.mkfifo(out)
+        assert main([*cmd, "--out", out]) == 2
+        _one_line(err := capsys.readouterr().err)
+        assert "not a regular file" in err
+    assert fifo.is_fifo() and (tmp_path / "fifo.pt2").is_fifo()
+    with pytest.raises(WriteError, match="is a directory"):
+        checkpoint.write_text(tmp_path, "x")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
+    """ENOSPC from the kernel itself: the temporary file is /dev/full, where every write fails with ENOSPC."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, path)
+    good = path.read_bytes()
+    real = checkpoint.tempfile.mkstemp
+
+    def full_disk(*args, **kwargs):
+        fd, name = real(*args, **kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_disk)
+    big = {"model": {"w": torch.ones(1 << 20)}, "config": {}}  # 4 MB: more than any write buffer holds
+    with pytest.raises(WriteError, match="could not write .*last.pt.*unchanged"):
+        checkpoint.save_checkpoint(big, path)  # torch.save reports ENOSPC as a RuntimeError
+    assert path.read_bytes() == good and checkpoint.load_checkpoint(path)["model"]["w"].shape == (3,)
+
+    def torch_writer_failure(f):  # what torch.save raises when it writes to a path on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    with pytest.raises(WriteError, match="PytorchStreamWriter failed writing file; any previous last.pt is unchanged"):
+        checkpoint.atomic_write(path, torch_writer_failure)
+    assert path.read_bytes() == good
+    pytest.importorskip("matplotlib")
+    from alexnet.experiments.report import plot_curves
+
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss,train_acc1,val_loss,val_acc1\n1,1,50,1,50\n")
+    with pytest.raises(WriteError, match="curves.png"):
+        plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png")
+    assert not (tmp_path / "curves.png").exists()  # no truncated PNG in its place
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
