@@ -51,5 +51,10 @@ class NonFiniteWeightsError(AlexNetError):
     """A model's weights hold NaN or infinity (training diverged); they are never saved, resumed or used."""
 
 
+class NonFiniteOutputError(AlexNetError):
+    """A model's weights are finite but its outputs are not (NaN or infinity): training diverged. No prediction or
+    accuracy is reported from it."""
+
+
 class ConfigError(AlexNetError, ValueError):
     """A configuration value or command-line flag is out of range or not one of its choices."""

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alexnet.errors import NonFiniteLossError, NonFiniteWeightsError
+from alexnet.errors import NonFiniteLossError, NonFiniteOutputError, NonFiniteWeightsError
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.training.fit import fit
 from tests.conftest import tiny_config
@@ -62,9 +62,11 @@ def test_a_nan_validation_loss_never_becomes_best(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(fit_module, "evaluate", evaluate)
-    result = fit(tiny_config(tmp_path / "run", "train.epochs=2", "optim.lr=0.001"))
-    assert round(result.best_acc1, 3) == result.history[0]["val_acc1"] < 100
+    # Finite weights whose outputs are not: the run stops, and its last good state stays the last and the best.
+    with pytest.raises(NonFiniteOutputError, match="non-finite in epoch 2"):
+        fit(tiny_config(tmp_path / "run", "train.epochs=2", "optim.lr=0.001"))
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
 
 
 def test_auto_resume_skips_a_checkpoint_with_non_finite_weights(tmp_path, caplog):
@@ -76,3 +78,28 @@ def test_auto_resume_skips_a_checkpoint_with_non_finite_weights(tmp_path, caplog
     result = fit(tiny_config(tmp_path / "run", "train.epochs=2", 'train.resume="auto"'))
     assert "non-finite weights" in caplog.text and "trying the previous checkpoint" in caplog.text
     assert result.history[-1]["epoch"] == 2 and _finite(tmp_path / "run" / "last.pt")
+
+
+def test_finite_weights_with_non_finite_outputs_never_print_a_number(tmp_path, capsys):
+    """A model whose weights are finite but overflow (a diverged run's last state): predict and eval say so with
+    one line and exit 2; they never print nan%."""
+    from PIL import Image
+
+    from alexnet.cli import main
+    from alexnet.inference.artifact import load_trained
+    from alexnet.training.checkpoint import load_weights, save_weights
+    from tests.conftest import make_weights
+
+    path = make_weights(tmp_path / "w.safetensors")
+    trained = load_trained(path)
+    with torch.no_grad():
+        for p in trained.model.parameters():
+            p.mul_(1e30)  # finite (< 3.4e38), but products overflow to inf and inf − inf is NaN
+    _, meta = load_weights(path)
+    save_weights(trained.model, path, meta)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (120, 30, 200)).save(image)
+    assert main(["predict", "--checkpoint", str(path), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite outputs" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "nan" not in capsys.readouterr().out

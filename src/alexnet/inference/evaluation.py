@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from ..config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
 from ..device import pick_device, pick_precision
-from ..errors import ConfigError, IncompatibleCheckpointError
+from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..training.engine import StepSettings, evaluate
 from .artifact import display_label, load_trained
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, is_int8, quantize
@@ -77,6 +78,11 @@ def evaluate_checkpoint(
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
         result = evaluate(model, loader, transform, settings, ten_crop=ten_crop, flip=flip)
+    if not math.isfinite(result["loss"]):
+        raise NonFiniteOutputError(
+            f"{path} produces non-finite outputs (NaN or infinity) although its weights are finite: training "
+            "diverged; no accuracy is reported from it"
+        )
     result["classes"] = classes
     return result
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from ..data.batch import stack_images
 from ..data.decode import IMAGE_EXTENSIONS, decode_stored, is_image_file, pil_to_rgb, to_stored
 from ..device import autocast, pick_device, pick_precision
-from ..errors import AlexNetError, InvalidImageError
+from ..errors import AlexNetError, InvalidImageError, NonFiniteOutputError
 from .artifact import ModelMeta, load_trained
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,16 @@ class Predictor:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_onnx:
             name = self.model.get_inputs()[0].name
-            return torch.from_numpy(self.model.run(None, {name: x.float().contiguous().numpy()})[0])
-        with torch.no_grad(), autocast(self.device, self.precision):
-            return self.model(x.to(self.device)).float().cpu()
+            logits = torch.from_numpy(self.model.run(None, {name: x.float().contiguous().numpy()})[0])
+        else:
+            with torch.no_grad(), autocast(self.device, self.precision):
+                logits = self.model(x.to(self.device)).float().cpu()
+        if not bool(torch.isfinite(logits).all()):  # a diverged model: never print "nan%" as a prediction
+            raise NonFiniteOutputError(
+                "the model produces non-finite outputs (NaN or infinity) although its weights are finite: training "
+                "diverged; use an earlier checkpoint"
+            )
+        return logits
 
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) model inputs (already transformed) → (B, num_classes) softmax probabilities, fp32."""

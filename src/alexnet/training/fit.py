@@ -31,7 +31,7 @@ from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
-from ..errors import IncompatibleCheckpointError, TrainingInterrupted, WriteError
+from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, TrainingInterrupted, WriteError
 from ..inference.artifact import FORMAT_VERSION
 from ..models import create_model, get_spec
 from . import distributed
@@ -261,6 +261,11 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
             if validate:
                 val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop,
                                flip=cfg.data.flip_tta)  # fmt: skip
+                if not math.isfinite(val["loss"]):  # finite weights, non-finite outputs: never the last good state
+                    raise NonFiniteOutputError(
+                        f"the model's outputs became non-finite in epoch {epoch + 1} (its weights are finite): "
+                        f"training diverged; {out / 'last.pt'} keeps the state before it; lower the learning rate"
+                    )
                 schedule.end_epoch(val["err1"])
                 result.final = val
             row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train, val, began, started)
