@@ -286,7 +286,8 @@ def run_export(args: argparse.Namespace) -> int:
 def _stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
-    p.add_argument("--resize", type=int, help="folders: shorter side resized to this before measuring (default 256)")
+    p.add_argument("--resize", type=_positive_int,
+                   help="folders: shorter side resized to this before measuring (default 256)")  # fmt: skip
     p.add_argument("-j", "--workers", type=int, default=2)
     p.add_argument("--limit-batches", type=int, help="measure only this many batches of 256 images")
 
@@ -462,6 +463,10 @@ def _run_figure(args: argparse.Namespace) -> int:
     if not args.source:
         raise ValueError(f"alexnet paper {args.experiment} needs a run directory, weights or a checkpoint")
     out = args.out or str(resolve(args.source).parent)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise AlexNetError(
+            f"--out {out} is a file: alexnet paper {args.experiment} writes its figures into a directory"
+        )
     if args.experiment == "fig3":
         result = figure3(args.source, out)
         for t in result["towers"]:
@@ -546,7 +551,9 @@ def run_convert_caffe(args: argparse.Namespace) -> int:
     from .training.checkpoint import save_weights
 
     mean = mean_from_binaryproto(args.mean_file) if args.mean_file else IMAGENET_MEAN_BGR
-    classes = Path(args.classes).read_text().splitlines() if args.classes else None
+    from .files import MB, read_text_input
+
+    classes = read_text_input(args.classes, 16 * MB, "class list").splitlines() if args.classes else None
     trained = convert_caffe(args.caffemodel, classes=classes, mean_bgr=mean)
     out = Path(args.out or Path(args.caffemodel).with_suffix(".safetensors"))
     save_weights(trained.model, out, trained.meta.to_dict())

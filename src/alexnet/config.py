@@ -7,7 +7,7 @@ saved with every run and every checkpoint as a plain dict (no pickled objects).
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,6 +16,8 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import AlexNetError, ConfigError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NORMALIZATIONS = ("meanstd", "mean")
@@ -189,6 +191,15 @@ class Config:
             raise ConfigError('optim.schedule="plateau" needs the validation error of every epoch: train.val_every=1')
         if self.data.ten_crop and self.data.flip_tta:
             raise ConfigError("data.flip_tta and data.ten_crop are exclusive: ten crops already include the mirrors")
+        eigval, eigvec = self.data.pca_eigval, self.data.pca_eigvec
+        numbers = (int, float)
+        if eigval is not None and not (len(eigval) == 3 and all(isinstance(v, numbers) for v in eigval)):
+            raise ConfigError(f"data.pca_eigval={eigval!r} must be 3 numbers (one per RGB channel)")
+        if eigvec is not None and not (
+            len(eigvec) == 3 and all(isinstance(r, list) and len(r) == 3 for r in eigvec)
+            and all(isinstance(v, numbers) for r in eigvec for v in r)
+        ):  # fmt: skip
+            raise ConfigError(f"data.pca_eigvec={eigvec!r} must be a 3×3 matrix (eigenvectors as columns, RGB)")
         betas = self.optim.betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1)")
@@ -209,10 +220,20 @@ def list_recipes() -> list[str]:
 
 
 def _read_recipe(name_or_path: str) -> dict[str, Any]:
+    from .files import MB, read_json_input, read_text_input
+
     path = Path(name_or_path)
-    if path.suffix in (".toml", ".json") and path.is_file():
-        text = path.read_text()
-        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    if path.suffix in (".toml", ".json") and path.exists():
+        if path.suffix == ".json":
+            tree = read_json_input(path, MB, "recipe")
+        else:
+            try:
+                tree = tomllib.loads(read_text_input(path, MB, "recipe"))
+            except (tomllib.TOMLDecodeError, RecursionError) as err:
+                raise AlexNetError(f"recipe {path} is not valid TOML ({err})") from None
+        if not isinstance(tree, dict):
+            raise AlexNetError(f"recipe {path} must be a table of sections (model, data, optim, train)")
+        return tree
     builtin = resources.files("alexnet.recipes") / f"{name_or_path}.toml"
     if not builtin.is_file():
         raise AlexNetError(f"unknown recipe {name_or_path!r}: not a file, and not one of {list_recipes()}")
@@ -265,6 +286,16 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None, *
     config = Config(recipe=recipe or "")
     if recipe:
         _merge(config, _read_recipe(recipe), f"recipe {recipe}")
+    named = [
+        i.split("=", 1)[1].strip().strip('"') for i in overrides or [] if i.replace(" ", "").startswith("model.name=")
+    ]
+    chosen = fields.get("model__name") or (named[-1] if named else None)
+    if chosen and chosen != config.model.name and config.model.overrides:
+        # The recipe's overrides (input size, width...) were chosen for its own model: another model gets its own
+        # defaults, so its input size sets the data's crop (alexnet_paper on 32 px data: 227 px crops, resized).
+        log.info("model %s replaces the recipe's %s: its overrides %s are not applied", chosen, config.model.name,
+                 config.model.overrides)  # fmt: skip
+        config.model.overrides = {}
     tree: dict[str, dict[str, Any]] = {}
     for item in overrides or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import signal
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import AlexNetError, DataNotFoundError, DataWorkerError, InvalidImageError
+from ..files import MB, read_input
 from .batch import epoch_order, shard_size, stack_images
 from .decode import decode_stored, is_image_file
 from .sources import TensorSplit
@@ -45,6 +48,36 @@ def list_classes(split_dir: Path) -> list[str]:
     return found
 
 
+def _revisits(folder: Path, visited: set[Path]) -> bool:
+    """``folder`` was read already, or holds a folder that was (a link to the split, or to the data root)."""
+    return any(v == folder or v.is_relative_to(folder) for v in visited)
+
+
+def _image_files(folder: Path, root: Path, visited: set[Path]) -> list[Path]:
+    """The image files under ``folder``, sorted, following no symbolic link that leaves ``root`` or leads to a folder
+    already visited (a class folder linked to its parent would otherwise repeat every image under a new label).
+
+    Raises:
+        DataNotFoundError: ``folder`` itself is such a link.
+    """
+    real = folder.resolve()
+    if _revisits(real, visited) or not real.is_relative_to(root):
+        where = "revisits a folder already read" if real.is_relative_to(root) else f"leaves the data root {root}"
+        raise DataNotFoundError(f"class folder {folder} is a symbolic link to {real}, which {where}: refused")
+    files = []
+    for current, dirs, names in os.walk(real, followlinks=True):
+        here = Path(current).resolve()
+        if _revisits(here, visited) or not here.is_relative_to(root):
+            dirs[:] = []  # a link out of the root or back to a folder seen: not followed
+            continue
+        visited.add(here)
+        for name in names:
+            path = Path(current) / name
+            if is_image_file(path) and path.resolve().is_relative_to(root) and path.is_file():
+                files.append(folder / Path(current).relative_to(real) / name)  # the path as the user laid it out
+    return sorted(files)
+
+
 def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
     """(path, label) samples of a class-folder tree, and the class list.
 
@@ -63,8 +96,10 @@ def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list
         raise DataNotFoundError(f"{split_dir} has classes the training split lacks: {unknown[:5]}")
     index = {c: i for i, c in enumerate(classes)}
     samples = []
+    root = split_dir.resolve().parent  # the data root, holding train/ and val/ or test/
+    visited = {split_dir.resolve()}  # a class linked to its split (or to another class) would count images twice
     for name in found:
-        files = sorted(p for p in (split_dir / name).rglob("*") if p.is_file() and is_image_file(p))
+        files = _image_files(split_dir / name, root, visited)
         if not files:
             raise DataNotFoundError(f"class folder {split_dir / name} has no images")
         samples += [(p, index[name]) for p in files]
@@ -105,10 +140,17 @@ def imagenet_class_names(root: Path, wnids: list[str]) -> list[str]:
     A name shared by two ids (there are two "crane"s) keeps its id: ``crane (n02012849)``.
     """
     meta = root / "meta.bin"
-    if not meta.is_file():
+    if not meta.exists():
         return wnids
-    wnid_to_names = torch.load(meta, weights_only=True)[0]
-    names = [wnid_to_names.get(w, (w,))[0] for w in wnids]
+    try:
+        data = io.BytesIO(read_input(meta, 16 * MB, "ImageNet meta.bin"))  # torchvision's is 2.5 MB
+        wnid_to_names = torch.load(data, weights_only=True)[0]
+        names = [str(wnid_to_names.get(w, (w,))[0]) for w in wnids]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError) as err:  # fmt: skip
+        raise DataNotFoundError(
+            f"{meta} is not torchvision's ImageNet meta.bin ({type(err).__name__}): delete it"
+        ) from None
     return [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids)]
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
+from ..files import MB, InputFileError, read_json_input, read_text_input
 from ..inference.artifact import display_label
 from ..training.checkpoint import save_figure, write_bytes, write_text
 
@@ -24,11 +25,19 @@ def _pyplot():
     return plt
 
 
+def _metrics_rows(path: Path | str) -> list[dict[str, str]]:
+    """A run's ``metrics.csv`` rows, read through the input guard; a file that is not one is one clear error."""
+    rows = list(csv.DictReader(io.StringIO(read_text_input(path, 64 * MB, "metrics file"))))
+    needed = {"epoch", "train_loss", "train_acc1", "val_loss", "val_acc1"}
+    if not rows or not needed <= set(rows[0]):
+        raise InputFileError(f"{path} is not a run's metrics.csv (columns {sorted(needed)} expected)")
+    return rows
+
+
 def plot_curves(metrics_csv: Path | str, out: Path | str) -> Path:
     """Loss and top-1 accuracy per epoch, train and validation, from a run's metrics.csv."""
     plt = _pyplot()
-    with open(metrics_csv) as f:
-        rows = list(csv.DictReader(f))
+    rows = _metrics_rows(metrics_csv)
     epoch = [int(r["epoch"]) for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epoch, [float(r["train_loss"]) for r in rows], "o-", label="train")
@@ -118,7 +127,6 @@ def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evalu
 def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Path:
     """Write ``run/report.md`` for a training run: its summary, curves, conv1 filters and the validation split's
     confusion matrix (``evaluation`` of the final weights, as `fit` returns it; evaluated again when None)."""
-    import json
 
     from ..inference.artifact import load_trained
     from ..inference.evaluation import evaluate_checkpoint
@@ -126,13 +134,14 @@ def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Pat
     run = Path(run)
     weights = run / "last.pt"
     trained = load_trained(weights)
-    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    cfg = read_json_input(run / "config.json", MB, "run config") if (run / "config.json").exists() else {}
+    if not isinstance(cfg, dict):
+        raise InputFileError(f"{run / 'config.json'} is not a run's config (a JSON object)")
     if evaluation is None:  # at the run's precision, so the figures match what training printed
         precision = cfg.get("train", {}).get("precision", "auto")
         evaluation = evaluate_checkpoint(weights, precision=precision, progress=False)
     evaluation = {**evaluation, "classes": trained.classes}
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = _metrics_rows(run / "metrics.csv")
     plot_curves(run / "metrics.csv", run / "curves.png")
     save_conv1_filters(trained.model, run / "conv1_filters.png")
     plot_confusion(evaluation["confusion"], evaluation["classes"], run / "confusion.png")

@@ -22,7 +22,7 @@ from torch import nn
 from ..config import config_from_dict
 from ..data.batch import BatchTransform
 from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
-from ..training.checkpoint import load_checkpoint, load_weights, read_weights_meta
+from ..training.checkpoint import load_checkpoint, load_weights, read_weights_meta, weights_header
 
 FORMAT_VERSION = 1
 # A classifier wider than this is a tampered file, not a model: fc8 at 4096 × 100,000 is already 1.6 GB of fp32.
@@ -285,7 +285,10 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    wrong = [
+        k for k in own
+        if k in state and (own[k].shape != state[k].shape or own[k].is_floating_point() != state[k].is_floating_point())
+    ]  # fmt: skip
     if missing or unexpected or wrong:
         detail = wrong[:3] or missing[:3] or unexpected[:3]
         raise IncompatibleCheckpointError(f"{source} does not fit this model (mismatched: {detail})")
@@ -313,6 +316,7 @@ def load_trained(path: Path | str) -> TrainedModel:
         return resolve(path)
     if path.suffix == ".safetensors":
         meta, config = ModelMeta.from_dict(read_weights_meta(path), source), None  # before any tensor is read
+        check_header(path, meta)  # names, shapes and dtypes from the header: nothing unexpected is ever read
         tensors, _ = load_weights(path)
     else:
         state = load_checkpoint(path)
@@ -328,6 +332,31 @@ def load_trained(path: Path | str) -> TrainedModel:
         model = meta.model.build()
     load_state(model, tensors, source, assign=True)
     return TrainedModel(model.eval(), meta, config, source)
+
+
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def check_header(path: Path, meta: ModelMeta) -> None:
+    """Refuse a safetensors file whose tensors are not exactly the model's (names, shapes, floating dtypes where
+    the model has floating tensors) from its header alone, before any tensor data is read.
+
+    Raises:
+        IncompatibleCheckpointError: naming the first difference.
+    """
+    header = weights_header(path)
+    with torch.device("meta"):
+        own = meta.model.build().state_dict()
+    extra, missing = sorted(set(header) - set(own)), sorted(set(own) - set(header))
+    if extra or missing:
+        detail = f"unexpected {extra[:3]}" if extra else f"missing {missing[:3]}"
+        raise IncompatibleCheckpointError(f"{path} does not fit its model ({detail})")
+    for key, tensor in own.items():
+        shape, dtype = header[key]
+        if shape != tuple(tensor.shape):
+            raise IncompatibleCheckpointError(f"{path}: {key} has shape {list(shape)}, the model {list(tensor.shape)}")
+        if tensor.is_floating_point() != (dtype in _FLOAT_DTYPES):
+            raise IncompatibleCheckpointError(f"{path}: {key} is {dtype}, the model's is {tensor.dtype}")
 
 
 def meta_from_checkpoint(state: dict[str, Any], source: str) -> ModelMeta:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import AlexNetError, CorruptCheckpointError
-from .artifact import FORMAT_VERSION, ModelMeta, TrainedModel, check_finite, load_state
+from ..files import MB, read_input
+from .artifact import FORMAT_VERSION, MAX_CLASSES, ModelMeta, TrainedModel, check_finite, load_state
 
 log = logging.getLogger(__name__)
 CAFFE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -88,6 +89,9 @@ def messages() -> dict[str, Any]:
 def _blob_array(blob: Any, source: str) -> np.ndarray:
     """A BlobProto as float32 with its dims: ``shape`` when set, else the legacy (num, channels, height, width)."""
     dims = list(blob.shape.dim) if blob.HasField("shape") else [blob.num, blob.channels, blob.height, blob.width]
+    if any(d < 0 for d in dims) or int(np.prod([float(d) for d in dims])) > MAX_FILE_BYTES:
+        # declared sizes are checked against the data before anything is built from them (10^12 × 0 included)
+        raise CorruptCheckpointError(f"{source}: a blob declares dims {dims}")
     values = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float32)
     if int(np.prod(dims)) != values.size:
         raise CorruptCheckpointError(f"{source}: a blob of shape {dims} holds {values.size} values")
@@ -103,11 +107,10 @@ def read_caffemodel(path: Path | str) -> dict[str, list[np.ndarray]]:
     from google.protobuf.message import DecodeError
 
     path = Path(path)
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise CorruptCheckpointError(f"{path}: {path.stat().st_size} bytes is larger than any Caffe AlexNet")
+    data = read_input(path, MAX_FILE_BYTES, "Caffe model")  # a regular file, smaller than protobuf's limit
     net = messages()["NetParameter"]()
     try:
-        net.ParseFromString(path.read_bytes())
+        net.ParseFromString(data)
     except DecodeError as err:
         raise CorruptCheckpointError(f"{path} is not a Caffe model (protobuf NetParameter): {err}") from None
     layers = {}
@@ -121,9 +124,16 @@ def read_caffemodel(path: Path | str) -> dict[str, list[np.ndarray]]:
 
 def mean_from_binaryproto(path: Path | str) -> tuple[float, float, float]:
     """Per-channel BGR means of a Caffe mean image (``ilsvrc_2012_mean.binaryproto``: a 3×256×256 BlobProto)."""
+    from google.protobuf.message import DecodeError
+
     blob = messages()["BlobProto"]()
-    blob.ParseFromString(Path(path).read_bytes())
+    try:
+        blob.ParseFromString(read_input(path, 64 * MB, "mean file"))
+    except DecodeError as err:
+        raise CorruptCheckpointError(f"{path} is not a Caffe mean file (protobuf BlobProto): {err}") from None
     array = _blob_array(blob, str(path))
+    if array.ndim < 3 or array.shape[-3] != 3:
+        raise CorruptCheckpointError(f"{path}: a mean image of shape {list(array.shape)}, not 3 × H × W")
     image = array.reshape(-1, 3, *array.shape[-2:])  # (1, 3, 256, 256) or (3, 256, 256), BGR
     return tuple(float(v) for v in image.mean(axis=(0, 2, 3)))  # type: ignore[return-value]
 
@@ -148,7 +158,11 @@ def convert_caffe(
     if missing:
         raise CorruptCheckpointError(f"{source} has no layer(s) {missing}: not bvlc_alexnet's layout")
     conv1, fc8 = layers["conv1"][0], layers["fc8"][0]
-    num_classes, overrides = int(fc8.shape[-2]), dict(OVERRIDES)
+    num_classes, overrides = int(fc8.shape[-2]) if fc8.ndim >= 2 else 0, dict(OVERRIDES)
+    if not 1 <= num_classes <= MAX_CLASSES or fc8.size == 0 or not 8 <= conv1.shape[0] <= 4 * 96:
+        raise CorruptCheckpointError(
+            f"{source}: fc8 of shape {list(fc8.shape)} and conv1 of {list(conv1.shape)} are no AlexNet's"
+        )
     if conv1.shape[0] != 96:
         overrides["width"] = conv1.shape[0] / 96
     if classes is None:

@@ -203,7 +203,15 @@ def download(weights: Weights, progress: bool = True) -> Path:
     if path.is_file():
         verify(path, weights)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as err:
+        raise WeightsError(
+            f"cannot use the weights cache {path.parent} ({err.strerror or err}): set TORCH_HOME to a writable "
+            "directory"
+        ) from None
     partial = path.with_name(f".{path.name}.{os.getpid()}.download")
     log.info("downloading %s from %s to %s", weights.name, weights.url, path)
     try:

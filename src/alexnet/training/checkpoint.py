@@ -31,9 +31,14 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError, WriteError
+from ..files import check_input
 
 log = logging.getLogger(__name__)
 META_KEY = "alexnet"
+# alexnet_paper's release weights are 244 MB and a training checkpoint with its momentum ~0.5 GB: far larger files
+# are refused before they are read.
+MAX_WEIGHTS_BYTES = 8 << 30
+MAX_CHECKPOINT_BYTES = 16 << 30
 
 
 def check_target(path: Path | str) -> Path:
@@ -188,9 +193,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         CorruptCheckpointError: truncated, changed since it was written (its SHA-256 differs from the record
             beside it), or not a checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = check_input(path, MAX_CHECKPOINT_BYTES, "checkpoint")
     expected = recorded_digests(path)
     if expected and file_digest(path) not in expected:
         raise CorruptCheckpointError(
@@ -247,17 +250,24 @@ def read_weights_meta(path: Path | str) -> dict[str, Any]:
         FileNotFoundError: no such file.
         CorruptCheckpointError: not a safetensors file, or missing our metadata.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+    path = check_input(path, MAX_WEIGHTS_BYTES, "weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})[META_KEY])
-    except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as err:
+    except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as err:
         raise CorruptCheckpointError(f"{path} is not a valid alexnet safetensors file ({err})") from None
     if not isinstance(meta, dict) or "model" not in meta:
         raise CorruptCheckpointError(f"{path} has no alexnet model metadata")
     return meta
+
+
+def weights_header(path: Path | str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype (``F32``, ``I64``...) from a safetensors header, reading no tensor data."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, ValueError, TypeError, OverflowError) as err:
+        raise CorruptCheckpointError(f"{path} is not a valid alexnet safetensors file ({err})") from None
 
 
 def load_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,161 @@
+"""Every bad input a user can give is one line and exit 2, never a traceback, and costs no memory or time before it
+is refused (issue 21 §4, §6): each case runs the command as a user would, under a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.cli import main
+
+from .conftest import make_folder, make_weights
+
+
+def _refused(capsys, argv, *needles):
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.fixture
+def files(tmp_path):
+    weights = make_weights(tmp_path / "w.safetensors")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
+    return {"weights": str(weights), "image": str(image), "dir": tmp_path}
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "eval", "serve"])
+def test_a_device_that_does_not_exist(files, capsys, command, tmp_path):
+    argv = {
+        "train": ["train", "--dataset", "fake", "--out", str(tmp_path / "r")],
+        "predict": ["predict", "--checkpoint", files["weights"], files["image"]],
+        "eval": ["eval", "--checkpoint", files["weights"]],
+        "serve": ["serve", "--checkpoint", files["weights"]],
+    }[command]
+    _refused(capsys, [*argv, "--device", "foo"], "'foo' is not a device")
+
+
+def test_recipes_that_are_not_tables(tmp_path, capsys):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    _refused(capsys, ["train", "--recipe", str(tmp_path / "list.json"), "--dataset", "fake"], "must be a table")
+    (tmp_path / "deep.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    _refused(capsys, ["train", "--recipe", str(tmp_path / "deep.json"), "--dataset", "fake"], "not valid JSON")
+    os.mkfifo(tmp_path / "fifo.toml")
+    _refused(capsys, ["train", "--recipe", str(tmp_path / "fifo.toml")], "not a regular file")
+
+
+def test_bad_config_values_and_flags(tmp_path, capsys, files):
+    out = str(tmp_path / "r")
+    _refused(capsys, ["train", "--dataset", "fake", "--out", out, "--set", "data.pca_eigvec=[[1, 2], [3, 4]]"],
+             "3×3 matrix")  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line usage error
+        main(["stats", "--dataset", "fake", "--resize", "-5"])
+    assert exit_info.value.code == 2 and "--resize: -5 must be at least 1" in capsys.readouterr().err
+    (tmp_path / "feats.txt").mkdir()
+    _refused(capsys, ["features", "--weights", files["weights"], files["image"], "--out", str(tmp_path / "feats.npy")],
+             "is a directory")  # fmt: skip
+    _refused(capsys, ["paper", "fig3", files["weights"], "--out", files["image"]], "is a file")
+    (tmp_path / "text.pt").write_text("hello, not a checkpoint\n")
+    _refused(capsys, ["predict", "--checkpoint", str(tmp_path / "text.pt"), files["image"]], "not a checkpoint")
+
+
+def test_torch_home_that_is_a_file(files, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", files["image"])
+    _refused(capsys, ["predict", "--weights", "alexnet_owt.IMAGENET1K_V1", files["image"]], "TORCH_HOME")
+
+
+def _caffemodel(path, dims_weights, dims_bias=(0,)):
+    from alexnet.inference.caffe import CAFFE_LAYERS, messages
+
+    net = messages()["NetParameter"]()
+    for name in CAFFE_LAYERS:
+        layer = net.layer.add()
+        layer.name = name
+        for dims in (dims_weights, dims_bias):
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(dims)
+    path.write_bytes(net.SerializeToString())
+    return path
+
+
+def test_caffe_inputs_are_checked_before_they_cost_memory(tmp_path, capsys):
+    # Every blob declares 10^12 × 0 values: a few hundred bytes that once built a class list of 10^12 names.
+    bomb = _caffemodel(tmp_path / "bomb.caffemodel", (10**12, 0))
+    assert bomb.stat().st_size < 400
+    _refused(capsys, ["convert-caffe", str(bomb)], "no AlexNet's")
+    os.mkfifo(tmp_path / "fifo.caffemodel")
+    _refused(capsys, ["convert-caffe", str(tmp_path / "fifo.caffemodel")], "not a regular file")
+    _refused(capsys, ["convert-caffe", "/dev/zero"], "not a regular file")
+    good_dims = _caffemodel(tmp_path / "ok.caffemodel", (0,))
+    (tmp_path / "mean.binaryproto").write_bytes(b"\xff\xff\xff not protobuf")
+    _refused(capsys, ["convert-caffe", str(good_dims), "--mean-file", str(tmp_path / "mean.binaryproto")],
+             "not a Caffe mean file")  # fmt: skip
+    _refused(capsys, ["convert-caffe", str(good_dims), "--mean-file", "/dev/zero"], "not a regular file")
+    _refused(capsys, ["convert-caffe", str(good_dims), "--classes", str(tmp_path)], "is a directory")
+
+
+def _nested_safetensors(path, depth):
+    """A safetensors file by hand: its header's metadata nested ``depth`` deep."""
+    meta = '{"alexnet": "' + ("[" * depth + "]" * depth) + '"}'
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})[:-1]
+    header += ', "__metadata__": ' + meta + "}"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 4)
+    return path
+
+
+def test_safetensors_are_checked_from_the_header(tmp_path, capsys, files):
+    from safetensors.torch import load_file, save_file
+
+    _refused(capsys, ["predict", "--checkpoint", str(_nested_safetensors(tmp_path / "deep.safetensors", 50_000)),
+                      files["image"]], "not a valid alexnet safetensors")  # fmt: skip
+    tensors = load_file(files["weights"])
+    from safetensors import safe_open
+
+    with safe_open(files["weights"], "pt") as f:
+        meta = f.metadata()
+    extra = dict(tensors, unused=torch.zeros(4))  # an extra tensor (of 4 GB, say) is refused before it is read
+    save_file(extra, tmp_path / "extra.safetensors", metadata=meta)
+    _refused(capsys, ["predict", "--checkpoint", str(tmp_path / "extra.safetensors"), files["image"]],
+             "unexpected ['unused']")  # fmt: skip
+    first = next(k for k, v in tensors.items() if v.is_floating_point())
+    integer = dict(tensors, **{first: tensors[first].to(torch.int32)})
+    save_file(integer, tmp_path / "int.safetensors", metadata=meta)
+    _refused(capsys, ["predict", "--checkpoint", str(tmp_path / "int.safetensors"), files["image"]], "is I32")
+
+
+def test_a_class_folder_linked_to_its_parent_is_refused(tmp_path, capsys):
+    root = make_folder(tmp_path / "imgs", classes=("a", "b"), per_class=3)
+    for target in (".", ".."):  # train/loop -> train (its parent) or the data root: every image again, as "loop"
+        os.symlink(target, root / "train" / "loop")
+        _refused(capsys, ["train", "--dataset", "folder", "--data-dir", str(root), "--out", str(tmp_path / "r"),
+                          "--epochs", "1"], "symbolic link", "revisits")  # fmt: skip
+        os.unlink(root / "train" / "loop")
+    os.symlink("/usr/share", root / "train" / "outside")
+    _refused(capsys, ["train", "--dataset", "folder", "--data-dir", str(root), "--out", str(tmp_path / "r"),
+                      "--epochs", "1"], "leaves the data root")  # fmt: skip
+
+
+def test_another_model_than_the_recipes_takes_its_own_input_size(tmp_path):
+    """`train --model alexnet_paper --dataset fake` with the default (Fashion-MNIST) recipe: the recipe's 28 px
+    alexnet_small overrides are not applied to alexnet_paper, whose 227 px crops the data follows."""
+    out = tmp_path / "r"
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet_paper", "--dataset", "fake", "--out",
+         str(out), "--epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1", "-b", "4",
+         "--set", "model.overrides.width=0.125", "--no-progress", "--precision", "fp32"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["name"] == "alexnet_paper" and config["model"]["overrides"] == {"width": 0.125}
