@@ -574,6 +574,9 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a waiting request gets 504")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413 (MiB)")
     p.add_argument("--api-key", help="required on every endpoint but health checks (default $ALEXNET_API_KEY)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request body, else 408")
+    p.add_argument("--decode-budget-mp", type=float, default=100.0,
+                   help="megapixels decoding at once, all requests (bounds memory; larger images: 413)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
 
@@ -584,16 +587,21 @@ def run_serve(args: argparse.Namespace) -> int:
         from .inference.serving.server import serve
     except ImportError as err:
         raise AlexNetError(f"serving needs the [serve] extra: pip install 'alexnet[serve]' ({err})") from None
-    for flag, value in (("--max-wait-ms", args.max_wait_ms), ("--timeout", args.timeout),
-                        ("--max-body-mb", args.max_body_mb)):  # fmt: skip
-        if not value > 0 or value != value or value == float("inf"):
-            raise AlexNetError(f"{flag} {value} must be a positive number")
     if not 0 <= args.port <= 65535:
         raise AlexNetError(f"--port {args.port} is not a port number")
     settings = ServeSettings(
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
-        max_body_mb=args.max_body_mb, api_key=args.api_key, device=args.device, precision=args.precision,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        max_body_mb=args.max_body_mb,
+        api_key=args.api_key,
+        device=args.device,
+        precision=args.precision,
+        body_timeout_s=args.body_timeout,
+        decode_budget_mp=args.decode_budget_mp,
     )  # fmt: skip
+    # ServeSettings refuses values out of range (--max-wait-ms 1e13 would break the batching thread's wait).
     serve(args.checkpoint, args.host, args.port, settings, args.name)
     return 0
 

@@ -29,10 +29,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ...data.decode import decode_stored
-from ...errors import InvalidImageError
+from ...errors import ConfigError, InvalidImageError
 from ..artifact import TrainedModel
 from ..predictor import Predictor
 from .batcher import Batcher, QueueFull
+from .budget import PixelBudget, decode_cost
 from .protocol import HEADER, ProtocolError, infer_response, parse_infer
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class ServeSettings:
         max_body_mb: request bodies over this get 413 (MiB).
         api_key: required on every endpoint but the health checks, when set.
         device: where the model runs; precision: ``auto`` (bf16 where fast), ``fp32``, ``bf16``.
+        body_timeout_s: a request body not received within this gets 408 (s): a trickling client holds nothing.
+        decode_budget_mp: megapixels being decoded at once, over all requests; an image needing more than all of it
+            gets 413, others wait their turn. An 81-megapixel PNG takes ~1.2 GB while it decodes: the default lets
+            one such decode run at a time, or hundreds of photos (JPEGs decode reduced, and count as such).
     """
 
     max_batch: int = 32
@@ -62,6 +67,18 @@ class ServeSettings:
     api_key: str | None = None
     device: str = "cpu"
     precision: str = "auto"
+    body_timeout_s: float = 30.0
+    decode_budget_mp: float = 100.0
+
+    def __post_init__(self) -> None:
+        bounds = {"max_batch": (1, 4096), "max_wait_ms": (0, 10_000), "max_queue": (1, 1_000_000),
+                  "timeout_s": (0.001, 3600), "max_body_mb": (0.001, 4096), "body_timeout_s": (0.001, 3600),
+                  "decode_budget_mp": (1, 10_000)}  # fmt: skip
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too
+                flag = "--" + name.removesuffix("_s").replace("_", "-")
+                raise ConfigError(f"{flag} {value!r} is out of range: give a number from {low:g} to {high:g}")
 
 
 class _Metrics:
@@ -105,6 +122,7 @@ class _Service:
         self.metrics = _Metrics(lambda: self.batcher.depth)
         self.batcher = Batcher(self._infer, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                                self.metrics.on_batch)  # fmt: skip
+        self.pixels = PixelBudget(int(settings.decode_budget_mp * 1e6))
         self.ready = False
         self.admitted = 0  # requests between admission and their answer: at most max_queue
         self.labels = trained.meta.labels  # display-safe names, escaped once (not per request)
@@ -150,19 +168,23 @@ class _Service:
 
     async def body(self, request: Request) -> bytes:
         """The body, refused with 413 as soon as it is known to be over the limit (before reading it, when the
-        client said its length)."""
+        client said its length), and with 408 when it has not all arrived within ``body_timeout_s``."""
         length = request.headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise HTTPException(400, f"Content-Length {length!r} is not a byte count")
             if int(length) > self.max_body:
                 raise HTTPException(413, f"the body is {length} bytes; the limit is {self.max_body}")
         chunks, n = [], 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > self.max_body:
-                raise HTTPException(413, f"the body passed the limit of {self.max_body} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                async for chunk in request.stream():
+                    n += len(chunk)
+                    if n > self.max_body:
+                        raise HTTPException(413, f"the body passed the limit of {self.max_body} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise HTTPException(408, f"the body did not arrive within {self.settings.body_timeout_s:g} s") from None
         return b"".join(chunks)
 
     def _prepare(self, data: bytes) -> torch.Tensor:
@@ -171,8 +193,22 @@ class _Service:
         return decode_stored(data, prep.stored_size, self.input_shape[0], self.max_body).unsqueeze(0)
 
     async def images_to_inputs(self, images: list[bytes]) -> torch.Tensor:
+        """Decode each image in a worker thread, within the decoding budget: an image's cost (its pixels, as they
+        will decode) is read from its header first and reserved while it decodes."""
         try:
-            return torch.cat([await run_in_threadpool(self._prepare, data) for data in images])
+            out = []
+            for data in images:
+                cost = decode_cost(data, 2 * self.trained.preprocessing.stored_size)
+                if cost > self.pixels.total:
+                    raise HTTPException(413, f"the image decodes to {cost / 1e6:.0f} megapixels; this server decodes "
+                                             f"at most {self.pixels.total / 1e6:.0f} at once")  # fmt: skip
+                try:
+                    async with self.pixels.reserve(cost, self.settings.timeout_s):
+                        out.append(await run_in_threadpool(self._prepare, data))
+                except TimeoutError:
+                    raise HTTPException(503, "busy decoding other images; retry shortly",
+                                        headers={"Retry-After": "1"}) from None  # fmt: skip
+            return torch.cat(out)
         except InvalidImageError as err:
             message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the upload", str(err))
             raise HTTPException(400, message.removeprefix("<bytes>: ")) from None
@@ -195,14 +231,14 @@ class _Service:
         began = time.perf_counter()
         self.authorize(request)
         topk = request.query_params.get("topk", "5")
-        if not topk.isdigit() or not 1 <= int(topk) <= 1000:
+        if not (topk.isascii() and topk.isdigit()) or not 1 <= int(topk) <= 1000:
             raise HTTPException(400, f"topk={topk!r} must be an integer from 1 to 1000")
         ctype = request.headers.get("content-type", "").lower()
         if not (ctype.startswith("multipart/form-data") or ctype.startswith(IMAGE_TYPES)):
             raise HTTPException(415, f"Content-Type {ctype or 'none'!r}: send multipart/form-data or image/*")
+        body = await self.body(request)  # before admission: a slow client holds no place in the queue
+        data = await self._multipart_file(request, body) if ctype.startswith("multipart/") else body
         with self.admission():
-            body = await self.body(request)
-            data = await self._multipart_file(request, body) if ctype.startswith("multipart/") else body
             probs = (await self.run(await self.images_to_inputs([data])))[0]
         values, indices = probs.topk(min(int(topk), probs.numel()))
         labels = self.labels
@@ -234,12 +270,12 @@ class _Service:
         ctype = request.headers.get("content-type", "application/json").lower()
         if not ctype.startswith(("application/json", "application/octet-stream", "application/x-www-form")):
             raise HTTPException(415, f"Content-Type {ctype!r}: send JSON (or Triton's binary extension)")
+        body = await self.body(request)  # before admission: a slow client holds no place in the queue
+        try:
+            req = parse_infer(body, request.headers.get(HEADER))
+        except ProtocolError as err:
+            raise HTTPException(400, str(err)) from None
         with self.admission():
-            body = await self.body(request)
-            try:
-                req = parse_infer(body, request.headers.get(HEADER))
-            except ProtocolError as err:
-                raise HTTPException(400, str(err)) from None
             item = req.inputs[0]
             if item.images is not None:
                 inputs = await self.images_to_inputs(item.images)
@@ -275,13 +311,15 @@ class _Service:
     async def model_ready(self, request: Request) -> Response:
         self.authorize(request)
         self.check_model(request)
-        return JSONResponse({"name": self.name, "ready": self.ready}, status_code=200 if self.ready else 503)
+        ready = self.ready and self.batcher.alive
+        return JSONResponse({"name": self.name, "ready": ready}, status_code=200 if ready else 503)
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
 
     async def health_ready(self, request: Request) -> Response:
-        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+        ready = self.ready and self.batcher.alive  # a dead batching thread would time out every request: not ready
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         self.authorize(request)

@@ -53,6 +53,11 @@ class Batcher:
         self.threads = torch.get_num_threads()  # the model's intra-op threads, as the process was configured
 
     @property
+    def alive(self) -> bool:
+        """The worker thread runs (started, not stopped, not dead)."""
+        return self._thread.is_alive()
+
+    @property
     def depth(self) -> int:
         """Images waiting to run."""
         return self._queued

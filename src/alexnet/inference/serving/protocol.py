@@ -21,6 +21,7 @@ import numpy as np
 
 HEADER = "Inference-Header-Content-Length"
 MAX_ELEMENTS = 256  # images in one request
+MAX_DIM = 1 << 20  # any one dimension of a tensor: its element count is bounded before anything is allocated
 
 
 class ProtocolError(ValueError):
@@ -45,10 +46,21 @@ class InferRequest:
 
 
 def _shape(value: Any) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in value):  # fmt: skip
-        raise ProtocolError(f"shape {value!r} must be a list of non-negative integers")
+    if (
+        not isinstance(value, list)
+        or len(value) > 8
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in value)
+    ):
+        raise ProtocolError(f"shape {str(value)[:80]} must be a list of at most 8 integers from 0 to {MAX_DIM}")
     return value
+
+
+def _count(shape: list[int]) -> int:
+    """Elements of ``shape``, in Python's integers (numpy's product of large dims overflows silently)."""
+    count = 1
+    for d in shape:
+        count *= d
+    return count if shape else 0
 
 
 def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
@@ -72,8 +84,18 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     Raises:
         ProtocolError: anything malformed, named.
     """
+    try:
+        return _parse(body, header_length)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError, MemoryError) as err:
+        # What the checks below did not foresee is still the client's malformed request, not the server's fault.
+        raise ProtocolError(f"malformed infer request ({type(err).__name__}: {str(err)[:120]})") from None
+
+
+def _parse(body: bytes, header_length: str | None) -> InferRequest:
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise ProtocolError(f"{HEADER}={header_length!r} is not a length within the body ({len(body)} bytes)")
         split = int(header_length)
         head, binary = body[:split], body[split:]
@@ -81,11 +103,15 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         head, binary = body, b""
     try:
         tree = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ProtocolError(f"the request is not JSON: {err}") from None
+    except (ValueError, UnicodeDecodeError) as err:  # ValueError: also integers of more than 4,300 digits
+        raise ProtocolError(f"the request is not JSON: {str(err)[:120]}") from None
+    except RecursionError:
+        raise ProtocolError("the request's JSON nests too deeply") from None
     if not isinstance(tree, dict) or not isinstance(tree.get("inputs"), list) or len(tree["inputs"]) != 1:
         raise ProtocolError("the request must be an object with exactly one entry in 'inputs'")
-    params = tree.get("parameters") if isinstance(tree.get("parameters"), dict) else {}
+    params = tree.get("parameters", {})
+    if not isinstance(params, dict):
+        raise ProtocolError("'parameters' must be an object")
     inputs, offset = [], 0
     for spec in tree["inputs"]:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -93,10 +119,13 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         datatype, shape = spec.get("datatype"), _shape(spec.get("shape"))
         if datatype not in ("BYTES", "FP32"):
             raise ProtocolError(f"input datatype {datatype!r}: send images as BYTES or model inputs as FP32")
-        count = int(np.prod(shape)) if shape else 0
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        count = _count(shape)
+        own = spec.get("parameters", {})
+        if not isinstance(own, dict):
+            raise ProtocolError(f"input {spec['name']!r}: 'parameters' must be an object")
+        size = own.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise ProtocolError(f"binary_data_size={size!r} runs past the body")
             raw, offset = binary[offset : offset + size], offset + size
         elif "data" not in spec:
@@ -107,7 +136,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
                 raise ProtocolError(f"BYTES input shape must be [N] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
             item.images = _bytes_elements(raw, count) if size is not None else _json_bytes(spec["data"], count)
         else:
-            if len(shape) != 4 or not 1 <= shape[0] <= MAX_ELEMENTS:
+            if len(shape) != 4 or not 1 <= shape[0] <= MAX_ELEMENTS or count > MAX_ELEMENTS * 3 * 1024 * 1024:
                 raise ProtocolError(f"FP32 input shape must be [N, C, H, W] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
             if size is not None:
                 if size != 4 * count:
@@ -116,15 +145,20 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             else:
                 try:
                     array = np.asarray(spec["data"], dtype=np.float32).reshape(-1)
-                except (ValueError, TypeError):
+                except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond any float
                     raise ProtocolError("FP32 'data' must be a flat or nested list of numbers") from None
             if array.size != count:
                 raise ProtocolError(f"{array.size} FP32 values for shape {shape}")
             item.tensor = array.reshape(shape).astype(np.float32)
         inputs.append(item)
     outputs = tree.get("outputs") if isinstance(tree.get("outputs"), list) else []
-    wanted = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False))
-              for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str)}  # fmt: skip
+    wanted = {}
+    for o in outputs:
+        if isinstance(o, dict) and isinstance(o.get("name"), str):
+            own = o.get("parameters", {})
+            if not isinstance(own, dict):
+                raise ProtocolError(f"output {o['name']!r}: 'parameters' must be an object")
+            wanted[o["name"]] = bool(own.get("binary_data", False))
     request_id = tree.get("id") if isinstance(tree.get("id"), str) else None
     return InferRequest(request_id, inputs, wanted, bool(params.get("binary_data_output", False)))
 

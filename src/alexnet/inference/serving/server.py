@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 from ...errors import AlexNetError
 from ..artifact import load_trained
 from .app import ServeSettings, create_app
+from .guarded_http import MAX_HEAD_BYTES, guarded
 
 log = logging.getLogger(__name__)
 KEY_ENV = "ALEXNET_API_KEY"
@@ -49,20 +51,47 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, settings: Serv
     if Path(source).suffix == ".onnx":
         raise AlexNetError("serve takes our .safetensors / .pt files or published weights; ONNX files are for "
                            "onnxruntime-based servers")  # fmt: skip
+    _check_port(host, port)  # before the model loads: a port in use is one line, not uvicorn's log and exit 1
     trained = load_trained(source)
     model_name = name or trained.meta.provenance.get("weights") or Path(source).stem
     model_name = model_name.replace("/", "_")
     app = create_app(trained, model_name, settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                            limit_concurrency=4 * settings.max_queue + 256, access_log=False)  # fmt: skip
+    config = uvicorn.Config(app, host=host, port=port, log_level="critical", timeout_graceful_shutdown=30,
+                            limit_concurrency=4 * settings.max_queue + 256, access_log=False,
+                            http=guarded(), h11_max_incomplete_event_size=MAX_HEAD_BYTES)  # fmt: skip
     server = uvicorn.Server(config)
-    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the previous handler: this one
-    # makes that a no-op, so a requested stop is a clean exit (status 0), as process managers expect.
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again for the previous handler:
+    # these make that a no-op, so a requested stop is a clean exit (status 0), as process managers expect. SIGHUP
+    # (a closed terminal, a supervisor's reload) drains the same way instead of killing requests in flight.
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: None),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True)),
+    }
     try:
         log.info("alexnet serve: http://%s:%d/ (model %s)", host, port, model_name)
         server.run()
+    except SystemExit:  # uvicorn exits 1 when it cannot bind, after logging: our one line below says why
+        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if not server.started:
         raise AlexNetError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port another process listens on, or an address that is not this machine's."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise AlexNetError(f"--host {host}: not an address ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as err:
+            why = "in use by another process" if err.errno == errno.EADDRINUSE else err.strerror
+            raise AlexNetError(f"cannot listen on {host}:{port}: {why}; choose another --port") from None

@@ -1,0 +1,86 @@
+"""uvicorn's httptools protocol with the two limits it lacks: the size of a request's head (request line and
+headers) and the time to receive it. Without them one client sending an endless header, or a byte a minute, holds a
+connection and the parser's memory for as long as it likes; with them it gets 431 or 408 and is disconnected. The
+body's own deadline is the application's (`alexnet.inference.serving.app`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024  # nginx's large_client_header_buffers is 4 × 8 KB; Node's limit is 16 KB
+HEAD_TIMEOUT_S = 10.0
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """Closes a connection whose request head passes ``max_head_bytes`` (431) or has not arrived within
+    ``head_timeout_s`` of the connection or of the previous response (408)."""
+
+    max_head_bytes = MAX_HEAD_BYTES
+    head_timeout_s = HEAD_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._in_head = True
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._in_head, self._head_bytes = True, 0
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, status: bytes, reason: str) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(
+                b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain\r\ncontent-length: "
+                + str(len(reason)).encode() + b"\r\nconnection: close\r\n\r\n" + reason.encode()
+            )  # fmt: skip
+            self.transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(b"408 Request Timeout", f"the request head did not arrive within {self.head_timeout_s:g} s")
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        counting = self._in_head
+        super().data_received(data)
+        # Still in the head after this chunk (a chunk may carry the head's end and a body's start: only a head that
+        # has not ended counts against the limit).
+        if counting and self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self._disarm()
+                self._refuse(b"431 Request Header Fields Too Large", f"request head over {self.max_head_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on a kept-alive connection gets its own deadline
+
+
+def guarded(max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S) -> type:
+    """The protocol class with these limits, for ``uvicorn.Config(http=...)``."""
+    return type("GuardedHttp", (GuardedHttpToolsProtocol,), {"max_head_bytes": max_head_bytes,
+                                                             "head_timeout_s": head_timeout_s})  # fmt: skip

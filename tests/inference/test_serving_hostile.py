@@ -1,0 +1,272 @@
+"""The service stays up under hostile clients (issue 21 §3): request heads and bodies bounded in size and time,
+admission only after the body has arrived, decoding within a pixel budget, every malformed KServe v2 request a 400,
+flags that would break the batching thread refused, readiness that sees a dead batcher, SIGHUP draining like
+SIGTERM, and a port in use as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from alexnet.cli import main
+
+from .test_serving import Server, _client, _free_port, _png, _raw, files  # noqa: F401 (the shared fixture)
+
+
+@pytest.fixture(scope="module")
+def guarded(files):  # noqa: F811
+    srv = Server(files["small"], "--name", "small", "--body-timeout", "1")
+    yield srv
+    assert srv.stop() == 0
+
+
+def _served_within(srv, seconds: float) -> bool:
+    began = time.perf_counter()
+    r = httpx.post(f"{srv.url}/v1/classify", content=_png(), headers={"Content-Type": "image/png"}, timeout=30)
+    return r.status_code == 200 and time.perf_counter() - began < seconds
+
+
+def test_an_endless_or_slow_request_head_is_cut_off_and_others_are_served(guarded, monkeypatch):
+    # An endless header: 431 once the head passes 64 KiB, and the connection closes.
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        reply = b""
+        try:
+            for _ in range(200):
+                s.sendall(b"a" * 4096)
+                assert _served_within(guarded, 2.0) if _ == 50 else True  # others meanwhile: not stalled
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:80]
+    # A head trickling a byte at a time: 408 at the head deadline (10 s), not held open for ever.
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=30) as s:
+        began = time.perf_counter()
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+        reply = b""
+        while not reply and time.perf_counter() - began < 25:
+            try:
+                s.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            s.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408") and time.perf_counter() - began < 15, reply[:80]
+
+
+def test_a_trickling_body_gets_408_and_holds_no_admission_slot(files):  # noqa: F811
+    srv = Server(files["small"], "--name", "small", "--body-timeout", "1", "--max-queue", "1")
+    try:
+        slow = []
+        for _ in range(3):  # more slow clients than admission slots
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n"
+            s.sendall(head + b"\r\n\x89PNG")
+            slow.append(s)
+        assert _served_within(srv, 5.0)  # the slow bodies hold no place in the queue
+        for s in slow:
+            reply = s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+            s.close()
+        assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
+    finally:
+        assert srv.stop() == 0
+
+
+MALFORMED = [
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [10**12, 10**12, 3, 3], "data": [1]}]},
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**62, 4, 2**62, 1], "data": [1]}]},
+    {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [10**400], "data": ["aGk="]}]},
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [10**400] * 3072}]},
+    "DIGITS",
+    "DEEP",
+    {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}], "parameters": [1, 2]},
+    {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "parameters": "binary", "data": ["aGk="]}]},
+    {
+        "inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}],
+        "outputs": [{"name": "top1", "parameters": 7}],
+    },
+    "HEADER",
+]
+
+
+@pytest.mark.parametrize("case", range(len(MALFORMED)))
+def test_malformed_v2_requests_are_400_with_a_reason(files, case):  # noqa: F811
+    client, _ = _client(files)
+    body, headers = MALFORMED[case], {"Content-Type": "application/json"}
+    if body == "DIGITS":
+        raw = b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [' + b"9" * 5000 + b'], "data": []}]}'
+    elif body == "DEEP":
+        raw = b"[" * 100_000 + b"]" * 100_000
+    elif body == "HEADER":
+        raw = json.dumps(MALFORMED[0]).encode()
+        headers["Inference-Header-Content-Length"] = (
+            "\u0661\u0662".encode()
+        )  # Arabic-Indic digits: isdigit(), not ASCII
+    else:
+        raw = json.dumps(body).encode()
+    with client:
+        r = client.post("/v2/models/small/infer", content=raw, headers=headers)
+        assert r.status_code == 400 and r.json()["error"], r.text
+        assert (
+            client.post("/v1/classify?topk=\u00b2", content=_png(), headers={"Content-Type": "image/png"}).status_code
+            == 400
+        )
+
+
+def test_a_v2_schema_fuzz_never_answers_5xx(files):  # noqa: F811
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client, _ = _client(files, max_body_mb=0.5)
+    dims = st.one_of(
+        st.integers(-3, 40), st.integers(2**31, 2**70), st.just(10**30), st.booleans(), st.text(max_size=3)
+    )
+    numbers = st.one_of(
+        st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.just(10**400), st.text(max_size=3)
+    )
+    params = st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(max_size=4),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.sampled_from(["binary_data_size", "binary_data", "x"]), numbers, max_size=2),
+    )
+    spec = st.fixed_dictionaries(
+        {
+            "name": st.one_of(st.just("image"), st.integers()),
+            "datatype": st.sampled_from(["BYTES", "FP32", "INT8", ""]),
+            "shape": st.lists(dims, max_size=5),
+        },
+        optional={"data": st.lists(numbers, max_size=8), "parameters": params},
+    )
+    request = st.fixed_dictionaries(
+        {"inputs": st.lists(spec, max_size=2)},
+        optional={
+            "parameters": params,
+            "id": numbers,
+            "outputs": st.lists(
+                st.fixed_dictionaries({"name": st.text(max_size=5)}, optional={"parameters": params}), max_size=2
+            ),
+        },
+    )
+    header = st.one_of(
+        st.none(), st.integers(-5, 300).map(str), st.sampled_from(["", "x", "\u0663", "1e3", "99999999999"])
+    )
+
+    with client:
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(tree=request, binary=st.binary(max_size=64), length=header)
+        def fuzz(tree, binary, length):
+            head = json.dumps(tree).encode()
+            headers = {"Content-Type": "application/json"}
+            if length is not None:
+                headers["Inference-Header-Content-Length"] = length.encode()  # bytes: non-ASCII digits too
+            r = client.post("/v2/models/small/infer", content=head + binary, headers=headers)
+            assert r.status_code < 500, (tree, length, r.text)
+
+        fuzz()
+        image = {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(_png()).decode()]}
+            ]
+        }
+        assert client.post("/v2/models/small/infer", json=image).status_code == 200
+
+
+def test_flags_that_would_break_the_batcher_are_refused(files, capsys):  # noqa: F811
+    for flag, value in (
+        ("--max-wait-ms", "1e13"),
+        ("--timeout", "nan"),
+        ("--body-timeout", "-1"),
+        ("--decode-budget-mp", "0"),
+    ):
+        assert main(["serve", "--checkpoint", str(files["small"]), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} " in err and "out of range" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_readiness_sees_a_dead_batching_thread(files):  # noqa: F811
+    client, service = _client(files)
+    with client:
+        assert client.get("/v2/health/ready").status_code == 200
+        service.batcher.stop()  # the worker thread ends (as it would if it died)
+        assert client.get("/v2/health/ready").status_code == 503
+        assert client.get("/v2/models/small/ready").json()["ready"] is False
+
+
+def test_sighup_drains_like_sigterm_and_a_port_in_use_is_one_line(files, capsys):  # noqa: F811
+    srv = Server(files["small"], "--max-wait-ms", "300")
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            httpx.post(
+                f"{srv.url}/v1/classify", content=_png(), headers={"Content-Type": "image/png"}, timeout=60
+            ).status_code
+        )
+    )
+    thread.start()
+    time.sleep(0.1)
+    srv.proc.send_signal(signal.SIGHUP)
+    assert srv.proc.wait(timeout=60) == 0
+    thread.join()
+    assert results == [200]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(files["small"]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another process" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_pixel_budget_is_never_exceeded():
+    from alexnet.inference.serving.budget import PixelBudget
+
+    async def run():
+        budget, peak, inside = PixelBudget(100), [0], [0]
+
+        async def use(cost):
+            async with budget.reserve(cost, 5):
+                inside[0] += cost
+                peak[0] = max(peak[0], inside[0])
+                await asyncio.sleep(0.01)
+                inside[0] -= cost
+
+        await asyncio.gather(*(use(c) for c in (81, 81, 30, 30, 30, 60, 10, 100)))
+        with pytest.raises(TimeoutError):
+            async with budget.reserve(60, 0.05), budget.reserve(60, 0.05):
+                pass
+        return peak[0], budget.used
+
+    peak, used = asyncio.run(run())
+    assert peak <= 100 and used == 0
+
+
+def test_an_image_over_the_budget_is_413_and_jpegs_count_reduced(files):  # noqa: F811
+    from alexnet.inference.serving.budget import decode_cost
+
+    client, _ = _client(files, decode_budget_mp=1)
+    big = _png(size=(1100, 1000))  # 1.1 megapixels
+    with client:
+        r = client.post("/v1/classify", content=big, headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and "megapixels" in r.json()["error"]
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3000)).save(buf, format="JPEG")
+    assert decode_cost(buf.getvalue(), 256) == 500 * 375  # 1/8 scale keeps both sides ≥ 256
+    assert decode_cost(big, 256) == 1100 * 1000
