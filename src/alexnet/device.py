@@ -68,6 +68,22 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 _ALLOCATOR_TUNED = False
 
 
+def release_free_memory() -> bool:
+    """Give the pages glibc holds free in its arenas back to the OS (``malloc_trim(0)``): after a large decode in a
+    thread pool, each thread's arena otherwise keeps its share of the freed image for the life of the process
+    (seen: an idle service holding +660 MB after uploads of 81-megapixel PNGs). Linux/glibc only; a no-op elsewhere.
+    """
+    try:
+        import ctypes
+        import platform
+
+        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+            return False
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed large blocks in glibc's heap instead of returning them to the OS.
 

@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ...data.decode import decode_stored
+from ...device import release_free_memory
 from ...errors import ConfigError, InvalidImageError
 from ..artifact import TrainedModel
 from ..predictor import Predictor
@@ -38,6 +39,7 @@ from .protocol import HEADER, ProtocolError, infer_response, parse_infer
 
 log = logging.getLogger(__name__)
 IMAGE_TYPES = ("image/", "application/octet-stream")
+TRIM_AFTER_PIXELS = 8_000_000  # a decode this large (~100 MB while it runs) hands its freed memory back
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,8 @@ class _Service:
                 try:
                     async with self.pixels.reserve(cost, self.settings.timeout_s):
                         out.append(await run_in_threadpool(self._prepare, data))
+                        if cost > TRIM_AFTER_PIXELS:  # a large decode's freed memory goes back to the OS
+                            await run_in_threadpool(release_free_memory)
                 except TimeoutError:
                     raise HTTPException(503, "busy decoding other images; retry shortly",
                                         headers={"Retry-After": "1"}) from None  # fmt: skip
