@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -150,12 +148,9 @@ def test_another_model_than_the_recipes_takes_its_own_input_size(tmp_path):
     """`train --model alexnet_paper --dataset fake` with the default (Fashion-MNIST) recipe: the recipe's 28 px
     alexnet_small overrides are not applied to alexnet_paper, whose 227 px crops the data follows."""
     out = tmp_path / "r"
-    proc = subprocess.run(
-        [sys.executable, "-m", "alexnet.cli", "train", "--model", "alexnet_paper", "--dataset", "fake", "--out",
-         str(out), "--epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1", "-b", "4",
-         "--set", "model.overrides.width=0.125", "--no-progress", "--precision", "fp32"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    argv = ["train", "--model", "alexnet_paper", "--dataset", "fake", "--out", str(out), "--epochs", "1",
+            "--limit-train-batches", "1", "--limit-val-batches", "1", "-b", "4", "--no-progress",
+            "--set", "model.overrides.width=0.125", "--precision", "fp32"]  # fmt: skip
+    assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["name"] == "alexnet_paper" and config["model"]["overrides"] == {"width": 0.125}

@@ -575,6 +575,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413 (MiB)")
     p.add_argument("--api-key", help="required on every endpoint but health checks (default $ALEXNET_API_KEY)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request body, else 408")
+    p.add_argument("--head-timeout", type=float, default=10.0, help="seconds to receive a request's headers, else 408")
     p.add_argument("--decode-budget-mp", type=float, default=100.0,
                    help="megapixels decoding at once, all requests (bounds memory; larger images: 413)")  # fmt: skip
     p.add_argument("--device", default="cpu")
@@ -600,7 +601,8 @@ def run_serve(args: argparse.Namespace) -> int:
         precision=args.precision,
         body_timeout_s=args.body_timeout,
         decode_budget_mp=args.decode_budget_mp,
-    )  # fmt: skip
+        head_timeout_s=args.head_timeout,
+    )
     # ServeSettings refuses values out of range (--max-wait-ms 1e13 would break the batching thread's wait).
     serve(args.checkpoint, args.host, args.port, settings, args.name)
     return 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import alexnet
-from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
+from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, WriteError
 from alexnet.inference.artifact import load_state as load_model_state
 from alexnet.inference.artifact import load_trained
 from alexnet.training.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
@@ -186,7 +186,7 @@ def test_exception_mid_write_leaves_the_old_file(tmp_path):
         f.write(b"new but incomplete")
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(WriteError, match="boom; any previous f.bin is unchanged"):  # any failure: one write error
         atomic_write(path, explode)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

@@ -56,6 +56,7 @@ class ServeSettings:
         api_key: required on every endpoint but the health checks, when set.
         device: where the model runs; precision: ``auto`` (bf16 where fast), ``fp32``, ``bf16``.
         body_timeout_s: a request body not received within this gets 408 (s): a trickling client holds nothing.
+        head_timeout_s: a request's line and headers not received within this get 408 (s).
         decode_budget_mp: megapixels being decoded at once, over all requests; an image needing more than all of it
             gets 413, others wait their turn. An 81-megapixel PNG takes ~1.2 GB while it decodes: the default lets
             one such decode run at a time, or hundreds of photos (JPEGs decode reduced, and count as such).
@@ -71,11 +72,14 @@ class ServeSettings:
     precision: str = "auto"
     body_timeout_s: float = 30.0
     decode_budget_mp: float = 100.0
+    head_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        bounds = {"max_batch": (1, 4096), "max_wait_ms": (0, 10_000), "max_queue": (1, 1_000_000),
-                  "timeout_s": (0.001, 3600), "max_body_mb": (0.001, 4096), "body_timeout_s": (0.001, 3600),
-                  "decode_budget_mp": (1, 10_000)}  # fmt: skip
+        bounds = {
+            "max_batch": (1, 4096), "max_wait_ms": (0, 10_000), "max_queue": (1, 1_000_000),
+            "timeout_s": (0.001, 3600), "max_body_mb": (0.001, 4096), "body_timeout_s": (0.001, 3600),
+            "head_timeout_s": (0.001, 3600), "decode_budget_mp": (1, 10_000),
+        }  # fmt: skip
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too

@@ -56,9 +56,11 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, settings: Serv
     model_name = name or trained.meta.provenance.get("weights") or Path(source).stem
     model_name = model_name.replace("/", "_")
     app = create_app(trained, model_name, settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level="critical", timeout_graceful_shutdown=30,
-                            limit_concurrency=4 * settings.max_queue + 256, access_log=False,
-                            http=guarded(), h11_max_incomplete_event_size=MAX_HEAD_BYTES)  # fmt: skip
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="critical", timeout_graceful_shutdown=30, access_log=False,
+        limit_concurrency=4 * settings.max_queue + 256, h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        http=guarded(head_timeout_s=settings.head_timeout_s),
+    )  # fmt: skip
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again for the previous handler:
     # these make that a no-op, so a requested stop is a clean exit (status 0), as process managers expect. SIGHUP
