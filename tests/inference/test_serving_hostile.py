@@ -270,3 +270,12 @@ def test_an_image_over_the_budget_is_413_and_jpegs_count_reduced(files):  # noqa
     Image.new("RGB", (4000, 3000)).save(buf, format="JPEG")
     assert decode_cost(buf.getvalue(), 256) == 500 * 375  # 1/8 scale keeps both sides ≥ 256
     assert decode_cost(big, 256) == 1100 * 1000
+
+
+def test_the_model_is_named_by_its_run_not_best():
+    from alexnet.inference.serving.server import default_name
+
+    assert default_name("runs/demo/best.safetensors", {}) == "demo"
+    assert default_name("runs/cifar/epoch-3.pt", {}) == "cifar"
+    assert default_name("models/shoes.safetensors", {}) == "shoes"
+    assert default_name("x.caffemodel", {"weights": "alexnet_paper.BVLC_IMAGENET1K"}) == "alexnet_paper.BVLC_IMAGENET1K"

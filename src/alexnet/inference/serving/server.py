@@ -53,8 +53,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, settings: Serv
                            "onnxruntime-based servers")  # fmt: skip
     _check_port(host, port)  # before the model loads: a port in use is one line, not uvicorn's log and exit 1
     trained = load_trained(source)
-    model_name = name or trained.meta.provenance.get("weights") or Path(source).stem
-    model_name = model_name.replace("/", "_")
+    model_name = name or default_name(source, trained.meta.provenance)
     app = create_app(trained, model_name, settings)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="critical", timeout_graceful_shutdown=30, access_log=False,
@@ -79,6 +78,17 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, settings: Serv
             signal.signal(signum, handler)
     if not server.started:
         raise AlexNetError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
+
+
+def default_name(source: str, provenance: dict) -> str:
+    """The model's name when ``--name`` is not given: the published weights' name, else the run's directory for a
+    run's ``best``/``last``/``epoch-N`` files (``runs/demo/best.safetensors`` is ``demo``, not ``best``), else the
+    file's stem."""
+    path = Path(source)
+    name = provenance.get("weights") or path.stem
+    if not provenance.get("weights") and (path.stem in ("best", "last") or path.stem.startswith("epoch-")):
+        name = path.resolve().parent.name or path.stem
+    return str(name).replace("/", "_")
 
 
 def _check_port(host: str, port: int) -> None:
