@@ -47,14 +47,14 @@ def kernel() -> Any | None:
     with _lock:
         if "kernel" not in _state:
             try:
-                from torch.utils.cpp_extension import load
-
                 # -fopenmp: ATen's parallel_for is a header template; compiled without OpenMP it runs on one
                 # thread (measured: the fused layer then trained slower than the reference formula).
                 builder = logging.getLogger("torch.utils.cpp_extension")
                 level = builder.level
                 builder.setLevel(logging.ERROR)  # its "No CUDA runtime is found" warning is no news on a CPU build
                 try:
+                    from torch.utils.cpp_extension import load  # its import logs that warning
+
                     _state["kernel"] = load(
                         f"alexnet_lrn_{_cpu_fingerprint()}", [str(_SOURCE)],
                         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
