@@ -53,10 +53,15 @@ def kernel() -> Any | None:
                 level = builder.level
                 builder.setLevel(logging.ERROR)  # its "No CUDA runtime is found" warning is no news on a CPU build
                 try:
-                    from torch.utils.cpp_extension import load  # its import logs that warning
+                    from torch.utils.cpp_extension import load_inline  # its import logs that warning
 
-                    _state["kernel"] = load(
-                        f"alexnet_lrn_{_cpu_fingerprint()}", [str(_SOURCE)],
+                    # The source goes into the build directory (load_inline), named after this CPU and the source's
+                    # hash: every checkout, wherever it is, shares one build, and two processes starting together
+                    # (torchrun's ranks) never rebuild it under each other, which a path-dependent build did.
+                    source = _SOURCE.read_text()
+                    tag = hashlib.sha256(source.encode()).hexdigest()[:10]
+                    _state["kernel"] = load_inline(
+                        f"alexnet_lrn_{_cpu_fingerprint()}_{tag}", [source],
                         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
                     )  # fmt: skip
                 finally:
