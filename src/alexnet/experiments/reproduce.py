@@ -139,6 +139,11 @@ def _lrn_cifar(common: tuple[str, ...], note: str) -> Experiment:
     )
 
 
+def _dropout(paper: Arm, other: Arm, target: float, note: str = "") -> Experiment:
+    claim = "dropout roughly doubles the iterations needed to converge (and reduces overfitting)"
+    return Experiment("dropout", "§4.2", claim, "≈ 2× the epochs", 2.0, "converge", paper, other, target, note)
+
+
 def _ten_crop(base: Arm, note: str) -> Experiment:
     return Experiment("ten_crop", "§4.1, §6", "averaging the softmax over ten crops lowers the error",
                       "cuda-convnet2's 1-GPU model: 42.5% → 40.4% top-1 error", 2.1, "tencrop", base, None,
@@ -172,17 +177,11 @@ def _small() -> Budget:
         _lrn_cifar(common, "locally connected layers as convolutions; 8 short epochs, not cuda-convnet's schedule"),
         *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
         _crops_flips(base, off, "CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256"),
-        Experiment(
-            "dropout",
-            "§4.2",
-            "dropout roughly doubles the iterations needed to converge (and reduces overfitting)",
-            "≈ 2× the epochs",
-            2.0,
-            "converge",
+        _dropout(
             Arm("dropout", "fashion-mnist", fashion),
             Arm("no_dropout", "fashion-mnist", (*fashion, "model.overrides.dropout=0.0")),
-            target=0.35,
-            note="Fashion-MNIST; epochs (of 60 batches) to a training loss of 0.35, at most 6",
+            0.35,
+            "Fashion-MNIST; epochs (of 60 batches) to a training loss of 0.35, at most 6",
         ),
         _ten_crop(base, "the `paper` arm's runs of the ablations, evaluated again with ten crops"),
     ]
@@ -218,17 +217,11 @@ def _cpu() -> Budget:
     experiments = [
         *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
         _crops_flips(base, off, "CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256"),
-        Experiment(
-            "dropout",
-            "§4.2",
-            "dropout roughly doubles the iterations needed to converge (and reduces overfitting)",
-            "≈ 2× the epochs",
-            2.0,
-            "converge",
+        _dropout(
             base,
             off("no_dropout", "model.overrides.dropout=0.0"),
-            target=0.75,
-            note="epochs to a training loss of 0.75 under the shared one-cycle schedule, at most 30",
+            0.75,
+            "epochs to a training loss of 0.75 under the shared one-cycle schedule, at most 30",
         ),
         _ten_crop(base, "the baseline's runs evaluated again on the test split with ten crops (pad-4 corners)"),
         _relu_tanh(fig1, 25.0, "the paper's target, 25% training error, on all 50,000 images; at most 40 epochs"),
@@ -250,17 +243,7 @@ def _full() -> Budget:
 
     experiments = [
         *_ablations(base, off, 0.5),
-        Experiment(
-            "dropout",
-            "§4.2",
-            "dropout roughly doubles the iterations to converge",
-            "≈ 2×",
-            2.0,
-            "converge",
-            base,
-            off("no_dropout", "model.overrides.dropout=0.0"),
-            target=2.5,
-        ),
+        _dropout(base, off("no_dropout", "model.overrides.dropout=0.0"), 2.5),
         _ten_crop(base, ""),
     ]
     return Budget("full: ImageNet with the paper's recipe (GPUs)", {}, experiments, base)
