@@ -30,6 +30,10 @@ def test_console_script_runs():
     result = subprocess.run([str(script), "models"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "alexnet_small" in result.stdout
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    import alexnet
+
+    assert version.returncode == 0 and version.stdout.strip() == f"alexnet {alexnet.__version__}"
 
 
 def _train_args(out, *extra):
