@@ -32,6 +32,19 @@ SCHEME = "int8 static: torchao PT2E X86InductorQuantizer (per-channel weights, p
 
 
 def _torchao() -> tuple[Any, Any, Any, Any]:
+    # torchao's import registers an Enum with torch's pytree, which logs a deprecation warning on every program load:
+    # torchao's business, not the user's (shown with -v).
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    if not log.isEnabledFor(logging.DEBUG):
+        pytree.setLevel(logging.ERROR)
+    try:
+        return _import_torchao()
+    finally:
+        pytree.setLevel(level)
+
+
+def _import_torchao() -> tuple[Any, Any, Any, Any]:
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
