@@ -43,13 +43,35 @@ def check_input(path: Path | str, max_bytes: int, what: str = "file") -> Path:
 
 
 def read_input(path: Path | str, max_bytes: int, what: str = "file") -> bytes:
-    """The bytes of ``path`` after `check_input` (read no further than the limit, should the file grow)."""
-    path = check_input(path, max_bytes, what)
+    """The bytes of ``path``, checked as `check_input` does but on the opened file itself: opened without blocking
+    (a FIFO must not wait for a writer) and inspected with ``fstat``, so a file swapped for a FIFO or device between
+    a check and the read cannot hang it; read no further than the limit, should the file grow.
+
+    Raises:
+        FileNotFoundError, InputFileError: as `check_input`.
+    """
+    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
     except OSError as err:
         raise InputFileError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+            raise InputFileError(f"{what} {path} is {kind}")
+        if info.st_size > max_bytes:
+            raise InputFileError(
+                f"{what} {path} is {info.st_size / MB:.1f} MB, more than the {max_bytes / MB:.0f} MB allowed"
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(min(max_bytes, info.st_size) + 1)  # no more than it said it held, plus one to see growth
+    except OSError as err:
+        raise InputFileError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise InputFileError(f"{what} {path} is larger than the {max_bytes / MB:.0f} MB allowed")
     return data
