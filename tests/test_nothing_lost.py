@@ -15,6 +15,7 @@ import torch
 
 from alexnet.cli import main
 from alexnet.errors import WriteError
+from alexnet import files
 from alexnet.training import checkpoint
 
 TRAIN = ["train", "--recipe", "fashion-mnist", "--dataset", "fake", "--no-progress", "--precision", "fp32",
@@ -94,7 +95,7 @@ def test_export_and_quantize_never_replace_their_input_or_a_device(finished_run,
         assert "not a regular file" in err
     assert fifo.is_fifo() and (tmp_path / "fifo.pt2").is_fifo()
     with pytest.raises(WriteError, match="is a directory"):
-        checkpoint.write_text(tmp_path, "x")
+        files.write_text(tmp_path, "x")
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
@@ -104,14 +105,14 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
     path = tmp_path / "last.pt"
     checkpoint.save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, path)
     good = path.read_bytes()
-    real = checkpoint.tempfile.mkstemp
+    real = files.tempfile.mkstemp
 
     def full_disk(*args, **kwargs):
         fd, name = real(*args, **kwargs)
         os.close(fd)
         return os.open("/dev/full", os.O_WRONLY), name
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_disk)
+    monkeypatch.setattr(files.tempfile, "mkstemp", full_disk)
     big = {"model": {"w": torch.ones(1 << 20)}, "config": {}}  # 4 MB: more than any write buffer holds
     with pytest.raises(WriteError, match="could not write .*last.pt.*unchanged"):
         checkpoint.save_checkpoint(big, path)  # torch.save reports ENOSPC as a RuntimeError
@@ -121,7 +122,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
 
     with pytest.raises(WriteError, match="PytorchStreamWriter failed writing file; any previous last.pt is unchanged"):
-        checkpoint.atomic_write(path, torch_writer_failure)
+        files.atomic_write(path, torch_writer_failure)
     assert path.read_bytes() == good
     pytest.importorskip("matplotlib")
     from alexnet.experiments.report import plot_curves

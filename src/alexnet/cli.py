@@ -483,7 +483,7 @@ def _run_figure(args: argparse.Namespace) -> int:
         precision, chance = 100 * result["retrieval_precision"], 100 * result["chance_precision"]
         print(f"fc7 retrieval precision@{result['k']}: {precision:.1f}% over {result['retrieval_queries']} test "
               f"images (chance {chance:.1f}%)")  # fmt: skip
-    from .training.checkpoint import write_text
+    from .files import write_text
 
     write_text(Path(out, f"{args.experiment}.json"), json.dumps(result, indent=1))
     print(f"figure: {result['figure']}")
@@ -500,10 +500,10 @@ def _features(p: argparse.ArgumentParser) -> None:
 def run_features(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .files import atomic_write, check_target, write_text
     from .inference.artifact import load_trained
     from .inference.features import features_of_files
     from .inference.predictor import expand_inputs
-    from .training.checkpoint import atomic_write, check_target, write_text
 
     order = args.out[: -len(".npy")] + ".txt" if args.out.endswith(".npy") else args.out + ".txt"
     check_target(args.out), check_target(order)  # before any work: a directory or a device where a file goes
@@ -625,9 +625,9 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .files import check_target
     from .inference.artifact import load_trained
     from .inference.quantize import calibration_inputs, quantize, save_int8
-    from .training.checkpoint import check_target
 
     if not args.out.endswith(".pt2"):
         raise AlexNetError(f"--out {args.out}: the int8 program is a torch.export file, name it .pt2")

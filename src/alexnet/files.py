@@ -1,15 +1,25 @@
-"""One guard for every file a command reads: it must be a regular file (not a FIFO, a device or a directory, which
-would hang or read forever), no larger than a limit, and only then is it read and parsed."""
+"""Every file the project reads or writes passes here.
+
+Reading: one guard for every file a command reads: it must be a regular file (not a FIFO, a device or a directory,
+which would hang or read forever), no larger than a limit, and only then is it read and parsed.
+
+Writing: every write goes to a temporary file in the same directory, is fsynced, then renamed over the target, so a
+crash leaves the old file or the new one, never half of one. New files get the user's umask, as ``open`` gives.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import AlexNetError
+from .errors import AlexNetError, WriteError
 
 MB = 1 << 20
 
@@ -91,3 +101,93 @@ def read_json_input(path: Path | str, max_bytes: int, what: str = "file") -> Any
         return json.loads(text)
     except (ValueError, RecursionError) as err:
         raise InputFileError(f"{what} {path} is not valid JSON ({type(err).__name__})") from None
+
+
+def check_target(path: Path | str) -> Path:
+    """Refuse to write ``path`` when something other than a regular file is there: renaming over a FIFO, a device or
+    a directory would replace it (as root, ``/dev/null`` itself).
+
+    Raises:
+        WriteError: naming what is there.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise WriteError(f"could not write {path}: it is a dangling symbolic link")
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise WriteError(f"could not write {path}: it exists and is {kind}; choose another path")
+    return path
+
+
+def atomic_write(
+    path: Path | str,
+    write: Callable[[Any], None],
+    before_rename: Callable[[], None] | None = None,
+    mode: int | None = None,
+) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``: every file
+    the project writes goes through here, so a failure of any kind (a full disk, which ``torch.save`` reports as a
+    RuntimeError; permissions; a writer's own error) leaves the previous file as it was and surfaces as one
+    `WriteError`.
+
+    ``before_rename`` runs once the new content is durable and before it replaces the old. The file gets ``mode``,
+    by default what the user's umask gives a new file (as ``open`` would).
+    """
+    path = check_target(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())  # mkstemp makes 0600: use the user's umask
+    except OSError as err:
+        raise WriteError(f"could not write {path}: {err.strerror or err}") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, WriteError) or not isinstance(err, Exception):  # Ctrl-C and exits pass as they are
+            raise
+        if isinstance(err, OSError) and err.strerror:
+            reason = err.strerror
+        else:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise WriteError(f"could not write {path}: {reason}; any previous {path.name} is unchanged") from err
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every platform)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_bytes(path: Path | str, data: bytes) -> Path:
+    """``data`` into ``path`` through `atomic_write`."""
+    atomic_write(path, lambda f: f.write(data))
+    return Path(path)
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def save_figure(fig: Any, path: Path | str, **kwargs: Any) -> Path:
+    """A matplotlib figure as a PNG through `atomic_write` (never a half-written image in place of the last one)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **kwargs)
+    return write_bytes(path, buffer.getvalue())
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting it, which would race
+    with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022

@@ -9,9 +9,11 @@ import torch
 
 import alexnet
 from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, WriteError
+from alexnet import files
+from alexnet.files import atomic_write
 from alexnet.inference.artifact import load_state as load_model_state
 from alexnet.inference.artifact import load_trained
-from alexnet.training.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
+from alexnet.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 
 class _Payload:
@@ -101,7 +103,7 @@ def test_disk_full_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_path, monke
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ckpt.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(WriteError, match="No space left on device; any previous last.pt is unchanged"):
         save_checkpoint({"model": {"w": torch.ones(10)}, "config": {}}, path)
     monkeypatch.undo()

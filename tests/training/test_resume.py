@@ -98,7 +98,7 @@ def test_disk_full_through_the_cli_keeps_the_old_checkpoint(tmp_path, monkeypatc
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("alexnet.training.checkpoint.os.fsync", no_space)
+    monkeypatch.setattr("alexnet.files.os.fsync", no_space)
     capsys.readouterr()
     assert main([*args, "--epochs", "2", "--resume", "auto"]) == 2
     err = capsys.readouterr().err.strip()

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..files import save_figure
 from ..inference.artifact import TrainedModel, load_trained
-from ..training.checkpoint import save_figure
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import NonFiniteLossError
-from ..training.checkpoint import atomic_write, save_figure
+from ..files import atomic_write, save_figure
 from ..training.fit import fit
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from ..files import MB, InputFileError, read_json_input, read_text_input
+from ..files import MB, InputFileError, read_json_input, read_text_input, save_figure, write_bytes, write_text
 from ..inference.artifact import display_label
-from ..training.checkpoint import save_figure, write_bytes, write_text
 
 
 def _pyplot():

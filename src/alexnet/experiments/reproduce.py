@@ -29,7 +29,7 @@ import torch
 
 from ..config import load_config
 from ..errors import AlexNetError
-from ..training.checkpoint import atomic_write
+from ..files import atomic_write
 from ..training.fit import fit
 from . import claims
 from .paper import FIG1_LRS

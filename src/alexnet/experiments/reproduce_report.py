@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import atomic_write, save_figure
+from ..files import atomic_write, save_figure
 
 
 def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import AlexNetError, CorruptCheckpointError
-from ..training.checkpoint import atomic_write, check_target
+from ..files import atomic_write, check_target
 from .artifact import ModelMeta, TrainedModel
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import AlexNetError, CorruptCheckpointError
-from ..training.checkpoint import atomic_write
+from ..files import atomic_write
 from .artifact import ModelMeta, TrainedModel
 from .program_guard import check_program
 

@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +26,8 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import CorruptCheckpointError, UnsafeCheckpointError, WriteError
-from ..files import check_input
+from ..errors import CorruptCheckpointError, UnsafeCheckpointError
+from ..files import atomic_write, check_input
 
 log = logging.getLogger(__name__)
 META_KEY = "alexnet"
@@ -39,81 +35,6 @@ META_KEY = "alexnet"
 # are refused before they are read.
 MAX_WEIGHTS_BYTES = 8 << 30
 MAX_CHECKPOINT_BYTES = 16 << 30
-
-
-def check_target(path: Path | str) -> Path:
-    """Refuse to write ``path`` when something other than a regular file is there: renaming over a FIFO, a device or
-    a directory would replace it (as root, ``/dev/null`` itself).
-
-    Raises:
-        WriteError: naming what is there.
-    """
-    path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise WriteError(f"could not write {path}: it is a dangling symbolic link")
-    if path.exists() and not path.is_file():
-        kind = "a directory" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
-        raise WriteError(f"could not write {path}: it exists and is {kind}; choose another path")
-    return path
-
-
-def atomic_write(
-    path: Path | str, write: Callable[[Any], None], before_rename: Callable[[], None] | None = None
-) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``: every file
-    the project writes goes through here, so a failure of any kind (a full disk, which ``torch.save`` reports as a
-    RuntimeError; permissions; a writer's own error) leaves the previous file as it was and surfaces as one
-    `WriteError`.
-
-    ``before_rename`` runs once the new content is durable and before it replaces the old.
-    """
-    path = check_target(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise WriteError(f"could not write {path}: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, WriteError) or not isinstance(err, Exception):  # Ctrl-C and exits pass as they are
-            raise
-        if isinstance(err, OSError) and err.strerror:
-            reason = err.strerror
-        else:
-            reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise WriteError(f"could not write {path}: {reason}; any previous {path.name} is unchanged") from err
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def write_bytes(path: Path | str, data: bytes) -> Path:
-    """``data`` into ``path`` through `atomic_write`."""
-    atomic_write(path, lambda f: f.write(data))
-    return Path(path)
-
-
-def write_text(path: Path | str, text: str) -> Path:
-    return write_bytes(path, text.encode())
-
-
-def save_figure(fig: Any, path: Path | str, **kwargs: Any) -> Path:
-    """A matplotlib figure as a PNG through `atomic_write` (never a half-written image in place of the last one)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", **kwargs)
-    return write_bytes(path, buffer.getvalue())
 
 
 def remove_stale_temporaries(directory: Path | str) -> None:

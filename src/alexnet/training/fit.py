@@ -32,10 +32,11 @@ from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, TrainingInterrupted, WriteError
+from ..files import atomic_write
 from ..inference.artifact import FORMAT_VERSION
 from ..models import create_model, get_spec
 from . import distributed
-from .checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
+from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
 from .engine import StepSettings, evaluate, train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
