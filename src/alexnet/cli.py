@@ -293,7 +293,7 @@ def _stats(p: argparse.ArgumentParser) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from .config import DataConfig
+    from .data.config import DataConfig
     from .data.stats import dataset_stats
 
     cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, resize=args.resize, workers=args.workers,

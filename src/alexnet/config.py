@@ -15,6 +15,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .data.config import DataConfig
 from .errors import AlexNetError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,37 +76,6 @@ class ModelConfig:
     channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
     weights: str | None = None  # start from these weights: a registry name (alexnet weights) or a file
     freeze: str | None = None  # "features" (every conv) or N (the first N weight layers): not trained
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None  # else $ALEXNET_DATA, else ./data
-    download: bool = True  # let torchvision download where it can
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    workers: int = 2  # decoding processes for image folders
-    resize: int | None = None  # folders: shorter side → resize, then central resize×resize (paper: 256)
-    crop: int | None = None  # train crop side before the model's resize; None = model input (or stored size)
-    pad: int = 0  # zero padding before random crops (px; small images)
-    flip: bool = True  # random horizontal flips
-    pca_std: float = 0.0  # σ of the paper's PCA colour noise (paper: 0.1)
-    normalize: str = "meanstd"  # meanstd: (x - mean) / std; mean: x - mean (the paper)
-    mean_image: bool = False  # subtract the per-pixel mean image (the paper) instead of per-channel means
-    pixel_scale: float = 1.0  # pixel range after scaling: 1 → [0, 1]; 255 → the paper's raw pixel values
-    mean: list[float] | None = None  # None: computed from the training set (ImageNet: torchvision's constants)
-    std: list[float] | None = None
-    pca_eigval: list[float] | None = None  # None: fb.resnet ImageNet constants (RGB, [0, 1] scale)
-    pca_eigvec: list[list[float]] | None = None
-    ten_crop: bool = False  # evaluate on 4 corners + centre and their mirrors, softmax averaged
-    flip_tta: bool = False  # evaluate on the centre crop and its mirror, softmax averaged (ten_crop has mirrors)
-    max_bad_fraction: float = 0.01  # stop when more than this fraction of image files fail to decode
-    in_memory_gb: float = 2.0  # folders: decode once and keep in memory (per process, on the device) if they fit
-    # Hold out of the training split for validation (a fraction, or a count of images), stratified per class: what
-    # selects then never sees the test split, which is evaluated once after the last epoch. 0: validate on the
-    # data set's own validation (or test) split, as before.
-    val_split: float = 0.0
-    val_seed: int = 0  # seeds the held-out choice alone: every run and seed holds out the same images
 
 
 @dataclass

@@ -96,7 +96,7 @@ def test_ten_crop_equals_hand_computed_average():
 
 
 def test_mean_image_is_subtracted_at_the_crop_offset(tmp_path):
-    from alexnet.config import DataConfig
+    from alexnet.data.config import DataConfig
     from alexnet.data.pipeline import build_data
     from alexnet.errors import AlexNetError
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from alexnet.config import DataConfig
+from alexnet.data.config import DataConfig
 from alexnet.data.batch import stack_images
 from alexnet.data.folder import scan_folder
 from alexnet.data.pipeline import build_data

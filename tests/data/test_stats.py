@@ -1,6 +1,6 @@
 import torch
 
-from alexnet.config import DataConfig
+from alexnet.data.config import DataConfig
 from alexnet.data.sources import fake_split
 from alexnet.data.stats import dataset_stats
 

@@ -10,7 +10,6 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import DataConfig
 from ..errors import AlexNetError, ConfigError
 from .batch import (
     IMAGENET_EIGVAL,
@@ -21,6 +20,7 @@ from .batch import (
     epoch_order,
     shard_size,
 )
+from .config import DataConfig
 from .folder import (
     FolderDataset,
     FolderLoader,

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..config import DataConfig
+from .config import DataConfig
 from .pipeline import build_data
 
 

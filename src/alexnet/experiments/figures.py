@@ -101,7 +101,7 @@ def _splits(trained: TrainedModel, dataset: str | None, data_dir: str | None, li
     """The training and test splits as uint8 (N, C, S, S) images at the model's stored size, with labels."""
     import dataclasses
 
-    from ..config import DataConfig
+    from ..data.config import DataConfig
     from ..data.folder import decode_split, find_splits, list_classes, scan_folder
     from ..data.sources import TENSOR_DATASETS, data_root, load_tensor_split
 

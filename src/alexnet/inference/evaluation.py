@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import DataConfig
+from ..data.config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
 from ..device import pick_device, pick_precision
