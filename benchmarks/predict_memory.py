@@ -30,7 +30,7 @@ sys.exit(code)"""
 
 def make_weights(path: Path) -> Path:
     import alexnet
-    from alexnet.training.checkpoint import save_weights
+    from alexnet.artifacts.checkpoint import save_weights
 
     model = alexnet.create_model("alexnet_owt", num_classes=1000)
     data = {"dataset": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "stored_size": 256,

@@ -74,7 +74,7 @@ def tiny_config(out: Path, *overrides: str, recipe: str | None = None):
 def make_weights(path: Path, name: str = "alexnet_small", num_classes: int = 4, in_channels: int = 3, **overrides):
     """Release weights of a randomly initialised model with realistic metadata."""
     import alexnet
-    from alexnet.training.checkpoint import save_weights
+    from alexnet.artifacts.checkpoint import save_weights
 
     torch.manual_seed(0)
     overrides = {"width": 0.25, **overrides}

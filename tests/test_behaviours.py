@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
+from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.cli import main
-from alexnet.training.checkpoint import load_checkpoint
 from alexnet.training.fit import fit
 from tests.conftest import make_folder, tiny_config
 

@@ -102,7 +102,7 @@ def test_public_api_names_resolve():
     for name in alexnet.__all__:
         value = getattr(alexnet, name)
         assert callable(value) or name == "__version__", name
-    assert alexnet.load_trained.__module__ == "alexnet.inference.artifact"
+    assert alexnet.load_trained.__module__ == "alexnet.artifacts.loader"
     assert alexnet.fit.__module__ == "alexnet.training.fit" and isinstance(alexnet.__version__, str)
     with pytest.raises(AttributeError):
         alexnet.no_such_thing  # noqa: B018

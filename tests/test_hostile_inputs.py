@@ -74,7 +74,7 @@ def test_torch_home_that_is_a_file(files, capsys, monkeypatch):
 
 
 def _caffemodel(path, dims_weights, dims_bias=(0,)):
-    from alexnet.inference.caffe import CAFFE_LAYERS, messages
+    from alexnet.artifacts.caffe import CAFFE_LAYERS, messages
 
     net = messages()["NetParameter"]()
     for name in CAFFE_LAYERS:

@@ -25,7 +25,7 @@ def test_every_variant_loads_through_torch_hub_as_create_model_builds_it(name):
 def test_weights_load_through_torch_hub(tmp_path, monkeypatch):
     import hashlib
 
-    from alexnet.inference import weights as W
+    from alexnet.artifacts import weights as W
 
     model = alexnet.create_model("alexnet_owt", num_classes=3, width=0.25, input_size=64)
     path = tmp_path / "owt-hub.pth"

@@ -13,10 +13,10 @@ import time
 import pytest
 import torch
 
+from alexnet import files
+from alexnet.artifacts import checkpoint
 from alexnet.cli import main
 from alexnet.errors import WriteError
-from alexnet import files
-from alexnet.training import checkpoint
 
 TRAIN = ["train", "--recipe", "fashion-mnist", "--dataset", "fake", "--no-progress", "--precision", "fp32",
          "--device", "cpu", "-b", "64", "--set", "model.overrides.width=0.25", "--set", "model.overrides.input_size=32",

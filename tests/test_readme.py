@@ -30,7 +30,7 @@ def readme_commands() -> list[list[str]]:
 
 
 def _uses_published_weights(words: list[str]) -> bool:
-    from alexnet.inference.weights import list_weights
+    from alexnet.artifacts.weights import list_weights
 
     names = {w.name for w in list_weights()}
     return words[0] in ("weights", "convert-caffe") or "finetune" in words or bool(names & set(words))

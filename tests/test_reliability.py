@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.training.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
+from alexnet.artifacts.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
 
 TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnist", "--dataset", "fake",
          "--device", "cpu", "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25",

@@ -18,7 +18,7 @@ _LAZY = {
     "fit": "training.fit",
     "load_config": "config",
     "evaluate_checkpoint": "inference.evaluation",
-    "load_trained": "inference.artifact",
+    "load_trained": "artifacts.loader",
     "Predictor": "inference.predictor",
     "export_model": "inference.export",
     "benchmark": "experiments.bench",

@@ -173,7 +173,7 @@ def _eval(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .inference.artifact import display_label
+    from .artifacts.trained import display_label
     from .inference.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
@@ -240,8 +240,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .inference.artifact import display_label
-    from .inference.predictor import Predictor, expand_inputs
+    from .artifacts.trained import display_label
+    from .data.decode import expand_inputs
+    from .inference.predictor import Predictor
 
     inputs = expand_inputs(args.inputs)  # an empty argument, or a folder or glob with no image, fails here
     predictor = Predictor.from_path(args.checkpoint, device=args.device, max_file_mb=args.max_file_mb)
@@ -269,7 +270,7 @@ def _export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .inference.artifact import load_trained
+    from .artifacts.loader import load_trained
     from .inference.export import check_inputs_for, export_model
 
     trained = load_trained(args.checkpoint)
@@ -500,10 +501,10 @@ def _features(p: argparse.ArgumentParser) -> None:
 def run_features(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .artifacts.loader import load_trained
+    from .data.decode import expand_inputs
     from .files import atomic_write, check_target, write_text
-    from .inference.artifact import load_trained
     from .inference.features import features_of_files
-    from .inference.predictor import expand_inputs
 
     order = args.out[: -len(".npy")] + ".txt" if args.out.endswith(".npy") else args.out + ".txt"
     check_target(args.out), check_target(order)  # before any work: a directory or a device where a file goes
@@ -522,7 +523,7 @@ def _weights(p: argparse.ArgumentParser) -> None:
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from .inference.weights import is_cached, list_weights
+    from .artifacts.weights import is_cached, list_weights
 
     for w in list_weights():
         row = {"name": w.name, "acc1": w.metrics.get("acc1"), "acc5": w.metrics.get("acc5"), "size_mb": w.size_mb,
@@ -547,8 +548,8 @@ def _convert_caffe(p: argparse.ArgumentParser) -> None:
 def run_convert_caffe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .inference.caffe import IMAGENET_MEAN_BGR, convert_caffe, mean_from_binaryproto
-    from .training.checkpoint import save_weights
+    from .artifacts.caffe import IMAGENET_MEAN_BGR, convert_caffe, mean_from_binaryproto
+    from .artifacts.checkpoint import save_weights
 
     mean = mean_from_binaryproto(args.mean_file) if args.mean_file else IMAGENET_MEAN_BGR
     from .files import MB, read_text_input
@@ -625,8 +626,8 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .artifacts.loader import load_trained
     from .files import check_target
-    from .inference.artifact import load_trained
     from .inference.quantize import calibration_inputs, quantize, save_int8
 
     if not args.out.endswith(".pt2"):

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from alexnet.data.config import DataConfig
 from alexnet.data.batch import stack_images
+from alexnet.data.config import DataConfig
 from alexnet.data.folder import scan_folder
 from alexnet.data.pipeline import build_data
 from alexnet.errors import AlexNetError, DataNotFoundError

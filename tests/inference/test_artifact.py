@@ -6,16 +6,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from alexnet.cli import main
-from alexnet.errors import NonFiniteWeightsError
-from alexnet.inference.artifact import (
+from alexnet.artifacts.checkpoint import META_KEY, load_weights
+from alexnet.artifacts.loader import load_trained
+from alexnet.artifacts.trained import (
     FORMAT_VERSION,
     InvalidMetadataError,
     ModelMeta,
     display_label,
-    load_trained,
 )
-from alexnet.training.checkpoint import META_KEY, load_weights
+from alexnet.cli import main
+from alexnet.errors import NonFiniteWeightsError
 from tests.conftest import make_weights
 
 
@@ -55,7 +55,7 @@ def _rewrite(path, edit, tensors_edit=None):
     ],
 )
 def test_tampered_metadata_is_refused_naming_the_field(tmp_path, edit, message, monkeypatch):
-    import alexnet.inference.artifact as artifact
+    import alexnet.artifacts.trained as artifact
 
     path = _rewrite(make_weights(tmp_path / "w.safetensors"), edit)
     built = []
@@ -107,7 +107,7 @@ def test_class_names_never_reach_the_terminal_raw(tmp_path, capsys):
 
 
 def test_a_checkpoint_loads_through_the_same_validation(tmp_path):
-    from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
+    from alexnet.artifacts.checkpoint import load_checkpoint, save_checkpoint
     from alexnet.training.fit import fit
     from tests.conftest import tiny_config
 

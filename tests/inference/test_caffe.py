@@ -12,9 +12,9 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from alexnet.artifacts.caffe import convert_caffe, read_caffemodel
+from alexnet.artifacts.loader import load_trained
 from alexnet.errors import CorruptCheckpointError
-from alexnet.inference.artifact import load_trained
-from alexnet.inference.caffe import convert_caffe, read_caffemodel
 
 # A slim bvlc_alexnet (1/6 of the widths): (name, out, in/group, kernel, stride, pad, group, lrn, pool).
 CONVS = [

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.artifacts.loader import load_trained
 from alexnet.cli import main
-from alexnet.inference.artifact import load_trained
 from alexnet.inference.export import FORMATS, export_model
 from alexnet.inference.predictor import Predictor
 from tests.conftest import make_weights
@@ -54,7 +54,7 @@ def test_export_errors(tmp_path, weights, capsys):
 
 def _trained_scale(tmp_path):
     """Weights whose logits have a trained model's magnitude (~10-40), where float32 summation order shows."""
-    from alexnet.training.checkpoint import load_weights, save_weights
+    from alexnet.artifacts.checkpoint import load_weights, save_weights
 
     path = make_weights(tmp_path / "big.safetensors", num_classes=10)
     trained = load_trained(path)

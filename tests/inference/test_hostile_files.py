@@ -20,11 +20,11 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.artifacts.loader import load_trained
+from alexnet.artifacts.program_guard import ALLOWED_OPS, check_program
 from alexnet.cli import main
 from alexnet.errors import AlexNetError
-from alexnet.inference.artifact import load_trained
 from alexnet.inference.export import export_model
-from alexnet.inference.program_guard import ALLOWED_OPS, check_program
 
 from ..conftest import make_weights
 
@@ -216,7 +216,7 @@ def test_a_pickle_in_every_other_format_never_runs(tmp_path, capsys):
     cases["onnx"].write_bytes(model.SerializeToString())
     for kind, path in cases.items():
         if kind == "registry .pth":
-            from alexnet.inference import weights as W
+            from alexnet.artifacts import weights as W
 
             with pytest.raises(AlexNetError):
                 W._load_state_dict_file(path, W.get_weights("alexnet_owt.IMAGENET1K_V1"))

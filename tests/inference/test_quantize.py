@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
+from alexnet.artifacts.loader import load_trained
+from alexnet.artifacts.program import Int8Model, is_int8
 from alexnet.cli import main
-from alexnet.inference.artifact import load_trained
-from alexnet.inference.quantize import Int8Model, calibration_inputs, is_int8
+from alexnet.inference.quantize import calibration_inputs
 from alexnet.training.fit import fit
 
 from ..conftest import tiny_config

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 import alexnet
+from alexnet.artifacts.checkpoint import save_weights
 from alexnet.cli import main
-from alexnet.training.checkpoint import save_weights
 
 CLASSES = ["apple", "boat", "cloud", "daisy", "eagle", "fern"]
 
@@ -281,7 +281,7 @@ def test_non_loopback_needs_a_key_and_onnx_is_refused(files, capsys):
 def _client(files, **settings):
     from starlette.testclient import TestClient
 
-    from alexnet.inference.artifact import load_trained
+    from alexnet.artifacts.loader import load_trained
     from alexnet.inference.serving.app import ServeSettings, create_app
 
     app = create_app(load_trained(files["small"]), "small", ServeSettings(precision="fp32", **settings))

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 import alexnet
+from alexnet.artifacts import weights as W
+from alexnet.artifacts.loader import load_trained
 from alexnet.cli import main
-from alexnet.inference import weights as W
-from alexnet.inference.artifact import load_trained
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 SMALL = {"width": 0.25, "input_size": 64}  # alexnet_owt at a quarter width and 64 px: 2.5 M parameters

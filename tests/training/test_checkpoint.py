@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import alexnet
-from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, WriteError
 from alexnet import files
+from alexnet.artifacts.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from alexnet.artifacts.loader import load_trained
+from alexnet.artifacts.trained import load_state as load_model_state
+from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, WriteError
 from alexnet.files import atomic_write
-from alexnet.inference.artifact import load_state as load_model_state
-from alexnet.inference.artifact import load_trained
-from alexnet.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 
 class _Payload:
@@ -74,7 +74,7 @@ def test_a_flipped_byte_is_caught_by_the_digest_before_unpickling(tmp_path, monk
     import hashlib
     import struct
 
-    import alexnet.training.checkpoint as ckpt
+    import alexnet.artifacts.checkpoint as ckpt
 
     path = tmp_path / "last.pt"
     save_checkpoint({"model": {"w": torch.arange(1000, dtype=torch.float32)}, "config": {}}, path)
@@ -93,7 +93,6 @@ def test_disk_full_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_path, monke
     """T8: ENOSPC while writing (patched fsync) gives a WriteError; the old file and its digest stay valid."""
     import errno
 
-    import alexnet.training.checkpoint as ckpt
     from alexnet.errors import WriteError
 
     path = tmp_path / "last.pt"

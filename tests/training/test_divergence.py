@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from alexnet.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.errors import NonFiniteLossError, NonFiniteOutputError, NonFiniteWeightsError
-from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.training.fit import fit
 from tests.conftest import tiny_config
 
@@ -85,9 +85,9 @@ def test_finite_weights_with_non_finite_outputs_never_print_a_number(tmp_path, c
     one line and exit 2; they never print nan%."""
     from PIL import Image
 
+    from alexnet.artifacts.checkpoint import load_weights, save_weights
+    from alexnet.artifacts.loader import load_trained
     from alexnet.cli import main
-    from alexnet.inference.artifact import load_trained
-    from alexnet.training.checkpoint import load_weights, save_weights
     from tests.conftest import make_weights
 
     path = make_weights(tmp_path / "w.safetensors")

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from alexnet.artifacts.checkpoint import load_checkpoint, load_weights
 from alexnet.errors import NonFiniteLossError
-from alexnet.training.checkpoint import load_checkpoint, load_weights
 from alexnet.training.fit import fit
 from tests.conftest import tiny_config
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.inference.evaluation import evaluate_checkpoint
-from alexnet.training.checkpoint import load_checkpoint
 from alexnet.training.model_parallel import parallel_plan
 
 EQUIVALENCE = textwrap.dedent("""

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import alexnet
+from alexnet.artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from alexnet.cli import main
 from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError
-from alexnet.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from alexnet.training.fit import fit
 from tests.conftest import make_folder, tiny_config
 

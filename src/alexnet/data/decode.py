@@ -7,10 +7,12 @@ image, or whose header claims more than `MAX_PIXELS`, raises `InvalidImageError`
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import stat
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import simplejpeg
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-from ..errors import InvalidImageError
+from ..errors import AlexNetError, InvalidImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")  # JPEG also opens MPO (multi-picture) files
@@ -165,3 +167,38 @@ def decode_stored(data: bytes | Path | str, size: int, channels: int = 3, max_by
     resize finishes the job), so a 16-megapixel photo never exists at full size in memory for a 256 px model.
     """
     return to_stored(decode_image(data, name, 2 * size, max_bytes), size, channels)
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files, directories (walked recursively for images) and glob patterns, in the order given.
+
+    A missing file stays in the list (it is reported per path); a URL too (reported as not read).
+
+    Raises:
+        AlexNetError: an empty argument, or a directory or pattern that matches no image.
+    """
+    files: list[str] = []
+    for item in inputs:
+        if not item.strip():
+            raise AlexNetError("an input is empty ('' would mean the current directory): name files, folders or globs")
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not found:
+                raise AlexNetError(
+                    f"directory {item} holds no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})"
+                )
+            files += found
+        elif not path.exists() and not is_url(item) and any(c in item for c in "*?["):
+            found = sorted(glob.glob(item, recursive=True))
+            if not found:
+                raise AlexNetError(f"pattern {item!r} matches no file")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def is_url(item: str) -> bool:
+    """Whether ``item`` names a remote file (which the project does not fetch for prediction)."""
+    return item.split("://", 1)[0].lower() in ("http", "https", "ftp", "s3", "gs") and "://" in item

@@ -118,7 +118,8 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
         bf16, x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     )
     try:
-        from ..inference.quantize import Int8Model, quantize_graph
+        from ..artifacts.program import Int8Model
+        from ..inference.quantize import quantize_graph
 
         fp32 = model.float()
 

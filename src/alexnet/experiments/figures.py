@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..artifacts.loader import load_trained
+from ..artifacts.trained import TrainedModel
 from ..files import save_figure
-from ..inference.artifact import TrainedModel, load_trained
 
 log = logging.getLogger(__name__)
 

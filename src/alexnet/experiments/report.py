@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
+from ..artifacts.trained import display_label
 from ..files import MB, InputFileError, read_json_input, read_text_input, save_figure, write_bytes, write_text
-from ..inference.artifact import display_label
 
 
 def _pyplot():
@@ -127,7 +127,7 @@ def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Pat
     """Write ``run/report.md`` for a training run: its summary, curves, conv1 filters and the validation split's
     confusion matrix (``evaluation`` of the final weights, as `fit` returns it; evaluated again when None)."""
 
-    from ..inference.artifact import load_trained
+    from ..artifacts.loader import load_trained
     from ..inference.evaluation import evaluate_checkpoint
 
     run = Path(run)

@@ -10,14 +10,16 @@ from typing import Any
 
 import torch
 
+from ..artifacts.loader import load_trained
+from ..artifacts.program import is_int8
+from ..artifacts.trained import display_label
 from ..data.config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
 from ..device import pick_device, pick_precision
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..training.engine import StepSettings, evaluate
-from .artifact import display_label, load_trained
-from .quantize import CALIBRATION_IMAGES, calibration_inputs, is_int8, quantize
+from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
 
 
 def evaluate_checkpoint(

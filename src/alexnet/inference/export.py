@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..artifacts.trained import ModelMeta, TrainedModel
 from ..errors import AlexNetError, CorruptCheckpointError
 from ..files import atomic_write, check_target
-from .artifact import ModelMeta, TrainedModel
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -45,10 +45,9 @@ def check_inputs_for(
         (B, C, H, W) inputs or None, and a few words saying what they are.
     """
     from ..data.batch import stack_images
-    from ..data.decode import decode_stored
+    from ..data.decode import decode_stored, expand_inputs
     from ..data.sources import TENSOR_DATASETS, load_tensor_split
     from ..errors import DataNotFoundError
-    from .predictor import expand_inputs
 
     prep = trained.preprocessing
     tf = prep.transform()

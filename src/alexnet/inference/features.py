@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifacts.trained import TrainedModel
 from ..data.batch import stack_images
-from .artifact import TrainedModel
 
 LAYERS = ("fc7", "fc6", "pool5")
 

@@ -8,7 +8,6 @@ decoded, so a batch waiting to fill holds small tensors only: memory is bounded 
 
 from __future__ import annotations
 
-import glob
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,11 +17,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
+from ..artifacts.loader import load_trained
+from ..artifacts.trained import ModelMeta
 from ..data.batch import stack_images
-from ..data.decode import IMAGE_EXTENSIONS, decode_stored, is_image_file, pil_to_rgb, to_stored
+from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
 from ..device import autocast, pick_device, pick_precision
 from ..errors import AlexNetError, InvalidImageError, NonFiniteOutputError
-from .artifact import ModelMeta, load_trained
 
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image | torch.Tensor
@@ -41,40 +41,6 @@ class Prediction:
         if self.error is not None:
             return {"path": self.source, "error": self.error}
         return {"path": self.source, "topk": [{"label": label, "prob": round(p, 6)} for label, p in self.topk]}
-
-
-def expand_inputs(inputs: Iterable[str]) -> list[str]:
-    """Files, directories (walked recursively for images) and glob patterns, in the order given.
-
-    A missing file stays in the list (it is reported per path); a URL too (reported as not read).
-
-    Raises:
-        AlexNetError: an empty argument, or a directory or pattern that matches no image.
-    """
-    files: list[str] = []
-    for item in inputs:
-        if not item.strip():
-            raise AlexNetError("an input is empty ('' would mean the current directory): name files, folders or globs")
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            if not found:
-                raise AlexNetError(
-                    f"directory {item} holds no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})"
-                )
-            files += found
-        elif not path.exists() and not _is_url(item) and any(c in item for c in "*?["):
-            found = sorted(glob.glob(item, recursive=True))
-            if not found:
-                raise AlexNetError(f"pattern {item!r} matches no file")
-            files += found
-        else:
-            files.append(item)
-    return files
-
-
-def _is_url(item: str) -> bool:
-    return item.split("://", 1)[0].lower() in ("http", "https", "ftp", "s3", "gs") and "://" in item
 
 
 class Predictor:
@@ -141,7 +107,7 @@ class Predictor:
         """
         c, s = self.in_channels, self.stored_size
         if isinstance(item, (str, Path)):
-            if _is_url(str(item)):
+            if is_url(str(item)):
                 raise InvalidImageError(f"{item}: URLs are not read; download the file and pass its path")
             return decode_stored(Path(item), s, c, self.max_bytes)
         if isinstance(item, Image.Image):

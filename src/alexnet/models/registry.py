@@ -39,7 +39,7 @@ def create_model(
         num_classes: size of the last layer (default 1000, or the weights' class count).
         in_channels: image channels.
         weights: published weights of this variant to load: a tag (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or a full
-            name from ``alexnet weights``, downloaded and verified on first use (see `alexnet.inference.weights`).
+            name from ``alexnet weights``, downloaded and verified on first use (see `alexnet.artifacts.weights`).
             The model comes in eval mode, with the weights' classes and preprocessing as ``.meta``.
         **overrides: spec fields to change; see ``alexnet.models.specs.OVERRIDABLE``.
 
@@ -67,7 +67,7 @@ def create_model(
 
 
 def _pretrained(name: str, weights: str, num_classes: int | None, in_channels: int, overrides: dict) -> nn.Module:
-    from ..inference.weights import get_weights, load_pretrained
+    from ..artifacts.weights import get_weights, load_pretrained
 
     entry = get_weights(weights, variant=name)
     if entry.variant != name:

@@ -9,9 +9,10 @@ import logging
 import torch
 from torch import nn
 
+from ..artifacts.loader import load_trained
+from ..artifacts.trained import TrainedModel
 from ..config import Config
 from ..errors import ConfigError, IncompatibleCheckpointError
-from ..inference.artifact import TrainedModel, load_trained
 
 log = logging.getLogger(__name__)
 

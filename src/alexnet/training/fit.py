@@ -27,16 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
+from ..artifacts.trained import FORMAT_VERSION
 from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, TrainingInterrupted, WriteError
 from ..files import atomic_write
-from ..inference.artifact import FORMAT_VERSION
 from ..models import create_model, get_spec
 from . import distributed
-from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
 from .engine import StepSettings, evaluate, train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
@@ -69,7 +69,7 @@ def default_out(cfg: Config) -> Path:
 
 
 def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, Any]) -> dict[str, Any]:
-    """What travels with release weights (`alexnet.inference.artifact.ModelMeta`): how to rebuild the model and
+    """What travels with release weights (`alexnet.artifacts.trained.ModelMeta`): how to rebuild the model and
     preprocess its inputs, its classes, metrics and provenance."""
     return {
         "format_version": FORMAT_VERSION, "model": model.config, "classes": data.classes, "data": data.meta,

@@ -3,7 +3,7 @@
 A checkpoint is a dict of tensors and plain values (loadable with ``weights_only=True`` and no extra globals):
 the model and optimizer state, the schedule, the scaler, every process's RNG state, the position (epoch, step),
 the running totals of a half-finished epoch, the history, and the artifact metadata (model config, classes, data
-preprocessing) that `alexnet.inference.artifact` validates.
+preprocessing) that `alexnet.artifacts.trained` validates.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifacts.checkpoint import load_checkpoint
+from ..artifacts.trained import check_finite, display_label, meta_from_checkpoint
 from ..config import Config
 from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
-from ..inference.artifact import check_finite, display_label, meta_from_checkpoint
-from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 VERSION = 1

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..artifacts.trained import check_fits, first_non_finite, load_state
 from ..config import OptimConfig
 from ..errors import ConfigError, NonFiniteWeightsError
-from ..inference.artifact import check_fits, first_non_finite, load_state
 from ..models import model_from_config
 from .distributed import DistInfo, convert_sync_batchnorm
 from .model_parallel import ShardedAlexNet

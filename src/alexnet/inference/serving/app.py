@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ...artifacts.trained import TrainedModel
 from ...data.decode import decode_stored
 from ...device import release_free_memory
 from ...errors import ConfigError, InvalidImageError
-from ..artifact import TrainedModel
 from ..predictor import Predictor
 from .batcher import Batcher, QueueFull
 from .budget import PixelBudget, decode_cost

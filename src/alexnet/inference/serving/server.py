@@ -9,8 +9,8 @@ import os
 import signal
 from pathlib import Path
 
+from ...artifacts.loader import load_trained
 from ...errors import AlexNetError
-from ..artifact import load_trained
 from .app import ServeSettings, create_app
 from .guarded_http import MAX_HEAD_BYTES, guarded
 

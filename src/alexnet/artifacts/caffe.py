@@ -25,7 +25,7 @@ import torch
 
 from ..errors import AlexNetError, CorruptCheckpointError
 from ..files import MB, read_input
-from .artifact import FORMAT_VERSION, MAX_CLASSES, ModelMeta, TrainedModel, check_finite, load_state
+from .trained import FORMAT_VERSION, MAX_CLASSES, ModelMeta, TrainedModel, check_finite, load_state
 
 log = logging.getLogger(__name__)
 CAFFE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")

@@ -22,7 +22,7 @@ from torch import nn
 from ..config import config_from_dict
 from ..data.batch import BatchTransform
 from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
-from ..training.checkpoint import load_checkpoint, load_weights, read_weights_meta, weights_header
+from .checkpoint import load_checkpoint, load_weights, read_weights_meta, weights_header
 
 FORMAT_VERSION = 1
 # A classifier wider than this is a tampered file, not a model: fc8 at 4096 × 100,000 is already 1.6 GB of fp32.
@@ -294,26 +294,14 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         raise IncompatibleCheckpointError(f"{source} does not fit this model (mismatched: {detail})")
 
 
-def load_trained(path: Path | str) -> TrainedModel:
-    """Rebuild a trained model from release weights (``.safetensors``), a training checkpoint (``.pt``) or published
-    weights (a registry name such as ``alexnet_owt.IMAGENET1K_V1``, or its file: see `alexnet.inference.weights`).
+def load_own(path: Path | str) -> TrainedModel:
+    """A model from the two formats training writes: release weights (``.safetensors``) or a training checkpoint
+    (``.pt``). Everything else, and the choice between formats, is `alexnet.artifacts.loader.load_trained`'s.
 
     The metadata is validated before the network is built, and the weights must be finite.
-
-    Raises:
-        FileNotFoundError, CorruptCheckpointError (and its `InvalidMetadataError`), UnsafeCheckpointError,
-        IncompatibleCheckpointError, NonFiniteWeightsError.
     """
     path = Path(path)
     source = str(path)
-    if path.suffix == ".pt2":  # a torch.export program we wrote: exported fp32, or quantized int8
-        from .quantize import load_program
-
-        return load_program(path)
-    if path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
-        from .weights import resolve  # published weights: a registry name, torchvision's or Caffe's files
-
-        return resolve(path)
     if path.suffix == ".safetensors":
         meta, config = ModelMeta.from_dict(read_weights_meta(path), source), None  # before any tensor is read
         check_header(path, meta)  # names, shapes and dtypes from the header: nothing unexpected is ever read

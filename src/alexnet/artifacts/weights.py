@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import AlexNetError, CorruptCheckpointError
-from .artifact import FORMAT_VERSION, ModelMeta, TrainedModel, check_finite, load_state, load_trained
+from .trained import FORMAT_VERSION, ModelMeta, TrainedModel, check_finite, load_own, load_state
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -48,7 +48,7 @@ class Weights:
         size_mb: the file's size as published (MiB), for display.
         file_format: ``state_dict`` (a torch.save'd dict of tensors), ``safetensors`` (ours) or ``caffemodel``.
         overrides: spec overrides the network needs (Caffe's LRN).
-        preprocessing: `alexnet.inference.artifact.Preprocessing` fields, as the publisher evaluated.
+        preprocessing: `alexnet.artifacts.trained.Preprocessing` fields, as the publisher evaluated.
         categories: returns the class names (read when needed: ImageNet's 1,000 come from torchvision).
         metrics: the publisher's reported metrics; ``metrics_source`` says where they are reported.
         licence: the terms the weights come under.
@@ -253,15 +253,15 @@ def _load_file(path: Path, weights: Weights) -> TrainedModel:
     if weights.file_format == "caffemodel":
         converted = path.with_suffix(".safetensors")
         if not converted.is_file():
-            from ..training.checkpoint import save_weights
             from .caffe import convert_caffe
+            from .checkpoint import save_weights
 
             log.info("converting %s into %s (once)", path, converted)
             trained = convert_caffe(path, provenance={"weights": weights.name, "digest": weights.digest})
             meta = replace(trained.meta, metrics=weights.meta().metrics)
             save_weights(trained.model, converted, meta.to_dict())
-        return load_trained(converted)
-    return load_trained(path)
+        return load_own(converted)
+    return load_own(path)
 
 
 def load_pretrained(weights: Weights | str, progress: bool = True) -> TrainedModel:
@@ -293,7 +293,7 @@ def resolve(name_or_path: str | Path, progress: bool = True) -> TrainedModel:
         )
     if not path.exists() and path.suffix not in (".pt", ".safetensors"):
         raise WeightsError(f"{text!r} is neither a file nor registered weights; registered: {sorted(_REGISTRY)}")
-    return load_trained(path)
+    return load_own(path)
 
 
 def _converted(path: Path) -> TrainedModel:

@@ -1,0 +1,29 @@
+"""`load_trained`: the one door every command and API call loads a trained model through, whatever the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .program import load_program
+from .trained import TrainedModel, load_own
+from .weights import resolve
+
+
+def load_trained(path: Path | str) -> TrainedModel:
+    """Rebuild a trained model from release weights (``.safetensors``), a training checkpoint (``.pt``), a program
+    export or quantize wrote (``.pt2``) or published weights (a registry name such as ``alexnet_owt.IMAGENET1K_V1``,
+    or its file: see `alexnet.artifacts.weights`).
+
+    The metadata is validated before the network is built, and the weights must be finite. No format runs code from
+    the file: checkpoints are unpickled with ``weights_only=True``, programs are checked before torch reads them.
+
+    Raises:
+        FileNotFoundError, CorruptCheckpointError (and its `InvalidMetadataError`), UnsafeCheckpointError,
+        IncompatibleCheckpointError, NonFiniteWeightsError, WeightsError.
+    """
+    path = Path(path)
+    if path.suffix == ".pt2":  # a torch.export program we wrote: exported fp32, or quantized int8
+        return load_program(path)
+    if path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
+        return resolve(path)  # published weights: a registry name, torchvision's or Caffe's files
+    return load_own(path)
