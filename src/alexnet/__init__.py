@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit": "training.fit",
     "load_config": "config",
-    "evaluate_checkpoint": "inference.evaluation",
+    "evaluate_checkpoint": "inference.evaluate",
     "load_trained": "artifacts.loader",
     "Predictor": "inference.predictor",
     "export_model": "inference.export",

@@ -174,7 +174,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .artifacts.trained import display_label
-    from .inference.evaluation import evaluate_checkpoint
+    from .inference.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, ten_crop=args.ten_crop, flip=args.flip_tta,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alexnet.data.batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, step_generator
-from alexnet.training.engine import StepSettings, evaluate
+from alexnet.evaluation import StepSettings, evaluate
 from tests.conftest import make_folder
 
 

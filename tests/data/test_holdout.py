@@ -12,7 +12,7 @@ import torch
 from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.data.holdout import holdout_count, holdout_indices, split_indices
 from alexnet.errors import ConfigError, IncompatibleCheckpointError
-from alexnet.inference.evaluation import evaluate_checkpoint
+from alexnet.inference.evaluate import evaluate_checkpoint
 from alexnet.training.fit import fit
 
 from ..conftest import tiny_config

@@ -13,7 +13,7 @@ import torch
 
 from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.data.batch import epoch_order
-from alexnet.inference.evaluation import evaluate_checkpoint
+from alexnet.inference.evaluate import evaluate_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "alexnet.cli",
             "train", "--recipe", "fashion-mnist", "--dataset", "fake",

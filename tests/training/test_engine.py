@@ -9,8 +9,9 @@ from torch import nn
 import alexnet
 from alexnet.config import OptimConfig
 from alexnet.data.batch import BatchTransform
+from alexnet.evaluation import StepSettings, evaluate
 from alexnet.training.distributed import DistInfo
-from alexnet.training.engine import StepSettings, evaluate, train_one_epoch
+from alexnet.training.engine import train_one_epoch
 from alexnet.training.optim import Schedule
 from alexnet.training.strategy import Strategy
 

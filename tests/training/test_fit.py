@@ -163,7 +163,7 @@ def test_auto_resume_falls_back_when_last_is_corrupt(tmp_path, caplog):
 
 @pytest.mark.parametrize("dataset", ["fake", "folder"])
 def test_a_mean_image_run_evaluates_as_it_trained(tmp_path, image_folder, dataset):
-    from alexnet.inference.evaluation import evaluate_checkpoint
+    from alexnet.inference.evaluate import evaluate_checkpoint
 
     data = [f'data.dataset="{dataset}"', f'data.data_dir="{image_folder}"', "data.batch_size=4", "data.workers=0"]
     result = fit(tiny_config(tmp_path / "run", *data, "data.mean_image=true", "train.epochs=1"))

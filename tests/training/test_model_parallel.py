@@ -11,7 +11,7 @@ import torch
 
 import alexnet
 from alexnet.artifacts.checkpoint import load_checkpoint
-from alexnet.inference.evaluation import evaluate_checkpoint
+from alexnet.inference.evaluate import evaluate_checkpoint
 from alexnet.training.model_parallel import parallel_plan
 
 EQUIVALENCE = textwrap.dedent("""

@@ -13,7 +13,7 @@ from ..artifacts.loader import load_trained
 from ..config import load_config
 from ..data.sources import load_tensor_split
 from ..errors import DataNotFoundError
-from ..inference.evaluation import evaluate_checkpoint
+from ..inference.evaluate import evaluate_checkpoint
 from ..training.fit import fit
 from .report import plot_confusion, plot_curves, save_conv1_filters, write_report
 

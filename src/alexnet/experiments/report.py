@@ -128,7 +128,7 @@ def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Pat
     confusion matrix (``evaluation`` of the final weights, as `fit` returns it; evaluated again when None)."""
 
     from ..artifacts.loader import load_trained
-    from ..inference.evaluation import evaluate_checkpoint
+    from ..inference.evaluate import evaluate_checkpoint
 
     run = Path(run)
     weights = run / "last.pt"

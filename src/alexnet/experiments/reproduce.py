@@ -307,7 +307,7 @@ def _run(plan: Plan, arm: Arm, seed: int, rel: Path) -> dict[str, Any]:
 def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
     """The baseline's extra measurements of its final weights, kept in its record (the weights are not): the test
     error with the centre crop and with ten crops, and Figure 3's per-tower colour specificity."""
-    from ..inference.evaluation import evaluate_checkpoint
+    from ..inference.evaluate import evaluate_checkpoint
     from .figures import figure3
 
     weights = run / "last.pt"

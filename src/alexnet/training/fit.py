@@ -34,10 +34,11 @@ from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, TrainingInterrupted, WriteError
+from ..evaluation import StepSettings, evaluate
 from ..files import atomic_write
 from ..models import create_model, get_spec
 from . import distributed
-from .engine import StepSettings, evaluate, train_one_epoch
+from .engine import train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
 from .rundir import RunLock, claim

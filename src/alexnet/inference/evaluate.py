@@ -18,7 +18,7 @@ from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
 from ..device import pick_device, pick_precision
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
-from ..training.engine import StepSettings, evaluate
+from ..evaluation import StepSettings, evaluate
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
 
 
