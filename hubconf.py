@@ -12,7 +12,7 @@ dependencies = ["torch", "torchvision", "safetensors", "numpy"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from alexnet.models import create_model as _create_model  # noqa: E402
+from alexnet.api import create_model as _create_model  # noqa: E402
 from alexnet.models import list_models as _list_models  # noqa: E402
 
 

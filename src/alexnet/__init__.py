@@ -9,12 +9,13 @@ alexnet.Predictor.from_path("runs/demo/best.safetensors").predict(["shoe.jpg"])
 from importlib import import_module
 from typing import Any
 
-from .models import ModelInfo, create_model, get_spec, list_models, model_from_config, model_info
+from .models import ModelInfo, get_spec, list_models, model_from_config, model_info
 
 __version__ = "0.1.0"
 
 # Training, evaluation, inference and export load on first use, so `import alexnet` stays light.
 _LAZY = {
+    "create_model": "api",
     "fit": "training.fit",
     "load_config": "config",
     "evaluate_checkpoint": "inference.evaluate",
@@ -34,7 +35,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ModelInfo",
     "__version__",
-    "create_model",
     "get_spec",
     "list_models",
     "model_from_config",

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from alexnet.training.model_parallel import parallel_plan
 
 EQUIVALENCE = textwrap.dedent("""
     import json, torch, torch.distributed as dist
-    from alexnet.training.model_parallel import equivalence
+    import sys
+    sys.path.insert(0, __ROOT__)
+    from tests.training.parallel_equivalence import equivalence
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     cases = [("towers", "alexnet_paper", {}), ("hybrid", "alexnet_paper", {}), ("hybrid", "alexnet_owt", {}),
@@ -26,7 +29,7 @@ EQUIVALENCE = textwrap.dedent("""
         print("RESULT " + json.dumps(out))
     dist.barrier()  # both ranks done before either tears gloo down (an early exit can abort the other)
     dist.destroy_process_group()
-""")
+""").replace("__ROOT__", repr(str(Path(__file__).resolve().parents[2])))  # the repository, for tests.*
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 # fp32 sums the split layers in another order than the whole ones: differences of a few ulps of the values' scale.
 TOL = 1e-5

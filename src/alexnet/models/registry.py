@@ -29,10 +29,9 @@ def get_spec(name: str, **overrides: Any) -> ArchSpec:
     return apply_overrides(name, VARIANTS[name], overrides)
 
 
-def create_model(
-    name: str, *, num_classes: int | None = None, in_channels: int = 3, weights: str | None = None, **overrides: Any
-) -> nn.Module:
-    """Build a variant on the current default device (the caller moves it).
+def create_model(name: str, *, num_classes: int | None = None, in_channels: int = 3, **overrides: Any) -> nn.Module:
+    """Build a variant, randomly initialised, on the current default device (the caller moves it). With published
+    weights: `alexnet.create_model`.
 
     Args:
         name: one of `list_models()`.
@@ -47,11 +46,8 @@ def create_model(
         An `AlexNet` whose ``.config`` records how to rebuild it.
 
     Raises:
-        ValueError: for an unknown name, bad override or bad class/channel count; WeightsError: unknown weights,
-            or the download or hash check failed.
+        ValueError: for an unknown name, bad override or bad class/channel count.
     """
-    if weights is not None:
-        return _pretrained(name, weights, num_classes, in_channels, overrides)
     num_classes = 1000 if num_classes is None else num_classes
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -64,20 +60,6 @@ def create_model(
         "overrides": dict(overrides),
     }
     return model
-
-
-def _pretrained(name: str, weights: str, num_classes: int | None, in_channels: int, overrides: dict) -> nn.Module:
-    from ..artifacts.weights import get_weights, load_pretrained
-
-    entry = get_weights(weights, variant=name)
-    if entry.variant != name:
-        raise ValueError(f"the weights {entry.name} are for {entry.variant}, not {name}")
-    if overrides or in_channels != 3 or num_classes not in (None, entry.num_classes):
-        raise ValueError(f"{entry.name} has {entry.num_classes} classes, 3 input channels and its own spec: to change "
-                         "them, fine-tune (alexnet train --weights)")  # fmt: skip
-    trained = load_pretrained(entry)
-    trained.model.meta = trained.meta  # classes and preprocessing, like torchvision's weights.meta / .transforms()
-    return trained.model
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:

@@ -1,0 +1,49 @@
+"""The package's top-level API functions that span layers: a model by name, randomly initialised or with published
+weights (torchvision's ``get_model(name, weights=...)``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .artifacts.weights import get_weights, load_pretrained
+from .models import registry
+
+
+def create_model(
+    name: str, *, num_classes: int | None = None, in_channels: int = 3, weights: str | None = None, **overrides: Any
+) -> nn.Module:
+    """Build a variant on the current default device (the caller moves it).
+
+    Args:
+        name: one of `alexnet.list_models()`.
+        num_classes: size of the last layer (default 1000, or the weights' class count).
+        in_channels: image channels.
+        weights: published weights of this variant to load: a tag (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or a full
+            name from ``alexnet weights``, downloaded and verified on first use (see `alexnet.artifacts.weights`).
+            The model comes in eval mode, with the weights' classes and preprocessing as ``.meta``.
+        **overrides: spec fields to change; see ``alexnet.models.specs.OVERRIDABLE``.
+
+    Returns:
+        An `AlexNet` whose ``.config`` records how to rebuild it.
+
+    Raises:
+        ValueError: for an unknown name, bad override or bad class/channel count; WeightsError: unknown weights,
+            or the download or hash check failed.
+    """
+    if weights is None:
+        return registry.create_model(name, num_classes=num_classes, in_channels=in_channels, **overrides)
+    return _pretrained(name, weights, num_classes, in_channels, overrides)
+
+
+def _pretrained(name: str, weights: str, num_classes: int | None, in_channels: int, overrides: dict) -> nn.Module:
+    entry = get_weights(weights, variant=name)
+    if entry.variant != name:
+        raise ValueError(f"the weights {entry.name} are for {entry.variant}, not {name}")
+    if overrides or in_channels != 3 or num_classes not in (None, entry.num_classes):
+        raise ValueError(f"{entry.name} has {entry.num_classes} classes, 3 input channels and its own spec: to change "
+                         "them, fine-tune (alexnet train --weights)")  # fmt: skip
+    trained = load_pretrained(entry)
+    trained.model.meta = trained.meta  # classes and preprocessing, like torchvision's weights.meta / .transforms()
+    return trained.model
