@@ -10,8 +10,7 @@ from importlib import import_module
 from typing import Any
 
 from .models import ModelInfo, get_spec, list_models, model_from_config, model_info
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # Training, evaluation, inference and export load on first use, so `import alexnet` stays light.
 _LAZY = {

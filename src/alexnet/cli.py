@@ -699,7 +699,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="alexnet", description="AlexNet: train, evaluate, predict, export.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -331,7 +331,7 @@ class _Service:
 
     async def server_metadata(self, request: Request) -> Response:
         self.authorize(request)
-        from ... import __version__
+        from ...version import __version__
 
         return JSONResponse({"name": "alexnet", "version": __version__, "extensions": ["binary_tensor_data"]})
 
