@@ -103,25 +103,19 @@ def _splits(trained: TrainedModel, dataset: str | None, data_dir: str | None, li
     import dataclasses
 
     from ..data.config import DataConfig
-    from ..data.folder import decode_split, find_splits, list_classes, scan_folder
-    from ..data.sources import TENSOR_DATASETS, data_root, load_tensor_split
+    from ..data.sources import TENSOR_DATASETS
+    from ..data.stored import stored_split
 
     prep = trained.preprocessing
     cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()
     cfg.dataset = dataset or prep.dataset or cfg.dataset
     cfg.data_dir = data_dir or cfg.data_dir
-    if cfg.dataset in TENSOR_DATASETS:
-        splits = [load_tensor_split(cfg.dataset, cfg.data_dir, train=t, download=False) for t in (True, False)]
-    else:
-        train_dir, test_dir = find_splits(data_root(cfg.data_dir))
-        classes = list_classes(train_dir)
-        splits = []
-        for folder in (train_dir, test_dir):
-            samples, _ = scan_folder(folder, classes)
-            if limit:  # an even spread over the (class-sorted) files, so every class is represented
-                samples = samples[:: max(1, len(samples) // limit)][:limit]
-            splits.append(decode_split(samples, classes, prep.stored_size, cfg.workers, cfg.max_bad_fraction))
-    return splits
+    limit = None if cfg.dataset in TENSOR_DATASETS else limit  # tensor sets are in memory whole: only folders are cut
+    return [
+        stored_split(cfg.dataset, cfg.data_dir, train=train, size=prep.stored_size, limit=limit,
+                     pick="spread", workers=cfg.workers, max_bad_fraction=cfg.max_bad_fraction)
+        for train in (True, False)
+    ]  # fmt: skip
 
 
 def figure4(source: Path | str, out: Path | str, dataset: str | None = None, data_dir: str | None = None,

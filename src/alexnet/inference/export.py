@@ -46,7 +46,8 @@ def check_inputs_for(
     """
     from ..data.batch import stack_images
     from ..data.decode import decode_stored, expand_inputs
-    from ..data.sources import TENSOR_DATASETS, load_tensor_split
+    from ..data.sources import TENSOR_DATASETS
+    from ..data.stored import stored_split
     from ..errors import DataNotFoundError
 
     prep = trained.preprocessing
@@ -57,10 +58,10 @@ def check_inputs_for(
         return tf.eval(stack_images(stored)), f"{len(files)} given images"
     if prep.dataset in TENSOR_DATASETS:
         try:
-            split = load_tensor_split(prep.dataset, None, train=False, download=False)
+            split = stored_split(prep.dataset, None, train=False, size=prep.stored_size, limit=n)
         except DataNotFoundError:
             return None, "random inputs (the training data set is not on disk)"
-        return tf.eval(split.images[:n]), f"the first {n} {prep.dataset} test images"
+        return tf.eval(split.images), f"the first {n} {prep.dataset} test images"
     return None, "random inputs (pass --images for real ones)"
 
 

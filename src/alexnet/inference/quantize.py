@@ -21,6 +21,7 @@ from torch import nn
 
 from ..artifacts.program import Int8Model, load_torchao
 from ..artifacts.trained import ModelMeta, TrainedModel
+from ..data.stored import stored_split
 from ..errors import AlexNetError
 from ..files import atomic_write
 
@@ -52,23 +53,11 @@ def calibration_inputs(trained: TrainedModel, n: int, data_dir: str | None = Non
     Raises:
         DataNotFoundError: the data set is not on disk; AlexNetError: the model records no data set.
     """
-    from ..data.decode import decode_stored
-    from ..data.folder import find_splits, scan_folder
-    from ..data.sources import TENSOR_DATASETS, data_root, load_tensor_split
-
     prep = trained.preprocessing
     if not prep.dataset:
         raise AlexNetError(f"{trained.source} does not say which data set it was trained on: pass --dataset")
-    generator = torch.Generator().manual_seed(seed)
-    if prep.dataset in TENSOR_DATASETS:
-        split = load_tensor_split(prep.dataset, data_dir, train=True, download=False)
-        pick = torch.randperm(len(split.labels), generator=generator)[:n]
-        stored = split.images[pick]
-    else:
-        samples, _ = scan_folder(find_splits(data_root(data_dir))[0])
-        pick = torch.randperm(len(samples), generator=generator)[:n].tolist()
-        channels = trained.meta.model.in_channels
-        stored = torch.stack([decode_stored(samples[i][0], prep.stored_size, channels) for i in pick])
+    split = stored_split(prep.dataset, data_dir, train=True, size=prep.stored_size, limit=n, pick="random", seed=seed)
+    stored = split.images
     transform = prep.transform()
     return torch.cat([transform.eval(chunk) for chunk in stored.split(256)]).contiguous()
 
