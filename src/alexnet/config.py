@@ -16,11 +16,12 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .data.config import DataConfig
+from .device import PRECISIONS
 from .errors import AlexNetError, ConfigError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 NORMALIZATIONS = ("meanstd", "mean")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")

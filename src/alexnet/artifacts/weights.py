@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from ..data.batch import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import AlexNetError, CorruptCheckpointError
 from .trained import FORMAT_VERSION, ModelMeta, TrainedModel, check_finite, load_own, load_state
 
 log = logging.getLogger(__name__)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class WeightsError(AlexNetError):

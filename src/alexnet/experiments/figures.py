@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..artifacts.loader import load_trained
 from ..artifacts.trained import TrainedModel
 from ..files import save_figure
+from .report import conv1_weight
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ def figure3(source: Path | str, out: Path | str) -> dict[str, Any]:
         tower's mean over the other's; ``figure``: the PNG's path.
     """
     trained = load_trained(resolve(source))
-    conv1 = next(m for m in trained.model.modules() if isinstance(m, nn.Conv2d))
-    w = conv1.weight.detach().float().cpu()
+    w = conv1_weight(trained.model)
     if w.shape[1] != 3:
         raise ValueError(f"Figure 3 needs a colour model; this conv1 takes {w.shape[1]} channel(s)")
     groups = trained.model.spec.groups
@@ -75,11 +74,10 @@ def figure3(source: Path | str, out: Path | str) -> dict[str, Any]:
 def _plot_fig3(w: torch.Tensor, spec: torch.Tensor, groups: int, path: Path) -> Path:
     from torchvision.utils import make_grid
 
-    from .report import _pyplot
+    from .report import _pyplot, scaled_kernels
 
     plt = _pyplot()
-    lo, hi = w.amin((1, 2, 3), keepdim=True), w.amax((1, 2, 3), keepdim=True)
-    w = (w - lo) / (hi - lo).clamp_min(1e-8)  # each kernel scaled on its own, as the paper shows them
+    w = scaled_kernels(w)
     fig, axes = plt.subplots(1, groups + 1, figsize=(4 * groups + 4, 4), squeeze=False)
     for k, (part, s) in enumerate(zip(w.chunk(groups), spec.chunk(groups))):
         grid = make_grid(part, nrow=max(1, int(len(part) ** 0.5 + 0.999)), padding=1, pad_value=1.0)

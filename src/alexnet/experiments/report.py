@@ -54,16 +54,24 @@ def plot_curves(metrics_csv: Path | str, out: Path | str) -> Path:
     return Path(out)
 
 
+def conv1_weight(model: nn.Module) -> torch.Tensor:
+    """The first convolution's kernels, (out, in, k, k) fp32 on the CPU."""
+    conv1 = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return conv1.weight.detach().float().cpu()
+
+
+def scaled_kernels(w: torch.Tensor) -> torch.Tensor:
+    """Each kernel of (out, in, k, k) ``w`` min-max scaled to [0, 1] on its own, as the paper shows them."""
+    lo, hi = w.amin((1, 2, 3), keepdim=True), w.amax((1, 2, 3), keepdim=True)
+    return (w - lo) / (hi - lo).clamp_min(1e-8)
+
+
 def save_conv1_filters(model: nn.Module, out: Path | str, scale: int | None = None) -> Path:
     """conv1's kernels as an image grid, each kernel min-max scaled on its own (the paper's Figure 3).
 
     With two towers the first half of the kernels (GPU 1) fills the top rows and the second half the bottom rows.
     """
-    conv1 = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    w = conv1.weight.detach().float().cpu()  # (out, in, k, k)
-    lo = w.amin(dim=(1, 2, 3), keepdim=True)
-    hi = w.amax(dim=(1, 2, 3), keepdim=True)
-    w = (w - lo) / (hi - lo).clamp_min(1e-8)
+    w = scaled_kernels(conv1_weight(model))
     scale = scale or max(1, 48 // w.shape[-1])  # ~48 px per kernel: 11×11 → ×4, 5×5 → ×9
     w = torch.nn.functional.interpolate(w, scale_factor=scale, mode="nearest")
     # 96 kernels → 8 rows of 12: rows 1-4 are tower 1's 48 kernels, rows 5-8 tower 2's.
