@@ -25,7 +25,7 @@ import torch
 
 from ..errors import AlexNetError, CorruptCheckpointError
 from ..files import MB, read_input
-from .trained import FORMAT_VERSION, MAX_CLASSES, ModelMeta, TrainedModel, check_finite, load_state
+from .trained import MAX_CLASSES, ModelMeta, TrainedModel, check_finite, load_state
 
 log = logging.getLogger(__name__)
 CAFFE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -182,18 +182,14 @@ def convert_caffe(
         state[f"{ours_name}.bias"] = torch.from_numpy(np.ascontiguousarray(bias))
     check_finite(state, source)
     load_state(model, state, source, assign=True)
-    meta = ModelMeta.from_dict(
-        {
-            "format_version": FORMAT_VERSION,
-            "model": model.config,
-            "classes": list(classes),
-            # Caffe warps to 256×256 and crops 227; ours keeps the aspect ratio (shorter side 256, central square).
-            "data": {"stored_size": 256, "crop": 227, "input_size": 227, "mean": [m / 255 for m in mean_bgr[::-1]],
-                     "std": None, "pixel_scale": 255.0},
-            "metrics": {},
-            "provenance": {"converted_from": Path(path).name, "format": "caffemodel", **(provenance or {})},
-        },
-        source,
+    meta = ModelMeta.build(
+        model.config,
+        list(classes),
+        # Caffe warps to 256×256 and crops 227; ours keeps the aspect ratio (shorter side 256, central square).
+        {"stored_size": 256, "crop": 227, "input_size": 227, "mean": [m / 255 for m in mean_bgr[::-1]], "std": None,
+         "pixel_scale": 255.0},
+        provenance={"converted_from": Path(path).name, "format": "caffemodel", **(provenance or {})},
+        source=source,
     )  # fmt: skip
     return TrainedModel(model.eval(), meta, None, source)
 

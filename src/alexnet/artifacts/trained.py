@@ -211,6 +211,23 @@ class ModelMeta:
             raise _fail(source, "metrics and provenance must be objects")
         return cls(model, prep, tuple(classes), dict(metrics), dict(provenance), FORMAT_VERSION)
 
+    @classmethod
+    def build(
+        cls,
+        model: Any,
+        classes: Any,
+        data: Any,
+        metrics: Any = None,
+        provenance: Any = None,
+        source: str = "model metadata",
+    ) -> ModelMeta:
+        """The one way metadata is made, whoever makes it (training, checkpoints, published weights, Caffe): from
+        the model's ``.config``, its class names, its data metadata (preprocessing), metrics and provenance,
+        validated by `from_dict` as if it had been read from a file."""
+        tree = {"format_version": FORMAT_VERSION, "model": model, "classes": classes, "data": data,
+                "metrics": metrics or {}, "provenance": provenance or {}}  # fmt: skip
+        return cls.from_dict(tree, source)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
@@ -351,11 +368,7 @@ def meta_from_checkpoint(state: dict[str, Any], source: str) -> ModelMeta:
     """The artifact metadata a training checkpoint carries (its model config, classes and data metadata)."""
     history = state.get("history") or [{}]
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    tree = {
-        "model": state.get("model_config"),
-        "classes": state.get("classes"),
-        "data": state.get("data_meta"),
-        "metrics": history[-1] if isinstance(history, list) and isinstance(history[-1], dict) else {},
-        "provenance": {"recipe": config.get("recipe", "")},
-    }
-    return ModelMeta.from_dict(tree, source)
+    metrics = history[-1] if isinstance(history, list) and isinstance(history[-1], dict) else {}
+    provenance = {"recipe": config.get("recipe", "")}
+    return ModelMeta.build(state.get("model_config"), state.get("classes"), state.get("data_meta"), metrics,
+                           provenance, source)  # fmt: skip

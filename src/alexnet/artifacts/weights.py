@@ -26,7 +26,7 @@ import torch
 
 from ..data.batch import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import AlexNetError, CorruptCheckpointError
-from .trained import FORMAT_VERSION, ModelMeta, TrainedModel, check_finite, load_own, load_state
+from .trained import ModelMeta, TrainedModel, check_finite, load_own, load_state
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +81,19 @@ class Weights:
 
     def meta(self) -> ModelMeta:
         """The artifact metadata of these weights (validated like any saved model's)."""
-        return ModelMeta.from_dict(
+        return ModelMeta.build(
             {
-                "format_version": FORMAT_VERSION,
-                "model": {"variant": self.variant, "num_classes": self.num_classes, "in_channels": 3,
-                          "overrides": dict(self.overrides)},
-                "classes": self.categories(),
-                "data": {**self.preprocessing, "dataset": "imagenet"},
-                "metrics": {**self.metrics, "source": self.metrics_source},
-                "provenance": {"weights": self.name, "url": self.url, "digest": self.digest, "licence": self.licence},
+                "variant": self.variant,
+                "num_classes": self.num_classes,
+                "in_channels": 3,
+                "overrides": dict(self.overrides),
             },
+            self.categories(),
+            {**self.preprocessing, "dataset": "imagenet"},
+            {**self.metrics, "source": self.metrics_source},
+            {"weights": self.name, "url": self.url, "digest": self.digest, "licence": self.licence},
             self.name,
-        )  # fmt: skip
+        )
 
 
 def _imagenet() -> list[str]:

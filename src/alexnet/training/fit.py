@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
-from ..artifacts.trained import FORMAT_VERSION
+from ..artifacts.trained import ModelMeta
 from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
@@ -72,10 +72,8 @@ def default_out(cfg: Config) -> Path:
 def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, Any]) -> dict[str, Any]:
     """What travels with release weights (`alexnet.artifacts.trained.ModelMeta`): how to rebuild the model and
     preprocess its inputs, its classes, metrics and provenance."""
-    return {
-        "format_version": FORMAT_VERSION, "model": model.config, "classes": data.classes, "data": data.meta,
-        "metrics": metrics, "provenance": {"recipe": cfg.recipe, "model": cfg.model.name, "dataset": cfg.data.dataset},
-    }  # fmt: skip
+    provenance = {"recipe": cfg.recipe, "model": cfg.model.name, "dataset": cfg.data.dataset}
+    return ModelMeta.build(model.config, data.classes, data.meta, metrics, provenance).to_dict()
 
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
