@@ -58,8 +58,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device("cpu")
-    data = build_data(DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, batch_size=128, flip=False,
-                                 normalize="mean", mean=[0.0]), 224, device)  # fmt: skip
+    data = build_data(
+        DataConfig(
+            dataset="fashion-mnist", data_dir=args.data_dir, batch_size=128, flip=False, normalize="mean", mean=[0.0]
+        ),
+        224,
+        device,
+    )
 
     def d2l_steps():
         model = create_model("alexnet_d2l", num_classes=10, in_channels=1)

@@ -43,10 +43,16 @@ def baseline_rate(root: str, n: int, resize: int, crop: int, batch: int) -> floa
     from alexnet.data.batch import IMAGENET_MEAN, IMAGENET_STD
 
     torch.set_num_threads(1)
-    tf = transforms.Compose([
-        transforms.Resize(resize), transforms.CenterCrop(resize), transforms.RandomCrop(crop),
-        transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+    tf = transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(resize),
+            transforms.RandomCrop(crop),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     folder = datasets.ImageFolder(root, transform=tf)
 
     def run(indices: range) -> None:
@@ -65,8 +71,13 @@ def alexnet_rate(root: str, n: int, resize: int, crop: int, batch: int) -> float
     tune_cpu_allocator()  # what `alexnet train` does on a CPU
     samples, _ = scan_folder(Path(root))
     ds = FolderDataset(samples, resize)
-    tf = BatchTransform(input_size=crop, crop=crop, mean=torch.tensor(IMAGENET_MEAN).view(3, 1, 1),
-                        std=torch.tensor(IMAGENET_STD).view(3, 1, 1), flip=True)  # fmt: skip
+    tf = BatchTransform(
+        input_size=crop,
+        crop=crop,
+        mean=torch.tensor(IMAGENET_MEAN).view(3, 1, 1),
+        std=torch.tensor(IMAGENET_STD).view(3, 1, 1),
+        flip=True,
+    )
 
     def run(indices: range) -> None:
         for start in range(indices.start, indices.stop, batch):

@@ -33,8 +33,14 @@ def make_weights(path: Path) -> Path:
     from alexnet.artifacts.checkpoint import save_weights
 
     model = alexnet.create_model("alexnet_owt", num_classes=1000)
-    data = {"dataset": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "stored_size": 256,
-            "crop": 224, "input_size": 224}  # fmt: skip
+    data = {
+        "dataset": "imagenet",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "stored_size": 256,
+        "crop": 224,
+        "input_size": 224,
+    }
     save_weights(model, path, {"model": model.config, "classes": [f"c{i}" for i in range(1000)], "data": data})
     return path
 
@@ -58,12 +64,28 @@ def main() -> None:
             for i in range(1, args.n):
                 shutil.copy(folder / f"0.{ext}", folder / f"{i}.{ext}")
             began = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", CHILD, "predict", "--checkpoint", str(weights), "-b", "32",
-                                   "--json", str(folder)], capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD,
+                    "predict",
+                    "--checkpoint",
+                    str(weights),
+                    "-b",
+                    "32",
+                    "--json",
+                    str(folder),
+                ],
+                capture_output=True,
+                text=True,
+            )
             assert done.returncode == 0, done.stderr
             peak_mb = int(done.stderr.strip().splitlines()[-1]) / 1024  # kB
-            print(f"{args.n} {ext.upper()}s of {w}x{h} ({w * h / 1e6:.1f} MP), batch 32: peak RSS {peak_mb:.0f} MB, "
-                  f"{time.perf_counter() - began:.1f} s")  # fmt: skip
+            print(
+                f"{args.n} {ext.upper()}s of {w}x{h} ({w * h / 1e6:.1f} MP), batch 32: peak RSS {peak_mb:.0f} MB, "
+                f"{time.perf_counter() - began:.1f} s"
+            )
     finally:
         shutil.rmtree(tmp)
 

@@ -111,9 +111,16 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, limi
     await asyncio.gather(*(client(i) for i in range(clients)))
     wall = time.perf_counter() - began
     lat = np.array(latencies) * 1000
-    return {"requests": len(latencies), "seconds": wall, "rps": len(latencies) / wall, "codes": dict(codes),
-            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "p99_ms": float(np.percentile(lat, 99)), **marks}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "seconds": wall,
+        "rps": len(latencies) / wall,
+        "codes": dict(codes),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        **marks,
+    }
 
 
 async def overload(url: str, body: bytes, clients: int) -> dict:
@@ -132,9 +139,13 @@ async def overload(url: str, body: bytes, clients: int) -> dict:
         results = await asyncio.gather(*(one(http) for _ in range(clients)))
     codes = collections.Counter(c for c, _, _ in results)
     refused = [t * 1000 for c, _, t in results if c == 503]
-    return {"clients": clients, "codes": dict(codes), "answered": sum(isinstance(c, int) for c, _, _ in results),
-            "503_with_retry_after": sum(c == 503 and ra is not None for c, ra, _ in results),
-            "503_median_ms": float(np.median(refused)) if refused else None}  # fmt: skip
+    return {
+        "clients": clients,
+        "codes": dict(codes),
+        "answered": sum(isinstance(c, int) for c, _, _ in results),
+        "503_with_retry_after": sum(c == 503 and ra is not None for c, ra, _ in results),
+        "503_median_ms": float(np.median(refused)) if refused else None,
+    }
 
 
 def main() -> None:
@@ -168,9 +179,24 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "alexnet.cli", "serve", "--checkpoint", weights, "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue), "--max-wait-ms",
-           str(args.max_wait_ms), "--precision", args.precision]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "alexnet.cli",
+        "serve",
+        "--checkpoint",
+        weights,
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-queue",
+        str(args.max_queue),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--precision",
+        args.precision,
+    ]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.server_threads)} if args.server_threads else {})}
     server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -205,26 +231,40 @@ def main() -> None:
         server.terminate()
         code = server.wait(60)
         scratch.cleanup()
-    result = {"offline_img_s": offline, "served": served, "overload": over, "server_peak_rss_mb": peak,
-              "served_over_offline": served["rps"] / offline, "p99_over_p50": served["p99_ms"] / served["p50_ms"],
-              "sigterm_exit": code, "clients": args.clients, "precision": args.precision,
-              "threads": torch.get_num_threads()}  # fmt: skip
+    result = {
+        "offline_img_s": offline,
+        "served": served,
+        "overload": over,
+        "server_peak_rss_mb": peak,
+        "served_over_offline": served["rps"] / offline,
+        "p99_over_p50": served["p99_ms"] / served["p50_ms"],
+        "sigterm_exit": code,
+        "clients": args.clients,
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+    }
     if args.json:
         print(json.dumps(result, indent=1))
         return
     s = served
     print(f"offline predict (batches of {args.max_batch}, decode included): {offline:.1f} img/s")
-    print(f"served, {args.clients} clients, {s['seconds']:.0f} s: {s['rps']:.1f} req/s "
-          f"({100 * result['served_over_offline']:.0f}% of offline); p50 {s['p50_ms']:.0f} ms, "
-          f"p95 {s['p95_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms (p99/p50 {result['p99_over_p50']:.2f}); "
-          f"codes {s['codes']}; mean batch {s['mean_batch']:.1f}")  # fmt: skip
+    print(
+        f"served, {args.clients} clients, {s['seconds']:.0f} s: {s['rps']:.1f} req/s "
+        f"({100 * result['served_over_offline']:.0f}% of offline); p50 {s['p50_ms']:.0f} ms, "
+        f"p95 {s['p95_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms (p99/p50 {result['p99_over_p50']:.2f}); "
+        f"codes {s['codes']}; mean batch {s['mean_batch']:.1f}"
+    )
     if "rss_after_1000_mb" in s:
-        print(f"server RSS after 1,000 requests {s['rss_after_1000_mb']:.0f} MB, after {s['requests']:,}: "
-              f"{s['rss_end_mb']:.0f} MB; peak {peak:.0f} MB")  # fmt: skip
+        print(
+            f"server RSS after 1,000 requests {s['rss_after_1000_mb']:.0f} MB, after {s['requests']:,}: "
+            f"{s['rss_end_mb']:.0f} MB; peak {peak:.0f} MB"
+        )
     o = over
-    print(f"overload, {o['clients']} clients at once (queue {args.max_queue}): codes {o['codes']}, answered "
-          f"{o['answered']}/{o['clients']}, 503 with Retry-After {o['503_with_retry_after']}, median 503 in "
-          f"{o['503_median_ms'] or 0:.0f} ms; SIGTERM exit {code}")  # fmt: skip
+    print(
+        f"overload, {o['clients']} clients at once (queue {args.max_queue}): codes {o['codes']}, answered "
+        f"{o['answered']}/{o['clients']}, 503 with Retry-After {o['503_with_retry_after']}, median 503 in "
+        f"{o['503_median_ms'] or 0:.0f} ms; SIGTERM exit {code}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def main() -> None:
         return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
     met = statistics.mean(finals) >= args.target and statistics.mean(seconds) <= args.budget
-    print(f"\n{args.recipe}: final-epoch test top-1 {spread(finals)}% in {spread(seconds)} s over {args.seeds} "
-          f"seed(s); target {args.target}% in {args.budget:.0f} s: {'MET' if met else 'NOT met'}")  # fmt: skip
+    print(
+        f"\n{args.recipe}: final-epoch test top-1 {spread(finals)}% in {spread(seconds)} s over {args.seeds} "
+        f"seed(s); target {args.target}% in {args.budget:.0f} s: {'MET' if met else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

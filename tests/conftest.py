@@ -80,9 +80,18 @@ def make_weights(path: Path, name: str = "alexnet_small", num_classes: int = 4, 
     overrides = {"width": 0.25, **overrides}
     model = alexnet.create_model(name, num_classes=num_classes, in_channels=in_channels, **overrides)
     size = model.spec.input_size
-    data = {"dataset": "fake", "mean": [0.5] * in_channels, "std": [0.25] * in_channels, "stored_size": size,
-            "crop": size, "input_size": size, "pad": 0, "pixel_scale": 1.0, "mean_image": False,
-            "resize": None}  # fmt: skip
+    data = {
+        "dataset": "fake",
+        "mean": [0.5] * in_channels,
+        "std": [0.25] * in_channels,
+        "stored_size": size,
+        "crop": size,
+        "input_size": size,
+        "pad": 0,
+        "pixel_scale": 1.0,
+        "mean_image": False,
+        "resize": None,
+    }
     classes = [f"label_{i}" for i in range(num_classes)]
     save_weights(model, path, {"model": model.config, "classes": classes, "data": data, "metrics": {}})
     return path

@@ -45,8 +45,12 @@ def test_step_schedule_and_warmup_set_the_rates_they_promise(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["plateau", "onecycle"])
 def test_resume_is_bitwise_under_the_plateau_and_one_cycle_schedules(tmp_path, schedule):
-    opts = [f'optim.schedule="{schedule}"', "train.limit_train_batches=4", "train.limit_val_batches=1",
-            "optim.plateau_patience=0"]  # fmt: skip
+    opts = [
+        f'optim.schedule="{schedule}"',
+        "train.limit_train_batches=4",
+        "train.limit_val_batches=1",
+        "optim.plateau_patience=0",
+    ]
     fit(tiny_config(tmp_path / "a", "train.epochs=3", *opts))
     # Interrupted after epoch 1 of the same 3-epoch run (the one-cycle shape depends on the run's length).
     fit(tiny_config(tmp_path / "b", "train.epochs=3", "train.stop_at_train_acc1=0", *opts))
@@ -77,8 +81,24 @@ def trained(tmp_path_factory):
 def test_eval_and_predict_options(trained, tmp_path, capsys):
     from PIL import Image
 
-    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--ten-crop", "--device", "cpu", "--json",
-                 "--precision", "fp32", "--out-dir", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained / "last.pt"),
+                "--ten-crop",
+                "--device",
+                "cpu",
+                "--json",
+                "--precision",
+                "fp32",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     ten = json.loads(capsys.readouterr().out.splitlines()[0])
     assert ten["ten_crop"] is True and ten["images"] == 256 and (tmp_path / "confusion.png").is_file()
     Image.new("RGB", (40, 40), (200, 30, 60)).save(tmp_path / "a.png")
@@ -97,8 +117,12 @@ def test_eval_on_a_data_set_with_other_classes_is_refused(trained, tmp_path, cap
 
 def test_export_torchscript_through_the_cli(trained, tmp_path, capsys):
     out = tmp_path / "m.pt"
-    assert main(["export", "--checkpoint", str(trained / "best.safetensors"), "--format", "torchscript",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            ["export", "--checkpoint", str(trained / "best.safetensors"), "--format", "torchscript", "--out", str(out)]
+        )
+        == 0
+    )
     with warnings.catch_warnings():  # PyTorch deprecates TorchScript; the export exists for old deployments
         warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(str(out))
@@ -115,8 +139,19 @@ def test_stats_on_a_folder(tmp_path, capsys):
 
 
 def test_demo_with_a_tiny_limit(tmp_path, fashion_dir, capsys):
-    args = ["demo", "--out", str(tmp_path / "demo"), "--set", f'data.data_dir="{fashion_dir}"', "--set",
-            "train.epochs=1", "--set", "train.limit_train_batches=2", "--set", "train.progress=false"]  # fmt: skip
+    args = [
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--set",
+        f'data.data_dir="{fashion_dir}"',
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.limit_train_batches=2",
+        "--set",
+        "train.progress=false",
+    ]
     assert main(args) == 0
     assert "report:" in capsys.readouterr().out and (tmp_path / "demo" / "report.md").is_file()
     # The reported figures are the final epoch's, never the best-on-the-test-split epoch's.
@@ -129,9 +164,25 @@ def test_verbose_shows_the_traceback(tmp_path):
 
 
 def test_paper_fig1_sweep_through_the_cli(tmp_path, capsys):
-    args = ["paper", "fig1", "--out", str(tmp_path), "--dataset", "fake", "--precision", "fp32", "--no-progress",
-            "--max-epochs", "1", "--sweep", "0.01,0.02", "--set", "train.limit_train_batches=2",
-            "--set", "train.limit_val_batches=1"]  # fmt: skip
+    args = [
+        "paper",
+        "fig1",
+        "--out",
+        str(tmp_path),
+        "--dataset",
+        "fake",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "--max-epochs",
+        "1",
+        "--sweep",
+        "0.01,0.02",
+        "--set",
+        "train.limit_train_batches=2",
+        "--set",
+        "train.limit_val_batches=1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("relu  lr") == 2 and out.count("tanh  lr") == 2

@@ -37,9 +37,27 @@ def test_console_script_runs():
 
 
 def _train_args(out, *extra):
-    return ["train", "--recipe", "fashion-mnist", "--dataset", "fake", "--out", str(out), "--epochs", "1",
-            "--precision", "fp32", "--no-progress", "--set", "model.overrides.width=0.25",
-            "--set", "model.overrides.input_size=32", "-b", "64", *extra]  # fmt: skip
+    return [
+        "train",
+        "--recipe",
+        "fashion-mnist",
+        "--dataset",
+        "fake",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "--set",
+        "model.overrides.width=0.25",
+        "--set",
+        "model.overrides.input_size=32",
+        "-b",
+        "64",
+        *extra,
+    ]
 
 
 def test_train_then_eval(tmp_path, capsys):
@@ -59,8 +77,21 @@ def test_train_then_eval(tmp_path, capsys):
     test = json.loads(capsys.readouterr().out)
     assert test["acc1"] == pytest.approx(float(last["test_acc1"]), abs=1e-3)
     assert test["loss"] == pytest.approx(float(last["test_loss"]), abs=1e-4)
-    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", "--precision", "fp32",
-                 "--split", "val"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "run" / "last.pt"),
+                "--json",
+                "--precision",
+                "fp32",
+                "--split",
+                "val",
+            ]
+        )
+        == 0
+    )
     held = json.loads(capsys.readouterr().out)
     assert held["images"] == 102 and held["acc1"] == pytest.approx(float(last["val_acc1"]), abs=1e-3)
     assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000

@@ -15,7 +15,11 @@ def test_builtin_recipes_resolve():
 def test_paper_recipe_is_the_paper():
     cfg = load_config("paper-imagenet")
     assert (cfg.model.name, cfg.data.batch_size, cfg.optim.momentum, cfg.optim.weight_decay) == (
-        "alexnet_paper", 128, 0.9, 5e-4)  # fmt: skip
+        "alexnet_paper",
+        128,
+        0.9,
+        5e-4,
+    )
     assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.max_drops, cfg.train.epochs) == (0.01, "plateau", 3, 90)
     assert cfg.data.pca_std == 0.1 and cfg.data.ten_crop and cfg.data.resize == 256
 
@@ -23,7 +27,12 @@ def test_paper_recipe_is_the_paper():
 def test_d2l_recipe_matches_the_chapter():
     cfg = load_config("d2l-fashion-mnist")
     assert (cfg.model.name, cfg.data.batch_size, cfg.optim.lr, cfg.optim.momentum, cfg.train.epochs) == (
-        "alexnet_d2l", 128, 0.01, 0.0, 10)  # fmt: skip
+        "alexnet_d2l",
+        128,
+        0.01,
+        0.0,
+        10,
+    )
 
 
 def test_overrides_and_fields():

@@ -55,14 +55,18 @@ def test_recipes_that_are_not_tables(tmp_path, capsys):
 
 def test_bad_config_values_and_flags(tmp_path, capsys, files):
     out = str(tmp_path / "r")
-    _refused(capsys, ["train", "--dataset", "fake", "--out", out, "--set", "data.pca_eigvec=[[1, 2], [3, 4]]"],
-             "3×3 matrix")  # fmt: skip
+    _refused(
+        capsys, ["train", "--dataset", "fake", "--out", out, "--set", "data.pca_eigvec=[[1, 2], [3, 4]]"], "3×3 matrix"
+    )
     with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line usage error
         main(["stats", "--dataset", "fake", "--resize", "-5"])
     assert exit_info.value.code == 2 and "--resize: -5 must be at least 1" in capsys.readouterr().err
     (tmp_path / "feats.txt").mkdir()
-    _refused(capsys, ["features", "--weights", files["weights"], files["image"], "--out", str(tmp_path / "feats.npy")],
-             "is a directory")  # fmt: skip
+    _refused(
+        capsys,
+        ["features", "--weights", files["weights"], files["image"], "--out", str(tmp_path / "feats.npy")],
+        "is a directory",
+    )
     _refused(capsys, ["paper", "fig3", files["weights"], "--out", files["image"]], "is a file")
     (tmp_path / "text.pt").write_text("hello, not a checkpoint\n")
     _refused(capsys, ["predict", "--checkpoint", str(tmp_path / "text.pt"), files["image"]], "not a checkpoint")
@@ -97,8 +101,11 @@ def test_caffe_inputs_are_checked_before_they_cost_memory(tmp_path, capsys):
     _refused(capsys, ["convert-caffe", "/dev/zero"], "not a regular file")
     good_dims = _caffemodel(tmp_path / "ok.caffemodel", (0,))
     (tmp_path / "mean.binaryproto").write_bytes(b"\xff\xff\xff not protobuf")
-    _refused(capsys, ["convert-caffe", str(good_dims), "--mean-file", str(tmp_path / "mean.binaryproto")],
-             "not a Caffe mean file")  # fmt: skip
+    _refused(
+        capsys,
+        ["convert-caffe", str(good_dims), "--mean-file", str(tmp_path / "mean.binaryproto")],
+        "not a Caffe mean file",
+    )
     _refused(capsys, ["convert-caffe", str(good_dims), "--mean-file", "/dev/zero"], "not a regular file")
     _refused(capsys, ["convert-caffe", str(good_dims), "--classes", str(tmp_path)], "is a directory")
 
@@ -115,8 +122,11 @@ def _nested_safetensors(path, depth):
 def test_safetensors_are_checked_from_the_header(tmp_path, capsys, files):
     from safetensors.torch import load_file, save_file
 
-    _refused(capsys, ["predict", "--checkpoint", str(_nested_safetensors(tmp_path / "deep.safetensors", 50_000)),
-                      files["image"]], "not a valid alexnet safetensors")  # fmt: skip
+    _refused(
+        capsys,
+        ["predict", "--checkpoint", str(_nested_safetensors(tmp_path / "deep.safetensors", 50_000)), files["image"]],
+        "not a valid alexnet safetensors",
+    )
     tensors = load_file(files["weights"])
     from safetensors import safe_open
 
@@ -124,8 +134,11 @@ def test_safetensors_are_checked_from_the_header(tmp_path, capsys, files):
         meta = f.metadata()
     extra = dict(tensors, unused=torch.zeros(4))  # an extra tensor (of 4 GB, say) is refused before it is read
     save_file(extra, tmp_path / "extra.safetensors", metadata=meta)
-    _refused(capsys, ["predict", "--checkpoint", str(tmp_path / "extra.safetensors"), files["image"]],
-             "unexpected ['unused']")  # fmt: skip
+    _refused(
+        capsys,
+        ["predict", "--checkpoint", str(tmp_path / "extra.safetensors"), files["image"]],
+        "unexpected ['unused']",
+    )
     first = next(k for k, v in tensors.items() if v.is_floating_point())
     integer = dict(tensors, **{first: tensors[first].to(torch.int32)})
     save_file(integer, tmp_path / "int.safetensors", metadata=meta)
@@ -136,21 +149,47 @@ def test_a_class_folder_linked_to_its_parent_is_refused(tmp_path, capsys):
     root = make_folder(tmp_path / "imgs", classes=("a", "b"), per_class=3)
     for target in (".", ".."):  # train/loop -> train (its parent) or the data root: every image again, as "loop"
         os.symlink(target, root / "train" / "loop")
-        _refused(capsys, ["train", "--dataset", "folder", "--data-dir", str(root), "--out", str(tmp_path / "r"),
-                          "--epochs", "1"], "symbolic link", "revisits")  # fmt: skip
+        _refused(
+            capsys,
+            ["train", "--dataset", "folder", "--data-dir", str(root), "--out", str(tmp_path / "r"), "--epochs", "1"],
+            "symbolic link",
+            "revisits",
+        )
         os.unlink(root / "train" / "loop")
     os.symlink("/usr/share", root / "train" / "outside")
-    _refused(capsys, ["train", "--dataset", "folder", "--data-dir", str(root), "--out", str(tmp_path / "r"),
-                      "--epochs", "1"], "leaves the data root")  # fmt: skip
+    _refused(
+        capsys,
+        ["train", "--dataset", "folder", "--data-dir", str(root), "--out", str(tmp_path / "r"), "--epochs", "1"],
+        "leaves the data root",
+    )
 
 
 def test_another_model_than_the_recipes_takes_its_own_input_size(tmp_path):
     """`train --model alexnet_paper --dataset fake` with the default (Fashion-MNIST) recipe: the recipe's 28 px
     alexnet_small overrides are not applied to alexnet_paper, whose 227 px crops the data follows."""
     out = tmp_path / "r"
-    argv = ["train", "--model", "alexnet_paper", "--dataset", "fake", "--out", str(out), "--epochs", "1",
-            "--limit-train-batches", "1", "--limit-val-batches", "1", "-b", "4", "--no-progress",
-            "--set", "model.overrides.width=0.125", "--precision", "fp32"]  # fmt: skip
+    argv = [
+        "train",
+        "--model",
+        "alexnet_paper",
+        "--dataset",
+        "fake",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--limit-train-batches",
+        "1",
+        "--limit-val-batches",
+        "1",
+        "-b",
+        "4",
+        "--no-progress",
+        "--set",
+        "model.overrides.width=0.125",
+        "--precision",
+        "fp32",
+    ]
     assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["name"] == "alexnet_paper" and config["model"]["overrides"] == {"width": 0.125}

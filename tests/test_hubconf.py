@@ -31,13 +31,20 @@ def test_weights_load_through_torch_hub(tmp_path, monkeypatch):
     path = tmp_path / "owt-hub.pth"
     torch.save(model.state_dict(), path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    entry = W.register(W.Weights(
-        name="alexnet_owt.HUB_TEST", url=path.as_uri(), file_name="owt-hub.pth",
-        digest="sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(), size_mb=1.0, file_format="state_dict",
-        num_classes=3, overrides={"width": 0.25, "input_size": 64},
-        preprocessing={"stored_size": 72, "crop": 64, "input_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3},
-        categories=lambda: ["a", "b", "c"],
-    ))  # fmt: skip
+    entry = W.register(
+        W.Weights(
+            name="alexnet_owt.HUB_TEST",
+            url=path.as_uri(),
+            file_name="owt-hub.pth",
+            digest="sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
+            size_mb=1.0,
+            file_format="state_dict",
+            num_classes=3,
+            overrides={"width": 0.25, "input_size": 64},
+            preprocessing={"stored_size": 72, "crop": 64, "input_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3},
+            categories=lambda: ["a", "b", "c"],
+        )
+    )
     try:
         hub = torch.hub.load(str(REPO), "alexnet_owt", source="local", weights="HUB_TEST")
         assert not hub.training and hub.meta.classes == ("a", "b", "c")

@@ -22,15 +22,23 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
-    "errors": 0, "files": 0, "device": 0, "recipes": 0, "version": 0,
-    "models": 1, "data": 1,
+    "errors": 0,
+    "files": 0,
+    "device": 0,
+    "recipes": 0,
+    "version": 0,
+    "models": 1,
+    "data": 1,
     "config": 2,
     "artifacts": 3,
     "evaluation": 4,
-    "training": 5, "inference": 5,
+    "training": 5,
+    "inference": 5,
     "experiments": 6,
-    "": 7, "api": 7, "cli": 7,
-}  # fmt: skip
+    "": 7,
+    "api": 7,
+    "cli": 7,
+}
 
 
 def modules(src: Path = SRC) -> dict[str, Path]:
@@ -136,12 +144,14 @@ def test_every_package_has_a_layer():
     ("files", "problem"),
     [
         ({"models/registry.py": "from ..artifacts import weights\n", "artifacts/weights.py": ""}, "upward"),
-        ({"training/fit.py": "def f():\n    from ..inference.predictor import P\n", "inference/predictor.py": ""},
-         "upward"),
+        (
+            {"training/fit.py": "def f():\n    from ..inference.predictor import P\n", "inference/predictor.py": ""},
+            "upward",
+        ),
         ({"data/a.py": "from . import b\n", "data/b.py": "def f():\n    from .a import x\n"}, "cycle"),
         ({"data/a.py": "from .b import x\n", "data/b.py": "import alexnet.models.m\n", "models/m.py": ""}, None),
     ],
-)  # fmt: skip
+)
 def test_the_checks_see_what_they_should(tmp_path, files, problem):
     """The checks themselves, on small made-up packages: an upward import at module level and inside a function, a
     cycle through a function-level import, and a clean tree."""

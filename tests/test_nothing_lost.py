@@ -18,9 +18,26 @@ from alexnet.artifacts import checkpoint
 from alexnet.cli import main
 from alexnet.errors import WriteError
 
-TRAIN = ["train", "--recipe", "fashion-mnist", "--dataset", "fake", "--no-progress", "--precision", "fp32",
-         "--device", "cpu", "-b", "64", "--set", "model.overrides.width=0.25", "--set", "model.overrides.input_size=32",
-         "--limit-train-batches", "2"]  # fmt: skip
+TRAIN = [
+    "train",
+    "--recipe",
+    "fashion-mnist",
+    "--dataset",
+    "fake",
+    "--no-progress",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "-b",
+    "64",
+    "--set",
+    "model.overrides.width=0.25",
+    "--set",
+    "model.overrides.input_size=32",
+    "--limit-train-batches",
+    "2",
+]
 
 
 def _digests(run):
@@ -52,8 +69,22 @@ def test_a_new_run_into_a_finished_one_is_refused(finished_run, capsys):
 @pytest.mark.slow
 def test_a_run_directory_has_one_writer(tmp_path, capsys):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "alexnet.cli", *TRAIN, "--epochs", "50", "--out", str(out),
-                              "--limit-train-batches", "16"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "alexnet.cli",
+            *TRAIN,
+            "--epochs",
+            "50",
+            "--out",
+            str(out),
+            "--limit-train-batches",
+            "16",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (out / "metrics.csv").exists() and time.time() < deadline and first.poll() is None:

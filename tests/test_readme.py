@@ -11,8 +11,23 @@ from alexnet.cli import build_parser, main
 
 README = Path(__file__).parents[1] / "README.md"
 # Appended to a README training command: the same command in miniature on synthetic data.
-TINY = ["--dataset", "fake", "--epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1", "-b", "8",
-        "--no-progress", "--set", "data.eval_batch_size=8", "--set", "data.workers=0"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "fake",
+    "--epochs",
+    "1",
+    "--limit-train-batches",
+    "1",
+    "--limit-val-batches",
+    "1",
+    "-b",
+    "8",
+    "--no-progress",
+    "--set",
+    "data.eval_batch_size=8",
+    "--set",
+    "data.workers=0",
+]
 
 
 def readme_commands() -> list[list[str]]:

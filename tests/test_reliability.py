@@ -15,9 +15,31 @@ import torch
 
 from alexnet.artifacts.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
 
-TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnist", "--dataset", "fake",
-         "--device", "cpu", "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25",
-         "--set", "model.overrides.input_size=32", "--set", 'optim.schedule="constant"', "--lr", "0.02"]  # fmt: skip
+TRAIN = [
+    sys.executable,
+    "-m",
+    "alexnet.cli",
+    "train",
+    "--recipe",
+    "fashion-mnist",
+    "--dataset",
+    "fake",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--no-progress",
+    "-b",
+    "32",
+    "--set",
+    "model.overrides.width=0.25",
+    "--set",
+    "model.overrides.input_size=32",
+    "--set",
+    'optim.schedule="constant"',
+    "--lr",
+    "0.02",
+]
 
 
 def _metrics_rows(run):
@@ -92,7 +114,7 @@ def test_same_seed_same_weights_in_two_processes_with_workers(tmp_path, image_fo
             "data.pad=2",
             "--set",
             "data.in_memory_gb=0",
-        ]  # fmt: skip: streamed by workers
+        ]  # streamed by workers
         if name == "c":  # the other seed only needs to differ: trained in this process, no interpreter start-up
             from alexnet.cli import main
 
@@ -169,9 +191,26 @@ POISONED = textwrap.dedent("""
 def test_worker_killed_while_decoding_is_reported_by_file(tmp_path, image_folder, in_memory_gb):
     poison = image_folder / "train" / "dog" / "poison.png"
     (image_folder / "train" / "dog" / "0.png").rename(poison)
-    cmd = [sys.executable, "-c", POISONED, *TRAIN[3:], "--out", str(tmp_path / "run"), "--epochs", "1",
-           "--dataset", "folder", "--data-dir", str(image_folder), "-j", "2", "-b", "4",
-           "--set", f"data.in_memory_gb={in_memory_gb}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        POISONED,
+        *TRAIN[3:],
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(image_folder),
+        "-j",
+        "2",
+        "-b",
+        "4",
+        "--set",
+        f"data.in_memory_gb={in_memory_gb}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # no hang
     assert result.returncode != 0
     assert "DataLoader worker" in result.stderr and f"while decoding {poison}" in result.stderr, result.stderr

@@ -42,8 +42,10 @@ def _pretrained(name: str, weights: str, num_classes: int | None, in_channels: i
     if entry.variant != name:
         raise ValueError(f"the weights {entry.name} are for {entry.variant}, not {name}")
     if overrides or in_channels != 3 or num_classes not in (None, entry.num_classes):
-        raise ValueError(f"{entry.name} has {entry.num_classes} classes, 3 input channels and its own spec: to change "
-                         "them, fine-tune (alexnet train --weights)")  # fmt: skip
+        raise ValueError(
+            f"{entry.name} has {entry.num_classes} classes, 3 input channels and its own spec: to change "
+            "them, fine-tune (alexnet train --weights)"
+        )
     trained = load_pretrained(entry)
     trained.model.meta = trained.meta  # classes and preprocessing, like torchvision's weights.meta / .transforms()
     return trained.model

@@ -60,11 +60,19 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", dest="data__batch_size", type=_positive_int)
     p.add_argument("--lr", dest="optim__lr", type=float)
     p.add_argument(
-        "--scale-lr", dest="optim__lr_reference_batch", type=_positive_int, metavar="REF_BATCH",
+        "--scale-lr",
+        dest="optim__lr_reference_batch",
+        type=_positive_int,
+        metavar="REF_BATCH",
         help="linear scaling rule: lr × (batch × processes × accumulate) / REF_BATCH (the paper's lr: 128)",
-    )  # fmt: skip
-    p.add_argument("--accumulate", dest="train__accumulate", type=_positive_int, metavar="N",
-                   help="accumulate gradients over N batches per optimizer step")  # fmt: skip
+    )
+    p.add_argument(
+        "--accumulate",
+        dest="train__accumulate",
+        type=_positive_int,
+        metavar="N",
+        help="accumulate gradients over N batches per optimizer step",
+    )
     p.add_argument(
         "--sync-bn",
         dest="train__sync_bn",
@@ -77,30 +85,45 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", dest="train__seed", type=int)
     p.add_argument("--resume", dest="train__resume", help="checkpoint path, or 'auto' for OUT/last.pt")
     p.add_argument(
-        "--weights", dest="model__weights", metavar="NAME|PATH",
+        "--weights",
+        dest="model__weights",
+        metavar="NAME|PATH",
         help="start from these weights (alexnet weights lists them): their network and preprocessing; the last "
         "layer is replaced when the classes differ",
-    )  # fmt: skip
-    p.add_argument("--freeze", dest="model__freeze", metavar="features|N",
-                   help="train only what follows: every conv layer, or the first N weight layers")  # fmt: skip
+    )
     p.add_argument(
-        "--allow-changes", dest="train__allow_changes", action="store_const", const=True,
+        "--freeze",
+        dest="model__freeze",
+        metavar="features|N",
+        help="train only what follows: every conv layer, or the first N weight layers",
+    )
+    p.add_argument(
+        "--allow-changes",
+        dest="train__allow_changes",
+        action="store_const",
+        const=True,
         help="resume although batch size, learning rate, optimizer, schedule or seed differ from the checkpoint's",
-    )  # fmt: skip
+    )
     p.add_argument("--limit-train-batches", dest="train__limit_train_batches", type=_positive_int)
     p.add_argument("--limit-val-batches", dest="train__limit_val_batches", type=_positive_int)
     p.add_argument("--ten-crop", dest="data__ten_crop", action="store_const", const=True, help="10-crop validation")
     p.add_argument("--compile", dest="train__compile", action="store_const", const=True, help="torch.compile")
     p.add_argument(
-        "--parallel", dest="train__parallel", choices=PARALLEL_MODES,
+        "--parallel",
+        dest="train__parallel",
+        choices=PARALLEL_MODES,
         help="under torchrun: data (DDP, default), towers (the paper's two-GPU split), hybrid (data-parallel convs, "
         "model-parallel fc)",
-    )  # fmt: skip
+    )
     p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False)
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override any config field, e.g. --set optim.weight_decay=1e-4 --set model.overrides.width=0.5",
-    )  # fmt: skip
+    )
 
 
 def _fields(args: argparse.Namespace) -> dict:
@@ -177,10 +200,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from .inference.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, ten_crop=args.ten_crop, flip=args.flip_tta,
-        device=args.device, precision=args.precision, batch_size=args.batch_size, limit_batches=args.limit_val_batches,
-        progress=not args.json, split=args.split,
-    )  # fmt: skip
+        args.checkpoint,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        ten_crop=args.ten_crop,
+        flip=args.flip_tta,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        limit_batches=args.limit_val_batches,
+        progress=not args.json,
+        split=args.split,
+    )
     beside = Path(args.checkpoint).parent if Path(args.checkpoint).exists() else Path("runs", "eval", args.checkpoint)
     out_dir = Path(args.out_dir or beside)
     per_class = dict(zip(result["classes"], (round(a, 3) for a in result["per_class_acc"])))
@@ -190,8 +221,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**summary, "per_class_acc": per_class}), flush=True)
     else:
-        print(f"Acc@1 {summary['acc1']:.2f}  Acc@5 {summary['acc5']:.2f}  (error {summary['err1']:.2f} / "
-              f"{summary['err5']:.2f})  loss {summary['loss']:.4f}  on {summary['images']} images")  # fmt: skip
+        print(
+            f"Acc@1 {summary['acc1']:.2f}  Acc@5 {summary['acc5']:.2f}  (error {summary['err1']:.2f} / "
+            f"{summary['err5']:.2f})  loss {summary['loss']:.4f}  on {summary['images']} images"
+        )
         for name, acc in per_class.items():
             print(f"  {display_label(name):<24} {acc:6.2f}%")
         sys.stdout.flush()
@@ -228,9 +261,12 @@ def run_demo(args: argparse.Namespace) -> int:
 def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB", help="images, directories (recursive), globs")
     p.add_argument(
-        "--checkpoint", "--weights", dest="checkpoint", required=True,
+        "--checkpoint",
+        "--weights",
+        dest="checkpoint",
+        required=True,
         help="published weights (see alexnet weights), .safetensors weights, a .pt checkpoint, or an exported .onnx",
-    )  # fmt: skip
+    )
     p.add_argument("--topk", type=_positive_int, default=5)
     p.add_argument("-b", "--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-file-mb", type=float, default=64.0, help="refuse image files larger than this (MB)")
@@ -278,17 +314,20 @@ def run_export(args: argparse.Namespace) -> int:
     result = export_model(trained, args.format, args.out, check_inputs=inputs, atol=args.atol, rtol=args.rtol)
     check = result.parity
     print(f"wrote {result.path} ({result.format}); {result.note}")
-    print(f"max |{result.format} - eager| over logits on {described} {result.input_shape}: {check.max_abs:.3e} "
-          f"(allowed {check.bound:.3e}); max |prob diff| {check.max_prob:.1e}; top-1 agreement "
-          f"{100 * check.top1_agree:.0f}%")  # fmt: skip
+    print(
+        f"max |{result.format} - eager| over logits on {described} {result.input_shape}: {check.max_abs:.3e} "
+        f"(allowed {check.bound:.3e}); max |prob diff| {check.max_prob:.1e}; top-1 agreement "
+        f"{100 * check.top1_agree:.0f}%"
+    )
     return 0
 
 
 def _stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
-    p.add_argument("--resize", type=_positive_int,
-                   help="folders: shorter side resized to this before measuring (default 256)")  # fmt: skip
+    p.add_argument(
+        "--resize", type=_positive_int, help="folders: shorter side resized to this before measuring (default 256)"
+    )
     p.add_argument("-j", "--workers", type=int, default=2)
     p.add_argument("--limit-batches", type=int, help="measure only this many batches of 256 images")
 
@@ -297,14 +336,16 @@ def run_stats(args: argparse.Namespace) -> int:
     from .data.config import DataConfig
     from .data.stats import dataset_stats
 
-    cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, resize=args.resize, workers=args.workers,
-                     batch_size=256)  # fmt: skip
+    cfg = DataConfig(
+        dataset=args.dataset, data_dir=args.data_dir, resize=args.resize, workers=args.workers, batch_size=256
+    )
     stats = dataset_stats(cfg, limit_batches=args.limit_batches)
     print(json.dumps(stats, indent=2))
     keys = ("mean", "std", "pca_eigval", "pca_eigvec")
     # Single quotes keep the shell from splitting the lists at their spaces: paste as it is.
-    print("use with: " + " ".join(f"--set 'data.{k}={json.dumps(stats[k])}'" for k in keys if k in stats),
-          file=sys.stderr)  # fmt: skip
+    print(
+        "use with: " + " ".join(f"--set 'data.{k}={json.dumps(stats[k])}'" for k in keys if k in stats), file=sys.stderr
+    )
     return 0
 
 
@@ -323,16 +364,22 @@ def run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     peak = result["peak_gflops"]
-    print(f"device {result['device']}, {result['threads']} threads, torch {result['torch']}; "
-          f"GEMM peak fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s")  # fmt: skip
+    print(
+        f"device {result['device']}, {result['threads']} threads, torch {result['torch']}; "
+        f"GEMM peak fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s"
+    )
     print(f"{'case':<40} {'mode':<6} {'batch':>5} {'input':>5} {'prec':>5} {'img/s':>9} {'MFU':>6}")
     for c in result["cases"]:
-        print(f"{c['name']:<40} {c['mode']:<6} {c['batch']:>5} {c['input']:>5} {c['precision']:>5} "
-              f"{c['img_s']:>9.1f} {100 * c['mfu']:>5.1f}%")  # fmt: skip
+        print(
+            f"{c['name']:<40} {c['mode']:<6} {c['batch']:>5} {c['input']:>5} {c['precision']:>5} "
+            f"{c['img_s']:>9.1f} {100 * c['mfu']:>5.1f}%"
+        )
     for mode in ("train", "infer"):
         r = result[mode]
-        print(f"{mode}: {r['alexnet_img_s']:.1f} vs {r['baseline_img_s']:.1f} img/s = {r['speedup']:.2f}x, "
-              f"MFU {100 * r['mfu']:.1f}% (at 100% of the peak: {r['ceiling_speedup']:.2f}x)")  # fmt: skip
+        print(
+            f"{mode}: {r['alexnet_img_s']:.1f} vs {r['baseline_img_s']:.1f} img/s = {r['speedup']:.2f}x, "
+            f"MFU {100 * r['mfu']:.1f}% (at 100% of the peak: {r['ceiling_speedup']:.2f}x)"
+        )
     engines = result.get("engines")
     if engines:
         key = f"batch{engines['batch']}_img_s"
@@ -348,9 +395,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _paper(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=["fig1", "fig3", "fig4"],
-                   help="fig1: ReLU against tanh on CIFAR-10 (Figure 1, §3.1); fig3: conv1 kernels and the towers' "
-                   "colour specialisation; fig4: top-5 and nearest training images in fc7 space")  # fmt: skip
+    p.add_argument(
+        "experiment",
+        choices=["fig1", "fig3", "fig4"],
+        help="fig1: ReLU against tanh on CIFAR-10 (Figure 1, §3.1); fig3: conv1 kernels and the towers' "
+        "colour specialisation; fig4: top-5 and nearest training images in fc7 space",
+    )
     p.add_argument("source", nargs="?", help="fig3, fig4: a run directory, weights or a checkpoint")
     p.add_argument("--out", help="where the runs and figures go (default runs/fig1, or beside the source)")
     p.add_argument("--queries", type=_positive_int, default=5, help="fig4: test images shown")
@@ -380,8 +430,10 @@ def run_paper(args: argparse.Namespace) -> int:
             print(f"{r['unit']:<5} lr {r['lr']:<8g} diverged (non-finite loss)")
             continue
         reached = f"{r['epochs']} epochs" if r["epochs"] else f"not within {len(r['train_error'])} epochs"
-        print(f"{r['unit']:<5} lr {r['lr']:<8g} {args.target:g}% training error: {reached} "
-              f"(final {r['train_error'][-1]:.1f}%, {r['seconds']:.0f} s)")  # fmt: skip
+        print(
+            f"{r['unit']:<5} lr {r['lr']:<8g} {args.target:g}% training error: {reached} "
+            f"(final {r['train_error'][-1]:.1f}%, {r['seconds']:.0f} s)"
+        )
     relu, tanh = result["best"]["relu"], result["best"]["tanh"]
 
     def reached(run: dict) -> str:
@@ -389,8 +441,10 @@ def run_paper(args: argparse.Namespace) -> int:
 
     verdict = f"ReLU {result['speedup']}x faster" if result["speedup"] else "no speed-up measured: a unit never "
     verdict += "" if result["speedup"] else "reached the target (raise --max-epochs or --target)"
-    print(f"ReLU (lr {relu['lr']:g}) {reached(relu)}, tanh (lr {tanh['lr']:g}) {reached(tanh)}: {verdict}; "
-          f"the paper: about 6x. {args.out}/fig1.json, fig1.png")  # fmt: skip
+    print(
+        f"ReLU (lr {relu['lr']:g}) {reached(relu)}, tanh (lr {tanh['lr']:g}) {reached(tanh)}: {verdict}; "
+        f"the paper: about 6x. {args.out}/fig1.json, fig1.png"
+    )
     return 0
 
 
@@ -417,16 +471,26 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", dest="train__device")
     p.add_argument("--precision", dest="train__precision", choices=PRECISIONS)
     p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="applied to every run")  # fmt: skip
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="applied to every run"
+    )
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from .experiments.reproduce import reproduce
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
-    results = reproduce(args.out, args.budget, args.seeds, only, args.cifar_dir, args.fashion_dir, args.overrides,
-                        args.records, **_fields(args))  # fmt: skip
+    results = reproduce(
+        args.out,
+        args.budget,
+        args.seeds,
+        only,
+        args.cifar_dir,
+        args.fashion_dir,
+        args.overrides,
+        args.records,
+        **_fields(args),
+    )
     for name, r in results.items():
         print(f"{name:<13} {r['text']:<30} {r['verdict']}")
     print(f"report: {args.records or args.out}/report.md")
@@ -471,19 +535,25 @@ def _run_figure(args: argparse.Namespace) -> int:
     if args.experiment == "fig3":
         result = figure3(args.source, out)
         for t in result["towers"]:
-            print(f"tower {t['tower']}: {t['kernels']} conv1 kernels, colour specificity mean {t['mean']:.3f} "
-                  f"(median {t['median']:.3f})")  # fmt: skip
+            print(
+                f"tower {t['tower']}: {t['kernels']} conv1 kernels, colour specificity mean {t['mean']:.3f} "
+                f"(median {t['median']:.3f})"
+            )
         if result["ratio"]:
-            print(f"the more colourful tower: {result['ratio']}x the other's mean (the paper: one tower largely "
-                  "colour-agnostic, the other largely colour-specific)")  # fmt: skip
+            print(
+                f"the more colourful tower: {result['ratio']}x the other's mean (the paper: one tower largely "
+                "colour-agnostic, the other largely colour-specific)"
+            )
     else:
         result = figure4(args.source, out, args.data__dataset, args.data__data_dir, args.queries, limit=args.limit)
         for q in result["queries"]:
             top = ", ".join(f"{name} {100 * p:.0f}%" for name, p in q["top5"])
             print(f"true {q['true']}: {top}; nearest: {', '.join(q['neighbour_classes'])}")
         precision, chance = 100 * result["retrieval_precision"], 100 * result["chance_precision"]
-        print(f"fc7 retrieval precision@{result['k']}: {precision:.1f}% over {result['retrieval_queries']} test "
-              f"images (chance {chance:.1f}%)")  # fmt: skip
+        print(
+            f"fc7 retrieval precision@{result['k']}: {precision:.1f}% over {result['retrieval_queries']} test "
+            f"images (chance {chance:.1f}%)"
+        )
     from .files import write_text
 
     write_text(Path(out, f"{args.experiment}.json"), json.dumps(result, indent=1))
@@ -526,9 +596,18 @@ def run_weights(args: argparse.Namespace) -> int:
     from .artifacts.weights import is_cached, list_weights
 
     for w in list_weights():
-        row = {"name": w.name, "acc1": w.metrics.get("acc1"), "acc5": w.metrics.get("acc5"), "size_mb": w.size_mb,
-               "cached": is_cached(w), "path": str(w.cache_path()), "url": w.url, "digest": w.digest,
-               "licence": w.licence, "metrics_source": w.metrics_source}  # fmt: skip
+        row = {
+            "name": w.name,
+            "acc1": w.metrics.get("acc1"),
+            "acc5": w.metrics.get("acc5"),
+            "size_mb": w.size_mb,
+            "cached": is_cached(w),
+            "path": str(w.cache_path()),
+            "url": w.url,
+            "digest": w.digest,
+            "licence": w.licence,
+            "metrics_source": w.metrics_source,
+        }
         if args.json:
             print(json.dumps(row))
         else:
@@ -559,8 +638,10 @@ def run_convert_caffe(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.caffemodel).with_suffix(".safetensors"))
     save_weights(trained.model, out, trained.meta.to_dict())
     spec = trained.meta.model
-    print(f"wrote {out}: {spec.variant} {spec.overrides}, {spec.num_classes} classes, BGR means "
-          f"{tuple(round(m, 2) for m in mean)}")  # fmt: skip
+    print(
+        f"wrote {out}: {spec.variant} {spec.overrides}, {spec.num_classes} classes, BGR means "
+        f"{tuple(round(m, 2) for m in mean)}"
+    )
     return 0
 
 
@@ -577,8 +658,12 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="required on every endpoint but health checks (default $ALEXNET_API_KEY)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request body, else 408")
     p.add_argument("--head-timeout", type=float, default=10.0, help="seconds to receive a request's headers, else 408")
-    p.add_argument("--decode-budget-mp", type=float, default=100.0,
-                   help="megapixels decoding at once, all requests (bounds memory; larger images: 413)")  # fmt: skip
+    p.add_argument(
+        "--decode-budget-mp",
+        type=float,
+        default=100.0,
+        help="megapixels decoding at once, all requests (bounds memory; larger images: 413)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
 
@@ -616,8 +701,12 @@ def _quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_positive_int, default=64, help="the batch size the program is compiled for")
     p.add_argument("--data-dir", help="where the model's data set is (default: as training found it)")
     p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
-    p.add_argument("--no-autotune", dest="autotune", action="store_false",
-                   help="compile without timing GEMM templates (faster to load, slower at batch 1)")  # fmt: skip
+    p.add_argument(
+        "--no-autotune",
+        dest="autotune",
+        action="store_false",
+        help="compile without timing GEMM templates (faster to load, slower at batch 1)",
+    )
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -645,9 +734,11 @@ def run_quantize(args: argparse.Namespace) -> int:
     check = calibration_inputs(trained, min(256, args.calibration), args.data_dir, args.seed + 1)
     with torch.no_grad():
         agree = (int8.model(check).argmax(1) == trained.model.float()(check).argmax(1)).float().mean().item()
-    print(f"wrote {args.out}: int8, calibrated on {len(calibration)} training images of "
-          f"{trained.preprocessing.dataset}, batch {args.batch}, in {time.perf_counter() - began:.0f} s; top-1 "
-          f"agreement with fp32 on {len(check)} other training images {100 * agree:.1f}%")  # fmt: skip
+    print(
+        f"wrote {args.out}: int8, calibrated on {len(calibration)} training images of "
+        f"{trained.preprocessing.dataset}, batch {args.batch}, in {time.perf_counter() - began:.0f} s; top-1 "
+        f"agreement with fp32 on {len(check)} other training images {100 * agree:.1f}%"
+    )
     return 0
 
 

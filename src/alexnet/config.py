@@ -167,9 +167,10 @@ class Config:
         if eigval is not None and not (len(eigval) == 3 and all(isinstance(v, numbers) for v in eigval)):
             raise ConfigError(f"data.pca_eigval={eigval!r} must be 3 numbers (one per RGB channel)")
         if eigvec is not None and not (
-            len(eigvec) == 3 and all(isinstance(r, list) and len(r) == 3 for r in eigvec)
+            len(eigvec) == 3
+            and all(isinstance(r, list) and len(r) == 3 for r in eigvec)
             and all(isinstance(v, numbers) for r in eigvec for v in r)
-        ):  # fmt: skip
+        ):
             raise ConfigError(f"data.pca_eigvec={eigvec!r} must be a 3×3 matrix (eigenvectors as columns, RGB)")
         betas = self.optim.betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
@@ -264,8 +265,12 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None, *
     if chosen and chosen != config.model.name and config.model.overrides:
         # The recipe's overrides (input size, width...) were chosen for its own model: another model gets its own
         # defaults, so its input size sets the data's crop (alexnet_paper on 32 px data: 227 px crops, resized).
-        log.info("model %s replaces the recipe's %s: its overrides %s are not applied", chosen, config.model.name,
-                 config.model.overrides)  # fmt: skip
+        log.info(
+            "model %s replaces the recipe's %s: its overrides %s are not applied",
+            chosen,
+            config.model.name,
+            config.model.overrides,
+        )
         config.model.overrides = {}
     tree: dict[str, dict[str, Any]] = {}
     for item in overrides or []:

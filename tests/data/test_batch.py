@@ -39,8 +39,15 @@ def test_flips_happen_about_half_the_time_and_are_mirrors():
 
 def test_same_step_same_augmentation_other_step_differs():
     x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
-    tf = _tf(input_size=8, crop=8, pad=2, flip=True, pca_std=0.1,
-             eigval=torch.tensor(IMAGENET_EIGVAL), eigvec=torch.tensor(IMAGENET_EIGVEC))  # fmt: skip
+    tf = _tf(
+        input_size=8,
+        crop=8,
+        pad=2,
+        flip=True,
+        pca_std=0.1,
+        eigval=torch.tensor(IMAGENET_EIGVAL),
+        eigvec=torch.tensor(IMAGENET_EIGVEC),
+    )
     a = tf.train(x, step_generator(0, 1, 5))
     assert torch.equal(a, tf.train(x, step_generator(0, 1, 5)))
     assert not torch.equal(a, tf.train(x, step_generator(0, 1, 6)))

@@ -43,8 +43,9 @@ def test_folder_errors(tmp_path):
 def test_bad_files_are_skipped_and_counted_then_stop_the_run(tmp_path, caplog):
     make_folder(tmp_path, per_class=10)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")
-    cfg = DataConfig(dataset="folder", data_dir=str(tmp_path), batch_size=31, workers=0, max_bad_fraction=0.05,
-                     in_memory_gb=0)  # fmt: skip
+    cfg = DataConfig(
+        dataset="folder", data_dir=str(tmp_path), batch_size=31, workers=0, max_bad_fraction=0.05, in_memory_gb=0
+    )
     data = build_data(cfg, 16, torch.device("cpu"))
     seen = sum(len(y) for _, y in data.train.batches(0))
     assert seen == 30 and data.train.bad == 1  # 31 files in one batch of 31, one of them bad
@@ -93,8 +94,10 @@ def test_small_folders_are_decoded_once_into_memory_skipping_bad_files(tmp_path,
         build_data(dataclasses.replace(cfg, max_bad_fraction=0.001), 16, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("template", ["DataLoader worker (pid {}) is killed by signal: Killed.",
-                                      "DataLoader worker (pid(s) {}) exited unexpectedly"])  # fmt: skip
+@pytest.mark.parametrize(
+    "template",
+    ["DataLoader worker (pid {}) is killed by signal: Killed.", "DataLoader worker (pid(s) {}) exited unexpectedly"],
+)
 def test_a_dead_worker_is_named_by_its_file(template):
     from types import SimpleNamespace
 
@@ -106,8 +109,10 @@ def test_a_dead_worker_is_named_by_its_file(template):
     tracker.start(1, "/data/poison.jpg")
     tracker.pids[0], tracker.pids[1] = 1111, 2222  # two live workers, as two processes would record themselves
     loader = SimpleNamespace(tracker=tracker)
-    with pytest.raises(DataWorkerError, match=r"while decoding /data/poison\.jpg; remove") as err, \
-            reporting_worker_crashes(loader):  # fmt: skip
+    with (
+        pytest.raises(DataWorkerError, match=r"while decoding /data/poison\.jpg; remove") as err,
+        reporting_worker_crashes(loader),
+    ):
         raise RuntimeError(template.format(2222))
     assert "fine.jpg" not in str(err.value)
     with pytest.raises(ValueError), reporting_worker_crashes(loader):

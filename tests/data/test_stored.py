@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from alexnet.data.stored import stored_split
 from tests.conftest import make_folder
 

@@ -53,8 +53,24 @@ def test_fig4_neighbours_and_retrieval_precision(two_tower_run, capsys):
 
 def test_every_train_run_writes_a_report_and_report_rebuilds_it(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--dataset", "fake", "--epochs", "1", "--limit-train-batches", "3", "-b", "16", "--no-progress",
-            "--precision", "fp32", "--set", "model.overrides.width=0.25", "--out", str(out)]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "fake",
+        "--epochs",
+        "1",
+        "--limit-train-batches",
+        "3",
+        "-b",
+        "16",
+        "--no-progress",
+        "--precision",
+        "fp32",
+        "--set",
+        "model.overrides.width=0.25",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     report = (out / "report.md").read_text()
     assert "## Test split" in report and "class_9" in report and "test top-1 (%), after the last epoch" in report

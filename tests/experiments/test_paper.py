@@ -30,8 +30,12 @@ def test_figure1_trains_both_units_and_writes_the_figure(tmp_path):
     # On the fixture data at lr 0.01, ReLU is at 44.7% training error after epoch 2; tanh only reaches 54.7% at
     # epoch 4: a 60% target separates them (a target both meet at epoch 1 would make any code pass).
     result = figure1(tmp_path / "fig1", FAST, sweep=[0.01, 1e6], target=60.0, max_epochs=4)
-    assert [(r["unit"], r["lr"]) for r in result["runs"]] == [("relu", 0.01), ("relu", 1e6), ("tanh", 0.01),
-                                                                ("tanh", 1e6)]  # fmt: skip
+    assert [(r["unit"], r["lr"]) for r in result["runs"]] == [
+        ("relu", 0.01),
+        ("relu", 1e6),
+        ("tanh", 0.01),
+        ("tanh", 1e6),
+    ]
     relu_diverged = next(r for r in result["runs"] if r["unit"] == "relu" and r["lr"] == 1e6)
     assert relu_diverged["diverged"] and relu_diverged["epochs"] is None  # a sweep survives a diverging rate
     epochs = {(r["unit"], r["lr"]): r["epochs"] for r in result["runs"]}
@@ -44,8 +48,23 @@ def test_figure1_trains_both_units_and_writes_the_figure(tmp_path):
 
 
 def test_paper_command(tmp_path, capsys):
-    args = ["paper", "fig1", "--out", str(tmp_path), "--dataset", "fake", "--precision", "fp32", "--no-progress",
-            "--max-epochs", "1", "--target", "95", "--set", "train.limit_train_batches=4"]  # fmt: skip
+    args = [
+        "paper",
+        "fig1",
+        "--out",
+        str(tmp_path),
+        "--dataset",
+        "fake",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "--max-epochs",
+        "1",
+        "--target",
+        "95",
+        "--set",
+        "train.limit_train_batches=4",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"relu  lr {FIG1_LRS['relu']:<8g}" in out and f"tanh  lr {FIG1_LRS['tanh']:<8g}" in out

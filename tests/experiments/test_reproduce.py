@@ -11,9 +11,23 @@ from alexnet.cli import main
 from alexnet.experiments import claims
 from alexnet.experiments.reproduce import BUDGETS
 
-TINY = ["--dataset", "fake", "--no-progress", "--precision", "fp32", "--set", "train.epochs=1",
-        "--set", "train.limit_train_batches=2", "--set", "train.limit_val_batches=1", "--set", "data.batch_size=16",
-        "--set", "data.eval_batch_size=64"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "fake",
+    "--no-progress",
+    "--precision",
+    "fp32",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.limit_train_batches=2",
+    "--set",
+    "train.limit_val_batches=1",
+    "--set",
+    "data.batch_size=16",
+    "--set",
+    "data.eval_batch_size=64",
+]
 
 
 @pytest.mark.slow
@@ -22,8 +36,25 @@ def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp
     # One experiment of each kind: error (with the shared baseline), epochs, converge, paired; and lrn_cifar.
     names = ["relu_tanh", "lrn_cifar", "lrn", "dropout", "ten_crop"]
     assert set(names) <= {e.name for e in BUDGETS["cpu"]().experiments}
-    assert main(["reproduce", "--budget", "cpu", "--out", str(out), "--records", str(records), "--seeds", "2",
-                 "--only", ",".join(names), *TINY]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "reproduce",
+                "--budget",
+                "cpu",
+                "--out",
+                str(out),
+                "--records",
+                str(records),
+                "--seeds",
+                "2",
+                "--only",
+                ",".join(names),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     report = (records / "report.md").read_text()
     for name in names:
         assert f"| **{name}** (" in report

@@ -87,8 +87,9 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, gr
     k = w.shape[-1]
     win = sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]  # (C, H', W', k, k)
     cin, cout = x.shape[0] // group, w.shape[0] // group
-    outs = [np.einsum("chwij,ocij->ohw", win[g * cin : (g + 1) * cin], w[g * cout : (g + 1) * cout])
-            for g in range(group)]  # fmt: skip
+    outs = [
+        np.einsum("chwij,ocij->ohw", win[g * cin : (g + 1) * cin], w[g * cout : (g + 1) * cout]) for g in range(group)
+    ]
     return np.concatenate(outs) + b[:, None, None]
 
 

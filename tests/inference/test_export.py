@@ -37,14 +37,40 @@ def test_cli_export_and_onnx_predict_matches_pytorch(tmp_path, weights, capsys):
     assert main(["predict", "--checkpoint", str(out), "--json", str(paths[0])]) == 0
     assert "topk" in json.loads(capsys.readouterr().out)
     pt2 = tmp_path / "m.pt2"
-    assert main(["export", "--checkpoint", str(weights), "--format", "exported-program", "--out", str(pt2),
-                 "--images", str(tmp_path / "imgs")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(weights),
+                "--format",
+                "exported-program",
+                "--out",
+                str(pt2),
+                "--images",
+                str(tmp_path / "imgs"),
+            ]
+        )
+        == 0
+    )
     assert "on 4 given images (4, 3, 32, 32)" in capsys.readouterr().out
 
 
 def test_export_errors(tmp_path, weights, capsys):
-    assert main(["export", "--checkpoint", str(tmp_path / "none.safetensors"), "--format", "onnx",
-                 "--out", str(tmp_path / "x.onnx")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(tmp_path / "none.safetensors"),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "x.onnx"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "fake.onnx").write_bytes(b"not onnx")
     image = _images(tmp_path / "imgs")[0]

@@ -131,8 +131,14 @@ PT2_ATTACKS = {
     "sympy expression": (_sympy_expression, "not plain arithmetic"),
     "foreign operator": (_foreign_operator, "torch.os.makedirs"),
 }
-RUN_BY_TORCH = ("sample inputs", "use_pickle weight", "legacy weights file", "opaque constant", "guard code",
-                "sympy expression")  # fmt: skip
+RUN_BY_TORCH = (
+    "sample inputs",
+    "use_pickle weight",
+    "legacy weights file",
+    "opaque constant",
+    "guard code",
+    "sympy expression",
+)
 
 
 @pytest.mark.parametrize("attack", list(PT2_ATTACKS))
@@ -173,8 +179,13 @@ def test_a_genuine_program_passes_the_guard(program):
 @pytest.mark.parametrize("name", alexnet.list_models())
 def test_every_variant_exports_only_allowed_operators(name):
     """The guard's operator list covers what every variant exports to, with each norm, activation and pooling."""
-    for overrides in ({}, {"norm": "lrn"}, {"norm": "batch"}, {"norm": "none", "activation": "tanh"},
-                      {"groups": 1, "pool": "non_overlapping", "dropout_position": "before"}):  # fmt: skip
+    for overrides in (
+        {},
+        {"norm": "lrn"},
+        {"norm": "batch"},
+        {"norm": "none", "activation": "tanh"},
+        {"groups": 1, "pool": "non_overlapping", "dropout_position": "before"},
+    ):
         try:
             model = alexnet.create_model(name, num_classes=3, width=0.25, **overrides).eval()
         except ValueError:
@@ -198,18 +209,22 @@ def test_a_pickle_in_every_other_format_never_runs(tmp_path, capsys):
     from safetensors.torch import save_file
 
     cases["safetensors"] = tmp_path / "evil.safetensors"
-    save_file({"w": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, cases["safetensors"],
-              metadata={"alexnet": payload.decode("latin-1")})  # fmt: skip
+    save_file(
+        {"w": torch.frombuffer(bytearray(payload), dtype=torch.uint8)},
+        cases["safetensors"],
+        metadata={"alexnet": payload.decode("latin-1")},
+    )
     cases["caffemodel"] = tmp_path / "evil.caffemodel"
     cases["caffemodel"].write_bytes(payload)
     cases["registry .pth"] = tmp_path / "evil.pth"
     cases["registry .pth"].write_bytes(_pickled({"features.0.weight": _Payload(str(marker))}))
     onnx = pytest.importorskip("onnx")
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["images"], ["logits"])], "g",
+        [onnx.helper.make_node("Identity", ["images"], ["logits"])],
+        "g",
         [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3])],
         [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3])],
-    )  # fmt: skip
+    )
     model = onnx.helper.make_model(graph)
     model.metadata_props.add(key="alexnet", value=payload.decode("latin-1"))
     cases["onnx"] = tmp_path / "evil.onnx"

@@ -30,8 +30,9 @@ def test_predict_paths_pil_and_tensors_agree(tmp_path, weights):
     paths = _images(tmp_path / "imgs")
     by_path = predictor.predict(paths, topk=3)
     by_pil = predictor.predict([Image.open(p) for p in paths], topk=3)
-    by_tensor = predictor.predict([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
-                                   for p in paths], topk=3)  # fmt: skip
+    by_tensor = predictor.predict(
+        [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths], topk=3
+    )
     for a, b, c in zip(by_path, by_pil, by_tensor):
         assert a.error is None and len(a.topk) == 3
         assert [t[0] for t in a.topk] == [t[0] for t in b.topk] == [t[0] for t in c.topk]
@@ -55,8 +56,7 @@ def test_batching_does_not_change_results(tmp_path, weights):
 
 
 def test_grayscale_model_takes_colour_photos(tmp_path):
-    weights = make_weights(tmp_path / "gray.safetensors", in_channels=1, num_classes=10,
-                           input_size=28)  # fmt: skip
+    weights = make_weights(tmp_path / "gray.safetensors", in_channels=1, num_classes=10, input_size=28)
     predictor = Predictor.from_path(weights)
     path = _images(tmp_path / "imgs")[0]
     (pred,) = predictor.predict([path], topk=10)
@@ -104,8 +104,10 @@ def test_ten_crop_prediction(tmp_path, weights):
     stored = torch.stack([predictor.stored(p) for p in paths])
     tf, s, c = predictor.transform, stored.shape[-1], predictor.transform.crop
     for i, pred in enumerate(ten):
-        crops = [stored[i, :, y : y + c, x : x + c] for y, x in [(0, 0), (0, s - c), (s - c, 0), (s - c, s - c),
-                                                                 ((s - c) // 2, (s - c) // 2)]]  # fmt: skip
+        crops = [
+            stored[i, :, y : y + c, x : x + c]
+            for y, x in [(0, 0), (0, s - c), (s - c, 0), (s - c, s - c), ((s - c) // 2, (s - c) // 2)]
+        ]
         crops += [crop.flip(-1) for crop in crops]
         with torch.no_grad():
             probs = predictor.model(tf._normalize(torch.stack(crops), tf.mean)).softmax(1).mean(0)
@@ -132,15 +134,26 @@ def test_fifo_empty_argument_empty_glob_and_urls(tmp_path, weights, capsys):
     good = _images(tmp_path / "imgs")
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)  # reading it would block forever
-    args = ["predict", "--checkpoint", str(weights), "--json", str(good[0]), str(fifo), "https://x.test/a.jpg",
-            str(good[1])]  # fmt: skip
+    args = [
+        "predict",
+        "--checkpoint",
+        str(weights),
+        "--json",
+        str(good[0]),
+        str(fifo),
+        "https://x.test/a.jpg",
+        str(good[1]),
+    ]
     assert main(args) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in lines] == [str(good[0]), str(fifo), "https://x.test/a.jpg", str(good[1])]  # input order
     assert "not a regular file" in lines[1]["error"] and "URLs are not read" in lines[2]["error"]
     assert "topk" in lines[0] and "topk" in lines[3]
-    for bad, message in [("", "an input is empty"), (str(tmp_path / "none*.png"), "matches no file"),
-                         (str(tmp_path / "imgs" / "sub"), "holds no image files")]:  # fmt: skip
+    for bad, message in [
+        ("", "an input is empty"),
+        (str(tmp_path / "none*.png"), "matches no file"),
+        (str(tmp_path / "imgs" / "sub"), "holds no image files"),
+    ]:
         (tmp_path / "imgs" / "sub").mkdir(exist_ok=True)
         assert main(["predict", "--checkpoint", str(weights), bad]) == 2
         err = capsys.readouterr().err

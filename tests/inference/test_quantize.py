@@ -26,8 +26,23 @@ def trained_run(tmp_path_factory):
 
 def test_quantize_writes_an_int8_program_that_loads_and_agrees(trained_run, tmp_path, capsys):
     weights, program = trained_run / "best.safetensors", tmp_path / "int8.pt2"
-    assert main(["quantize", "--checkpoint", str(weights), "--out", str(program), "--calibration", "128",
-                 "--batch", "32", "--no-autotune"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "quantize",
+                "--checkpoint",
+                str(weights),
+                "--out",
+                str(program),
+                "--calibration",
+                "128",
+                "--batch",
+                "32",
+                "--no-autotune",
+            ]
+        )
+        == 0
+    )
     assert "calibrated on 128 training images of fake" in capsys.readouterr().out
     int8, fp32 = load_trained(program), load_trained(weights)
     assert is_int8(int8) and isinstance(int8.model, Int8Model) and int8.classes == fp32.classes
@@ -43,8 +58,11 @@ def test_quantize_writes_an_int8_program_that_loads_and_agrees(trained_run, tmp_
 
     assert main(["predict", "--checkpoint", str(program), "--json", str(tmp_path)]) == 2  # no image: a clear error
     results = {}
-    for name, args in (("fp32", [str(weights), "--precision", "fp32"]), ("int8", [str(program)]),
-                       ("fly", [str(weights), "--precision", "int8"])):  # fmt: skip
+    for name, args in (
+        ("fp32", [str(weights), "--precision", "fp32"]),
+        ("int8", [str(program)]),
+        ("fly", [str(weights), "--precision", "int8"]),
+    ):
         assert main(["eval", "--checkpoint", *args, "--json", "--out-dir", str(tmp_path / name)]) == 0
         results[name] = json.loads(capsys.readouterr().out.splitlines()[0])
     assert results["fp32"]["images"] == results["int8"]["images"] == results["fly"]["images"]

@@ -38,9 +38,17 @@ def _free_port() -> int:
 def _weights(path: Path, variant: str, size: int, **overrides) -> Path:
     torch.manual_seed(0)
     model = alexnet.create_model(variant, num_classes=len(CLASSES), **overrides)
-    meta = {"model": model.config, "classes": CLASSES,
-            "data": {"stored_size": size + size // 8, "crop": size, "input_size": size, "mean": [0.5, 0.45, 0.4],
-                     "std": [0.25, 0.25, 0.25]}}  # fmt: skip
+    meta = {
+        "model": model.config,
+        "classes": CLASSES,
+        "data": {
+            "stored_size": size + size // 8,
+            "crop": size,
+            "input_size": size,
+            "mean": [0.5, 0.45, 0.4],
+            "std": [0.25, 0.25, 0.25],
+        },
+    }
     save_weights(model, path, meta)
     return path
 
@@ -58,8 +66,19 @@ class Server:
     def __init__(self, weights: Path, *flags: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "alexnet.cli", "serve", "--checkpoint", str(weights), "--port", str(self.port),
-               "--precision", "fp32", *flags]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "alexnet.cli",
+            "serve",
+            "--checkpoint",
+            str(weights),
+            "--port",
+            str(self.port),
+            "--precision",
+            "fp32",
+            *flags,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -81,8 +100,11 @@ class Server:
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     # torchvision's AlexNet at 224 px: slow enough (tens of ms per image) for a small queue to fill.
-    return {"owt": _weights(root / "owt.safetensors", "alexnet_owt", 224), "root": root,
-            "small": _weights(root / "small.safetensors", "alexnet_small", 32, width=0.25)}  # fmt: skip
+    return {
+        "owt": _weights(root / "owt.safetensors", "alexnet_owt", 224),
+        "root": root,
+        "small": _weights(root / "small.safetensors", "alexnet_small", 32, width=0.25),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +151,9 @@ def test_classify_and_the_v2_endpoints(server):
 
     import base64
 
-    infer = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                         "data": [base64.b64encode(image).decode()]}]}  # fmt: skip
+    infer = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}]
+    }
     out = httpx.post(f"{server.url}/v2/models/owt/infer", json=infer).json()["outputs"]
     probs = next(o for o in out if o["name"] == "probabilities")["data"]
     assert CLASSES[int(np.argmax(probs))] == body["classes"][0]
@@ -160,16 +183,22 @@ def test_limits_answer_4xx_never_5xx_and_the_server_goes_on(server):
     host = f"Host: 127.0.0.1:{server.port}\r\n".encode()
     # 413 from the Content-Length alone: the 100 MB are never sent, and the reply does not wait for them.
     began = time.perf_counter()
-    status, _ = _raw(server.port, b"POST /v1/classify HTTP/1.1\r\n" + host +
-                     b"Content-Type: image/png\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000)  # fmt: skip
+    status, _ = _raw(
+        server.port,
+        b"POST /v1/classify HTTP/1.1\r\n"
+        + host
+        + b"Content-Type: image/png\r\nContent-Length: 100000000\r\n\r\n"
+        + b"x" * 1000,
+    )
     assert status == 413 and time.perf_counter() - began < 5
     # ...and from the bytes counted when the client streams without a length (chunked).
     chunks = b"%x\r\n%s\r\n" % (300_000, b"y" * 300_000) * 4 + b"0\r\n\r\n"
     head = b"POST /v1/classify HTTP/1.1\r\n" + host + b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
     status, _ = _raw(server.port, head + chunks)
     assert status == 413
-    status, _ = _raw(server.port, b"POST /v1/classify HTTP/1.1\r\n" + host +
-                     b"Content-Type: image/png\r\nContent-Length: -5\r\n\r\n")  # fmt: skip
+    status, _ = _raw(
+        server.port, b"POST /v1/classify HTTP/1.1\r\n" + host + b"Content-Type: image/png\r\nContent-Length: -5\r\n\r\n"
+    )
     assert status == 400
     cases = [
         ({"Content-Type": "text/plain"}, b"hello", 415),
@@ -187,10 +216,18 @@ def test_limits_answer_4xx_never_5xx_and_the_server_goes_on(server):
         r = httpx.post(f"{server.url}/v1/classify", content=body, headers=headers)
         assert r.status_code == want, (headers, body[:30], r.text)
         assert "error" in r.json()
-    assert httpx.post(f"{server.url}/v1/classify?topk=0", content=_png(), headers={"Content-Type": "image/png"}
-                      ).status_code == 400  # fmt: skip
-    bad_v2 = [b"[1, 2", b'{"inputs": []}', b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1]}]}',
-              b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [1]}]}']  # fmt: skip
+    assert (
+        httpx.post(
+            f"{server.url}/v1/classify?topk=0", content=_png(), headers={"Content-Type": "image/png"}
+        ).status_code
+        == 400
+    )
+    bad_v2 = [
+        b"[1, 2",
+        b'{"inputs": []}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [1]}]}',
+    ]
     for body in bad_v2:
         assert httpx.post(f"{server.url}/v2/models/owt/infer", content=body).status_code == 400, body
     ok = httpx.post(f"{server.url}/v1/classify", content=_png(), headers={"Content-Type": "image/png"})
@@ -319,10 +356,29 @@ def test_endpoint_fuzz_never_5xx(files):
     from hypothesis import strategies as st
 
     client, _ = _client(files, max_body_mb=0.05)
-    types = st.sampled_from(["image/png", "image/jpeg", "application/octet-stream", "multipart/form-data; boundary=b",
-                             "multipart/form-data", "application/json", "text/plain", "", "image/"])  # fmt: skip
-    paths = st.sampled_from(["/v1/classify", "/v1/classify?topk=2", "/v1/classify?topk=x", "/v2/models/small/infer",
-                             "/v2/models/nope/infer", "/metrics"])  # fmt: skip
+    types = st.sampled_from(
+        [
+            "image/png",
+            "image/jpeg",
+            "application/octet-stream",
+            "multipart/form-data; boundary=b",
+            "multipart/form-data",
+            "application/json",
+            "text/plain",
+            "",
+            "image/",
+        ]
+    )
+    paths = st.sampled_from(
+        [
+            "/v1/classify",
+            "/v1/classify?topk=2",
+            "/v1/classify?topk=x",
+            "/v2/models/small/infer",
+            "/v2/models/nope/infer",
+            "/metrics",
+        ]
+    )
     png = _png(size=(20, 20))
 
     def part(name: bytes, data: bytes) -> bytes:
@@ -331,8 +387,9 @@ def test_endpoint_fuzz_never_5xx(files):
 
     keys = st.sampled_from(["inputs", "name", "datatype", "shape", "data", "parameters"])
     leaves = st.none() | st.integers() | st.text(max_size=5)
-    trees = st.recursive(leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(keys, c, max_size=4),
-                         max_leaves=12)  # fmt: skip
+    trees = st.recursive(
+        leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(keys, c, max_size=4), max_leaves=12
+    )
     damaged = st.builds(lambda cut, flip: png[:cut] + bytes([flip]), st.integers(0, len(png)), st.integers(0, 255))
     bodies = st.one_of(
         st.binary(max_size=4000),

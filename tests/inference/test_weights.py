@@ -70,15 +70,29 @@ def entry(server, state_bytes, tmp_path, monkeypatch):
     """A registry entry served over loopback, with torch.hub's cache in a fresh TORCH_HOME."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     server.routes["/w/owt-test.pth"] = (state_bytes, {})
-    weights = W.register(W.Weights(
-        name="alexnet_owt.TEST_V1", url=f"http://127.0.0.1:{server.server_port}/w/owt-test.pth",
-        file_name="owt-test.pth", digest="sha256:" + hashlib.sha256(state_bytes).hexdigest(),
-        size_mb=len(state_bytes) / 2**20, file_format="state_dict", num_classes=len(CLASSES), overrides=SMALL,
-        preprocessing={"stored_size": 72, "crop": 64, "input_size": 64, "mean": [0.5, 0.4, 0.3],
-                       "std": [0.25, 0.25, 0.25]},
-        categories=lambda: list(CLASSES), metrics={"acc1": 12.5, "acc5": 50.0}, metrics_source="a test",
-        licence="CC0",
-    ))  # fmt: skip
+    weights = W.register(
+        W.Weights(
+            name="alexnet_owt.TEST_V1",
+            url=f"http://127.0.0.1:{server.server_port}/w/owt-test.pth",
+            file_name="owt-test.pth",
+            digest="sha256:" + hashlib.sha256(state_bytes).hexdigest(),
+            size_mb=len(state_bytes) / 2**20,
+            file_format="state_dict",
+            num_classes=len(CLASSES),
+            overrides=SMALL,
+            preprocessing={
+                "stored_size": 72,
+                "crop": 64,
+                "input_size": 64,
+                "mean": [0.5, 0.4, 0.3],
+                "std": [0.25, 0.25, 0.25],
+            },
+            categories=lambda: list(CLASSES),
+            metrics={"acc1": 12.5, "acc5": 50.0},
+            metrics_source="a test",
+            licence="CC0",
+        )
+    )
     yield weights
     W._REGISTRY.pop(weights.name, None)
 
@@ -183,17 +197,55 @@ def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
     onnx = tmp_path / "m.onnx"
     images = [str(p) for p in sorted((data / "val" / "cat").iterdir())]
     assert main(["export", "--weights", entry.name, "--format", "onnx", "--out", str(onnx), "--images", *images]) == 0
-    assert main(["eval", "--weights", entry.name, "--dataset", "folder", "--data-dir", str(data), "--json",
-                 "--out-dir", str(tmp_path / "ev")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                entry.name,
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(data),
+                "--json",
+                "--out-dir",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 2
+    )
     assert "classes" in capsys.readouterr().err  # its 5 classes are not the folder's 2: said, not crashed
 
     out = tmp_path / "ft"
     before = load_trained(entry.name).model.state_dict()
-    code = main([
-        "train", "--recipe", "finetune", "--weights", entry.name, "--freeze", "features", "--data-dir", str(data),
-        "--epochs", "3", "-b", "8", "--out", str(out), "--device", "cpu", "--precision", "fp32", "--no-progress",
-        "--set", "data.workers=0", "--set", "optim.lr=0.01",
-    ])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--recipe",
+            "finetune",
+            "--weights",
+            entry.name,
+            "--freeze",
+            "features",
+            "--data-dir",
+            str(data),
+            "--epochs",
+            "3",
+            "-b",
+            "8",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--no-progress",
+            "--set",
+            "data.workers=0",
+            "--set",
+            "optim.lr=0.01",
+        ]
+    )
     assert code == 0
     after = load_trained(out / "best.safetensors")
     assert after.classes == ["cat", "dog"] and after.meta.model.overrides == SMALL

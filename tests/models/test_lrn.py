@@ -82,9 +82,14 @@ def _fused_or_skip():
 
 @pytest.mark.parametrize(
     ("n", "convention", "beta", "groups", "channels"),
-    [(5, "paper", 0.75, 2, 24), (5, "caffe", 0.75, 1, 24), (9, "caffe", 0.75, 1, 64), (3, "paper", 0.6, 2, 12),
-     (5, "paper", 0.75, 2, 96)],
-)  # fmt: skip
+    [
+        (5, "paper", 0.75, 2, 24),
+        (5, "caffe", 0.75, 1, 24),
+        (9, "caffe", 0.75, 1, 64),
+        (3, "paper", 0.6, 2, 12),
+        (5, "paper", 0.75, 2, 96),
+    ],
+)
 def test_the_fused_kernel_equals_the_reference_forward_and_gradient(n, convention, beta, groups, channels):
     """The fused CPU kernel against the formula (its oracle): both conventions, a β that is not 0.75, per tower
     and across towers, NCHW and channels-last inputs; forward and gradient in fp32, and bf16 to bf16's precision."""

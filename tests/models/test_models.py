@@ -15,14 +15,25 @@ MODELS = alexnet.list_models()
 # Counts at 1000 classes, 3 channels, from the paper spec (Caffe bvlc_alexnet, torchvision meta).
 PARAMS = {"alexnet_paper": 60_965_224, "alexnet_owt": 61_100_840}
 # Multiply-accumulates of one image at the default input size, 1000 classes (the README's table).
-MACS = {"alexnet_paper": 724_406_816, "alexnet_owt": 714_188_480, "alexnet_d2l": 1_009_945_728,
-        "alexnet_small": 96_722_944, "convnet_cifar_local": 36_716_544, "convnet_fig1": 13_312_000}  # fmt: skip
+MACS = {
+    "alexnet_paper": 724_406_816,
+    "alexnet_owt": 714_188_480,
+    "alexnet_d2l": 1_009_945_728,
+    "alexnet_small": 96_722_944,
+    "convnet_cifar_local": 36_716_544,
+    "convnet_fig1": 13_312_000,
+}
 
 
 def test_paper_macs_by_hand():
     """conv: out × in/groups × k² × out side²; fc: in × out (227 px: 55, 27, 13, 13, 13 and 6×6×256 = 9216)."""
-    convs = [96 * 3 * 121 * 55**2, 256 * 48 * 25 * 27**2, 384 * 256 * 9 * 13**2, 384 * 192 * 9 * 13**2,
-             256 * 192 * 9 * 13**2]  # fmt: skip
+    convs = [
+        96 * 3 * 121 * 55**2,
+        256 * 48 * 25 * 27**2,
+        384 * 256 * 9 * 13**2,
+        384 * 192 * 9 * 13**2,
+        256 * 192 * 9 * 13**2,
+    ]
     fcs = [9216 * 4096, 4096 * 4096, 4096 * 1000]
     assert sum(convs) + sum(fcs) == MACS["alexnet_paper"] == alexnet.model_info("alexnet_paper").macs
 
@@ -176,8 +187,11 @@ def test_override_effects():
     pools = alexnet.create_model("alexnet_paper", pool="non_overlapping")
     assert {m.kernel_size for m in pools.modules() if isinstance(m, torch.nn.MaxPool2d)} == {2}
     lrns = [m for m in alexnet.create_model("alexnet_paper").modules() if isinstance(m, LocalResponseNorm)]
-    caffe = [m for m in alexnet.create_model("alexnet_paper", lrn_across_towers=True).modules()
-             if isinstance(m, LocalResponseNorm)]  # fmt: skip
+    caffe = [
+        m
+        for m in alexnet.create_model("alexnet_paper", lrn_across_towers=True).modules()
+        if isinstance(m, LocalResponseNorm)
+    ]
     assert [m.groups for m in lrns] == [2, 2] and [m.groups for m in caffe] == [1, 1]
 
 

@@ -15,11 +15,37 @@ from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.data.batch import epoch_order
 from alexnet.inference.evaluate import evaluate_checkpoint
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "alexnet.cli",
-            "train", "--recipe", "fashion-mnist", "--dataset", "fake",
-            "--device", "cpu", "--precision", "fp32", "--no-progress",
-            "-b", "32", "--set", "model.overrides.width=0.25", "--set", "model.overrides.input_size=32",
-            "--set", "data.pad=2", "--set", 'optim.schedule="constant"', "--lr", "0.02"]  # fmt: skip
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "alexnet.cli",
+    "train",
+    "--recipe",
+    "fashion-mnist",
+    "--dataset",
+    "fake",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--no-progress",
+    "-b",
+    "32",
+    "--set",
+    "model.overrides.width=0.25",
+    "--set",
+    "model.overrides.input_size=32",
+    "--set",
+    "data.pad=2",
+    "--set",
+    'optim.schedule="constant"',
+    "--lr",
+    "0.02",
+]
 
 
 def test_epoch_order_shards():
@@ -129,9 +155,30 @@ def test_uneven_shards_neither_hang_nor_double_count(tmp_path):
     make_folder(tmp_path / "imgs", classes=("a", "b"), per_class=9, splits=("val",))
     (root / "val" / "a" / "0.png").unlink()  # 17 validation images
     out = tmp_path / "run"
-    _run("--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "-b", "4", "--set", "data.eval_batch_size=5",
-         "--set", "model.overrides.input_size=20", "--set", "data.pad=0", "--set", "data.in_memory_gb=0",
-         "-j", "0", "--out", str(out), "--set", "data.val_split=0")  # fmt: skip
+    _run(
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(root),
+        "--epochs",
+        "1",
+        "-b",
+        "4",
+        "--set",
+        "data.eval_batch_size=5",
+        "--set",
+        "model.overrides.input_size=20",
+        "--set",
+        "data.pad=0",
+        "--set",
+        "data.in_memory_gb=0",
+        "-j",
+        "0",
+        "--out",
+        str(out),
+        "--set",
+        "data.val_split=0",
+    )
     with open(out / "metrics.csv") as f:
         logged = list(csv.DictReader(f))[-1]
     single = evaluate_checkpoint(out / "last.pt", data_dir=str(root), precision="fp32", progress=False)
@@ -149,8 +196,15 @@ def test_two_nodes_on_loopback_equal_one_node(two_process_run, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "two-nodes"
-    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-            "--master_addr=127.0.0.1", f"--master_port={port}"]  # fmt: skip
+    node = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+    ]
     # Which interface gloo binds (the README's multi-node advice), and the thread count torchrun gives a 2-process
     # node (with one process per node it sets none): kernels may sum in another order with more threads.
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}

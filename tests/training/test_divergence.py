@@ -40,8 +40,14 @@ def test_an_update_that_breaks_the_weights_is_never_saved(tmp_path, monkeypatch)
 
 
 def test_bf16_divergence_with_periodic_checkpoints_writes_nothing_non_finite(tmp_path):
-    cfg = tiny_config(tmp_path / "run", "train.epochs=1", 'train.precision="bf16"', "train.checkpoint_every=1",
-                      "optim.lr=1e20", "model.overrides.norm=\"none\"")  # fmt: skip
+    cfg = tiny_config(
+        tmp_path / "run",
+        "train.epochs=1",
+        'train.precision="bf16"',
+        "train.checkpoint_every=1",
+        "optim.lr=1e20",
+        'model.overrides.norm="none"',
+    )
     with pytest.raises((NonFiniteLossError, NonFiniteWeightsError)):
         fit(cfg)
     for name in ("last.pt", "best.pt"):

@@ -17,8 +17,11 @@ def test_freeze_features_or_a_depth():
     assert frozen and all(n.startswith("features.") for n in frozen)
     assert all(p.requires_grad == (not n.startswith("features.")) for n, p in model.named_parameters())
     model = alexnet.create_model("alexnet_owt", num_classes=3, width=0.25)
-    assert freeze(model, "6") == [*(f"features.{i}.{k}" for i in (0, 3, 6, 8, 10) for k in ("weight", "bias")),
-                                  "classifier.1.weight", "classifier.1.bias"]  # fmt: skip
+    assert freeze(model, "6") == [
+        *(f"features.{i}.{k}" for i in (0, 3, 6, 8, 10) for k in ("weight", "bias")),
+        "classifier.1.weight",
+        "classifier.1.bias",
+    ]
     for bad in ("8", "0", "head", "-1"):
         with pytest.raises(ConfigError, match="model.freeze"):
             freeze(alexnet.create_model("alexnet_owt", num_classes=3, width=0.25), bad)

@@ -78,7 +78,7 @@ def test_resume_with_workers_on_an_image_folder_is_bitwise(tmp_path, image_folde
         "data.eval_batch_size=8",
         "data.flip=true",
         "data.in_memory_gb=0",
-    ]  # fmt: skip: streamed by workers
+    ]  # streamed by workers
     fit(tiny_config(tmp_path / "a", *common))
     fit(tiny_config(tmp_path / "b", *common, "train.epochs=1"))
     fit(tiny_config(tmp_path / "b", *common, 'train.resume="auto"'))
@@ -86,8 +86,14 @@ def test_resume_with_workers_on_an_image_folder_is_bitwise(tmp_path, image_folde
 
 
 def test_a_folder_held_in_memory_trains_exactly_as_streamed(tmp_path, image_folder):
-    common = ["data.dataset=\"folder\"", f"data.data_dir=\"{image_folder}\"", "data.workers=2", "data.batch_size=4",
-              "data.eval_batch_size=8", "train.epochs=1"]  # fmt: skip
+    common = [
+        'data.dataset="folder"',
+        f'data.data_dir="{image_folder}"',
+        "data.workers=2",
+        "data.batch_size=4",
+        "data.eval_batch_size=8",
+        "train.epochs=1",
+    ]
     streamed = fit(tiny_config(tmp_path / "a", *common, "data.in_memory_gb=0"))
     held = fit(tiny_config(tmp_path / "b", *common))
     assert streamed.history[0]["val_acc1"] == held.history[0]["val_acc1"]
@@ -135,9 +141,16 @@ def test_resume_refuses_another_model(tmp_path):
 
 
 def test_real_fashion_mnist_excerpt_learns(tmp_path, fashion_dir):
-    cfg = tiny_config(tmp_path / "run", "data.dataset=\"fashion-mnist\"", f"data.data_dir=\"{fashion_dir}\"",
-                      "data.download=false", "model.overrides.input_size=28",
-                      "optim.lr=0.05", "data.pad=0", "train.epochs=3")  # fmt: skip
+    cfg = tiny_config(
+        tmp_path / "run",
+        'data.dataset="fashion-mnist"',
+        f'data.data_dir="{fashion_dir}"',
+        "data.download=false",
+        "model.overrides.input_size=28",
+        "optim.lr=0.05",
+        "data.pad=0",
+        "train.epochs=3",
+    )
     result = fit(cfg)
     # Chance is 10%; 3 epochs on the 2,000-image excerpt reach 45-63% here: a margin no run-to-run noise crosses.
     assert result.history[-1]["val_acc1"] > 30

@@ -76,12 +76,41 @@ def test_parallel_plan_matches_a_hand_count():
     assert plan["hybrid"].param_bytes == (conv + (params - conv) // 2) * 4
 
 
-TRAIN = [*LAUNCH, "-m", "alexnet.cli", "train", "--recipe", "paper-imagenet", "--dataset", "fake",
-         "--device", "cpu", "--precision",
-         "fp32", "--no-progress", "-b", "16", "--lr", "0.01", "--limit-train-batches", "4", "--set",
-         "model.overrides.width=0.25", "--set", "model.overrides.input_size=67", "--set", 'optim.schedule="constant"',
-         "--set", "data.ten_crop=false", "--set", "data.pixel_scale=1.0", "--set", 'data.normalize="meanstd"',
-         "--set", "data.eval_batch_size=64"]  # fmt: skip
+TRAIN = [
+    *LAUNCH,
+    "-m",
+    "alexnet.cli",
+    "train",
+    "--recipe",
+    "paper-imagenet",
+    "--dataset",
+    "fake",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--no-progress",
+    "-b",
+    "16",
+    "--lr",
+    "0.01",
+    "--limit-train-batches",
+    "4",
+    "--set",
+    "model.overrides.width=0.25",
+    "--set",
+    "model.overrides.input_size=67",
+    "--set",
+    'optim.schedule="constant"',
+    "--set",
+    "data.ten_crop=false",
+    "--set",
+    "data.pixel_scale=1.0",
+    "--set",
+    'data.normalize="meanstd"',
+    "--set",
+    "data.eval_batch_size=64",
+]
 
 
 def _train(*args):
@@ -118,7 +147,10 @@ def test_towers_on_two_gpus_with_nccl(tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
     script = tmp_path / "equivalence.py"
-    script.write_text(EQUIVALENCE.replace('dist.init_process_group("gloo")', 'dist.init_process_group("nccl")')
-                      .replace("torch.set_num_threads(1)", "torch.cuda.set_device(dist.get_rank())"))  # fmt: skip
+    script.write_text(
+        EQUIVALENCE.replace('dist.init_process_group("gloo")', 'dist.init_process_group("nccl")').replace(
+            "torch.set_num_threads(1)", "torch.cuda.set_device(dist.get_rank())"
+        )
+    )
     done = subprocess.run([*LAUNCH, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

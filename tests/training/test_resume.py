@@ -107,9 +107,33 @@ def test_disk_full_through_the_cli_keeps_the_old_checkpoint(tmp_path, monkeypatc
     assert not list((tmp_path / "r").glob(".*.tmp"))
 
 
-TRAIN = [sys.executable, "-m", "alexnet.cli", "train", "--recipe", "fashion-mnist", "--dataset", "fake", "--device",
-         "cpu", "--precision", "fp32", "--no-progress", "-b", "32", "--set", "model.overrides.width=0.25", "--set",
-         'optim.schedule="constant"', "--lr", "0.02", "--epochs", "2", "--set", "train.checkpoint_every=5"]  # fmt: skip
+TRAIN = [
+    sys.executable,
+    "-m",
+    "alexnet.cli",
+    "train",
+    "--recipe",
+    "fashion-mnist",
+    "--dataset",
+    "fake",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--no-progress",
+    "-b",
+    "32",
+    "--set",
+    "model.overrides.width=0.25",
+    "--set",
+    'optim.schedule="constant"',
+    "--lr",
+    "0.02",
+    "--epochs",
+    "2",
+    "--set",
+    "train.checkpoint_every=5",
+]
 
 
 @pytest.mark.slow

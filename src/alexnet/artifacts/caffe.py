@@ -60,30 +60,38 @@ def messages() -> dict[str, Any]:
     message("BlobShape", ("dim", 1, F.TYPE_INT64, rep, None, True))
     message(
         "BlobProto",
-        ("num", 1, F.TYPE_INT32, opt, None, False), ("channels", 2, F.TYPE_INT32, opt, None, False),
-        ("height", 3, F.TYPE_INT32, opt, None, False), ("width", 4, F.TYPE_INT32, opt, None, False),
-        ("data", 5, F.TYPE_FLOAT, rep, None, True), ("shape", 7, F.TYPE_MESSAGE, opt, "BlobShape", False),
+        ("num", 1, F.TYPE_INT32, opt, None, False),
+        ("channels", 2, F.TYPE_INT32, opt, None, False),
+        ("height", 3, F.TYPE_INT32, opt, None, False),
+        ("width", 4, F.TYPE_INT32, opt, None, False),
+        ("data", 5, F.TYPE_FLOAT, rep, None, True),
+        ("shape", 7, F.TYPE_MESSAGE, opt, "BlobShape", False),
         ("double_data", 8, F.TYPE_DOUBLE, rep, None, True),
-    )  # fmt: skip
+    )
     message(
         "LayerParameter",
-        ("name", 1, F.TYPE_STRING, opt, None, False), ("type", 2, F.TYPE_STRING, opt, None, False),
+        ("name", 1, F.TYPE_STRING, opt, None, False),
+        ("type", 2, F.TYPE_STRING, opt, None, False),
         ("blobs", 7, F.TYPE_MESSAGE, rep, "BlobProto", False),
-    )  # fmt: skip
+    )
     message(
         "V1LayerParameter",
-        ("name", 4, F.TYPE_STRING, opt, None, False), ("type", 5, F.TYPE_INT32, opt, None, False),
+        ("name", 4, F.TYPE_STRING, opt, None, False),
+        ("type", 5, F.TYPE_INT32, opt, None, False),
         ("blobs", 6, F.TYPE_MESSAGE, rep, "BlobProto", False),
-    )  # fmt: skip
+    )
     message(
         "NetParameter",
-        ("name", 1, F.TYPE_STRING, opt, None, False), ("layers", 2, F.TYPE_MESSAGE, rep, "V1LayerParameter", False),
+        ("name", 1, F.TYPE_STRING, opt, None, False),
+        ("layers", 2, F.TYPE_MESSAGE, rep, "V1LayerParameter", False),
         ("layer", 100, F.TYPE_MESSAGE, rep, "LayerParameter", False),
-    )  # fmt: skip
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"caffe.{name}")) for name in
-            ("NetParameter", "BlobProto", "BlobShape")}  # fmt: skip
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"caffe.{name}"))
+        for name in ("NetParameter", "BlobProto", "BlobShape")
+    }
 
 
 def _blob_array(blob: Any, source: str) -> np.ndarray:
@@ -139,9 +147,11 @@ def mean_from_binaryproto(path: Path | str) -> tuple[float, float, float]:
 
 
 def convert_caffe(
-    path: Path | str, classes: list[str] | None = None, mean_bgr: tuple[float, float, float] = IMAGENET_MEAN_BGR,
+    path: Path | str,
+    classes: list[str] | None = None,
+    mean_bgr: tuple[float, float, float] = IMAGENET_MEAN_BGR,
     provenance: dict[str, Any] | None = None,
-) -> TrainedModel:  # fmt: skip
+) -> TrainedModel:
     """A Caffe AlexNet (bvlc_alexnet's layer names and layout) as a `TrainedModel` of ``alexnet_paper``.
 
     The width and class count are read from the file (conv1's filters / 96, fc8's outputs), so fine-tuned or
@@ -186,11 +196,17 @@ def convert_caffe(
         model.config,
         list(classes),
         # Caffe warps to 256×256 and crops 227; ours keeps the aspect ratio (shorter side 256, central square).
-        {"stored_size": 256, "crop": 227, "input_size": 227, "mean": [m / 255 for m in mean_bgr[::-1]], "std": None,
-         "pixel_scale": 255.0},
+        {
+            "stored_size": 256,
+            "crop": 227,
+            "input_size": 227,
+            "mean": [m / 255 for m in mean_bgr[::-1]],
+            "std": None,
+            "pixel_scale": 255.0,
+        },
         provenance={"converted_from": Path(path).name, "format": "caffemodel", **(provenance or {})},
         source=source,
-    )  # fmt: skip
+    )
     return TrainedModel(model.eval(), meta, None, source)
 
 

@@ -110,8 +110,13 @@ def load_program(path: Path | str) -> TrainedModel:
     quantization = meta.provenance.get("quantization")
     if quantization:
         prep = meta.preprocessing
-        model: nn.Module = Int8Model(program.module(), int(quantization["batch"]), meta.model.in_channels,
-                                     prep.input_size, bool(quantization.get("autotune")))  # fmt: skip
+        model: nn.Module = Int8Model(
+            program.module(),
+            int(quantization["batch"]),
+            meta.model.in_channels,
+            prep.input_size,
+            bool(quantization.get("autotune")),
+        )
         return TrainedModel(model.eval(), meta, None, str(path))
     return TrainedModel(ProgramModel(program.module(), meta.model.in_channels), meta, None, str(path))
 

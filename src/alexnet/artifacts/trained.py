@@ -146,9 +146,14 @@ class Preprocessing:
         shape = (len(self.mean), 1, 1)
         std = torch.tensor(self.std).view(shape) if self.std is not None else None
         return BatchTransform(
-            input_size=self.input_size, crop=self.crop, mean=torch.tensor(self.mean).view(shape), std=std,
-            pad=self.pad, flip=False, pixel_scale=self.pixel_scale,
-        )  # fmt: skip
+            input_size=self.input_size,
+            crop=self.crop,
+            mean=torch.tensor(self.mean).view(shape),
+            std=std,
+            pad=self.pad,
+            flip=False,
+            pixel_scale=self.pixel_scale,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         tree = asdict(self)
@@ -192,8 +197,9 @@ class ModelMeta:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise _fail(source, f"format_version={version!r} is not a positive integer")
         if version > FORMAT_VERSION:
-            raise _fail(source, f"format_version {version} is newer than this alexnet reads ({FORMAT_VERSION}): "
-                                "upgrade alexnet")  # fmt: skip
+            raise _fail(
+                source, f"format_version {version} is newer than this alexnet reads ({FORMAT_VERSION}): upgrade alexnet"
+            )
         model = ModelDescription.from_dict(tree.get("model"), source)
         classes = tree.get("classes")
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -224,8 +230,14 @@ class ModelMeta:
         """The one way metadata is made, whoever makes it (training, checkpoints, published weights, Caffe): from
         the model's ``.config``, its class names, its data metadata (preprocessing), metrics and provenance,
         validated by `from_dict` as if it had been read from a file."""
-        tree = {"format_version": FORMAT_VERSION, "model": model, "classes": classes, "data": data,
-                "metrics": metrics or {}, "provenance": provenance or {}}  # fmt: skip
+        tree = {
+            "format_version": FORMAT_VERSION,
+            "model": model,
+            "classes": classes,
+            "data": data,
+            "metrics": metrics or {},
+            "provenance": provenance or {},
+        }
         return cls.from_dict(tree, source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,9 +315,10 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [
-        k for k in own
+        k
+        for k in own
         if k in state and (own[k].shape != state[k].shape or own[k].is_floating_point() != state[k].is_floating_point())
-    ]  # fmt: skip
+    ]
     if missing or unexpected or wrong:
         detail = wrong[:3] or missing[:3] or unexpected[:3]
         raise IncompatibleCheckpointError(f"{source} does not fit this model (mismatched: {detail})")
@@ -370,5 +383,6 @@ def meta_from_checkpoint(state: dict[str, Any], source: str) -> ModelMeta:
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     metrics = history[-1] if isinstance(history, list) and isinstance(history[-1], dict) else {}
     provenance = {"recipe": config.get("recipe", "")}
-    return ModelMeta.build(state.get("model_config"), state.get("classes"), state.get("data_meta"), metrics,
-                           provenance, source)  # fmt: skip
+    return ModelMeta.build(
+        state.get("model_config"), state.get("classes"), state.get("data_meta"), metrics, provenance, source
+    )

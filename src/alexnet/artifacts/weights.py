@@ -116,36 +116,51 @@ def register(weights: Weights) -> Weights:
     return weights
 
 
-register(Weights(
-    name="alexnet_owt.IMAGENET1K_V1",
-    url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-    file_name="alexnet-owt-7be5be79.pth",
-    digest="sha256:7be5be79",
-    size_mb=233.087,
-    file_format="state_dict",
-    preprocessing={"stored_size": 256, "crop": 224, "input_size": 224, "mean": list(IMAGENET_MEAN),
-                   "std": list(IMAGENET_STD)},
-    categories=_imagenet,
-    metrics={"acc1": 56.522, "acc5": 79.066},
-    metrics_source="torchvision AlexNet_Weights.IMAGENET1K_V1 (ImageNet-1K val, resize 256, centre crop 224)",
-    licence="BSD-3-Clause (torchvision); ImageNet's terms of access apply to the data it was trained on",
-))  # fmt: skip
-register(Weights(
-    name="alexnet_paper.BVLC_IMAGENET1K",
-    url="http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
-    file_name="bvlc_alexnet.caffemodel",
-    digest="sha1:9116a64c0fbe4459d18f4bb6b56d647b63920377",
-    size_mb=233.0,
-    file_format="caffemodel",
-    # Converted: RGB in (conv1 reversed), [0, 255] minus BVLC's per-channel means (B 104, G 117, R 123).
-    preprocessing={"stored_size": 256, "crop": 227, "input_size": 227, "mean": [123 / 255, 117 / 255, 104 / 255],
-                   "std": None, "pixel_scale": 255.0},
-    categories=_imagenet,
-    metrics={"acc1": 57.1, "acc5": 80.2},
-    metrics_source="BVLC model zoo, models/bvlc_alexnet/readme.md (ILSVRC-2012 val, centre crop only)",
-    licence="non-commercial use only (BVLC: ImageNet's terms of access)",
-    overrides={"lrn_k": 1.0, "lrn_convention": "caffe", "lrn_across_towers": True},
-))  # fmt: skip
+register(
+    Weights(
+        name="alexnet_owt.IMAGENET1K_V1",
+        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        file_name="alexnet-owt-7be5be79.pth",
+        digest="sha256:7be5be79",
+        size_mb=233.087,
+        file_format="state_dict",
+        preprocessing={
+            "stored_size": 256,
+            "crop": 224,
+            "input_size": 224,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        categories=_imagenet,
+        metrics={"acc1": 56.522, "acc5": 79.066},
+        metrics_source="torchvision AlexNet_Weights.IMAGENET1K_V1 (ImageNet-1K val, resize 256, centre crop 224)",
+        licence="BSD-3-Clause (torchvision); ImageNet's terms of access apply to the data it was trained on",
+    )
+)
+register(
+    Weights(
+        name="alexnet_paper.BVLC_IMAGENET1K",
+        url="http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
+        file_name="bvlc_alexnet.caffemodel",
+        digest="sha1:9116a64c0fbe4459d18f4bb6b56d647b63920377",
+        size_mb=233.0,
+        file_format="caffemodel",
+        # Converted: RGB in (conv1 reversed), [0, 255] minus BVLC's per-channel means (B 104, G 117, R 123).
+        preprocessing={
+            "stored_size": 256,
+            "crop": 227,
+            "input_size": 227,
+            "mean": [123 / 255, 117 / 255, 104 / 255],
+            "std": None,
+            "pixel_scale": 255.0,
+        },
+        categories=_imagenet,
+        metrics={"acc1": 57.1, "acc5": 80.2},
+        metrics_source="BVLC model zoo, models/bvlc_alexnet/readme.md (ILSVRC-2012 val, centre crop only)",
+        licence="non-commercial use only (BVLC: ImageNet's terms of access)",
+        overrides={"lrn_k": 1.0, "lrn_convention": "caffe", "lrn_across_towers": True},
+    )
+)
 
 
 def list_weights() -> list[Weights]:

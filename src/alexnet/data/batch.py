@@ -27,8 +27,9 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
 
-def epoch_order(n: int, epoch: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1,
-                equal: bool = False) -> torch.Tensor:  # fmt: skip
+def epoch_order(
+    n: int, epoch: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1, equal: bool = False
+) -> torch.Tensor:
     """This process's sample indices for ``epoch``: the epoch's seeded permutation (the same in every process),
     every ``world``-th entry from ``rank``. ``equal`` trims to the same count in every process (training steps must
     match); without it each sample appears exactly once across processes (exact evaluation)."""

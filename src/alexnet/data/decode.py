@@ -159,8 +159,9 @@ def to_stored(image: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor
     return image
 
 
-def decode_stored(data: bytes | Path | str, size: int, channels: int = 3, max_bytes: int | None = None,
-                  name: str = "<bytes>") -> torch.Tensor:  # fmt: skip
+def decode_stored(
+    data: bytes | Path | str, size: int, channels: int = 3, max_bytes: int | None = None, name: str = "<bytes>"
+) -> torch.Tensor:
     """Decode and bring to the stored square: what training folders, prediction and serving all do to a file.
 
     JPEGs decode at a reduced DCT scale while both sides stay at least twice ``size`` (then the antialiased

@@ -146,8 +146,16 @@ def imagenet_class_names(root: Path, wnids: list[str]) -> list[str]:
         data = io.BytesIO(read_input(meta, 16 * MB, "ImageNet meta.bin"))  # torchvision's is 2.5 MB
         wnid_to_names = torch.load(data, weights_only=True)[0]
         names = [str(wnid_to_names.get(w, (w,))[0]) for w in wnids]
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            IndexError) as err:  # fmt: skip
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as err:
         raise DataNotFoundError(
             f"{meta} is not torchvision's ImageNet meta.bin ({type(err).__name__}): delete it"
         ) from None
@@ -305,8 +313,9 @@ class FolderLoader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def decode_split(samples: list[tuple[Path, int]], classes: list[str], size: int, workers: int,
-                 max_bad_fraction: float) -> TensorSplit:  # fmt: skip
+def decode_split(
+    samples: list[tuple[Path, int]], classes: list[str], size: int, workers: int, max_bad_fraction: float
+) -> TensorSplit:
     """Decode a whole folder split once into memory: (N, 3, size, size) uint8 in channels-last memory.
 
     Files that fail to decode are skipped and counted, with the same limit as training (`FolderLoader`).

@@ -121,8 +121,9 @@ def training_mean_image(cfg: DataConfig, stored: int) -> torch.Tensor:
     return mean_image_of(decode_split(samples, classes, stored, cfg.workers, cfg.max_bad_fraction))
 
 
-def build_eval_loader(cfg: DataConfig, stored: int, device: torch.device, rank: int = 0,
-                      world: int = 1) -> tuple[Loader, list[str]]:  # fmt: skip
+def build_eval_loader(
+    cfg: DataConfig, stored: int, device: torch.device, rank: int = 0, world: int = 1
+) -> tuple[Loader, list[str]]:
     """The validation loader and the class list, reading no training images.
 
     Folders take their classes from the names of ``train/``'s class folders (one directory listing), so a class
@@ -149,9 +150,16 @@ def build_eval_loader(cfg: DataConfig, stored: int, device: torch.device, rank: 
     if cfg.dataset == "imagenet":
         classes = imagenet_class_names(root, classes)
     loader = FolderLoader(
-        FolderDataset(val_samples, stored), cfg.eval_batch_size, False, 0, cfg.workers, device, cfg.max_bad_fraction,
-        rank=rank, world=world,
-    )  # fmt: skip
+        FolderDataset(val_samples, stored),
+        cfg.eval_batch_size,
+        False,
+        0,
+        cfg.workers,
+        device,
+        cfg.max_bad_fraction,
+        rank=rank,
+        world=world,
+    )
     return loader, classes
 
 
@@ -188,22 +196,34 @@ def _per_channel(values: list[float], channels: int, name: str) -> list[float]:
 _DECODED: dict[tuple, tuple[TensorSplit, TensorSplit]] = {}
 
 
-def _decoded_folder(train_samples: list, val_samples: list, classes: list[str], stored: int,
-                    cfg: DataConfig) -> tuple[TensorSplit, TensorSplit]:  # fmt: skip
+def _decoded_folder(
+    train_samples: list, val_samples: list, classes: list[str], stored: int, cfg: DataConfig
+) -> tuple[TensorSplit, TensorSplit]:
     key = (tuple(train_samples), tuple(val_samples), tuple(classes), stored)
     if key not in _DECODED:
         _DECODED.clear()
         began = time.perf_counter()
         train = decode_split(train_samples, classes, stored, cfg.workers, cfg.max_bad_fraction)
         val = decode_split(val_samples, classes, stored, cfg.workers, cfg.max_bad_fraction)
-        log.info("decoded %d + %d images into memory in %.1f s", len(train.labels), len(val.labels),
-                 time.perf_counter() - began)  # fmt: skip
+        log.info(
+            "decoded %d + %d images into memory in %.1f s",
+            len(train.labels),
+            len(val.labels),
+            time.perf_counter() - began,
+        )
         _DECODED[key] = (train, val)
     return _DECODED[key]
 
 
-def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int = 0, rank: int = 0,
-               world: int = 1, shard_val: bool = True) -> Data:  # fmt: skip
+def build_data(
+    cfg: DataConfig,
+    input_size: int,
+    device: torch.device,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    shard_val: bool = True,
+) -> Data:
     """Sources, loaders and transforms for ``cfg``.
 
     Args:
@@ -233,8 +253,10 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
         val, classes = build_eval_loader(cfg, stored, device, val_rank, val_world)
         if cfg.val_split:
             train_split, held_split, held_out = carve(train_split, cfg)
-            test, val = val, TensorLoader(held_split, cfg.eval_batch_size, False, 0, device, rank=val_rank,
-                                          world=val_world)  # fmt: skip
+            test, val = (
+                val,
+                TensorLoader(held_split, cfg.eval_batch_size, False, 0, device, rank=val_rank, world=val_world),
+            )
         mean, std = _channel_stats(train_split.images)  # of the images that train
         if cfg.mean_image:
             mean_image = mean_image_of(train_split)
@@ -254,8 +276,10 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
             val = TensorLoader(val_split, cfg.eval_batch_size, False, 0, device, rank=val_rank, world=val_world)
             if cfg.val_split:
                 train_split, held_split, held_out = carve(train_split, cfg)
-                test, val = val, TensorLoader(held_split, cfg.eval_batch_size, False, 0, device, rank=val_rank,
-                                              world=val_world)  # fmt: skip
+                test, val = (
+                    val,
+                    TensorLoader(held_split, cfg.eval_batch_size, False, 0, device, rank=val_rank, world=val_world),
+                )
             if cfg.mean_image:
                 mean_image = mean_image_of(train_split)
             train = TensorLoader(
@@ -289,9 +313,17 @@ def build_data(cfg: DataConfig, input_size: int, device: torch.device, seed: int
                     ),
                 )
             train = FolderLoader(
-                FolderDataset(train_samples, stored), cfg.batch_size, True, seed, cfg.workers, device,
-                cfg.max_bad_fraction, drop_last=True, rank=rank, world=world,
-            )  # fmt: skip
+                FolderDataset(train_samples, stored),
+                cfg.batch_size,
+                True,
+                seed,
+                cfg.workers,
+                device,
+                cfg.max_bad_fraction,
+                drop_last=True,
+                rank=rank,
+                world=world,
+            )
     mean, std = _per_channel(cfg.mean or mean, in_channels, "mean"), _per_channel(cfg.std or std, in_channels, "std")
     crop = cfg.crop or min(input_size, stored)
     shape = (len(mean), 1, 1)

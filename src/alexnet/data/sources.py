@@ -27,8 +27,17 @@ DATASETS = TENSOR_DATASETS + FOLDER_DATASETS
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @dataclass

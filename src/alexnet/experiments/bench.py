@@ -61,8 +61,9 @@ def measure_peak(dtype: torch.dtype, device: torch.device) -> float:
     return max(rates)
 
 
-def _rate(step: Callable[[], None], batch: int, warmup: int, repeats: int, device: torch.device,
-          best: bool = False) -> float:  # fmt: skip
+def _rate(
+    step: Callable[[], None], batch: int, warmup: int, repeats: int, device: torch.device, best: bool = False
+) -> float:
     """Items per second of ``step``: median (or ``best``) over ``repeats`` after ``warmup`` calls."""
     for _ in range(warmup):
         step()
@@ -178,13 +179,19 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dic
     ]
     if not quick:
         cases += [
-            Case("alexnet_owt + torch.compile (freezing)", "alexnet_owt", "infer",
-                 settings={**fast, "compile": True}, **contender, **base),
+            Case(
+                "alexnet_owt + torch.compile (freezing)",
+                "alexnet_owt",
+                "infer",
+                settings={**fast, "compile": True},
+                **contender,
+                **base,
+            ),
             Case("alexnet_paper (library defaults)", "alexnet_paper", "train", batch, 227, settings=fast, **contender),
             Case("alexnet_paper (library defaults)", "alexnet_paper", "infer", batch, 227, settings=fast, **contender),
             Case("alexnet_small 32px (defaults)", "alexnet_small", "train", 256, 32, settings=fast, **contender),
             Case("alexnet_small 32px (defaults)", "alexnet_small", "infer", 256, 32, settings=fast, **contender),
-        ]  # fmt: skip
+        ]
     # Both peaks before the allocator setting, as the baselines see the machine; it does not affect GEMM speed.
     peak = {"fp32": measure_peak(torch.float32, dev), "bf16": measure_peak(torch.bfloat16, dev)}
     for case in baselines:
@@ -201,9 +208,16 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dic
         c = next(x for x in cases if x.mode == mode)
         # The most any contender could reach on this machine: the same FLOPs at 100% of its measured peak.
         ceiling = peak["bf16" if c.precision == "bf16" else "fp32"] / (b.img_s * b.gflops_per_img * 1e9)
-        return {"batch": batch, "input": 224, "baseline_img_s": round(b.img_s, 2), "alexnet_img_s": round(c.img_s, 2),
-                "speedup": round(c.img_s / b.img_s, 3), "mfu": round(c.mfu, 4), "precision": c.precision,
-                "ceiling_speedup": round(ceiling, 3)}  # fmt: skip
+        return {
+            "batch": batch,
+            "input": 224,
+            "baseline_img_s": round(b.img_s, 2),
+            "alexnet_img_s": round(c.img_s, 2),
+            "speedup": round(c.img_s / b.img_s, 3),
+            "mfu": round(c.mfu, 4),
+            "precision": c.precision,
+            "ceiling_speedup": round(ceiling, 3),
+        }
 
     engines = None
     if not quick and dev.type == "cpu":

@@ -70,7 +70,10 @@ def run_demo(out: str = "runs/demo", recipe: str = "fashion-mnist", overrides: l
     }
     path = write_report(result.out, f"alexnet demo: {cfg.model.name} on {cfg.data.dataset}", summary, evaluation)
     log.info(
-        "test top-1 %.2f%%, top-5 %.2f%% in %.0f s; report %s", evaluation["acc1"], evaluation["acc5"],
-        time.perf_counter() - began, path,
-    )  # fmt: skip
+        "test top-1 %.2f%%, top-5 %.2f%% in %.0f s; report %s",
+        evaluation["acc1"],
+        evaluation["acc5"],
+        time.perf_counter() - began,
+        path,
+    )
     return path

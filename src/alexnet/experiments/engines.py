@@ -78,8 +78,14 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
         import onnxruntime as ort
 
         batch = torch.export.Dim("batch", min=1, max=1024)
-        program = torch.onnx.export(tv, (torch.randn(2, 3, size, size),), dynamo=True, input_names=["x"],
-                                    dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip
+        program = torch.onnx.export(
+            tv,
+            (torch.randn(2, 3, size, size),),
+            dynamo=True,
+            input_names=["x"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
         program.save(str(onnx_path))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -102,8 +108,11 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
             key = tuple(x.shape)
             if key not in compiled:
                 ov_model = ov.convert_model(tv, example_input=x)
-                config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
-                          "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+                config = {
+                    "INFERENCE_PRECISION_HINT": "bf16",
+                    "INFERENCE_NUM_THREADS": threads,
+                    "PERFORMANCE_HINT": "LATENCY",
+                }
                 compiled[key] = core.compile_model(ov_model, "CPU", config)
             request, xn = compiled[key].create_infer_request(), x.numpy()
             return lambda: request.infer({0: xn})
@@ -134,8 +143,9 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
     return out
 
 
-def compare_engines(batch: int = 64, size: int = 224, repeats: int = 5, latency_calls: int = 30,
-                    peaks: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+def compare_engines(
+    batch: int = 64, size: int = 224, repeats: int = 5, latency_calls: int = 30, peaks: dict[str, float] | None = None
+) -> dict[str, Any]:
     """The rows of the engine comparison (see the module's docstring) and the int8 peak."""
     peaks = dict(peaks or {})
     peaks.setdefault("int8", int8_peak())
@@ -152,7 +162,14 @@ def compare_engines(batch: int = 64, size: int = 224, repeats: int = 5, latency_
             ms = _latency_ms(make(torch.randn(1, 3, size, size)), latency_calls)
             kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
             mfu = 2 * macs * img_s / peaks[kind] if kind in peaks else None
-            rows.append({"engine": name, f"batch{batch}_img_s": round(img_s, 1), "batch1_ms": round(ms, 2),
-                         "peak": kind, "mfu": round(mfu, 4) if mfu else None})  # fmt: skip
+            rows.append(
+                {
+                    "engine": name,
+                    f"batch{batch}_img_s": round(img_s, 1),
+                    "batch1_ms": round(ms, 2),
+                    "peak": kind,
+                    "mfu": round(mfu, 4) if mfu else None,
+                }
+            )
             log.info("%-40s %8.1f img/s  batch 1 %6.2f ms", name, img_s, ms)
     return {"batch": batch, "input": size, "int8_peak_gops": round(peaks["int8"] / 1e9, 1), "rows": rows}

@@ -61,14 +61,25 @@ def figure3(source: Path | str, out: Path | str) -> dict[str, Any]:
     towers = []
     for k, part in enumerate(spec.chunk(groups)):
         values = [round(v, 4) for v in part.tolist()]
-        towers.append({"tower": k + 1, "kernels": len(part), "mean": round(part.mean().item(), 4),
-                       "median": round(part.median().item(), 4), "values": values})  # fmt: skip
+        towers.append(
+            {
+                "tower": k + 1,
+                "kernels": len(part),
+                "mean": round(part.mean().item(), 4),
+                "median": round(part.median().item(), 4),
+                "values": values,
+            }
+        )
     means = sorted(t["mean"] for t in towers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figure = _plot_fig3(w, spec, groups, out / "fig3.png")
-    return {"towers": towers, "ratio": round(means[-1] / max(means[0], 1e-9), 2) if groups > 1 else None,
-            "figure": str(figure), "source": str(source)}  # fmt: skip
+    return {
+        "towers": towers,
+        "ratio": round(means[-1] / max(means[0], 1e-9), 2) if groups > 1 else None,
+        "figure": str(figure),
+        "source": str(source),
+    }
 
 
 def _plot_fig3(w: torch.Tensor, spec: torch.Tensor, groups: int, path: Path) -> Path:
@@ -110,15 +121,31 @@ def _splits(trained: TrainedModel, dataset: str | None, data_dir: str | None, li
     cfg.data_dir = data_dir or cfg.data_dir
     limit = None if cfg.dataset in TENSOR_DATASETS else limit  # tensor sets are in memory whole: only folders are cut
     return [
-        stored_split(cfg.dataset, cfg.data_dir, train=train, size=prep.stored_size, limit=limit,
-                     pick="spread", workers=cfg.workers, max_bad_fraction=cfg.max_bad_fraction)
+        stored_split(
+            cfg.dataset,
+            cfg.data_dir,
+            train=train,
+            size=prep.stored_size,
+            limit=limit,
+            pick="spread",
+            workers=cfg.workers,
+            max_bad_fraction=cfg.max_bad_fraction,
+        )
         for train in (True, False)
-    ]  # fmt: skip
+    ]
 
 
-def figure4(source: Path | str, out: Path | str, dataset: str | None = None, data_dir: str | None = None,
-            queries: int = 5, neighbours: int = 6, k: int = 5, limit: int | None = None,
-            retrieval_queries: int = 1000) -> dict[str, Any]:  # fmt: skip
+def figure4(
+    source: Path | str,
+    out: Path | str,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    queries: int = 5,
+    neighbours: int = 6,
+    k: int = 5,
+    limit: int | None = None,
+    retrieval_queries: int = 1000,
+) -> dict[str, Any]:
     """The paper's Figure 4 for a trained model: for the first ``queries`` test images, the top-5 predictions (with
     the true class) and the ``neighbours`` training images nearest in fc7 space (Euclidean), as ``out/fig4.png``;
     and the retrieval precision of fc7 neighbours: over ``retrieval_queries`` test images, the share of their
@@ -146,18 +173,27 @@ def figure4(source: Path | str, out: Path | str, dataset: str | None = None, dat
     labels = trained.meta.labels
     rows = []
     for i in range(min(queries, m)):
-        rows.append({
-            "true": labels[int(test.labels[i])],
-            "top5": [(labels[int(j)], round(float(p), 4)) for p, j in zip(top.values[i], top.indices[i])],
-            "neighbours": [int(j) for j in nearest[i, :neighbours]],
-            "neighbour_classes": [labels[int(train.labels[j])] for j in nearest[i, :neighbours]],
-        })  # fmt: skip
+        rows.append(
+            {
+                "true": labels[int(test.labels[i])],
+                "top5": [(labels[int(j)], round(float(p), 4)) for p, j in zip(top.values[i], top.indices[i])],
+                "neighbours": [int(j) for j in nearest[i, :neighbours]],
+                "neighbour_classes": [labels[int(train.labels[j])] for j in nearest[i, :neighbours]],
+            }
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figure = _plot_fig4(test.images, train.images, rows, out / "fig4.png")
-    return {"queries": rows, "retrieval_precision": round(precision, 4), "k": k, "retrieval_queries": m,
-            "chance_precision": round(chance, 4), "train_images": len(train.labels), "figure": str(figure),
-            "feature_dim": train_feats.shape[1]}  # fmt: skip
+    return {
+        "queries": rows,
+        "retrieval_precision": round(precision, 4),
+        "k": k,
+        "retrieval_queries": m,
+        "chance_precision": round(chance, 4),
+        "train_images": len(train.labels),
+        "figure": str(figure),
+        "feature_dim": train_feats.shape[1],
+    }
 
 
 def _plot_fig4(test_images: torch.Tensor, train_images: torch.Tensor, rows: list[dict[str, Any]], path: Path) -> Path:

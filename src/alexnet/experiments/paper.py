@@ -81,9 +81,17 @@ def figure1(
                 log.warning("%s lr %g diverged: %s", unit, lr, err)
                 history = []
             errors = [round(100 - row["train_acc1"], 3) for row in history]
-            runs.append({"unit": unit, "lr": lr, "train_error": errors, "epochs": epochs_to(errors, target),
-                         "diverged": not history, "seconds": history[-1]["elapsed"] if history else 0.0,
-                         "dir": str(run_dir)})  # fmt: skip
+            runs.append(
+                {
+                    "unit": unit,
+                    "lr": lr,
+                    "train_error": errors,
+                    "epochs": epochs_to(errors, target),
+                    "diverged": not history,
+                    "seconds": history[-1]["elapsed"] if history else 0.0,
+                    "dir": str(run_dir),
+                }
+            )
             budget = min(budget, runs[-1]["epochs"] or budget)
             reached = f"{runs[-1]['epochs']} epochs" if runs[-1]["epochs"] else f"not within {len(errors)} epochs"
             log.info("%s lr %g: %s to %g%% training error", unit, lr, reached, target)

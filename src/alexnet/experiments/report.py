@@ -97,8 +97,15 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str)
         for i in range(n):
             for j in range(n):
                 if m[i, j] >= 0.01:
-                    ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * m[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if m[i, j] > 0.5 else "black",
+                    )
     ax.set(xlabel="predicted", ylabel="true", title="confusion (% of each true class)")
     fig.tight_layout()
     save_figure(fig, out, dpi=100)
@@ -106,8 +113,9 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str)
     return Path(out)
 
 
-def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: dict[str, Any],
-                 split: str = "Test set") -> Path:  # fmt: skip
+def write_report(
+    out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: dict[str, Any], split: str = "Test set"
+) -> Path:
     """``report.md`` with the final figures, per-class accuracy and links to the PNGs beside it."""
     out_dir = Path(out_dir)
     lines = [f"# {title}", "", "| | |", "|---|---|"]
@@ -124,8 +132,11 @@ def write_report(out_dir: Path | str, title: str, summary: dict[str, Any], evalu
         "|---|---:|",
     ]
     lines += [f"| {display_label(c)} | {a:.1f} |" for c, a in zip(e["classes"], e["per_class_acc"])]
-    figures = [("training curves", "curves.png"), ("conv1 filters (the paper's Figure 3)", "conv1_filters.png"),
-               ("confusion matrix", "confusion.png")]  # fmt: skip
+    figures = [
+        ("training curves", "curves.png"),
+        ("conv1 filters (the paper's Figure 3)", "conv1_filters.png"),
+        ("confusion matrix", "confusion.png"),
+    ]
     lines += ["", "## Figures", ""] + [f"![{alt}]({png})\n" for alt, png in figures]
     path = out_dir / "report.md"
     return write_text(path, "\n".join(lines))

@@ -97,17 +97,49 @@ def _ablations(base: Arm, off: Any, half: float, towers_note: str = "") -> list[
     """§3.2-§4.1's ablations against ``base``; ``off(name, *overrides)`` makes an arm without one feature, and the
     one-tower arm has ``half`` the base's width (half its kernels)."""
     return [
-        Experiment("lrn", "§3.3", "response normalisation reduces top-1 error by 1.4% (ImageNet)", "−1.4 points",
-                   1.4, "error", base, off("no_lrn", 'model.overrides.norm="none"'),
-                   others=MISHKIN + "47.0% top-1 error with LRN and without: no difference"),
-        Experiment("pooling", "§3.4", "overlapping pooling (3/2) reduces top-1 error by 0.4% against 2/2",
-                   "−0.4 points", 0.4, "error", base, off("non_overlapping", 'model.overrides.pool="non_overlapping"')),
-        Experiment("towers", "§3.2", "two towers reduce top-1 error by 1.7% against one tower with half the kernels",
-                   "−1.7 points", 1.7, "error", base,
-                   off("one_tower", "model.overrides.groups=1", f"model.overrides.width={half}"), note=towers_note),
-        Experiment("pca", "§4.1", "PCA colour noise reduces top-1 error by over 1%", "> 1 point", 1.0, "error",
-                   base, off("no_pca", "data.pca_std=0")),
-    ]  # fmt: skip
+        Experiment(
+            "lrn",
+            "§3.3",
+            "response normalisation reduces top-1 error by 1.4% (ImageNet)",
+            "−1.4 points",
+            1.4,
+            "error",
+            base,
+            off("no_lrn", 'model.overrides.norm="none"'),
+            others=MISHKIN + "47.0% top-1 error with LRN and without: no difference",
+        ),
+        Experiment(
+            "pooling",
+            "§3.4",
+            "overlapping pooling (3/2) reduces top-1 error by 0.4% against 2/2",
+            "−0.4 points",
+            0.4,
+            "error",
+            base,
+            off("non_overlapping", 'model.overrides.pool="non_overlapping"'),
+        ),
+        Experiment(
+            "towers",
+            "§3.2",
+            "two towers reduce top-1 error by 1.7% against one tower with half the kernels",
+            "−1.7 points",
+            1.7,
+            "error",
+            base,
+            off("one_tower", "model.overrides.groups=1", f"model.overrides.width={half}"),
+            note=towers_note,
+        ),
+        Experiment(
+            "pca",
+            "§4.1",
+            "PCA colour noise reduces top-1 error by over 1%",
+            "> 1 point",
+            1.0,
+            "error",
+            base,
+            off("no_pca", "data.pca_std=0"),
+        ),
+    ]
 
 
 def _relu_tanh(fig1: tuple[str, ...], target: float, note: str) -> Experiment:
@@ -145,28 +177,58 @@ def _dropout(paper: Arm, other: Arm, target: float, note: str = "") -> Experimen
 
 
 def _ten_crop(base: Arm, note: str) -> Experiment:
-    return Experiment("ten_crop", "§4.1, §6", "averaging the softmax over ten crops lowers the error",
-                      "cuda-convnet2's 1-GPU model: 42.5% → 40.4% top-1 error", 2.1, "tencrop", base, None,
-                      note=note)  # fmt: skip
+    return Experiment(
+        "ten_crop",
+        "§4.1, §6",
+        "averaging the softmax over ten crops lowers the error",
+        "cuda-convnet2's 1-GPU model: 42.5% → 40.4% top-1 error",
+        2.1,
+        "tencrop",
+        base,
+        None,
+        note=note,
+    )
 
 
 def _crops_flips(base: Arm, off: Any, note: str) -> Experiment:
-    return Experiment("crops_flips", "§4.1", "without random crops and flips the network overfits substantially",
-                      "(no figure)", 1.0, "error", base, off("no_crops_flips", "data.pad=0", "data.flip=false"),
-                      note=note)  # fmt: skip
+    return Experiment(
+        "crops_flips",
+        "§4.1",
+        "without random crops and flips the network overfits substantially",
+        "(no figure)",
+        1.0,
+        "error",
+        base,
+        off("no_crops_flips", "data.pad=0", "data.flip=false"),
+        note=note,
+    )
 
 
 def _small() -> Budget:
     # A smoke run: CIFAR-10 JPEGs and Fashion-MNIST, alexnet_small at half width with the paper's features (LRN, two
     # towers, overlapping pooling, PCA noise, crops, flips, dropout); 8 epochs of 60 batches of 128 (7,680 images
     # an epoch, 61,440 in all), a one-cycle learning rate: about 75 s a run here.
-    cifar = ("model.overrides.width=0.5", 'model.overrides.norm="lrn"', "model.overrides.groups=2",
-             "data.pca_std=0.1", "data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0",
-             "train.epochs=8", "train.limit_train_batches=60")  # fmt: skip
+    cifar = (
+        "model.overrides.width=0.5",
+        'model.overrides.norm="lrn"',
+        "model.overrides.groups=2",
+        "data.pca_std=0.1",
+        "data.batch_size=128",
+        "optim.lr=0.05",
+        "optim.label_smoothing=0.0",
+        "train.epochs=8",
+        "train.limit_train_batches=60",
+    )
     fashion = ("model.overrides.width=0.5", "train.epochs=6", "train.limit_train_batches=60")
     fig1 = ("train.epochs=10", "train.limit_train_batches=80")
-    common = ("data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0", "train.epochs=8",
-              "train.limit_train_batches=60", 'model.name="convnet_cifar_local"')  # fmt: skip
+    common = (
+        "data.batch_size=128",
+        "optim.lr=0.05",
+        "optim.label_smoothing=0.0",
+        "train.epochs=8",
+        "train.limit_train_batches=60",
+        'model.name="convnet_cifar_local"',
+    )
     base = Arm("paper", "cifar10", cifar)
 
     def off(name: str, *changes: str) -> Arm:
@@ -186,17 +248,24 @@ def _small() -> Budget:
         _ten_crop(base, "the `paper` arm's runs of the ablations, evaluated again with ten crops"),
     ]
     settings = {"CIFAR-10 runs": cifar, "Fashion-MNIST runs": fashion, "Figure 1 runs": fig1}
-    return Budget("small: a smoke run on CIFAR-10 JPEGs and Fashion-MNIST (far from converged)", settings,
-                  experiments, base)  # fmt: skip
+    return Budget(
+        "small: a smoke run on CIFAR-10 JPEGs and Fashion-MNIST (far from converged)", settings, experiments, base
+    )
 
 
 # The cpu budget's CIFAR-10 runs: 45,000 training images (5,000 held out for validation), every epoch a full pass.
 CPU_EPOCHS = 30
 CPU_CIFAR = (
-    "model.overrides.width=0.5", 'model.overrides.norm="lrn"', "model.overrides.groups=2", "data.pca_std=0.1",
-    "data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0", f"train.epochs={CPU_EPOCHS}",
+    "model.overrides.width=0.5",
+    'model.overrides.norm="lrn"',
+    "model.overrides.groups=2",
+    "data.pca_std=0.1",
+    "data.batch_size=128",
+    "optim.lr=0.05",
+    "optim.label_smoothing=0.0",
+    f"train.epochs={CPU_EPOCHS}",
     "data.val_split=0.1",
-)  # fmt: skip
+)
 
 
 def _cpu() -> Budget:
@@ -211,8 +280,14 @@ def _cpu() -> Budget:
         return Arm(name, "cifar10", (*CPU_CIFAR, *changes))
 
     fig1 = ("train.epochs=40",)  # at most; each run stops at the target (the recipe's stop_at_train_acc1)
-    local = ('model.name="convnet_cifar_local"', "data.batch_size=128", "optim.lr=0.05", "optim.label_smoothing=0.0",
-             "train.epochs=30", "data.val_split=0.1")  # fmt: skip
+    local = (
+        'model.name="convnet_cifar_local"',
+        "data.batch_size=128",
+        "optim.lr=0.05",
+        "optim.label_smoothing=0.0",
+        "train.epochs=30",
+        "data.val_split=0.1",
+    )
     # The baseline's arms first: the runs every ablation shares, and the budget's test of convergence.
     experiments = [
         *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
@@ -285,15 +360,26 @@ def _run(plan: Plan, arm: Arm, seed: int, rel: Path) -> dict[str, Any]:
     if done.is_file():
         return json.loads(done.read_text())
     # resume="auto": from the run's checkpoint when it was interrupted, a fresh start when it has none
-    overrides = [*arm.overrides, *_data_overrides(arm, plan), *plan.overrides, f"train.seed={seed}",
-                 f'train.out="{run}"', 'train.resume="auto"']  # fmt: skip
+    overrides = [
+        *arm.overrides,
+        *_data_overrides(arm, plan),
+        *plan.overrides,
+        f"train.seed={seed}",
+        f'train.out="{run}"',
+        'train.resume="auto"',
+    ]
     cfg = load_config(arm.recipe, overrides, **plan.fields)
     began = time.perf_counter()
     result = fit(cfg)
     summary: dict[str, Any] = {
-        "history": result.history, "seconds": round(time.perf_counter() - began, 1), "seed": seed,
-        "arm": arm.name, "recipe": arm.recipe, "overrides": list(arm.overrides), "machine": machine(),
-    }  # fmt: skip
+        "history": result.history,
+        "seconds": round(time.perf_counter() - began, 1),
+        "seed": seed,
+        "arm": arm.name,
+        "recipe": arm.recipe,
+        "overrides": list(arm.overrides),
+        "machine": machine(),
+    }
     if arm == plan.baseline:
         summary.update(_baseline_measures(run, plan, record))
     record.mkdir(parents=True, exist_ok=True)
@@ -311,15 +397,21 @@ def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
     from .figures import figure3
 
     weights = run / "last.pt"
-    kwargs = {"data_dir": plan.cifar_dir, "progress": False, "dataset": plan.fields.get("data__dataset"),
-              "precision": "fp32"}  # fmt: skip
+    kwargs = {
+        "data_dir": plan.cifar_dir,
+        "progress": False,
+        "dataset": plan.fields.get("data__dataset"),
+        "precision": "fp32",
+    }
     centre = evaluate_checkpoint(weights, **kwargs)["err1"]
     ten = evaluate_checkpoint(weights, ten_crop=True, **kwargs)["err1"]
     out: dict[str, Any] = {"test_err_centre": round(centre, 3), "test_err_ten_crop": round(ten, 3)}
     try:
         fig3 = figure3(weights, record)
-        out["fig3"] = {"towers": [{k: t[k] for k in ("tower", "kernels", "mean", "median")} for t in fig3["towers"]],
-                       "ratio": fig3["ratio"]}  # fmt: skip
+        out["fig3"] = {
+            "towers": [{k: t[k] for k in ("tower", "kernels", "mean", "median")} for t in fig3["towers"]],
+            "ratio": fig3["ratio"],
+        }
     except (ImportError, ValueError) as err:  # no matplotlib, or a one-channel model
         log.warning("Figure 3 not drawn for %s: %s", run, err)
     return out
@@ -367,18 +459,34 @@ def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]]) -> dict[str
             effect = claims.ratio(paper, other)
     unit = "%" if exp.metric in ("error", "tencrop") else " epochs"
     return {
-        "arms": {k: {"values": [round(v, 3) for v in a.values], "censored": a.censored, "mean": round(a.mean, 3),
-                     "sd": round(a.sd, 3), "text": claims.describe_arm(a, unit)} for k, a in arms.items()},
+        "arms": {
+            k: {
+                "values": [round(v, 3) for v in a.values],
+                "censored": a.censored,
+                "mean": round(a.mean, 3),
+                "sd": round(a.sd, 3),
+                "text": claims.describe_arm(a, unit),
+            }
+            for k, a in arms.items()
+        },
         "effect": asdict(effect),
         "text": claims.describe(effect),
         "verdict": claims.verdict(effect, exp.paper_effect),
         "seconds": round(sum(r["seconds"] for rs in runs.values() for r in rs), 1),
-    }  # fmt: skip
+    }
 
 
-def reproduce(out: Path | str, budget: str = "small", seeds: int = 3, only: list[str] | None = None,
-              cifar_dir: str | None = None, fashion_dir: str | None = None, overrides: list[str] | None = None,
-              records: Path | str | None = None, **fields: Any) -> dict[str, Any]:  # fmt: skip
+def reproduce(
+    out: Path | str,
+    budget: str = "small",
+    seeds: int = 3,
+    only: list[str] | None = None,
+    cifar_dir: str | None = None,
+    fashion_dir: str | None = None,
+    overrides: list[str] | None = None,
+    records: Path | str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """Run the budget's experiments (or ``only`` those) over ``seeds`` seeds and write ``records/report.md``.
 
     Args:
@@ -406,8 +514,15 @@ def reproduce(out: Path | str, budget: str = "small", seeds: int = 3, only: list
     if seeds < 1:
         raise AlexNetError("--seeds must be at least 1")
     out = Path(out)
-    plan = Plan(out, Path(records) if records else out, cifar_dir, fashion_dir, list(overrides or []), fields,
-                budget_plan.baseline)  # fmt: skip
+    plan = Plan(
+        out,
+        Path(records) if records else out,
+        cifar_dir,
+        fashion_dir,
+        list(overrides or []),
+        fields,
+        budget_plan.baseline,
+    )
     chosen = [e for e in budget_plan.experiments if not only or e.name in only]
     homes: dict[Arm, Path] = {}  # an arm shared by experiments (the ablations' baseline) trains once
     results: dict[str, Any] = {}

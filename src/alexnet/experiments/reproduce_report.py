@@ -17,8 +17,9 @@ def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in seen]
 
 
-def write_report(records: Path, plan: Any, experiments: list[Any], results: dict[str, Any], seeds: int,
-                 homes: dict[Any, Path]) -> Path:  # fmt: skip
+def write_report(
+    records: Path, plan: Any, experiments: list[Any], results: dict[str, Any], seeds: int, homes: dict[Any, Path]
+) -> Path:
     """``records/report.md`` and ``results.json``: per claim the paper's figure, the arms (mean ± sd over seeds, with
     censored runs named), the effect with its 95% interval, the verdict, published reproductions; the runs' total
     time and the machines they ran on; Figure 3 of the baseline; ``curves_<experiment>.png`` when matplotlib is
@@ -41,13 +42,17 @@ def write_report(records: Path, plan: Any, experiments: list[Any], results: dict
     ]
     if plan.settings:
         lines += ["Settings: " + "; ".join(f"{k} `{' '.join(v)}`" for k, v in plan.settings.items()) + ".", ""]
-    lines += ["| claim | paper | ours: arms | effect, 95% CI | verdict | time | others |",
-              "|---|---|---|---|---|---:|---|"]  # fmt: skip
+    lines += [
+        "| claim | paper | ours: arms | effect, 95% CI | verdict | time | others |",
+        "|---|---|---|---|---|---:|---|",
+    ]
     for exp in experiments:
         r = results[exp.name]
         arms = "; ".join(f"{name} {a['text']}" for name, a in r["arms"].items())
-        lines.append(f"| **{exp.name}** ({exp.section}): {exp.claim} | {exp.paper} | {arms} | {r['text']} | "
-                     f"{r['verdict']} | {r['seconds'] / 60:.1f} min | {exp.others} |")  # fmt: skip
+        lines.append(
+            f"| **{exp.name}** ({exp.section}): {exp.claim} | {exp.paper} | {arms} | {r['text']} | "
+            f"{r['verdict']} | {r['seconds'] / 60:.1f} min | {exp.others} |"
+        )
     lines += [
         "",
         "Effects: `error` claims in test-error points the paper's choice saves (positive agrees with the paper); "
@@ -74,10 +79,15 @@ def _figure3(runs: list[dict[str, Any]], baseline: Path | None) -> list[str]:
     rows = [r for r in runs if r.get("fig3")]
     if not rows:
         return []
-    lines = ["## Figure 3: the towers' conv1 kernels", "",
-             "Colour specificity of a kernel: the share of its energy outside its grey component (0: luminance only). "
-             "The paper: one tower's kernels \"largely color-agnostic\", the other's \"largely color-specific\".", "",
-             "| seed | tower 1 mean | tower 2 mean | ratio |", "|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "## Figure 3: the towers' conv1 kernels",
+        "",
+        "Colour specificity of a kernel: the share of its energy outside its grey component (0: luminance only). "
+        'The paper: one tower\'s kernels "largely color-agnostic", the other\'s "largely color-specific".',
+        "",
+        "| seed | tower 1 mean | tower 2 mean | ratio |",
+        "|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: r["seed"]):
         towers = r["fig3"]["towers"]
         means = " | ".join(f"{t['mean']:.3f}" for t in towers)

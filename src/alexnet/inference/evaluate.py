@@ -48,8 +48,11 @@ def evaluate_checkpoint(
     trained = load_trained(path)
     int8 = precision == "int8" or is_int8(trained)
     if precision == "int8" and not is_int8(trained):  # quantize on the fly, calibrated on the training split
-        trained, _ = quantize(trained, calibration_inputs(trained, CALIBRATION_IMAGES, data_dir),
-                              record={"calibration_split": "train", "calibration_seed": 0})  # fmt: skip
+        trained, _ = quantize(
+            trained,
+            calibration_inputs(trained, CALIBRATION_IMAGES, data_dir),
+            record={"calibration_split": "train", "calibration_seed": 0},
+        )
     prep = trained.preprocessing
     # Only the validation split is read; the preprocessing is the one recorded with the weights.
     cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()

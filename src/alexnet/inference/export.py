@@ -106,8 +106,14 @@ def parity(expected: torch.Tensor, got: torch.Tensor, atol: float = 1e-5, rtol: 
     return Parity(max_abs, bound, max_prob, agree.float().mean().item() if agree.numel() else 1.0)
 
 
-def export_model(trained: TrainedModel, fmt: str, out: str | Path, check_inputs: torch.Tensor | None = None,
-                 atol: float = 1e-5, rtol: float = 1e-4) -> ExportResult:  # fmt: skip
+def export_model(
+    trained: TrainedModel,
+    fmt: str,
+    out: str | Path,
+    check_inputs: torch.Tensor | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> ExportResult:
     """Export ``trained`` and verify the result on ``check_inputs`` (see `parity`).
 
     Args:
@@ -175,9 +181,14 @@ def _export_onnx(
     except ImportError as err:
         raise AlexNetError(f"ONNX export needs the export extra: pip install 'alexnet[export]' ({err})") from None
     program = torch.onnx.export(
-        model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
-        dynamic_shapes=({0: batch},), verbose=False,
-    )  # fmt: skip
+        model,
+        (example,),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
     proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = "alexnet", meta

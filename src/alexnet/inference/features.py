@@ -36,8 +36,9 @@ def extract_features(trained: TrainedModel, images: torch.Tensor, layer: str = "
     return torch.cat(out) if out else torch.empty(0)
 
 
-def features_of_files(trained: TrainedModel, files: Iterable[str], layer: str = "fc7",
-                      batch: int = 64) -> tuple[np.ndarray, list[str], list[str]]:  # fmt: skip
+def features_of_files(
+    trained: TrainedModel, files: Iterable[str], layer: str = "fc7", batch: int = 64
+) -> tuple[np.ndarray, list[str], list[str]]:
     """Features of image files (decoded as `predict` decodes them), the files that worked, and the errors."""
     from .predictor import Predictor
 

@@ -54,8 +54,14 @@ class Predictor:
         max_file_mb: files larger than this are refused before they are read.
     """
 
-    def __init__(self, model: Any, meta: ModelMeta, device: str = "cpu", precision: str = "fp32",
-                 max_file_mb: float = MAX_FILE_MB) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        meta: ModelMeta,
+        device: str = "cpu",
+        precision: str = "fp32",
+        max_file_mb: float = MAX_FILE_MB,
+    ) -> None:
         self.meta = meta
         self.classes = meta.labels  # display-safe names: no escape sequence of a class name reaches a terminal
         self.in_channels = meta.model.in_channels
@@ -69,8 +75,9 @@ class Predictor:
         self.model = model if self.is_onnx else model.eval().to(self.device)
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu", precision: str = "fp32",
-                  max_file_mb: float = MAX_FILE_MB) -> Predictor:  # fmt: skip
+    def from_path(
+        cls, path: str | Path, device: str = "cpu", precision: str = "fp32", max_file_mb: float = MAX_FILE_MB
+    ) -> Predictor:
         """From ``.safetensors`` weights, a ``.pt`` training checkpoint, or an ``.onnx`` file we exported."""
         path = Path(path)
         if path.suffix == ".onnx":
@@ -134,8 +141,9 @@ class Predictor:
             [(self.classes[i], float(p)) for p, i in zip(vs, ix)] for vs, ix in zip(values.tolist(), indices.tolist())
         ]
 
-    def predict_iter(self, images: Iterable[ImageLike], topk: int = 5, batch_size: int = 32,
-                     ten_crop: bool = False) -> Iterator[Prediction]:  # fmt: skip
+    def predict_iter(
+        self, images: Iterable[ImageLike], topk: int = 5, batch_size: int = 32, ten_crop: bool = False
+    ) -> Iterator[Prediction]:
         """Yield one `Prediction` per input, in input order; an input that fails carries its error, the rest go on."""
         if topk < 1 or batch_size < 1:
             raise AlexNetError(f"topk ({topk}) and batch size ({batch_size}) must be at least 1")
@@ -163,8 +171,9 @@ class Predictor:
         if pending:
             yield from flush()
 
-    def predict(self, images: ImageLike | Iterable[ImageLike], topk: int = 5, batch_size: int = 32,
-                ten_crop: bool = False) -> list[Prediction]:  # fmt: skip
+    def predict(
+        self, images: ImageLike | Iterable[ImageLike], topk: int = 5, batch_size: int = 32, ten_crop: bool = False
+    ) -> list[Prediction]:
         """Predictions for one image or many (paths, PIL images, or (C, H, W) tensors: uint8, or float in [0, 1])."""
         if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
             images = [images]

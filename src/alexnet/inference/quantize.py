@@ -62,13 +62,23 @@ def calibration_inputs(trained: TrainedModel, n: int, data_dir: str | None = Non
     return torch.cat([transform.eval(chunk) for chunk in stored.split(256)]).contiguous()
 
 
-def quantize(trained: TrainedModel, calibration: torch.Tensor, batch: int = 64, record: dict[str, Any] | None = None,
-             autotune: bool = False) -> tuple[TrainedModel, torch.export.ExportedProgram]:  # fmt: skip
+def quantize(
+    trained: TrainedModel,
+    calibration: torch.Tensor,
+    batch: int = 64,
+    record: dict[str, Any] | None = None,
+    autotune: bool = False,
+) -> tuple[TrainedModel, torch.export.ExportedProgram]:
     """``trained`` as an int8 `TrainedModel` (compiled, CPU) and its program, to save with `save_int8`; ``autotune``
     is recorded, and loading the program compiles it the same way."""
     program = quantize_graph(trained.model, calibration, batch)
-    quantization = {"scheme": SCHEME, "batch": batch, "calibration_images": len(calibration), "autotune": autotune,
-                    **(record or {})}  # fmt: skip
+    quantization = {
+        "scheme": SCHEME,
+        "batch": batch,
+        "calibration_images": len(calibration),
+        "autotune": autotune,
+        **(record or {}),
+    }
     meta = replace(trained.meta, provenance={**trained.meta.provenance, "quantization": quantization})
     size = trained.preprocessing.input_size
     model = Int8Model(program.module(), batch, trained.meta.model.in_channels, size, autotune)

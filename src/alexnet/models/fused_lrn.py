@@ -61,9 +61,12 @@ def kernel() -> Any | None:
                     source = _SOURCE.read_text()
                     tag = hashlib.sha256(source.encode()).hexdigest()[:10]
                     _state["kernel"] = load_inline(
-                        f"alexnet_lrn_{_cpu_fingerprint()}_{tag}", [source],
-                        extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
-                    )  # fmt: skip
+                        f"alexnet_lrn_{_cpu_fingerprint()}_{tag}",
+                        [source],
+                        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                        extra_ldflags=["-fopenmp"],
+                        verbose=False,
+                    )
                 finally:
                     builder.setLevel(level)
                 log.debug("fused LRN kernel loaded")

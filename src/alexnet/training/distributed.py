@@ -112,8 +112,14 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """``module`` with every BatchNorm2d replaced by a `SyncBatchNorm2d` holding the same parameters and buffers."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SyncBatchNorm2d):
-            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats, device=child.weight.device)  # fmt: skip
+            sync = SyncBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+                device=child.weight.device,
+            )
             sync.load_state_dict(child.state_dict())
             setattr(module, name, sync)
         else:

@@ -33,10 +33,13 @@ def adopt_pretrained(cfg: Config) -> tuple[Config, TrainedModel | None]:
         log.info("model %s %s comes from the weights %s", desc.variant, desc.overrides or "", cfg.model.weights)
     model = dataclasses.replace(cfg.model, name=desc.variant, overrides=dict(desc.overrides))
     data = dataclasses.replace(
-        cfg.data, mean=list(prep.mean), std=list(prep.std) if prep.std is not None else None,
-        normalize="meanstd" if prep.std is not None else "mean", pixel_scale=prep.pixel_scale,
+        cfg.data,
+        mean=list(prep.mean),
+        std=list(prep.std) if prep.std is not None else None,
+        normalize="meanstd" if prep.std is not None else "mean",
+        pixel_scale=prep.pixel_scale,
         resize=cfg.data.resize or prep.stored_size,
-    )  # fmt: skip
+    )
     return dataclasses.replace(cfg, model=model, data=data), pretrained
 
 
@@ -70,8 +73,10 @@ def transfer(model: nn.Module, pretrained: TrainedModel, classes: list[str]) -> 
     if new:
         log.info(
             "replaced the last layer (%s): %d pretrained classes → %d classes of this data set; the rest is pretrained",
-            head[0].removesuffix(".weight"), pretrained.meta.model.num_classes, len(classes),
-        )  # fmt: skip
+            head[0].removesuffix(".weight"),
+            pretrained.meta.model.num_classes,
+            len(classes),
+        )
     return new
 
 

@@ -48,8 +48,20 @@ from .strategy import Strategy
 log = logging.getLogger(__name__)
 # An epoch trained without validation (train.val_every > 1): its row's validation figures are NaN.
 SKIPPED_VAL = {"loss": math.nan, "acc1": math.nan, "acc5": math.nan}
-CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "img_s", "seconds",
-              "test_loss", "test_acc1", "test_acc5"]  # fmt: skip
+CSV_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc1",
+    "val_loss",
+    "val_acc1",
+    "val_acc5",
+    "img_s",
+    "seconds",
+    "test_loss",
+    "test_acc1",
+    "test_acc5",
+]
 # With data.val_split, the row of the last epoch also holds the test split's figures (the other rows' test columns
 # read nan in metrics.csv).
 TEST_KEYS = ("loss", "acc1", "acc5")
@@ -182,17 +194,36 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
     log.info(
         "%s on %s: %d train batches of %d, %d classes, device %s, precision %s, out %s",
-        cfg.model.name, cfg.data.dataset, steps, cfg.data.batch_size, len(data.classes), device, precision, out,
-    )  # fmt: skip
+        cfg.model.name,
+        cfg.data.dataset,
+        steps,
+        cfg.data.batch_size,
+        len(data.classes),
+        device,
+        precision,
+        out,
+    )
     progress = cfg.train.progress and dist_info.is_main
     settings = StepSettings(
-        device, precision, strategy.aug_seed(cfg.train.seed), len(data.classes), cfg.optim.label_smoothing,
-        cfg.optim.clip_grad_norm, cfg.train.limit_train_batches, progress, accumulate=cfg.train.accumulate,
-    )  # fmt: skip
+        device,
+        precision,
+        strategy.aug_seed(cfg.train.seed),
+        len(data.classes),
+        cfg.optim.label_smoothing,
+        cfg.optim.clip_grad_norm,
+        cfg.train.limit_train_batches,
+        progress,
+        accumulate=cfg.train.accumulate,
+    )
     eval_settings = StepSettings(
-        device, precision, cfg.train.seed, len(data.classes), limit_batches=cfg.train.limit_val_batches,
-        progress=progress, sync=strategy.eval_synced,
-    )  # fmt: skip
+        device,
+        precision,
+        cfg.train.seed,
+        len(data.classes),
+        limit_batches=cfg.train.limit_val_batches,
+        progress=progress,
+        sync=strategy.eval_synced,
+    )
 
     def checkpoint(epoch: int, step: int, *paths: Path) -> dict[str, torch.Tensor]:
         """Write the run's state to ``paths`` (in every process: it gathers; rank 0 writes); returns the model's."""
@@ -206,11 +237,22 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
             torch.distributed.all_gather_object(rng_ranks, rng)
         if dist_info.is_main:
             state = build_state(
-                model_state=model_state, model_config=plain.config, optimizer_states=optimizer_states,
-                schedule=schedule, scaler=scaler, rng=rng, rng_ranks=rng_ranks, epoch=epoch, step=step, totals=totals,
-                history=result.history, best_acc1=result.best_acc1, cfg=cfg, classes=data.classes,
+                model_state=model_state,
+                model_config=plain.config,
+                optimizer_states=optimizer_states,
+                schedule=schedule,
+                scaler=scaler,
+                rng=rng,
+                rng_ranks=rng_ranks,
+                epoch=epoch,
+                step=step,
+                totals=totals,
+                history=result.history,
+                best_acc1=result.best_acc1,
+                cfg=cfg,
+                classes=data.classes,
                 data_meta=data.meta,
-            )  # fmt: skip
+            )
             for path in paths:
                 save_checkpoint(state, path)
         return model_state
@@ -244,9 +286,18 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
         for epoch in range(start_epoch, cfg.train.epochs):
             began = time.perf_counter()
             train = train_one_epoch(
-                model, data.train, data.train_transform, optimizer, schedule, settings, epoch,
-                start_step, scaler, on_step(epoch), totals,
-            )  # fmt: skip
+                model,
+                data.train,
+                data.train_transform,
+                optimizer,
+                schedule,
+                settings,
+                epoch,
+                start_step,
+                scaler,
+                on_step(epoch),
+                totals,
+            )
             start_step, totals = 0, EpochTotals()
             # A finite loss whose update broke the weights: stop before evaluating them.
             strategy.check_finite(plain, f"in epoch {epoch + 1}", str(out / "last.pt"))
@@ -259,8 +310,14 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
             validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
             val = SKIPPED_VAL
             if validate:
-                val = evaluate(model, data.val, data.eval_transform, eval_settings, ten_crop=cfg.data.ten_crop,
-                               flip=cfg.data.flip_tta)  # fmt: skip
+                val = evaluate(
+                    model,
+                    data.val,
+                    data.eval_transform,
+                    eval_settings,
+                    ten_crop=cfg.data.ten_crop,
+                    flip=cfg.data.flip_tta,
+                )
                 if not math.isfinite(val["loss"]):  # finite weights, non-finite outputs: never the last good state
                     raise NonFiniteOutputError(
                         f"the model's outputs became non-finite in epoch {epoch + 1} (its weights are finite): "
@@ -271,8 +328,14 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
             row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train, val, began, started)
             if data.test is not None and (epoch + 1 == cfg.train.epochs or stopping):
                 # The test split, once: nothing selects on it (best, plateau and early stops read the held-out split).
-                result.test = evaluate(model, data.test, data.eval_transform, eval_settings,
-                                       ten_crop=cfg.data.ten_crop, flip=cfg.data.flip_tta)  # fmt: skip
+                result.test = evaluate(
+                    model,
+                    data.test,
+                    data.eval_transform,
+                    eval_settings,
+                    ten_crop=cfg.data.ten_crop,
+                    flip=cfg.data.flip_tta,
+                )
                 row.update({f"test_{k}": round(result.test[k], 5 if k == "loss" else 3) for k in TEST_KEYS})
             result.history.append(row)
             # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
@@ -329,8 +392,9 @@ def _run_dir(cfg: Config, dist_info: distributed.DistInfo) -> Path:
     return out
 
 
-def _build_model(cfg: Config, data: Data, device: torch.device, strategy: Strategy, pretrained: Any = None
-                 ) -> tuple[nn.Module, nn.Module, set[str]]:  # fmt: skip
+def _build_model(
+    cfg: Config, data: Data, device: torch.device, strategy: Strategy, pretrained: Any = None
+) -> tuple[nn.Module, nn.Module, set[str]]:
     """(what trains, the bare module, names of parameters not pretrained): the variant for ``data``, started from
     ``pretrained`` weights if given, frozen where ``model.freeze`` says, on ``device``, wrapped as ``strategy``
     says."""
@@ -348,15 +412,23 @@ def _build_model(cfg: Config, data: Data, device: torch.device, strategy: Strate
     return (*strategy.wrap(model, cfg.train.sync_bn), new)
 
 
-def _epoch_row(epoch: int, lr: float, train: dict[str, float], val: dict[str, Any], began: float,
-               started: float) -> dict[str, float]:  # fmt: skip
+def _epoch_row(
+    epoch: int, lr: float, train: dict[str, float], val: dict[str, Any], began: float, started: float
+) -> dict[str, float]:
     """One ``metrics.csv`` row (``elapsed``: seconds since fit() began, data loading included)."""
     now = time.perf_counter()
     return {
-        "epoch": epoch + 1, "lr": lr, "train_loss": round(train["loss"], 5), "train_acc1": round(train["acc1"], 3),
-        "val_loss": round(val["loss"], 5), "val_acc1": round(val["acc1"], 3), "val_acc5": round(val["acc5"], 3),
-        "img_s": round(train["img_s"], 1), "seconds": round(now - began, 2), "elapsed": round(now - started, 2),
-    }  # fmt: skip
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": round(train["loss"], 5),
+        "train_acc1": round(train["acc1"], 3),
+        "val_loss": round(val["loss"], 5),
+        "val_acc1": round(val["acc1"], 3),
+        "val_acc5": round(val["acc5"], 3),
+        "img_s": round(train["img_s"], 1),
+        "seconds": round(now - began, 2),
+        "elapsed": round(now - started, 2),
+    }
 
 
 def _log_epoch(row: dict[str, float], epochs: int, train: dict[str, float]) -> None:
@@ -365,9 +437,16 @@ def _log_epoch(row: dict[str, float], epochs: int, train: dict[str, float]) -> N
         val = f"val loss {row['val_loss']:.4f} acc1 {row['val_acc1']:.2f}% acc5 {row['val_acc5']:.2f}%"
     log.info(
         "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  %s  %.0f img/s  data %.1fs compute %.1fs",
-        row["epoch"], epochs, row["lr"], train["loss"], train["acc1"], val, train["img_s"], train["data_s"],
+        row["epoch"],
+        epochs,
+        row["lr"],
+        train["loss"],
+        train["acc1"],
+        val,
+        train["img_s"],
+        train["data_s"],
         train["compute_s"],
-    )  # fmt: skip
+    )
 
 
 @contextlib.contextmanager

@@ -100,8 +100,14 @@ def _shard_conv(conv: nn.Conv2d, rank: int, world: int, name: str) -> nn.Conv2d:
     in_channels = conv.in_channels // world if conv.groups == world else conv.in_channels
     if conv.groups not in (1, world):
         raise AlexNetError(f"{name} has groups={conv.groups}; the towers split needs 1 or {world}")
-    out = nn.Conv2d(in_channels, rows.stop - rows.start, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-                    bias=conv.bias is not None)  # fmt: skip
+    out = nn.Conv2d(
+        in_channels,
+        rows.stop - rows.start,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
+    )
     out.weight = nn.Parameter(conv.weight.detach()[rows].clone())
     if conv.bias is not None:
         out.bias = nn.Parameter(conv.bias.detach()[rows].clone())
@@ -215,16 +221,19 @@ class ShardedAlexNet(nn.Module):
         self._hooks()
 
     @staticmethod
-    def _record(plan: _Plan, name: str, full_name: str, sharded: nn.Module, rank: int, world: int,
-                original: nn.Module) -> None:  # fmt: skip
+    def _record(
+        plan: _Plan, name: str, full_name: str, sharded: nn.Module, rank: int, world: int, original: nn.Module
+    ) -> None:
         for p_name, _ in sharded.named_parameters(recurse=False):
             full_param = getattr(original, p_name)
             rows = _rows(full_param.shape[0], rank, world, full_name)
             plan.sharded[f"{name}.{p_name}"] = (f"{full_name}.{p_name}", rows)
         for b_name, _ in sharded.named_buffers(recurse=False):
             if b_name != "num_batches_tracked":
-                plan.sharded[f"{name}.{b_name}"] = (f"{full_name}.{b_name}", _rows(getattr(original, b_name).shape[0],
-                                                                                   rank, world, full_name))  # fmt: skip
+                plan.sharded[f"{name}.{b_name}"] = (
+                    f"{full_name}.{b_name}",
+                    _rows(getattr(original, b_name).shape[0], rank, world, full_name),
+                )
 
     def _hooks(self) -> None:
         """Sharded gradients ÷ K (each rank's loss is one of K terms); replicated ones averaged across ranks."""
@@ -321,8 +330,11 @@ def parallel_plan(name: str, workers: int, batch: int, num_classes: int = 1000, 
     total = conv_params + fc_params
     k, b, f = workers, batch // workers, 4
     ring = 2 * (k - 1) / k  # a ring all-reduce sends this many times the buffer per worker
-    rows = [PlanRow("data", int(ring * total * f), ring * total * f / batch, total * f,
-                    f"all-reduce of {total:,} gradients")]  # fmt: skip
+    rows = [
+        PlanRow(
+            "data", int(ring * total * f), ring * total * f / batch, total * f, f"all-reduce of {total:,} gradients"
+        )
+    ]
     c, h, w = spec.feature_shape()
     fc_widths = [*spec.hidden(), num_classes]
     # The fc layers' activations each worker contributes: the conv features (hybrid: its own b images; towers:
@@ -335,9 +347,16 @@ def parallel_plan(name: str, workers: int, batch: int, num_classes: int = 1000, 
         exchanged = [_conv_input(spec, i) for i, conv in enumerate(spec.convs) if i and not conv.tower]
         tower_floats = sum(batch * n // k for n in [*exchanged, c * h * w, *fc_widths])
         towers = 2 * (k - 1) * tower_floats * f
-        rows.append(PlanRow("towers", towers, towers / batch, total // k * f,
-                            f"every layer split in {k}; activations exchanged at {len(exchanged)} conv input(s), "
-                            "fc6, fc7, fc8 and the logits"))  # fmt: skip
+        rows.append(
+            PlanRow(
+                "towers",
+                towers,
+                towers / batch,
+                total // k * f,
+                f"every layer split in {k}; activations exchanged at {len(exchanged)} conv input(s), "
+                "fc6, fc7, fc8 and the logits",
+            )
+        )
     return rows
 
 

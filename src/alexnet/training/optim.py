@@ -36,8 +36,9 @@ class PaperSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float] | None = None
-                    ) -> torch.optim.Optimizer:  # fmt: skip
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
     """SGD (paper form) or AdamW, with biases and norm parameters exempt from decay unless ``bias_decay``.
 
     ``lr_scales`` multiplies the learning rate of the named parameters (pretrained layers: see
@@ -49,10 +50,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, flo
             decays = not (p.ndim <= 1 and not cfg.bias_decay)
             grouped.setdefault((decays, (lr_scales or {}).get(name, 1.0)), []).append(p)
     groups = [
-        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale,
-         "lr": cfg.lr * scale}
+        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale, "lr": cfg.lr * scale}
         for (decays, scale), params in sorted(grouped.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))
-    ]  # fmt: skip
+    ]
     if cfg.name == "sgd":
         return PaperSGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":

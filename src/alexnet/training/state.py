@@ -86,11 +86,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_state(*, model_state: dict[str, torch.Tensor], model_config: dict[str, Any],
-                optimizer_states: list[dict[str, Any]], schedule: Any, scaler: Any, rng: dict[str, Any],
-                rng_ranks: list[dict[str, Any]], epoch: int, step: int, totals: EpochTotals,
-                history: list[dict[str, float]], best_acc1: float, cfg: Config, classes: list[str],
-                data_meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def build_state(
+    *,
+    model_state: dict[str, torch.Tensor],
+    model_config: dict[str, Any],
+    optimizer_states: list[dict[str, Any]],
+    schedule: Any,
+    scaler: Any,
+    rng: dict[str, Any],
+    rng_ranks: list[dict[str, Any]],
+    epoch: int,
+    step: int,
+    totals: EpochTotals,
+    history: list[dict[str, float]],
+    best_acc1: float,
+    cfg: Config,
+    classes: list[str],
+    data_meta: dict[str, Any],
+) -> dict[str, Any]:
     """The checkpoint dict (see the module docstring). ``optimizer_states`` has one entry, or one per rank when
     each rank holds different parameters (``--parallel towers`` or ``hybrid``)."""
     return {
@@ -137,8 +150,7 @@ def latest_valid(out: Path) -> tuple[str | None, dict[str, Any] | None]:
     return None, None
 
 
-def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[str], cfg: Config,
-                 source: str) -> None:  # fmt: skip
+def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[str], cfg: Config, source: str) -> None:
     """Refuse to resume ``state`` into a different model, class list or (unless allowed) recipe.
 
     Raises:
@@ -173,8 +185,15 @@ def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[st
             )
 
 
-def restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
-            scaler: Any, strategy: Any, rank: int | None) -> EpochTotals:  # fmt: skip
+def restore(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    scaler: Any,
+    strategy: Any,
+    rank: int | None,
+) -> EpochTotals:
     """Load ``state`` into the run's objects and RNGs (``rank``'s under torchrun, else the single process's);
     ``strategy`` (`alexnet.training.strategy.Strategy`) takes a sharded model's slices.
 

@@ -113,8 +113,13 @@ class Strategy:
             return optim
         global_batch = batch * self.data_shard()[1]
         lr = optim.lr * global_batch / optim.lr_reference_batch
-        log.info("learning rate %g × %d / %d = %g (linear scaling rule)", optim.lr, global_batch,
-                 optim.lr_reference_batch, lr)  # fmt: skip
+        log.info(
+            "learning rate %g × %d / %d = %g (linear scaling rule)",
+            optim.lr,
+            global_batch,
+            optim.lr_reference_batch,
+            lr,
+        )
         return dataclasses.replace(optim, lr=lr)
 
     @property

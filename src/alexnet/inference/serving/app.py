@@ -76,10 +76,15 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         bounds = {
-            "max_batch": (1, 4096), "max_wait_ms": (0, 10_000), "max_queue": (1, 1_000_000),
-            "timeout_s": (0.001, 3600), "max_body_mb": (0.001, 4096), "body_timeout_s": (0.001, 3600),
-            "head_timeout_s": (0.001, 3600), "decode_budget_mp": (1, 10_000),
-        }  # fmt: skip
+            "max_batch": (1, 4096),
+            "max_wait_ms": (0, 10_000),
+            "max_queue": (1, 1_000_000),
+            "timeout_s": (0.001, 3600),
+            "max_body_mb": (0.001, 4096),
+            "body_timeout_s": (0.001, 3600),
+            "head_timeout_s": (0.001, 3600),
+            "decode_budget_mp": (1, 10_000),
+        }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too
@@ -91,14 +96,25 @@ class _Metrics:
     def __init__(self, batcher_depth: Any) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("alexnet_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "code"], registry=r)  # fmt: skip
-        self.latency = Histogram("alexnet_request_seconds", "request latency (s)", ["endpoint"], registry=r,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
-        self.batch = Histogram("alexnet_batch_size", "images per model call", registry=r,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
-        self.inference = Histogram("alexnet_inference_seconds", "model call time (s)", registry=r,
-                                   buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))  # fmt: skip
+        self.requests = Counter(
+            "alexnet_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "alexnet_request_seconds",
+            "request latency (s)",
+            ["endpoint"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.batch = Histogram(
+            "alexnet_batch_size", "images per model call", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
+        self.inference = Histogram(
+            "alexnet_inference_seconds",
+            "model call time (s)",
+            registry=r,
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         Gauge("alexnet_queue_depth", "images waiting for the model", registry=r).set_function(batcher_depth)
 
     def on_batch(self, n: int, seconds: float) -> None:
@@ -109,8 +125,17 @@ class _Metrics:
 def _endpoint(path: str) -> str:
     """A bounded label for metrics: the route's template, never the raw path a client sent."""
     path = re.sub(r"^/v2/models/[^/]+", "/v2/models/{name}", path)
-    known = ("/", "/v1/classify", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}",
-             "/v2/models/{name}/ready", "/v2/models/{name}/infer")  # fmt: skip
+    known = (
+        "/",
+        "/v1/classify",
+        "/metrics",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/infer",
+    )
     return path if path in known else "other"
 
 
@@ -126,8 +151,9 @@ class _Service:
         self.input_shape = [trained.meta.model.in_channels, prep.input_size, prep.input_size]
         self.max_body = int(settings.max_body_mb * 2**20)
         self.metrics = _Metrics(lambda: self.batcher.depth)
-        self.batcher = Batcher(self._infer, settings.max_batch, settings.max_wait_ms, settings.max_queue,
-                               self.metrics.on_batch)  # fmt: skip
+        self.batcher = Batcher(
+            self._infer, settings.max_batch, settings.max_wait_ms, settings.max_queue, self.metrics.on_batch
+        )
         self.pixels = PixelBudget(int(settings.decode_budget_mp * 1e6))
         self.ready = False
         self.admitted = 0  # requests between admission and their answer: at most max_queue
@@ -138,8 +164,9 @@ class _Service:
         """Admit a request that will need the model, or refuse it with 503 at once: before its body is read or its
         image decoded, so an overloaded server spends nothing on what it cannot serve."""
         if self.admitted >= self.settings.max_queue:
-            raise HTTPException(503, f"busy: {self.admitted} requests are in progress; retry shortly",
-                                headers={"Retry-After": "1"})  # fmt: skip
+            raise HTTPException(
+                503, f"busy: {self.admitted} requests are in progress; retry shortly", headers={"Retry-After": "1"}
+            )
         self.admitted += 1  # the event loop is one thread: no lock needed
         try:
             yield
@@ -206,16 +233,20 @@ class _Service:
             for data in images:
                 cost = decode_cost(data, 2 * self.trained.preprocessing.stored_size)
                 if cost > self.pixels.total:
-                    raise HTTPException(413, f"the image decodes to {cost / 1e6:.0f} megapixels; this server decodes "
-                                             f"at most {self.pixels.total / 1e6:.0f} at once")  # fmt: skip
+                    raise HTTPException(
+                        413,
+                        f"the image decodes to {cost / 1e6:.0f} megapixels; this server decodes "
+                        f"at most {self.pixels.total / 1e6:.0f} at once",
+                    )
                 try:
                     async with self.pixels.reserve(cost, self.settings.timeout_s):
                         out.append(await run_in_threadpool(self._prepare, data))
                         if cost > TRIM_AFTER_PIXELS:  # a large decode's freed memory goes back to the OS
                             await run_in_threadpool(release_free_memory)
                 except TimeoutError:
-                    raise HTTPException(503, "busy decoding other images; retry shortly",
-                                        headers={"Retry-After": "1"}) from None  # fmt: skip
+                    raise HTTPException(
+                        503, "busy decoding other images; retry shortly", headers={"Retry-After": "1"}
+                    ) from None
             return torch.cat(out)
         except InvalidImageError as err:
             message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the upload", str(err))
@@ -250,12 +281,14 @@ class _Service:
             probs = (await self.run(await self.images_to_inputs([data])))[0]
         values, indices = probs.topk(min(int(topk), probs.numel()))
         labels = self.labels
-        return JSONResponse({
-            "model": self.name,
-            "classes": [labels[i] for i in indices.tolist()],
-            "probabilities": [round(v, 6) for v in values.tolist()],
-            "latency_ms": round(1000 * (time.perf_counter() - began), 2),
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "model": self.name,
+                "classes": [labels[i] for i in indices.tolist()],
+                "probabilities": [round(v, 6) for v in values.tolist()],
+                "latency_ms": round(1000 * (time.perf_counter() - began), 2),
+            }
+        )
 
     async def _multipart_file(self, request: Request, body: bytes) -> bytes:
         async def replay() -> dict[str, Any]:
@@ -307,14 +340,22 @@ class _Service:
         self.authorize(request)
         self.check_model(request)
         meta = self.trained.meta
-        return JSONResponse({
-            "name": self.name, "versions": ["1"], "platform": "pytorch_alexnet",
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
-                       {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, meta.model.num_classes]},
-                        {"name": "top1", "datatype": "INT64", "shape": [-1]}],
-            "parameters": {"variant": meta.model.variant, "classes": list(self.labels)},
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "name": self.name,
+                "versions": ["1"],
+                "platform": "pytorch_alexnet",
+                "inputs": [
+                    {"name": "image", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]},
+                ],
+                "outputs": [
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, meta.model.num_classes]},
+                    {"name": "top1", "datatype": "INT64", "shape": [-1]},
+                ],
+                "parameters": {"variant": meta.model.variant, "classes": list(self.labels)},
+            }
+        )
 
     async def model_ready(self, request: Request) -> Response:
         self.authorize(request)
@@ -348,8 +389,13 @@ def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None 
     async def lifespan(app: Starlette):
         service.batcher.start()
         service.ready = True
-        log.info("serving %s (%s): batches of up to %d, queue %d", name, trained.meta.model.variant,
-                 service.settings.max_batch, service.settings.max_queue)  # fmt: skip
+        log.info(
+            "serving %s (%s): batches of up to %d, queue %d",
+            name,
+            trained.meta.model.variant,
+            service.settings.max_batch,
+            service.settings.max_queue,
+        )
         try:
             yield
         finally:
@@ -366,13 +412,19 @@ def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None 
 
     s = service
     routes = [
-        Route("/", s.page), Route("/v1/classify", s.classify, methods=["POST"]),
-        Route("/v2", s.server_metadata), Route("/v2/health/live", s.live), Route("/v2/health/ready", s.health_ready),
-        Route("/v2/models/{name}", s.model_metadata), Route("/v2/models/{name}/ready", s.model_ready),
-        Route("/v2/models/{name}/infer", s.infer, methods=["POST"]), Route("/metrics", s.metrics_text),
-    ]  # fmt: skip
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, Exception: server_error})  # fmt: skip
+        Route("/", s.page),
+        Route("/v1/classify", s.classify, methods=["POST"]),
+        Route("/v2", s.server_metadata),
+        Route("/v2/health/live", s.live),
+        Route("/v2/health/ready", s.health_ready),
+        Route("/v2/models/{name}", s.model_metadata),
+        Route("/v2/models/{name}/ready", s.model_ready),
+        Route("/v2/models/{name}/infer", s.infer, methods=["POST"]),
+        Route("/metrics", s.metrics_text),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: server_error}
+    )
     app.state.service = service
     return _Measured(app, service.metrics)
 

@@ -40,9 +40,14 @@ class Batcher:
         on_batch: called with (batch size, seconds) after every call, for metrics.
     """
 
-    def __init__(self, infer: Callable[[list[torch.Tensor]], torch.Tensor], max_batch: int = 32,
-                 max_wait_ms: float = 10.0, max_queue: int = 256,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        infer: Callable[[list[torch.Tensor]], torch.Tensor],
+        max_batch: int = 32,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 256,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
         self.max_queue, self.on_batch = max_queue, on_batch
         self._items: collections.deque[_Item] = collections.deque()

@@ -40,9 +40,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: bytes, reason: str) -> None:
         if not self.transport.is_closing():
             self.transport.write(
-                b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain\r\ncontent-length: "
-                + str(len(reason)).encode() + b"\r\nconnection: close\r\n\r\n" + reason.encode()
-            )  # fmt: skip
+                b"HTTP/1.1 "
+                + status
+                + b"\r\ncontent-type: text/plain\r\ncontent-length: "
+                + str(len(reason)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+                + reason.encode()
+            )
             self.transport.close()
 
     def _head_timed_out(self) -> None:
@@ -82,5 +86,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def guarded(max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S) -> type:
     """The protocol class with these limits, for ``uvicorn.Config(http=...)``."""
-    return type("GuardedHttp", (GuardedHttpToolsProtocol,), {"max_head_bytes": max_head_bytes,
-                                                             "head_timeout_s": head_timeout_s})  # fmt: skip
+    return type(
+        "GuardedHttp", (GuardedHttpToolsProtocol,), {"max_head_bytes": max_head_bytes, "head_timeout_s": head_timeout_s}
+    )

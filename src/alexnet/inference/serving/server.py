@@ -27,8 +27,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(source: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          name: str | None = None) -> None:  # fmt: skip
+def serve(
+    source: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    name: str | None = None,
+) -> None:
     """Serve ``source`` (published weights by name, or our ``.safetensors`` / ``.pt``) until SIGTERM or Ctrl-C.
 
     SIGTERM stops accepting connections, lets the requests in flight and the queued batch finish, and returns
@@ -46,20 +51,30 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, settings: Serv
 
         settings = replace(settings, api_key=os.environ[KEY_ENV])
     if not is_loopback(host) and not settings.api_key:
-        raise AlexNetError(f"binding {host} exposes the model beyond this machine: set an API key with --api-key "
-                           f"or ${KEY_ENV} (or bind 127.0.0.1)")  # fmt: skip
+        raise AlexNetError(
+            f"binding {host} exposes the model beyond this machine: set an API key with --api-key "
+            f"or ${KEY_ENV} (or bind 127.0.0.1)"
+        )
     if Path(source).suffix == ".onnx":
-        raise AlexNetError("serve takes our .safetensors / .pt files or published weights; ONNX files are for "
-                           "onnxruntime-based servers")  # fmt: skip
+        raise AlexNetError(
+            "serve takes our .safetensors / .pt files or published weights; ONNX files are for "
+            "onnxruntime-based servers"
+        )
     _check_port(host, port)  # before the model loads: a port in use is one line, not uvicorn's log and exit 1
     trained = load_trained(source)
     model_name = name or default_name(source, trained.meta.provenance)
     app = create_app(trained, model_name, settings)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="critical", timeout_graceful_shutdown=30, access_log=False,
-        limit_concurrency=4 * settings.max_queue + 256, h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        app,
+        host=host,
+        port=port,
+        log_level="critical",
+        timeout_graceful_shutdown=30,
+        access_log=False,
+        limit_concurrency=4 * settings.max_queue + 256,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         http=guarded(head_timeout_s=settings.head_timeout_s),
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again for the previous handler:
     # these make that a no-op, so a requested stop is a clean exit (status 0), as process managers expect. SIGHUP
