@@ -184,8 +184,15 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
     fit(tiny_config(tmp_path / "run", 'data.dataset="folder"', f'data.data_dir="{root}"', "train.epochs=1"))
     capsys.readouterr()
     weights = str(tmp_path / "run" / "best.safetensors")
-    assert main(["eval", "--checkpoint", weights, "--data-dir", str(root), "--json"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json"]) == 0
+    # eval reads the run directory and writes nothing into it (its report embeds the run's own confusion.png).
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    capsys.readouterr()
+    out_dir = tmp_path / "eval"
+    assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json", "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     result = json.loads(out.splitlines()[0])
     assert set(result["per_class_acc"]) == {"$x^{2", "plain", "a_b$"}
-    assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000  # drawn: the names were not parsed as maths
+    assert json.loads((out_dir / "eval.json").read_text())["acc1"] == result["acc1"]
+    assert (out_dir / "confusion.png").stat().st_size > 1000  # drawn: the names were not parsed as maths

@@ -3,7 +3,8 @@ settings both loops take."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,56 @@ def no_bar(settings: StepSettings) -> bool | None:
     return None if settings.progress else True
 
 
+@dataclass
+class Evaluation:
+    """What one pass over a split measured.
+
+    Attributes:
+        loss: mean cross-entropy (of the view-averaged softmax with several views).
+        acc1, acc5: top-1 and top-5 accuracy, percent.
+        per_class_acc: top-1 accuracy of each class, percent, in class order.
+        confusion: (classes, classes) int64 counts; rows are the true class, columns the predicted one.
+        images: how many images were scored.
+        classes: the class names, where the caller knows them.
+    """
+
+    loss: float
+    acc1: float
+    acc5: float
+    per_class_acc: list[float] = field(default_factory=list)
+    confusion: torch.Tensor | None = None
+    images: int = 0
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def err1(self) -> float:
+        return 100 - self.acc1
+
+    @property
+    def err5(self) -> float:
+        return 100 - self.acc5
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss)
+
+    def summary(self) -> dict[str, float | int]:
+        """The scalar figures, for JSON and CSV."""
+        return {
+            "loss": self.loss,
+            "acc1": self.acc1,
+            "acc5": self.acc5,
+            "err1": self.err1,
+            "err5": self.err5,
+            "images": self.images,
+        }
+
+    @classmethod
+    def skipped(cls) -> Evaluation:
+        """An epoch that was not validated (``train.val_every``): NaN figures, as metrics.csv shows them."""
+        return cls(math.nan, math.nan, math.nan)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -47,7 +98,7 @@ def evaluate(
     settings: StepSettings,
     ten_crop: bool = False,
     flip: bool = False,
-) -> dict:
+) -> Evaluation:
     """Loss, top-1/top-5 accuracy (percent), per-class accuracy and the confusion matrix.
 
     With ``ten_crop`` each image is scored by the softmax averaged over its ten crops (§4.1), with ``flip`` over the
@@ -92,13 +143,4 @@ def evaluate(
     per_class = (matrix.diag() / matrix.sum(1).clamp_min(1)).mul(100).tolist()
     acc1 = 100 * matrix.diag().sum().item() / max(seen, 1)
     acc5 = 100 * top5_hits.item() / max(seen, 1)
-    return {
-        "loss": loss_sum / max(seen, 1),
-        "acc1": acc1,
-        "acc5": acc5,
-        "err1": 100 - acc1,
-        "err5": 100 - acc5,
-        "per_class_acc": per_class,
-        "confusion": matrix,
-        "images": int(seen),
-    }
+    return Evaluation(loss_sum / max(seen, 1), acc1, acc5, per_class, matrix, int(seen))

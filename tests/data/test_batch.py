@@ -96,10 +96,10 @@ def test_ten_crop_equals_hand_computed_average():
     probs = torch.stack([model64(c).softmax(1) for c in crops]).mean(0)
     expected_loss = torch.nn.functional.nll_loss(probs.log(), y).item()
     expected_acc = 100 * (probs.argmax(1) == y).double().mean().item()
-    assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert got["acc1"] == pytest.approx(expected_acc)
+    assert got.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert got.acc1 == pytest.approx(expected_acc)
     centre = evaluate(model.float(), _Loader(x, y), tf, settings, ten_crop=False)
-    assert centre["loss"] != pytest.approx(got["loss"], rel=1e-6)
+    assert centre.loss != pytest.approx(got.loss, rel=1e-6)
 
 
 def test_mean_image_is_subtracted_at_the_crop_offset(tmp_path):

@@ -67,10 +67,10 @@ def test_selection_reads_the_held_out_split_and_the_test_split_is_evaluated_once
     assert last["epoch"] == 2
     val = evaluate_checkpoint(out / "last.pt", split="val", **kwargs)
     test = evaluate_checkpoint(out / "last.pt", split="test", **kwargs)
-    assert val["images"] == len(record["indices"]) and test["images"] == 256
-    assert val["acc1"] == pytest.approx(rows[-1]["val_acc1"], abs=1e-3)
-    assert test["acc1"] == pytest.approx(rows[-1]["test_acc1"], abs=1e-3)
-    assert val["loss"] == pytest.approx(rows[-1]["val_loss"], abs=1e-4)
+    assert val.images == len(record["indices"]) and test.images == 256
+    assert val.acc1 == pytest.approx(rows[-1]["val_acc1"], abs=1e-3)
+    assert test.acc1 == pytest.approx(rows[-1]["test_acc1"], abs=1e-3)
+    assert val.loss == pytest.approx(rows[-1]["val_loss"], abs=1e-4)
     best = load_checkpoint(out / "best.pt")
     assert best["best_acc1"] == pytest.approx(
         max(r["val_acc1"] for r in rows), abs=1e-3

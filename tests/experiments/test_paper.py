@@ -30,18 +30,18 @@ def test_figure1_trains_both_units_and_writes_the_figure(tmp_path):
     # On the fixture data at lr 0.01, ReLU is at 44.7% training error after epoch 2; tanh only reaches 54.7% at
     # epoch 4: a 60% target separates them (a target both meet at epoch 1 would make any code pass).
     result = figure1(tmp_path / "fig1", FAST, sweep=[0.01, 1e6], target=60.0, max_epochs=4)
-    assert [(r["unit"], r["lr"]) for r in result["runs"]] == [
+    assert [(r.unit, r.lr) for r in result.runs] == [
         ("relu", 0.01),
         ("relu", 1e6),
         ("tanh", 0.01),
         ("tanh", 1e6),
     ]
-    relu_diverged = next(r for r in result["runs"] if r["unit"] == "relu" and r["lr"] == 1e6)
-    assert relu_diverged["diverged"] and relu_diverged["epochs"] is None  # a sweep survives a diverging rate
-    epochs = {(r["unit"], r["lr"]): r["epochs"] for r in result["runs"]}
+    relu_diverged = next(r for r in result.runs if r.unit == "relu" and r.lr == 1e6)
+    assert relu_diverged.diverged and relu_diverged.epochs is None  # a sweep survives a diverging rate
+    epochs = {(r.unit, r.lr): r.epochs for r in result.runs}
     assert epochs[("relu", 0.01)] == 2 and epochs[("tanh", 0.01)] == 4  # the units separate at the same rate
-    assert result["best"]["relu"]["lr"] == 0.01 and result["best"]["relu"]["epochs"] == 2
-    assert result["speedup"] == result["best"]["tanh"]["epochs"] / 2
+    assert result.best["relu"].lr == 0.01 and result.best["relu"].epochs == 2
+    assert result.speedup == result.best["tanh"].epochs / 2
     assert json.loads((tmp_path / "fig1" / "fig1.json").read_text())["best"]["tanh"]["unit"] == "tanh"
     assert (tmp_path / "fig1" / "fig1.png").stat().st_size > 5000
     assert (tmp_path / "fig1" / "tanh-lr0.01" / "best.safetensors").exists()

@@ -78,11 +78,11 @@ def test_two_processes_train_and_evaluate_exactly(two_process_run):
     # The same weights evaluated in one process: the same accuracy, so no image was counted twice or missed (the
     # recipe holds out 10% of the training images for validation; the test split is evaluated after the last epoch).
     single = evaluate_checkpoint(two_process_run / "last.pt", precision="fp32", progress=False)
-    assert single["images"] == 256
-    assert single["acc1"] == pytest.approx(float(rows[-1]["test_acc1"]), abs=1e-3)
-    assert single["loss"] == pytest.approx(float(rows[-1]["test_loss"]), abs=1e-4)
+    assert single.images == 256
+    assert single.acc1 == pytest.approx(float(rows[-1]["test_acc1"]), abs=1e-3)
+    assert single.loss == pytest.approx(float(rows[-1]["test_loss"]), abs=1e-4)
     held = evaluate_checkpoint(two_process_run / "last.pt", precision="fp32", progress=False, split="val")
-    assert held["images"] == 102 and held["acc1"] == pytest.approx(float(rows[-1]["val_acc1"]), abs=1e-3)
+    assert held.images == 102 and held.acc1 == pytest.approx(float(rows[-1]["val_acc1"]), abs=1e-3)
     state = load_checkpoint(two_process_run / "last.pt")
     assert len(state["rng_ranks"]) == 2 and not torch.equal(
         state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"]
@@ -182,9 +182,9 @@ def test_uneven_shards_neither_hang_nor_double_count(tmp_path):
     with open(out / "metrics.csv") as f:
         logged = list(csv.DictReader(f))[-1]
     single = evaluate_checkpoint(out / "last.pt", data_dir=str(root), precision="fp32", progress=False)
-    assert single["images"] == 17
-    assert single["acc1"] == pytest.approx(float(logged["val_acc1"]), abs=1e-3)
-    assert single["loss"] == pytest.approx(float(logged["val_loss"]), abs=1e-4)
+    assert single.images == 17
+    assert single.acc1 == pytest.approx(float(logged["val_acc1"]), abs=1e-3)
+    assert single.loss == pytest.approx(float(logged["val_loss"]), abs=1e-4)
 
 
 def test_two_nodes_on_loopback_equal_one_node(two_process_run, tmp_path):

@@ -1,5 +1,6 @@
 """Divergence never costs a run (T18): non-finite weights are never written, never "best", never resumed."""
 
+import dataclasses
 import math
 
 import pytest
@@ -64,7 +65,7 @@ def test_a_nan_validation_loss_never_becomes_best(tmp_path, monkeypatch):
         result = real_evaluate(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2:  # epoch 2: better accuracy, but a NaN loss
-            result = {**result, "loss": math.nan, "acc1": 100.0}
+            result = dataclasses.replace(result, loss=math.nan, acc1=100.0)
         return result
 
     monkeypatch.setattr(fit_module, "evaluate", evaluate)

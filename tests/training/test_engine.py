@@ -93,8 +93,8 @@ def test_flip_tta_scores_the_mean_softmax_of_each_image_and_its_mirror():
     x = transform.eval(images[:10])
     with torch.no_grad():
         probs = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2  # by hand, per image
-    assert result["images"] == 10
-    assert result["loss"] == pytest.approx(torch.nn.functional.nll_loss(probs.log(), labels[:10]).item(), rel=1e-5)
-    assert result["acc1"] == pytest.approx(100 * (probs.argmax(1) == labels[:10]).float().mean().item())
+    assert result.images == 10
+    assert result.loss == pytest.approx(torch.nn.functional.nll_loss(probs.log(), labels[:10]).item(), rel=1e-5)
+    assert result.acc1 == pytest.approx(100 * (probs.argmax(1) == labels[:10]).float().mean().item())
     plain = evaluate(model, FixedLoader(images, labels, 5), transform, settings)
-    assert plain["loss"] != pytest.approx(result["loss"], rel=1e-5)  # the mirror changed the scores
+    assert plain.loss != pytest.approx(result.loss, rel=1e-5)  # the mirror changed the scores

@@ -182,7 +182,7 @@ def test_a_mean_image_run_evaluates_as_it_trained(tmp_path, image_folder, datase
     result = fit(tiny_config(tmp_path / "run", *data, "data.mean_image=true", "train.epochs=1"))
     for name in ("last.pt", "best.safetensors"):
         got = evaluate_checkpoint(tmp_path / "run" / name, data_dir=str(image_folder), precision="fp32", progress=False)
-        assert got["acc1"] == pytest.approx(result.final["acc1"]) and got["loss"] == pytest.approx(result.final["loss"])
+        assert got.acc1 == pytest.approx(result.final.acc1) and got.loss == pytest.approx(result.final.loss)
 
 
 def test_val_every_skips_validation_but_not_the_last_epoch_and_trains_the_same(tmp_path, monkeypatch):

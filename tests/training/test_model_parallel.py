@@ -136,9 +136,9 @@ def test_training_evaluates_as_one_model_and_resumes_bitwise(tmp_path, mode):
         last = list(csv.DictReader(f))[-1]
     # The gathered checkpoint is the ordinary whole network: one process evaluates it to the logged figures.
     single = evaluate_checkpoint(tmp_path / "straight" / "last.pt", precision="fp32", progress=False)
-    assert single["images"] == 256
-    assert single["acc1"] == pytest.approx(float(last["val_acc1"]), abs=1e-3)
-    assert single["loss"] == pytest.approx(float(last["val_loss"]), abs=1e-4)
+    assert single.images == 256
+    assert single.acc1 == pytest.approx(float(last["val_acc1"]), abs=1e-3)
+    assert single.loss == pytest.approx(float(last["val_loss"]), abs=1e-4)
 
 
 @pytest.mark.gpu

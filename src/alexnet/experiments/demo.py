@@ -57,7 +57,7 @@ def run_demo(out: str = "runs/demo", recipe: str = "fashion-mnist", overrides: l
     evaluation = evaluate_checkpoint(weights, data_dir=cfg.data.data_dir, progress=cfg.train.progress)
     plot_curves(result.out / "metrics.csv", result.out / "curves.png")
     save_conv1_filters(load_trained(weights).model, result.out / "conv1_filters.png")
-    plot_confusion(evaluation["confusion"], evaluation["classes"], result.out / "confusion.png")
+    plot_confusion(evaluation.confusion, evaluation.classes, result.out / "confusion.png")
     last = result.history[-1] if result.history else {}
     summary = {
         "recipe": recipe,
@@ -71,8 +71,8 @@ def run_demo(out: str = "runs/demo", recipe: str = "fashion-mnist", overrides: l
     path = write_report(result.out, f"alexnet demo: {cfg.model.name} on {cfg.data.dataset}", summary, evaluation)
     log.info(
         "test top-1 %.2f%%, top-5 %.2f%% in %.0f s; report %s",
-        evaluation["acc1"],
-        evaluation["acc5"],
+        evaluation.acc1,
+        evaluation.acc5,
         time.perf_counter() - began,
         path,
     )

@@ -3,6 +3,7 @@ and nearest training images in fc7 space) for any trained model."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import torch
 
 from ..artifacts.loader import load_trained
 from ..artifacts.trained import TrainedModel
-from ..files import save_figure
+from ..errors import AlexNetError
+from ..files import save_figure, write_text
 from .report import conv1_weight
 
 log = logging.getLogger(__name__)
@@ -226,3 +228,33 @@ def _plot_fig4(test_images: torch.Tensor, train_images: torch.Tensor, rows: list
     save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def run_figure(
+    kind: str,
+    source: Path | str | None,
+    out: Path | str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    queries: int = 5,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Figure 3 (``fig3``) or 4 (``fig4``) of a trained model into ``out`` (default: beside the model), with the
+    result as ``out/<kind>.json``.
+
+    Raises:
+        AlexNetError: no source, an unknown figure, or ``out`` is a file.
+    """
+    if kind not in ("fig3", "fig4"):
+        raise AlexNetError(f"unknown figure {kind!r}: fig3 or fig4")
+    if not source:
+        raise AlexNetError(f"alexnet paper {kind} needs a run directory, weights or a checkpoint")
+    out = Path(out or resolve(source).parent)
+    if out.exists() and not out.is_dir():
+        raise AlexNetError(f"--out {out} is a file: alexnet paper {kind} writes its figures into a directory")
+    if kind == "fig3":
+        result = figure3(source, out)
+    else:
+        result = figure4(source, out, dataset, data_dir, queries, limit=limit)
+    write_text(out / f"{kind}.json", json.dumps(result, indent=1))
+    return result

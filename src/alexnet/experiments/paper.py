@@ -9,9 +9,11 @@ rates per unit with ``sweep``, and reports the epochs each took to reach the tar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,39 @@ FIG1_LRS = {"relu": 0.001, "tanh": 0.003}
 UNITS = ("relu", "tanh")
 
 
+@dataclass
+class Fig1Run:
+    """One training run of Figure 1: a unit at a learning rate, its training error (%) per epoch."""
+
+    unit: str
+    lr: float
+    train_error: list[float]
+    epochs: int | None  # to the target; None: not reached
+    diverged: bool
+    seconds: float
+    dir: str
+
+    @property
+    def reached(self) -> str:
+        return f"{self.epochs} epochs" if self.epochs else f"not within {len(self.train_error)} epochs"
+
+
+@dataclass
+class Figure1Result:
+    """Figure 1's runs, the fastest of each unit, and tanh's epochs over ReLU's (None when either never reached the
+    target); ``figure`` is the PNG's path when matplotlib drew it."""
+
+    target_error: float
+    runs: list[Fig1Run]
+    best: dict[str, Fig1Run]
+    speedup: float | None
+    paper_speedup: float = 6.0
+    figure: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def epochs_to(errors: list[float], target: float) -> int | None:
     """The first epoch (1-based) whose training error (%) is at or below ``target``; None if none is."""
     return next((i + 1 for i, e in enumerate(errors) if e <= target), None)
@@ -41,7 +76,7 @@ def figure1(
     target: float = 25.0,
     max_epochs: int = 60,
     **fields: Any,
-) -> dict[str, Any]:
+) -> Figure1Result:
     """Train the Figure 1 network with ReLU and with tanh units until ``target`` % training error.
 
     Args:
@@ -54,8 +89,7 @@ def figure1(
         **fields: ``section__key=value`` config fields for every run, as `alexnet.config.load_config` takes.
 
     Returns:
-        ``runs`` (unit, lr, per-epoch training error, epochs to the target), ``best`` (the fastest run of each
-        unit) and ``speedup`` (tanh's epochs over ReLU's; None when either never reached the target).
+        The runs, the fastest of each unit and the speed-up; also written to ``out/fig1.json``.
     """
     out = Path(out)
     runs = []
@@ -81,58 +115,51 @@ def figure1(
                 log.warning("%s lr %g diverged: %s", unit, lr, err)
                 history = []
             errors = [round(100 - row["train_acc1"], 3) for row in history]
-            runs.append(
-                {
-                    "unit": unit,
-                    "lr": lr,
-                    "train_error": errors,
-                    "epochs": epochs_to(errors, target),
-                    "diverged": not history,
-                    "seconds": history[-1]["elapsed"] if history else 0.0,
-                    "dir": str(run_dir),
-                }
+            run = Fig1Run(
+                unit,
+                lr,
+                errors,
+                epochs_to(errors, target),
+                not history,
+                history[-1]["elapsed"] if history else 0.0,
+                str(run_dir),
             )
-            budget = min(budget, runs[-1]["epochs"] or budget)
-            reached = f"{runs[-1]['epochs']} epochs" if runs[-1]["epochs"] else f"not within {len(errors)} epochs"
+            runs.append(run)
+            budget = min(budget, run.epochs or budget)
+            reached = run.reached
             log.info("%s lr %g: %s to %g%% training error", unit, lr, reached, target)
-    best = {unit: min((r for r in runs if r["unit"] == unit), key=_speed) for unit in UNITS}
-    relu, tanh = best["relu"]["epochs"], best["tanh"]["epochs"]
-    result = {
-        "target_error": target,
-        "runs": runs,
-        "best": best,
-        "speedup": round(tanh / relu, 2) if relu and tanh else None,
-        "paper_speedup": 6.0,
-    }
-    atomic_write(out / "fig1.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+    best = {unit: min((r for r in runs if r.unit == unit), key=_speed) for unit in UNITS}
+    relu, tanh = best["relu"].epochs, best["tanh"].epochs
+    result = Figure1Result(target, runs, best, round(tanh / relu, 2) if relu and tanh else None)
     try:
-        result["figure"] = str(plot_figure1(result, out / "fig1.png"))
+        result.figure = str(plot_figure1(result, out / "fig1.png"))
     except ImportError:  # matplotlib is the optional [report] extra
         log.warning("matplotlib is not installed (pip install 'alexnet[report]'): no fig1.png")
+    atomic_write(out / "fig1.json", lambda f: f.write(json.dumps(result.to_dict(), indent=2).encode()))
     return result
 
 
-def _speed(run: dict[str, Any]) -> tuple[float, float]:
+def _speed(run: Fig1Run) -> tuple[float, float]:
     """Sort key: fewest epochs to the target, then the lowest final error."""
-    return (run["epochs"] or math.inf, run["train_error"][-1] if run["train_error"] else math.inf)
+    return (run.epochs or math.inf, run.train_error[-1] if run.train_error else math.inf)
 
 
-def plot_figure1(result: dict[str, Any], path: Path) -> Path:
+def plot_figure1(result: Figure1Result, path: Path) -> Path:
     """The paper's Figure 1: training error against epochs, ReLU solid, tanh dashed, the target as a line."""
     from .report import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for unit, style in (("relu", "-"), ("tanh", "--")):
-        run = result["best"][unit]
-        epochs = range(1, len(run["train_error"]) + 1)
-        label = f"{'ReLU' if unit == 'relu' else 'tanh'} (lr {run['lr']:g}): {run['epochs'] or '>'} epochs"
-        ax.plot(epochs, [e / 100 for e in run["train_error"]], style, color="black", label=label)
-    ax.axhline(result["target_error"] / 100, color="grey", linewidth=0.8)
+        run = result.best[unit]
+        epochs = range(1, len(run.train_error) + 1)
+        label = f"{'ReLU' if unit == 'relu' else 'tanh'} (lr {run.lr:g}): {run.epochs or '>'} epochs"
+        ax.plot(epochs, [e / 100 for e in run.train_error], style, color="black", label=label)
+    ax.axhline(result.target_error / 100, color="grey", linewidth=0.8)
     ax.set_xlabel("Epochs")
     ax.set_ylabel("Training error rate")
     ax.set_ylim(0, 0.8)
-    speedup = f"{result['speedup']}×" if result["speedup"] else "n/a"
+    speedup = f"{result.speedup}×" if result.speedup else "n/a"
     ax.set_title(f"CIFAR-10, four-layer CNN: ReLU {speedup} faster (paper: 6×)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

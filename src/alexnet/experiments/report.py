@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from torch import nn
 from torchvision.utils import make_grid, save_image
 
 from ..artifacts.trained import display_label
+from ..evaluation import Evaluation
 from ..files import MB, InputFileError, read_json_input, read_text_input, save_figure, write_bytes, write_text
 
 
@@ -114,7 +116,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str)
 
 
 def write_report(
-    out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: dict[str, Any], split: str = "Test set"
+    out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: Evaluation, split: str = "Test set"
 ) -> Path:
     """``report.md`` with the final figures, per-class accuracy and links to the PNGs beside it."""
     out_dir = Path(out_dir)
@@ -125,13 +127,13 @@ def write_report(
         "",
         f"## {split}",
         "",
-        f"top-1 accuracy **{e['acc1']:.2f}%** (error {e['err1']:.2f}%), top-5 accuracy {e['acc5']:.2f}% "
-        f"(error {e['err5']:.2f}%), loss {e['loss']:.4f} on {e['images']} images.",
+        f"top-1 accuracy **{e.acc1:.2f}%** (error {e.err1:.2f}%), top-5 accuracy {e.acc5:.2f}% "
+        f"(error {e.err5:.2f}%), loss {e.loss:.4f} on {e.images} images.",
         "",
         "| class | accuracy (%) |",
         "|---|---:|",
     ]
-    lines += [f"| {display_label(c)} | {a:.1f} |" for c, a in zip(e["classes"], e["per_class_acc"])]
+    lines += [f"| {display_label(c)} | {a:.1f} |" for c, a in zip(e.classes, e.per_class_acc)]
     figures = [
         ("training curves", "curves.png"),
         ("conv1 filters (the paper's Figure 3)", "conv1_filters.png"),
@@ -142,7 +144,7 @@ def write_report(
     return write_text(path, "\n".join(lines))
 
 
-def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Path:
+def run_report(run: Path | str, evaluation: Evaluation | None = None) -> Path:
     """Write ``run/report.md`` for a training run: its summary, curves, conv1 filters and the validation split's
     confusion matrix (``evaluation`` of the final weights, as `fit` returns it; evaluated again when None)."""
 
@@ -158,11 +160,11 @@ def run_report(run: Path | str, evaluation: dict[str, Any] | None = None) -> Pat
     if evaluation is None:  # at the run's precision, so the figures match what training printed
         precision = cfg.get("train", {}).get("precision", "auto")
         evaluation = evaluate_checkpoint(weights, precision=precision, progress=False)
-    evaluation = {**evaluation, "classes": trained.classes}
+    evaluation = dataclasses.replace(evaluation, classes=trained.classes)
     rows = _metrics_rows(run / "metrics.csv")
     plot_curves(run / "metrics.csv", run / "curves.png")
     save_conv1_filters(trained.model, run / "conv1_filters.png")
-    plot_confusion(evaluation["confusion"], evaluation["classes"], run / "confusion.png")
+    plot_confusion(evaluation.confusion, evaluation.classes, run / "confusion.png")
     summary = {
         "recipe": cfg.get("recipe", ""),
         "model": trained.meta.model.variant

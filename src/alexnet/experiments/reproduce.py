@@ -403,8 +403,8 @@ def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
         "dataset": plan.fields.get("data__dataset"),
         "precision": "fp32",
     }
-    centre = evaluate_checkpoint(weights, **kwargs)["err1"]
-    ten = evaluate_checkpoint(weights, ten_crop=True, **kwargs)["err1"]
+    centre = evaluate_checkpoint(weights, **kwargs).err1
+    ten = evaluate_checkpoint(weights, ten_crop=True, **kwargs).err1
     out: dict[str, Any] = {"test_err_centre": round(centre, 3), "test_err_ten_crop": round(ten, 3)}
     try:
         fig3 = figure3(weights, record)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -18,7 +16,7 @@ from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
 from ..device import pick_device, pick_precision
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
-from ..evaluation import StepSettings, evaluate
+from ..evaluation import Evaluation, StepSettings, evaluate
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
 
 
@@ -35,7 +33,7 @@ def evaluate_checkpoint(
     limit_batches: int | None = None,
     progress: bool = True,
     split: str = "test",
-) -> dict[str, Any]:
+) -> Evaluation:
     """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a trained model on a validation split.
 
     The data set defaults to the one the model was trained on; its preprocessing (mean, std, crop) always comes
@@ -83,12 +81,12 @@ def evaluate_checkpoint(
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
         result = evaluate(model, loader, transform, settings, ten_crop=ten_crop, flip=flip)
-    if not math.isfinite(result["loss"]):
+    if not result.finite:
         raise NonFiniteOutputError(
             f"{path} produces non-finite outputs (NaN or infinity) although its weights are finite: training "
             "diverged; no accuracy is reported from it"
         )
-    result["classes"] = classes
+    result.classes = classes
     return result
 
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..artifacts.loader import load_trained
 from ..artifacts.program import Int8Model, load_torchao
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.stored import stored_split
 from ..errors import AlexNetError
-from ..files import atomic_write
+from ..files import atomic_write, check_target
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 512  # training images whose activation ranges set the int8 scales
@@ -88,4 +90,59 @@ def quantize(
 def save_int8(program: torch.export.ExportedProgram, meta: ModelMeta, path: Path | str) -> None:
     atomic_write(
         path, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": json.dumps(meta.to_dict())})
+    )
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize_file` wrote and how well the int8 program agrees with the fp32 model.
+
+    Attributes:
+        calibration_images, checked_images: training images calibrated on, and other training images compared.
+        agreement: the share of ``checked_images`` whose top-1 class int8 and fp32 agree (never the test split,
+            which is for ``alexnet eval``).
+    """
+
+    path: Path
+    dataset: str
+    batch: int
+    calibration_images: int
+    checked_images: int
+    agreement: float
+    seconds: float
+
+
+def quantize_file(
+    source: Path | str,
+    out: Path | str,
+    *,
+    calibration: int = CALIBRATION_IMAGES,
+    batch: int = 64,
+    data_dir: str | None = None,
+    seed: int = 0,
+    autotune: bool = True,
+) -> QuantizeResult:
+    """Quantize a trained model (any file or name `load_trained` takes) into the int8 program ``out`` (``.pt2``).
+
+    Raises:
+        AlexNetError: ``out`` is not a ``.pt2`` path or is the model itself; WriteError: ``out`` cannot be written
+            (checked before the work); DataNotFoundError: the training data set is not on disk.
+    """
+    out = Path(out)
+    if out.suffix != ".pt2":
+        raise AlexNetError(f"--out {out}: the int8 program is a torch.export file, name it .pt2")
+    check_target(out)  # before the work: a directory or a device where the file goes
+    if Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise AlexNetError(f"--out {out} is the model being quantized: choose another file")
+    trained = load_trained(source)
+    began = time.perf_counter()
+    inputs = calibration_inputs(trained, calibration, data_dir, seed)
+    record = {"calibration_split": "train", "calibration_seed": seed, "dataset": trained.preprocessing.dataset}
+    int8, program = quantize(trained, inputs, batch, record, autotune)
+    save_int8(program, int8.meta, out)
+    check = calibration_inputs(trained, min(256, calibration), data_dir, seed + 1)
+    with torch.no_grad():
+        agree = (int8.model(check).argmax(1) == trained.model.float()(check).argmax(1)).float().mean().item()
+    return QuantizeResult(
+        out, trained.preprocessing.dataset, batch, len(inputs), len(check), agree, time.perf_counter() - began
     )

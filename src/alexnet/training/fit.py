@@ -34,7 +34,7 @@ from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, TrainingInterrupted, WriteError
-from ..evaluation import StepSettings, evaluate
+from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import atomic_write
 from ..models import create_model, get_spec
 from . import distributed
@@ -47,7 +47,6 @@ from .strategy import Strategy
 
 log = logging.getLogger(__name__)
 # An epoch trained without validation (train.val_every > 1): its row's validation figures are NaN.
-SKIPPED_VAL = {"loss": math.nan, "acc1": math.nan, "acc5": math.nan}
 CSV_FIELDS = [
     "epoch",
     "lr",
@@ -73,8 +72,8 @@ class RunResult:
     out: Path
     history: list[dict[str, float]] = field(default_factory=list)
     best_acc1: float = 0.0
-    final: dict[str, Any] = field(default_factory=dict)
-    test: dict[str, Any] = field(default_factory=dict)  # with data.val_split: the test split, after the last epoch
+    final: Evaluation | None = None  # the last validation
+    test: Evaluation | None = None  # with data.val_split: the test split, after the last epoch
 
 
 def default_out(cfg: Config) -> Path:
@@ -308,7 +307,7 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
                 stopping = acc1 >= target
             # Every val_every-th epoch, and always the last one trained.
             validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
-            val = SKIPPED_VAL
+            val = Evaluation.skipped()
             if validate:
                 val = evaluate(
                     model,
@@ -318,12 +317,12 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
                     ten_crop=cfg.data.ten_crop,
                     flip=cfg.data.flip_tta,
                 )
-                if not math.isfinite(val["loss"]):  # finite weights, non-finite outputs: never the last good state
+                if not val.finite:  # finite weights, non-finite outputs: never the last good state
                     raise NonFiniteOutputError(
                         f"the model's outputs became non-finite in epoch {epoch + 1} (its weights are finite): "
                         f"training diverged; {out / 'last.pt'} keeps the state before it; lower the learning rate"
                     )
-                schedule.end_epoch(val["err1"])
+                schedule.end_epoch(val.err1)
                 result.final = val
             row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train, val, began, started)
             if data.test is not None and (epoch + 1 == cfg.train.epochs or stopping):
@@ -336,12 +335,12 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
                     ten_crop=cfg.data.ten_crop,
                     flip=cfg.data.flip_tta,
                 )
-                row.update({f"test_{k}": round(result.test[k], 5 if k == "loss" else 3) for k in TEST_KEYS})
+                row.update({f"test_{k}": round(getattr(result.test, k), 5 if k == "loss" else 3) for k in TEST_KEYS})
             result.history.append(row)
             # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
-            improved = validate and math.isfinite(val["loss"]) and val["acc1"] > result.best_acc1
+            improved = validate and val.finite and val.acc1 > result.best_acc1
             if improved:
-                result.best_acc1 = val["acc1"]
+                result.best_acc1 = val.acc1
             if dist_info.is_main:
                 _log_epoch(row, cfg.train.epochs, train)
                 _write_metrics(out / "metrics.csv", result.history)
@@ -349,7 +348,7 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
             names = ["last.pt", *["best.pt"] * improved, *[f"epoch-{epoch + 1}.pt"] * cfg.train.keep_every_epoch]
             model_state = checkpoint(epoch + 1, 0, *(out / n for n in names))
             if improved and dist_info.is_main:
-                metrics = {"acc1": val["acc1"], "acc5": val["acc5"], "loss": val["loss"], "epoch": epoch + 1}
+                metrics = {"acc1": val.acc1, "acc5": val.acc5, "loss": val.loss, "epoch": epoch + 1}
                 save_weights(model_state, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
             if stopping:
                 log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
@@ -413,7 +412,7 @@ def _build_model(
 
 
 def _epoch_row(
-    epoch: int, lr: float, train: dict[str, float], val: dict[str, Any], began: float, started: float
+    epoch: int, lr: float, train: dict[str, float], val: Evaluation, began: float, started: float
 ) -> dict[str, float]:
     """One ``metrics.csv`` row (``elapsed``: seconds since fit() began, data loading included)."""
     now = time.perf_counter()
@@ -422,9 +421,9 @@ def _epoch_row(
         "lr": lr,
         "train_loss": round(train["loss"], 5),
         "train_acc1": round(train["acc1"], 3),
-        "val_loss": round(val["loss"], 5),
-        "val_acc1": round(val["acc1"], 3),
-        "val_acc5": round(val["acc5"], 3),
+        "val_loss": round(val.loss, 5),
+        "val_acc1": round(val.acc1, 3),
+        "val_acc5": round(val.acc5, 3),
         "img_s": round(train["img_s"], 1),
         "seconds": round(now - began, 2),
         "elapsed": round(now - started, 2),

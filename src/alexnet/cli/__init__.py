@@ -1,0 +1,68 @@
+"""The ``alexnet`` command: a thin shell over the library. Each subcommand parses flags, calls library functions
+and prints their results; a user error becomes one ``error:`` line and exit status 2 (``-v`` shows the traceback).
+
+The commands live by family (`train`, `use`, `paper`, `catalog`); the flags several share are defined once in
+`options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ..errors import AlexNetError
+from . import catalog, paper, train, use
+from .options import __doc__ as WEIGHTS_RULE
+
+# name: (help, add arguments, run), in the order --help lists them
+COMMANDS = {**train.COMMANDS, **use.COMMANDS, **paper.COMMANDS, **catalog.COMMANDS}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``alexnet train: error: ...``), like every other user error, and
+    metavars named after the flag (``--out OUT``), never after the config field it sets (``TRAIN__OUT``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        takes_value = kwargs.get("action") in (None, "store", "append") and kwargs.get("choices") is None
+        if takes_value and "metavar" not in kwargs and names and str(names[0]).startswith("-"):
+            longest = max((str(n) for n in names), key=len)
+            kwargs["metavar"] = longest.lstrip("-").upper().replace("-", "_")
+        return super().add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..version import __version__
+
+    parser = _Parser(
+        prog="alexnet",
+        description="AlexNet (Krizhevsky, Sutskever and Hinton, 2012): train, evaluate, predict, export, serve.",
+        epilog=" ".join(WEIGHTS_RULE.split()),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``alexnet`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command][2](args)
+    except (AlexNetError, ValueError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
+        print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

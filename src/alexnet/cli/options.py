@@ -1,0 +1,75 @@
+"""The flags several commands share, each defined once with one default and one meaning.
+
+``--weights NAME|PATH`` names a trained model everywhere (``--checkpoint`` is the same flag): published weights
+(``alexnet weights``), our ``.safetensors`` or ``.pt`` files, or a program we exported. ``train`` starts from it
+(fine-tuning); every other command uses it as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..device import PRECISIONS
+
+WEIGHTS_HELP = "published weights (alexnet weights lists them), our .safetensors or .pt files"
+DEVICE_HELP = "auto (the default: CUDA, else MPS, else the CPU), cpu, cuda, cuda:N, mps"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch of 0 divides by zero; a negative top-k means nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP) -> None:
+    p.add_argument("--weights", "--checkpoint", dest="weights", required=True, metavar="NAME|PATH", help=help)
+
+
+def device(p: argparse.ArgumentParser, dest: str = "device") -> None:
+    # Commands that build a run config leave it None, so the recipe's value (itself "auto" by default) stands.
+    p.add_argument("--device", dest=dest, default=None if "__" in dest else "auto", help=DEVICE_HELP)
+
+
+def precision(p: argparse.ArgumentParser, dest: str = "precision", extra: tuple[str, ...] = (), help: str = "") -> None:
+    p.add_argument(
+        "--precision",
+        dest=dest,
+        default=None if "__" in dest else "auto",
+        choices=[*PRECISIONS, *extra],
+        help=help or "auto (the default: bf16 where the device runs it fast, else fp32), fp32, bf16, fp16",
+    )
+
+
+def json_output(p: argparse.ArgumentParser, help: str = "print JSON instead of a table") -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def data_dir(p: argparse.ArgumentParser, dest: str = "data_dir", help: str = "") -> None:
+    p.add_argument(
+        "--data-dir", dest=dest, metavar="DIR", help=help or "data root (default $ALEXNET_DATA, else ./data)"
+    )
+
+
+def overrides(p: argparse.ArgumentParser, help: str = "") -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=help or "override any config field, e.g. --set optim.weight_decay=1e-4 (repeatable)",
+    )
+
+
+def no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False, help="no progress bars")
+
+
+def config_fields(args: argparse.Namespace) -> dict:
+    """The flags that set run-config fields (their dest is SECTION__KEY), where given."""
+    return {k: v for k, v in vars(args).items() if "__" in k and v is not None}

@@ -1,0 +1,222 @@
+"""Commands about the paper and speed: ``paper``, ``reproduce``, ``parallel-plan``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import options
+
+
+def add_paper(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "experiment",
+        choices=["fig1", "fig3", "fig4"],
+        help="fig1: ReLU against tanh on CIFAR-10 (Figure 1, §3.1); fig3: conv1 kernels and the towers' "
+        "colour specialisation; fig4: top-5 and nearest training images in fc7 space",
+    )
+    p.add_argument("source", nargs="?", help="fig3, fig4: a run directory, weights or a checkpoint")
+    p.add_argument(
+        "--out", metavar="DIR", help="where the runs and figures go (default runs/fig1, or beside the source)"
+    )
+    p.add_argument("--queries", type=options.positive_int, default=5, metavar="N", help="fig4: test images shown")
+    p.add_argument("--limit", type=options.positive_int, metavar="N", help="fig4: at most this many images of a folder")
+    p.add_argument("--dataset", dest="data__dataset", help="cifar10 (torchvision's format) or folder (JPEGs)")
+    options.data_dir(p, "data__data_dir")
+    p.add_argument("--sweep", metavar="LRS", help="comma-separated learning rates per unit, e.g. 0.003,0.01,0.03")
+    p.add_argument("--target", type=float, default=25.0, metavar="PCT", help="training error (%%) to reach (paper: 25)")
+    p.add_argument("--max-epochs", type=int, default=60, metavar="N")
+    options.device(p, "train__device")
+    options.precision(p, "train__precision")
+    options.no_progress(p)
+    options.overrides(p)
+
+
+def run_paper(args: argparse.Namespace) -> int:
+    if args.experiment in ("fig3", "fig4"):
+        return _figure(args)
+    from ..experiments.paper import figure1
+
+    out = args.out or "runs/fig1"
+    sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else None
+    result = figure1(out, args.overrides, sweep, args.target, args.max_epochs, **options.config_fields(args))
+    for r in result.runs:
+        if r.diverged:
+            print(f"{r.unit:<5} lr {r.lr:<8g} diverged (non-finite loss)")
+            continue
+        print(
+            f"{r.unit:<5} lr {r.lr:<8g} {args.target:g}% training error: {r.reached} "
+            f"(final {r.train_error[-1]:.1f}%, {r.seconds:.0f} s)"
+        )
+    relu, tanh = result.best["relu"], result.best["tanh"]
+    if result.speedup:
+        verdict = f"ReLU {result.speedup}x faster"
+    else:
+        verdict = "no speed-up measured: a unit never reached the target (raise --max-epochs or --target)"
+    print(
+        f"ReLU (lr {relu.lr:g}) {relu.reached}, tanh (lr {tanh.lr:g}) {tanh.reached}: {verdict}; "
+        f"the paper: about 6x. {out}/fig1.json, fig1.png"
+    )
+    return 0
+
+
+def _figure(args: argparse.Namespace) -> int:
+    from ..experiments.figures import run_figure
+
+    result = run_figure(
+        args.experiment, args.source, args.out, args.data__dataset, args.data__data_dir, args.queries, args.limit
+    )
+    if args.experiment == "fig3":
+        for t in result["towers"]:
+            print(
+                f"tower {t['tower']}: {t['kernels']} conv1 kernels, colour specificity mean {t['mean']:.3f} "
+                f"(median {t['median']:.3f})"
+            )
+        if result["ratio"]:
+            print(
+                f"the more colourful tower: {result['ratio']}x the other's mean (the paper: one tower largely "
+                "colour-agnostic, the other largely colour-specific)"
+            )
+    else:
+        for q in result["queries"]:
+            top = ", ".join(f"{name} {100 * p:.0f}%" for name, p in q["top5"])
+            print(f"true {q['true']}: {top}; nearest: {', '.join(q['neighbour_classes'])}")
+        precision, chance = 100 * result["retrieval_precision"], 100 * result["chance_precision"]
+        print(
+            f"fc7 retrieval precision@{result['k']}: {precision:.1f}% over {result['retrieval_queries']} test "
+            f"images (chance {chance:.1f}%)"
+        )
+    print(f"figure: {result['figure']}")
+    return 0
+
+
+def add_reproduce(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="where the runs train (with their checkpoints)")
+    p.add_argument(
+        "--records",
+        metavar="DIR",
+        help="where each finished run's record (metrics, config; no weights) and report.md go, default --out; a run "
+        "with a record there is not trained again, so committed records carry a reproduction across sittings",
+    )
+    p.add_argument(
+        "--budget",
+        default="small",
+        choices=["small", "cpu", "full"],
+        help="small: a smoke run, ~1 h on 2 CPU cores; cpu: converged arms on the CIFAR-10 JPEGs, ~6 h on 2 CPU "
+        "cores; full: ImageNet on GPUs",
+    )
+    p.add_argument("--seeds", type=options.positive_int, default=3, metavar="N")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated experiment names (default: all)")
+    p.add_argument("--cifar-dir", metavar="DIR", help="the CIFAR-10 JPEG folder (train/, test/): small, cpu budgets")
+    p.add_argument("--fashion-dir", metavar="DIR", help="where Fashion-MNIST is (default: the usual places)")
+    options.data_dir(p, "data__data_dir", help="full budget: the ImageNet root")
+    p.add_argument("--dataset", dest="data__dataset", help="replace every run's data set (tests: fake)")
+    options.device(p, "train__device")
+    options.precision(p, "train__precision")
+    options.no_progress(p)
+    options.overrides(p, "applied to every run (repeatable)")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from ..experiments.reproduce import reproduce
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    results = reproduce(
+        args.out,
+        args.budget,
+        args.seeds,
+        only,
+        args.cifar_dir,
+        args.fashion_dir,
+        args.overrides,
+        args.records,
+        **options.config_fields(args),
+    )
+    for name, r in results.items():
+        print(f"{name:<13} {r['text']:<30} {r['verdict']}")
+    print(f"report: {args.records or args.out}/report.md")
+    return 0
+
+
+def add_parallel_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="alexnet_paper")
+    p.add_argument("--workers", type=options.positive_int, default=2, metavar="N")
+    p.add_argument("--batch", type=options.positive_int, default=128, metavar="N", help="global batch (the paper: 128)")
+    p.add_argument("--classes", type=options.positive_int, default=1000, metavar="N")
+    options.json_output(p)
+
+
+def run_parallel_plan(args: argparse.Namespace) -> int:
+    from ..training.model_parallel import parallel_plan
+
+    rows = parallel_plan(args.model, args.workers, args.batch, args.classes)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return 0
+    print(f"{args.model}, {args.workers} workers, global batch {args.batch}, fp32; bytes each worker sends per step")
+    print(f"{'mode':<7} {'MB/step':>9} {'KB/image':>9} {'params MB/worker':>17}  how")
+    for r in rows:
+        mb, kb, params = r.bytes_per_step / 1e6, r.bytes_per_image / 1e3, r.param_bytes / 1e6
+        print(f"{r.mode:<7} {mb:>9.2f} {kb:>9.1f} {params:>17.1f}  {r.note}")
+    return 0
+
+
+def add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="the owt rows only, fewer repeats (under a minute)")
+    p.add_argument("-b", "--batch-size", type=options.positive_int, default=64, metavar="N")
+    options.device(p)
+    options.json_output(p, "write the result object to stdout")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ..experiments.bench import benchmark
+
+    result = benchmark(batch=args.batch_size, quick=args.quick, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    peak = result["peak_gflops"]
+    print(
+        f"device {result['device']}, {result['threads']} threads, torch {result['torch']}; "
+        f"GEMM peak fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s"
+    )
+    print(f"{'case':<40} {'mode':<6} {'batch':>5} {'input':>5} {'prec':>5} {'img/s':>9} {'MFU':>6}")
+    for c in result["cases"]:
+        print(
+            f"{c['name']:<40} {c['mode']:<6} {c['batch']:>5} {c['input']:>5} {c['precision']:>5} "
+            f"{c['img_s']:>9.1f} {100 * c['mfu']:>5.1f}%"
+        )
+    for mode in ("train", "infer"):
+        r = result[mode]
+        print(
+            f"{mode}: {r['alexnet_img_s']:.1f} vs {r['baseline_img_s']:.1f} img/s = {r['speedup']:.2f}x, "
+            f"MFU {100 * r['mfu']:.1f}% (at 100% of the peak: {r['ceiling_speedup']:.2f}x)"
+        )
+    engines = result.get("engines")
+    if engines:
+        key = f"batch{engines['batch']}_img_s"
+        print(f"\ninference engines at {engines['input']} px; int8 GEMM peak {engines['int8_peak_gops']} GOP/s")
+        print(f"{'engine':<40} {'batch ' + str(engines['batch']) + ' img/s':>16} {'batch 1 ms':>11} {'MFU':>6}")
+        for row in engines["rows"]:
+            if "note" in row:
+                print(f"{row['engine']:<40} {row['note']}")
+                continue
+            mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] else "     -"
+            print(f"{row['engine']:<40} {row[key]:>16.1f} {row['batch1_ms']:>11.2f} {mfu:>6}")
+    return 0
+
+
+COMMANDS = {
+    "paper": ("one of the paper's figures: fig1 (ReLU vs tanh), fig3 (towers), fig4 (fc7)", add_paper, run_paper),
+    "reproduce": (
+        "the paper's ablations and claims as training runs, with a report beside its numbers",
+        add_reproduce,
+        run_reproduce,
+    ),
+    "parallel-plan": (
+        "bytes communicated and parameter memory per worker: data, towers, hybrid",
+        add_parallel_plan,
+        run_parallel_plan,
+    ),
+    "bench": ("training and inference throughput against torchvision's AlexNet", add_bench, run_bench),
+}

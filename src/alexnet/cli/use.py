@@ -1,0 +1,277 @@
+"""Commands that use a trained model: ``eval``, ``predict``, ``features``, ``export``, ``quantize``, ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import AlexNetError
+from . import options
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    options.weights(p, options.WEIGHTS_HELP + ", or a .pt2 program export or quantize wrote")
+    p.add_argument("--dataset", help="default: the one the model was trained on")
+    options.data_dir(p, help="where that data set is (default: where the model's training found it)")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--ten-crop", action="store_true", help="average softmax over 4 corners + centre and mirrors")
+    views.add_argument("--flip-tta", action="store_true", help="average softmax over the centre crop and its mirror")
+    p.add_argument("-b", "--batch-size", type=options.positive_int, metavar="N", help="images per batch")
+    options.device(p)
+    options.precision(
+        p, extra=("int8",), help="auto, fp32, bf16, fp16, or int8: quantized on the fly (see alexnet quantize)"
+    )
+    p.add_argument(
+        "--limit-val-batches", type=options.positive_int, metavar="N", help="evaluate the first N batches of -b"
+    )
+    p.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="test: the data set's own validation or test split; val: the images the run held out of its training "
+        "split (data.val_split)",
+    )
+    p.add_argument(
+        "--out",
+        "--out-dir",
+        dest="out",
+        metavar="DIR",
+        help="write confusion.png and eval.json here (default: nothing is written)",
+    )
+    options.json_output(p, "print one JSON object")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..artifacts.trained import display_label
+    from ..inference.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.weights,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        ten_crop=args.ten_crop,
+        flip=args.flip_tta,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        limit_batches=args.limit_val_batches,
+        progress=not args.json,
+        split=args.split,
+    )
+    summary = {k: round(v, 4) for k, v in result.summary().items()}
+    summary.update(ten_crop=args.ten_crop, flip_tta=args.flip_tta)
+    per_class = dict(zip(result.classes, (round(a, 3) for a in result.per_class_acc)))
+    if args.json:
+        print(json.dumps({**summary, "per_class_acc": per_class}), flush=True)
+    else:
+        print(
+            f"Acc@1 {summary['acc1']:.2f}  Acc@5 {summary['acc5']:.2f}  (error {summary['err1']:.2f} / "
+            f"{summary['err5']:.2f})  loss {summary['loss']:.4f}  on {summary['images']} images"
+        )
+        for name, acc in per_class.items():
+            print(f"  {display_label(name):<24} {acc:6.2f}%")
+        sys.stdout.flush()
+    if args.out:  # written only where asked: never into the run directory the model came from
+        from ..files import write_text
+
+        write_text(Path(args.out, "eval.json"), json.dumps({**summary, "per_class_acc": per_class}, indent=1))
+        try:
+            from ..experiments.report import plot_confusion
+        except ImportError:  # matplotlib is the optional [report] extra
+            return 0
+        path = plot_confusion(result.confusion, result.classes, Path(args.out, "confusion.png"))
+        if not args.json:
+            print(f"wrote {Path(args.out, 'eval.json')} and {path}")
+    return 0
+
+
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB", help="images, directories (recursive), globs")
+    options.weights(p, options.WEIGHTS_HELP + ", a .pt2 program, or an exported .onnx")
+    p.add_argument("--topk", type=options.positive_int, default=5, metavar="K", help="classes shown (default 5)")
+    p.add_argument("-b", "--batch-size", type=options.positive_int, default=32, metavar="N", help="images per batch")
+    p.add_argument("--max-file-mb", type=float, default=64.0, metavar="MB", help="refuse larger image files")
+    p.add_argument("--ten-crop", action="store_true", help="average softmax over ten crops")
+    options.device(p)
+    options.json_output(p, "JSON lines: {path, topk: [{label, prob}]} or {path, error}")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..artifacts.trained import display_label
+    from ..data.decode import expand_inputs
+    from ..inference.predictor import Predictor
+
+    inputs = expand_inputs(args.inputs)  # an empty argument, or a folder or glob with no image, fails here
+    predictor = Predictor.from_path(args.weights, device=args.device, max_file_mb=args.max_file_mb)
+    failed = 0
+    for pred in predictor.predict_iter(inputs, args.topk, args.batch_size, args.ten_crop):
+        failed += pred.error is not None
+        if args.json:
+            print(json.dumps(pred.to_json()), flush=True)
+        elif pred.error is not None:
+            print(f"{display_label(pred.source)}\terror: {display_label(pred.error)}")
+        else:
+            print(display_label(pred.source) + "\t" + "  ".join(f"{label} {100 * p:.1f}%" for label, p in pred.topk))
+    if failed:
+        print(f"alexnet predict: {failed} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_features(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB")
+    options.weights(p)
+    p.add_argument("--layer", default="fc7", choices=["fc7", "fc6", "pool5"])
+    p.add_argument("--out", required=True, metavar="FILE", help="a .npy file; the file order goes beside it as .txt")
+
+
+def run_features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..artifacts.loader import load_trained
+    from ..data.decode import expand_inputs
+    from ..files import atomic_write, check_target, write_text
+    from ..inference.features import features_of_files
+
+    order = args.out[: -len(".npy")] + ".txt" if args.out.endswith(".npy") else args.out + ".txt"
+    check_target(args.out), check_target(order)  # before any work: a directory or a device where a file goes
+    files = expand_inputs(args.inputs)
+    feats, done, errors = features_of_files(load_trained(args.weights), files, args.layer)
+    atomic_write(args.out, lambda f: np.save(f, feats))
+    write_text(order, "".join(name + "\n" for name in done))
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
+    return 1 if errors else 0
+
+
+def add_export(p: argparse.ArgumentParser) -> None:
+    options.weights(p)
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program"])
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, .pt, .pt2)")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute part of the allowed |export - eager| logit gap")
+    p.add_argument("--rtol", type=float, default=1e-4, help="part of the allowed gap relative to max |eager logit|")
+    p.add_argument(
+        "--images", nargs="+", metavar="FILE", help="images for the parity check (default: the data's test split)"
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..artifacts.loader import load_trained
+    from ..inference.export import check_inputs_for, export_model
+
+    trained = load_trained(args.weights)
+    inputs, described = check_inputs_for(trained, args.images)
+    result = export_model(trained, args.format, args.out, check_inputs=inputs, atol=args.atol, rtol=args.rtol)
+    check = result.parity
+    print(f"wrote {result.path} ({result.format}); {result.note}")
+    print(
+        f"max |{result.format} - eager| over logits on {described} {result.input_shape}: {check.max_abs:.3e} "
+        f"(allowed {check.bound:.3e}); max |prob diff| {check.max_prob:.1e}; top-1 agreement "
+        f"{100 * check.top1_agree:.0f}%"
+    )
+    return 0
+
+
+def add_quantize(p: argparse.ArgumentParser) -> None:
+    options.weights(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="the int8 program to write (.pt2)")
+    p.add_argument("--calibration", type=options.positive_int, default=512, metavar="N", help="training images")
+    p.add_argument(
+        "--batch", type=options.positive_int, default=64, metavar="N", help="the batch the program is compiled for"
+    )
+    options.data_dir(p, help="where the model's data set is (default: as training found it)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="which training images calibrate")
+    p.add_argument(
+        "--no-autotune",
+        dest="autotune",
+        action="store_false",
+        help="compile without timing GEMM templates (faster to load, slower at batch 1)",
+    )
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from ..inference.quantize import quantize_file
+
+    r = quantize_file(
+        args.weights,
+        args.out,
+        calibration=args.calibration,
+        batch=args.batch,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        autotune=args.autotune,
+    )
+    print(
+        f"wrote {r.path}: int8, calibrated on {r.calibration_images} training images of {r.dataset}, batch "
+        f"{r.batch}, in {r.seconds:.0f} s; top-1 agreement with fp32 on {r.checked_images} other training images "
+        f"{100 * r.agreement:.1f}%"
+    )
+    return 0
+
+
+def add_serve(p: argparse.ArgumentParser) -> None:
+    options.weights(p, options.WEIGHTS_HELP + ", or a .pt2 program")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs --api-key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the weights' name or run)")
+    p.add_argument("--max-batch", type=options.positive_int, default=32, metavar="N", help="most images run together")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS", help="how long a request waits to batch")
+    p.add_argument(
+        "--max-queue", type=options.positive_int, default=256, metavar="N", help="images waiting before 503s"
+    )
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds before a waiting request 504s")
+    p.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB", help="larger request bodies get 413")
+    p.add_argument("--api-key", help="required on every endpoint but health checks (default $ALEXNET_API_KEY)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S", help="seconds to receive a body, else 408")
+    p.add_argument("--head-timeout", type=float, default=10.0, metavar="S", help="seconds to receive headers, else 408")
+    p.add_argument(
+        "--decode-budget-mp",
+        type=float,
+        default=100.0,
+        metavar="MP",
+        help="megapixels decoding at once, all requests (bounds memory; larger images: 413)",
+    )
+    options.device(p)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto, fp32 or bf16")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        from ..inference.serving.app import ServeSettings
+        from ..inference.serving.server import serve
+    except ImportError as err:
+        raise AlexNetError(f"serving needs the [serve] extra: pip install 'alexnet[serve]' ({err})") from None
+    if not 0 <= args.port <= 65535:
+        raise AlexNetError(f"--port {args.port} is not a port number")
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        max_body_mb=args.max_body_mb,
+        api_key=args.api_key,
+        device=args.device,
+        precision=args.precision,
+        body_timeout_s=args.body_timeout,
+        decode_budget_mp=args.decode_budget_mp,
+        head_timeout_s=args.head_timeout,
+    )
+    # ServeSettings refuses values out of range (--max-wait-ms 1e13 would break the batching thread's wait).
+    serve(args.weights, args.host, args.port, settings, args.name)
+    return 0
+
+
+COMMANDS = {
+    "eval": ("evaluate a model: top-1/top-5, per-class accuracy, confusion matrix", add_eval, run_eval),
+    "predict": ("top-k classes for image files, directories or globs", add_predict, run_predict),
+    "features": ("embeddings of images from a hidden layer (fc7, fc6, pool5) as .npy", add_features, run_features),
+    "export": ("export to ONNX, TorchScript or torch.export, checked against eager", add_export, run_export),
+    "quantize": (
+        "post-training int8 quantization (PT2E, x86 inductor) into a .pt2 program",
+        add_quantize,
+        run_quantize,
+    ),
+    "serve": ("an HTTP service: web page, /v1/classify, KServe v2, /metrics; batched", add_serve, run_serve),
+}
