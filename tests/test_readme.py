@@ -1,4 +1,5 @@
-"""The README's commands stay true: every command line in it parses, and each one runs on fake data."""
+"""The documentation's commands stay true: every command line in the README and the docs pages parses, and each one
+runs on fake data."""
 
 import re
 import shlex
@@ -9,7 +10,22 @@ from PIL import Image
 
 from alexnet.cli import build_parser, main
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+# The docs pages in the site's order, then the README: the first training line is the demo's recipe (models.md).
+PAGES = [
+    ROOT / "docs" / page
+    for page in (
+        "index.md",
+        "models.md",
+        "training.md",
+        "using.md",
+        "weights.md",
+        "serving.md",
+        "paper.md",
+        "performance.md",
+    )
+] + [README]
 # Appended to a README training command: the same command in miniature on synthetic data.
 TINY = [
     "--dataset",
@@ -32,7 +48,7 @@ TINY = [
 
 def readme_commands() -> list[list[str]]:
     """Argument lists of every ``alexnet ...`` or ``torchrun ... -m alexnet.cli ...`` line in a bash block."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    blocks = [b for page in PAGES for b in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S)]
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
@@ -95,3 +111,8 @@ def test_the_readme_commands_run_on_fake_data(tmp_path, monkeypatch):
             ran.add(words[0])
     assert ran == {"eval", "predict", "export"}
     assert (tmp_path / "model.onnx").stat().st_size > 10_000
+
+
+def test_every_page_with_commands_is_checked():
+    with_commands = {p for p in (ROOT / "docs").glob("*.md") if "```bash" in p.read_text()}
+    assert with_commands <= set(PAGES), with_commands - set(PAGES)

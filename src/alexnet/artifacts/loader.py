@@ -18,8 +18,12 @@ def load_trained(path: Path | str) -> TrainedModel:
     the file: checkpoints are unpickled with ``weights_only=True``, programs are checked before torch reads them.
 
     Raises:
-        FileNotFoundError, CorruptCheckpointError (and its `InvalidMetadataError`), UnsafeCheckpointError,
-        IncompatibleCheckpointError, NonFiniteWeightsError, WeightsError.
+        FileNotFoundError: no such file, and no published weights of that name.
+        CorruptCheckpointError: unreadable, or metadata that fails validation (`InvalidMetadataError`).
+        UnsafeCheckpointError: a checkpoint or program that would run code when loaded.
+        IncompatibleCheckpointError: tensors that do not fit the network the metadata describes.
+        NonFiniteWeightsError: NaN or infinite weights.
+        WeightsError: published weights that cannot be downloaded or fail their hash check.
     """
     path = Path(path)
     if path.suffix == ".pt2":  # a torch.export program we wrote: exported fp32, or quantized int8
