@@ -51,7 +51,7 @@ def test_resume_is_bitwise_with_augmentation(tmp_path):
 
 def test_resume_mid_epoch_is_bitwise(tmp_path, monkeypatch):
     fit(tiny_config(tmp_path / "a", "train.epochs=1"))
-    import alexnet.training.fit as fit_module
+    import alexnet.training.checkpointer as fit_module
 
     real_save = fit_module.save_checkpoint
 

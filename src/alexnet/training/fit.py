@@ -17,8 +17,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,22 +25,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, save_weights
+from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_weights
 from ..artifacts.trained import ModelMeta
 from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..device import pick_device, pick_precision, tune_cpu_allocator
-from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, TrainingInterrupted, WriteError
+from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import atomic_write
 from ..models import create_model, get_spec
 from . import distributed
+from .checkpointer import Checkpointer
 from .engine import train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
-from .rundir import RunLock, claim
-from .state import EpochTotals, build_state, check_resume, latest_valid, restore, rng_state, seed_everything
+from .rundir import claim
+from .state import EpochTotals, check_resume, latest_valid, restore, seed_everything
 from .strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -105,35 +104,66 @@ def check_writable(out: Path) -> None:
         raise WriteError(f"cannot write the run directory {out}: {probe} {why}; choose another --out")
 
 
+@dataclass
+class Run:
+    """Everything one training run is made of, built by `_setup` and advanced by the epoch loop."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    precision: str
+    dist: distributed.DistInfo
+    strategy: Strategy
+    data: Data
+    model: nn.Module  # what trains: DDP, a tower's shard, or the model itself
+    plain: nn.Module  # the bare module, for state dicts
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler | None
+    steps: int  # batches per epoch
+    settings: StepSettings
+    eval_settings: StepSettings
+    result: RunResult
+    started: float  # perf_counter() when fit began
+    start_epoch: int = 0
+    start_step: int = 0
+    totals: EpochTotals = field(default_factory=EpochTotals)  # the running sums of a resumed epoch
+
+
 def fit(cfg: Config) -> RunResult:
-    """Train ``cfg`` to completion (or resume it), evaluating after every epoch.
+    """Train ``cfg`` to completion (or resume it), validating after every epoch (every ``train.val_every``).
 
     Raises:
         DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
     """
-    dist: list[distributed.DistInfo] = []
-    locks: list[RunLock] = []
-    try:
-        result = _fit(cfg, dist, locks)  # a failure leaves as before: the launcher stops the other processes
-    finally:
-        for lock in locks:
-            lock.release()
-    # The run's objects went with _fit's frame, but DDP and the towers' modules hold the process group in reference
-    # cycles: collected now, while the interpreter is whole. Left to interpreter shutdown, destroying gloo's threads
-    # there aborted a worker now and then (SIGABRT, "terminate called without an active exception";
-    # pytorch/pytorch#179291 describes the mechanism). Only then: a full collection costs ~0.1 s in a test process.
-    if dist[0].enabled:
+    with contextlib.ExitStack() as cleanup:  # releases the run directory's lock, however training ends
+        run = _setup(cfg, cleanup)
+        _resume(run)
+        _start(run)
+        checkpointer = Checkpointer(run)
+        with checkpointer.catching_signals(), reporting_worker_crashes(run.data.train, run.data.val):
+            for epoch in range(run.start_epoch, cfg.train.epochs):
+                if _epoch(run, epoch, checkpointer):
+                    break
+        distributed.barrier(run.dist)
+    # A failure leaves as it came: the launcher stops the other processes. On success, DDP and the towers' modules
+    # hold the process group in reference cycles: collected now, while the interpreter is whole. Left to interpreter
+    # shutdown, destroying gloo's threads there aborted a worker now and then (SIGABRT, "terminate called without an
+    # active exception"; pytorch/pytorch#179291 describes the mechanism). Only then: a collection costs ~0.1 s.
+    result, dist_info = run.result, run.dist
+    del run, checkpointer
+    if dist_info.enabled:
         gc.collect()
-    distributed.cleanup(dist[0])
+    distributed.cleanup(dist_info)
     return result
 
 
-def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) -> RunResult:
+def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
+    """The device and processes, the run directory (claimed), the data, the model, its optimizer and schedule."""
     started = time.perf_counter()
     cfg, pretrained = adopt_pretrained(cfg)  # model.weights: their network and preprocessing
     device = pick_device(cfg.train.device)
     dist_info = distributed.setup(device)
-    dist.append(dist_info)
     device = distributed.local_device(device, dist_info)
     precision = pick_precision(cfg.train.precision, device)
     if device.type == "cpu" and cfg.train.tune_allocator:
@@ -145,63 +175,25 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
         logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
     out = _run_dir(cfg, dist_info)
     if dist_info.is_main:  # before the data loads: one process owns the directory, and a finished run is kept
-        locks.append(claim(out, resuming=bool(cfg.train.resume)))
+        cleanup.callback(claim(out, resuming=bool(cfg.train.resume)).release)
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
     # Towers and hybrid: every rank evaluates the whole validation set (the model spans the ranks).
     data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard(), not strategy.sharded)
-    # DDP, a shard, or the model; plain for state dicts; new: parameters not taken from pretrained weights
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     optim_cfg = strategy.scaled_lr(cfg.optim, cfg.data.batch_size * cfg.train.accumulate)
     scales = None
     if pretrained is not None and cfg.optim.pretrained_lr_scale != 1.0:
         scales = {n: cfg.optim.pretrained_lr_scale for n, _ in plain.named_parameters() if n not in new}
     optimizer = build_optimizer(plain, optim_cfg, scales)
-    steps = (
-        len(data.train)
-        if cfg.train.limit_train_batches is None
-        else min(len(data.train), cfg.train.limit_train_batches)
-    )
+    limit = cfg.train.limit_train_batches
+    steps = len(data.train) if limit is None else min(len(data.train), limit)
     schedule = Schedule(optimizer, optim_cfg, cfg.train.epochs, steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
     distributed.barrier(dist_info)
-    result = RunResult(out)
-    start_epoch = start_step = 0
-    resume, state = cfg.train.resume, None
-    totals = EpochTotals()
-    if resume == "auto":
-        resume, state = latest_valid(out)
-    elif resume:
-        state = load_checkpoint(resume)  # an explicit path that is missing or corrupt is an error, never a fresh start
-    if state is not None:
-        check_resume(state, plain, data.classes, cfg, resume)
-        totals = restore(
-            state, plain, optimizer, schedule, scaler, strategy, dist_info.rank if dist_info.enabled else None
-        )
-        start_epoch, start_step = state["epoch"], state["step"]
-        result.history, result.best_acc1 = list(state["history"]), state["best_acc1"]
-        log.info("resumed from %s at epoch %d, batch %d", resume, start_epoch + 1, start_step)
-    if dist_info.is_main:
-        _record_held_out(out, data, cfg)  # after check_resume: a changed data.val_split is named as such
-    if cfg.train.compile:
-        model = torch.compile(model)
-    if dist_info.is_main:
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
-    log.info(
-        "%s on %s: %d train batches of %d, %d classes, device %s, precision %s, out %s",
-        cfg.model.name,
-        cfg.data.dataset,
-        steps,
-        cfg.data.batch_size,
-        len(data.classes),
-        device,
-        precision,
-        out,
-    )
     progress = cfg.train.progress and dist_info.is_main
     settings = StepSettings(
         device,
@@ -223,138 +215,126 @@ def _fit(cfg: Config, dist: list[distributed.DistInfo], locks: list[RunLock]) ->
         progress=progress,
         sync=strategy.eval_synced,
     )
+    return Run(
+        cfg,
+        out,
+        device,
+        precision,
+        dist_info,
+        strategy,
+        data,
+        model,
+        plain,
+        optimizer,
+        schedule,
+        scaler,
+        steps,
+        settings,
+        eval_settings,
+        RunResult(out),
+        started,
+    )
 
-    def checkpoint(epoch: int, step: int, *paths: Path) -> dict[str, torch.Tensor]:
-        """Write the run's state to ``paths`` (in every process: it gathers; rank 0 writes); returns the model's."""
-        where = f"at epoch {epoch + (step > 0)}, batch {step}"
-        strategy.check_finite(plain, where, str(out / "last.pt"))  # never written: auto-resume would reload it
-        model_state = strategy.model_state(plain)
-        optimizer_states = strategy.optimizer_states(optimizer)
-        rng = rng_state()
-        rng_ranks = [rng] * dist_info.world
-        if dist_info.enabled:  # every process's RNG, so a resumed multi-process run continues each of them
-            torch.distributed.all_gather_object(rng_ranks, rng)
-        if dist_info.is_main:
-            state = build_state(
-                model_state=model_state,
-                model_config=plain.config,
-                optimizer_states=optimizer_states,
-                schedule=schedule,
-                scaler=scaler,
-                rng=rng,
-                rng_ranks=rng_ranks,
-                epoch=epoch,
-                step=step,
-                totals=totals,
-                history=result.history,
-                best_acc1=result.best_acc1,
-                cfg=cfg,
-                classes=data.classes,
-                data_meta=data.meta,
+
+def _resume(run: Run) -> None:
+    """Continue from ``train.resume`` (a path, or ``auto``: the run's latest valid checkpoint) when there is one."""
+    resume, state = run.cfg.train.resume, None
+    if resume == "auto":
+        resume, state = latest_valid(run.out)
+    elif resume:
+        state = load_checkpoint(resume)  # an explicit path that is missing or corrupt is an error, never a fresh start
+    if state is not None:
+        check_resume(state, run.plain, run.data.classes, run.cfg, resume)
+        rank = run.dist.rank if run.dist.enabled else None
+        run.totals = restore(state, run.plain, run.optimizer, run.schedule, run.scaler, run.strategy, rank)
+        run.start_epoch, run.start_step = state["epoch"], state["step"]
+        run.result.history, run.result.best_acc1 = list(state["history"]), state["best_acc1"]
+        log.info("resumed from %s at epoch %d, batch %d", resume, run.start_epoch + 1, run.start_step)
+    if run.dist.is_main:
+        _record_held_out(run.out, run.data, run.cfg)  # after check_resume: a changed data.val_split is named as such
+
+
+def _start(run: Run) -> None:
+    """Compile if asked, record the resolved config, and say what is about to train."""
+    cfg = run.cfg
+    if cfg.train.compile:
+        run.model = torch.compile(run.model)
+    if run.dist.is_main:
+        atomic_write(run.out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
+    log.info(
+        "%s on %s: %d train batches of %d, %d classes, device %s, precision %s, out %s",
+        cfg.model.name,
+        cfg.data.dataset,
+        run.steps,
+        cfg.data.batch_size,
+        len(run.data.classes),
+        run.device,
+        run.precision,
+        run.out,
+    )
+
+
+def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
+    """Train one epoch, validate it, write its metrics row and checkpoints; True when training should stop early."""
+    cfg, data, result = run.cfg, run.data, run.result
+    began = time.perf_counter()
+    totals, start_step = run.totals, run.start_step
+    train = train_one_epoch(
+        run.model,
+        data.train,
+        data.train_transform,
+        run.optimizer,
+        run.schedule,
+        run.settings,
+        epoch,
+        start_step,
+        run.scaler,
+        checkpointer.step_hook(epoch, totals),
+        totals,
+    )
+    run.start_step, run.totals = 0, EpochTotals()
+    # A finite loss whose update broke the weights: stop before evaluating them.
+    run.strategy.check_finite(run.plain, f"in epoch {epoch + 1}", str(run.out / "last.pt"))
+    target = cfg.train.stop_at_train_acc1
+    stopping = False
+    if target is not None:  # the mean over processes, so every process stops at the same epoch
+        acc1 = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), run.dist).item() / run.dist.world
+        stopping = acc1 >= target
+    # Every val_every-th epoch, and always the last one trained.
+    validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
+    val = Evaluation.skipped()
+    views = {"ten_crop": cfg.data.ten_crop, "flip": cfg.data.flip_tta}
+    if validate:
+        val = evaluate(run.model, data.val, data.eval_transform, run.eval_settings, **views)
+        if not val.finite:  # finite weights, non-finite outputs: never the last good state
+            raise NonFiniteOutputError(
+                f"the model's outputs became non-finite in epoch {epoch + 1} (its weights are finite): "
+                f"training diverged; {run.out / 'last.pt'} keeps the state before it; lower the learning rate"
             )
-            for path in paths:
-                save_checkpoint(state, path)
-        return model_state
-
-    def on_step(epoch: int):
-        every = cfg.train.checkpoint_every
-
-        def hook(step: int) -> None:
-            if (step + 1) % cfg.train.accumulate and step + 1 < steps:
-                return  # checkpoints and stops fall between optimizer steps, never inside an accumulation
-            if dist_info.enabled:  # stop together: a process leaving alone would hang the others' all-reduce
-                flag = distributed.all_reduce_sum(torch.tensor([len(stop_signals)], device=device), dist_info)
-                if flag.item() and not stop_signals:
-                    stop_signals.append(signal.SIGTERM)
-            if stop_signals:
-                # Preemption: finish the step, save where we are, and leave with the signal's exit code.
-                checkpoint(epoch, step + 1, out / "last.pt")
-                signum = stop_signals[0]
-                raise TrainingInterrupted(
-                    f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, batch {step + 1}; saved "
-                    f"{out / 'last.pt'}: continue with --resume auto --out {out}",
-                    signum,
-                )
-            if every and (step + 1) % every == 0 and step + 1 < steps:
-                checkpoint(epoch, step + 1, out / "last.pt")
-
-        return hook
-
-    stop_signals: list[int] = []
-    with _stop_on((signal.SIGTERM, signal.SIGINT), stop_signals), reporting_worker_crashes(data.train, data.val):
-        for epoch in range(start_epoch, cfg.train.epochs):
-            began = time.perf_counter()
-            train = train_one_epoch(
-                model,
-                data.train,
-                data.train_transform,
-                optimizer,
-                schedule,
-                settings,
-                epoch,
-                start_step,
-                scaler,
-                on_step(epoch),
-                totals,
-            )
-            start_step, totals = 0, EpochTotals()
-            # A finite loss whose update broke the weights: stop before evaluating them.
-            strategy.check_finite(plain, f"in epoch {epoch + 1}", str(out / "last.pt"))
-            target = cfg.train.stop_at_train_acc1
-            stopping = False
-            if target is not None:  # the mean over processes, so every process stops at the same epoch
-                acc1 = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), dist_info).item() / dist_info.world
-                stopping = acc1 >= target
-            # Every val_every-th epoch, and always the last one trained.
-            validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
-            val = Evaluation.skipped()
-            if validate:
-                val = evaluate(
-                    model,
-                    data.val,
-                    data.eval_transform,
-                    eval_settings,
-                    ten_crop=cfg.data.ten_crop,
-                    flip=cfg.data.flip_tta,
-                )
-                if not val.finite:  # finite weights, non-finite outputs: never the last good state
-                    raise NonFiniteOutputError(
-                        f"the model's outputs became non-finite in epoch {epoch + 1} (its weights are finite): "
-                        f"training diverged; {out / 'last.pt'} keeps the state before it; lower the learning rate"
-                    )
-                schedule.end_epoch(val.err1)
-                result.final = val
-            row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train, val, began, started)
-            if data.test is not None and (epoch + 1 == cfg.train.epochs or stopping):
-                # The test split, once: nothing selects on it (best, plateau and early stops read the held-out split).
-                result.test = evaluate(
-                    model,
-                    data.test,
-                    data.eval_transform,
-                    eval_settings,
-                    ten_crop=cfg.data.ten_crop,
-                    flip=cfg.data.flip_tta,
-                )
-                row.update({f"test_{k}": round(getattr(result.test, k), 5 if k == "loss" else 3) for k in TEST_KEYS})
-            result.history.append(row)
-            # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
-            improved = validate and val.finite and val.acc1 > result.best_acc1
-            if improved:
-                result.best_acc1 = val.acc1
-            if dist_info.is_main:
-                _log_epoch(row, cfg.train.epochs, train)
-                _write_metrics(out / "metrics.csv", result.history)
-            # In every process (it gathers the model, optimizer and RNG states); rank 0 writes.
-            names = ["last.pt", *["best.pt"] * improved, *[f"epoch-{epoch + 1}.pt"] * cfg.train.keep_every_epoch]
-            model_state = checkpoint(epoch + 1, 0, *(out / n for n in names))
-            if improved and dist_info.is_main:
-                metrics = {"acc1": val.acc1, "acc5": val.acc5, "loss": val.loss, "epoch": epoch + 1}
-                save_weights(model_state, out / "best.safetensors", weights_meta(plain, data, cfg, metrics))
-            if stopping:
-                log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
-                break
-    distributed.barrier(dist_info)
-    return result
+        run.schedule.end_epoch(val.err1)
+        result.final = val
+    row = _epoch_row(epoch, run.optimizer.param_groups[0]["lr"], train, val, began, run.started)
+    if data.test is not None and (epoch + 1 == cfg.train.epochs or stopping):
+        # The test split, once: nothing selects on it (best, plateau and early stops read the held-out split).
+        result.test = evaluate(run.model, data.test, data.eval_transform, run.eval_settings, **views)
+        row.update({f"test_{k}": round(getattr(result.test, k), 5 if k == "loss" else 3) for k in TEST_KEYS})
+    result.history.append(row)
+    # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
+    improved = validate and val.finite and val.acc1 > result.best_acc1
+    if improved:
+        result.best_acc1 = val.acc1
+    if run.dist.is_main:
+        _log_epoch(row, cfg.train.epochs, train)
+        _write_metrics(run.out / "metrics.csv", result.history)
+    # In every process (it gathers the model, optimizer and RNG states); rank 0 writes.
+    names = ["last.pt", *["best.pt"] * improved, *[f"epoch-{epoch + 1}.pt"] * cfg.train.keep_every_epoch]
+    model_state = checkpointer.save(epoch + 1, 0, run.totals, *(run.out / n for n in names))
+    if improved and run.dist.is_main:
+        metrics = {"acc1": val.acc1, "acc5": val.acc5, "loss": val.loss, "epoch": epoch + 1}
+        save_weights(model_state, run.out / "best.safetensors", weights_meta(run.plain, data, cfg, metrics))
+    if stopping:
+        log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
+    return stopping
 
 
 def _record_held_out(out: Path, data: Data, cfg: Config) -> None:
@@ -446,24 +426,3 @@ def _log_epoch(row: dict[str, float], epochs: int, train: dict[str, float]) -> N
         train["data_s"],
         train["compute_s"],
     )
-
-
-@contextlib.contextmanager
-def _stop_on(signums: tuple[int, ...], stop_signals: list[int]):
-    """Record ``signums`` in ``stop_signals`` instead of dying, while training runs (main thread only): the step
-    finishes and a checkpoint is written. A second Ctrl-C interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        if signum == signal.SIGINT and stop_signals:
-            raise KeyboardInterrupt
-        stop_signals.append(signum)
-
-    previous = {s: signal.signal(s, handler) for s in signums}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
