@@ -143,17 +143,8 @@ class Preprocessing:
 
     def transform(self) -> BatchTransform:
         """The evaluation transform: uint8 stored images → normalised model inputs."""
-        shape = (len(self.mean), 1, 1)
-        std = torch.tensor(self.std).view(shape) if self.std is not None else None
-        return BatchTransform(
-            input_size=self.input_size,
-            crop=self.crop,
-            mean=torch.tensor(self.mean).view(shape),
-            std=std,
-            pad=self.pad,
-            flip=False,
-            pixel_scale=self.pixel_scale,
-        )
+        std = list(self.std) if self.std is not None else None
+        return BatchTransform.for_eval(self.input_size, self.crop, list(self.mean), std, self.pad, self.pixel_scale)
 
     def to_dict(self) -> dict[str, Any]:
         tree = asdict(self)

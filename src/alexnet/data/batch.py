@@ -84,6 +84,22 @@ class BatchTransform:
     eigvec: torch.Tensor | None = None
     pixel_scale: float = 1.0
 
+    @classmethod
+    def for_eval(
+        cls,
+        input_size: int,
+        crop: int,
+        mean: list[float] | torch.Tensor,
+        std: list[float] | None,
+        pad: int = 0,
+        pixel_scale: float = 1.0,
+    ) -> BatchTransform:
+        """The evaluation transform (central crop, no augmentation): the one builder of it, for a training run's
+        data and for a saved model's preprocessing alike. ``mean`` is per channel or a (C, S, S) mean image."""
+        mean = mean if isinstance(mean, torch.Tensor) else torch.tensor(mean).view(len(mean), 1, 1)
+        std_t = None if std is None else torch.tensor(std).view(len(std), 1, 1)
+        return cls(input_size, crop, mean, std_t, pad, flip=False, pixel_scale=pixel_scale)
+
     def _normalize(self, x: torch.Tensor, mean: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 crops → float in two in-place passes: ((x/255 − mean + offset) / std) · pixel_scale, resized to
         the model's input, channels-last. ``mean`` is (C, 1, 1) or the mean image's (B, C, k, k) crops;

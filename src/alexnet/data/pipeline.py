@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -325,24 +326,38 @@ def build_data(
                 world=world,
             )
     mean, std = _per_channel(cfg.mean or mean, in_channels, "mean"), _per_channel(cfg.std or std, in_channels, "std")
+    train_tf, eval_tf, meta = build_transforms(cfg, input_size, stored, mean, std, mean_image)
+    if cfg.val_split:
+        meta["val_split"] = {"images": len(held_out or []), "seed": cfg.val_seed}
+    return Data(train, val, classes, in_channels, train_tf, eval_tf, meta, test, held_out)
+
+
+def build_transforms(
+    cfg: DataConfig,
+    input_size: int,
+    stored: int,
+    mean: list[float],
+    std: list[float],
+    mean_image: torch.Tensor | None = None,
+) -> tuple[BatchTransform, BatchTransform, dict[str, Any]]:
+    """The training and evaluation transforms for images stored at ``stored`` px, and the preprocessing metadata
+    saved with the weights (which rebuilds the same evaluation transform: `BatchTransform.for_eval`)."""
     crop = cfg.crop or min(input_size, stored)
-    shape = (len(mean), 1, 1)
-    tf: dict[str, Any] = dict(
-        input_size=input_size,
-        crop=crop,
-        mean=mean_image if mean_image is not None else torch.tensor(mean).view(shape),
-        std=torch.tensor(std).view(shape) if cfg.normalize == "meanstd" else None,
-        pad=cfg.pad,
-        pixel_scale=cfg.pixel_scale,
+    norm_std = std if cfg.normalize == "meanstd" else None
+    eval_tf = BatchTransform.for_eval(
+        input_size, crop, mean_image if mean_image is not None else mean, norm_std, cfg.pad, cfg.pixel_scale
+    )
+    train_tf = dataclasses.replace(
+        eval_tf,
+        flip=cfg.flip,
+        pca_std=cfg.pca_std,
         eigval=torch.tensor(cfg.pca_eigval or IMAGENET_EIGVAL),
         eigvec=torch.tensor(cfg.pca_eigvec or IMAGENET_EIGVEC),
     )
-    train_tf = BatchTransform(flip=cfg.flip, pca_std=cfg.pca_std, **tf)
-    eval_tf = BatchTransform(flip=False, **tf)
     meta = {
         "dataset": cfg.dataset,
         "mean": mean,
-        "std": std if cfg.normalize == "meanstd" else None,
+        "std": norm_std,
         "stored_size": stored,
         "crop": crop,
         "input_size": input_size,
@@ -351,6 +366,4 @@ def build_data(
         "mean_image": cfg.mean_image,
         "resize": stored if cfg.dataset not in TENSOR_DATASETS else None,
     }
-    if cfg.val_split:
-        meta["val_split"] = {"images": len(held_out or []), "seed": cfg.val_seed}
-    return Data(train, val, classes, in_channels, train_tf, eval_tf, meta, test, held_out)
+    return train_tf, eval_tf, meta
