@@ -2,7 +2,6 @@
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -11,46 +10,7 @@ from PIL import Image, ImageOps
 
 from alexnet.data.decode import decode_image
 from alexnet.errors import InvalidImageError
-
-
-def _gradient(w=40, h=30):
-    x = np.zeros((h, w, 3), dtype=np.uint8)
-    x[..., 0] = np.linspace(0, 255, w)[None, :]
-    x[..., 1] = np.linspace(0, 255, h)[:, None]
-    x[..., 2] = 90
-    return Image.fromarray(x, "RGB")
-
-
-def _save(img, fmt, **kw):
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb_png(width=30000, height=30000) -> bytes:
-    """A valid PNG header claiming width×height pixels, with almost no data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 16)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-
-
-def bad_files() -> dict[str, bytes]:
-    jpeg = _save(_gradient(64, 64), "JPEG", quality=90)
-    png = bytearray(_save(_gradient(), "PNG"))
-    ihdr_crc = 8 + 4 + 4 + 13  # the IHDR chunk's CRC follows its 13 data bytes
-    png[ihdr_crc] ^= 0xFF
-    return {
-        "empty.jpg": b"",
-        "text.jpg": b"this is a text file, not an image\n" * 3,
-        "truncated.jpg": jpeg[: len(jpeg) // 2],
-        "bad_crc.png": bytes(png),
-        "bomb.png": bomb_png(),
-        "garbage.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
-    }
+from tests.helpers import bad_files, bomb_png, encode, gradient
 
 
 @pytest.mark.parametrize("name", sorted(bad_files()))
@@ -72,7 +32,7 @@ def test_bomb_is_rejected_before_allocation():
 
 
 def _modes():
-    rgb = _gradient()
+    rgb = gradient()
     rgba = rgb.copy()
     rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
     palette = rgb.convert("P", palette=Image.ADAPTIVE, colors=16)
@@ -113,7 +73,7 @@ def test_alpha_is_composited_on_white(tmp_path):
 
 
 def test_exif_orientation_matches_exif_transpose(tmp_path):
-    img = _gradient(40, 30)
+    img = gradient(40, 30)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     path = tmp_path / "rotated.jpg"
@@ -140,13 +100,13 @@ def test_animated_gif_gives_first_frame(tmp_path):
 
 
 def _jpegs() -> dict[str, bytes]:
-    img = _gradient(53, 37)
+    img = gradient(53, 37)
     return {
-        "420": _save(img, "JPEG", quality=90),
-        "422": _save(img, "JPEG", quality=90, subsampling=1),
-        "444": _save(img, "JPEG", quality=90, subsampling=0),
-        "progressive": _save(img, "JPEG", quality=90, progressive=True),
-        "gray": _save(img.convert("L"), "JPEG", quality=90),
+        "420": encode(img, "JPEG", quality=90),
+        "422": encode(img, "JPEG", quality=90, subsampling=1),
+        "444": encode(img, "JPEG", quality=90, subsampling=0),
+        "progressive": encode(img, "JPEG", quality=90, progressive=True),
+        "gray": encode(img.convert("L"), "JPEG", quality=90),
     }
 
 
@@ -172,12 +132,12 @@ def test_exif_and_cmyk_jpegs_go_through_pillow(monkeypatch):
     monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("fast path taken"))
     exif = Image.Exif()
     exif[0x0112] = 1
-    assert decode_image(_save(_gradient(), "JPEG", exif=exif)).shape == (3, 30, 40)
-    assert decode_image(_save(_gradient().convert("CMYK"), "JPEG")).shape == (3, 30, 40)
+    assert decode_image(encode(gradient(), "JPEG", exif=exif)).shape == (3, 30, 40)
+    assert decode_image(encode(gradient().convert("CMYK"), "JPEG")).shape == (3, 30, 40)
 
 
 def test_jpeg_bomb_is_rejected_from_its_header():
-    data = bytearray(_save(_gradient(16, 16), "JPEG"))
+    data = bytearray(encode(gradient(16, 16), "JPEG"))
     sof = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width (2)
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
     with pytest.raises(InvalidImageError, match="exceeds"):
@@ -189,14 +149,14 @@ def test_mutated_files_decode_or_raise_invalid_image():
     else, each in well under 2 s. JPEG mutants keep their end marker, so they reach the libjpeg-turbo fast path."""
     import time
 
-    img = _gradient(24, 16)
+    img = gradient(24, 16)
     seeds = {
-        "jpeg": _save(img, "JPEG", quality=90),
-        "progressive": _save(img, "JPEG", quality=90, progressive=True),
-        "gray": _save(img.convert("L"), "JPEG"),
-        "png": _save(img, "PNG"),
-        "gif": _save(img.convert("P"), "GIF"),
-        "webp": _save(img, "WEBP"),
+        "jpeg": encode(img, "JPEG", quality=90),
+        "progressive": encode(img, "JPEG", quality=90, progressive=True),
+        "gray": encode(img.convert("L"), "JPEG"),
+        "png": encode(img, "PNG"),
+        "gif": encode(img.convert("P"), "GIF"),
+        "webp": encode(img, "WEBP"),
     }
     rng = np.random.default_rng(0)
     outcomes = {"decoded": 0, "invalid": 0}

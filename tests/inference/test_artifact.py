@@ -17,13 +17,7 @@ from alexnet.artifacts.trained import (
 from alexnet.cli import main
 from alexnet.errors import NonFiniteWeightsError
 from tests.conftest import make_weights
-
-
-def _photo(path):
-    from PIL import Image
-
-    Image.new("RGB", (40, 40), (10, 200, 30)).save(path)
-    return path
+from tests.helpers import solid_photo
 
 
 def _rewrite(path, edit, tensors_edit=None):
@@ -67,7 +61,7 @@ def test_tampered_metadata_is_refused_naming_the_field(tmp_path, edit, message, 
 
 def test_huge_class_count_fails_fast_through_the_cli(tmp_path, capsys):
     path = _rewrite(make_weights(tmp_path / "w.safetensors"), lambda m: m["model"].update(num_classes=10_000_000))
-    assert main(["predict", "--checkpoint", str(path), str(_photo(tmp_path / "a.png"))]) == 2
+    assert main(["predict", "--checkpoint", str(path), str(solid_photo(tmp_path / "a.png"))]) == 2
     err = capsys.readouterr().err
     assert "num_classes=10000000" in err and len(err.strip().splitlines()) == 1
 
@@ -91,7 +85,7 @@ def test_non_finite_weights_are_refused_by_predict_and_eval(tmp_path, capsys):
     path = _rewrite(make_weights(tmp_path / "w.safetensors"), lambda m: None, poison)
     with pytest.raises(NonFiniteWeightsError, match="non-finite"):
         load_trained(path)
-    assert main(["predict", "--checkpoint", str(path), str(_photo(tmp_path / "a.png"))]) == 2
+    assert main(["predict", "--checkpoint", str(path), str(solid_photo(tmp_path / "a.png"))]) == 2
     assert main(["eval", "--checkpoint", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("non-finite weights") == 2 and "nan%" not in err
@@ -101,7 +95,7 @@ def test_class_names_never_reach_the_terminal_raw(tmp_path, capsys):
     evil = ["\x1b[2J\x1b[31mpwned", "line\nbreak", "ok", "\u202eeman"]
     path = _rewrite(make_weights(tmp_path / "w.safetensors"), lambda m: m.update(classes=evil))
     assert [display_label(c) for c in evil] == ["\\x1b[2J\\x1b[31mpwned", "line\\x0abreak", "ok", "\\u202eeman"]
-    assert main(["predict", "--checkpoint", str(path), "--topk", "4", str(_photo(tmp_path / "a.png"))]) == 0
+    assert main(["predict", "--checkpoint", str(path), "--topk", "4", str(solid_photo(tmp_path / "a.png"))]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out and len(out.splitlines()) == 1 and "\\x1b[2J" in out
 

@@ -11,7 +11,7 @@ from alexnet.cli import main
 from alexnet.inference.export import FORMATS, export_model
 from alexnet.inference.predictor import Predictor
 from tests.conftest import make_weights
-from tests.inference.test_predictor import _images
+from tests.helpers import mixed_images
 
 
 @pytest.mark.parametrize("name", alexnet.list_models())
@@ -28,7 +28,7 @@ def test_cli_export_and_onnx_predict_matches_pytorch(tmp_path, weights, capsys):
     assert main(["export", "--checkpoint", str(weights), "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "max |onnx - eager| over logits on the first 8 fake test images" in printed and "fixed at 32" in printed
-    paths = _images(tmp_path / "imgs")
+    paths = mixed_images(tmp_path / "imgs")
     torch_preds = Predictor.from_path(weights).predict(paths)
     onnx_preds = Predictor.from_path(out).predict(paths)
     for a, b in zip(torch_preds, onnx_preds):
@@ -73,7 +73,7 @@ def test_export_errors(tmp_path, weights, capsys):
     )
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "fake.onnx").write_bytes(b"not onnx")
-    image = _images(tmp_path / "imgs")[0]
+    image = mixed_images(tmp_path / "imgs")[0]
     assert main(["predict", "--checkpoint", str(tmp_path / "fake.onnx"), str(image)]) == 2
     assert "not a loadable ONNX model" in capsys.readouterr().err
 

@@ -10,24 +10,12 @@ from PIL import Image
 from alexnet.cli import main
 from alexnet.inference.predictor import Predictor
 from tests.conftest import make_weights
-from tests.data.test_decode import bad_files
-
-
-def _images(root):
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, size in enumerate([(40, 30), (5, 7), (1500, 900), (32, 32)]):
-        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-        path = root / f"img{i}.{'jpg' if i % 2 else 'png'}"
-        Image.fromarray(arr).save(path)
-        paths.append(path)
-    return paths
+from tests.helpers import bad_files, mixed_images
 
 
 def test_predict_paths_pil_and_tensors_agree(tmp_path, weights):
     predictor = Predictor.from_path(weights)
-    paths = _images(tmp_path / "imgs")
+    paths = mixed_images(tmp_path / "imgs")
     by_path = predictor.predict(paths, topk=3)
     by_pil = predictor.predict([Image.open(p) for p in paths], topk=3)
     by_tensor = predictor.predict(
@@ -47,7 +35,7 @@ def test_predict_paths_pil_and_tensors_agree(tmp_path, weights):
 
 def test_batching_does_not_change_results(tmp_path, weights):
     predictor = Predictor.from_path(weights)
-    paths = _images(tmp_path / "imgs")
+    paths = mixed_images(tmp_path / "imgs")
     one = predictor.predict(paths, batch_size=1)
     many = predictor.predict(paths, batch_size=4)
     for a, b in zip(one, many):
@@ -58,7 +46,7 @@ def test_batching_does_not_change_results(tmp_path, weights):
 def test_grayscale_model_takes_colour_photos(tmp_path):
     weights = make_weights(tmp_path / "gray.safetensors", in_channels=1, num_classes=10, input_size=28)
     predictor = Predictor.from_path(weights)
-    path = _images(tmp_path / "imgs")[0]
+    path = mixed_images(tmp_path / "imgs")[0]
     (pred,) = predictor.predict([path], topk=10)
     assert pred.error is None and len(pred.topk) == 10
     # A colour photo is read as its luma: the same prediction as the grayscale file PIL makes of it.
@@ -69,7 +57,7 @@ def test_grayscale_model_takes_colour_photos(tmp_path):
 
 
 def test_cli_predict_json_with_bad_files(tmp_path, weights, capsys):
-    good = _images(tmp_path / "data" / "nested")
+    good = mixed_images(tmp_path / "data" / "nested")
     for name, data in bad_files().items():
         (tmp_path / "data" / name).write_bytes(data)
     code = main(["predict", "--checkpoint", str(weights), "--json", "--topk", "2", "-b", "3", str(tmp_path / "data")])
@@ -86,7 +74,7 @@ def test_cli_predict_json_with_bad_files(tmp_path, weights, capsys):
 
 
 def test_cli_predict_table_glob_and_success_exit(tmp_path, weights, capsys):
-    _images(tmp_path / "imgs")
+    mixed_images(tmp_path / "imgs")
     assert main(["predict", "--checkpoint", str(weights), str(tmp_path / "imgs" / "*.png")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all("label_" in line and "%" in line for line in out)
@@ -94,7 +82,7 @@ def test_cli_predict_table_glob_and_success_exit(tmp_path, weights, capsys):
 
 def test_ten_crop_prediction(tmp_path, weights):
     predictor = Predictor.from_path(weights)
-    paths = _images(tmp_path / "imgs")
+    paths = mixed_images(tmp_path / "imgs")
     ten = predictor.predict(paths, ten_crop=True)
     centre = predictor.predict(paths)
     assert all(len(p.topk) == 4 for p in ten)
@@ -131,7 +119,7 @@ def test_bad_python_inputs(weights, bad):
 def test_fifo_empty_argument_empty_glob_and_urls(tmp_path, weights, capsys):
     import os
 
-    good = _images(tmp_path / "imgs")
+    good = mixed_images(tmp_path / "imgs")
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)  # reading it would block forever
     args = [
@@ -169,7 +157,7 @@ def test_file_size_cap_is_checked_before_reading(tmp_path, weights, capsys):
     assert "exceeds the file-size limit" in capsys.readouterr().out
 
 
-def test_large_jpegs_decode_at_reduced_scale_and_batches_hold_stored_images(tmp_path, weights):
+def test_large_jpegs_decode_at_reduced_scale_and_batches_hold_storedmixed_images(tmp_path, weights):
     from alexnet.data.decode import decode_image
 
     photo = tmp_path / "big.jpg"

@@ -7,10 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,120 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-import alexnet
-from alexnet.artifacts.checkpoint import save_weights
 from alexnet.cli import main
+from tests.helpers import noise_png
 
-CLASSES = ["apple", "boat", "cloud", "daisy", "eagle", "fern"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _weights(path: Path, variant: str, size: int, **overrides) -> Path:
-    torch.manual_seed(0)
-    model = alexnet.create_model(variant, num_classes=len(CLASSES), **overrides)
-    meta = {
-        "model": model.config,
-        "classes": CLASSES,
-        "data": {
-            "stored_size": size + size // 8,
-            "crop": size,
-            "input_size": size,
-            "mean": [0.5, 0.45, 0.4],
-            "std": [0.25, 0.25, 0.25],
-        },
-    }
-    save_weights(model, path, meta)
-    return path
-
-
-def _png(path: Path | None = None, seed: int = 0, size: tuple[int, int] = (90, 120)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    if path is not None:
-        path.write_bytes(buf.getvalue())
-    return buf.getvalue()
-
-
-class Server:
-    def __init__(self, weights: Path, *flags: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "alexnet.cli",
-            "serve",
-            "--checkpoint",
-            str(weights),
-            "--port",
-            str(self.port),
-            "--precision",
-            "fp32",
-            *flags,
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read())
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not become ready")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    # torchvision's AlexNet at 224 px: slow enough (tens of ms per image) for a small queue to fill.
-    return {
-        "owt": _weights(root / "owt.safetensors", "alexnet_owt", 224),
-        "root": root,
-        "small": _weights(root / "small.safetensors", "alexnet_small", 32, width=0.25),
-    }
-
-
-@pytest.fixture(scope="module")
-def server(files):
-    srv = Server(files["owt"], "--max-batch", "4", "--max-queue", "4", "--max-body-mb", "1", "--name", "owt")
-    yield srv
-    assert srv.stop() == 0
-
-
-def _raw(port: int, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
-    """Send ``request`` bytes as they are; the status and body of the reply."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[-1]
-
-
-def _length(data: bytes) -> int:
-    for line in data.split(b"\r\n\r\n")[0].split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            return int(line.split(b":")[1])
-    return 0
+from .conftest import CLASSES, Server, app_client, raw_request
 
 
 def test_classify_and_the_v2_endpoints(server):
-    image = _png()
+    image = noise_png()
     r = httpx.post(f"{server.url}/v1/classify?topk=3", files={"file": ("a.png", image, "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -166,7 +56,7 @@ def test_classify_and_the_v2_endpoints(server):
 def test_tritonclient_gets_the_same_top1(server):
     import tritonclient.http as triton
 
-    image = _png(seed=3)
+    image = noise_png(seed=3)
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
     assert client.is_server_live() and client.is_model_ready("owt")
     item = triton.InferInput("image", [1], "BYTES")
@@ -183,7 +73,7 @@ def test_limits_answer_4xx_never_5xx_and_the_server_goes_on(server):
     host = f"Host: 127.0.0.1:{server.port}\r\n".encode()
     # 413 from the Content-Length alone: the 100 MB are never sent, and the reply does not wait for them.
     began = time.perf_counter()
-    status, _ = _raw(
+    status, _ = raw_request(
         server.port,
         b"POST /v1/classify HTTP/1.1\r\n"
         + host
@@ -194,9 +84,9 @@ def test_limits_answer_4xx_never_5xx_and_the_server_goes_on(server):
     # ...and from the bytes counted when the client streams without a length (chunked).
     chunks = b"%x\r\n%s\r\n" % (300_000, b"y" * 300_000) * 4 + b"0\r\n\r\n"
     head = b"POST /v1/classify HTTP/1.1\r\n" + host + b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
-    status, _ = _raw(server.port, head + chunks)
+    status, _ = raw_request(server.port, head + chunks)
     assert status == 413
-    status, _ = _raw(
+    status, _ = raw_request(
         server.port, b"POST /v1/classify HTTP/1.1\r\n" + host + b"Content-Type: image/png\r\nContent-Length: -5\r\n\r\n"
     )
     assert status == 400
@@ -204,7 +94,7 @@ def test_limits_answer_4xx_never_5xx_and_the_server_goes_on(server):
         ({"Content-Type": "text/plain"}, b"hello", 415),
         ({"Content-Type": "application/json"}, b"{}", 415),
         ({"Content-Type": "image/png"}, b"not an image at all", 400),
-        ({"Content-Type": "image/png"}, _png()[:200], 400),  # truncated
+        ({"Content-Type": "image/png"}, noise_png()[:200], 400),  # truncated
         ({"Content-Type": "image/png"}, b"", 400),
         ({"Content-Type": "multipart/form-data; boundary=zz"}, b"--zz\r\nbroken", 400),
     ]
@@ -218,7 +108,7 @@ def test_limits_answer_4xx_never_5xx_and_the_server_goes_on(server):
         assert "error" in r.json()
     assert (
         httpx.post(
-            f"{server.url}/v1/classify?topk=0", content=_png(), headers={"Content-Type": "image/png"}
+            f"{server.url}/v1/classify?topk=0", content=noise_png(), headers={"Content-Type": "image/png"}
         ).status_code
         == 400
     )
@@ -230,13 +120,13 @@ def test_limits_answer_4xx_never_5xx_and_the_server_goes_on(server):
     ]
     for body in bad_v2:
         assert httpx.post(f"{server.url}/v2/models/owt/infer", content=body).status_code == 400, body
-    ok = httpx.post(f"{server.url}/v1/classify", content=_png(), headers={"Content-Type": "image/png"})
+    ok = httpx.post(f"{server.url}/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"})
     assert ok.status_code == 200  # after all that, the next valid request is served
     assert '{code="500"' not in httpx.get(f"{server.url}/metrics").text
 
 
 def test_overload_gets_503_with_retry_after_at_once_and_nothing_hangs(server):
-    image = _png(seed=5)
+    image = noise_png(seed=5)
 
     def call(_):
         began = time.perf_counter()
@@ -264,7 +154,7 @@ def test_the_page_in_a_real_browser_shows_predicts_top1(server, files, tmp_path,
     from selenium.webdriver.support.ui import WebDriverWait
 
     image = tmp_path / "photo.png"
-    _png(image, seed=11)
+    noise_png(image, seed=11)
     assert main(["predict", "--checkpoint", str(files["owt"]), "--json", str(image)]) == 0
     expected = json.loads(capsys.readouterr().out)["topk"][0]["label"]
 
@@ -289,7 +179,7 @@ def test_the_page_in_a_real_browser_shows_predicts_top1(server, files, tmp_path,
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(files):
     srv = Server(files["owt"], "--max-wait-ms", "300")  # requests wait 0.3 s for a batch: in flight at SIGTERM
-    image = _png(seed=7)
+    image = noise_png(seed=7)
     results = []
 
     def call():
@@ -315,18 +205,8 @@ def test_non_loopback_needs_a_key_and_onnx_is_refused(files, capsys):
 
 
 # --- in-process: the app with a stub model ---
-def _client(files, **settings):
-    from starlette.testclient import TestClient
-
-    from alexnet.artifacts.loader import load_trained
-    from alexnet.inference.serving.app import ServeSettings, create_app
-
-    app = create_app(load_trained(files["small"]), "small", ServeSettings(precision="fp32", **settings))
-    return TestClient(app), app.state.service
-
-
 def test_api_key_is_checked_on_everything_but_health(files):
-    client, _ = _client(files, api_key="s3cret")
+    client, _ = app_client(files, api_key="s3cret")
     with client:
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
@@ -335,27 +215,29 @@ def test_api_key_is_checked_on_everything_but_health(files):
             assert client.get(path, headers={"X-API-Key": "s3creT"}).status_code == 401
             assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/?api_key=s3cret").status_code == 200  # the page's own link
-        r = client.post("/v1/classify", content=_png(), headers={"Content-Type": "image/png"})
+        r = client.post("/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"})
         assert r.status_code == 401
 
 
 def test_a_slow_inference_gets_504_and_the_server_recovers(files):
-    client, service = _client(files, timeout_s=0.2)
+    client, service = app_client(files, timeout_s=0.2)
     real = service.batcher.infer
     service.batcher.infer = lambda x: (time.sleep(0.6), real(x))[1]
     with client:
-        r = client.post("/v1/classify", content=_png(), headers={"Content-Type": "image/png"})
+        r = client.post("/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"})
         assert r.status_code == 504 and "error" in r.json()
         service.batcher.infer = real
         time.sleep(0.5)  # the slow batch finishes in the worker; its result is dropped
-        assert client.post("/v1/classify", content=_png(), headers={"Content-Type": "image/png"}).status_code == 200
+        assert (
+            client.post("/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"}).status_code == 200
+        )
 
 
 def test_endpoint_fuzz_never_5xx(files):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    client, _ = _client(files, max_body_mb=0.05)
+    client, _ = app_client(files, max_body_mb=0.05)
     types = st.sampled_from(
         [
             "image/png",
@@ -379,7 +261,7 @@ def test_endpoint_fuzz_never_5xx(files):
             "/metrics",
         ]
     )
-    png = _png(size=(20, 20))
+    png = noise_png(size=(20, 20))
 
     def part(name: bytes, data: bytes) -> bytes:
         disposition = b'Content-Disposition: form-data; name="file"; filename="' + name + b'"'
@@ -408,11 +290,13 @@ def test_endpoint_fuzz_never_5xx(files):
             assert r.status_code < 500, (path, ctype, body[:80], r.text)
 
         fuzz()
-        assert client.post("/v1/classify", content=_png(), headers={"Content-Type": "image/png"}).status_code == 200
+        assert (
+            client.post("/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"}).status_code == 200
+        )
 
 
 def test_a_batch_mixing_images_and_tensors_answers_each_in_order(files):
-    _, service = _client(files)
+    _, service = app_client(files)
     stored = torch.randint(0, 256, (2, 3, 36, 36), dtype=torch.uint8)
     tensor = torch.randn(1, 3, 32, 32)
     alone = [service._infer([stored[:1]]), service._infer([tensor]), service._infer([stored[1:]])]

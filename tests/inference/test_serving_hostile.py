@@ -18,12 +18,13 @@ import httpx
 import pytest
 
 from alexnet.cli import main
+from tests.helpers import noise_png
 
-from .test_serving import Server, _client, _free_port, _png, _raw, files  # noqa: F401 (the shared fixture)
+from .conftest import Server, app_client
 
 
 @pytest.fixture(scope="module")
-def guarded(files):  # noqa: F811
+def guarded(files):
     srv = Server(files["small"], "--name", "small", "--body-timeout", "1", "--head-timeout", "2")
     yield srv
     assert srv.stop() == 0
@@ -31,7 +32,7 @@ def guarded(files):  # noqa: F811
 
 def _served_within(srv, seconds: float) -> bool:
     began = time.perf_counter()
-    r = httpx.post(f"{srv.url}/v1/classify", content=_png(), headers={"Content-Type": "image/png"}, timeout=30)
+    r = httpx.post(f"{srv.url}/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"}, timeout=30)
     return r.status_code == 200 and time.perf_counter() - began < seconds
 
 
@@ -64,7 +65,7 @@ def test_an_endless_or_slow_request_head_is_cut_off_and_others_are_served(guarde
         assert reply.startswith(b"HTTP/1.1 408") and time.perf_counter() - began < 8, reply[:80]
 
 
-def test_a_trickling_body_gets_408_and_holds_no_admission_slot(files):  # noqa: F811
+def test_a_trickling_body_gets_408_and_holds_no_admission_slot(files):
     srv = Server(files["small"], "--name", "small", "--body-timeout", "1", "--max-queue", "1")
     try:
         slow = []
@@ -101,8 +102,8 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("case", range(len(MALFORMED)))
-def test_malformed_v2_requests_are_400_with_a_reason(files, case):  # noqa: F811
-    client, _ = _client(files)
+def test_malformed_v2_requests_are_400_with_a_reason(files, case):
+    client, _ = app_client(files)
     body, headers = MALFORMED[case], {"Content-Type": "application/json"}
     if body == "DIGITS":
         raw = b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [' + b"9" * 5000 + b'], "data": []}]}'
@@ -119,16 +120,18 @@ def test_malformed_v2_requests_are_400_with_a_reason(files, case):  # noqa: F811
         r = client.post("/v2/models/small/infer", content=raw, headers=headers)
         assert r.status_code == 400 and r.json()["error"], r.text
         assert (
-            client.post("/v1/classify?topk=\u00b2", content=_png(), headers={"Content-Type": "image/png"}).status_code
+            client.post(
+                "/v1/classify?topk=\u00b2", content=noise_png(), headers={"Content-Type": "image/png"}
+            ).status_code
             == 400
         )
 
 
-def test_a_v2_schema_fuzz_never_answers_5xx(files):  # noqa: F811
+def test_a_v2_schema_fuzz_never_answers_5xx(files):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    client, _ = _client(files, max_body_mb=0.5)
+    client, _ = app_client(files, max_body_mb=0.5)
     dims = st.one_of(
         st.integers(-3, 40), st.integers(2**31, 2**70), st.just(10**30), st.booleans(), st.text(max_size=3)
     )
@@ -179,13 +182,13 @@ def test_a_v2_schema_fuzz_never_answers_5xx(files):  # noqa: F811
         fuzz()
         image = {
             "inputs": [
-                {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(_png()).decode()]}
+                {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(noise_png()).decode()]}
             ]
         }
         assert client.post("/v2/models/small/infer", json=image).status_code == 200
 
 
-def test_flags_that_would_break_the_batcher_are_refused(files, capsys):  # noqa: F811
+def test_flags_that_would_break_the_batcher_are_refused(files, capsys):
     for flag, value in (
         ("--max-wait-ms", "1e13"),
         ("--timeout", "nan"),
@@ -197,8 +200,8 @@ def test_flags_that_would_break_the_batcher_are_refused(files, capsys):  # noqa:
         assert f"{flag} " in err and "out of range" in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_readiness_sees_a_dead_batching_thread(files):  # noqa: F811
-    client, service = _client(files)
+def test_readiness_sees_a_dead_batching_thread(files):
+    client, service = app_client(files)
     with client:
         assert client.get("/v2/health/ready").status_code == 200
         service.batcher.stop()  # the worker thread ends (as it would if it died)
@@ -206,13 +209,13 @@ def test_readiness_sees_a_dead_batching_thread(files):  # noqa: F811
         assert client.get("/v2/models/small/ready").json()["ready"] is False
 
 
-def test_sighup_drains_like_sigterm_and_a_port_in_use_is_one_line(files, capsys):  # noqa: F811
+def test_sighup_drains_like_sigterm_and_a_port_in_use_is_one_line(files, capsys):
     srv = Server(files["small"], "--max-wait-ms", "300")
     results = []
     thread = threading.Thread(
         target=lambda: results.append(
             httpx.post(
-                f"{srv.url}/v1/classify", content=_png(), headers={"Content-Type": "image/png"}, timeout=60
+                f"{srv.url}/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"}, timeout=60
             ).status_code
         )
     )
@@ -254,11 +257,11 @@ def test_the_pixel_budget_is_never_exceeded():
     assert peak <= 100 and used == 0
 
 
-def test_an_image_over_the_budget_is_413_and_jpegs_count_reduced(files):  # noqa: F811
+def test_an_image_over_the_budget_is_413_and_jpegs_count_reduced(files):
     from alexnet.inference.serving.budget import decode_cost
 
-    client, _ = _client(files, decode_budget_mp=1)
-    big = _png(size=(1100, 1000))  # 1.1 megapixels
+    client, _ = app_client(files, decode_budget_mp=1)
+    big = noise_png(size=(1100, 1000))  # 1.1 megapixels
     with client:
         r = client.post("/v1/classify", content=big, headers={"Content-Type": "image/png"})
         assert r.status_code == 413 and "megapixels" in r.json()["error"]

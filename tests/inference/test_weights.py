@@ -8,17 +8,15 @@ import hashlib
 import http.server
 import json
 import threading
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import alexnet
 from alexnet.artifacts import weights as W
 from alexnet.artifacts.loader import load_trained
 from alexnet.cli import main
+from tests.helpers import noise_images
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 SMALL = {"width": 0.25, "input_size": 64}  # alexnet_owt at a quarter width and 64 px: 2.5 M parameters
@@ -97,21 +95,6 @@ def entry(server, state_bytes, tmp_path, monkeypatch):
     W._REGISTRY.pop(weights.name, None)
 
 
-def _images(folder: Path, n: int, seed: int = 0, tint: int | None = None) -> list[Path]:
-    """Noise images; with ``tint`` (a channel), that channel is bright: a class a network can learn."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        p = folder / f"img{i}.png"
-        pixels = rng.integers(0, 128, (80, 96, 3), dtype=np.uint8)
-        if tint is not None:
-            pixels[..., tint] += 128
-        Image.fromarray(pixels).save(p)
-        paths.append(p)
-    return paths
-
-
 def test_download_verifies_caches_and_predicts_with_the_entrys_classes(entry, server, tmp_path, capsys):
     server.hits.clear()
     assert not W.is_cached(entry)
@@ -126,7 +109,7 @@ def test_download_verifies_caches_and_predicts_with_the_entrys_classes(entry, se
     load_trained("alexnet_owt.TEST_V1")  # the second time comes from the cache
     assert server.hits == ["/w/owt-test.pth"]
 
-    image = _images(tmp_path / "imgs", 1)[0]
+    image = noise_images(tmp_path / "imgs", 1)[0]
     assert main(["predict", "--weights", "alexnet_owt.TEST_V1", "--json", str(image)]) == 0
     top = json.loads(capsys.readouterr().out)["topk"]
     assert {t["label"] for t in top} == set(CLASSES)
@@ -193,7 +176,7 @@ def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
     data = tmp_path / "pets"
     for split, n in (("train", 12), ("val", 4)):
         for k, name in enumerate(("cat", "dog")):
-            _images(data / split / name, n, seed=10 * k + (split == "val"), tint=2 * k)
+            noise_images(data / split / name, n, seed=10 * k + (split == "val"), tint=2 * k)
     onnx = tmp_path / "m.onnx"
     images = [str(p) for p in sorted((data / "val" / "cat").iterdir())]
     assert main(["export", "--weights", entry.name, "--format", "onnx", "--out", str(onnx), "--images", *images]) == 0

@@ -1,0 +1,126 @@
+"""What the serving tests share: a model file set, a real `alexnet serve` process on a loopback port, raw HTTP."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+import alexnet
+from alexnet.artifacts.checkpoint import save_weights
+
+CLASSES = ["apple", "boat", "cloud", "daisy", "eagle", "fern"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(path: Path, variant: str, size: int, **overrides) -> Path:
+    torch.manual_seed(0)
+    model = alexnet.create_model(variant, num_classes=len(CLASSES), **overrides)
+    meta = {
+        "model": model.config,
+        "classes": CLASSES,
+        "data": {
+            "stored_size": size + size // 8,
+            "crop": size,
+            "input_size": size,
+            "mean": [0.5, 0.45, 0.4],
+            "std": [0.25, 0.25, 0.25],
+        },
+    }
+    save_weights(model, path, meta)
+    return path
+
+
+class Server:
+    def __init__(self, weights: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "alexnet.cli",
+            "serve",
+            "--checkpoint",
+            str(weights),
+            "--port",
+            str(self.port),
+            "--precision",
+            "fp32",
+            *flags,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read())
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("the server did not become ready")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    # torchvision's AlexNet at 224 px: slow enough (tens of ms per image) for a small queue to fill.
+    return {
+        "owt": _weights(root / "owt.safetensors", "alexnet_owt", 224),
+        "root": root,
+        "small": _weights(root / "small.safetensors", "alexnet_small", 32, width=0.25),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    srv = Server(files["owt"], "--max-batch", "4", "--max-queue", "4", "--max-body-mb", "1", "--name", "owt")
+    yield srv
+    assert srv.stop() == 0
+
+
+def raw_request(port: int, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    """Send ``request`` bytes as they are; the status and body of the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + response_length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[-1]
+
+
+def response_length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def app_client(files, **settings):
+    """The service in-process (Starlette's TestClient) on the small model, and its state."""
+    from starlette.testclient import TestClient
+
+    from alexnet.artifacts.loader import load_trained
+    from alexnet.inference.serving.app import ServeSettings, create_app
+
+    app = create_app(load_trained(files["small"]), "small", ServeSettings(precision="fp32", **settings))
+    return TestClient(app), app.state.service
