@@ -196,3 +196,24 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
     assert set(result["per_class_acc"]) == {"$x^{2", "plain", "a_b$"}
     assert json.loads((out_dir / "eval.json").read_text())["acc1"] == result["acc1"]
     assert (out_dir / "confusion.png").stat().st_size > 1000  # drawn: the names were not parsed as maths
+
+
+@pytest.mark.slow
+def test_other_libraries_stay_quiet_at_the_default_level(tmp_path, image_folder):
+    """onnxscript's optimizer lines on export, inductor's autotune tables and its no-CUDA warning on quantize, and
+    torchao's on loading a .pt2, reach stderr only with -v."""
+    from tests.conftest import make_weights
+
+    weights = make_weights(tmp_path / "m.safetensors")
+    cli = [sys.executable, "-m", "alexnet.cli"]
+    commands = [
+        ["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+        ["quantize", "--weights", str(weights), "--out", str(tmp_path / "q.pt2"), "--calibration", "64"],
+        ["predict", "--weights", str(tmp_path / "q.pt2"), str(image_folder / "val")],
+    ]
+    for words in commands:
+        done = subprocess.run([*cli, *words], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == "", (words[0], done.stderr[:2000])
+    loud = subprocess.run([*cli, "-v", *commands[0]], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert loud.returncode == 0 and loud.stderr  # the same lines are there for whoever asks

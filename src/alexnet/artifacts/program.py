@@ -48,6 +48,16 @@ def _import_torchao() -> tuple[Any, Any, Any, Any]:
     return prepare_pt2e, convert_pt2e, X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 
+def _inductor_settings() -> dict[str, Any]:
+    """Inductor's settings for int8 programs: weight freezing (which selects oneDNN's int8 kernels), and its autotune
+    tables, which it writes straight to stderr, only when debug logging is on (``-v``)."""
+    quiet = not log.isEnabledFor(logging.DEBUG)
+    settings: dict[str, Any] = {"freezing": True}
+    if quiet:
+        settings.update(autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False)
+    return settings
+
+
 class _ExportedModule(nn.Module):
     """A module around an exported graph: exported in eval mode, the graph has no train mode to switch (an exported
     module refuses ``.train()`` and ``.eval()``), so only the flag changes."""
@@ -64,7 +74,7 @@ class Int8Model(_ExportedModule):
     def __init__(self, graph: nn.Module, batch: int, in_channels: int, size: int, autotune: bool = False) -> None:
         super().__init__()
         self.batch, self.in_channels, self.size = batch, in_channels, size
-        with torch._inductor.config.patch(freezing=True), torch.no_grad(), warnings.catch_warnings():
+        with torch._inductor.config.patch(**_inductor_settings()), torch.no_grad(), warnings.catch_warnings():
             # freezing: the weights become constants, which lets inductor pick oneDNN's int8 kernels. Inductor's
             # own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py): not ours.
             warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
@@ -83,7 +93,7 @@ class Int8Model(_ExportedModule):
                 chunk = torch.cat([chunk, chunk.new_zeros(self.batch - n, *chunk.shape[1:])])
             # The same inductor config as at compile time: a call outside the patch would recompile without freezing
             # (and without the int8 kernels: 5× slower).
-            with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            with torch.no_grad(), torch._inductor.config.patch(**_inductor_settings()):
                 outs.append(self.compiled(chunk)[:n])
         return torch.cat(outs)
 

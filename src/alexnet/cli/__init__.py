@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alexnet`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # Our progress lines at INFO; other libraries' (onnxscript's optimizer, inductor) only from WARNING, all with -v.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("alexnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:  # inductor's C++ builds warn that a CPU machine has no CUDA runtime: not news
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return COMMANDS[args.command][2](args)
     except (AlexNetError, ValueError, FileNotFoundError) as err:
