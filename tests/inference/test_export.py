@@ -120,3 +120,23 @@ def test_a_wrong_export_fails_the_parity_check(tmp_path):
         wrong = trained.model(x)
         assert parity(expected, expected + 1e-6).ok
         assert not parity(expected, wrong).ok
+
+
+def test_every_format_export_writes_is_loaded_or_refused_by_name(tmp_path, weights, capsys):
+    """ONNX and .pt2 exports predict like the weights; a TorchScript export (which runs its program when loaded)
+    is refused by name, not reported as a truncated checkpoint."""
+    assert main(["predict", "--weights", str(weights), *map(str, mixed_images(tmp_path / "imgs")), "--json"]) == 0
+    expected = [json.loads(line)["topk"][0]["label"] for line in capsys.readouterr().out.splitlines()]
+    for fmt, name in (("onnx", "m.onnx"), ("exported-program", "m.pt2"), ("torchscript", "m.ts.pt")):
+        out = tmp_path / name
+        assert main(["export", "--weights", str(weights), "--format", fmt, "--out", str(out)]) == 0
+        capsys.readouterr()
+        code = main(["predict", "--weights", str(out), *map(str, sorted((tmp_path / "imgs").iterdir())), "--json"])
+        captured = capsys.readouterr()
+        if fmt == "torchscript":
+            assert code == 2 and "is a TorchScript export" in captured.err and "truncated" not in captured.err
+            assert len(captured.err.strip().splitlines()) == 1
+        else:
+            assert code == 0, captured.err
+            got = [json.loads(line)["topk"][0]["label"] for line in captured.out.splitlines()]
+            assert got == expected, fmt

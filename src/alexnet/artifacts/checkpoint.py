@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import CorruptCheckpointError, UnsafeCheckpointError
+from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
 from ..files import atomic_write, check_input
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,15 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:
     _record_digests(path, new)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip holding the module's code (``*/code/``) beside its constants."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Load a training checkpoint with ``weights_only=True``.
 
@@ -119,6 +129,12 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if expected and file_digest(path) not in expected:
         raise CorruptCheckpointError(
             f"{path} does not match the SHA-256 recorded in {digest_path(path)}: it changed after it was written"
+        )
+    if _is_torchscript(path):
+        raise IncompatibleCheckpointError(
+            f"{path} is a TorchScript export (for LibTorch and other TorchScript runtimes): alexnet does not load "
+            "TorchScript, since loading it runs the program it holds; use the run's .safetensors or .pt, or export "
+            "--format exported-program (.pt2) or onnx, which predict, eval and serve load"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

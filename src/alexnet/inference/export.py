@@ -169,6 +169,8 @@ def export_model(
     finally:
         staged.unlink(missing_ok=True)
     note = f"dynamic batch; height and width fixed at {size} (the classifier's input depends on them)"
+    if fmt == "torchscript":  # loading TorchScript runs the program it holds: nothing here loads it (see load_trained)
+        note += "; for LibTorch and TorchScript runtimes: alexnet's own commands load .pt2 and .onnx, not TorchScript"
     return ExportResult(out, fmt, check, tuple(x.shape), note)
 
 
