@@ -185,7 +185,8 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
     capsys.readouterr()
     weights = str(tmp_path / "run" / "best.safetensors")
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
-    assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json"]) == 0
+    # No --data-dir: the release weights remember where their folder was.
+    assert main(["eval", "--weights", weights, "--json"]) == 0
     # eval reads the run directory and writes nothing into it (its report embeds the run's own confusion.png).
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
     capsys.readouterr()

@@ -271,6 +271,14 @@ class TrainedModel:
     def preprocessing(self) -> Preprocessing:
         return self.meta.preprocessing
 
+    @property
+    def data_dir(self) -> str | None:
+        """Where training found its data: the run's config for a checkpoint, else what the weights recorded."""
+        if self.config is not None and self.config.data.data_dir:
+            return self.config.data.data_dir
+        recorded = self.meta.provenance.get("data_dir")
+        return recorded if isinstance(recorded, str) else None
+
 
 def _first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
     return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)

@@ -120,7 +120,7 @@ def _splits(trained: TrainedModel, dataset: str | None, data_dir: str | None, li
     prep = trained.preprocessing
     cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()
     cfg.dataset = dataset or prep.dataset or cfg.dataset
-    cfg.data_dir = data_dir or cfg.data_dir
+    cfg.data_dir = data_dir or trained.data_dir
     limit = None if cfg.dataset in TENSOR_DATASETS else limit  # tensor sets are in memory whole: only folders are cut
     return [
         stored_split(

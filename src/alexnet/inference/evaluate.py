@@ -55,7 +55,7 @@ def evaluate_checkpoint(
     # Only the validation split is read; the preprocessing is the one recorded with the weights.
     cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()
     cfg.dataset = dataset or prep.dataset or cfg.dataset
-    cfg.data_dir = data_dir or cfg.data_dir
+    cfg.data_dir = data_dir or trained.data_dir
     cfg.eval_batch_size = batch_size or cfg.eval_batch_size
     dev = torch.device("cpu") if int8 else pick_device(device)  # the X86 int8 kernels run on the CPU
     prec = "fp32" if int8 else pick_precision(precision, dev)  # int8 graphs run as they are: no autocast

@@ -58,6 +58,7 @@ def calibration_inputs(trained: TrainedModel, n: int, data_dir: str | None = Non
     prep = trained.preprocessing
     if not prep.dataset:
         raise AlexNetError(f"{trained.source} does not say which data set it was trained on: pass --dataset")
+    data_dir = data_dir or trained.data_dir
     split = stored_split(prep.dataset, data_dir, train=True, size=prep.stored_size, limit=n, pick="random", seed=seed)
     stored = split.images
     transform = prep.transform()

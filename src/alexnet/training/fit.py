@@ -30,6 +30,7 @@ from ..artifacts.trained import ModelMeta
 from ..config import Config
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
+from ..data.sources import FOLDER_DATASETS, data_root
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
@@ -83,6 +84,8 @@ def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, A
     """What travels with release weights (`alexnet.artifacts.trained.ModelMeta`): how to rebuild the model and
     preprocess its inputs, its classes, metrics and provenance."""
     provenance = {"recipe": cfg.recipe, "model": cfg.model.name, "dataset": cfg.data.dataset}
+    if cfg.data.dataset in FOLDER_DATASETS or cfg.data.data_dir:  # so eval finds a folder's images without --data-dir
+        provenance["data_dir"] = str(data_root(cfg.data.data_dir).resolve())
     return ModelMeta.build(model.config, data.classes, data.meta, metrics, provenance).to_dict()
 
 
