@@ -133,7 +133,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         **options.config_fields(args),
     )
     for name, r in results.items():
-        print(f"{name:<13} {r['text']:<30} {r['verdict']}")
+        print(f"{name:<13} {r.text:<30} {r.verdict}")
     print(f"report: {args.records or args.out}/report.md")
     return 0
 

@@ -438,7 +438,33 @@ def _value(exp: Experiment, summary: dict[str, Any]) -> tuple[float, bool]:
     return (float(hit), False) if hit else (float(len(history)), True)
 
 
-def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm of a claim over its seeds: the values (epochs or error, %), which runs were censored (never reached
+    the target: the value is a lower bound), mean, sample standard deviation, and how the report writes them."""
+
+    values: list[float]
+    censored: list[bool]
+    mean: float
+    sd: float
+    text: str
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim measured: its arms, the effect with its 95% interval, the verdict, and the seconds its runs took."""
+
+    arms: dict[str, ArmResult]
+    effect: claims.Effect
+    text: str
+    verdict: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]]) -> ClaimResult:
     if exp.metric == "tencrop":
         records = runs[exp.paper_arm.name]
         centre = [r["test_err_centre"] for r in records]
@@ -458,22 +484,22 @@ def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]]) -> dict[str
         else:  # converge: the paper's arm (dropout) is the slower one
             effect = claims.ratio(paper, other)
     unit = "%" if exp.metric in ("error", "tencrop") else " epochs"
-    return {
-        "arms": {
-            k: {
-                "values": [round(v, 3) for v in a.values],
-                "censored": a.censored,
-                "mean": round(a.mean, 3),
-                "sd": round(a.sd, 3),
-                "text": claims.describe_arm(a, unit),
-            }
+    return ClaimResult(
+        {
+            k: ArmResult(
+                [round(v, 3) for v in a.values],
+                a.censored,
+                round(a.mean, 3),
+                round(a.sd, 3),
+                claims.describe_arm(a, unit),
+            )
             for k, a in arms.items()
         },
-        "effect": asdict(effect),
-        "text": claims.describe(effect),
-        "verdict": claims.verdict(effect, exp.paper_effect),
-        "seconds": round(sum(r["seconds"] for rs in runs.values() for r in rs), 1),
-    }
+        effect,
+        claims.describe(effect),
+        claims.verdict(effect, exp.paper_effect),
+        round(sum(r["seconds"] for rs in runs.values() for r in rs), 1),
+    )
 
 
 def reproduce(
@@ -486,7 +512,7 @@ def reproduce(
     overrides: list[str] | None = None,
     records: Path | str | None = None,
     **fields: Any,
-) -> dict[str, Any]:
+) -> dict[str, ClaimResult]:
     """Run the budget's experiments (or ``only`` those) over ``seeds`` seeds and write ``records/report.md``.
 
     Args:
@@ -525,7 +551,7 @@ def reproduce(
     )
     chosen = [e for e in budget_plan.experiments if not only or e.name in only]
     homes: dict[Arm, Path] = {}  # an arm shared by experiments (the ablations' baseline) trains once
-    results: dict[str, Any] = {}
+    results: dict[str, ClaimResult] = {}
     for exp in chosen:
         runs: dict[str, list[dict[str, Any]]] = {}
         for arm in (a for a in (exp.paper_arm, exp.other_arm) if a is not None):

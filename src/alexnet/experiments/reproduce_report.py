@@ -48,10 +48,10 @@ def write_report(
     ]
     for exp in experiments:
         r = results[exp.name]
-        arms = "; ".join(f"{name} {a['text']}" for name, a in r["arms"].items())
+        arms = "; ".join(f"{name} {a.text}" for name, a in r.arms.items())
         lines.append(
-            f"| **{exp.name}** ({exp.section}): {exp.claim} | {exp.paper} | {arms} | {r['text']} | "
-            f"{r['verdict']} | {r['seconds'] / 60:.1f} min | {exp.others} |"
+            f"| **{exp.name}** ({exp.section}): {exp.claim} | {exp.paper} | {arms} | {r.text} | "
+            f"{r.verdict} | {r.seconds / 60:.1f} min | {exp.others} |"
         )
     lines += [
         "",
@@ -69,7 +69,11 @@ def write_report(
         lines += _curves(records, experiments, homes)
     path = records / "report.md"
     atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
-    atomic_write(records / "results.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
+    atomic_write(
+        records / "results.json",
+    tree = {k: r.to_dict() for k, r in results.items()}
+    atomic_write(records / "results.json", lambda f: f.write(json.dumps(tree, indent=1).encode()))
+    )
     return path
 
 
