@@ -69,11 +69,8 @@ def write_report(
         lines += _curves(records, experiments, homes)
     path = records / "report.md"
     atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
-    atomic_write(
-        records / "results.json",
     tree = {k: r.to_dict() for k, r in results.items()}
     atomic_write(records / "results.json", lambda f: f.write(json.dumps(tree, indent=1).encode()))
-    )
     return path
 
 

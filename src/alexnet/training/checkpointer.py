@@ -8,17 +8,15 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..artifacts.checkpoint import save_checkpoint
 from ..errors import TrainingInterrupted
 from . import distributed
+from .run import Run
 from .state import EpochTotals, build_state, rng_state
-
-if TYPE_CHECKING:
-    from .fit import Run
 
 
 class Checkpointer:

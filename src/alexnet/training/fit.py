@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from .checkpointer import Checkpointer
 from .engine import train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
+from .run import Run, RunResult
 from .rundir import claim
 from .state import EpochTotals, check_resume, latest_valid, restore, seed_everything
 from .strategy import Strategy
@@ -65,15 +65,6 @@ CSV_FIELDS = [
 # read nan in metrics.csv).
 TEST_KEYS = ("loss", "acc1", "acc5")
 HELD_OUT = "held_out.json"  # the run's record of the images data.val_split holds out of the training split
-
-
-@dataclass
-class RunResult:
-    out: Path
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_acc1: float = 0.0
-    final: Evaluation | None = None  # the last validation
-    test: Evaluation | None = None  # with data.val_split: the test split, after the last epoch
 
 
 def default_out(cfg: Config) -> Path:
@@ -105,32 +96,6 @@ def check_writable(out: Path) -> None:
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         why = "is not a directory" if not probe.is_dir() else "is not writable"
         raise WriteError(f"cannot write the run directory {out}: {probe} {why}; choose another --out")
-
-
-@dataclass
-class Run:
-    """Everything one training run is made of, built by `_setup` and advanced by the epoch loop."""
-
-    cfg: Config
-    out: Path
-    device: torch.device
-    precision: str
-    dist: distributed.DistInfo
-    strategy: Strategy
-    data: Data
-    model: nn.Module  # what trains: DDP, a tower's shard, or the model itself
-    plain: nn.Module  # the bare module, for state dicts
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    scaler: torch.amp.GradScaler | None
-    steps: int  # batches per epoch
-    settings: StepSettings
-    eval_settings: StepSettings
-    result: RunResult
-    started: float  # perf_counter() when fit began
-    start_epoch: int = 0
-    start_step: int = 0
-    totals: EpochTotals = field(default_factory=EpochTotals)  # the running sums of a resumed epoch
 
 
 def fit(cfg: Config) -> RunResult:
