@@ -10,7 +10,7 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
 
     # The GEMM peak is measured for seconds in the real command; a stub keeps the test about the report's shape.
     monkeypatch.setattr(bench, "measure_peak", lambda dtype, device: 200e9 if dtype == torch.float32 else 400e9)
-    result = benchmark(batch=2, quick=True, device="cpu")
+    result = benchmark(batch=2, quick=True, device="cpu").to_dict()
     assert result["peak_gflops"] == {"fp32": 200.0, "bf16": 400.0}
     assert set(result) == {"device", "threads", "torch", "peak_gflops", "train", "infer", "cases", "engines"}
     assert result["engines"] is None  # --quick: no engine comparison
@@ -38,3 +38,19 @@ def test_engine_rows_report_rates_latency_mfu_and_skips(monkeypatch):
     assert 500 < fast["batch4_img_s"] <= 1000 and 1 <= fast["batch1_ms"] < 3
     macs = engines.model_info("alexnet_owt").macs
     assert abs(fast["mfu"] - 2 * macs * fast["batch4_img_s"] / 1e12) < 1e-3 and fast["peak"] == "int8"
+
+
+def test_the_bench_command_prints_the_table_and_the_json(monkeypatch, capsys):
+    import json
+
+    import alexnet.experiments.bench as bench
+    from alexnet.cli import main
+
+    monkeypatch.setattr(bench, "measure_peak", lambda dtype, device: 200e9 if dtype == torch.float32 else 400e9)
+    assert main(["bench", "--quick", "-b", "2", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "GEMM peak fp32 200.0 GFLOP/s, bf16 400.0 GFLOP/s" in table and "torchvision alexnet" in table
+    assert table.count("img/s =") == 2  # the train and infer comparisons
+    assert main(["bench", "--quick", "-b", "2", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["train"]["batch"] == 2 and len(result["cases"]) == 4

@@ -173,26 +173,24 @@ def run_bench(args: argparse.Namespace) -> int:
 
     result = benchmark(batch=args.batch_size, quick=args.quick, device=args.device)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return 0
-    peak = result["peak_gflops"]
+    peak = result.peak_gflops
     print(
-        f"device {result['device']}, {result['threads']} threads, torch {result['torch']}; "
+        f"device {result.device}, {result.threads} threads, torch {result.torch}; "
         f"GEMM peak fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s"
     )
     print(f"{'case':<40} {'mode':<6} {'batch':>5} {'input':>5} {'prec':>5} {'img/s':>9} {'MFU':>6}")
-    for c in result["cases"]:
+    for c in result.cases:
         print(
-            f"{c['name']:<40} {c['mode']:<6} {c['batch']:>5} {c['input']:>5} {c['precision']:>5} "
-            f"{c['img_s']:>9.1f} {100 * c['mfu']:>5.1f}%"
+            f"{c.name:<40} {c.mode:<6} {c.batch:>5} {c.input:>5} {c.precision:>5} {c.img_s:>9.1f} {100 * c.mfu:>5.1f}%"
         )
-    for mode in ("train", "infer"):
-        r = result[mode]
+    for mode, r in (("train", result.train), ("infer", result.infer)):
         print(
-            f"{mode}: {r['alexnet_img_s']:.1f} vs {r['baseline_img_s']:.1f} img/s = {r['speedup']:.2f}x, "
-            f"MFU {100 * r['mfu']:.1f}% (at 100% of the peak: {r['ceiling_speedup']:.2f}x)"
+            f"{mode}: {r.alexnet_img_s:.1f} vs {r.baseline_img_s:.1f} img/s = {r.speedup:.2f}x, "
+            f"MFU {100 * r.mfu:.1f}% (at 100% of the peak: {r.ceiling_speedup:.2f}x)"
         )
-    engines = result.get("engines")
+    engines = result.engines
     if engines:
         key = f"batch{engines['batch']}_img_s"
         print(f"\ninference engines at {engines['input']} px; int8 GEMM peak {engines['int8_peak_gops']} GOP/s")

@@ -41,6 +41,45 @@ class Case:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The library's defaults against the baseline in one mode (train or infer), measured in the same run.
+
+    Attributes:
+        speedup: ``alexnet_img_s / baseline_img_s``.
+        mfu: the contender's model FLOP/s over the measured peak in its precision.
+        ceiling_speedup: the speed-up the same FLOPs would give at 100% of that peak (what no code can pass).
+    """
+
+    batch: int
+    input: int
+    baseline_img_s: float
+    alexnet_img_s: float
+    speedup: float
+    mfu: float
+    precision: str
+    ceiling_speedup: float
+
+
+@dataclass
+class BenchResult:
+    """What `benchmark` measured: the machine, the peaks (GFLOP/s), both comparisons, every case, and on a CPU the
+    inference engines (`alexnet.experiments.engines.compare_engines`'s object)."""
+
+    device: str
+    threads: int
+    torch: str
+    peak_gflops: dict[str, float]
+    train: Comparison
+    infer: Comparison
+    cases: list[Case]
+    engines: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``alexnet bench --json`` prints."""
+        return asdict(self)
+
+
 def measure_peak(dtype: torch.dtype, device: torch.device) -> float:
     """The best dense-kernel FLOP/s measured: n×n GEMMs and a 3×3 convolution shaped like AlexNet's conv3.
 
@@ -154,15 +193,15 @@ def run_case(case: Case, device: torch.device, warmup: int, repeats: int, peak: 
     return case
 
 
-def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dict[str, Any]:
+def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> BenchResult:
     """Measure baseline and contender training and inference, plus the paper and small variants.
 
     The baselines run first, with the process as a user gets it; then the library's settings are applied
     (including the process-wide allocator setting, which would otherwise speed up the baseline too).
 
     Returns:
-        The JSON object described in the README (device, threads, peak_gflops, train, infer, cases, and on a CPU
-        without ``quick`` the inference engines of `alexnet.experiments.engines`).
+        The machine, its peaks, both comparisons and every case; on a CPU without ``quick`` the inference engines
+        of `alexnet.experiments.engines` too.
     """
     dev = pick_device(device)
     fast = fast_settings(dev)
@@ -203,34 +242,34 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> dic
         run_case(case, dev, warmup, repeats, peak)
         log.info("%-40s %-5s %8.1f img/s  MFU %5.1f%%", case.name, case.mode, case.img_s, 100 * case.mfu)
 
-    def summary(mode: str) -> dict[str, Any]:
+    def summary(mode: str) -> Comparison:
         b = next(x for x in baselines if x.mode == mode)
         c = next(x for x in cases if x.mode == mode)
         # The most any contender could reach on this machine: the same FLOPs at 100% of its measured peak.
         ceiling = peak["bf16" if c.precision == "bf16" else "fp32"] / (b.img_s * b.gflops_per_img * 1e9)
-        return {
-            "batch": batch,
-            "input": 224,
-            "baseline_img_s": round(b.img_s, 2),
-            "alexnet_img_s": round(c.img_s, 2),
-            "speedup": round(c.img_s / b.img_s, 3),
-            "mfu": round(c.mfu, 4),
-            "precision": c.precision,
-            "ceiling_speedup": round(ceiling, 3),
-        }
+        return Comparison(
+            batch,
+            224,
+            round(b.img_s, 2),
+            round(c.img_s, 2),
+            round(c.img_s / b.img_s, 3),
+            round(c.mfu, 4),
+            c.precision,
+            round(ceiling, 3),
+        )
 
     engines = None
     if not quick and dev.type == "cpu":
         from .engines import compare_engines
 
         engines = compare_engines(batch, peaks=peak)
-    return {
-        "engines": engines,
-        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "peak_gflops": {k: round(v / 1e9, 1) for k, v in peak.items()},
-        "train": summary("train"),
-        "infer": summary("infer"),
-        "cases": [asdict(c) for c in baselines + cases],
-    }
+    return BenchResult(
+        str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        torch.get_num_threads(),
+        torch.__version__,
+        {k: round(v / 1e9, 1) for k, v in peak.items()},
+        summary("train"),
+        summary("infer"),
+        baselines + cases,
+        engines,
+    )
