@@ -95,3 +95,29 @@ def solid_photo(path: Path, colour: tuple[int, int, int] = (10, 200, 30), size: 
     """A one-colour RGB image at ``path`` (its format from the suffix)."""
     Image.new("RGB", (size, size), colour).save(path)
     return path
+
+
+def train_command(recipe: str, *args: str, batch: int = 32) -> list[str]:
+    """``-m alexnet.cli train`` (for ``python`` or ``torchrun``) on fake data, on the CPU in fp32, without progress
+    bars, at a quarter of the width and a constant learning rate, then ``args``."""
+    return [
+        "-m",
+        "alexnet.cli",
+        "train",
+        "--recipe",
+        recipe,
+        "--dataset",
+        "fake",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "-b",
+        str(batch),
+        "--set",
+        "model.overrides.width=0.25",
+        "--set",
+        'optim.schedule="constant"',
+        *args,
+    ]

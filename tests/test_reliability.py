@@ -14,31 +14,11 @@ import pytest
 import torch
 
 from alexnet.artifacts.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
+from tests.helpers import train_command
 
 TRAIN = [
     sys.executable,
-    "-m",
-    "alexnet.cli",
-    "train",
-    "--recipe",
-    "fashion-mnist",
-    "--dataset",
-    "fake",
-    "--device",
-    "cpu",
-    "--precision",
-    "fp32",
-    "--no-progress",
-    "-b",
-    "32",
-    "--set",
-    "model.overrides.width=0.25",
-    "--set",
-    "model.overrides.input_size=32",
-    "--set",
-    'optim.schedule="constant"',
-    "--lr",
-    "0.02",
+    *train_command("fashion-mnist", "--set", "model.overrides.input_size=32", "--lr", "0.02"),
 ]
 
 

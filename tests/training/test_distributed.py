@@ -14,6 +14,7 @@ import torch
 from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.data.batch import epoch_order
 from alexnet.inference.evaluate import evaluate_checkpoint
+from tests.helpers import train_command
 
 TORCHRUN = [
     sys.executable,
@@ -21,30 +22,7 @@ TORCHRUN = [
     "torch.distributed.run",
     "--standalone",
     "--nproc_per_node=2",
-    "-m",
-    "alexnet.cli",
-    "train",
-    "--recipe",
-    "fashion-mnist",
-    "--dataset",
-    "fake",
-    "--device",
-    "cpu",
-    "--precision",
-    "fp32",
-    "--no-progress",
-    "-b",
-    "32",
-    "--set",
-    "model.overrides.width=0.25",
-    "--set",
-    "model.overrides.input_size=32",
-    "--set",
-    "data.pad=2",
-    "--set",
-    'optim.schedule="constant"',
-    "--lr",
-    "0.02",
+    *train_command("fashion-mnist", "--set", "model.overrides.input_size=32", "--set", "data.pad=2", "--lr", "0.02"),
 ]
 
 

@@ -14,6 +14,7 @@ import alexnet
 from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.inference.evaluate import evaluate_checkpoint
 from alexnet.training.model_parallel import parallel_plan
+from tests.helpers import train_command
 
 EQUIVALENCE = textwrap.dedent("""
     import json, torch, torch.distributed as dist
@@ -78,38 +79,24 @@ def test_parallel_plan_matches_a_hand_count():
 
 TRAIN = [
     *LAUNCH,
-    "-m",
-    "alexnet.cli",
-    "train",
-    "--recipe",
-    "paper-imagenet",
-    "--dataset",
-    "fake",
-    "--device",
-    "cpu",
-    "--precision",
-    "fp32",
-    "--no-progress",
-    "-b",
-    "16",
-    "--lr",
-    "0.01",
-    "--limit-train-batches",
-    "4",
-    "--set",
-    "model.overrides.width=0.25",
-    "--set",
-    "model.overrides.input_size=67",
-    "--set",
-    'optim.schedule="constant"',
-    "--set",
-    "data.ten_crop=false",
-    "--set",
-    "data.pixel_scale=1.0",
-    "--set",
-    'data.normalize="meanstd"',
-    "--set",
-    "data.eval_batch_size=64",
+    *train_command(
+        "paper-imagenet",
+        "--lr",
+        "0.01",
+        "--limit-train-batches",
+        "4",
+        "--set",
+        "model.overrides.input_size=67",
+        "--set",
+        "data.ten_crop=false",
+        "--set",
+        "data.pixel_scale=1.0",
+        "--set",
+        'data.normalize="meanstd"',
+        "--set",
+        "data.eval_batch_size=64",
+        batch=16,
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ from alexnet.cli import main
 from alexnet.errors import CorruptCheckpointError, IncompatibleCheckpointError
 from alexnet.training.fit import fit
 from tests.conftest import make_folder, tiny_config
+from tests.helpers import train_command
 
 
 @pytest.mark.parametrize(
@@ -109,30 +110,7 @@ def test_disk_full_through_the_cli_keeps_the_old_checkpoint(tmp_path, monkeypatc
 
 TRAIN = [
     sys.executable,
-    "-m",
-    "alexnet.cli",
-    "train",
-    "--recipe",
-    "fashion-mnist",
-    "--dataset",
-    "fake",
-    "--device",
-    "cpu",
-    "--precision",
-    "fp32",
-    "--no-progress",
-    "-b",
-    "32",
-    "--set",
-    "model.overrides.width=0.25",
-    "--set",
-    'optim.schedule="constant"',
-    "--lr",
-    "0.02",
-    "--epochs",
-    "2",
-    "--set",
-    "train.checkpoint_every=5",
+    *train_command("fashion-mnist", "--lr", "0.02", "--epochs", "2", "--set", "train.checkpoint_every=5"),
 ]
 
 
