@@ -14,23 +14,14 @@ from .models import registry
 def create_model(
     name: str, *, num_classes: int | None = None, in_channels: int = 3, weights: str | None = None, **overrides: Any
 ) -> nn.Module:
-    """Build a variant on the current default device (the caller moves it).
-
-    Args:
-        name: one of `alexnet.list_models()`.
-        num_classes: size of the last layer (default 1000, or the weights' class count).
-        in_channels: image channels.
-        weights: published weights of this variant to load: a tag (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or a full
-            name from ``alexnet weights``, downloaded and verified on first use (see `alexnet.artifacts.weights`).
-            The model comes in eval mode, with the weights' classes and preprocessing as ``.meta``.
-        **overrides: spec fields to change; see ``alexnet.models.specs.OVERRIDABLE``.
-
-    Returns:
-        An `AlexNet` whose ``.config`` records how to rebuild it.
+    """`alexnet.models.create_model`, or with ``weights`` the published weights of this variant: a tag
+    (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or a full name from ``alexnet weights``, downloaded and verified on first
+    use (see `alexnet.artifacts.weights`). With weights, the model comes in eval mode with their classes and
+    preprocessing as ``.meta``, and ``num_classes``, ``in_channels`` and overrides may only repeat the weights' own.
 
     Raises:
-        ValueError: for an unknown name, bad override or bad class/channel count; WeightsError: unknown weights,
-            or the download or hash check failed.
+        ValueError: an unknown name, a bad override or class/channel count, or weights of another variant.
+        WeightsError: unknown weights, or the download or hash check failed.
     """
     if weights is None:
         return registry.create_model(name, num_classes=num_classes, in_channels=in_channels, **overrides)
