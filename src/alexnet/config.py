@@ -26,6 +26,7 @@ NORMALIZATIONS = ("meanstd", "mean")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
 PARALLEL_MODES = ("data", "towers", "hybrid")
+LOGGERS = ("csv", "tensorboard")
 INF = float("inf")
 # Every choice field and numeric range, checked in one place (`validate`). (low, high, low inclusive); None is
 # allowed where the field's type allows it.
@@ -122,6 +123,8 @@ class TrainConfig:
     checkpoint_every: int | None = None  # also save last.pt every N steps within an epoch
     keep_every_epoch: bool = False  # also keep each epoch's state as epoch-N.pt (resumable, like last.pt)
     stop_at_train_acc1: float | None = None  # stop after the epoch whose training accuracy (%) reaches this
+    # csv: metrics.csv (always written: resume and reports read it); tensorboard: event files in <out>/tensorboard
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
 
 
 @dataclass
@@ -172,6 +175,9 @@ class Config:
             and all(isinstance(v, numbers) for r in eigvec for v in r)
         ):
             raise ConfigError(f"data.pca_eigvec={eigvec!r} must be a 3×3 matrix (eigenvectors as columns, RGB)")
+        unknown = sorted(set(self.train.loggers) - set(LOGGERS))
+        if unknown:
+            raise ConfigError(f"train.loggers={self.train.loggers!r}: unknown {unknown}; choose from {list(LOGGERS)}")
         betas = self.optim.betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1)")

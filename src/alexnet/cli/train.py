@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ..config import PARALLEL_MODES
+from ..config import LOGGERS, PARALLEL_MODES
 from . import options
 
 
@@ -91,8 +91,23 @@ def add_train(p: argparse.ArgumentParser) -> None:
         help="under torchrun: data (DDP, default), towers (the paper's two-GPU split), hybrid (data-parallel convs, "
         "model-parallel fc)",
     )
+    p.add_argument(
+        "--logger",
+        dest="train__loggers",
+        type=_loggers,
+        metavar="NAMES",
+        help="comma-separated: csv (metrics.csv, always written), tensorboard (event files in OUT/tensorboard)",
+    )
     options.no_progress(p)
     options.overrides(p, "override any config field, e.g. --set model.overrides.width=0.5 (repeatable)")
+
+
+def _loggers(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(LOGGERS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(LOGGERS)}")
+    return names
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from ..artifacts.loader import load_trained
 from ..artifacts.trained import TrainedModel
 from ..errors import AlexNetError
 from ..files import save_figure, write_text
-from .report import conv1_weight
+from ..models.inspect import conv1_weight
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def figure3(source: Path | str, out: Path | str) -> dict[str, Any]:
 def _plot_fig3(w: torch.Tensor, spec: torch.Tensor, groups: int, path: Path) -> Path:
     from torchvision.utils import make_grid
 
-    from .report import _pyplot, scaled_kernels
+    from ..models.inspect import scaled_kernels
+    from .report import _pyplot
 
     plt = _pyplot()
     w = scaled_kernels(w)

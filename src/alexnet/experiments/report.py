@@ -15,6 +15,7 @@ from torchvision.utils import make_grid, save_image
 from ..artifacts.trained import display_label
 from ..evaluation import Evaluation
 from ..files import MB, InputFileError, read_json_input, read_text_input, save_figure, write_bytes, write_text
+from ..models.inspect import conv1_weight, scaled_kernels
 
 
 def _pyplot():
@@ -54,18 +55,6 @@ def plot_curves(metrics_csv: Path | str, out: Path | str) -> Path:
     save_figure(fig, out, dpi=100)
     plt.close(fig)
     return Path(out)
-
-
-def conv1_weight(model: nn.Module) -> torch.Tensor:
-    """The first convolution's kernels, (out, in, k, k) fp32 on the CPU."""
-    conv1 = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    return conv1.weight.detach().float().cpu()
-
-
-def scaled_kernels(w: torch.Tensor) -> torch.Tensor:
-    """Each kernel of (out, in, k, k) ``w`` min-max scaled to [0, 1] on its own, as the paper shows them."""
-    lo, hi = w.amin((1, 2, 3), keepdim=True), w.amax((1, 2, 3), keepdim=True)
-    return (w - lo) / (hi - lo).clamp_min(1e-8)
 
 
 def save_conv1_filters(model: nn.Module, out: Path | str, scale: int | None = None) -> Path:

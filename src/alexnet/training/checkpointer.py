@@ -58,6 +58,8 @@ class Checkpointer:
             )
             for path in paths:
                 save_checkpoint(state, path)
+                if run.callbacks is not None:
+                    run.callbacks.on_checkpoint(run, path)
         return model_state
 
     def step_hook(self, epoch: int, totals: EpochTotals) -> Callable[[int], None]:

@@ -15,7 +15,6 @@ import gc
 import io
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import atomic_write
 from ..models import create_model, get_spec
 from . import distributed
+from .callbacks import Callback, Callbacks, Control, ProgressLog, StopAtTrainAccuracy, TensorBoardLogger
 from .checkpointer import Checkpointer
 from .engine import train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
@@ -98,22 +98,30 @@ def check_writable(out: Path) -> None:
         raise WriteError(f"cannot write the run directory {out}: {probe} {why}; choose another --out")
 
 
-def fit(cfg: Config) -> RunResult:
+def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
     """Train ``cfg`` to completion (or resume it), validating after every epoch (every ``train.val_every``).
+
+    Args:
+        cfg: the run's configuration (`alexnet.load_config`).
+        callbacks: called at the run's events after the built-in ones (the epoch log line, early stopping, the
+            loggers of ``train.loggers``); see `alexnet.training.callbacks`.
 
     Raises:
         DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
     """
     with contextlib.ExitStack() as cleanup:  # releases the run directory's lock, however training ends
         run = _setup(cfg, cleanup)
+        run.callbacks = Callbacks([*_builtin_callbacks(cfg), *(callbacks or [])])
         _resume(run)
         _start(run)
         checkpointer = Checkpointer(run)
+        run.callbacks.on_run_start(run)
         with checkpointer.catching_signals(), reporting_worker_crashes(run.data.train, run.data.val):
             for epoch in range(run.start_epoch, cfg.train.epochs):
                 if _epoch(run, epoch, checkpointer):
                     break
         distributed.barrier(run.dist)
+        run.callbacks.on_run_end(run, run.result)
     # A failure leaves as it came: the launcher stops the other processes. On success, DDP and the towers' modules
     # hold the process group in reference cycles: collected now, while the interpreter is whole. Left to interpreter
     # shutdown, destroying gloo's threads there aborted a worker now and then (SIGABRT, "terminate called without an
@@ -124,6 +132,16 @@ def fit(cfg: Config) -> RunResult:
         gc.collect()
     distributed.cleanup(dist_info)
     return result
+
+
+def _builtin_callbacks(cfg: Config) -> list[Callback]:
+    """What ``alexnet train`` does at each epoch, made of the same events users' callbacks get."""
+    builtin: list[Callback] = [ProgressLog()]
+    if cfg.train.stop_at_train_acc1 is not None:
+        builtin.append(StopAtTrainAccuracy(cfg.train.stop_at_train_acc1))
+    if "tensorboard" in cfg.train.loggers:
+        builtin.append(TensorBoardLogger())
+    return builtin
 
 
 def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
@@ -263,11 +281,14 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
     run.start_step, run.totals = 0, EpochTotals()
     # A finite loss whose update broke the weights: stop before evaluating them.
     run.strategy.check_finite(run.plain, f"in epoch {epoch + 1}", str(run.out / "last.pt"))
-    target = cfg.train.stop_at_train_acc1
-    stopping = False
-    if target is not None:  # the mean over processes, so every process stops at the same epoch
-        acc1 = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), run.dist).item() / run.dist.world
-        stopping = acc1 >= target
+    run.last_train = train
+    control = Control()
+    # Callbacks decide from the mean over processes, so every process stops at the same epoch.
+    overall = dict(train)
+    if run.dist.enabled:
+        overall["acc1"] = distributed.all_reduce_sum(torch.tensor([train["acc1"]]), run.dist).item() / run.dist.world
+    run.callbacks.on_train_epoch_end(run, epoch, overall, control)
+    stopping = control.stop
     # Every val_every-th epoch, and always the last one trained.
     validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
     val = Evaluation.skipped()
@@ -292,16 +313,17 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
     if improved:
         result.best_acc1 = val.acc1
     if run.dist.is_main:
-        _log_epoch(row, cfg.train.epochs, train)
-        _write_metrics(run.out / "metrics.csv", result.history)
+        _write_metrics(run.out / "metrics.csv", result.history)  # the run's own record: resume and reports read it
+    run.callbacks.on_epoch_end(run, epoch, row)
     # In every process (it gathers the model, optimizer and RNG states); rank 0 writes.
     names = ["last.pt", *["best.pt"] * improved, *[f"epoch-{epoch + 1}.pt"] * cfg.train.keep_every_epoch]
     model_state = checkpointer.save(epoch + 1, 0, run.totals, *(run.out / n for n in names))
     if improved and run.dist.is_main:
         metrics = {"acc1": val.acc1, "acc5": val.acc5, "loss": val.loss, "epoch": epoch + 1}
         save_weights(model_state, run.out / "best.safetensors", weights_meta(run.plain, data, cfg, metrics))
+        run.callbacks.on_checkpoint(run, run.out / "best.safetensors")
     if stopping:
-        log.info("training accuracy %.2f%% reached train.stop_at_train_acc1=%g: stopping", acc1, target)
+        log.info("%s: stopping", control.reason or "a callback asked to stop")
     return stopping
 
 
@@ -376,21 +398,3 @@ def _epoch_row(
         "seconds": round(now - began, 2),
         "elapsed": round(now - started, 2),
     }
-
-
-def _log_epoch(row: dict[str, float], epochs: int, train: dict[str, float]) -> None:
-    val = "val not run (train.val_every)"
-    if not math.isnan(row["val_acc1"]):
-        val = f"val loss {row['val_loss']:.4f} acc1 {row['val_acc1']:.2f}% acc5 {row['val_acc5']:.2f}%"
-    log.info(
-        "epoch %d/%d  lr %.2g  train loss %.4f acc1 %.2f%%  %s  %.0f img/s  data %.1fs compute %.1fs",
-        row["epoch"],
-        epochs,
-        row["lr"],
-        train["loss"],
-        train["acc1"],
-        val,
-        train["img_s"],
-        train["data_s"],
-        train["compute_s"],
-    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,3 +51,5 @@ class Run:
     start_epoch: int = 0
     start_step: int = 0
     totals: EpochTotals = field(default_factory=EpochTotals)  # the running sums of a resumed epoch
+    callbacks: Any = None  # a `callbacks.Callbacks`, set by fit
+    last_train: dict[str, float] = field(default_factory=dict)  # the last epoch's training metrics (this process)

@@ -1,0 +1,91 @@
+"""fit's events for callbacks: when each fires and with what, a callback that stops a run, and the TensorBoard
+logger's files read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from alexnet.cli import main
+from alexnet.training.callbacks import Callback
+from alexnet.training.fit import fit
+from tests.conftest import tiny_config
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_run_start(self, run):
+        self.events.append(("start", run.start_epoch))
+
+    def on_train_epoch_end(self, run, epoch, train, control):
+        self.events.append(("train", epoch, round(train["acc1"], 3)))
+
+    def on_epoch_end(self, run, epoch, row):
+        self.events.append(("epoch", epoch, dict(row)))
+
+    def on_checkpoint(self, run, path):
+        self.events.append(("checkpoint", path.name))
+
+    def on_run_end(self, run, result):
+        self.events.append(("end", len(result.history)))
+
+
+def test_events_fire_in_order_with_the_runs_figures(tmp_path):
+    recorder = Recorder()
+    result = fit(tiny_config(tmp_path / "run", "train.epochs=2"), callbacks=[recorder])
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and recorder.events[-1] == ("end", 2)
+    assert [e[1] for e in recorder.events if e[0] == "train"] == [0, 1]
+    rows = [e[2] for e in recorder.events if e[0] == "epoch"]
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        written = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == [1, 2] and rows == result.history
+    assert [float(r["val_acc1"]) for r in written] == [r["val_acc1"] for r in rows]  # what the CSV holds
+    # Each epoch trains before it is validated, and its checkpoints follow its row.
+    assert kinds.index("train") < kinds.index("epoch") < kinds.index("checkpoint")
+    saved = [e[1] for e in recorder.events if e[0] == "checkpoint"]
+    assert saved.count("last.pt") == 2 and "best.pt" in saved and "best.safetensors" in saved
+
+
+class StopAfterFirst(Callback):
+    def on_train_epoch_end(self, run, epoch, train, control):
+        control.stop, control.reason = True, "enough"
+
+
+def test_a_callback_stops_the_run_after_a_validated_epoch(tmp_path, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="alexnet"):
+        result = fit(tiny_config(out, "train.epochs=3"), callbacks=[StopAfterFirst()])
+    assert len(result.history) == 1 and result.final is not None and result.final.finite  # validated, then stopped
+    assert (out / "last.pt").is_file() and "enough: stopping" in caplog.text
+
+
+def test_stop_at_train_acc1_is_the_same_mechanism(tmp_path):
+    # train.stop_at_train_acc1=0 stops after the first epoch through the built-in StopAtTrainAccuracy callback.
+    recorder = Recorder()
+    result = fit(tiny_config(tmp_path / "run", "train.epochs=3", "train.stop_at_train_acc1=0"), callbacks=[recorder])
+    assert len(result.history) == 1 and recorder.events[-1] == ("end", 1)
+
+
+@pytest.mark.slow
+def test_tensorboard_files_hold_the_metrics_images_and_config(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "fake", "--epochs", "2", "--out", str(out), "--logger", "csv,tensorboard"]
+    args += ["--no-progress", "-b", "32", "--set", "model.overrides.width=0.25", "--set", "data.eval_batch_size=64"]
+    assert main(args) == 0
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    tags = events.Tags()
+    assert {"val/val_acc1", "train/train_loss", "run/lr", "run/img_s"} <= set(tags["scalars"])
+    val = events.Scalars("val/val_acc1")
+    assert [s.step for s in val] == [1, 2]
+    assert [round(s.value, 3) for s in val] == [pytest.approx(float(r["val_acc1"]), abs=1e-3) for r in rows]
+    assert {"conv1_filters", "confusion"} <= set(tags["images"])
+    assert any("config" in t for t in tags["tensors"])  # add_text stores text as a tensor summary
