@@ -36,6 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": SCHEDULES,
     "train.precision": PRECISIONS,
     "train.parallel": PARALLEL_MODES,
+    "train.monitor": ("val_acc1", "val_loss"),
 }
 RANGES: dict[str, tuple[float, float, bool]] = {
     "data.batch_size": (1, INF, True),
@@ -68,6 +69,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "train.checkpoint_every": (1, INF, True),
     "train.val_every": (1, INF, True),
     "train.stop_at_train_acc1": (0, 100, True),
+    "train.keep_best": (1, 1000, True),
 }
 
 
@@ -125,6 +127,10 @@ class TrainConfig:
     stop_at_train_acc1: float | None = None  # stop after the epoch whose training accuracy (%) reaches this
     # csv: metrics.csv (always written: resume and reports read it); tensorboard: event files in <out>/tensorboard
     loggers: list[str] = field(default_factory=lambda: ["csv"])
+    # best.pt/best.safetensors follow monitor (a validation figure: never the test split); keep_best > 1 also keeps
+    # the k best epochs' full states as best-epochN.pt
+    monitor: str = "val_acc1"
+    keep_best: int = 1
 
 
 @dataclass

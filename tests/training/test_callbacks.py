@@ -89,3 +89,27 @@ def test_tensorboard_files_hold_the_metrics_images_and_config(tmp_path):
     assert [round(s.value, 3) for s in val] == [pytest.approx(float(r["val_acc1"]), abs=1e-3) for r in rows]
     assert {"conv1_filters", "confusion"} <= set(tags["images"])
     assert any("config" in t for t in tags["tensors"])  # add_text stores text as a tensor summary
+
+
+def test_keep_best_keeps_the_top_k_epochs_by_the_monitored_validation_figure(tmp_path):
+    from alexnet.artifacts.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    result = fit(tiny_config(out, "train.epochs=4", "train.keep_best=2", 'train.monitor="val_loss"'))
+    losses = {int(r["epoch"]): r["val_loss"] for r in result.history}
+    best_two = sorted(losses, key=lambda e: (losses[e], e))[:2]
+    kept = sorted(int(p.stem.removeprefix("best-epoch")) for p in out.glob("best-epoch*.pt"))
+    assert kept == sorted(best_two)
+    assert not [p for p in out.glob("best-epoch*.pt.sha256") if int(p.name[10:-10]) not in best_two]
+    for epoch in kept:  # each is that epoch's full, resumable state
+        assert load_checkpoint(out / f"best-epoch{epoch}.pt")["epoch"] == epoch
+    # best.pt follows the monitor too: the lowest validation loss, not the highest accuracy.
+    assert load_checkpoint(out / "best.pt")["epoch"] == min(losses, key=lambda e: (losses[e], e))
+
+
+def test_the_monitor_cannot_be_the_test_split(tmp_path):
+    from alexnet.config import load_config
+    from alexnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.monitor"):
+        load_config(None, ['train.monitor="test_acc1"'])

@@ -15,6 +15,7 @@ import gc
 import io
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -309,15 +310,25 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
         row.update({f"test_{k}": round(getattr(result.test, k), 5 if k == "loss" else 3) for k in TEST_KEYS})
     result.history.append(row)
     # The same in every process (the metrics are summed); a NaN loss never makes a model "best".
-    improved = validate and val.finite and val.acc1 > result.best_acc1
-    if improved:
+    improved = validate and val.finite and _improves(cfg.train.monitor, result.history)
+    if validate and val.finite and val.acc1 > result.best_acc1:
         result.best_acc1 = val.acc1
+    top = _top_epochs(cfg.train.monitor, result.history, cfg.train.keep_best) if cfg.train.keep_best > 1 else []
     if run.dist.is_main:
         _write_metrics(run.out / "metrics.csv", result.history)  # the run's own record: resume and reports read it
     run.callbacks.on_epoch_end(run, epoch, row)
     # In every process (it gathers the model, optimizer and RNG states); rank 0 writes.
     names = ["last.pt", *["best.pt"] * improved, *[f"epoch-{epoch + 1}.pt"] * cfg.train.keep_every_epoch]
+    names += [f"best-epoch{epoch + 1}.pt"] * (epoch + 1 in top)
     model_state = checkpointer.save(epoch + 1, 0, run.totals, *(run.out / n for n in names))
+    if top and run.dist.is_main:  # the top k by train.monitor stay; an epoch that fell out goes
+        for stale in run.out.glob("best-epoch*.pt"):
+            if (
+                stale.stem.removeprefix("best-epoch").isdigit()
+                and int(stale.stem.removeprefix("best-epoch")) not in top
+            ):
+                stale.unlink(missing_ok=True)
+                Path(f"{stale}.sha256").unlink(missing_ok=True)
     if improved and run.dist.is_main:
         metrics = {"acc1": val.acc1, "acc5": val.acc5, "loss": val.loss, "epoch": epoch + 1}
         save_weights(model_state, run.out / "best.safetensors", weights_meta(run.plain, data, cfg, metrics))
@@ -325,6 +336,29 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
     if stopping:
         log.info("%s: stopping", control.reason or "a callback asked to stop")
     return stopping
+
+
+def _score(monitor: str, row: dict[str, float]) -> float | None:
+    """``row``'s figure for ``monitor``, higher is better (a loss negated); None when the epoch was not validated."""
+    value = row.get(monitor, math.nan)
+    if not math.isfinite(value):
+        return None
+    return -value if monitor.endswith("loss") else value
+
+
+def _improves(monitor: str, history: list[dict[str, float]]) -> bool:
+    """Whether the last row beats every earlier one on ``monitor`` (val_acc1 must also beat 0, as before)."""
+    *earlier, last = history
+    score = _score(monitor, last)
+    floor = 0.0 if monitor == "val_acc1" else -math.inf
+    best = max((s for r in earlier if (s := _score(monitor, r)) is not None), default=floor)
+    return score is not None and score > best
+
+
+def _top_epochs(monitor: str, history: list[dict[str, float]], k: int) -> set[int]:
+    """The epochs (1-based) of the ``k`` best validated rows on ``monitor``, the earlier first among equals."""
+    scored = [(s, -int(r["epoch"])) for r in history if (s := _score(monitor, r)) is not None]
+    return {-epoch for _, epoch in sorted(scored, reverse=True)[:k]}
 
 
 def _record_held_out(out: Path, data: Data, cfg: Config) -> None:
