@@ -70,6 +70,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "train.val_every": (1, INF, True),
     "train.stop_at_train_acc1": (0, 100, True),
     "train.keep_best": (1, 1000, True),
+    "train.ema_decay": (0, 1, False),
 }
 
 
@@ -131,6 +132,9 @@ class TrainConfig:
     # the k best epochs' full states as best-epochN.pt
     monitor: str = "val_acc1"
     keep_best: int = 1
+    # An exponential moving average of the weights (timm's ModelEmaV3): validated beside them, saved as ema.safetensors
+    ema_decay: float | None = None  # e.g. 0.999; None: off
+    ema_warmup: bool = False  # decay grows as 1 - (1 + step)^(-2/3), capped at ema_decay
 
 
 @dataclass

@@ -55,6 +55,7 @@ class Checkpointer:
                 cfg=run.cfg,
                 classes=run.data.classes,
                 data_meta=run.data.meta,
+                ema=run.ema.state_dict() if run.ema is not None else None,
             )
             for path in paths:
                 save_checkpoint(state, path)

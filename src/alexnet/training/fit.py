@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,14 @@ from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import Data, build_data
 from ..data.sources import FOLDER_DATASETS, data_root
 from ..device import pick_device, pick_precision, tune_cpu_allocator
-from ..errors import IncompatibleCheckpointError, NonFiniteOutputError, WriteError
+from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import atomic_write
 from ..models import create_model, get_spec
 from . import distributed
 from .callbacks import Callback, Callbacks, Control, ProgressLog, StopAtTrainAccuracy, TensorBoardLogger
 from .checkpointer import Checkpointer
+from .ema import WeightEma
 from .engine import train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer
 from .optim import Schedule, build_optimizer
@@ -62,6 +64,7 @@ CSV_FIELDS = [
     "test_acc1",
     "test_acc5",
 ]
+EMA_FIELDS = ["ema_val_loss", "ema_val_acc1", "ema_val_acc5"]  # with train.ema_decay only
 # With data.val_split, the row of the last epoch also holds the test split's figures (the other rows' test columns
 # read nan in metrics.csv).
 TEST_KEYS = ("loss", "acc1", "acc5")
@@ -83,7 +86,8 @@ def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, A
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", restval="nan")  # no test: nan
+    fields = CSV_FIELDS + (EMA_FIELDS if any("ema_val_loss" in row for row in history) else [])
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", restval="nan")  # no test: nan
     writer.writeheader()
     writer.writerows(history)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
@@ -113,6 +117,7 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
     with contextlib.ExitStack() as cleanup:  # releases the run directory's lock, however training ends
         run = _setup(cfg, cleanup)
         run.callbacks = Callbacks([*_builtin_callbacks(cfg), *(callbacks or [])])
+        run.ema = _weight_ema(cfg, run)
         _resume(run)
         _start(run)
         checkpointer = Checkpointer(run)
@@ -143,6 +148,27 @@ def _builtin_callbacks(cfg: Config) -> list[Callback]:
     if "tensorboard" in cfg.train.loggers:
         builtin.append(TensorBoardLogger())
     return builtin
+
+
+def _weight_ema(cfg: Config, run: Run) -> WeightEma | None:
+    """The moving average of the weights when ``train.ema_decay`` asks for one."""
+    if cfg.train.ema_decay is None:
+        return None
+    if run.strategy.sharded:
+        raise ConfigError("train.ema_decay averages a whole model: use it with data parallelism, not towers or hybrid")
+    return WeightEma(run.plain, cfg.train.ema_decay, cfg.train.ema_warmup)
+
+
+def _step_hook(run: Run, save: Callable[[int], None]) -> Callable[[int], None]:
+    """After each batch: average the weights after each optimizer step, then let the checkpointer save or stop."""
+    accumulate = run.cfg.train.accumulate
+
+    def hook(step: int) -> None:
+        if run.ema is not None and ((step + 1) % accumulate == 0 or step + 1 == run.steps):
+            run.ema.update(run.plain)
+        save(step)
+
+    return hook
 
 
 def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
@@ -236,6 +262,10 @@ def _resume(run: Run) -> None:
         run.totals = restore(state, run.plain, run.optimizer, run.schedule, run.scaler, run.strategy, rank)
         run.start_epoch, run.start_step = state["epoch"], state["step"]
         run.result.history, run.result.best_acc1 = list(state["history"]), state["best_acc1"]
+        if run.ema is not None and "ema" in state:
+            run.ema.load_state_dict(state["ema"])
+        elif run.ema is not None:  # a run that had no average: start it from the restored weights
+            run.ema = _weight_ema(run.cfg, run)
         log.info("resumed from %s at epoch %d, batch %d", resume, run.start_epoch + 1, run.start_step)
     if run.dist.is_main:
         _record_held_out(run.out, run.data, run.cfg)  # after check_resume: a changed data.val_split is named as such
@@ -276,7 +306,7 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
         epoch,
         start_step,
         run.scaler,
-        checkpointer.step_hook(epoch, totals),
+        _step_hook(run, checkpointer.step_hook(epoch, totals)),
         totals,
     )
     run.start_step, run.totals = 0, EpochTotals()
@@ -304,6 +334,11 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
         run.schedule.end_epoch(val.err1)
         result.final = val
     row = _epoch_row(epoch, run.optimizer.param_groups[0]["lr"], train, val, began, run.started)
+    ema_val = None
+    if validate and run.ema is not None:  # the average, on the same images
+        ema_val = evaluate(run.ema.module, data.val, data.eval_transform, run.eval_settings, **views)
+        row.update(ema_val_loss=round(ema_val.loss, 5), ema_val_acc1=round(ema_val.acc1, 3))
+        row.update(ema_val_acc5=round(ema_val.acc5, 3))
     if data.test is not None and (epoch + 1 == cfg.train.epochs or stopping):
         # The test split, once: nothing selects on it (best, plateau and early stops read the held-out split).
         result.test = evaluate(run.model, data.test, data.eval_transform, run.eval_settings, **views)
@@ -333,6 +368,12 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
         metrics = {"acc1": val.acc1, "acc5": val.acc5, "loss": val.loss, "epoch": epoch + 1}
         save_weights(model_state, run.out / "best.safetensors", weights_meta(run.plain, data, cfg, metrics))
         run.callbacks.on_checkpoint(run, run.out / "best.safetensors")
+    if ema_val is not None and run.dist.is_main:
+        metrics = {"acc1": ema_val.acc1, "acc5": ema_val.acc5, "loss": ema_val.loss, "epoch": epoch + 1}
+        meta = weights_meta(run.plain, data, cfg, metrics)
+        meta["provenance"]["ema"] = {"decay": cfg.train.ema_decay, "warmup": cfg.train.ema_warmup, "step": run.ema.step}
+        save_weights(run.ema.module, run.out / "ema.safetensors", meta)
+        run.callbacks.on_checkpoint(run, run.out / "ema.safetensors")
     if stopping:
         log.info("%s: stopping", control.reason or "a callback asked to stop")
     return stopping

@@ -13,6 +13,7 @@ from ..config import Config
 from ..data.pipeline import Data
 from ..evaluation import Evaluation, StepSettings
 from . import distributed
+from .ema import WeightEma
 from .optim import Schedule
 from .state import EpochTotals
 from .strategy import Strategy
@@ -52,4 +53,5 @@ class Run:
     start_step: int = 0
     totals: EpochTotals = field(default_factory=EpochTotals)  # the running sums of a resumed epoch
     callbacks: Any = None  # a `callbacks.Callbacks`, set by fit
+    ema: WeightEma | None = None  # with train.ema_decay: the moving average of the weights
     last_train: dict[str, float] = field(default_factory=dict)  # the last epoch's training metrics (this process)

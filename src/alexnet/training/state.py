@@ -103,6 +103,7 @@ def build_state(
     cfg: Config,
     classes: list[str],
     data_meta: dict[str, Any],
+    ema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict (see the module docstring). ``optimizer_states`` has one entry, or one per rank when
     each rank holds different parameters (``--parallel towers`` or ``hybrid``)."""
@@ -123,6 +124,7 @@ def build_state(
         "config": cfg.to_dict(),
         "classes": classes,
         "data_meta": data_meta,
+        **({"ema": ema} if ema is not None else {}),
         "version": VERSION,
     }
 
