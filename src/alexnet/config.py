@@ -30,8 +30,9 @@ LOGGERS = ("csv", "tensorboard")
 INF = float("inf")
 # Every choice field and numeric range, checked in one place (`validate`). (low, high, low inclusive); None is
 # allowed where the field's type allows it.
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[str | None, ...]] = {
     "data.normalize": NORMALIZATIONS,
+    "data.auto_augment": (None, "randaugment", "trivialaugment"),
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
     "train.precision": PRECISIONS,
@@ -50,6 +51,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "data.max_bad_fraction": (0, 1, True),
     "data.in_memory_gb": (0, INF, True),
     "data.val_split": (0, INF, True),
+    "data.random_erasing": (0, 1, True),
+    "data.mixup_alpha": (0, INF, True),
+    "data.cutmix_alpha": (0, INF, True),
     "optim.lr": (0, INF, False),
     "optim.momentum": (0, 1, True),
     "optim.weight_decay": (0, INF, True),

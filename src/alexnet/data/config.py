@@ -38,3 +38,9 @@ class DataConfig:
     # data set's own validation (or test) split, as before.
     val_split: float = 0.0
     val_seed: int = 0  # seeds the held-out choice alone: every run and seed holds out the same images
+    # Beyond the paper (alexnet.data.augment; all off by default): torchvision.transforms.v2's
+    random_resized_crop: bool = False  # Inception's 8-100% area, 3/4-4/3 aspect crop instead of the fixed-size one
+    auto_augment: str | None = None  # randaugment or trivialaugment, per image
+    random_erasing: float = 0.0  # probability of erasing a rectangle per image
+    mixup_alpha: float = 0.0  # MixUp's Beta(α, α); > 0 turns it on (soft targets)
+    cutmix_alpha: float = 0.0  # CutMix's Beta(α, α); with mixup_alpha too, one of the two per batch

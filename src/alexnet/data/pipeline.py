@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import AlexNetError, ConfigError
+from .augment import Augment
 from .batch import (
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
@@ -88,6 +89,7 @@ class Data:
     # the held-out part of the training split, whose indices ``held_out`` lists, into the full training split).
     test: Loader | None = None
     held_out: list[int] | None = None
+    augment: Augment | None = None  # the options beyond the paper's (alexnet.data.augment)
 
 
 def _subset(split: TensorSplit, idx: torch.Tensor) -> TensorSplit:
@@ -329,7 +331,8 @@ def build_data(
     train_tf, eval_tf, meta = build_transforms(cfg, input_size, stored, mean, std, mean_image)
     if cfg.val_split:
         meta["val_split"] = {"images": len(held_out or []), "seed": cfg.val_seed}
-    return Data(train, val, classes, in_channels, train_tf, eval_tf, meta, test, held_out)
+    augment = Augment(cfg, train_tf.crop, len(classes))
+    return Data(train, val, classes, in_channels, train_tf, eval_tf, meta, test, held_out, augment)
 
 
 def build_transforms(

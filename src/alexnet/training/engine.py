@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.augment import Augment
 from ..data.batch import BatchTransform, step_generator
 from ..data.pipeline import Loader
 from ..device import autocast
@@ -23,6 +24,12 @@ from .optim import Schedule
 from .state import EpochTotals
 
 log = logging.getLogger(__name__)
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against class indices (B,) or class probabilities (B, classes) from MixUp/CutMix; label
+    smoothing mixes the targets with the uniform distribution, ``(1 − ε)·target + ε / classes``, in both cases."""
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
 def train_one_epoch(
@@ -37,6 +44,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[int], None] | None = None,
     totals: EpochTotals | None = None,
+    augment: Augment | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader`` from batch ``start_step``, adding to ``totals`` (the running sums of the epoch,
     which a resumed epoch brings from its checkpoint; ``on_step`` may save them).
@@ -59,7 +67,14 @@ def train_one_epoch(
             break
         if labels.numel() and (labels.min() < 0 or labels.max() >= settings.num_classes):
             raise ValueError(f"label outside [0, {settings.num_classes}) in epoch {epoch + 1}, batch {step}")
-        x = transform.train(images, step_generator(settings.seed, epoch, step))
+        generator = step_generator(settings.seed, epoch, step)
+        mixing = augment is not None and augment.active
+        if mixing:
+            images = augment.before(images, generator)
+        x = transform.train(images, generator)
+        targets = labels
+        if mixing:
+            x, targets = augment.after(x, labels, generator)
         got_batch = time.perf_counter()
         lr = schedule.set(epoch, step)
         # Gradient accumulation: an optimizer step every `accumulate` batches (the epoch's last group may be
@@ -70,7 +85,7 @@ def train_one_epoch(
         with model.no_sync() if not last and hasattr(model, "no_sync") else contextlib.nullcontext():
             with autocast(settings.device, settings.precision):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
+                loss = training_loss(logits, targets, settings.label_smoothing)
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(

@@ -308,6 +308,7 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
         run.scaler,
         _step_hook(run, checkpointer.step_hook(epoch, totals)),
         totals,
+        data.augment,
     )
     run.start_step, run.totals = 0, EpochTotals()
     # A finite loss whose update broke the weights: stop before evaluating them.
