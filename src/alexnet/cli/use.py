@@ -233,6 +233,9 @@ def add_serve(p: argparse.ArgumentParser) -> None:
         metavar="MP",
         help="megapixels decoding at once, all requests (bounds memory; larger images: 413)",
     )
+    p.add_argument(
+        "--grpc-port", type=int, metavar="PORT", help="also answer KServe v2 over gRPC on this port (the [grpc] extra)"
+    )
     options.device(p)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto, fp32 or bf16")
 
@@ -257,6 +260,7 @@ def run_serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
         decode_budget_mp=args.decode_budget_mp,
         head_timeout_s=args.head_timeout,
+        grpc_port=args.grpc_port,
     )
     # ServeSettings refuses values out of range (--max-wait-ms 1e13 would break the batching thread's wait).
     serve(args.weights, args.host, args.port, settings, args.name)

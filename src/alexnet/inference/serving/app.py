@@ -35,7 +35,7 @@ from ...errors import ConfigError, InvalidImageError
 from ..predictor import Predictor
 from .batcher import Batcher, QueueFull
 from .budget import PixelBudget, decode_cost
-from .protocol import HEADER, ProtocolError, infer_response, parse_infer
+from .protocol import HEADER, InferInput, ProtocolError, infer_response, parse_infer
 
 log = logging.getLogger(__name__)
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -73,6 +73,8 @@ class ServeSettings:
     body_timeout_s: float = 30.0
     decode_budget_mp: float = 100.0
     head_timeout_s: float = 10.0
+    grpc_port: int | None = None  # KServe v2 over gRPC on this port too (alexnet.inference.serving.grpc_service)
+    grpc_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         bounds = {
@@ -85,6 +87,8 @@ class ServeSettings:
             "head_timeout_s": (0.001, 3600),
             "decode_budget_mp": (1, 10_000),
         }
+        if self.grpc_port is not None and not (isinstance(self.grpc_port, int) and 0 <= self.grpc_port <= 65535):
+            raise ConfigError(f"--grpc-port {self.grpc_port!r} is not a port number")
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too
@@ -316,8 +320,18 @@ class _Service:
             req = parse_infer(body, request.headers.get(HEADER))
         except ProtocolError as err:
             raise HTTPException(400, str(err)) from None
+        outputs = await self.infer_outputs(req.inputs[0])
+        payload, headers = infer_response(self.name, req, outputs)
+        media = "application/octet-stream" if headers else "application/json"
+        return Response(payload, media_type=media, headers=headers)
+
+    async def infer_outputs(self, item: InferInput) -> dict[str, np.ndarray]:
+        """The outputs for one checked input, REST's or gRPC's: admitted, decoded or checked, batched, run.
+
+        Raises:
+            HTTPException: with the status REST answers (gRPC maps it to its own codes).
+        """
         with self.admission():
-            item = req.inputs[0]
             if item.images is not None:
                 inputs = await self.images_to_inputs(item.images)
             else:
@@ -327,10 +341,25 @@ class _Service:
                     raise HTTPException(400, "FP32 input holds NaN or infinity")
                 inputs = torch.from_numpy(item.tensor.copy())
             probs = (await self.run(inputs)).numpy().astype(np.float32)
-        outputs = {"probabilities": probs, "top1": probs.argmax(1).astype(np.int64)}
-        payload, headers = infer_response(self.name, req, outputs)
-        media = "application/octet-stream" if headers else "application/json"
-        return Response(payload, media_type=media, headers=headers)
+        return {"probabilities": probs, "top1": probs.argmax(1).astype(np.int64)}
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's KServe v2 metadata (REST's JSON; gRPC's message has the same fields)."""
+        meta = self.trained.meta
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "pytorch_alexnet",
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [-1]},
+                {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]},
+            ],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, meta.model.num_classes]},
+                {"name": "top1", "datatype": "INT64", "shape": [-1]},
+            ],
+            "parameters": {"variant": meta.model.variant, "classes": list(self.labels)},
+        }
 
     def check_model(self, request: Request) -> None:
         if request.path_params.get("name") != self.name:
@@ -339,23 +368,7 @@ class _Service:
     async def model_metadata(self, request: Request) -> Response:
         self.authorize(request)
         self.check_model(request)
-        meta = self.trained.meta
-        return JSONResponse(
-            {
-                "name": self.name,
-                "versions": ["1"],
-                "platform": "pytorch_alexnet",
-                "inputs": [
-                    {"name": "image", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]},
-                ],
-                "outputs": [
-                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, meta.model.num_classes]},
-                    {"name": "top1", "datatype": "INT64", "shape": [-1]},
-                ],
-                "parameters": {"variant": meta.model.variant, "classes": list(self.labels)},
-            }
-        )
+        return JSONResponse(self.metadata())
 
     async def model_ready(self, request: Request) -> Response:
         self.authorize(request)
@@ -388,6 +401,13 @@ def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         service.batcher.start()
+        grpc_server = None
+        if service.settings.grpc_port is not None:  # the same service over gRPC, in this event loop
+            from .grpc_service import build_server
+
+            grpc_server = build_server(service, service.settings.grpc_host, service.settings.grpc_port)
+            await grpc_server.start()
+            log.info("KServe v2 over gRPC on %s:%d", service.settings.grpc_host, service.settings.grpc_port)
         service.ready = True
         log.info(
             "serving %s (%s): batches of up to %d, queue %d",
@@ -400,6 +420,8 @@ def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None 
             yield
         finally:
             service.ready = False
+            if grpc_server is not None:
+                await grpc_server.stop(grace=service.settings.timeout_s)  # calls in flight finish
             await run_in_threadpool(service.batcher.stop)  # what is queued still runs
 
     async def http_error(request: Request, exc: Exception) -> Response:

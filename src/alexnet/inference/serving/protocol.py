@@ -120,6 +120,8 @@ def _parse(body: bytes, header_length: str | None) -> InferRequest:
         if datatype not in ("BYTES", "FP32"):
             raise ProtocolError(f"input datatype {datatype!r}: send images as BYTES or model inputs as FP32")
         count = _count(shape)
+        if datatype == "BYTES" and (len(shape) != 1 or not 1 <= shape[0] <= MAX_ELEMENTS):
+            raise ProtocolError(f"BYTES input shape must be [N] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
         own = spec.get("parameters", {})
         if not isinstance(own, dict):
             raise ProtocolError(f"input {spec['name']!r}: 'parameters' must be an object")
@@ -130,26 +132,17 @@ def _parse(body: bytes, header_length: str | None) -> InferRequest:
             raw, offset = binary[offset : offset + size], offset + size
         elif "data" not in spec:
             raise ProtocolError(f"input {spec['name']!r} has neither 'data' nor binary data")
-        item = InferInput(spec["name"], datatype, shape)
         if datatype == "BYTES":
-            if len(shape) != 1 or not 1 <= shape[0] <= MAX_ELEMENTS:
-                raise ProtocolError(f"BYTES input shape must be [N] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
-            item.images = _bytes_elements(raw, count) if size is not None else _json_bytes(spec["data"], count)
+            images = None if size is not None else _json_bytes(spec["data"], count)
+            item = build_input(spec["name"], datatype, shape, raw=raw if size is not None else None, images=images)
         else:
-            if len(shape) != 4 or not 1 <= shape[0] <= MAX_ELEMENTS or count > MAX_ELEMENTS * 3 * 1024 * 1024:
-                raise ProtocolError(f"FP32 input shape must be [N, C, H, W] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
-            if size is not None:
-                if size != 4 * count:
-                    raise ProtocolError(f"binary_data_size={size} is not 4 × {count} FP32 elements")
-                array = np.frombuffer(raw, dtype="<f4")
-            else:
-                try:
-                    array = np.asarray(spec["data"], dtype=np.float32).reshape(-1)
-                except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond any float
-                    raise ProtocolError("FP32 'data' must be a flat or nested list of numbers") from None
-            if array.size != count:
-                raise ProtocolError(f"{array.size} FP32 values for shape {shape}")
-            item.tensor = array.reshape(shape).astype(np.float32)
+            item = build_input(
+                spec["name"],
+                datatype,
+                shape,
+                raw=raw if size is not None else None,
+                values=None if size is not None else spec["data"],
+            )
         inputs.append(item)
     outputs = tree.get("outputs") if isinstance(tree.get("outputs"), list) else []
     wanted = {}
@@ -161,6 +154,50 @@ def _parse(body: bytes, header_length: str | None) -> InferRequest:
             wanted[o["name"]] = bool(own.get("binary_data", False))
     request_id = tree.get("id") if isinstance(tree.get("id"), str) else None
     return InferRequest(request_id, inputs, wanted, bool(params.get("binary_data_output", False)))
+
+
+def build_input(
+    name: str,
+    datatype: str,
+    shape: list[int],
+    *,
+    raw: bytes | None = None,
+    images: list[bytes] | None = None,
+    values: Any = None,
+) -> InferInput:
+    """One input, checked, whichever transport carried it: ``raw`` binary data (BYTES: 4-byte little-endian
+    lengths before each element; FP32: little-endian floats), or the decoded ``images`` / numeric ``values``.
+
+    Raises:
+        ProtocolError: a datatype other than BYTES or FP32, a shape out of bounds, or data that does not fill it.
+    """
+    shape = _shape(shape)
+    if datatype not in ("BYTES", "FP32"):
+        raise ProtocolError(f"input datatype {datatype!r}: send images as BYTES or model inputs as FP32")
+    count = _count(shape)
+    item = InferInput(name, datatype, shape)
+    if datatype == "BYTES":
+        if len(shape) != 1 or not 1 <= shape[0] <= MAX_ELEMENTS:
+            raise ProtocolError(f"BYTES input shape must be [N] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
+        item.images = _bytes_elements(raw, count) if raw is not None else list(images or [])
+        if len(item.images) != count:
+            raise ProtocolError(f"{len(item.images)} BYTES element(s) for shape {shape}")
+        return item
+    if len(shape) != 4 or not 1 <= shape[0] <= MAX_ELEMENTS or count > MAX_ELEMENTS * 3 * 1024 * 1024:
+        raise ProtocolError(f"FP32 input shape must be [N, C, H, W] with 1 ≤ N ≤ {MAX_ELEMENTS}, not {shape}")
+    if raw is not None:
+        if len(raw) != 4 * count:
+            raise ProtocolError(f"{len(raw)} bytes of data are not 4 × {count} FP32 elements")
+        array = np.frombuffer(raw, dtype="<f4")
+    else:
+        try:
+            array = np.asarray(values, dtype=np.float32).reshape(-1)
+        except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond any float
+            raise ProtocolError("FP32 'data' must be a flat or nested list of numbers") from None
+    if array.size != count:
+        raise ProtocolError(f"{array.size} FP32 values for shape {shape}")
+    item.tensor = array.reshape(shape).astype(np.float32)
+    return item
 
 
 def _json_bytes(data: Any, count: int) -> list[bytes]:

@@ -61,6 +61,19 @@ def serve(
             "onnxruntime-based servers"
         )
     _check_port(host, port)  # before the model loads: a port in use is one line, not uvicorn's log and exit 1
+    if settings.grpc_port is not None:
+        try:
+            from .grpc_service import protocol
+
+            protocol()  # compile the .proto now: a missing extra is one line, before the model loads
+        except ImportError as err:
+            raise AlexNetError(f"--grpc-port needs the [grpc] extra: pip install 'alexnet[grpc]' ({err})") from None
+        if settings.grpc_port == port:
+            raise AlexNetError(f"--grpc-port {port} is the HTTP port: give gRPC a port of its own")
+        _check_port(host, settings.grpc_port)
+        from dataclasses import replace
+
+        settings = replace(settings, grpc_host=host)
     trained = load_trained(source)
     model_name = name or default_name(source, trained.meta.provenance)
     app = create_app(trained, model_name, settings)

@@ -1,0 +1,189 @@
+"""KServe v2 over gRPC beside REST: Triton's own gRPC client gets REST's answer for the same image; malformed
+messages get a gRPC status with a reason (never a crash); the API key guards gRPC as it guards REST."""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import noise_png
+
+from .conftest import CLASSES, Server, free_port
+
+tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+
+
+@pytest.fixture(scope="module")
+def grpc_server(files):
+    port = free_port()
+    srv = Server(files["small"], "--name", "small", "--grpc-port", str(port), "--max-body-mb", "1")
+    srv.grpc = f"127.0.0.1:{port}"
+    yield srv
+    assert srv.stop() == 0
+
+
+def _rest_probabilities(server: Server, image: bytes) -> np.ndarray:
+    body = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}]
+    }
+    answer = httpx.post(f"{server.url}/v2/models/small/infer", json=body, timeout=30).json()
+    out = next(o for o in answer["outputs"] if o["name"] == "probabilities")
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+@pytest.mark.slow
+def test_tritonclient_grpc_gets_the_rest_answer(grpc_server):
+    client = tritonclient_grpc.InferenceServerClient(grpc_server.grpc)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("small")
+    meta = client.get_model_metadata("small")
+    assert meta.name == "small" and [i.name for i in meta.inputs] == ["image", "input"]
+    image = noise_png(seed=21)
+    data = tritonclient_grpc.InferInput("image", [1], "BYTES")
+    data.set_data_from_numpy(np.array([image], dtype=np.object_))
+    result = client.infer("small", [data], outputs=[tritonclient_grpc.InferRequestedOutput("probabilities")])
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (1, len(CLASSES)) and abs(probabilities.sum() - 1) < 1e-5
+    assert np.allclose(probabilities, _rest_probabilities(grpc_server, image), atol=1e-6)  # the same service
+    tensor = tritonclient_grpc.InferInput("input", [2, 3, 32, 32], "FP32")  # preprocessed inputs, batched
+    tensor.set_data_from_numpy(np.zeros((2, 3, 32, 32), dtype=np.float32))
+    both = client.infer("small", [tensor])
+    assert both.as_numpy("probabilities").shape == (2, len(CLASSES)) and both.as_numpy("top1").shape == (2,)
+
+
+def _call(target: str, request, metadata=()):
+    from alexnet.inference.serving.grpc_service import stub
+
+    with grpc.insecure_channel(target) as channel:
+        return stub(channel).ModelInfer(request, metadata=metadata, timeout=30)
+
+
+def _request(**fields):
+    from alexnet.inference.serving.grpc_service import protocol
+
+    return protocol().ModelInferRequest(**fields)
+
+
+@pytest.mark.slow
+def test_malformed_messages_get_a_status_with_a_reason(grpc_server):
+    from alexnet.inference.serving.grpc_service import protocol
+
+    pb = protocol()
+    tensor = pb.ModelInferRequest.InferInputTensor
+    image = noise_png(seed=3)
+    cases = [
+        (_request(model_name="small"), grpc.StatusCode.INVALID_ARGUMENT, "exactly one input"),
+        (
+            _request(model_name="nope", inputs=[tensor(name="image", datatype="BYTES", shape=[1])]),
+            grpc.StatusCode.NOT_FOUND,
+            "no model",
+        ),
+        (
+            _request(
+                model_name="small", inputs=[tensor(name="x", datatype="INT8", shape=[1])], raw_input_contents=[b"\x00"]
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "datatype",
+        ),
+        (
+            _request(
+                model_name="small",
+                inputs=[tensor(name="image", datatype="BYTES", shape=[1])],
+                raw_input_contents=[b"\xff\xff\xff\x7f" + image[:10]],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "",
+        ),
+        (
+            _request(
+                model_name="small",
+                inputs=[
+                    tensor(
+                        name="image",
+                        datatype="BYTES",
+                        shape=[1],
+                        contents=pb.InferTensorContents(bytes_contents=[b"not an image"]),
+                    )
+                ],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "",
+        ),
+        (
+            _request(
+                model_name="small",
+                inputs=[
+                    tensor(
+                        name="input",
+                        datatype="FP32",
+                        shape=[1, 3, 8, 8],
+                        contents=pb.InferTensorContents(fp32_contents=[0.0] * 192),
+                    )
+                ],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "this model takes",
+        ),
+        (
+            _request(
+                model_name="small",
+                inputs=[tensor(name="input", datatype="FP32", shape=[1, 3, 32, 32])],
+                raw_input_contents=[b"\x00" * 10],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "FP32",
+        ),
+        (
+            _request(
+                model_name="small",
+                inputs=[tensor(name="image", datatype="BYTES", shape=[1])],
+                raw_input_contents=[b"\x00" * (2 << 20)],
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "",
+        ),
+    ]
+    for request, code, reason in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            _call(grpc_server.grpc, request)
+        assert err.value.code() == code, (code, err.value.details())
+        assert reason in (err.value.details() or "") and err.value.details()
+    # The server goes on answering, over both protocols.
+    ok = _request(
+        model_name="small",
+        inputs=[
+            tensor(name="image", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[image]))
+        ],
+    )
+    assert len(_call(grpc_server.grpc, ok).raw_output_contents) == 2
+    assert httpx.get(f"{grpc_server.url}/v2/health/ready").status_code == 200
+
+
+@pytest.mark.slow
+def test_the_api_key_guards_grpc_too(files):
+    port = free_port()
+    srv = Server(files["small"], "--name", "small", "--grpc-port", str(port), "--api-key", "s3cret")
+    try:
+        from alexnet.inference.serving.grpc_service import protocol
+
+        pb = protocol()
+        request = _request(
+            model_name="small",
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="image",
+                    datatype="BYTES",
+                    shape=[1],
+                    contents=pb.InferTensorContents(bytes_contents=[noise_png()]),
+                )
+            ],
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            _call(f"127.0.0.1:{port}", request)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert len(_call(f"127.0.0.1:{port}", request, metadata=[("x-api-key", "s3cret")]).outputs) == 2
+    finally:
+        assert srv.stop() == 0
