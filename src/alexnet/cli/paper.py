@@ -177,18 +177,24 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     peak = result.peak_gflops
     print(
-        f"device {result.device}, {result.threads} threads, torch {result.torch}; "
-        f"GEMM peak fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s"
+        f"{result.cpu or result.device} ({', '.join(result.isa) or 'no AVX-512/AMX'}), {result.threads} threads, "
+        f"torch {result.torch}; {result.rounds} interleaved rounds, medians (min-max)"
     )
-    print(f"{'case':<40} {'mode':<6} {'batch':>5} {'input':>5} {'prec':>5} {'img/s':>9} {'MFU':>6}")
+    int8 = f", int8 {peak['int8']} GOP/s" if "int8" in peak else ""
+    print(f"peak fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s{int8}")
+    print(f"{'case':<40} {'mode':<6} {'batch':>5} {'input':>5} {'prec':>5} {'img/s':>9} {'min-max':>15} {'MFU':>6}")
     for c in result.cases:
+        spread = f"{c.img_s_low:.1f}-{c.img_s_high:.1f}"
+        flag = "  (above the measured peak)" if c.peak_exceeded else ""
         print(
-            f"{c.name:<40} {c.mode:<6} {c.batch:>5} {c.input:>5} {c.precision:>5} {c.img_s:>9.1f} {100 * c.mfu:>5.1f}%"
+            f"{c.name:<40} {c.mode:<6} {c.batch:>5} {c.input:>5} {c.precision:>5} {c.img_s:>9.1f} {spread:>15} "
+            f"{100 * c.mfu:>5.1f}%{flag}"
         )
     for mode, r in (("train", result.train), ("infer", result.infer)):
         print(
-            f"{mode}: {r.alexnet_img_s:.1f} vs {r.baseline_img_s:.1f} img/s = {r.speedup:.2f}x, "
-            f"MFU {100 * r.mfu:.1f}% (at 100% of the peak: {r.ceiling_speedup:.2f}x)"
+            f"{mode}: {r.alexnet_img_s:.1f} vs {r.baseline_img_s:.1f} img/s = {r.speedup:.2f}x "
+            f"({r.speedup_low:.2f}-{r.speedup_high:.2f}), MFU {100 * r.mfu:.1f}% (at 100% of the peak: "
+            f"{r.ceiling_speedup:.2f}x)"
         )
     engines = result.engines
     if engines:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..device import autocast, pick_device, pick_precision, tune_cpu_allocator
 from ..models import create_model, model_info
+from .measure import Stat, cpu_features, interleaved, ratio, utilisation
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,12 @@ class Case:
     input: int
     precision: str
     channels_last: bool
-    img_s: float = 0.0
+    img_s: float = 0.0  # the median over rounds
+    img_s_low: float = 0.0  # the slowest and fastest round
+    img_s_high: float = 0.0
     gflops_per_img: float = 0.0
-    mfu: float = 0.0
+    mfu: float = 0.0  # capped at 1
+    peak_exceeded: bool = False  # the case ran faster than the measured peak: the peak is what is wrong
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,7 +50,8 @@ class Comparison:
     """The library's defaults against the baseline in one mode (train or infer), measured in the same run.
 
     Attributes:
-        speedup: ``alexnet_img_s / baseline_img_s``.
+        speedup: the median over rounds of ``alexnet_img_s / baseline_img_s`` measured side by side, with the
+            lowest and highest round (``speedup_low``, ``speedup_high``).
         mfu: the contender's model FLOP/s over the measured peak in its precision.
         ceiling_speedup: the speed-up the same FLOPs would give at 100% of that peak (what no code can pass).
     """
@@ -59,6 +64,8 @@ class Comparison:
     mfu: float
     precision: str
     ceiling_speedup: float
+    speedup_low: float = 0.0
+    speedup_high: float = 0.0
 
 
 @dataclass
@@ -69,11 +76,14 @@ class BenchResult:
     device: str
     threads: int
     torch: str
-    peak_gflops: dict[str, float]
+    peak_gflops: dict[str, float]  # fp32, bf16 (and on a CPU int8, as GOP/s)
     train: Comparison
     infer: Comparison
     cases: list[Case]
     engines: dict[str, Any] | None = None
+    cpu: str = ""  # the CPU's model name
+    isa: list[str] = field(default_factory=list)  # instruction sets found that decide bf16/int8 speed (AMX...)
+    rounds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object ``alexnet bench --json`` prints."""
@@ -156,7 +166,8 @@ def fast_settings(device: torch.device) -> dict[str, Any]:
     }
 
 
-def run_case(case: Case, device: torch.device, warmup: int, repeats: int, peak: dict[str, float]) -> Case:
+def prepare_case(case: Case, device: torch.device) -> Callable[[], None]:
+    """The step `benchmark` times for ``case`` (its model built and its input made); sets its FLOPs per image."""
     torch.manual_seed(0)
     if case.name.startswith("torchvision"):
         import torchvision
@@ -170,9 +181,10 @@ def run_case(case: Case, device: torch.device, warmup: int, repeats: int, peak: 
     model = model.to(memory_format=fmt)
     x = torch.randn(case.batch, 3, case.input, case.input, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (case.batch,), device=device)
+    case.gflops_per_img = 2 * macs * (3 if case.mode == "train" else 1) / 1e9
     if case.mode == "train":
-        step = _train_step(model, x, y, device, case.precision)
-    elif case.settings.get("compile"):
+        return _train_step(model, x, y, device, case.precision)
+    if case.settings.get("compile"):
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # constant-fold and prepack the weights for oneDNN
@@ -184,20 +196,17 @@ def run_case(case: Case, device: torch.device, warmup: int, repeats: int, peak: 
             with torch.inference_mode():
                 compiled(xd)
 
-    else:
-        step = _infer_step(model, x, device, case.precision, case.settings.get("cast_weights", False))
-    case.img_s = _rate(step, case.batch, warmup, repeats, device)
-    flops = 2 * macs * (3 if case.mode == "train" else 1)
-    case.gflops_per_img = flops / 1e9
-    case.mfu = flops * case.img_s / peak["bf16" if case.precision == "bf16" else "fp32"]
-    return case
+        return step
+    return _infer_step(model, x, device, case.precision, case.settings.get("cast_weights", False))
 
 
 def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> BenchResult:
     """Measure baseline and contender training and inference, plus the paper and small variants.
 
-    The baselines run first, with the process as a user gets it; then the library's settings are applied
-    (including the process-wide allocator setting, which would otherwise speed up the baseline too).
+    Every case runs interleaved with the others for several rounds (`alexnet.experiments.measure`): figures are
+    medians over rounds with their spread, and speed-ups the median of per-round ratios, so a machine's drift
+    between minutes cancels. The process-wide allocator setting is on for all cases, the baselines included (they
+    share the process; it favours the baseline if anything).
 
     Returns:
         The machine, its peaks, both comparisons and every case; on a CPU without ``quick`` the inference engines
@@ -205,7 +214,7 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
     """
     dev = pick_device(device)
     fast = fast_settings(dev)
-    warmup, repeats = (1, 3) if quick else (2, 7)
+    warmup, repeats, rounds = (1, 2, 3) if quick else (2, 3, 5)
     base = dict(batch=batch, input=224)
     contender = dict(precision=fast["precision"], channels_last=fast["channels_last"])
     baselines = [
@@ -231,31 +240,52 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
             Case("alexnet_small 32px (defaults)", "alexnet_small", "train", 256, 32, settings=fast, **contender),
             Case("alexnet_small 32px (defaults)", "alexnet_small", "infer", 256, 32, settings=fast, **contender),
         ]
-    # Both peaks before the allocator setting, as the baselines see the machine; it does not affect GEMM speed.
     peak = {"fp32": measure_peak(torch.float32, dev), "bf16": measure_peak(torch.bfloat16, dev)}
-    for case in baselines:
-        run_case(case, dev, warmup, repeats, peak)
-        log.info("%-40s %-5s %8.1f img/s  MFU %5.1f%%", case.name, case.mode, case.img_s, 100 * case.mfu)
+    if dev.type == "cpu":
+        from .engines import int8_peak
+
+        peak["int8"] = int8_peak()
     if fast["tune_allocator"]:
         tune_cpu_allocator()
-    for case in cases:
-        run_case(case, dev, warmup, repeats, peak)
-        log.info("%-40s %-5s %8.1f img/s  MFU %5.1f%%", case.name, case.mode, case.img_s, 100 * case.mfu)
+    everything = baselines + cases
+    steps = {f"{i} {c.name} {c.mode}": prepare_case(c, dev) for i, c in enumerate(everything)}
+    items = {key: c.batch for key, c in zip(steps, everything)}
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    rates = interleaved(steps, items, rounds, repeats, warmup, sync=sync)
+    per_round = {}
+    for key, case in zip(steps, everything):
+        stat = Stat.of(rates[key])
+        case.img_s, case.img_s_low, case.img_s_high = stat.median, stat.low, stat.high
+        kind = "bf16" if case.precision == "bf16" else "fp32"
+        case.mfu, case.peak_exceeded = utilisation(case.gflops_per_img * 1e9 * case.img_s, peak[kind])
+        per_round[id(case)] = rates[key]
+        log.info(
+            "%-40s %-5s %8.1f img/s (%.1f-%.1f)  MFU %5.1f%%",
+            case.name,
+            case.mode,
+            stat.median,
+            stat.low,
+            stat.high,
+            100 * case.mfu,
+        )
 
     def summary(mode: str) -> Comparison:
         b = next(x for x in baselines if x.mode == mode)
         c = next(x for x in cases if x.mode == mode)
         # The most any contender could reach on this machine: the same FLOPs at 100% of its measured peak.
         ceiling = peak["bf16" if c.precision == "bf16" else "fp32"] / (b.img_s * b.gflops_per_img * 1e9)
+        speedup = ratio(per_round[id(c)], per_round[id(b)])
         return Comparison(
             batch,
             224,
             round(b.img_s, 2),
             round(c.img_s, 2),
-            round(c.img_s / b.img_s, 3),
+            round(speedup.median, 3),
             round(c.mfu, 4),
             c.precision,
             round(ceiling, 3),
+            round(speedup.low, 3),
+            round(speedup.high, 3),
         )
 
     engines = None
@@ -263,6 +293,7 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
         from .engines import compare_engines
 
         engines = compare_engines(batch, peaks=peak)
+    cpu, isa = cpu_features()
     return BenchResult(
         str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         torch.get_num_threads(),
@@ -270,6 +301,9 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
         {k: round(v / 1e9, 1) for k, v in peak.items()},
         summary("train"),
         summary("infer"),
-        baselines + cases,
+        everything,
         engines,
+        cpu,
+        isa,
+        rounds,
     )
