@@ -124,3 +124,30 @@ def test_the_fused_kernel_equals_the_paper_formula_and_is_off_where_asked(monkey
     monkeypatch.setenv("ALEXNET_FUSED_LRN", "0")
     assert not fused.usable(a)
     assert not fused.usable(a.double())  # float64 (the tests' oracle dtype) always takes the formula
+
+
+def test_torch_compile_sees_one_operator_and_export_the_formula():
+    """Under torch.compile the layer is one ``alexnet::lrn`` node (no graph break), forward and gradient equal to the
+    formula; torch.export traces the formula, so an exported program needs no alexnet to run."""
+    from alexnet.models import fused_lrn
+
+    if fused_lrn.kernel() is None:
+        pytest.skip("the fused kernel cannot be built here (no compiler)")
+    torch.manual_seed(0)
+    layer = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    x = torch.randn(4, 16, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    y = torch.compile(layer, backend=backend, fullgraph=True)(x)
+    assert len(graphs) == 1 and "alexnet.lrn" in graphs[0]
+    y.sum().backward()
+    compiled_grad, x.grad = x.grad.clone(), None
+    reference = layer.reference(x)
+    reference.sum().backward()
+    assert torch.allclose(y, reference, atol=1e-5) and torch.allclose(compiled_grad, x.grad, atol=1e-5)
+    program = torch.export.export(layer, (x.detach(),))
+    assert "alexnet" not in str(program.graph_module.graph)

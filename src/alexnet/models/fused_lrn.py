@@ -7,8 +7,12 @@ against 1,115 with the reference formula (1.8×; 3,831 without LRN), and at full
 The kernel is compiled on first use by torch's C++ extension builder (about 20 s; it needs a C++ compiler and
 ninja) and cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), named after this CPU's
 instruction sets, since it is built for the CPU it runs on. Where it cannot be built, or with
-``ALEXNET_FUSED_LRN=0``, the reference formula runs: it is also the tests' oracle, and what ``torch.export``,
-TorchScript, ONNX and ``torch.compile`` trace.
+``ALEXNET_FUSED_LRN=0``, the reference formula runs: it is also the tests' oracle.
+
+The kernel is registered with ``torch.library`` as the operators ``alexnet::lrn`` and ``alexnet::lrn_backward``
+(with fake implementations for shapes and an autograd formula), so eager mode and ``torch.compile`` run the same
+one op (a compiled graph holds it as one node, without a graph break). ``torch.export``, TorchScript and ONNX trace
+the reference formula instead: the programs they write then run without alexnet installed.
 """
 
 from __future__ import annotations
@@ -77,32 +81,68 @@ def kernel() -> Any | None:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether ``x`` can take the fused kernel here: a CPU float or bf16 tensor in eager mode (tracers and compilers
-    see the reference formula: the kernel is not an operator they know)."""
+    """Whether ``x`` can take the fused kernel here: a CPU float or bf16 tensor, in eager mode or under
+    ``torch.compile`` (which sees the ``alexnet::lrn`` operator); tracers that write a portable program
+    (``torch.export``, TorchScript, ONNX) see the reference formula instead, so their files need no alexnet to run."""
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
-        and kernel() is not None
+        and _built()
     )
 
 
-class FusedLRN(torch.autograd.Function):
-    """y = x · (k + a Σ_window x²)^(-β) per channel group, by the fused kernel; (B, C, H, W) in, channels last out."""
+@torch.compiler.assume_constant_result
+def _built() -> bool:
+    # One answer per process (building takes seconds and may fail): a constant to torch.compile, not a graph break.
+    return kernel() is not None
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> torch.Tensor:
-        y, d = kernel().forward(x, size, a, beta, k, groups)
-        ctx.save_for_backward(x, d)
-        ctx.settings = (size, a, beta, groups)
-        return y
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, d = ctx.saved_tensors
-        size, a, beta, groups = ctx.settings
-        return kernel().backward(grad, x, d, size, a, beta, groups), None, None, None, None, None
+@torch.library.custom_op("alexnet::lrn", mutates_args=(), device_types="cpu")
+def lrn(x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = x · (k + a Σ_window x²)^(-β) per channel group, and the fp32 denominators' powers the backward reuses;
+    (B, C, H, W) in, both channels last out."""
+    y, d = kernel().forward(x, size, a, beta, k, groups)
+    return y, d
+
+
+@lrn.register_fake
+def _(x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cl = torch.channels_last
+    return torch.empty_like(x, memory_format=cl), torch.empty_like(x, dtype=torch.float32, memory_format=cl)
+
+
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=(), device_types="cpu")
+def lrn_backward(
+    grad: torch.Tensor, x: torch.Tensor, d: torch.Tensor, size: int, a: float, beta: float, groups: int
+) -> torch.Tensor:
+    """The gradient of `lrn` with respect to ``x``, in one pass."""
+    return kernel().backward(grad, x, d, size, a, beta, groups)
+
+
+@lrn_backward.register_fake
+def _(
+    grad: torch.Tensor, x: torch.Tensor, d: torch.Tensor, size: int, a: float, beta: float, groups: int
+) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, size, a, beta, _k, groups = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.settings = (size, a, beta, groups)
+
+
+def _backward(ctx: Any, grad: torch.Tensor, _grad_d: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    x, d = ctx.saved_tensors
+    return lrn_backward(grad, x, d, *ctx.settings), None, None, None, None, None
+
+
+lrn.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_lrn(x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """The LRN layer's output through the ``alexnet::lrn`` operator."""
+    return lrn(x, size, a, beta, k, groups)[0]

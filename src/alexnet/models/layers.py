@@ -37,7 +37,7 @@ class LocalResponseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_lrn.usable(x):  # the same formula in one pass (1.8× faster training of alexnet_small on a CPU)
-            return fused_lrn.FusedLRN.apply(x, self.size, self._scale, self.beta, self.k, self.groups)
+            return fused_lrn.fused_lrn(x, self.size, self._scale, self.beta, self.k, self.groups)
         return self.reference(x)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
