@@ -79,3 +79,39 @@ def test_the_bench_command_prints_the_table_and_the_json(monkeypatch, capsys):
     assert main(["bench", "--quick", "-b", "2", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["train"]["batch"] == 2 and len(result["cases"]) == 4
+
+
+@pytest.mark.slow
+def test_the_int8_peers_quantize_and_agree_with_fp32(tmp_path):
+    """OpenVINO int8 (NNCF) and onnxruntime int8 (static QDQ) of torchvision's AlexNet, calibrated on the same
+    inputs as ours: they run at the engine table's batch shapes and keep fp32's top-1 on most inputs."""
+    import torchvision
+
+    import alexnet.experiments.engines as engines
+
+    size = 64  # the smallest input torchvision's AlexNet takes, for speed
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet().eval()
+    x = engines.calibration_batch(size, 8)
+    with torch.no_grad():
+        expected = model(x).argmax(1)
+    onnx_path = tmp_path / "fp32.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(model, (x[:2],), dynamo=True, input_names=["x"], dynamic_shapes=({0: batch},)).save(
+        str(onnx_path)
+    )
+    peers = {
+        "onnxruntime": engines.onnxruntime_int8(onnx_path, tmp_path / "int8.onnx", size, 2),
+        "openvino": engines.openvino_int8(model, size, 2),
+    }
+    for name, make in peers.items():
+        if isinstance(make, str):
+            pytest.skip(make)
+        out = make(x)()
+        logits = out[0] if isinstance(out, list) else next(iter(out.values()))
+        agree = (torch.as_tensor(logits).argmax(1) == expected).float().mean().item()
+        assert logits.shape == (8, 1000) and agree >= 0.5, (name, agree)
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ: int8 where onnxruntime fuses them

@@ -1,7 +1,8 @@
-"""CPU inference engines side by side, in one run: torchvision's AlexNet in eager fp32, onnxruntime fp32 and
-OpenVINO bf16 (when those optional packages are installed; skipped with a note otherwise), this library's bf16
-defaults and its int8 program, at batch 64 (images/s) and batch 1 (median latency), with MFU against the
-matching measured peak (int8: ``torch._int_mm``'s, the VNNI GEMM rate)."""
+"""CPU inference engines side by side, in one run: torchvision's AlexNet in eager fp32, onnxruntime fp32 and int8
+(static QDQ), OpenVINO bf16 and int8 (NNCF) (when those optional packages are installed; skipped with a note
+otherwise), this library's bf16 defaults and its int8 program, every int8 engine calibrated on the same inputs; at
+batch 64 (images/s) and batch 1 (median latency), with MFU against the matching measured peak (int8:
+``torch._int_mm``'s, the VNNI GEMM rate)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,69 @@ def _torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return run
 
 
+def calibration_batch(size: int, n: int = 32) -> torch.Tensor:
+    """The inputs every int8 engine here calibrates on: the same ``n`` seeded random images (the speed of int8
+    arithmetic does not depend on the scales chosen; accuracy is `alexnet quantize`'s business, on real images)."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def openvino_int8(model: torch.nn.Module, size: int, threads: int) -> Callable[[torch.Tensor], Callable] | str:
+    """OpenVINO's int8: NNCF post-training quantization of the converted model, calibrated on `calibration_batch`."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        return "skipped: nncf is not installed (pip install nncf)"
+    core = ov.Core()
+    compiled: dict[tuple, Any] = {}
+
+    def make(x: torch.Tensor) -> Callable[[], Any]:
+        key = tuple(x.shape)
+        if key not in compiled:
+            ov_model = ov.convert_model(model, example_input=x)
+            samples = [c[None].numpy() for c in calibration_batch(size)]
+            quantized = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+            config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+            compiled[key] = core.compile_model(quantized, "CPU", config)
+        request, xn = compiled[key].create_infer_request(), x.numpy()
+        return lambda: request.infer({0: xn})
+
+    return make
+
+
+def onnxruntime_int8(fp32_path: Path, int8_path: Path, size: int, threads: int) -> Callable[[torch.Tensor], Callable]:
+    """onnxruntime's int8: static QDQ quantization (per-channel int8 weights, int8 activations) of the fp32 export,
+    calibrated on `calibration_batch`."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.samples = iter([{"x": c[None].numpy()} for c in calibration_batch(size)])
+
+        def get_next(self) -> dict | None:
+            return next(self.samples, None)
+
+    quantize_static(
+        str(fp32_path),
+        str(int8_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+
+    def make(x: torch.Tensor) -> Callable[[], Any]:
+        xn = x.numpy()
+        return lambda: session.run(None, {"x": xn})
+
+    return make
+
+
 def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable[[torch.Tensor], Callable] | str]:
     """Name → a function making a runner for an input batch, or the reason the engine is skipped."""
     threads = torch.get_num_threads()
@@ -96,6 +160,7 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
             return lambda: session.run(None, {"x": xn})
 
         out["onnxruntime fp32"] = onnxruntime
+        out["onnxruntime int8 (static QDQ)"] = onnxruntime_int8(onnx_path, tmp / "alexnet-int8.onnx", size, threads)
     except ImportError:
         out["onnxruntime fp32"] = "skipped: onnxruntime is not installed (pip install 'alexnet[export]')"
     try:
@@ -118,6 +183,7 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
             return lambda: request.infer({0: xn})
 
         out["OpenVINO bf16"] = openvino
+        out["OpenVINO int8 (NNCF)"] = openvino_int8(tv, size, threads)
     except ImportError:
         out["OpenVINO bf16"] = "skipped: openvino is not installed (pip install openvino)"
 
@@ -133,8 +199,7 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
         fp32 = model.float()
 
         def int8(x: torch.Tensor) -> Callable[[], Any]:
-            # Calibrated on random inputs: the speed of int8 arithmetic does not depend on the scales chosen.
-            program = quantize_graph(fp32, torch.randn(max(len(x), 8), *x.shape[1:]), batch=len(x))
+            program = quantize_graph(fp32, calibration_batch(size), batch=len(x))  # the same images as the peers
             return _torch_runner(Int8Model(program.module(), len(x), 3, size, autotune=True), x)
 
         out["alexnet_owt int8 (alexnet quantize)"] = int8
