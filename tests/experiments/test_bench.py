@@ -115,3 +115,13 @@ def test_the_int8_peers_quantize_and_agree_with_fp32(tmp_path):
 
     ops = {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ: int8 where onnxruntime fuses them
+
+
+def test_our_int8_calibrates_on_the_peers_images_in_whole_batches():
+    from alexnet.experiments.engines import calibration_batch, whole_batches
+
+    images = calibration_batch(8, 32)
+    for batch in (1, 4, 64, 5):
+        filled = whole_batches(images, batch)
+        assert len(filled) % batch == 0 and len(filled) >= 32
+        assert torch.equal(filled[:32], images)  # the same images, in order, first

@@ -6,7 +6,9 @@ batch 64 (images/s) and batch 1 (median latency), with MFU against the matching 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import statistics
 import tempfile
@@ -71,6 +73,12 @@ def calibration_batch(size: int, n: int = 32) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
+def whole_batches(images: torch.Tensor, batch: int) -> torch.Tensor:
+    """``images`` repeated in order until they fill whole batches of ``batch`` (at least all of them once)."""
+    total = -(-len(images) // batch) * batch
+    return images.repeat(-(-total // len(images)), 1, 1, 1)[:total]
+
+
 def openvino_int8(model: torch.nn.Module, size: int, threads: int) -> Callable[[torch.Tensor], Callable] | str:
     """OpenVINO's int8: NNCF post-training quantization of the converted model, calibrated on `calibration_batch`."""
     try:
@@ -86,7 +94,9 @@ def openvino_int8(model: torch.nn.Module, size: int, threads: int) -> Callable[[
         if key not in compiled:
             ov_model = ov.convert_model(model, example_input=x)
             samples = [c[None].numpy() for c in calibration_batch(size)]
-            quantized = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+            nncf.set_log_level(logging.ERROR)
+            with contextlib.redirect_stdout(io.StringIO()):  # its progress bars would land in `bench --json`'s output
+                quantized = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
             config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
             compiled[key] = core.compile_model(quantized, "CPU", config)
         request, xn = compiled[key].create_infer_request(), x.numpy()
@@ -199,7 +209,8 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
         fp32 = model.float()
 
         def int8(x: torch.Tensor) -> Callable[[], Any]:
-            program = quantize_graph(fp32, calibration_batch(size), batch=len(x))  # the same images as the peers
+            # The program is exported for batches of len(x): the peers' calibration images, in whole batches.
+            program = quantize_graph(fp32, whole_batches(calibration_batch(size), len(x)), batch=len(x))
             return _torch_runner(Int8Model(program.module(), len(x), 3, size, autotune=True), x)
 
         out["alexnet_owt int8 (alexnet quantize)"] = int8
