@@ -102,7 +102,7 @@ def add_reproduce(p: argparse.ArgumentParser) -> None:
         "--budget",
         default="small",
         choices=["small", "cpu", "full"],
-        help="small: a smoke run, ~1 h on 2 CPU cores; cpu: converged arms on the CIFAR-10 JPEGs, ~6 h on 2 CPU "
+        help="small: a smoke run, ~1 h on 2 CPU cores; cpu: converged arms on the CIFAR-10 JPEGs, ~7 h on 2 CPU "
         "cores; full: ImageNet on GPUs",
     )
     p.add_argument("--seeds", type=options.positive_int, default=3, metavar="N")
