@@ -9,7 +9,7 @@ can be committed, so a reproduction longer than one sitting continues from a fre
 from the records of every sitting. ``RECORDS/report.md`` has one table per claim (`alexnet.experiments.claims`).
 
 Budgets: ``small`` is a smoke run (about an hour on 2 CPU cores; its networks are far from converged, so most
-verdicts are "within noise"); ``cpu`` trains every arm to convergence on the CIFAR-10 JPEGs, about 6 hours on 2
+verdicts are "within noise"); ``cpu`` trains every arm to convergence on the CIFAR-10 JPEGs, about 7 hours on 2
 CPU cores; ``full`` is the paper's scale for GPUs (ImageNet, ``alexnet_paper``, the paper's recipe, 90 epochs).
 """
 
@@ -517,7 +517,7 @@ def reproduce(
 
     Args:
         out: where the runs train (run directories with their checkpoints).
-        budget: ``small`` (a smoke run), ``cpu`` (converged, ~6 h on 2 cores) or ``full`` (ImageNet on GPUs).
+        budget: ``small`` (a smoke run), ``cpu`` (converged, ~7 h on 2 cores) or ``full`` (ImageNet on GPUs).
         seeds: runs per arm (seeds 0, 1, ...).
         only: experiment names to run; default all.
         cifar_dir: the CIFAR-10 JPEG folder (``train/``, ``test/``).
