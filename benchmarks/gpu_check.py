@@ -42,7 +42,8 @@ def throughput(device: torch.device, quick: bool) -> tuple[list[dict], float]:
         if not quick:
             compiled = {**settings, "compile": True}
             cases.append(Case(f"{model} compiled", model, "infer", batch, side, precision, True, settings=compiled))
-    peak = measure_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peak = measure_peak(dtype, device, sizes=(1024,) if quick else (2048, 4096, 8192))
     steps = {f"{i} {c.name} {c.mode}": prepare_case(c, device) for i, c in enumerate(cases)}
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rounds = 2 if quick else 5

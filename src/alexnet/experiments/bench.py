@@ -90,16 +90,17 @@ class BenchResult:
         return asdict(self)
 
 
-def measure_peak(dtype: torch.dtype, device: torch.device) -> float:
+def measure_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (2048, 4096)) -> float:
     """The best dense-kernel FLOP/s measured: n×n GEMMs and a 3×3 convolution shaped like AlexNet's conv3.
 
     oneDNN's convolutions can outrun ``torch.mm`` on a CPU, so a GEMM alone understates what the hardware does
     and would put MFU over 100%; the peak is the fastest of these kernels, best of repeats (a peak, not a typical
-    rate: on a shared machine a median would move with the neighbours' load).
+    rate: on a shared machine a median would move with the neighbours' load). ``sizes``: the GEMMs' sides (smaller
+    ones under-read the peak: for smoke runs only).
     """
     repeats = 5  # also in --quick: a short peak measurement under-reads it (oneDNN builds its kernels first)
     rates = []
-    for n in (2048, 4096):
+    for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         rates.append(2 * n**3 * _rate(lambda a=a, b=b: a @ b, 1, 1, repeats, device, best=True))
