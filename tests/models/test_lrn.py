@@ -151,3 +151,26 @@ def test_torch_compile_sees_one_operator_and_export_the_formula():
     assert torch.allclose(y, reference, atol=1e-5) and torch.allclose(compiled_grad, x.grad, atol=1e-5)
     program = torch.export.export(layer, (x.detach(),))
     assert "alexnet" not in str(program.graph_module.graph)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_skips_the_saved_denominators_and_equals_the_formula(dtype, monkeypatch):
+    """Without autograd the layer runs ``alexnet::lrn_inference`` (no denominators kept), with the formula's output."""
+    from alexnet.models import fused_lrn
+
+    if fused_lrn.kernel() is None:
+        pytest.skip("the fused kernel cannot be built here (no compiler)")
+    layer = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, groups=2)
+    x = torch.randn(3, 16, 7, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = fused_lrn.kernel().forward
+    monkeypatch.setattr(
+        fused_lrn,
+        "kernel",
+        lambda: type("K", (), {"forward": staticmethod(lambda *args: calls.append(args[-1]) or real(*args))})(),
+    )
+    with torch.no_grad():
+        y = layer(x)
+    assert calls == [False]  # the inference entry: nothing saved for a backward
+    atol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(y.float(), layer.reference(x).float(), atol=atol)
