@@ -68,16 +68,43 @@ def throughput(device: torch.device, quick: bool) -> tuple[list[dict], float]:
     return rows, peak
 
 
-def lrn_check(device: torch.device) -> dict:
-    """LRN on the device (the fused kernel where there is one) against the reference formula, forward and gradient."""
-    layer = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+def lrn_check(device: torch.device, quick: bool) -> dict:
+    """LRN on the device (the fused kernel where there is one: Triton on CUDA, C++ on the CPU) against the reference
+    formula: forward and gradient differences, and both timed (forward and backward, ms) at conv1's shape."""
+    from alexnet.models import fused_lrn
+
+    layer = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, groups=2)
     x = torch.randn(8, 96, 27, 27, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
     y = layer(x)
     y.sum().backward()
     grad, x.grad = x.grad.clone(), None
     reference = layer.reference(x)
     reference.sum().backward()
-    return {"forward_max_abs": (y - reference).abs().max().item(), "grad_max_abs": (grad - x.grad).abs().max().item()}
+    kernel = {"cuda": "triton", "cpu": "c++"}.get(device.type, "none") if fused_lrn.usable(x) else "reference"
+    result = {
+        "kernel": kernel,
+        "forward_max_abs": (y - reference).abs().max().item(),
+        "grad_max_abs": (grad - x.grad).abs().max().item(),
+    }
+    # conv1's LRN in alexnet_paper at batch 128, bf16 (a smaller batch with --quick)
+    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float32
+    shape = (8 if quick else 128, 96, 55, 55)
+    big = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    big.requires_grad_()
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    def step(fn):
+        def run() -> None:
+            fn(big).backward(torch.ones_like(big))
+            big.grad = None
+
+        return run
+
+    steps = {"fused": step(layer), "reference": step(layer.reference)}
+    rates = interleaved(steps, {"fused": 1, "reference": 1}, 2 if quick else 5, 3, 1, sync=sync)
+    result["ms_fused"] = round(1e3 / Stat.of(rates["fused"]).median, 3)
+    result["ms_reference"] = round(1e3 / Stat.of(rates["reference"]).median, 3)
+    return result
 
 
 TOWERS = textwrap.dedent("""
@@ -123,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "peak_gflops": round(peak / 1e9, 1),
         "cases": rows,
-        "lrn": lrn_check(device),
+        "lrn": lrn_check(device, args.quick),
     }
     if device.type == "cuda" and torch.cuda.device_count() >= 2:
         result["towers"] = towers_check()
@@ -136,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * r['mfu']:>5.1f}%{'  (above the measured peak)' if r['above_peak'] else ''}"
         )
     lrn = result["lrn"]
-    print(f"LRN against its formula: forward {lrn['forward_max_abs']:.2e}, gradient {lrn['grad_max_abs']:.2e}")
+    print(
+        f"LRN ({lrn['kernel']}) against its formula: forward {lrn['forward_max_abs']:.2e}, gradient "
+        f"{lrn['grad_max_abs']:.2e}; forward and backward {lrn['ms_fused']} ms against {lrn['ms_reference']} ms"
+    )
     if "towers" in result:
         print(f"towers and hybrid on two GPUs against one: {json.dumps(result['towers'])[:300]}")
     Path(args.json_out).write_text(json.dumps(result, indent=1))

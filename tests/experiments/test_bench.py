@@ -28,8 +28,9 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
         "cpu",
         "isa",
         "rounds",
+        "paper_per_flop",
     }
-    assert result["rounds"] == 3 and result["cpu"]
+    assert result["rounds"] == 3 and result["cpu"] and result["paper_per_flop"] is None  # --quick: no paper cases
     assert result["engines"] is None  # --quick: no engine comparison
     for mode in ("train", "infer"):
         r = result[mode]
@@ -44,6 +45,17 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
     for case in result["cases"]:
         assert case["img_s_low"] <= case["img_s"] <= case["img_s_high"]
     assert len(result["cases"]) == 4 and result["peak_gflops"]["fp32"] > 0
+
+
+def test_per_flop_compares_flop_rates_round_by_round():
+    from alexnet.experiments.bench import Case, per_flop
+
+    paper = Case("p", "alexnet_paper", "train", 64, 227, "bf16", True)
+    owt = Case("o", "alexnet_owt", "train", 64, 224, "bf16", True)
+    paper.gflops_per_img, owt.gflops_per_img = 3.0, 2.0
+    # Round by round: (10·3)/(20·2) = 0.75, (12·3)/(20·2) = 0.9, (9·3)/(10·2) = 1.35; the median is not the ratio of
+    # the medians (10·3 / 20·2 = 0.75).
+    assert per_flop(paper, [10, 12, 9], owt, [20, 20, 10]) == {"median": 0.9, "low": 0.75, "high": 1.35}
 
 
 def test_engine_rows_report_rates_latency_mfu_and_skips(monkeypatch):

@@ -196,6 +196,8 @@ def run_bench(args: argparse.Namespace) -> int:
             f"({r.speedup_low:.2f}-{r.speedup_high:.2f}), MFU {100 * r.mfu:.1f}% (at 100% of the peak: "
             f"{r.ceiling_speedup:.2f}x)"
         )
+    for mode, r in (result.paper_per_flop or {}).items():
+        print(f"{mode}: alexnet_paper's FLOP rate {r['median']:.2f}x alexnet_owt's ({r['low']:.2f}-{r['high']:.2f})")
     engines = result.engines
     if engines:
         key = f"batch{engines['batch']}_img_s"

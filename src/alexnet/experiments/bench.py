@@ -84,10 +84,19 @@ class BenchResult:
     cpu: str = ""  # the CPU's model name
     isa: list[str] = field(default_factory=list)  # instruction sets found that decide bf16/int8 speed (AMX...)
     rounds: int = 0
+    # alexnet_paper's FLOP rate over alexnet_owt's, per mode: the median of per-round ratios and its min-max (None
+    # with --quick, which runs no paper cases)
+    paper_per_flop: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object ``alexnet bench --json`` prints."""
         return asdict(self)
+
+
+def per_flop(a: Case, a_rates: list[float], b: Case, b_rates: list[float]) -> dict[str, float]:
+    """How fast ``a`` turns FLOPs over against ``b``, round by round (img/s × FLOPs per image): median, min, max."""
+    stat = ratio([r * a.gflops_per_img for r in a_rates], [r * b.gflops_per_img for r in b_rates])
+    return {"median": round(stat.median, 3), "low": round(stat.low, 3), "high": round(stat.high, 3)}
 
 
 def measure_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (2048, 4096)) -> float:
@@ -289,6 +298,11 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
             round(speedup.high, 3),
         )
 
+    paper = None
+    if not quick:
+        owt = {c.mode: c for c in cases if c.name.startswith("alexnet_owt (")}
+        ours = {c.mode: c for c in cases if c.model == "alexnet_paper"}
+        paper = {m: per_flop(ours[m], per_round[id(ours[m])], owt[m], per_round[id(owt[m])]) for m in ours}
     engines = None
     if not quick and dev.type == "cpu":
         from .engines import compare_engines
@@ -307,4 +321,5 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
         cpu,
         isa,
         rounds,
+        paper,
     )
