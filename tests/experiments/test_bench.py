@@ -58,21 +58,31 @@ def test_per_flop_compares_flop_rates_round_by_round():
     assert per_flop(paper, [10, 12, 9], owt, [20, 20, 10]) == {"median": 0.9, "low": 0.75, "high": 1.35}
 
 
-def test_engine_rows_report_rates_latency_mfu_and_skips(monkeypatch):
+def test_engine_rows_report_rates_latency_mfu_spreads_and_pairs(monkeypatch):
     import time
 
     import alexnet.experiments.engines as engines
 
-    def runner(x):
-        return lambda: time.sleep(0.001 * len(x))  # 1 ms per image: 1,000 img/s, 1 ms at batch 1
+    def runner(per_image):
+        return lambda x: lambda: time.sleep(per_image * len(x))
 
-    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: {"fast int8": runner, "absent": "skipped: no"})
-    result = engines.compare_engines(batch=4, size=32, repeats=3, latency_calls=5, peaks={"int8": 1e12})
-    fast, absent = result["rows"]
+    # ours at 1 ms an image, the peer at 2 ms: twice the throughput, half the latency, round by round
+    ours, peer = engines.PAIRS[0]
+    fake = {ours: runner(0.001), peer: runner(0.002), "absent": "skipped: no"}
+    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
+    result = engines.compare_engines(batch=4, size=32, rounds=3, latency_calls=3, peaks={"int8": 1e12})
+    absent, fast, slow = result["rows"]
     assert absent == {"engine": "absent", "note": "skipped: no"}
     assert 500 < fast["batch4_img_s"] <= 1000 and 1 <= fast["batch1_ms"] < 3
+    assert 250 < slow["batch4_img_s"] <= 500 and 2 <= slow["batch1_ms"] < 5
+    assert fast["img_s_low"] <= fast["batch4_img_s"] <= fast["img_s_high"]
+    assert fast["ms_low"] <= fast["batch1_ms"] <= fast["ms_high"]
     macs = engines.model_info("alexnet_owt").macs
     assert abs(fast["mfu"] - 2 * macs * fast["batch4_img_s"] / 1e12) < 1e-3 and fast["peak"] == "int8"
+    (pair,) = result["versus"]  # the bf16 pair is absent: no ratio for it
+    assert (pair["ours"], pair["peer"], result["rounds"]) == (ours, peer, 3)
+    assert 1.5 < pair["throughput"][0] <= 2.1 and 0.45 < pair["latency"][0] < 0.7
+    assert pair["throughput"][1] <= pair["throughput"][0] <= pair["throughput"][2]
 
 
 def test_the_bench_command_prints_the_table_and_the_json(monkeypatch, capsys):

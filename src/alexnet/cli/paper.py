@@ -201,14 +201,25 @@ def run_bench(args: argparse.Namespace) -> int:
     engines = result.engines
     if engines:
         key = f"batch{engines['batch']}_img_s"
-        print(f"\ninference engines at {engines['input']} px; int8 GEMM peak {engines['int8_peak_gops']} GOP/s")
-        print(f"{'engine':<40} {'batch ' + str(engines['batch']) + ' img/s':>16} {'batch 1 ms':>11} {'MFU':>6}")
+        print(
+            f"\ninference engines at {engines['input']} px, {engines['rounds']} interleaved rounds, medians "
+            f"(min-max); int8 GEMM peak {engines['int8_peak_gops']} GOP/s"
+        )
+        print(f"{'engine':<38} {'batch ' + str(engines['batch']) + ' img/s':>24} {'batch 1 ms':>19} {'MFU':>6}")
         for row in engines["rows"]:
             if "note" in row:
-                print(f"{row['engine']:<40} {row['note']}")
+                print(f"{row['engine']:<38} {row['note']}")
                 continue
             mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] else "     -"
-            print(f"{row['engine']:<40} {row[key]:>16.1f} {row['batch1_ms']:>11.2f} {mfu:>6}")
+            rate = f"{row[key]:.1f} ({row['img_s_low']:.0f}-{row['img_s_high']:.0f})"
+            ms = f"{row['batch1_ms']:.2f} ({row['ms_low']:.2f}-{row['ms_high']:.2f})"
+            print(f"{row['engine']:<38} {rate:>24} {ms:>19} {mfu:>6}")
+        for pair in engines["versus"]:
+            (t, t_low, t_high), (m, m_low, m_high) = pair["throughput"], pair["latency"]
+            print(
+                f"{pair['ours']} against {pair['peer']}: {t:.2f}x the throughput ({t_low:.2f}-{t_high:.2f}), "
+                f"{m:.2f}x the batch-1 latency ({m_low:.2f}-{m_high:.2f})"
+            )
     return 0
 
 

@@ -10,7 +10,6 @@ import contextlib
 import copy
 import io
 import logging
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from ..models import create_model, model_info
+from .measure import Stat, interleaved, ratio
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +36,6 @@ def int8_peak(repeats: int = 5) -> float:
             torch._int_mm(a, b)
             best = max(best, 2 * n**3 / (time.perf_counter() - began))
     return best
-
-
-def _throughput(run: Callable[[], Any], batch: int, repeats: int) -> float:
-    run()
-    rates = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        rates.append(batch / (time.perf_counter() - began))
-    return statistics.median(rates)
-
-
-def _latency_ms(run: Callable[[], Any], calls: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(calls):
-        began = time.perf_counter()
-        run()
-        times.append(1000 * (time.perf_counter() - began))
-    return statistics.median(times)
 
 
 def _torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -219,33 +198,76 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
     return out
 
 
+# Each pair: ours, the peer it must not trail (the speed issue's goals: int8 against int8, bf16 batch-1 latency).
+PAIRS = (
+    ("alexnet_owt int8 (alexnet quantize)", "OpenVINO int8 (NNCF)"),
+    ("alexnet_owt bf16 (library defaults)", "OpenVINO bf16"),
+)
+
+
 def compare_engines(
-    batch: int = 64, size: int = 224, repeats: int = 5, latency_calls: int = 30, peaks: dict[str, float] | None = None
+    batch: int = 64, size: int = 224, rounds: int = 5, latency_calls: int = 10, peaks: dict[str, float] | None = None
 ) -> dict[str, Any]:
-    """The rows of the engine comparison (see the module's docstring) and the int8 peak."""
+    """The rows of the engine comparison (see the module's docstring), the int8 peak, and each of `PAIRS` as
+    per-round ratios.
+
+    Every engine runs interleaved with the others for ``rounds`` rounds (`alexnet.experiments.measure.interleaved`):
+    at batch ``batch`` three calls a round, at batch 1 ``latency_calls`` calls a round, each round's figure the
+    median of its calls. Rows give the median over rounds with the slowest and fastest round; ``versus`` gives, per
+    pair, our throughput over the peer's and our batch-1 latency over the peer's, round by round (a goal is met
+    when the whole spread clears it).
+    """
     peaks = dict(peaks or {})
     peaks.setdefault("int8", int8_peak())
     macs = model_info("alexnet_owt").macs
     torch.manual_seed(0)
     model = create_model("alexnet_owt")
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        runners = {}
         for name, make in _engines(model, size, Path(tmp)).items():
             if isinstance(make, str):
                 rows.append({"engine": name, "note": make})
-                continue
-            img_s = _throughput(make(torch.randn(batch, 3, size, size)), batch, repeats)
-            ms = _latency_ms(make(torch.randn(1, 3, size, size)), latency_calls)
-            kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
-            mfu = 2 * macs * img_s / peaks[kind] if kind in peaks else None
-            rows.append(
+            else:
+                runners[name] = (make(torch.randn(batch, 3, size, size)), make(torch.randn(1, 3, size, size)))
+        rates = interleaved({n: r[0] for n, r in runners.items()}, dict.fromkeys(runners, batch), rounds, 3, 1)
+        single = interleaved({n: r[1] for n, r in runners.items()}, dict.fromkeys(runners, 1), rounds, latency_calls, 3)
+    ms = {name: [1000 / r for r in per_round] for name, per_round in single.items()}
+    for name in runners:
+        img_s, latency = Stat.of(rates[name]), Stat.of(ms[name])
+        kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
+        mfu = 2 * macs * img_s.median / peaks[kind] if kind in peaks else None
+        rows.append(
+            {
+                "engine": name,
+                f"batch{batch}_img_s": round(img_s.median, 1),
+                "img_s_low": round(img_s.low, 1),
+                "img_s_high": round(img_s.high, 1),
+                "batch1_ms": round(latency.median, 2),
+                "ms_low": round(latency.low, 2),
+                "ms_high": round(latency.high, 2),
+                "peak": kind,
+                "mfu": round(mfu, 4) if mfu else None,
+            }
+        )
+        log.info("%-40s %8.1f img/s  batch 1 %6.2f ms", name, img_s.median, latency.median)
+    versus = []
+    for ours, peer in PAIRS:
+        if ours in runners and peer in runners:
+            speed, latency = ratio(rates[ours], rates[peer]), ratio(ms[ours], ms[peer])
+            versus.append(
                 {
-                    "engine": name,
-                    f"batch{batch}_img_s": round(img_s, 1),
-                    "batch1_ms": round(ms, 2),
-                    "peak": kind,
-                    "mfu": round(mfu, 4) if mfu else None,
+                    "ours": ours,
+                    "peer": peer,
+                    "throughput": [round(speed.median, 3), round(speed.low, 3), round(speed.high, 3)],
+                    "latency": [round(latency.median, 3), round(latency.low, 3), round(latency.high, 3)],
                 }
             )
-            log.info("%-40s %8.1f img/s  batch 1 %6.2f ms", name, img_s, ms)
-    return {"batch": batch, "input": size, "int8_peak_gops": round(peaks["int8"] / 1e9, 1), "rows": rows}
+    return {
+        "batch": batch,
+        "input": size,
+        "int8_peak_gops": round(peaks["int8"] / 1e9, 1),
+        "rounds": rounds,
+        "rows": rows,
+        "versus": versus,
+    }
