@@ -1,7 +1,10 @@
+import pytest
 import torch
 
 from alexnet.config import OptimConfig
-from alexnet.training.optim import PaperSGD, Schedule
+from alexnet.models import create_model
+from alexnet.training import optim
+from alexnet.training.optim import PaperSGD, Schedule, build_optimizer, can_fuse
 
 
 def test_paper_sgd_follows_the_paper_rule_across_lr_drops():
@@ -27,6 +30,37 @@ def test_paper_sgd_follows_the_paper_rule_across_lr_drops():
         w = w + v
     assert torch.allclose(p.detach(), w, rtol=1e-12, atol=1e-14)
     assert not torch.allclose(plain.detach(), w, rtol=1e-6)  # torch's form really differs after a drop
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_optimizer_is_fused_on_the_cpu_and_steps_as_the_loop_does(name, monkeypatch):
+    """build_optimizer takes torch's fused kernel where it runs, and its steps (the paper's SGD across a rate drop,
+    AdamW) equal the per-parameter loop's."""
+    torch.manual_seed(0)
+    models = [create_model("alexnet_small", num_classes=10, input_size=32, width=0.25) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    cfg = OptimConfig(name=name, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    fused = build_optimizer(models[0], cfg)
+    assert fused.defaults["fused"] and all(group["fused"] for group in fused.param_groups)
+    monkeypatch.setattr(optim, "can_fuse", lambda params: None)
+    loop = build_optimizer(models[1], cfg)
+    assert not loop.defaults["fused"]
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    # AdamW for one step only: its per-element normalisation turns the reordering's 1e-7 differences in the weights
+    # into large ones in later steps wherever a gradient is near zero (a bias of a silent channel).
+    for step in range(4 if name == "sgd" else 1):
+        for model, opt in zip(models, (fused, loop)):
+            for group in opt.param_groups:
+                group["lr"] = 0.05 * (0.1 if step >= 2 else 1.0)
+            opt.zero_grad()
+            torch.manual_seed(step)  # the same dropout masks on both sides
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    # SGD's fused kernel does the loop's arithmetic in the loop's order; AdamW's reorders it (differences ~1e-6).
+    tol = 1e-7 if name == "sgd" else 1e-5
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert can_fuse([torch.zeros(2, dtype=torch.int64)]) is None and can_fuse([]) is None
 
 
 def test_plateau_schedule_drops_three_times_at_most():

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..device import autocast, pick_device, pick_precision, tune_cpu_allocator
 from ..models import create_model, model_info
+from ..training.optim import can_fuse
 from .measure import Stat, cpu_features, interleaved, ratio, utilisation
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,13 @@ def _rate(
     return batch / (min(times) if best else statistics.median(times))
 
 
-def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+def _train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str, fused: bool = False
+):
+    # The baseline steps torch's default SGD (a loop over parameters on the CPU); the library's defaults its fused one.
+    opt = torch.optim.SGD(
+        model.parameters(), lr=1e-3, momentum=0.9, fused=can_fuse(list(model.parameters())) if fused else None
+    )
     model.train()
 
     def step() -> None:
@@ -172,6 +178,7 @@ def fast_settings(device: torch.device) -> dict[str, Any]:
         "precision": precision,
         "channels_last": device.type != "mps",
         "cast_weights": precision == "bf16",  # inference: weights cast to bf16 once
+        "fused_optimizer": True,  # training: one fused SGD kernel (`alexnet.training.optim.can_fuse`)
         "tune_allocator": device.type == "cpu",
     }
 
@@ -193,7 +200,7 @@ def prepare_case(case: Case, device: torch.device) -> Callable[[], None]:
     y = torch.randint(0, 1000, (case.batch,), device=device)
     case.gflops_per_img = 2 * macs * (3 if case.mode == "train" else 1) / 1e9
     if case.mode == "train":
-        return _train_step(model, x, y, device, case.precision)
+        return _train_step(model, x, y, device, case.precision, case.settings.get("fused_optimizer", False))
     if case.settings.get("compile"):
         import torch._inductor.config as inductor_config
 
