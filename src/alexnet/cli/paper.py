@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import AlexNetError
 from . import options
 
 
@@ -164,12 +165,42 @@ def run_parallel_plan(args: argparse.Namespace) -> int:
 def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the owt rows only, fewer repeats (under a minute)")
     p.add_argument("-b", "--batch-size", type=options.positive_int, default=64, metavar="N")
+    p.add_argument(
+        "--profile",
+        metavar="MODEL",
+        nargs="?",
+        const="alexnet_owt",
+        help="instead: where a training step of MODEL (default alexnet_owt) spends its time, by phase and kind",
+    )
     options.device(p)
     options.json_output(p, "write the result object to stdout")
 
 
+def run_profile(args: argparse.Namespace) -> int:
+    from ..experiments.profile import profile_step
+    from ..models import list_models
+
+    if args.profile not in list_models():
+        raise AlexNetError(f"unknown model {args.profile!r}; choose one of {', '.join(list_models())}")
+    result = profile_step(args.profile, batch=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(
+        f"{result.model} training step, batch {result.batch} at {result.input} px, {result.precision}, "
+        f"{result.steps} steps profiled: {result.step_ms:.1f} ms of operator time a step"
+    )
+    print(f"{'phase':<10} {'kind':<42} {'ms':>9} {'share':>7}")
+    for row in result.rows:
+        print(f"{row.phase:<10} {row.kind:<42} {row.ms:>9.2f} {100 * row.share:>6.1f}%")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from ..experiments.bench import benchmark
+
+    if args.profile:
+        return run_profile(args)
 
     result = benchmark(batch=args.batch_size, quick=args.quick, device=args.device)
     if args.json:
