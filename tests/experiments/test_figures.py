@@ -28,6 +28,16 @@ def test_colour_specificity_by_hand():
     assert spec.tolist() == pytest.approx([0.0, 1.0, 2 / 3])
 
 
+def test_the_random_split_test_tells_specialised_towers_from_mixed_ones():
+    from alexnet.experiments.figures import random_split_p
+
+    specialised = torch.tensor([0.05, 0.1, 0.08, 0.12, 0.06, 0.09, 0.8, 0.9, 0.85, 0.7, 0.95, 0.75])
+    assert random_split_p(specialised, 2) < 0.01  # only the real split (and its mirror) is that far apart
+    mixed = specialised[torch.tensor([0, 6, 1, 7, 2, 8, 3, 9, 4, 10, 5, 11])]
+    assert random_split_p(mixed, 2) > 0.5
+    assert random_split_p(specialised, 2) == random_split_p(specialised, 2)  # seeded
+
+
 def test_fig3_measures_each_tower(two_tower_run, capsys):
     assert main(["paper", "fig3", str(two_tower_run)]) == 0
     result = json.loads((two_tower_run / "fig3.json").read_text())
@@ -38,6 +48,7 @@ def test_fig3_measures_each_tower(two_tower_run, capsys):
     assert towers[0]["mean"] == pytest.approx(by_hand[:16].mean().item(), abs=1e-4)
     assert towers[1]["mean"] == pytest.approx(by_hand[16:].mean().item(), abs=1e-4)
     assert (two_tower_run / "fig3.png").stat().st_size > 5000
+    assert 0 < result["p_random_split"] <= 1
     assert "tower 2: 16 conv1 kernels" in capsys.readouterr().out
 
 

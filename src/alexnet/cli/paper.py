@@ -76,7 +76,8 @@ def _figure(args: argparse.Namespace) -> int:
         if result["ratio"]:
             print(
                 f"the more colourful tower: {result['ratio']}x the other's mean (the paper: one tower largely "
-                "colour-agnostic, the other largely colour-specific)"
+                "colour-agnostic, the other largely colour-specific); a random split of the same kernels is as far "
+                f"apart with p = {result['p_random_split']}"
             )
     else:
         for q in result["queries"]:

@@ -405,6 +405,7 @@ def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
         out["fig3"] = {
             "towers": [{k: t[k] for k in ("tower", "kernels", "mean", "median")} for t in fig3["towers"]],
             "ratio": fig3["ratio"],
+            "p_random_split": fig3["p_random_split"],
         }
     except (ImportError, ValueError) as err:  # no matplotlib, or a one-channel model
         log.warning("Figure 3 not drawn for %s: %s", run, err)

@@ -84,15 +84,18 @@ def _figure3(runs: list[dict[str, Any]], baseline: Path | None) -> list[str]:
         "## Figure 3: the towers' conv1 kernels",
         "",
         "Colour specificity of a kernel: the share of its energy outside its grey component (0: luminance only). "
-        'The paper: one tower\'s kernels "largely color-agnostic", the other\'s "largely color-specific".',
+        'The paper: one tower\'s kernels "largely color-agnostic", the other\'s "largely color-specific". p: how '
+        "often a random split of the same kernels into two towers sets their means as far apart (a permutation test; "
+        "small p: the towers specialise).",
         "",
-        "| seed | tower 1 mean | tower 2 mean | ratio |",
-        "|---:|---:|---:|---:|",
+        "| seed | tower 1 mean | tower 2 mean | ratio | p (random split) |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: r["seed"]):
         towers = r["fig3"]["towers"]
         means = " | ".join(f"{t['mean']:.3f}" for t in towers)
-        lines.append(f"| {r['seed']} | {means} | {r['fig3']['ratio']} |")
+        p = r["fig3"].get("p_random_split")  # records written before the test had none
+        lines.append(f"| {r['seed']} | {means} | {r['fig3']['ratio']} | {'-' if p is None else p} |")
     return [*lines, "", f"![Figure 3, seed 0]({baseline}/seed0/fig3.png)", ""]
 
 
