@@ -71,7 +71,7 @@ def test_engine_rows_report_rates_latency_mfu_spreads_and_pairs(monkeypatch):
     fake = {ours: runner(0.001), peer: runner(0.002), "absent": "skipped: no"}
     monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
     result = engines.compare_engines(batch=4, size=32, rounds=3, latency_calls=3, peaks={"int8": 1e12})
-    absent, fast, slow = result["rows"]
+    fast, slow, absent = result["rows"]  # in the engines' order
     assert absent == {"engine": "absent", "note": "skipped: no"}
     assert 500 < fast["batch4_img_s"] <= 1000 and 1 <= fast["batch1_ms"] < 3
     assert 250 < slow["batch4_img_s"] <= 500 and 2 <= slow["batch1_ms"] < 5

@@ -222,13 +222,14 @@ def compare_engines(
     macs = model_info("alexnet_owt").macs
     torch.manual_seed(0)
     model = create_model("alexnet_owt")
-    rows: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, Any]] = {}  # in the engines' order, skipped ones with their note
     with tempfile.TemporaryDirectory() as tmp:
         runners = {}
         for name, make in _engines(model, size, Path(tmp)).items():
             if isinstance(make, str):
-                rows.append({"engine": name, "note": make})
+                rows[name] = {"engine": name, "note": make}
             else:
+                rows[name] = {}
                 runners[name] = (make(torch.randn(batch, 3, size, size)), make(torch.randn(1, 3, size, size)))
         rates = interleaved({n: r[0] for n, r in runners.items()}, dict.fromkeys(runners, batch), rounds, 3, 1)
         single = interleaved({n: r[1] for n, r in runners.items()}, dict.fromkeys(runners, 1), rounds, latency_calls, 3)
@@ -237,7 +238,7 @@ def compare_engines(
         img_s, latency = Stat.of(rates[name]), Stat.of(ms[name])
         kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
         mfu = 2 * macs * img_s.median / peaks[kind] if kind in peaks else None
-        rows.append(
+        rows[name].update(
             {
                 "engine": name,
                 f"batch{batch}_img_s": round(img_s.median, 1),
@@ -268,6 +269,6 @@ def compare_engines(
         "input": size,
         "int8_peak_gops": round(peaks["int8"] / 1e9, 1),
         "rounds": rounds,
-        "rows": rows,
+        "rows": list(rows.values()),
         "versus": versus,
     }
