@@ -1,0 +1,35 @@
+"""benchmarks/time_to_accuracy.py reports the test split's accuracy after the last epoch, never a validation
+figure: with a held-out split that is the ``test_acc1`` column, without one the last epoch's (test) figure."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tta():
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = [
+    'model.name="alexnet_small"',
+    "model.overrides.width=0.25",
+    'data.dataset="fake"',
+    "data.batch_size=32",
+    "train.epochs=1",
+    'train.precision="fp32"',
+    'train.device="cpu"',
+]
+
+
+def test_the_figure_is_the_test_split_after_the_last_epoch(tta):
+    final, seconds, history = tta.one_run("cifar10", [*TINY, "data.val_split=0.25"], seed=0)
+    assert final == history[-1]["test_acc1"] and seconds > 0
+    final, _, history = tta.one_run("cifar10", [*TINY, "data.val_split=0"], seed=0)
+    assert "test_acc1" not in history[-1] and final == history[-1]["val_acc1"]
