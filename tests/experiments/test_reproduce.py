@@ -136,6 +136,7 @@ def test_a_difference_has_welchs_interval():
     assert e.low == pytest.approx(5 - half) and e.high == pytest.approx(5 + half) and e.low > 0
     assert claims.verdict(e, 4.0) == "reproduced in sign and size"
     assert claims.verdict(e, 1.0) == "reproduced in sign only"  # 5 points against the paper's 1: not its size
+    assert claims.verdict(e, None) == "reproduced (in sign: the paper gives no figure for its size)"
     assert claims.verdict(claims.difference(other, paper), 4.0) == "not reproduced (opposite)"
     noisy = claims.difference(claims.Arm([20.0, 30.0]), claims.Arm([22.0, 31.0]))
     assert noisy.low < 0 < noisy.high and claims.verdict(noisy, 1.5) == "not reproduced (within noise)"

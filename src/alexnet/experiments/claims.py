@@ -145,9 +145,10 @@ def paired(differences: list[float]) -> Effect:
     return Effect(est, est - half, est + half, "paired", n=n)
 
 
-def verdict(effect: Effect, paper: float) -> str:
+def verdict(effect: Effect, paper: float | None) -> str:
     """Reproduced in sign and size (the interval excludes no effect and the estimate is within a factor of two of
-    the paper's), in sign only, not reproduced (within noise, or opposite); or why no verdict can be given."""
+    the paper's), in sign only, not reproduced (within noise, or opposite); or why no verdict can be given.
+    ``paper`` None: the paper states the effect without a figure, so only its sign can be reproduced."""
     null = 1.0 if effect.kind == "ratio" else 0.0
     if effect.bound == "unknown":
         return "no verdict: the faster arm's runs were censored"
@@ -155,7 +156,7 @@ def verdict(effect: Effect, paper: float) -> str:
         if effect.estimate <= null:
             return "no verdict: censored runs, and the bound does not exceed no effect"
         return "reproduced in sign (a lower bound: censored runs)" + (
-            ", at least the paper's size" if effect.estimate >= paper else ""
+            ", at least the paper's size" if paper is not None and effect.estimate >= paper else ""
         )
     if effect.low is None or effect.high is None:
         return "one seed: no interval, no verdict"
@@ -163,6 +164,8 @@ def verdict(effect: Effect, paper: float) -> str:
         return "not reproduced (within noise)"
     if effect.high < null:
         return "not reproduced (opposite)"
+    if paper is None:
+        return "reproduced (in sign: the paper gives no figure for its size)"
     size = effect.estimate / paper if effect.kind != "ratio" else math.log(effect.estimate) / math.log(paper)
     return "reproduced in sign and size" if 0.5 <= size <= 2 else "reproduced in sign only"
 

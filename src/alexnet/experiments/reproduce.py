@@ -71,7 +71,7 @@ class Experiment:
     section: str
     claim: str
     paper: str
-    paper_effect: float
+    paper_effect: float | None  # None: the paper gives no figure
     metric: str
     paper_arm: Arm
     other_arm: Arm | None
@@ -196,7 +196,7 @@ def _crops_flips(base: Arm, off: Any, note: str) -> Experiment:
         "§4.1",
         "without random crops and flips the network overfits substantially",
         "(no figure)",
-        1.0,
+        None,
         "error",
         base,
         off("no_crops_flips", "data.pad=0", "data.flip=false"),
