@@ -12,14 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-import torch
-import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
-from ..device import autocast, pick_device, tune_cpu_allocator
-from ..models import create_model, model_info
-from ..training.optim import can_fuse
-from .bench import fast_settings
+from ..device import pick_device, tune_cpu_allocator
+from ..models import model_info
+from .bench import Case, fast_settings, prepare_case
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +86,9 @@ def profile_step(
     fast = fast_settings(dev)
     if fast["tune_allocator"]:
         tune_cpu_allocator()
-    torch.manual_seed(0)
-    model = create_model(model_name, input_size=size).to(dev)
-    fmt = torch.channels_last if fast["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=fmt).train()
-    params = list(model.parameters())
-    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, fused=can_fuse(params))
-    x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
-    y = torch.randint(0, 1000, (batch,), device=dev)
-
-    def step() -> None:
-        with record_function("phase:forward"), autocast(dev, fast["precision"]):
-            loss = F.cross_entropy(model(x).float(), y)
-        with record_function("phase:backward"):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with record_function("phase:optimizer"):
-            optimizer.step()
-
+    # The step `alexnet bench` times for the library's defaults, whose phases it marks.
+    case = Case("profile", model_name, "train", batch, size, fast["precision"], fast["channels_last"], settings=fast)
+    step = prepare_case(case, dev)
     for _ in range(2):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
