@@ -50,7 +50,7 @@ def _cpu_fingerprint() -> str:
 def kernel() -> Any | None:
     """The compiled extension (``forward``, ``backward``), built on first call; None where it cannot be built or is
     turned off (``ALEXNET_FUSED_LRN=0``)."""
-    if os.environ.get("ALEXNET_FUSED_LRN", "1") == "0":
+    if not _enabled():
         return None
     if "kernel" in _state:
         return _state["kernel"]
@@ -110,7 +110,11 @@ def _built() -> bool:
 
 @torch.compiler.assume_constant_result
 def _triton() -> bool:
-    return os.environ.get("ALEXNET_FUSED_LRN", "1") != "0" and lrn_triton.available()
+    return _enabled() and lrn_triton.available()
+
+
+def _enabled() -> bool:
+    return os.environ.get("ALEXNET_FUSED_LRN", "1") != "0"  # read per call: the tests turn it off and on
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
