@@ -103,6 +103,11 @@ def test_train_then_eval(tmp_path, capsys):
     assert main([*args, "--flip-tta"]) == 0
     flipped = json.loads(capsys.readouterr().out)
     assert flipped["flip_tta"] is True and flipped["images"] == 256 and flipped["loss"] != result["loss"]
+    assert main([*args, "--flip-tta", "--translate-tta", "1"]) == 0
+    shifted = json.loads(capsys.readouterr().out)
+    assert shifted["translate_tta"] == 1 and shifted["loss"] not in (flipped["loss"], result["loss"])
+    assert main([*args, "--ten-crop", "--translate-tta", "1"]) == 2
+    assert "exclusive" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

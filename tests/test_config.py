@@ -53,6 +53,10 @@ def test_overrides_and_fields():
         (["train.epochs=1.5"], "wrong type"),
         (["lr=1"], "section.key=value"),
         (["data.ten_crop=true", "data.flip_tta=true"], "exclusive"),
+        (["data.ten_crop=true", "data.translate_tta=2"], "exclusive"),
+        (["data.translate_tta=-1"], "out of range"),
+        (["data.alternate_flips=true", "data.flip=false"], "needs data.flip=true"),
+        (["data.alternate_flips=true", "data.mean_image=true"], "one of them"),
         (['optim.schedule="plateau"', "train.val_every=2"], "every epoch"),
     ],
 )

@@ -46,6 +46,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "data.resize": (1, 8192, True),
     "data.crop": (1, 8192, True),
     "data.pad": (0, 1024, True),
+    "data.translate_tta": (0, 64, True),
     "data.pca_std": (0, INF, True),
     "data.pixel_scale": (0, INF, False),
     "data.max_bad_fraction": (0, 1, True),
@@ -179,6 +180,12 @@ class Config:
             raise ConfigError('optim.schedule="plateau" needs the validation error of every epoch: train.val_every=1')
         if self.data.ten_crop and self.data.flip_tta:
             raise ConfigError("data.flip_tta and data.ten_crop are exclusive: ten crops already include the mirrors")
+        if self.data.ten_crop and self.data.translate_tta:
+            raise ConfigError("data.translate_tta and data.ten_crop are exclusive: ten crops are translations already")
+        if self.data.alternate_flips and not self.data.flip:
+            raise ConfigError("data.alternate_flips alternates the mirror each epoch: it needs data.flip=true")
+        if self.data.alternate_flips and self.data.mean_image:
+            raise ConfigError("data.alternate_flips mirrors images before the mean image is cropped: use one of them")
         eigval, eigvec = self.data.pca_eigval, self.data.pca_eigvec
         numbers = (int, float)
         if eigval is not None and not (len(eigval) == 3 and all(isinstance(v, numbers) for v in eigval)):

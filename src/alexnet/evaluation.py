@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data.batch import BatchTransform
+from .data.batch import BatchTransform, tta_views
 from .data.pipeline import Loader
 from .device import autocast
 
@@ -98,12 +98,13 @@ def evaluate(
     settings: StepSettings,
     ten_crop: bool = False,
     flip: bool = False,
+    translate: int = 0,
 ) -> Evaluation:
     """Loss, top-1/top-5 accuracy (percent), per-class accuracy and the confusion matrix.
 
     With ``ten_crop`` each image is scored by the softmax averaged over its ten crops (§4.1), with ``flip`` over the
-    centre crop and its mirror (test-time augmentation at 2× the cost, not 10×); the loss is the negative log of
-    that average.
+    centre crop and its mirror (test-time augmentation at 2× the cost, not 10×), with ``translate`` also over
+    shifted views (`alexnet.data.batch.tta_views`); the loss is the negative log of that average.
     """
     model.eval()
     c = settings.num_classes
@@ -118,15 +119,15 @@ def evaluate(
         if step >= total:
             break
         b = labels.numel()
-        x = transform.ten_crop(images) if ten_crop else transform.eval(images)
-        views = 10 if ten_crop else 1 + flip
-        if views == 2:
-            x = torch.cat([x, x.flip(3)])  # view-major rows, as ten_crop's: (2·B, C, H, W)
+        if ten_crop:
+            x, weights = transform.ten_crop(images), torch.full((10,), 0.1)
+        else:  # view-major rows, as ten_crop's: (V·B, C, H, W)
+            x, weights = tta_views(transform.eval(images), flip, translate)
         with autocast(settings.device, settings.precision):
             logits = model(x).float()
         probs = logits.softmax(1)
-        if views > 1:
-            probs = probs.view(views, b, c).mean(0)  # view-major rows: see BatchTransform.ten_crop
+        if len(weights) > 1:  # view-major rows: see BatchTransform.ten_crop
+            probs = (probs.view(len(weights), b, c) * weights.to(probs.device)[:, None, None]).sum(0)
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
         seen += b
         confusion += torch.bincount(labels * c + probs.argmax(1), minlength=c * c)

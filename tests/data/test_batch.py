@@ -5,7 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from alexnet.data.batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, step_generator
+from alexnet.data.batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, step_generator, tta_views
+from alexnet.data.pipeline import TensorLoader
+from alexnet.data.sources import TensorSplit
 from alexnet.evaluation import StepSettings, evaluate
 from tests.conftest import make_folder
 
@@ -100,6 +102,60 @@ def test_ten_crop_equals_hand_computed_average():
     assert got.acc1 == pytest.approx(expected_acc)
     centre = evaluate(model.float(), _Loader(x, y), tf, settings, ten_crop=False)
     assert centre.loss != pytest.approx(got.loss, rel=1e-6)
+
+
+def test_translate_tta_equals_hand_computed_weighted_average():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (3, 1, 6, 6), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)).eval()
+    tf = _tf(input_size=6, crop=6, mean=torch.zeros(1, 1, 1))
+    settings = StepSettings(torch.device("cpu"), "fp32", 0, 3, progress=False)
+    got = evaluate(model, _Loader(x, y), tf, settings, flip=True, translate=1)
+    # By hand: the image and its shifts by one pixel up-left and down-right (borders reflected), each with its
+    # mirror; the unshifted pair weighs 1/4 each, the four shifted views 1/8 each (airbench's weights).
+    xf = x.double() / 255
+    padded = torch.nn.functional.pad(xf, (1, 1, 1, 1), mode="reflect")
+    bases = [xf, padded[..., :6, :6], padded[..., 2:, 2:]]
+    assert torch.equal(bases[1][..., 1:, 1:], xf[..., :5, :5])  # shifted down-right by one pixel
+    model64 = model.double()
+    probs = sum(
+        w * model64(v).softmax(1) for base, w in zip(bases, (0.25, 0.125, 0.125)) for v in (base, base.flip(-1))
+    )
+    assert got.loss == pytest.approx(torch.nn.functional.nll_loss(probs.log(), y).item(), rel=1e-5)
+    plain = evaluate(model.float(), _Loader(x, y), tf, settings, flip=True)
+    assert plain.loss != pytest.approx(got.loss, rel=1e-6)
+
+
+def test_tta_views_are_view_major_with_weights_summing_to_one():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    views, weights = tta_views(x, flip=False, translate=1)
+    assert views.shape == (6, 1, 4, 4) and torch.equal(views[:2], x)
+    assert weights.tolist() == pytest.approx([0.5, 0.25, 0.25])
+    views, weights = tta_views(x)
+    assert torch.equal(views, x) and weights.tolist() == [1.0]
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch():
+    images = torch.randint(0, 255, (64, 1, 5, 5), dtype=torch.uint8)
+    split = TensorSplit(images, torch.arange(64), [str(i) for i in range(64)])
+
+    def seen(epoch, alternate=True, seed=3):
+        loader = TensorLoader(split, 16, True, seed, alternate_flips=alternate)
+        out = torch.empty_like(images)
+        for batch, labels in loader.batches(epoch):
+            out[labels] = batch  # labels are the indices
+        return out
+
+    first = seen(0)
+    flipped = torch.tensor([not torch.equal(a, b) for a, b in zip(first, images)])
+    assert torch.equal(first, torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images))
+    assert 16 < flipped.sum() < 48  # a coin per image
+    for epoch in (1, 3):
+        assert torch.equal(seen(epoch), torch.where(flipped.view(-1, 1, 1, 1), images, images.flip(-1)))
+    assert torch.equal(seen(2), first)
+    assert torch.equal(seen(0, alternate=False), images)
+    assert not torch.equal(seen(0, seed=4), seen(0))
 
 
 def test_mean_image_is_subtracted_at_the_crop_offset(tmp_path):

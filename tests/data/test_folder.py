@@ -86,6 +86,11 @@ def test_small_folders_are_decoded_once_into_memory_skipping_bad_files(tmp_path,
     streamed = build_data(dataclasses.replace(cfg, in_memory_gb=0), 16, torch.device("cpu"))
     for (a, ya), (b, yb) in zip(data.train.batches(1), streamed.train.batches(1), strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)  # the same images in the same order as streaming
+    # Alternating flips are the in-memory loader's; the batch transform then flips no more. Streamed, they are refused.
+    alternating = build_data(dataclasses.replace(cfg, alternate_flips=True), 16, torch.device("cpu"))
+    assert alternating.train.alternate_flips and not alternating.train_transform.flip and data.train_transform.flip
+    with pytest.raises(AlexNetError, match="in memory"):
+        build_data(dataclasses.replace(cfg, in_memory_gb=0, alternate_flips=True), 16, torch.device("cpu"))
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")
     assert len(build_data(cfg, 16, torch.device("cpu")).train.split.labels) == 30
     assert "broken.jpg" in caplog.text

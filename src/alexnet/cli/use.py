@@ -18,6 +18,14 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     views = p.add_mutually_exclusive_group()
     views.add_argument("--ten-crop", action="store_true", help="average softmax over 4 corners + centre and mirrors")
     views.add_argument("--flip-tta", action="store_true", help="average softmax over the centre crop and its mirror")
+    p.add_argument(
+        "--translate-tta",
+        type=options.positive_int,
+        metavar="PX",
+        default=0,
+        help="also average over views shifted by (-PX, -PX) and (+PX, +PX), half the weight (with --flip-tta: and "
+        "their mirrors)",
+    )
     p.add_argument("-b", "--batch-size", type=options.positive_int, metavar="N", help="images per batch")
     options.device(p)
     options.precision(
@@ -53,6 +61,7 @@ def run_eval(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         ten_crop=args.ten_crop,
         flip=args.flip_tta,
+        translate=args.translate_tta,
         device=args.device,
         precision=args.precision,
         batch_size=args.batch_size,
@@ -61,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
         split=args.split,
     )
     summary = {k: round(v, 4) for k, v in result.summary().items()}
-    summary.update(ten_crop=args.ten_crop, flip_tta=args.flip_tta)
+    summary.update(ten_crop=args.ten_crop, flip_tta=args.flip_tta, translate_tta=args.translate_tta)
     per_class = dict(zip(result.classes, (round(a, 3) for a in result.per_class_acc)))
     if args.json:
         print(json.dumps({**summary, "per_class_acc": per_class}), flush=True)

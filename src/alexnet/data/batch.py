@@ -180,3 +180,23 @@ class BatchTransform:
         if mean.shape[-1] != 1:
             mean = self._crops(mean, oy, ox, flips)
         return self._normalize(self._crops(x, oy, ox, flips), mean)
+
+
+def tta_views(x: torch.Tensor, flip: bool = False, translate: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time views of model inputs ``x`` (B, C, H, W), view-major, and each view's weight.
+
+    The views are ``x`` and, with ``flip``, its mirror; with ``translate`` t > 0 also ``x`` shifted by (−t, −t) and
+    (+t, +t) with reflected borders (and their mirrors), which share half the weight, as airbench's TTA does.
+    Returns (V·B, C, H, W) and (V,) weights summing to 1.
+    """
+    h, w = x.shape[-2:]
+    bases = [x]
+    if translate:
+        t = translate
+        padded = F.pad(x, (t,) * 4, mode="reflect")  # (B, C, H + 2t, W + 2t)
+        bases += [padded[..., :h, :w], padded[..., 2 * t :, 2 * t :]]
+    views = [v for base in bases for v in ((base, base.flip(-1)) if flip else (base,))]
+    per_base = 2 if flip else 1
+    weights = [1.0] * per_base + [0.5] * (len(views) - per_base)  # translated views: half the weight in all
+    weights_t = torch.tensor(weights) / sum(weights)
+    return torch.cat(views).contiguous(memory_format=torch.channels_last), weights_t

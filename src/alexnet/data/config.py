@@ -21,6 +21,9 @@ class DataConfig:
     crop: int | None = None  # train crop side before the model's resize; None = model input (or stored size)
     pad: int = 0  # zero padding before random crops (px; small images)
     flip: bool = True  # random horizontal flips
+    # airbench's alternating flips: each image's mirror is drawn once, then flipped every other epoch, so every pair
+    # of epochs sees both orientations (in-memory data sets only)
+    alternate_flips: bool = False
     pca_std: float = 0.0  # σ of the paper's PCA colour noise (paper: 0.1)
     normalize: str = "meanstd"  # meanstd: (x - mean) / std; mean: x - mean (the paper)
     mean_image: bool = False  # subtract the per-pixel mean image (the paper) instead of per-channel means
@@ -31,6 +34,7 @@ class DataConfig:
     pca_eigvec: list[list[float]] | None = None
     ten_crop: bool = False  # evaluate on 4 corners + centre and their mirrors, softmax averaged
     flip_tta: bool = False  # evaluate on the centre crop and its mirror, softmax averaged (ten_crop has mirrors)
+    translate_tta: int = 0  # px: also evaluate on views shifted by (−t, −t) and (+t, +t) (airbench's TTA)
     max_bad_fraction: float = 0.01  # stop when more than this fraction of image files fail to decode
     in_memory_gb: float = 2.0  # folders: decode once and keep in memory (per process, on the device) if they fit
     # Hold out of the training split for validation (a fraction, or a count of images), stratified per class: what

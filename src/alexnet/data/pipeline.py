@@ -56,6 +56,8 @@ class TensorLoader:
     drop_last: bool = False
     rank: int = 0
     world: int = 1
+    # airbench's alternating flips: image i is mirrored in epoch e when its once-drawn coin, XOR e odd, says so
+    alternate_flips: bool = False
     _images: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -69,9 +71,16 @@ class TensorLoader:
         n = len(self._labels)
         order = epoch_order(n, epoch, self.shuffle, self.seed, self.rank, self.world, self.drop_last)
         order = order.to(self.device)
+        coins = None
+        if self.alternate_flips:  # one coin per image for the whole run, from the run's seed alone
+            coins = torch.rand(n, generator=torch.Generator().manual_seed(self.seed * 7919 + 104_729)) < 0.5
+            coins = (coins ^ bool(epoch % 2)).to(self.device)
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self._images[idx], self._labels[idx]
+            images = self._images[idx]
+            if coins is not None:
+                images = torch.where(coins[idx].view(-1, 1, 1, 1), images.flip(-1), images)
+            yield images, self._labels[idx]
 
 
 @dataclass
@@ -263,7 +272,9 @@ def build_data(
         mean, std = _channel_stats(train_split.images)  # of the images that train
         if cfg.mean_image:
             mean_image = mean_image_of(train_split)
-        train = TensorLoader(train_split, cfg.batch_size, True, seed, device, drop_last=True, rank=rank, world=world)
+        train = TensorLoader(
+            train_split, cfg.batch_size, True, seed, device, True, rank, world, alternate_flips=cfg.alternate_flips
+        )
     else:
         in_channels = 3
         stored = cfg.resize or (256 if input_size >= 128 else input_size)
@@ -286,9 +297,14 @@ def build_data(
             if cfg.mean_image:
                 mean_image = mean_image_of(train_split)
             train = TensorLoader(
-                train_split, cfg.batch_size, True, seed, device, drop_last=True, rank=rank, world=world
+                train_split, cfg.batch_size, True, seed, device, True, rank, world, alternate_flips=cfg.alternate_flips
             )
         else:
+            if cfg.alternate_flips:
+                raise AlexNetError(
+                    f"data.alternate_flips needs the images in memory; this folder decodes to {decoded_gb:.1f} GB, "
+                    f"over data.in_memory_gb={cfg.in_memory_gb}. Raise that, or use random flips"
+                )
             if cfg.mean_image:
                 raise AlexNetError(
                     "data.mean_image=true needs a per-pixel mean of the training images, computed for data sets "
@@ -352,7 +368,7 @@ def build_transforms(
     )
     train_tf = dataclasses.replace(
         eval_tf,
-        flip=cfg.flip,
+        flip=cfg.flip and not cfg.alternate_flips,  # alternating flips are the loader's (TensorLoader)
         pca_std=cfg.pca_std,
         eigval=torch.tensor(cfg.pca_eigval or IMAGENET_EIGVAL),
         eigvec=torch.tensor(cfg.pca_eigvec or IMAGENET_EIGVEC),

@@ -27,6 +27,7 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     ten_crop: bool = False,
     flip: bool = False,
+    translate: int = 0,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int | None = None,
@@ -37,10 +38,13 @@ def evaluate_checkpoint(
     """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a trained model on a validation split.
 
     The data set defaults to the one the model was trained on; its preprocessing (mean, std, crop) always comes
-    from the model's metadata. ``ten_crop`` and ``flip`` average the softmax over views (see `evaluate`).
+    from the model's metadata. ``ten_crop``, ``flip`` and ``translate`` average the softmax over views (see
+    `evaluate`).
     ``split`` is ``test`` (the data set's own validation or test split) or ``val`` (the images the training run held
     out of its training split with ``data.val_split``, checked against the run's ``held_out.json`` when it is there).
     """
+    if ten_crop and translate:
+        raise ConfigError("ten crops and translated views are exclusive: ten crops are translations already")
     if split not in ("test", "val"):
         raise ConfigError(f"split={split!r}: choose test (the data set's own split) or val (the held-out images)")
     trained = load_trained(path)
@@ -80,7 +84,7 @@ def evaluate_checkpoint(
     model = trained.model if int8 else trained.model.to(dev, memory_format=torch.channels_last)
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
-        result = evaluate(model, loader, transform, settings, ten_crop=ten_crop, flip=flip)
+        result = evaluate(model, loader, transform, settings, ten_crop=ten_crop, flip=flip, translate=translate)
     if not result.finite:
         raise NonFiniteOutputError(
             f"{path} produces non-finite outputs (NaN or infinity) although its weights are finite: training "

@@ -324,7 +324,7 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
     # Every val_every-th epoch, and always the last one trained.
     validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
     val = Evaluation.skipped()
-    views = {"ten_crop": cfg.data.ten_crop, "flip": cfg.data.flip_tta}
+    views = {"ten_crop": cfg.data.ten_crop, "flip": cfg.data.flip_tta, "translate": cfg.data.translate_tta}
     if validate:
         val = evaluate(run.model, data.val, data.eval_transform, run.eval_settings, **views)
         if not val.finite:  # finite weights, non-finite outputs: never the last good state
