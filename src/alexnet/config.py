@@ -86,6 +86,8 @@ class ModelConfig:
     channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
     weights: str | None = None  # start from these weights: a registry name (alexnet weights) or a file
     freeze: str | None = None  # "features" (every conv) or N (the first N weight layers): not trained
+    # airbench's patch-whitening start for conv1, from the training images' patch covariance (with freeze=1: kept)
+    whiten_conv1: bool = False
 
 
 @dataclass
@@ -182,6 +184,8 @@ class Config:
             raise ConfigError("data.flip_tta and data.ten_crop are exclusive: ten crops already include the mirrors")
         if self.data.ten_crop and self.data.translate_tta:
             raise ConfigError("data.translate_tta and data.ten_crop are exclusive: ten crops are translations already")
+        if self.model.whiten_conv1 and self.model.weights:
+            raise ConfigError("model.whiten_conv1 starts conv1 from the data: not with pretrained model.weights")
         if self.data.alternate_flips and not self.data.flip:
             raise ConfigError("data.alternate_flips alternates the mirror each epoch: it needs data.flip=true")
         if self.data.alternate_flips and self.data.mean_image:

@@ -1,14 +1,19 @@
-"""Fine-tuning pieces: freezing by name or depth, and the lower learning rate of pretrained layers."""
+"""Fine-tuning pieces: freezing by name or depth, the lower learning rate of pretrained layers, a whitened conv1."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 import alexnet
+from alexnet.artifacts.checkpoint import load_weights
 from alexnet.config import OptimConfig
+from alexnet.data.pipeline import build_data
 from alexnet.errors import ConfigError
-from alexnet.training.finetune import freeze
+from alexnet.training.finetune import freeze, whiten_conv1
+from alexnet.training.fit import fit
 from alexnet.training.optim import Schedule, build_optimizer
+from tests.conftest import tiny_config
 
 
 def test_freeze_features_or_a_depth():
@@ -42,3 +47,20 @@ def test_pretrained_layers_learn_at_a_fraction_of_the_rate():
     assert by_param[id(params["classifier.6.bias"])] == base
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
     assert len(optimizer.param_groups) == 2  # bias_decay is on: one group per rate
+
+
+def test_whitened_conv1_starts_from_the_training_images_and_freeze_keeps_it(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "model.whiten_conv1=true", 'model.freeze="1"', "train.epochs=1")
+    fit(cfg)
+    trained, _ = load_weights(tmp_path / "run" / "best.safetensors")
+    data = build_data(cfg.data, 32, torch.device("cpu"), cfg.train.seed)
+    expected = alexnet.create_model("alexnet_small", num_classes=10, width=0.25)
+    whiten_conv1(expected, data)
+    conv1 = expected.features[0]
+    assert torch.equal(trained["features.0.weight"], conv1.weight)  # frozen: as whitened, from the same images
+    before = alexnet.create_model("alexnet_small", num_classes=10, width=0.25).features[0].weight
+    assert not torch.allclose(conv1.weight, before)
+    # From a different start: other training images would whiten differently.
+    other = alexnet.create_model("alexnet_small", num_classes=10, width=0.25)
+    whiten_conv1(other, data, images=64)
+    assert not torch.allclose(other.features[0].weight, conv1.weight)

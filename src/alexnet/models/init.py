@@ -8,6 +8,8 @@ which found bias 1 gave a flat loss and uses 0.1, with std 0.005 on fc6 and fc7.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Zero-based positions of the paper's "second, fourth, and fifth convolutional layers".
@@ -46,3 +48,38 @@ def initialize(convs: list[nn.Conv2d], linears: list[nn.Linear], scheme: str) ->
             nn.init.zeros_(m.bias)
         else:
             raise ValueError(f"unknown init {scheme!r}")
+
+
+class PatchCovariance:
+    """The second moment of a first conv layer's input patches, accumulated batch by batch."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        if conv.groups != 1 or conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * 2 < conv.out_channels:
+            raise ValueError(
+                f"a whitening initialisation needs an ungrouped conv with at most twice as many filters as patch "
+                f"dimensions; this one is {conv}"
+            )
+        self.conv = conv
+        dims = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        self.sum = torch.zeros(dims, dims, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add the patches of normalised inputs ``x`` (B, C, H, W), every position at stride 1, no padding."""
+        patches = F.unfold(x.float().cpu(), self.conv.kernel_size)  # (B, C·kh·kw, L)
+        flat = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()  # (B·L, D)
+        self.sum += flat.T @ flat
+        self.count += flat.shape[0]
+
+    @torch.no_grad()
+    def whiten_(self, eps: float = 5e-4) -> None:
+        """airbench's patch-whitening initialisation: the filters are the covariance's top eigenvectors scaled by
+        1/√(λ + eps), each with its negative (so a ReLU after keeps both signs); biases 0."""
+        eigval, eigvec = torch.linalg.eigh(self.sum / max(self.count, 1))  # ascending
+        half = self.conv.out_channels // 2
+        top = eigvec[:, -half:].flip(1).T / (eigval[-half:].flip(0)[:, None] + eps).sqrt()  # (half, D), largest first
+        filters = torch.cat([top, -top]) if self.conv.out_channels % 2 == 0 else torch.cat([top, -top, top[:1]])
+        w = self.conv.weight
+        w.copy_(filters.view(-1, *w.shape[1:]).to(w.dtype))
+        if self.conv.bias is not None:
+            self.conv.bias.zero_()

@@ -1,5 +1,6 @@
 """Starting from pretrained weights: the network and preprocessing they need, their tensors copied in (the last
-layer replaced when the classes differ), some layers frozen, and a lower learning rate for what was pretrained."""
+layer replaced when the classes differ), some layers frozen, and a lower learning rate for what was pretrained; or
+conv1 started from the data (patch whitening)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from torch import nn
 from ..artifacts.loader import load_trained
 from ..artifacts.trained import TrainedModel
 from ..config import Config
+from ..data.pipeline import Data
 from ..errors import ConfigError, IncompatibleCheckpointError
+from ..models.init import PatchCovariance
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +106,18 @@ def freeze(model: nn.Module, what: str | None) -> list[str]:
             p.requires_grad_(False)
     log.info("froze %d of %d weight layers (%d tensors): they keep their weights", depth, len(layers), len(frozen))
     return frozen
+
+
+def whiten_conv1(model: nn.Module, data: Data, images: int = 2048) -> None:
+    """Start ``model``'s first convolution as patch whitening of the first ``images`` training images of epoch 0
+    (normalised as evaluation normalises them), airbench's initialisation (`PatchCovariance`)."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    cov, seen = PatchCovariance(conv), 0
+    for batch, _ in data.train.batches(0):
+        x = data.eval_transform.eval(batch[: images - seen])
+        cov.add(x)
+        seen += len(x)
+        if seen >= images:
+            break
+    cov.whiten_(eps=5e-4)
+    log.info("conv1 starts as the whitening of %d patches of %d training images", cov.count, seen)

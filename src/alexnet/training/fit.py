@@ -41,7 +41,7 @@ from .callbacks import Callback, Callbacks, Control, ProgressLog, StopAtTrainAcc
 from .checkpointer import Checkpointer
 from .ema import WeightEma
 from .engine import train_one_epoch
-from .finetune import adopt_pretrained, freeze, transfer
+from .finetune import adopt_pretrained, freeze, transfer, whiten_conv1
 from .optim import Schedule, build_optimizer
 from .run import Run, RunResult
 from .rundir import claim
@@ -452,6 +452,8 @@ def _build_model(
     new = {n for n, _ in model.named_parameters()}
     if pretrained is not None:
         new = transfer(model, pretrained, data.classes)
+    if cfg.model.whiten_conv1:
+        whiten_conv1(model, data)
     freeze(model, cfg.model.freeze)
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format)
     return (*strategy.wrap(model, cfg.train.sync_bn), new)
