@@ -101,6 +101,15 @@ class Data:
     augment: Augment | None = None  # the options beyond the paper's (alexnet.data.augment)
 
 
+def _training_loader(
+    split: TensorSplit, cfg: DataConfig, seed: int, device: torch.device, rank: int, world: int
+) -> TensorLoader:
+    """Shuffled, augmented batches of an in-memory training split: whole batches only (every step the same size)."""
+    return TensorLoader(
+        split, cfg.batch_size, True, seed, device, True, rank, world, alternate_flips=cfg.alternate_flips
+    )
+
+
 def _subset(split: TensorSplit, idx: torch.Tensor) -> TensorSplit:
     return TensorSplit(split.images[idx], split.labels[idx], split.classes)
 
@@ -272,9 +281,7 @@ def build_data(
         mean, std = _channel_stats(train_split.images)  # of the images that train
         if cfg.mean_image:
             mean_image = mean_image_of(train_split)
-        train = TensorLoader(
-            train_split, cfg.batch_size, True, seed, device, True, rank, world, alternate_flips=cfg.alternate_flips
-        )
+        train = _training_loader(train_split, cfg, seed, device, rank, world)
     else:
         in_channels = 3
         stored = cfg.resize or (256 if input_size >= 128 else input_size)
@@ -296,9 +303,7 @@ def build_data(
                 )
             if cfg.mean_image:
                 mean_image = mean_image_of(train_split)
-            train = TensorLoader(
-                train_split, cfg.batch_size, True, seed, device, True, rank, world, alternate_flips=cfg.alternate_flips
-            )
+            train = _training_loader(train_split, cfg, seed, device, rank, world)
         else:
             if cfg.alternate_flips:
                 raise AlexNetError(
