@@ -207,9 +207,14 @@ class Config:
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1)")
         try:
-            get_spec(self.model.name, **self.model.overrides)
+            spec = get_spec(self.model.name, **self.model.overrides)
         except ValueError as err:  # an unknown model name, or an override out of range
             raise ConfigError(str(err)) from None
+        if self.data.translate_tta >= spec.input_size:  # checked now, not after the first epoch's training
+            raise ConfigError(
+                f"data.translate_tta={self.data.translate_tta} px must be less than the model's input, "
+                f"{spec.input_size} px"
+            )
         return self
 
     def _get(self, dotted: str) -> Any:

@@ -134,6 +134,8 @@ def test_tta_views_are_view_major_with_weights_summing_to_one():
     assert weights.tolist() == pytest.approx([0.5, 0.25, 0.25])
     views, weights = tta_views(x)
     assert torch.equal(views, x) and weights.tolist() == [1.0]
+    with pytest.raises(ValueError, match="wider than that"):
+        tta_views(x, translate=4)
 
 
 def test_alternating_flips_mirror_each_image_in_every_other_epoch():

@@ -60,6 +60,11 @@ def test_whitened_conv1_starts_from_the_training_images_and_freeze_keeps_it(tmp_
     assert torch.equal(trained["features.0.weight"], conv1.weight)  # frozen: as whitened, from the same images
     before = alexnet.create_model("alexnet_small", num_classes=10, width=0.25).features[0].weight
     assert not torch.allclose(conv1.weight, before)
+    # A second process of a data-parallel run, with its own shard of the images, starts from the same conv1.
+    shard = build_data(cfg.data, 32, torch.device("cpu"), cfg.train.seed, rank=1, world=2)
+    second = alexnet.create_model("alexnet_small", num_classes=10, width=0.25)
+    whiten_conv1(second, shard)
+    assert torch.equal(second.features[0].weight, conv1.weight)
     # From a different start: other training images would whiten differently.
     other = alexnet.create_model("alexnet_small", num_classes=10, width=0.25)
     whiten_conv1(other, data, images=64)

@@ -190,6 +190,8 @@ def tta_views(x: torch.Tensor, flip: bool = False, translate: int = 0) -> tuple[
     Returns (V·B, C, H, W) and (V,) weights summing to 1.
     """
     h, w = x.shape[-2:]
+    if translate >= min(h, w):
+        raise ValueError(f"a translation of {translate} px needs inputs wider than that; these are {h}×{w} px")
     bases = [x]
     if translate:
         t = translate

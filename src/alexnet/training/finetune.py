@@ -113,7 +113,10 @@ def whiten_conv1(model: nn.Module, data: Data, images: int = 2048) -> None:
     (normalised as evaluation normalises them), airbench's initialisation (`PatchCovariance`)."""
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     cov, seen = PatchCovariance(conv), 0
-    for batch, _ in data.train.batches(0):
+    # The whole split's order, not this process's shard: every process starts from the same conv1 (under hybrid
+    # parallelism the conv replicas are never broadcast, only their gradients averaged).
+    whole = dataclasses.replace(data.train, rank=0, world=1)
+    for batch, _ in whole.batches(0):
         x = data.eval_transform.eval(batch[: images - seen])
         cov.add(x)
         seen += len(x)
