@@ -15,7 +15,8 @@ def test_the_tutorial_notebook_runs(tmp_path, fashion_dir):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "docs" / "tutorial.ipynb", as_version=4)
-    env = {"ALEXNET_TUTORIAL_QUICK": "1", "ALEXNET_DATA": fashion_dir, "OMP_NUM_THREADS": "2"}
+    # TMPDIR: the notebook keeps its runs in a mkdtemp directory for the reader; here it goes with tmp_path.
+    env = {"ALEXNET_TUTORIAL_QUICK": "1", "ALEXNET_DATA": fashion_dir, "OMP_NUM_THREADS": "2", "TMPDIR": str(tmp_path)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
