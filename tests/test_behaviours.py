@@ -1,6 +1,7 @@
 """Behaviours that had no test: optimizer and schedule options end to end, resume under the plateau and one-cycle
 schedules, the default precision, pixel_scale=255, eval/predict/export options, stats on a folder, the demo, -v."""
 
+import csv
 import json
 import warnings
 
@@ -155,7 +156,13 @@ def test_demo_with_a_tiny_limit(tmp_path, fashion_dir, capsys):
     assert main(args) == 0
     assert "report:" in capsys.readouterr().out and (tmp_path / "demo" / "report.md").is_file()
     # The reported figures are the final epoch's, never the best-on-the-test-split epoch's.
-    assert "last.pt (the final epoch" in (tmp_path / "demo" / "report.md").read_text()
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "last.pt (the final epoch" in report
+    # ...scored with the recipe's test-time views (flip TTA), as the run scored its test split: the two agree.
+    assert "| test-time views | the image, its mirror, softmax averaged |" in report
+    with open(tmp_path / "demo" / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert f"**{float(last['test_acc1']):.2f}%**" in report and f"loss {float(last['test_loss']):.4f}" in report
 
 
 def test_verbose_shows_the_traceback(tmp_path):
