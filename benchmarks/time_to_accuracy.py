@@ -40,12 +40,13 @@ def main() -> None:
     parser.add_argument("--recipe", default="fashion-mnist")
     parser.add_argument("--target", type=float, default=93.0, help="final-epoch test top-1 accuracy, percent")
     parser.add_argument("--budget", type=float, default=180.0, help="seconds the run should take at most")
-    parser.add_argument("--seeds", type=int, default=1, help="runs with seeds 0..N-1; mean ± std")
+    parser.add_argument("--seeds", type=int, default=1, help="runs with seeds F..F+N-1; mean ± std")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="F", help="the first seed (default 0)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     finals, seconds = [], []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         final, total, history = one_run(args.recipe, args.overrides, seed)
         print(f"\nseed {seed}\n{'epoch':>5} {'elapsed s':>10} {'val acc1 %':>11}")
         for row in history:
