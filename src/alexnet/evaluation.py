@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ class Evaluation:
         confusion: (classes, classes) int64 counts; rows are the true class, columns the predicted one.
         images: how many images were scored.
         classes: the class names, where the caller knows them.
+        views: the test-time views scored (``ten_crop``, ``flip``, ``translate``), where the caller says.
     """
 
     loss: float
@@ -60,6 +62,7 @@ class Evaluation:
     confusion: torch.Tensor | None = None
     images: int = 0
     classes: list[str] = field(default_factory=list)
+    views: dict[str, Any] = field(default_factory=dict)
 
     @property
     def err1(self) -> float:

@@ -46,6 +46,13 @@ def _rewrite(path, edit, tensors_edit=None):
         (lambda m: m["model"].update(overrides={"width": 1e9}), "model.overrides"),
         (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer than this alexnet reads"),
         (lambda m: m.pop("data"), "'data' must be an object"),
+        (lambda m: m.setdefault("provenance", {}).update(eval_views={"flip": "yes"}), "provenance.eval_views"),
+        (
+            lambda m: m.setdefault("provenance", {}).update(
+                eval_views={"ten_crop": False, "flip": True, "translate": 10**9}
+            ),
+            "provenance.eval_views",
+        ),
     ],
 )
 def test_tampered_metadata_is_refused_naming_the_field(tmp_path, edit, message, monkeypatch):
@@ -57,6 +64,16 @@ def test_tampered_metadata_is_refused_naming_the_field(tmp_path, edit, message, 
     with pytest.raises(InvalidMetadataError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_trained(path)
     assert not built  # refused before any network was allocated
+
+
+def test_eval_views_come_from_the_record_or_are_one_view(tmp_path):
+    plain = load_trained(make_weights(tmp_path / "plain.safetensors"))
+    assert plain.eval_views == {"ten_crop": False, "flip": False, "translate": 0}
+    views = {"ten_crop": False, "flip": True, "translate": 2}
+    path = _rewrite(
+        make_weights(tmp_path / "w.safetensors"), lambda m: m.setdefault("provenance", {}).update(eval_views=views)
+    )
+    assert load_trained(path).eval_views == views
 
 
 def test_huge_class_count_fails_fast_through_the_cli(tmp_path, capsys):

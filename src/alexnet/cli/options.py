@@ -15,15 +15,24 @@ WEIGHTS_HELP = "published weights (alexnet weights lists them), our .safetensors
 DEVICE_HELP = "auto (the default: CUDA, else MPS, else the CPU), cpu, cuda, cuda:N, mps"
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a batch of 0 divides by zero; a negative top-k means nothing)."""
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch of 0 divides by zero; a negative top-k means nothing)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (0 turns an option off)."""
+    return _int_at_least(text, 0)
 
 
 def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP) -> None:

@@ -15,16 +15,29 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     options.weights(p, options.WEIGHTS_HELP + ", or a .pt2 program export or quantize wrote")
     p.add_argument("--dataset", help="default: the one the model was trained on")
     options.data_dir(p, help="where that data set is (default: where the model's training found it)")
+    # No view option: the views the run validated with (its recipe's flip_tta...). Any option: exactly those named.
     views = p.add_mutually_exclusive_group()
-    views.add_argument("--ten-crop", action="store_true", help="average softmax over 4 corners + centre and mirrors")
-    views.add_argument("--flip-tta", action="store_true", help="average softmax over the centre crop and its mirror")
+    views.add_argument(
+        "--ten-crop",
+        action=argparse.BooleanOptionalAction,
+        help="average softmax over 4 corners + centre and mirrors",
+    )
+    views.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        help="average softmax over the centre crop and its mirror",
+    )
     p.add_argument(
         "--translate-tta",
-        type=options.positive_int,
+        type=options.nonnegative_int,
         metavar="PX",
-        default=0,
         help="also average over views shifted by (-PX, -PX) and (+PX, +PX), half the weight (with --flip-tta: and "
-        "their mirrors)",
+        "their mirrors); 0: none",
+    )
+    p.add_argument(
+        "--single-view",
+        action="store_true",
+        help="score each image once, whatever the run validated with (default: the run's own views)",
     )
     p.add_argument("-b", "--batch-size", type=options.positive_int, metavar="N", help="images per batch")
     options.device(p)
@@ -59,7 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.weights,
         dataset=args.dataset,
         data_dir=args.data_dir,
-        ten_crop=args.ten_crop,
+        ten_crop=False if args.single_view else args.ten_crop,
         flip=args.flip_tta,
         translate=args.translate_tta,
         device=args.device,
@@ -70,7 +83,8 @@ def run_eval(args: argparse.Namespace) -> int:
         split=args.split,
     )
     summary = {k: round(v, 4) for k, v in result.summary().items()}
-    summary.update(ten_crop=args.ten_crop, flip_tta=args.flip_tta, translate_tta=args.translate_tta)
+    views = result.views
+    summary.update(ten_crop=views["ten_crop"], flip_tta=views["flip"], translate_tta=views["translate"])
     per_class = dict(zip(result.classes, (round(a, 3) for a in result.per_class_acc)))
     if args.json:
         print(json.dumps({**summary, "per_class_acc": per_class}), flush=True)

@@ -7,6 +7,7 @@ Field checks (choices and ranges) are made with the rest in `alexnet.config.Conf
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -48,3 +49,7 @@ class DataConfig:
     random_erasing: float = 0.0  # probability of erasing a rectangle per image
     mixup_alpha: float = 0.0  # MixUp's Beta(α, α); > 0 turns it on (soft targets)
     cutmix_alpha: float = 0.0  # CutMix's Beta(α, α); with mixup_alpha too, one of the two per batch
+
+    def eval_views(self) -> dict[str, Any]:
+        """The test-time views this config asks for, as `alexnet.evaluation.evaluate` takes them."""
+        return {"ten_crop": self.ten_crop, "flip": self.flip_tta, "translate": self.translate_tta}

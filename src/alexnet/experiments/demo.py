@@ -39,7 +39,7 @@ def run_demo(out: str = "runs/demo", recipe: str = "fashion-mnist", overrides: l
     trained_s = time.perf_counter() - began
     weights = result.out / "last.pt"  # the final epoch (see the docstring)
     # The recipe's test-time views, as fit scored the test split with them: the report and the run agree.
-    views = {"ten_crop": cfg.data.ten_crop, "flip": cfg.data.flip_tta, "translate": cfg.data.translate_tta}
+    views = cfg.data.eval_views()
     evaluation = evaluate_checkpoint(weights, data_dir=cfg.data.data_dir, progress=cfg.train.progress, **views)
     plot_curves(result.out / "metrics.csv", result.out / "curves.png")
     save_conv1_filters(load_trained(weights).model, result.out / "conv1_filters.png")
@@ -53,7 +53,7 @@ def run_demo(out: str = "runs/demo", recipe: str = "fashion-mnist", overrides: l
         "training images/s (last epoch)": last.get("img_s", "n/a"),
         "wall time, data to report (s)": f"{time.perf_counter() - began:.0f} (training {trained_s:.0f})",
         "weights": f"{weights.name} (the final epoch: never selected on the test set)",
-        "test-time views": _views_text(cfg.data.ten_crop, cfg.data.flip_tta, cfg.data.translate_tta),
+        "test-time views": _views_text(**views),
     }
     path = write_report(result.out, f"alexnet demo: {cfg.model.name} on {cfg.data.dataset}", summary, evaluation)
     log.info(

@@ -397,7 +397,7 @@ def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
         "dataset": plan.fields.get("data__dataset"),
         "precision": "fp32",
     }
-    centre = evaluate_checkpoint(weights, **kwargs).err1
+    centre = evaluate_checkpoint(weights, ten_crop=False, **kwargs).err1  # one view, whatever the run validated with
     ten = evaluate_checkpoint(weights, ten_crop=True, **kwargs).err1
     out: dict[str, Any] = {"test_err_centre": round(centre, 3), "test_err_ten_crop": round(ten, 3)}
     try:

@@ -25,9 +25,9 @@ def evaluate_checkpoint(
     *,
     dataset: str | None = None,
     data_dir: str | None = None,
-    ten_crop: bool = False,
-    flip: bool = False,
-    translate: int = 0,
+    ten_crop: bool | None = None,
+    flip: bool | None = None,
+    translate: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int | None = None,
@@ -39,15 +39,20 @@ def evaluate_checkpoint(
 
     The data set defaults to the one the model was trained on; its preprocessing (mean, std, crop) always comes
     from the model's metadata. ``ten_crop``, ``flip`` and ``translate`` average the softmax over views (see
-    `evaluate`).
+    `evaluate`); when none is given, the views the run scored its own validation with (`TrainedModel.eval_views`),
+    so the figure matches what training logged. Naming any of them gives exactly the views named.
     ``split`` is ``test`` (the data set's own validation or test split) or ``val`` (the images the training run held
     out of its training split with ``data.val_split``, checked against the run's ``held_out.json`` when it is there).
     """
-    if ten_crop and translate:
-        raise ConfigError("ten crops and translated views are exclusive: ten crops are translations already")
     if split not in ("test", "val"):
         raise ConfigError(f"split={split!r}: choose test (the data set's own split) or val (the held-out images)")
     trained = load_trained(path)
+    if ten_crop is None and flip is None and translate is None:
+        views = trained.eval_views
+    else:
+        views = {"ten_crop": bool(ten_crop), "flip": bool(flip), "translate": translate or 0}
+    if views["ten_crop"] and views["translate"]:
+        raise ConfigError("ten crops and translated views are exclusive: ten crops are translations already")
     int8 = precision == "int8" or is_int8(trained)
     if precision == "int8" and not is_int8(trained):  # quantize on the fly, calibrated on the training split
         trained, _ = quantize(
@@ -84,13 +89,14 @@ def evaluate_checkpoint(
     model = trained.model if int8 else trained.model.to(dev, memory_format=torch.channels_last)
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
-        result = evaluate(model, loader, transform, settings, ten_crop=ten_crop, flip=flip, translate=translate)
+        result = evaluate(model, loader, transform, settings, **views)
     if not result.finite:
         raise NonFiniteOutputError(
             f"{path} produces non-finite outputs (NaN or infinity) although its weights are finite: training "
             "diverged; no accuracy is reported from it"
         )
     result.classes = classes
+    result.views = views
     return result
 
 

@@ -79,6 +79,7 @@ def weights_meta(model: nn.Module, data: Data, cfg: Config, metrics: dict[str, A
     """What travels with release weights (`alexnet.artifacts.trained.ModelMeta`): how to rebuild the model and
     preprocess its inputs, its classes, metrics and provenance."""
     provenance = {"recipe": cfg.recipe, "model": cfg.model.name, "dataset": cfg.data.dataset}
+    provenance["eval_views"] = cfg.data.eval_views()  # alexnet eval scores as the run validated
     if cfg.data.dataset in FOLDER_DATASETS or cfg.data.data_dir:  # so eval finds a folder's images without --data-dir
         provenance["data_dir"] = str(data_root(cfg.data.data_dir).resolve())
     return ModelMeta.build(model.config, data.classes, data.meta, metrics, provenance).to_dict()
@@ -324,7 +325,7 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
     # Every val_every-th epoch, and always the last one trained.
     validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs or stopping
     val = Evaluation.skipped()
-    views = {"ten_crop": cfg.data.ten_crop, "flip": cfg.data.flip_tta, "translate": cfg.data.translate_tta}
+    views = cfg.data.eval_views()
     if validate:
         val = evaluate(run.model, data.val, data.eval_transform, run.eval_settings, **views)
         if not val.finite:  # finite weights, non-finite outputs: never the last good state
