@@ -98,14 +98,21 @@ def test_train_then_eval(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--ten-crop"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Acc@1") and "class_3" in out
-    # Mirror test-time augmentation from the command line: flagged in the result, and scored differently.
+    # With no view option, eval scores as the run validated: the recipe's mirror TTA, which the weights file records
+    # too. Named options give exactly the views named, flagged in the result and scored differently.
+    assert result["flip_tta"] is True and result["translate_tta"] == 0 and result["ten_crop"] is False
     args = ["eval", "--checkpoint", str(tmp_path / "run" / "best.safetensors"), "--json", "--precision", "fp32"]
+    assert main([*args, "--single-view"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["flip_tta"] is False and single["images"] == 256 and single["loss"] != result["loss"]
+    assert main([*args, "--no-flip-tta"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == single["loss"]
     assert main([*args, "--flip-tta"]) == 0
     flipped = json.loads(capsys.readouterr().out)
-    assert flipped["flip_tta"] is True and flipped["images"] == 256 and flipped["loss"] != result["loss"]
+    assert flipped["flip_tta"] is True and flipped["loss"] == result["loss"]
     assert main([*args, "--flip-tta", "--translate-tta", "1"]) == 0
     shifted = json.loads(capsys.readouterr().out)
-    assert shifted["translate_tta"] == 1 and shifted["loss"] not in (flipped["loss"], result["loss"])
+    assert shifted["translate_tta"] == 1 and shifted["loss"] not in (flipped["loss"], single["loss"])
     assert main([*args, "--ten-crop", "--translate-tta", "1"]) == 2
     assert "exclusive" in capsys.readouterr().err
 
