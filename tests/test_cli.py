@@ -115,6 +115,11 @@ def test_train_then_eval(tmp_path, capsys):
     assert shifted["translate_tta"] == 1 and shifted["loss"] not in (flipped["loss"], single["loss"])
     assert main([*args, "--ten-crop", "--translate-tta", "1"]) == 2
     assert "exclusive" in capsys.readouterr().err
+    assert main([*args, "--single-view", "--translate-tta", "1"]) == 2
+    assert "exclusive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's own one line: not allowed with --flip-tta
+        main([*args, "--single-view", "--flip-tta"])
+    assert exit_.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import AlexNetError
+from ..errors import AlexNetError, ConfigError
 from . import options
 
 
@@ -34,7 +34,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
         help="also average over views shifted by (-PX, -PX) and (+PX, +PX), half the weight (with --flip-tta: and "
         "their mirrors); 0: none",
     )
-    p.add_argument(
+    views.add_argument(
         "--single-view",
         action="store_true",
         help="score each image once, whatever the run validated with (default: the run's own views)",
@@ -67,6 +67,9 @@ def add_eval(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from ..artifacts.trained import display_label
     from ..inference.evaluate import evaluate_checkpoint
+
+    if args.single_view and args.translate_tta:
+        raise ConfigError("--single-view and --translate-tta are exclusive: translated views are more views")
 
     result = evaluate_checkpoint(
         args.weights,
