@@ -39,17 +39,17 @@ def _fail(source: str, message: str) -> InvalidMetadataError:
 
 
 SINGLE_VIEW: dict[str, Any] = {"ten_crop": False, "flip": False, "translate": 0}
-MAX_TRANSLATE = 64  # px; translated views shift by less than the input (see Config.validate)
 
 
-def _sound_views(recorded: Any) -> dict[str, Any] | None:
-    """``provenance.eval_views`` when it is exactly the three known fields with sound values, else None."""
+def _sound_views(recorded: Any, input_size: int) -> dict[str, Any] | None:
+    """``provenance.eval_views`` when it is exactly the three known fields with sound values, else None: translated
+    views shift by less than the input (px), as `alexnet.config.Config.validate` requires of a run."""
     if not isinstance(recorded, dict) or set(recorded) != set(SINGLE_VIEW):
         return None
     ten_crop, flip, translate = recorded["ten_crop"], recorded["flip"], recorded["translate"]
     if not (isinstance(ten_crop, bool) and isinstance(flip, bool)):
         return None
-    if isinstance(translate, bool) or not isinstance(translate, int) or not 0 <= translate <= MAX_TRANSLATE:
+    if isinstance(translate, bool) or not isinstance(translate, int) or not 0 <= translate < input_size:
         return None
     return {"ten_crop": ten_crop, "flip": flip, "translate": translate}
 
@@ -222,11 +222,11 @@ class ModelMeta:
             provenance = {**provenance, "recipe": tree["recipe"]}
         if not isinstance(metrics, dict) or not isinstance(provenance, dict):
             raise _fail(source, "metrics and provenance must be objects")
-        if "eval_views" in provenance and _sound_views(provenance["eval_views"]) is None:
+        if "eval_views" in provenance and _sound_views(provenance["eval_views"], prep.input_size) is None:
             raise _fail(
                 source,
                 f"provenance.eval_views={provenance['eval_views']!r:.80}: expected ten_crop and flip (true/false) "
-                f"and translate (0-{MAX_TRANSLATE} px)",
+                f"and translate (0-{prep.input_size - 1} px)",
             )
         return cls(model, prep, tuple(classes), dict(metrics), dict(provenance), FORMAT_VERSION)
 
@@ -305,10 +305,10 @@ class TrainedModel:
     def eval_views(self) -> dict[str, Any]:
         """The test-time views its training run scored validation with (``data.ten_crop``, ``flip_tta``,
         ``translate_tta``): the run's config for a checkpoint, else what the weights recorded (checked when they
-        were loaded), else one view."""
+        were loaded: `ModelMeta.from_dict`), else one view."""
         if self.config is not None:
             return self.config.data.eval_views()
-        return _sound_views(self.meta.provenance.get("eval_views")) or dict(SINGLE_VIEW)
+        return dict(self.meta.provenance.get("eval_views") or SINGLE_VIEW)
 
 
 def _first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
