@@ -153,6 +153,7 @@ GOOD_OVERRIDES = [
     {"groups": 2},
     {"dropout_position": "before"},
     {"lrn_across_towers": True, "lrn_convention": "caffe"},
+    {"pool_first": True},
 ]
 
 
@@ -193,6 +194,29 @@ def test_override_effects():
         if isinstance(m, LocalResponseNorm)
     ]
     assert [m.groups for m in lrns] == [2, 2] and [m.groups for m in caffe] == [1, 1]
+
+
+def test_pool_first_moves_each_pool_before_its_norm_and_activation():
+    def kinds(model):
+        return [type(m).__name__ for m in model.features][:4]
+
+    assert kinds(alexnet.create_model("alexnet_small")) == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert kinds(alexnet.create_model("alexnet_small", pool_first=True)) == [
+        "Conv2d",
+        "MaxPool2d",
+        "BatchNorm2d",
+        "ReLU",
+    ]
+    lrn = alexnet.create_model("alexnet_paper", pool_first=True)
+    assert kinds(lrn) == ["Conv2d", "MaxPool2d", "ReLU", "LocalResponseNorm"]
+    # Without a norm the two orders are one function (max-pooling commutes with ReLU); the weights share names.
+    torch.manual_seed(0)
+    paper_order = alexnet.create_model("alexnet_owt", norm="none").eval()
+    pool_first = alexnet.create_model("alexnet_owt", norm="none", pool_first=True).eval()
+    pool_first.load_state_dict(paper_order.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(pool_first(x), paper_order(x))
 
 
 BAD_OVERRIDES = [

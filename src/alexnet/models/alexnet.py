@@ -41,19 +41,17 @@ class AlexNet(nn.Module):
             groups = spec.groups if conv.tower else 1
             batch_norm = spec.norm == "batch"
             convs.append(nn.Conv2d(prev, out, conv.kernel, conv.stride, conv.pad, groups=groups))
-            layers.append(convs[-1])
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out))
-            layers.append(_activation(spec.activation))
+            stage: list[nn.Module] = [nn.BatchNorm2d(out)] if batch_norm else []
+            stage.append(_activation(spec.activation))
             if conv.lrn and spec.norm == "lrn":
                 # Per tower where the conv stack is split (groups=2), unless the spec says across them (Caffe).
                 lrn_groups = 1 if spec.lrn_across_towers else spec.groups
                 norm = LocalResponseNorm(
                     spec.lrn_size, spec.lrn_alpha, spec.lrn_beta, spec.lrn_k, spec.lrn_convention, lrn_groups
                 )
-                layers.append(norm)
-            if conv.pool:
-                layers.append(nn.MaxPool2d(k_pool, s_pool, spec.pool_pad))
+                stage.append(norm)
+            pool = [nn.MaxPool2d(k_pool, s_pool, spec.pool_pad)] if conv.pool else []
+            layers += [convs[-1], *pool, *stage] if spec.pool_first else [convs[-1], *stage, *pool]
             prev = out
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(spec.adaptive_pool) if spec.adaptive_pool else nn.Identity()

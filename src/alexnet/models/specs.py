@@ -65,6 +65,9 @@ class ArchSpec:
             96 / 256 maps) instead of staying within one tower (the paper's two GPUs, cuda-convnet).
         activation: ``relu`` or ``tanh`` (the paper's Figure 1 comparison).
         pool: key of ``POOLS``.
+        pool_first: max-pool straight after the conv, then its norm and activation (airbench's order), instead of
+            conv, norm, activation, [LRN], pool (the paper's). The norm and activation then run on a quarter of the
+            pixels: `alexnet_small` trains 6-12% faster. Max-pooling commutes with ReLU but not with a norm.
         pool_pad: max-pool padding (px); the small model pads so 28 and 32 px inputs both end at 4×4.
         adaptive_pool: output side of an AdaptiveAvgPool2d before the classifier (torchvision: 6), or None.
         dropout: dropout probability on the fc layers.
@@ -88,6 +91,7 @@ class ArchSpec:
     lrn_across_towers: bool = False
     activation: str = "relu"
     pool: str = "overlapping"
+    pool_first: bool = False
     pool_pad: int = 0
     adaptive_pool: int | None = None
     dropout: float = 0.5
@@ -237,6 +241,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "init": INITS,
     "dropout_position": DROPOUT_POSITIONS,
     "lrn_across_towers": (False, True),
+    "pool_first": (False, True),
 }
 _NUMBERS: dict[str, tuple[type, float, float]] = {  # field: (type, lowest, highest), inclusive
     "width": (float, 1e-3, 64.0),
