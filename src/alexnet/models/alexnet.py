@@ -1,7 +1,8 @@
 """The one AlexNet module, built from an `ArchSpec`.
 
-Children are ``features`` / ``avgpool`` / ``classifier`` in torchvision's order (conv, act, [LRN], [pool]), so
-torchvision's AlexNet state dict loads unchanged into ``alexnet_owt``.
+Children are ``features`` / ``avgpool`` / ``classifier`` in torchvision's order (conv, [BN], act, [LRN], [pool]; with
+``pool_first``: conv, [pool], [BN], act, [LRN]), so torchvision's AlexNet state dict loads unchanged into
+``alexnet_owt``.
 """
 
 from __future__ import annotations
