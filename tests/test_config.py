@@ -40,7 +40,7 @@ def test_overrides_and_fields():
         "fashion-mnist", ["optim.lr=0.3", "model.overrides.width=0.5", "data.flip=false"], train__epochs=7
     )
     assert cfg.optim.lr == 0.3 and cfg.data.flip is False and cfg.train.epochs == 7
-    assert cfg.model.overrides == {"input_size": 28, "width": 0.5}  # merged with the recipe's
+    assert cfg.model.overrides == {"input_size": 28, "width": 0.5, "pool_first": True}  # merged with the recipe's
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
