@@ -85,6 +85,38 @@ def test_engine_rows_report_rates_latency_mfu_spreads_and_pairs(monkeypatch):
     assert pair["throughput"][1] <= pair["throughput"][0] <= pair["throughput"][2]
 
 
+def test_engine_pairs_are_measured_head_to_head(monkeypatch):
+    """A third engine whose threads linger (here: the next 6 calls of any other engine cost 3 ms more) must not enter
+    a pair's ratio: among all engines both of the pair pay it (1+3 against 2+3 ms: 0.8×), alone they do not (0.5×)."""
+    import time
+
+    import alexnet.experiments.engines as engines
+
+    lingering = [0]  # calls of other engines still slowed by the third's threads
+
+    def runner(per_image):
+        def call(x):
+            time.sleep(per_image * len(x) + (0.003 if lingering[0] > 0 else 0.0))
+            lingering[0] -= 1
+
+        return lambda x: lambda: call(x)
+
+    def third(x):
+        def call():
+            lingering[0] = 6  # a round of the other two: 3 calls each
+
+        return call
+
+    ours, peer = engines.PAIRS[0]
+    fake = {ours: runner(0.001), peer: runner(0.002), "third": third}
+    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
+    result = engines.compare_engines(batch=1, size=32, rounds=5, latency_calls=3, peaks={"int8": 1e12})
+    fast, slow, _ = result["rows"]
+    assert fast["batch1_ms"] > 3.5 and slow["batch1_ms"] > 4.5  # among all the engines, both paid for the third
+    (pair,) = result["versus"]
+    assert 0.4 < pair["latency"][0] < 0.65 and 1.6 < pair["throughput"][0] < 2.5
+
+
 def test_the_bench_command_prints_the_table_and_the_json(monkeypatch, capsys):
     import json
 

@@ -206,16 +206,17 @@ PAIRS = (
 
 
 def compare_engines(
-    batch: int = 64, size: int = 224, rounds: int = 5, latency_calls: int = 10, peaks: dict[str, float] | None = None
+    batch: int = 64, size: int = 224, rounds: int = 5, latency_calls: int = 30, peaks: dict[str, float] | None = None
 ) -> dict[str, Any]:
     """The rows of the engine comparison (see the module's docstring), the int8 peak, and each of `PAIRS` as
     per-round ratios.
 
     Every engine runs interleaved with the others for ``rounds`` rounds (`alexnet.experiments.measure.interleaved`):
     at batch ``batch`` three calls a round, at batch 1 ``latency_calls`` calls a round, each round's figure the
-    median of its calls. Rows give the median over rounds with the slowest and fastest round; ``versus`` gives, per
+    median of its calls. Rows give the median over rounds with the slowest and fastest round. ``versus`` gives, per
     pair, our throughput over the peer's and our batch-1 latency over the peer's, round by round (a goal is met
-    when the whole spread clears it).
+    when the whole spread clears it), measured again with the two alone: among all the engines a third runtime's
+    threads (OpenVINO's, onnxruntime's) can still hold a core when the next engine starts.
     """
     peaks = dict(peaks or {})
     peaks.setdefault("int8", int8_peak())
@@ -231,9 +232,15 @@ def compare_engines(
             else:
                 rows[name] = {}
                 runners[name] = (make(torch.randn(batch, 3, size, size)), make(torch.randn(1, 3, size, size)))
-        rates = interleaved({n: r[0] for n, r in runners.items()}, dict.fromkeys(runners, batch), rounds, 3, 1)
-        single = interleaved({n: r[1] for n, r in runners.items()}, dict.fromkeys(runners, 1), rounds, latency_calls, 3)
-    ms = {name: [1000 / r for r in per_round] for name, per_round in single.items()}
+
+        def measure(names: list[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+            """img/s at ``batch`` and batch-1 ms, per round, of ``names`` interleaved."""
+            rates = interleaved({n: runners[n][0] for n in names}, dict.fromkeys(names, batch), rounds, 3, 1)
+            single = interleaved({n: runners[n][1] for n in names}, dict.fromkeys(names, 1), rounds, latency_calls, 3)
+            return rates, {n: [1000 / r for r in per_round] for n, per_round in single.items()}
+
+        rates, ms = measure(list(runners))
+        pairs = {pair: measure(list(pair)) for pair in PAIRS if all(n in runners for n in pair)}
     for name in runners:
         img_s, latency = Stat.of(rates[name]), Stat.of(ms[name])
         kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
@@ -253,17 +260,16 @@ def compare_engines(
         )
         log.info("%-40s %8.1f img/s  batch 1 %6.2f ms", name, img_s.median, latency.median)
     versus = []
-    for ours, peer in PAIRS:
-        if ours in runners and peer in runners:
-            speed, latency = ratio(rates[ours], rates[peer]), ratio(ms[ours], ms[peer])
-            versus.append(
-                {
-                    "ours": ours,
-                    "peer": peer,
-                    "throughput": [round(speed.median, 3), round(speed.low, 3), round(speed.high, 3)],
-                    "latency": [round(latency.median, 3), round(latency.low, 3), round(latency.high, 3)],
-                }
-            )
+    for (ours, peer), (pair_rates, pair_ms) in pairs.items():
+        speed, latency = ratio(pair_rates[ours], pair_rates[peer]), ratio(pair_ms[ours], pair_ms[peer])
+        versus.append(
+            {
+                "ours": ours,
+                "peer": peer,
+                "throughput": [round(speed.median, 3), round(speed.low, 3), round(speed.high, 3)],
+                "latency": [round(latency.median, 3), round(latency.low, 3), round(latency.high, 3)],
+            }
+        )
     return {
         "batch": batch,
         "input": size,
