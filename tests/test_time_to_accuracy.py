@@ -33,3 +33,15 @@ def test_the_figure_is_the_test_split_after_the_last_epoch(tta):
     assert final == history[-1]["test_acc1"] and seconds > 0
     final, _, history = tta.one_run("cifar10", [*TINY, "data.val_split=0"], seed=0)
     assert "test_acc1" not in history[-1] and final == history[-1]["val_acc1"]
+
+
+def test_the_verdict_is_the_mean_and_counts_the_seeds_that_met_it_alone(tta, monkeypatch, capsys):
+    runs = iter([(93.2, 170.0), (92.9, 175.0), (93.3, 181.0)])  # (test top-1 %, seconds) per seed
+    monkeypatch.setattr(
+        tta, "one_run", lambda recipe, overrides, seed: (*next(runs), [{"epoch": 1, "elapsed": 1.0, "val_acc1": 90.0}])
+    )
+    monkeypatch.setattr("sys.argv", ["time_to_accuracy.py", "--seeds", "3"])
+    tta.main()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "93.13 ± 0.21% in 175.33 ± 5.51 s over 3 seed(s)" in last
+    assert last.endswith("target 93.0% in 180 s: MET in the mean, by 1 of 3 seed(s) alone")
