@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -68,33 +69,43 @@ class _ExportedModule(nn.Module):
 
 
 class Int8Model(_ExportedModule):
-    """A quantized graph compiled by inductor for batches of exactly ``batch`` (B, C, H, W) inputs; other batch
-    sizes are cut into such chunks, the last one zero-padded."""
+    """A quantized program compiled ahead of time by AOTInductor for batches of exactly ``batch`` (B, C, H, W)
+    inputs; other batch sizes are cut into such chunks, the last one zero-padded.
 
-    def __init__(self, graph: nn.Module, batch: int, in_channels: int, size: int, autotune: bool = False) -> None:
+    Compiled here, from the program, never loaded from a file: a compiled package is a shared library, and loading
+    one runs its code. AOTInductor rather than `torch.compile`: no guards, so a caller's `torch.inference_mode` or
+    grad mode cannot recompile the graph without the settings below, and no config to re-enter each call (0.10 ms
+    of a 2 ms batch-1 call; the whole change 1.70 → 1.57 ms on an AMD EPYC, alexnet_owt).
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False) -> None:
         super().__init__()
-        self.batch, self.in_channels, self.size = batch, in_channels, size
-        with torch._inductor.config.patch(**_inductor_settings()), torch.no_grad(), warnings.catch_warnings():
-            # freezing: the weights become constants, which lets inductor pick oneDNN's int8 kernels. Inductor's
-            # own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py): not ours.
+        self.batch = batch
+        # freezing: the weights become constants, which lets inductor pick oneDNN's int8 kernels; it only takes
+        # under no_grad (pytorch/ao#4566). autotune: inductor times its GEMM templates against oneDNN's while
+        # compiling: alexnet_owt at batch 1 went 4.45 → 2.96 ms per image (the fc layers' int8 matmuls), batch 64
+        # 568 → 590 img/s, for ~15 s of compile time.
+        settings = {**_inductor_settings(), "max_autotune": autotune}
+        with tempfile.TemporaryDirectory(prefix="alexnet-int8-") as tmp, torch.no_grad(), warnings.catch_warnings():
+            # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
             warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
-            # autotune: inductor times its GEMM templates against oneDNN's while compiling. alexnet_owt at batch 1
-            # went 4.45 → 2.96 ms per image (the fc layers' int8 matmuls), batch 64 568 → 590 img/s, for ~15 s of
-            # compile time (small models: ~8 s more than without).
-            self.compiled = torch.compile(graph, mode="max-autotune-no-cudagraphs" if autotune else None)
-            self.compiled(torch.zeros(batch, in_channels, size, size))  # compile now, with the patch active
+            package = torch._inductor.aoti_compile_and_package(
+                program, package_path=str(Path(tmp) / "int8.pt2"), inductor_configs=settings
+            )
+            # The loader's own call: the package's wrapper re-parses its input and output specs on every call
+            # (0.03-0.06 ms of a 1.6 ms batch-1 call); this program takes one tensor and returns one.
+            self._run = torch._inductor.aoti_load_package(package).loader.boxed_run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous()
+        if len(x) == self.batch:  # the common case, batch 1 served one by one: nothing to cut or pad
+            return self._run([x])[0]
         outs = []
         for chunk in x.split(self.batch):
             n = len(chunk)
             if n < self.batch:
                 chunk = torch.cat([chunk, chunk.new_zeros(self.batch - n, *chunk.shape[1:])])
-            # The same inductor config as at compile time: a call outside the patch would recompile without freezing
-            # (and without the int8 kernels: 5× slower).
-            with torch.no_grad(), torch._inductor.config.patch(**_inductor_settings()):
-                outs.append(self.compiled(chunk)[:n])
+            outs.append(self._run([chunk])[0][:n])
         return torch.cat(outs)
 
 
@@ -119,14 +130,7 @@ def load_program(path: Path | str) -> TrainedModel:
     meta = ModelMeta.from_dict(json.loads(extra["alexnet.json"]), str(path))
     quantization = meta.provenance.get("quantization")
     if quantization:
-        prep = meta.preprocessing
-        model: nn.Module = Int8Model(
-            program.module(),
-            int(quantization["batch"]),
-            meta.model.in_channels,
-            prep.input_size,
-            bool(quantization.get("autotune")),
-        )
+        model: nn.Module = Int8Model(program, int(quantization["batch"]), bool(quantization.get("autotune")))
         return TrainedModel(model.eval(), meta, None, str(path))
     return TrainedModel(ProgramModel(program.module(), meta.model.in_channels), meta, None, str(path))
 

@@ -190,7 +190,7 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
         def int8(x: torch.Tensor) -> Callable[[], Any]:
             # The program is exported for batches of len(x): the peers' calibration images, in whole batches.
             program = quantize_graph(fp32, whole_batches(calibration_batch(size), len(x)), batch=len(x))
-            return _torch_runner(Int8Model(program.module(), len(x), 3, size, autotune=True), x)
+            return _torch_runner(Int8Model(program, len(x), autotune=True), x)
 
         out["alexnet_owt int8 (alexnet quantize)"] = int8
     except ImportError:

@@ -83,8 +83,7 @@ def quantize(
         **(record or {}),
     }
     meta = replace(trained.meta, provenance={**trained.meta.provenance, "quantization": quantization})
-    size = trained.preprocessing.input_size
-    model = Int8Model(program.module(), batch, trained.meta.model.in_channels, size, autotune)
+    model = Int8Model(program, batch, autotune)
     return TrainedModel(model.eval(), meta, None, trained.source), program
 
 
