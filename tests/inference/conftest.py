@@ -122,5 +122,5 @@ def app_client(files, **settings):
     from alexnet.artifacts.loader import load_trained
     from alexnet.inference.serving.app import ServeSettings, create_app
 
-    app = create_app(load_trained(files["small"]), "small", ServeSettings(precision="fp32", **settings))
+    app = create_app(load_trained(files["small"]), "small", ServeSettings(**{"precision": "fp32", **settings}))
     return TestClient(app), app.state.service

@@ -303,3 +303,16 @@ def test_a_batch_mixing_images_and_tensors_answers_each_in_order(files):
     mixed = service._infer([stored[:1], tensor, stored[1:]])
     torch.testing.assert_close(mixed, torch.cat(alone))
     assert not torch.allclose(alone[0], alone[1])
+
+
+def test_serve_compile_answers_as_the_eager_model(files):
+    from alexnet.inference.compiled import CompiledModel
+
+    stored = torch.randint(0, 256, (3, 3, 36, 36), dtype=torch.uint8)
+    _, eager = app_client(files, precision="bf16")
+    _, compiled = app_client(files, precision="bf16", compile=True)
+    assert isinstance(compiled.predictor.model, CompiledModel) and not isinstance(eager.predictor.model, CompiledModel)
+    want, got = eager._infer([stored]), compiled._infer([stored])
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0.02)  # bf16 weights against bf16 autocast
+    assert torch.equal(got.argmax(1), want.argmax(1))

@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,42 +60,49 @@ def _inductor_settings() -> dict[str, Any]:
     return settings
 
 
-class _ExportedModule(nn.Module):
+class ExportedModule(nn.Module):
     """A module around an exported graph: exported in eval mode, the graph has no train mode to switch (an exported
     module refuses ``.train()`` and ``.eval()``), so only the flag changes."""
 
-    def train(self, mode: bool = True) -> _ExportedModule:
+    def train(self, mode: bool = True) -> ExportedModule:
         self.training = mode
         return self
 
 
-class Int8Model(_ExportedModule):
-    """A quantized program compiled ahead of time by AOTInductor for batches of exactly ``batch`` (B, C, H, W)
-    inputs; other batch sizes are cut into such chunks, the last one zero-padded.
+def aot_compile(program: torch.export.ExportedProgram, autotune: bool = False) -> Callable[[list], list]:
+    """``program`` compiled ahead of time by AOTInductor with its weights frozen: its loader's call, a list of input
+    tensors to a list of outputs.
 
     Compiled here, from the program, never loaded from a file: a compiled package is a shared library, and loading
     one runs its code. AOTInductor rather than `torch.compile`: no guards, so a caller's `torch.inference_mode` or
-    grad mode cannot recompile the graph without the settings below, and no config to re-enter each call (0.10 ms
-    of a 2 ms batch-1 call; the whole change 1.70 → 1.57 ms on an AMD EPYC, alexnet_owt).
+    grad mode cannot recompile the graph without these settings, and no config to re-enter each call (0.10 ms of a
+    2 ms batch-1 int8 call on an AMD EPYC).
     """
+    # freezing: the weights become constants, which lets inductor pack them for oneDNN: its int8 kernels, and fc
+    # weights in oneDNN's blocked layout (alexnet_owt bf16 at batch 1: 6.9 → 3.3 ms, eager spending most of it in
+    # its fc layers' plain-layout GEMVs); it only takes under no_grad (pytorch/ao#4566). autotune: inductor times
+    # its GEMM templates against oneDNN's while compiling: alexnet_owt int8 at batch 1 went 4.45 → 2.96 ms per
+    # image (the fc layers), for ~15 s of compile time.
+    settings = {**_inductor_settings(), "max_autotune": autotune}
+    with tempfile.TemporaryDirectory(prefix="alexnet-aot-") as tmp, torch.no_grad(), warnings.catch_warnings():
+        # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
+        warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=settings
+        )
+        # The loader's own call: the package's wrapper re-parses its input and output specs on every call (0.03-0.06
+        # ms of a 1.6 ms batch-1 call), and these programs take one tensor and return one.
+        return torch._inductor.aoti_load_package(package).loader.boxed_run
+
+
+class Int8Model(ExportedModule):
+    """A quantized program compiled by `aot_compile` for batches of exactly ``batch`` (B, C, H, W) inputs; other
+    batch sizes are cut into such chunks, the last one zero-padded."""
 
     def __init__(self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False) -> None:
         super().__init__()
         self.batch = batch
-        # freezing: the weights become constants, which lets inductor pick oneDNN's int8 kernels; it only takes
-        # under no_grad (pytorch/ao#4566). autotune: inductor times its GEMM templates against oneDNN's while
-        # compiling: alexnet_owt at batch 1 went 4.45 → 2.96 ms per image (the fc layers' int8 matmuls), batch 64
-        # 568 → 590 img/s, for ~15 s of compile time.
-        settings = {**_inductor_settings(), "max_autotune": autotune}
-        with tempfile.TemporaryDirectory(prefix="alexnet-int8-") as tmp, torch.no_grad(), warnings.catch_warnings():
-            # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
-            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
-            package = torch._inductor.aoti_compile_and_package(
-                program, package_path=str(Path(tmp) / "int8.pt2"), inductor_configs=settings
-            )
-            # The loader's own call: the package's wrapper re-parses its input and output specs on every call
-            # (0.03-0.06 ms of a 1.6 ms batch-1 call); this program takes one tensor and returns one.
-            self._run = torch._inductor.aoti_load_package(package).loader.boxed_run
+        self._run = aot_compile(program, autotune)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous()
@@ -135,7 +143,7 @@ def load_program(path: Path | str) -> TrainedModel:
     return TrainedModel(ProgramModel(program.module(), meta.model.in_channels), meta, None, str(path))
 
 
-class ProgramModel(_ExportedModule):
+class ProgramModel(ExportedModule):
     """An fp32 exported program as a module."""
 
     def __init__(self, graph: nn.Module, in_channels: int) -> None:

@@ -52,6 +52,8 @@ class Predictor:
         device: for PyTorch models (``auto``, ``cpu``, ``cuda``...).
         precision: ``auto``, ``fp32`` or ``bf16`` for PyTorch models.
         max_file_mb: files larger than this are refused before they are read.
+        compile: compile the PyTorch model ahead of time (`CompiledModel`): seconds once, then half the batch-1
+            latency on the CPU. Programs (int8, ONNX) are compiled already and run as they are.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Predictor:
         device: str = "cpu",
         precision: str = "fp32",
         max_file_mb: float = MAX_FILE_MB,
+        compile: bool = False,
     ) -> None:
         self.meta = meta
         self.classes = meta.labels  # display-safe names: no escape sequence of a class name reaches a terminal
@@ -73,10 +76,22 @@ class Predictor:
         self.device = torch.device("cpu") if fixed else pick_device(device)
         self.precision = "fp32" if fixed else pick_precision(precision, self.device)
         self.model = model if self.is_onnx else model.eval().to(self.device)
+        self.compiled = compile and not fixed
+        if self.compiled:
+            from .compiled import CompiledModel
+
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16 if self.precision == "fp16" else None
+            size = meta.preprocessing.input_size
+            self.model = CompiledModel(self.model, self.in_channels, size, dtype or torch.float32, self.device)
 
     @classmethod
     def from_path(
-        cls, path: str | Path, device: str = "cpu", precision: str = "fp32", max_file_mb: float = MAX_FILE_MB
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        precision: str = "fp32",
+        max_file_mb: float = MAX_FILE_MB,
+        compile: bool = False,
     ) -> Predictor:
         """From ``.safetensors`` weights, a ``.pt`` training checkpoint, or an ``.onnx`` file we exported."""
         path = Path(path)
@@ -86,12 +101,14 @@ class Predictor:
             session, meta = load_onnx(path)
             return cls(session, meta, max_file_mb=max_file_mb)
         trained = load_trained(path)
-        return cls(trained.model, trained.meta, device, precision, max_file_mb)
+        return cls(trained.model, trained.meta, device, precision, max_file_mb, compile)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_onnx:
             name = self.model.get_inputs()[0].name
             logits = torch.from_numpy(self.model.run(None, {name: x.float().contiguous().numpy()})[0])
+        elif self.compiled:  # computes in its own dtype: no autocast
+            logits = self.model(x.to(self.device)).float().cpu()
         else:
             with torch.no_grad(), autocast(self.device, self.precision):
                 logits = self.model(x.to(self.device)).float().cpu()

@@ -1,0 +1,47 @@
+"""Ahead-of-time compiled inference (`CompiledModel`, `predict --compile`): the compiled model computes what the
+eager one does, at any batch size and whatever the caller's grad mode, and leaves the caller's model as it was."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+import alexnet
+from alexnet.cli import main
+from alexnet.inference.compiled import CompiledModel
+from tests.helpers import mixed_images
+
+
+def test_the_paper_network_compiled_computes_what_eager_does():
+    # alexnet_paper: the two towers' grouped convolutions and the fused LRN, a custom op the compiler must call.
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_paper", num_classes=7, width=0.25).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled = CompiledModel(model, 3, 227, torch.bfloat16)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 227, 227)
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            want = model(x).float()
+        with torch.enable_grad():  # no guard to fail: the caller's mode changes nothing
+            got = compiled(x).float()
+        assert got.shape == (batch, 7)
+        # bf16 weights against bf16 autocast: both round to 8 bits of mantissa, in different places.
+        torch.testing.assert_close(got, want, rtol=0, atol=0.03 * float(want.abs().max()))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and after["classifier.6.weight"].dtype == torch.float32
+
+
+def test_predict_compile_gives_the_eager_predictions(weights, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, "alexnet.inference.compiled")
+    paths = [str(p) for p in mixed_images(tmp_path / "imgs")]
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        assert main(["predict", "--weights", str(weights), *paths, "--topk", "3", "--json", *extra]) == 0
+        runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(runs["eager"]) == len(paths) and "compiled AlexNet for torch.float32" in caplog.text
+    for a, b in zip(runs["eager"], runs["compiled"]):
+        assert [t["label"] for t in a["topk"]] == [t["label"] for t in b["topk"]]
+        for ta, tb in zip(a["topk"], b["topk"]):
+            assert abs(ta["prob"] - tb["prob"]) < 1e-4
