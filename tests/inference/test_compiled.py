@@ -45,3 +45,13 @@ def test_predict_compile_gives_the_eager_predictions(weights, tmp_path, capsys, 
         assert [t["label"] for t in a["topk"]] == [t["label"] for t in b["topk"]]
         for ta, tb in zip(a["topk"], b["topk"]):
             assert abs(ta["prob"] - tb["prob"]) < 1e-4
+
+
+def test_no_cpp_compiler_is_one_line_not_a_traceback(weights, tmp_path, capsys, monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+    image = mixed_images(tmp_path / "imgs")[0]
+    assert main(["predict", "--weights", str(weights), str(image), "--compile"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alexnet predict: error: inductor could not compile") and len(err.splitlines()) == 1, err

@@ -87,9 +87,13 @@ def aot_compile(program: torch.export.ExportedProgram, autotune: bool = False) -
     with tempfile.TemporaryDirectory(prefix="alexnet-aot-") as tmp, torch.no_grad(), warnings.catch_warnings():
         # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
         warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
-        package = torch._inductor.aoti_compile_and_package(
-            program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=settings
-        )
+        try:
+            package = torch._inductor.aoti_compile_and_package(
+                program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=settings
+            )
+        except Exception as err:  # most often no working C++ compiler: inductor builds a shared library
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise AlexNetError(f"inductor could not compile the program (it needs a C++ compiler): {first}") from err
         # The loader's own call: the package's wrapper re-parses its input and output specs on every call (0.03-0.06
         # ms of a 1.6 ms batch-1 call), and these programs take one tensor and return one.
         return torch._inductor.aoti_load_package(package).loader.boxed_run

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..models import create_model, model_info
-from .measure import Stat, interleaved, ratio
+from .measure import Stat, interleaved, ratio, utilisation
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def compare_engines(
     for name in runners:
         img_s, latency = Stat.of(rates[name]), Stat.of(ms[name])
         kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
-        mfu = 2 * macs * img_s.median / peaks[kind] if kind in peaks else None
+        mfu, exceeded = utilisation(2 * macs * img_s.median, peaks[kind]) if kind in peaks else (None, False)
         rows[name].update(
             {
                 "engine": name,
@@ -267,9 +267,10 @@ def compare_engines(
                 "ms_high": round(latency.high, 2),
                 "peak": kind,
                 "mfu": round(mfu, 4) if mfu else None,
+                "peak_exceeded": exceeded,  # capped at 1: the peak kernel under-read this machine
             }
         )
-        log.info("%-40s %8.1f img/s  batch 1 %6.2f ms", name, img_s.median, latency.median)
+        log.info("%-46s %8.1f img/s  batch 1 %6.2f ms", name, img_s.median, latency.median)
     versus = []
     for (ours, peer), (pair_rates, pair_ms) in pairs.items():
         speed, latency = ratio(pair_rates[ours], pair_rates[peer]), ratio(pair_ms[ours], pair_ms[peer])
