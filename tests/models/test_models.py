@@ -147,6 +147,7 @@ GOOD_OVERRIDES = [
     {"norm": "lrn", "lrn_convention": "caffe", "lrn_k": 1.0},
     {"lrn_size": 3, "lrn_alpha": 1e-3, "lrn_beta": 0.5},
     {"activation": "tanh"},
+    {"activation": "gelu"},
     {"pool": "non_overlapping"},
     {"dropout": 0.0},
     {"groups": 1},
@@ -183,6 +184,9 @@ def test_override_effects():
     tanh = alexnet.create_model("alexnet_owt", activation="tanh")
     assert any(isinstance(m, torch.nn.Tanh) for m in tanh.modules())
     assert not any(isinstance(m, torch.nn.ReLU) for m in tanh.modules())
+    gelu = alexnet.create_model("alexnet_small", activation="gelu")
+    assert sum(isinstance(m, torch.nn.GELU) for m in gelu.modules()) == 7  # five convs, fc6, fc7
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.Tanh)) for m in gelu.modules())
     bn = alexnet.create_model("alexnet_paper", norm="batch")
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 5
     pools = alexnet.create_model("alexnet_paper", pool="non_overlapping")
@@ -222,7 +226,7 @@ def test_pool_first_moves_each_pool_before_its_norm_and_activation():
 BAD_OVERRIDES = [
     ({"nrom": "batch"}, "unknown override 'nrom'"),
     ({"norm": "group"}, "choose one of"),
-    ({"activation": "gelu"}, "choose one of"),
+    ({"activation": "swish"}, "choose one of"),
     ({"lrn_convention": "tf"}, "choose one of"),
     ({"pool": "avg"}, "choose one of"),
     ({"init": "orthogonal"}, "choose one of"),

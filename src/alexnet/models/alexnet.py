@@ -18,7 +18,7 @@ from .specs import POOLS, ArchSpec
 
 
 def _activation(name: str) -> nn.Module:
-    return nn.ReLU(inplace=True) if name == "relu" else nn.Tanh()
+    return {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh, "gelu": nn.GELU}[name]()
 
 
 class AlexNet(nn.Module):

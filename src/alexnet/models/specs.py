@@ -38,7 +38,7 @@ class ConvSpec:
 # Pooling modes of the paper's §3.4 ablation: (kernel, stride). "overlapping" is z=3, s=2.
 POOLS = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
 NORMS = ("lrn", "batch", "none")
-ACTIVATIONS = ("relu", "tanh")
+ACTIVATIONS = ("relu", "tanh", "gelu")
 LRN_CONVENTIONS = ("paper", "caffe")
 INITS = ("paper", "caffe", "xavier", "kaiming", "torch")
 DROPOUT_POSITIONS = ("after", "before")
@@ -63,7 +63,7 @@ class ArchSpec:
             as Caffe, cuda-convnet and ``torch.nn.LocalResponseNorm`` do.
         lrn_across_towers: LRN windows span both towers' channels (Caffe's bvlc_alexnet, whose LRN layer sees all
             96 / 256 maps) instead of staying within one tower (the paper's two GPUs, cuda-convnet).
-        activation: ``relu`` or ``tanh`` (the paper's Figure 1 comparison).
+        activation: ``relu``, ``tanh`` (the paper's Figure 1 comparison) or ``gelu`` (airbench's).
         pool: key of ``POOLS``.
         pool_first: max-pool straight after the conv, then its norm and activation (airbench's order), instead of
             conv, norm, activation, [LRN], pool (the paper's). The norm and activation then run on a quarter of the
