@@ -121,11 +121,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-file-mb", type=float, default=64.0, metavar="MB", help="refuse larger image files")
     p.add_argument("--ten-crop", action="store_true", help="average softmax over ten crops")
     options.device(p)
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="compile the model ahead of time first (seconds once; half the batch-1 latency on the CPU)",
-    )
+    options.compile_first(p)
     options.json_output(p, "JSON lines: {path, topk: [{label, prob}]} or {path, error}")
 
 
@@ -271,11 +267,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     )
     options.device(p)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto, fp32 or bf16")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="compile the model ahead of time first (seconds once; half the batch-1 latency on the CPU)",
-    )
+    options.compile_first(p)
 
 
 def run_serve(args: argparse.Namespace) -> int:
