@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -47,11 +50,16 @@ def test_predict_compile_gives_the_eager_predictions(weights, tmp_path, capsys, 
             assert abs(ta["prob"] - tb["prob"]) < 1e-4
 
 
-def test_no_cpp_compiler_is_one_line_not_a_traceback(weights, tmp_path, capsys, monkeypatch):
-    import torch._inductor.config as inductor
-
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+def test_no_cpp_compiler_is_one_line_not_a_traceback(weights, tmp_path):
+    # A process of its own: inductor caches which compiler works, so a patched config would outlive this test.
     image = mixed_images(tmp_path / "imgs")[0]
-    assert main(["predict", "--weights", str(weights), str(image), "--compile"]) == 2
-    err = capsys.readouterr().err
+    done = subprocess.run(
+        [sys.executable, "-m", "alexnet.cli", "predict", "--weights", str(weights), str(image), "--compile"],
+        env={**os.environ, "CXX": "/nonexistent/c++"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    err = done.stderr
     assert err.startswith("alexnet predict: error: inductor could not compile") and len(err.splitlines()) == 1, err
