@@ -274,31 +274,3 @@ def test_small_model_sizes():
     model = alexnet.create_model("alexnet_small", num_classes=10, in_channels=1).eval()
     for side in (28, 32):
         assert model.features(torch.randn(1, 1, side, side)).shape[-2:] == (4, 4)
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_cpu_inference_in_chunks_computes_the_whole_batch(name, monkeypatch):
-    """Inference on a CPU runs the conv stages on chunks of images (cache locality); the logits are the whole
-    batch's, and training (BatchNorm's batch statistics) and grad mode keep whole batches."""
-    import alexnet.models.alexnet as module
-
-    monkeypatch.setattr(module, "CPU_INFERENCE_CHUNK", 3)
-    torch.manual_seed(0)
-    model = alexnet.create_model(name, num_classes=5, width=0.25).eval()
-    size = model.spec.input_size
-    x = torch.randn(7, 3, size, size)  # chunks of 3, 3 and 1
-    calls = []
-    hook = model.features.register_forward_hook(lambda mod, inp, out: calls.append(len(inp[0])))
-    with torch.no_grad():
-        chunked = model(x)
-    assert calls == [3, 3, 1]
-    calls.clear()
-    whole = model(x)  # grad mode: one batch
-    assert calls == [7]
-    torch.testing.assert_close(chunked, whole.detach(), rtol=1e-4, atol=1e-5)
-    model.train()
-    calls.clear()
-    with torch.no_grad():
-        model(x)
-    assert calls == [7]  # training mode: BatchNorm's statistics are the whole batch's
-    hook.remove()

@@ -16,12 +16,6 @@ from .init import initialize
 from .layers import LocalResponseNorm
 from .specs import POOLS, ArchSpec
 
-# Inference on a CPU runs the conv stages on chunks of this many images: conv1's maps of a whole batch overflow the
-# last-level cache (alexnet_paper at 64 images: 37 MB of bf16 against a 32 MB L3), and the memory-bound ReLU, LRN,
-# BatchNorm and pooling after it then run 3-4x slower per byte. Measured on an AMD EPYC (2 threads, bf16): batch 64
-# alexnet_paper 160 → 117 ms, batch 256 alexnet_small at 32 px 78.5 → 53.7 ms, alexnet_owt unchanged (95 ms).
-CPU_INFERENCE_CHUNK = 32
-
 
 def _activation(name: str) -> nn.Module:
     return {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh, "gelu": nn.GELU}[name]()
@@ -82,13 +76,6 @@ class AlexNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) images -> (B, C·h·w) flattened conv features (9216 for the paper net)."""
-        if (
-            not torch.compiler.is_compiling()  # first: under export, even reading len(x) would fix the batch size
-            and x.device.type == "cpu"
-            and not (self.training or torch.is_grad_enabled())  # training BatchNorm needs the whole batch's statistics
-            and len(x) > CPU_INFERENCE_CHUNK
-        ):
-            return torch.cat([self.forward_features(chunk) for chunk in x.split(CPU_INFERENCE_CHUNK)])
         return torch.flatten(self.avgpool(self.features(x)), 1)
 
     def forward_hidden(self, x: torch.Tensor) -> torch.Tensor:
