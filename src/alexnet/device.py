@@ -91,7 +91,9 @@ def tune_cpu_allocator() -> bool:
     default 128 KiB-ish mmap threshold each of those is a new mapping whose pages fault in on first touch, which
     measured 4× slower than the conversion itself and cost AlexNet ~25% of its step time on a 2-core CPU. Raising the
     mmap threshold (1 GiB) and the trim threshold (2 GiB) makes the allocator reuse that memory, as the
-    jemalloc/tcmalloc preload that Intel recommends for PyTorch on CPU does. Process-wide; Linux/glibc only.
+    jemalloc/tcmalloc preload that Intel recommends for PyTorch on CPU does. Inference pays the same way for its
+    activations (alexnet_paper's forward at batch 64: 157 → 118 ms), so `Predictor` and `evaluate_checkpoint` call
+    this too on a CPU. Process-wide; Linux/glibc only.
 
     Returns:
         True if the setting was applied (now or earlier in this process).

@@ -166,3 +166,23 @@ def test_large_jpegs_decode_at_reduced_scale_and_batches_hold_storedmixed_images
     assert decode_image(photo, min_size=64).shape == (3, 375, 500)  # 1/8 DCT scale, both sides >= 64
     predictor = Predictor.from_path(weights)
     assert predictor.stored(photo).shape == (3, 32, 32)  # what waits for a batch: the stored square only
+
+
+def test_cpu_inference_keeps_freed_memory_as_training_does(tmp_path, monkeypatch):
+    """Predictor and evaluate_checkpoint on a CPU tune the allocator (alexnet.device.tune_cpu_allocator): without it
+    every batch's activations fault their pages in anew (alexnet_paper's forward 1.3x slower)."""
+    import alexnet.inference.evaluate as evaluate_module
+    import alexnet.inference.predictor as predictor_module
+
+    calls = []
+    for module in (predictor_module, evaluate_module):
+        monkeypatch.setattr(module, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    from alexnet.training.fit import fit
+    from tests.conftest import tiny_config
+
+    fit(tiny_config(tmp_path / "run", "train.epochs=1"))
+    calls.clear()  # training tunes it too
+    Predictor.from_path(tmp_path / "run" / "last.pt")
+    assert calls == [1]
+    evaluate_module.evaluate_checkpoint(tmp_path / "run" / "last.pt", device="cpu", limit_batches=1, progress=False)
+    assert calls == [1, 1]

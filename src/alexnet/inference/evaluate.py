@@ -14,7 +14,7 @@ from ..artifacts.trained import display_label
 from ..data.config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
-from ..device import pick_device, pick_precision
+from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
@@ -68,6 +68,8 @@ def evaluate_checkpoint(
     cfg.eval_batch_size = batch_size or cfg.eval_batch_size
     dev = torch.device("cpu") if int8 else pick_device(device)  # the X86 int8 kernels run on the CPU
     prec = "fp32" if int8 else pick_precision(precision, dev)  # int8 graphs run as they are: no autocast
+    if dev.type == "cpu":
+        tune_cpu_allocator()  # as training does: each batch's large activations otherwise fault their pages in anew
     if split == "val":
         if trained.config is None:
             raise ConfigError(

@@ -21,7 +21,7 @@ from ..artifacts.loader import load_trained
 from ..artifacts.trained import ModelMeta
 from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
-from ..device import autocast, pick_device, pick_precision
+from ..device import autocast, pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, InvalidImageError, NonFiniteOutputError
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,11 @@ class Predictor:
         self.device = torch.device("cpu") if fixed else pick_device(device)
         self.precision = "fp32" if fixed else pick_precision(precision, self.device)
         self.model = model if self.is_onnx else model.eval().to(self.device)
+        if self.device.type == "cpu":
+            # Keep freed large blocks in the heap, as training does: glibc hands them back to the OS (unmapping or
+            # trimming), so every batch's activations fault their pages in anew. A forward at bf16 on an AMD EPYC:
+            # alexnet_paper at batch 64 157 → 118 ms, alexnet_small at batch 256 76 → 52 ms.
+            tune_cpu_allocator()
         self.compiled = compile and not fixed
         if self.compiled:
             from .compiled import CompiledModel
