@@ -185,10 +185,11 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
     # OpenVINO compiles its model before it runs.
     from ..inference.compiled import CompiledModel
 
-    aot: list[CompiledModel] = []
+    aot: list[CompiledModel] = []  # compiled once, for the first batch size asked, and run at every one
 
     def compiled_bf16(x: torch.Tensor) -> Callable[[], Any]:
-        aot[:] = aot or [CompiledModel(model, 3, size, torch.bfloat16)]
+        if not aot:
+            aot.append(CompiledModel(model, 3, size, torch.bfloat16))
         return _torch_runner(aot[0], x)
 
     out["alexnet_owt bf16 (compiled, serve --compile)"] = compiled_bf16

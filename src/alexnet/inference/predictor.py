@@ -85,9 +85,9 @@ class Predictor:
         if self.compiled:
             from .compiled import CompiledModel
 
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16 if self.precision == "fp16" else None
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
             size = meta.preprocessing.input_size
-            self.model = CompiledModel(self.model, self.in_channels, size, dtype or torch.float32, self.device)
+            self.model = CompiledModel(self.model, self.in_channels, size, dtype, self.device)
 
     @classmethod
     def from_path(
