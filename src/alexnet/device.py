@@ -57,12 +57,16 @@ def pick_precision(name: str, device: torch.device) -> str:
     return "fp32"
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a resolved precision (``fp32``, ``bf16``, ``fp16``) computes in."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass (weights and optimizer stay fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=compute_dtype(precision))
 
 
 _ALLOCATOR_TUNED = False

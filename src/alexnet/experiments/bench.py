@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from ..device import autocast, pick_device, pick_precision, tune_cpu_allocator
+from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
 from ..models import create_model, model_info
 from ..training.optim import can_fuse
 from .measure import Stat, cpu_features, interleaved, ratio, utilisation
@@ -209,7 +209,7 @@ def prepare_case(case: Case, device: torch.device) -> Callable[[], None]:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # constant-fold and prepack the weights for oneDNN
-        dtype = torch.bfloat16 if case.precision == "bf16" else torch.float32
+        dtype = compute_dtype(case.precision)
         compiled = torch.compile(model.eval().to(dtype))
         xd = x.to(dtype)
 

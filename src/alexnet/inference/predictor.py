@@ -21,7 +21,7 @@ from ..artifacts.loader import load_trained
 from ..artifacts.trained import ModelMeta
 from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
-from ..device import autocast, pick_device, pick_precision, tune_cpu_allocator
+from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, InvalidImageError, NonFiniteOutputError
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,13 @@ class Predictor:
         self.precision = "fp32" if fixed else pick_precision(precision, self.device)
         self.model = model if self.is_onnx else model.eval().to(self.device)
         if self.device.type == "cpu":
-            # Keep freed large blocks in the heap, as training does: glibc hands them back to the OS (unmapping or
-            # trimming), so every batch's activations fault their pages in anew. A forward at bf16 on an AMD EPYC:
-            # alexnet_paper at batch 64 157 → 118 ms, alexnet_small at batch 256 76 → 52 ms.
-            tune_cpu_allocator()
+            tune_cpu_allocator()  # as training does: each batch's activations otherwise fault their pages in anew
         self.compiled = compile and not fixed
         if self.compiled:
             from .compiled import CompiledModel
 
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
             size = meta.preprocessing.input_size
-            self.model = CompiledModel(self.model, self.in_channels, size, dtype, self.device)
+            self.model = CompiledModel(self.model, self.in_channels, size, compute_dtype(self.precision), self.device)
 
     @classmethod
     def from_path(
