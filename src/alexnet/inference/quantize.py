@@ -39,7 +39,10 @@ def quantize_graph(model: nn.Module, calibration: torch.Tensor, batch: int = 64)
     model = model.float().eval().cpu()
     example = torch.zeros(batch, *calibration.shape[1:])
     with torch.no_grad():
-        graph = torch.export.export(model, (example,)).module()
+        # Observed with a dynamic batch: calibration images need not come in whole batches (45 images at batch 32,
+        # or fewer than one batch); the program itself is exported for exactly ``batch`` below.
+        dynamic = ({0: torch.export.Dim("batch", min=1)},)
+        graph = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
         quantizer = Quantizer()
         quantizer.set_global(default_config())
         prepared = prepare(graph, quantizer)
