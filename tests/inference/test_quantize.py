@@ -81,12 +81,13 @@ def test_quantize_refuses_a_wrong_suffix_and_a_broken_program(trained_run, tmp_p
     assert "not a loadable torch.export program" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("images", [45, 20])  # the last chunk short of a batch; fewer images than one batch
-def test_calibration_images_need_not_fill_whole_batches(images):
+# The last chunk short of a batch; fewer images than one batch; a batch of one (the bench's latency program).
+@pytest.mark.parametrize(("images", "batch"), [(45, 32), (20, 32), (8, 1)])
+def test_calibration_images_need_not_fill_whole_batches(images, batch):
     from alexnet import create_model
     from alexnet.inference.quantize import quantize_graph
 
     torch.manual_seed(0)
     model = create_model("alexnet_small", num_classes=4, width=0.25).eval()
-    program = quantize_graph(model, torch.randn(images, 3, 32, 32), batch=32)
-    assert program.example_inputs[0][0].shape == (32, 3, 32, 32)  # the program's own batch stays fixed
+    program = quantize_graph(model, torch.randn(images, 3, 32, 32), batch=batch)
+    assert program.example_inputs[0][0].shape == (batch, 3, 32, 32)  # the program's own batch stays fixed

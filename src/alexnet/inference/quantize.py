@@ -41,8 +41,10 @@ def quantize_graph(model: nn.Module, calibration: torch.Tensor, batch: int = 64)
     with torch.no_grad():
         # Observed with a dynamic batch: calibration images need not come in whole batches (45 images at batch 32,
         # or fewer than one batch); the program itself is exported for exactly ``batch`` below.
+        # The example has at least 2 images: export fixes a dynamic dimension whose example is 1.
         dynamic = ({0: torch.export.Dim("batch", min=1)},)
-        graph = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
+        observed = torch.zeros(max(batch, 2), *calibration.shape[1:])
+        graph = torch.export.export(model, (observed,), dynamic_shapes=dynamic).module()
         quantizer = Quantizer()
         quantizer.set_global(default_config())
         prepared = prepare(graph, quantizer)
