@@ -5,7 +5,7 @@ and on the CPU faster too.
 
 On a 2-core AMD EPYC (bf16, batch 128, 32 px) it trains ``alexnet_small`` at half width with LRN at 2,439 img/s
 against 1,254 with the reference formula (1.9×; 3,893 without LRN), and at full width 1,219 against 676; conv1's LRN
-in ``alexnet_paper`` (batch 128, 96 × 55 × 55) takes 38 ms forward and 50 backward.
+in ``alexnet_paper`` (batch 128, 96 × 55 × 55) takes 14 ms forward and 25 backward (the formula: 110 and 375).
 
 The CPU kernel is compiled on first use by torch's C++ extension builder (about 20 s; it needs a C++ compiler and
 ninja) and cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), named after this CPU's
