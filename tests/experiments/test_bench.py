@@ -68,11 +68,17 @@ def test_engine_rows_report_rates_latency_mfu_spreads_and_pairs(monkeypatch):
 
     # ours at 1 ms an image, the peer at 2 ms: twice the throughput, half the latency, round by round
     ours, peer = engines.PAIRS[0]
-    fake = {ours: runner(0.001), peer: runner(0.002), "absent": "skipped: no"}
+
+    def broken(x):
+        raise RuntimeError("Constraints violated (batch)!\nmore lines")
+
+    fake = {ours: runner(0.001), peer: runner(0.002), "absent": "skipped: no", "broken": broken}
     monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
     result = engines.compare_engines(batch=4, size=32, rounds=3, latency_calls=3, peaks={"int8": 1e12})
-    fast, slow, absent = result["rows"]  # in the engines' order
+    fast, slow, absent, failed = result["rows"]  # in the engines' order
     assert absent == {"engine": "absent", "note": "skipped: no"}
+    # an engine that cannot be built: its reason in one line, and the others still measured
+    assert failed == {"engine": "broken", "note": "failed: RuntimeError: Constraints violated (batch)!"}
     assert 500 < fast["batch4_img_s"] <= 1000 and 1 <= fast["batch1_ms"] < 3
     assert 250 < slow["batch4_img_s"] <= 500 and 2 <= slow["batch1_ms"] < 5
     assert fast["img_s_low"] <= fast["batch4_img_s"] <= fast["img_s_high"]

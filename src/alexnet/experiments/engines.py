@@ -235,15 +235,20 @@ def compare_engines(
     macs = model_info("alexnet_owt").macs
     torch.manual_seed(0)
     model = create_model("alexnet_owt")
-    rows: dict[str, dict[str, Any]] = {}  # in the engines' order, skipped ones with their note
+    rows: dict[str, dict[str, Any]] = {}  # in the engines' order, skipped or failed ones with their note
     with tempfile.TemporaryDirectory() as tmp:
         runners = {}
         for name, make in _engines(model, size, Path(tmp)).items():
             if isinstance(make, str):
                 rows[name] = {"engine": name, "note": make}
-            else:
-                rows[name] = {}
+                continue
+            try:
                 runners[name] = (make(torch.randn(batch, 3, size, size)), make(torch.randn(1, 3, size, size)))
+                rows[name] = {}
+            except Exception as e:  # one engine that cannot be built costs its row, not the others' measurements
+                log.debug("engine %s failed", name, exc_info=True)
+                first = str(e).strip().splitlines()[:1]
+                rows[name] = {"engine": name, "note": ": ".join(["failed", type(e).__name__, *first])}
 
         def measure(names: list[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
             """img/s at ``batch`` and batch-1 ms, per round, of ``names`` interleaved."""
