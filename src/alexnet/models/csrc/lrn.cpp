@@ -46,24 +46,20 @@ inline float inv_pow(float d, float beta, bool three_quarters) {
   return std::pow(d, -beta);
 }
 
-// The window sums s of len squared values, sq holding them at [h, h + len) (what lies either side is read, and
-// fix_edges replaces every sum that read it).
-inline void window_sum(const float* __restrict sq, float* __restrict s, int64_t len, int64_t n) {
+// Rows are processed in blocks of about kBlock values, each block as one flat sequence: long loops vectorise with
+// little overhead, where a loop per pixel and group (48 channels in alexnet_paper's conv1 towers) spent more time
+// entering loops than in them. On a 2-core AMD EPYC, conv1's per-tower LRN in alexnet_paper (bf16, 64 × 96 × 55 × 55)
+// ran forward in 7.6-8.1 ms instead of 9.7-10.6; 1,024 to 16,384 values a block measured the same within noise.
+constexpr int64_t kBlock = 1024;
+
+// The window sums s of len values in runs of cg (one pixel's channels in one group), sq holding the summands at
+// [h, h + len). One flat window sum crosses the boundaries between runs; the h sums either side of each boundary are
+// then recomputed from their own run alone, so what lies outside [h, h + len) is read but never kept.
+inline void window_sums(const float* __restrict sq, float* __restrict s, int64_t len, int64_t cg, int64_t n) {
+  const int64_t h = n / 2;
   for (int64_t i = 0; i < len; ++i) s[i] = sq[i];
   for (int64_t j = 1; j < n; ++j)
     for (int64_t i = 0; i < len; ++i) s[i] += sq[i + j];
-}
-
-// Rows are processed in blocks of about kBlock values, each block as one flat sequence: long loops vectorise with
-// little overhead, where a loop per pixel and group (48 channels in alexnet_paper's conv1 towers) spent more time
-// entering loops than in them. A flat window sum crosses the boundaries between pixels and groups; `fix_edges` then
-// recomputes the h values either side of each boundary from their own group's channels. On a 2-core AMD EPYC, conv1's
-// per-tower LRN in alexnet_paper (bf16, 64 × 96 × 55 × 55) ran forward in 7.6-8.1 ms instead of 9.7-10.6; 1,024 to
-// 16,384 values a block measured the same within noise.
-constexpr int64_t kBlock = 1024;
-
-inline void fix_edges(const float* __restrict sq, float* __restrict s, int64_t len, int64_t cg, int64_t n) {
-  const int64_t h = n / 2;
   for (int64_t start = 0; start < len; start += cg) {
     for (int64_t e = 0; e < std::min(h, cg); ++e) {
       for (int64_t i : {start + e, start + cg - 1 - e}) {
@@ -95,8 +91,7 @@ void forward_rows(const T* __restrict x, T* __restrict y, int64_t rows, int64_t 
         xf[i] = v;
         sq[i + h] = v * v;
       }
-      window_sum(sq, s, len, n);
-      fix_edges(sq, s, len, cg, n);
+      window_sums(sq, s, len, cg, n);
       T* __restrict yr = y + r * c;
       for (int64_t i = 0; i < len; ++i) store(yr + i, xf[i] * inv_pow(k + a * s[i], beta, tq));
     }
@@ -111,8 +106,7 @@ void backward_rows(const T* __restrict gy, const T* __restrict x, T* __restrict 
   const bool tq = beta == 0.75f;
   const float coef = 2.0f * a * beta;
   at::parallel_for(0, rows, std::max<int64_t>(block_rows, 64), [&](int64_t begin, int64_t end) {
-    // t and sq hold their values at [h, h + len): the flat window sums read in bounds, and fix_edges recomputes every
-    // sum whose window leaves its group (what lies in the h values either side never reaches a result).
+    // t and sq hold their values at [h, h + len), with room for the h either side that window_sums reads.
     const int64_t most = block_rows * c;
     std::vector<float> sqbuf(most + 2 * h, 0.0f), tbuf(most + 2 * h, 0.0f), sbuf(most), xbuf(most), gbuf(most),
         scbuf(most);
@@ -132,16 +126,14 @@ void backward_rows(const T* __restrict gy, const T* __restrict x, T* __restrict 
         gf[i] = to_float(gr[i]);
         sq[i + h] = v * v;
       }
-      window_sum(sq, s, len, n);
-      fix_edges(sq, s, len, cg, n);
+      window_sums(sq, s, len, cg, n);
       for (int64_t i = 0; i < len; ++i) {
         float d = k + a * s[i];
         float sc = inv_pow(d, beta, tq);
         scale[i] = sc;
         t[i + h] = gf[i] * xf[i] * sc / d;
       }
-      window_sum(t, s, len, n);  // s now holds the window sums of t
-      fix_edges(t, s, len, cg, n);
+      window_sums(t, s, len, cg, n);  // s now holds the window sums of t
       T* __restrict out = gx + r * c;
       for (int64_t i = 0; i < len; ++i) store(out + i, gf[i] * scale[i] - coef * xf[i] * s[i]);
     }
