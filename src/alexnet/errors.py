@@ -1,6 +1,12 @@
 """Errors the library raises for a user's mistake or a bad input; the CLI prints them as one line."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type's name when it has none: what a one-line report quotes."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class AlexNetError(Exception):
     """Base class: a problem the user can fix, with a message saying how."""
 

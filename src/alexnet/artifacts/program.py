@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AlexNetError, CorruptCheckpointError
+from ..errors import AlexNetError, CorruptCheckpointError, first_line
 from .program_guard import check_program
 from .trained import ModelMeta, TrainedModel
 
@@ -92,8 +92,9 @@ def aot_compile(program: torch.export.ExportedProgram, autotune: bool = False) -
                 program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=settings
             )
         except Exception as err:  # most often no working C++ compiler: inductor builds a shared library
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise AlexNetError(f"inductor could not compile the program (it needs a C++ compiler): {first}") from err
+            raise AlexNetError(
+                f"inductor could not compile the program (it needs a C++ compiler): {first_line(err)}"
+            ) from err
         # The loader's own call: the package's wrapper re-parses its input and output specs on every call (0.03-0.06
         # ms of a 1.6 ms batch-1 call), and these programs take one tensor and return one.
         return torch._inductor.aoti_load_package(package).loader.boxed_run

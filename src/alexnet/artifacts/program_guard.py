@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CorruptCheckpointError, UnsafeCheckpointError
+from ..errors import CorruptCheckpointError, UnsafeCheckpointError, first_line
 
 # Every operator a registered variant (any norm, activation, pooling, towers) or its int8 program exports to, and
 # the int8 program's (de)quantize steps. Anything else (aten::from_file maps a file; torch.os.system is os.system)
@@ -188,5 +188,5 @@ def check_program(path: Path | str) -> None:
         try:  # torch retries a refused weights_only load without it: refuse here, so it never does
             torch.load(io.BytesIO(sample), weights_only=True)
         except Exception as err:
-            reason = str(err).splitlines()[0][:120]
+            reason = first_line(err)[:120]
             raise _refuse(path, f"its sample inputs are not plain tensors ({reason})") from None

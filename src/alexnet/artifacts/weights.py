@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..data.batch import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import AlexNetError, CorruptCheckpointError
+from ..errors import AlexNetError, CorruptCheckpointError, first_line
 from .trained import ModelMeta, TrainedModel, check_finite, load_own, load_state
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def _load_state_dict_file(path: Path, weights: Weights) -> TrainedModel:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # a truncated zip, a pickle with code: both refused, named
-        raise CorruptCheckpointError(f"{path} is not a loadable state dict: {str(err).splitlines()[0]}") from None
+        raise CorruptCheckpointError(f"{path} is not a loadable state dict: {first_line(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CorruptCheckpointError(f"{path}: not a dict of tensors")
     meta = weights.meta()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..errors import first_line
 from ..models import create_model, model_info
 from .measure import Stat, interleaved, ratio, utilisation
 
@@ -243,12 +244,13 @@ def compare_engines(
                 rows[name] = {"engine": name, "note": make}
                 continue
             try:
-                runners[name] = (make(torch.randn(batch, 3, size, size)), make(torch.randn(1, 3, size, size)))
-                rows[name] = {}
+                both = (make(torch.randn(batch, 3, size, size)), make(torch.randn(1, 3, size, size)))
             except Exception as e:  # one engine that cannot be built costs its row, not the others' measurements
                 log.debug("engine %s failed", name, exc_info=True)
-                first = str(e).strip().splitlines()[:1]
-                rows[name] = {"engine": name, "note": ": ".join(["failed", type(e).__name__, *first])}
+                kind, reason = type(e).__name__, first_line(e)  # the reason is the kind when there is no message
+                rows[name] = {"engine": name, "note": f"failed: {kind}" + (f": {reason}" if reason != kind else "")}
+                continue
+            runners[name], rows[name] = both, {}
 
         def measure(names: list[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
             """img/s at ``batch`` and batch-1 ms, per round, of ``names`` interleaved."""
