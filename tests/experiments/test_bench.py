@@ -94,6 +94,29 @@ def test_engine_rows_report_rates_latency_mfu_spreads_and_pairs(monkeypatch):
     assert pair["throughput"][1] <= pair["throughput"][0] <= pair["throughput"][2]
 
 
+def test_an_engine_that_builds_but_fails_when_run_costs_only_its_row(monkeypatch):
+    import time
+
+    import alexnet.experiments.engines as engines
+
+    def runs(x):
+        return lambda: time.sleep(0.001 * len(x))
+
+    def crashes_when_run(x):
+        def call():
+            raise ValueError()  # no message: the row names its kind once
+
+        return call
+
+    ours, peer = engines.PAIRS[0]
+    fake = {ours: runs, "crashes": crashes_when_run, peer: runs}
+    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
+    result = engines.compare_engines(batch=2, size=32, rounds=2, latency_calls=2, peaks={"int8": 1e12})
+    first, crashed, last = result["rows"]
+    assert crashed == {"engine": "crashes", "note": "failed: ValueError"}
+    assert first["batch2_img_s"] > 0 and last["batch2_img_s"] > 0 and len(result["versus"]) == 1
+
+
 def test_engine_pairs_are_measured_head_to_head(monkeypatch):
     """A third engine whose threads linger (here: the next 6 calls of any other engine cost 3 ms more) must not enter
     a pair's ratio: among all engines both of the pair pay it (1+3 against 2+3 ms: 0.8×), alone they do not (0.5×)."""

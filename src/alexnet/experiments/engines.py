@@ -245,7 +245,9 @@ def compare_engines(
                 continue
             try:
                 both = (make(torch.randn(batch, 3, size, size)), make(torch.randn(1, 3, size, size)))
-            except Exception as e:  # one engine that cannot be built costs its row, not the others' measurements
+                for run in both:
+                    run()  # once here: an engine that builds but fails when run is caught here too
+            except Exception as e:  # one engine that cannot be built or run costs its row, not the others' figures
                 log.debug("engine %s failed", name, exc_info=True)
                 kind, reason = type(e).__name__, first_line(e)  # the reason is the kind when there is no message
                 rows[name] = {"engine": name, "note": f"failed: {kind}" + (f": {reason}" if reason != kind else "")}
