@@ -1,5 +1,6 @@
 """Shared fixtures: a real Fashion-MNIST excerpt, tiny image folders, quiet configs."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,23 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def _threads() -> int:
+    # Tests run many tiny models; two threads per process keep them from oversubscribing the machine, and under
+    # pytest-xdist (`make test` runs two workers) each worker takes its share of the cores.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, len(os.sched_getaffinity(0)) // workers))
+
+
+THREADS = _threads()
+if THREADS < 2:
+    # A test's child processes (the CLI, torchrun's ranks) then compute with as many threads as the test itself:
+    # tests compare their results with an in-process run bitwise, and sums split over more threads round otherwise.
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _small_threads():
-    # Tests run many tiny models; two threads per process keep them from oversubscribing the machine.
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture
