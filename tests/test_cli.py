@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -218,8 +219,8 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
 
 @pytest.mark.slow
 def test_other_libraries_stay_quiet_at_the_default_level(tmp_path, image_folder):
-    """onnxscript's optimizer lines on export, inductor's autotune tables and its no-CUDA warning on quantize, and
-    torchao's on loading a .pt2, reach stderr only with -v."""
+    """onnxscript's optimizer lines on export, inductor's autotune tables and its no-CUDA warning on quantize,
+    torchao's on loading a .pt2, and torch's profiler's C++ lines on bench --profile reach stderr only with -v."""
     from tests.conftest import make_weights
 
     weights = make_weights(tmp_path / "m.safetensors")
@@ -228,10 +229,14 @@ def test_other_libraries_stay_quiet_at_the_default_level(tmp_path, image_folder)
         ["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
         ["quantize", "--weights", str(weights), "--out", str(tmp_path / "q.pt2"), "--calibration", "64"],
         ["predict", "--weights", str(tmp_path / "q.pt2"), str(image_folder / "val")],
+        ["bench", "--profile", "alexnet_small", "--batch-size", "8", "--device", "cpu"],
     ]
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
     for words in commands:
-        done = subprocess.run([*cli, *words], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        done = subprocess.run([*cli, *words], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
         assert done.returncode == 0, done.stderr
         assert done.stderr == "", (words[0], done.stderr[:2000])
-    loud = subprocess.run([*cli, "-v", *commands[0]], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert loud.returncode == 0 and loud.stderr  # the same lines are there for whoever asks
+    # The same lines are there for whoever asks.
+    for words, line in ((commands[0], "onnx"), (commands[-1], "profiler_start")):
+        loud = subprocess.run([*cli, "-v", *words], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert loud.returncode == 0 and line in loud.stderr, (words[0], loud.stderr[:2000])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alexnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:  # inductor's C++ builds warn that a CPU machine has no CUDA runtime: not news
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        # torch's profiler (bench --profile) logs its start, its stop and, without a GPU, a failed GPU count from C++
+        # straight to stderr; 6 is above its highest level (5). Read when it first starts; a user's own setting wins.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     try:
         return COMMANDS[args.command][2](args)
     except (AlexNetError, ValueError, FileNotFoundError) as err:
