@@ -219,6 +219,21 @@ def test_api_key_is_checked_on_everything_but_health(files):
         assert r.status_code == 401
 
 
+def test_a_png_and_a_jpeg_are_decoded_and_run_before_ready_and_not_counted(files):
+    """The first decode imports Pillow's plugins and starts torchvision's resize (the first request took ~300 ms
+    where the next took ~15): the service does that once before it reports ready, outside the metrics."""
+    client, service = app_client(files)
+    decoded, ran = [], []
+    prepare, infer = service._prepare, service._infer
+    service._prepare = lambda data: (decoded.append((data[:4], service.ready)), prepare(data))[1]
+    service._infer = lambda parts: (ran.append(len(parts)), infer(parts))[1]
+    with client:
+        assert [head for head, _ in decoded] == [b"\x89PNG", b"\xff\xd8\xff\xe0"]  # PNG (Pillow), JPEG (simplejpeg)
+        assert not any(ready for _, ready in decoded) and ran == [2]
+        metrics = client.get("/metrics").text
+        assert "alexnet_batch_size_count 0.0" in metrics and "alexnet_requests_total{" not in metrics
+
+
 def test_a_slow_inference_gets_504_and_the_server_recovers(files):
     client, service = app_client(files, timeout_s=0.2)
     real = service.batcher.infer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import logging
 import re
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -261,6 +263,19 @@ class _Service:
             message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the upload", str(err))
             raise HTTPException(400, message.removeprefix("<bytes>: ")) from None
 
+    def warm_up(self) -> None:
+        """A small PNG and a small JPEG through the decoding path and the model, before the server says it is ready.
+
+        The first decode imports Pillow's format plugins and starts torchvision's resize: without this, the first
+        request took ~300 ms where the next took ~30 (a 2-core AMD EPYC). The batcher is not used, so no request
+        or batch is counted."""
+        images = []
+        for fmt in ("PNG", "JPEG"):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32), (90, 120, 200)).save(buffer, fmt)
+            images.append(self._prepare(buffer.getvalue()))
+        self._infer(images)
+
     async def run(self, inputs: torch.Tensor) -> torch.Tensor:
         try:
             return await asyncio.wait_for(self.batcher.submit(inputs), self.settings.timeout_s)
@@ -405,6 +420,7 @@ def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        await run_in_threadpool(service.warm_up)
         service.batcher.start()
         grpc_server = None
         if service.settings.grpc_port is not None:  # the same service over gRPC, in this event loop
