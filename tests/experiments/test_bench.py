@@ -211,3 +211,16 @@ def test_our_int8_calibrates_on_the_peers_images_in_whole_batches():
         filled = whole_batches(images, batch)
         assert len(filled) % batch == 0 and len(filled) >= 32
         assert torch.equal(filled[:32], images)  # the same images, in order, first
+
+
+def test_the_compiled_case_freezes_its_model_not_the_process():
+    """Inductor's freezing is the compiled case's own option: a process that benchmarks, then compiles something of
+    its own, compiles it with its own settings."""
+    import torch._inductor.config as inductor_config
+
+    from alexnet.experiments.bench import Case, prepare_case
+
+    before = inductor_config.freezing
+    case = Case("compiled", "alexnet_small", "infer", 2, 32, "fp32", True, settings={"compile": True})
+    prepare_case(case, torch.device("cpu"))
+    assert inductor_config.freezing == before

@@ -206,11 +206,9 @@ def prepare_case(case: Case, device: torch.device) -> Callable[[], None]:
     if case.mode == "train":
         return _train_step(model, x, y, device, case.precision, case.settings.get("fused_optimizer", False))
     if case.settings.get("compile"):
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True  # constant-fold and prepack the weights for oneDNN
         dtype = compute_dtype(case.precision)
-        compiled = torch.compile(model.eval().to(dtype))
+        # Freezing constant-folds and prepacks the weights for oneDNN; for this model only, not the process.
+        compiled = torch.compile(model.eval().to(dtype), options={"freezing": True})
         xd = x.to(dtype)
 
         def step() -> None:
