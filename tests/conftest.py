@@ -25,7 +25,8 @@ def _threads() -> int:
     # Tests run many tiny models; two threads per process keep them from oversubscribing the machine, and under
     # pytest-xdist (`make test` runs two workers) each worker takes its share of the cores.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, min(2, len(os.sched_getaffinity(0)) // workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not macOS
+    return max(1, min(2, cores // workers))
 
 
 THREADS = _threads()

@@ -267,8 +267,8 @@ class _Service:
         """A small PNG and a small JPEG through the decoding path and the model, before the server says it is ready.
 
         The first decode imports Pillow's format plugins and starts torchvision's resize: without this, the first
-        request took ~300 ms where the next took ~30 (a 2-core AMD EPYC). The batcher is not used, so no request
-        or batch is counted."""
+        request took 315 ms in the server where later ones took 15 (a 2-core AMD EPYC). The batcher is not used, so
+        no request or batch is counted."""
         images = []
         for fmt in ("PNG", "JPEG"):
             buffer = io.BytesIO()
