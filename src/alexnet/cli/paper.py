@@ -172,13 +172,42 @@ def add_bench(p: argparse.ArgumentParser) -> None:
         const="alexnet_owt",
         help="instead: where a training step of MODEL (default alexnet_owt) spends its time, by phase and kind",
     )
+    p.add_argument(
+        "--onednn",
+        action="store_true",
+        help="with --profile (CPU): oneDNN's primitives in the step instead, with the implementation each ran "
+        "(AMX, AVX-512...) and the layout conversions (reorders) between them",
+    )
     options.device(p)
     options.json_output(p, "write the result object to stdout")
+
+
+def run_primitives(args: argparse.Namespace) -> int:
+    from ..experiments.profile import primitive_profile
+
+    result = primitive_profile(args.profile or "alexnet_owt", batch=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(
+        f"{result.model} training step, batch {result.batch} at {result.input} px, {result.precision}, "
+        f"{result.steps} steps: {result.step_ms:.1f} ms a step in oneDNN primitives ({result.isa or 'ISA not logged'})"
+    )
+    header = ("primitive", "implementation", "propagation, layouts or shape", "calls", "ms", "share")
+    print("{:<12} {:<44} {:<34} {:>5} {:>8} {:>6}".format(*header))
+    for r in result.rows:
+        print(
+            f"{r.primitive:<12} {r.implementation:<44} {r.propagation:<34} {r.calls:>5g} {r.ms:>8.2f} "
+            f"{100 * r.share:>5.1f}%"
+        )
+    return 0
 
 
 def run_profile(args: argparse.Namespace) -> int:
     from ..experiments.profile import profile_step
 
+    if args.onednn:
+        return run_primitives(args)
     result = profile_step(args.profile, batch=args.batch_size, device=args.device)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -196,7 +225,7 @@ def run_profile(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from ..experiments.bench import benchmark
 
-    if args.profile:
+    if args.profile or args.onednn:
         return run_profile(args)
 
     result = benchmark(batch=args.batch_size, quick=args.quick, device=args.device)

@@ -5,13 +5,23 @@ after a change to the step, or between machines (on a CPU with AMX the matrix wo
 
 On the CPU, oneDNN computes a convolution's input and weight gradients inside one ``convolution_backward`` call, so
 they are one row here; the fc layers' three GEMMs are the forward ``addmm`` and the backward's two ``mm``.
+`primitive_profile` (``alexnet bench --profile MODEL --onednn``) looks inside those calls: oneDNN's own log of every
+primitive it ran, with the implementation it chose (``brg_conv_fwd:avx512_core_amx`` on a CPU with AMX, ``..._bf16``
+without), the propagation (forward, backward data, backward weights) and the layout conversions (reorders) around them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
+import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ..device import pick_device, tune_cpu_allocator
@@ -120,3 +130,121 @@ def _phase(event) -> str | None:
             return node.name.split(":", 1)[1]
         node = node.cpu_parent
     return None
+
+
+@dataclass(frozen=True)
+class PrimitiveRow:
+    primitive: str  # convolution, matmul, reorder...
+    implementation: str  # oneDNN's kernel and the instruction set it targets, e.g. brg_conv_fwd:avx512_core_amx
+    propagation: str  # forward_training, backward_data, backward_weights; a reorder's layouts; a matmul's shape
+    calls: float  # per step
+    ms: float  # per step
+    share: float  # of oneDNN's time
+
+
+@dataclass(frozen=True)
+class PrimitiveProfile:
+    """The oneDNN primitives of a training step, with what it measured."""
+
+    model: str
+    batch: int
+    input: int
+    precision: str
+    steps: int
+    isa: str  # what oneDNN says it dispatches for, e.g. "Intel AVX-512 with Intel DL Boost and bfloat16 support"
+    step_ms: float  # oneDNN's own time per step (fp32 GEMMs go to MKL and are not in it)
+    rows: list[PrimitiveRow]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_onednn_log(lines: Iterable[str], steps: int = 1) -> tuple[str, list[PrimitiveRow]]:
+    """oneDNN's verbose log (``ONEDNN_VERBOSE=1`` lines) → its ISA line and one row per (primitive, implementation,
+    propagation), most time first; reorders are told apart by the layouts they convert, matmuls by their shape."""
+    isa, totals = "", {}
+    for line in lines:
+        fields = line.strip().split(",")
+        if not fields or fields[0] != "onednn_verbose":
+            continue
+        if "info" in fields and any(f.startswith("isa:") for f in fields):
+            isa = next(f for f in fields if f.startswith("isa:")).removeprefix("isa:")
+            continue
+        if "exec" not in fields:
+            continue
+        at = fields.index(
+            "exec"
+        )  # v1 lines are "onednn_verbose,v1,primitive,exec,cpu,...", v0 "onednn_verbose,exec,..."
+        try:
+            kind, impl, prop, descs, ms = (
+                fields[at + 2],
+                fields[at + 3],
+                fields[at + 4],
+                fields[at + 5],
+                float(fields[-1]),
+            )
+        except (IndexError, ValueError):
+            continue
+        if kind == "reorder":
+            prop = " → ".join(_layout(d) for d in descs.split()[:2])
+        elif kind == "matmul":  # no propagation kind: the shape (M×K:K×N) tells the fc layers' three GEMMs apart
+            prop = fields[-2]
+        key = (kind, impl, prop)
+        calls, total = totals.get(key, (0, 0.0))
+        totals[key] = (calls + 1, total + ms)
+    whole = sum(total for _, total in totals.values()) or 1.0
+    rows = [
+        PrimitiveRow(kind, impl, prop, round(calls / steps, 2), round(total / steps, 3), round(total / whole, 4))
+        for (kind, impl, prop), (calls, total) in sorted(totals.items(), key=lambda kv: -kv[1][1])
+    ]
+    return isa, rows
+
+
+def _layout(desc: str) -> str:
+    # "src:bf16::blocked:acdb::f0" → "bf16 acdb" (data type and oneDNN's layout tag; acdb is NHWC, AcdB16a2b blocked)
+    parts = desc.split(":")
+    return f"{parts[1]} {parts[4]}" if len(parts) > 4 else desc
+
+
+def primitive_profile(
+    model_name: str = "alexnet_owt", batch: int = 64, size: int | None = None, steps: int = 2, device: str = "cpu"
+) -> PrimitiveProfile:
+    """oneDNN's primitives over ``steps`` training steps of ``model_name`` with the library's defaults (after two
+    warm-up steps): which implementation each convolution and matmul ran, how long, and the reorders between them.
+    CPU only (oneDNN is the CPU's library); its log is read from this process's standard output while the steps run,
+    and nothing reaches the terminal."""
+    dev = pick_device(device)
+    if dev.type != "cpu":
+        raise ValueError(f"--onednn profiles oneDNN, the CPU's library: not on {dev}")
+    size = size or model_info(model_name).input_size
+    fast = fast_settings(dev)
+    if fast["tune_allocator"]:
+        tune_cpu_allocator()
+    case = Case("profile", model_name, "train", batch, size, fast["precision"], fast["channels_last"], settings=fast)
+    step = prepare_case(case, dev)
+    for _ in range(2):
+        step()
+    with tempfile.TemporaryFile("w+") as log_file:
+        with _stdout_into(log_file), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            for _ in range(steps):
+                step()
+        log_file.seek(0)
+        isa, rows = parse_onednn_log(log_file, steps)
+    step_ms = round(sum(r.ms for r in rows), 3)
+    return PrimitiveProfile(model_name, batch, size, fast["precision"], steps, isa, step_ms, rows)
+
+
+@contextlib.contextmanager
+def _stdout_into(file) -> Iterator[None]:
+    # oneDNN writes its log with C's printf to file descriptor 1: point that at ``file`` while it runs. oneDNN 3.12
+    # flushes each line itself; flushing C's buffer before the descriptor goes back keeps a version that does not
+    # from leaving the log's tail to reach the terminal afterwards.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(file.fileno(), 1)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
