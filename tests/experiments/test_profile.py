@@ -63,10 +63,13 @@ def test_the_onednn_log_groups_by_primitive_implementation_and_propagation():
     assert sum(r.share for r in rows) == pytest.approx(1.0, abs=1e-3)  # each rounded to 4 places
 
 
-def test_the_primitive_profile_reads_onednn_and_prints_nothing(capfd):
+def test_the_primitive_profile_reads_onednn_and_prints_nothing(capfd, monkeypatch):
+    import torch
+
     from alexnet.experiments.profile import primitive_profile
 
-    result = primitive_profile("alexnet_small", batch=4, size=32, steps=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto means the CPU even where a GPU is
+    result = primitive_profile("alexnet_small", batch=4, size=32, steps=1, device="auto")
     props = {(r.primitive, r.propagation) for r in result.rows}
     assert {("convolution", "forward_training"), ("convolution", "backward_weights")} <= props
     assert result.isa and result.step_ms > 0 and all(r.calls > 0 for r in result.rows)

@@ -211,9 +211,9 @@ def primitive_profile(
 ) -> PrimitiveProfile:
     """oneDNN's primitives over ``steps`` training steps of ``model_name`` with the library's defaults (after two
     warm-up steps): which implementation each convolution and matmul ran, how long, and the reorders between them.
-    CPU only (oneDNN is the CPU's library); its log is read from this process's standard output while the steps run,
-    and nothing reaches the terminal."""
-    dev = pick_device(device)
+    CPU only (oneDNN is the CPU's library; ``auto`` means the CPU here); its log is read from this process's
+    standard output while the steps run, and nothing reaches the terminal."""
+    dev = pick_device("cpu" if device == "auto" else device)  # auto: the CPU, even where a GPU is
     if dev.type != "cpu":
         raise ValueError(f"--onednn profiles oneDNN, the CPU's library: not on {dev}")
     size = size or model_info(model_name).input_size
