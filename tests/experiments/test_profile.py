@@ -83,5 +83,9 @@ def test_the_onednn_command(capsys):
     assert main(["bench", "--profile", "alexnet_small", "-b", "4", "--onednn", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "alexnet_small" and any(r["primitive"] == "convolution" for r in out["rows"])
+    assert main(["bench", "--profile", "alexnet_small", "-b", "4", "--onednn"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()[1:]
+    assert header.startswith("primitive") and rows
+    assert {len(row) for row in rows} == {len(header)}  # aligned: every column as wide as its longest entry
     assert main(["bench", "--onednn", "--profile", "no_such_model"]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err

@@ -194,12 +194,13 @@ def run_primitives(args: argparse.Namespace) -> int:
         f"{result.steps} steps: {result.step_ms:.1f} ms a step in oneDNN primitives ({result.isa or 'ISA not logged'})"
     )
     header = ("primitive", "implementation", "propagation, layouts or shape", "calls", "ms", "share")
-    print("{:<12} {:<44} {:<34} {:>5} {:>8} {:>6}".format(*header))
-    for r in result.rows:
-        print(
-            f"{r.primitive:<12} {r.implementation:<44} {r.propagation:<34} {r.calls:>5g} {r.ms:>8.2f} "
-            f"{100 * r.share:>5.1f}%"
-        )
+    table = [header] + [
+        (r.primitive, r.implementation, r.propagation, f"{r.calls:g}", f"{r.ms:.2f}", f"{100 * r.share:.1f}%")
+        for r in result.rows
+    ]
+    wide = [max(len(row[i]) for row in table) for i in range(len(header))]  # implementations run to 60 characters
+    for row in table:  # text left, figures right
+        print(" ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, wide))))
     return 0
 
 
