@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -92,15 +92,7 @@ def profile_step(
         One row per (phase, kind) with its time per step, largest first within each phase.
     """
     dev = pick_device(device)
-    size = size or model_info(model_name).input_size
-    fast = fast_settings(dev)
-    if fast["tune_allocator"]:
-        tune_cpu_allocator()
-    # The step `alexnet bench` times for the library's defaults, whose phases it marks.
-    case = Case("profile", model_name, "train", batch, size, fast["precision"], fast["channels_last"], settings=fast)
-    step = prepare_case(case, dev)
-    for _ in range(2):
-        step()
+    step, case = _warm_step(model_name, batch, size, dev)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
@@ -119,7 +111,21 @@ def profile_step(
         ProfileRow(phase, kind, round(ms, 3), round(ms / step_ms, 4) if step_ms else 0.0)
         for (phase, kind), ms in sorted(totals.items(), key=lambda kv: (PHASES.index(kv[0][0]), -kv[1]))
     ]
-    return StepProfile(model_name, batch, size, fast["precision"], steps, round(step_ms, 3), rows)
+    return StepProfile(model_name, batch, case.input, case.precision, steps, round(step_ms, 3), rows)
+
+
+def _warm_step(model_name: str, batch: int, size: int | None, dev: torch.device) -> tuple[Callable[[], None], Case]:
+    # The training step `alexnet bench` times for the library's defaults (whose phases it marks), after two warm-up
+    # steps; random images of ``size`` pixels, the variant's own input size by default.
+    fast = fast_settings(dev)
+    if fast["tune_allocator"]:
+        tune_cpu_allocator()
+    size = size or model_info(model_name).input_size
+    case = Case("profile", model_name, "train", batch, size, fast["precision"], fast["channels_last"], settings=fast)
+    step = prepare_case(case, dev)
+    for _ in range(2):
+        step()
+    return step, case
 
 
 def _phase(event) -> str | None:
@@ -216,14 +222,7 @@ def primitive_profile(
     dev = pick_device("cpu" if device == "auto" else device)  # auto: the CPU, even where a GPU is
     if dev.type != "cpu":
         raise ValueError(f"--onednn profiles oneDNN, the CPU's library: not on {dev}")
-    size = size or model_info(model_name).input_size
-    fast = fast_settings(dev)
-    if fast["tune_allocator"]:
-        tune_cpu_allocator()
-    case = Case("profile", model_name, "train", batch, size, fast["precision"], fast["channels_last"], settings=fast)
-    step = prepare_case(case, dev)
-    for _ in range(2):
-        step()
+    step, case = _warm_step(model_name, batch, size, dev)
     with tempfile.TemporaryFile("w+") as log_file:
         with _stdout_into(log_file), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
             for _ in range(steps):
@@ -231,7 +230,7 @@ def primitive_profile(
         log_file.seek(0)
         isa, rows = parse_onednn_log(log_file, steps)
     step_ms = round(sum(r.ms for r in rows), 3)
-    return PrimitiveProfile(model_name, batch, size, fast["precision"], steps, isa, step_ms, rows)
+    return PrimitiveProfile(model_name, batch, case.input, case.precision, steps, isa, step_ms, rows)
 
 
 @contextlib.contextmanager
