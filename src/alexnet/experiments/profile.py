@@ -171,25 +171,22 @@ def parse_onednn_log(lines: Iterable[str], steps: int = 1) -> tuple[str, list[Pr
     isa, totals = "", {}
     for line in lines:
         fields = line.strip().split(",")
-        if not fields or fields[0] != "onednn_verbose":
+        if fields[0] != "onednn_verbose":
             continue
-        if "info" in fields and any(f.startswith("isa:") for f in fields):
-            isa = next(f for f in fields if f.startswith("isa:")).removeprefix("isa:")
+        named = next((f for f in fields if f.startswith("isa:")), None)
+        if named is not None:
+            isa = named.removeprefix("isa:")
             continue
         if "exec" not in fields:
             continue
-        at = fields.index(
-            "exec"
-        )  # v1 lines are "onednn_verbose,v1,primitive,exec,cpu,...", v0 "onednn_verbose,exec,..."
+        # v1 lines are "onednn_verbose,v1,primitive,exec,cpu,kind,...", v0 ones "onednn_verbose,exec,cpu,kind,..."
+        at = fields.index("exec")
+        if len(fields) < at + 7:  # a line cut short
+            continue
+        kind, impl, prop, descs = fields[at + 2 : at + 6]
         try:
-            kind, impl, prop, descs, ms = (
-                fields[at + 2],
-                fields[at + 3],
-                fields[at + 4],
-                fields[at + 5],
-                float(fields[-1]),
-            )
-        except (IndexError, ValueError):
+            ms = float(fields[-1])
+        except ValueError:
             continue
         if kind == "reorder":
             prop = " → ".join(_layout(d) for d in descs.split()[:2])
