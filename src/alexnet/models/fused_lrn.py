@@ -7,9 +7,8 @@ On a 2-core AMD EPYC (bf16, batch 128, 32 px) it trains ``alexnet_small`` at hal
 against 1,254 with the reference formula (1.9×; 3,893 without LRN), and at full width 1,219 against 676; conv1's LRN
 in ``alexnet_paper`` (batch 128, 96 × 55 × 55) takes 14 ms forward and 25 backward (the formula: 110 and 375).
 
-The CPU kernel is compiled on first use by torch's C++ extension builder (about 20 s; it needs a C++ compiler and
-ninja) and cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), named after this CPU's
-instruction sets, since it is built for the CPU it runs on. Where it cannot be built (or Triton is missing on a GPU),
+The CPU kernel is compiled on first use (about 20 s, by `alexnet.native`, for this CPU) and cached. Where it cannot be
+built (or Triton is missing on a GPU),
 or with ``ALEXNET_FUSED_LRN=0``, the reference formula runs: it is also the tests' oracle.
 
 The kernels are registered with ``torch.library`` as the operators ``alexnet::lrn`` and ``alexnet::lrn_backward``
@@ -21,7 +20,6 @@ alexnet installed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -30,21 +28,13 @@ from typing import Any
 
 import torch
 
+from .. import native
 from . import lrn_triton
 
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).parent / "csrc" / "lrn.cpp"
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "kernel": the loaded extension, or None once it failed
-
-
-def _cpu_fingerprint() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return hashlib.sha256(flags.encode()).hexdigest()[:12]
 
 
 def kernel() -> Any | None:
@@ -57,31 +47,7 @@ def kernel() -> Any | None:
     with _lock:
         if "kernel" not in _state:
             try:
-                # -fopenmp: ATen's parallel_for is a header template; compiled without OpenMP it runs on one
-                # thread (measured: the fused layer then trained slower than the reference formula).
-                builder = logging.getLogger("torch.utils.cpp_extension")
-                level = builder.level
-                builder.setLevel(logging.ERROR)  # its "No CUDA runtime is found" warning is no news on a CPU build
-                try:
-                    from torch.utils.cpp_extension import load_inline  # its import logs that warning
-
-                    # The source goes into the build directory (load_inline), named after this CPU and the source's
-                    # hash: every checkout, wherever it is, shares one build, and two processes starting together
-                    # (torchrun's ranks) never rebuild it under each other, which a path-dependent build did.
-                    source = _SOURCE.read_text()
-                    tag = hashlib.sha256(source.encode()).hexdigest()[:10]
-                    _state["kernel"] = load_inline(
-                        f"alexnet_lrn_{_cpu_fingerprint()}_{tag}",
-                        [source],
-                        # -fno-math-errno: with errno, sqrt branches to libm per element and the loops stay
-                        # scalar (measured: conv1's LRN at batch 128, 86 ms forward instead of 45).
-                        extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
-                        extra_ldflags=["-fopenmp"],
-                        verbose=False,
-                    )
-                finally:
-                    builder.setLevel(level)
-                log.debug("fused LRN kernel loaded")
+                _state["kernel"] = native.build("alexnet_lrn", _SOURCE)
             except Exception as err:  # no compiler, no ninja, a read-only cache: the reference formula runs
                 log.warning("fused LRN kernel unavailable, using the reference formula (%s)", str(err)[:200])
                 _state["kernel"] = None
