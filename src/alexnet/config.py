@@ -120,6 +120,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where fast), fp32, bf16, fp16
     compile: bool = False
     tune_allocator: bool = True  # CPU: keep large freed blocks in the heap (see alexnet.device.tune_cpu_allocator)
+    bf16_copies: bool = True  # CPU bf16 SGD: train on bf16 copies of the weights, no per-step casts (same results)
     out: str | None = None  # run directory; default runs/<time>-<model>-<dataset>
     resume: str | None = None  # a checkpoint path, or "auto" (the run directory's last.pt)
     accumulate: int = 1  # batches per optimizer step (gradient accumulation; no all-reduce on the inner ones)

@@ -15,8 +15,10 @@ def _assert_same_state(a: dict, b: dict) -> None:
     assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key]["momentum_buffer"], sb[key]["momentum_buffer"]), key
     assert a["schedule"] == b["schedule"]
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
 

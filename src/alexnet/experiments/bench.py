@@ -21,7 +21,8 @@ from torch.profiler import record_function
 
 from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
 from ..models import create_model, model_info
-from ..training.optim import can_fuse
+from ..training.bf16_copies import Bf16Copies, applies
+from ..training.optim import PaperSGD, can_fuse
 from .measure import Stat, cpu_features, interleaved, ratio, utilisation
 
 log = logging.getLogger(__name__)
@@ -139,13 +140,26 @@ def _rate(
 
 
 def _train_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str, fused: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    precision: str,
+    fused: bool = False,
+    copies: bool = False,
 ):
-    # The baseline steps torch's default SGD (a loop over parameters on the CPU); the library's defaults its fused one.
-    opt = torch.optim.SGD(
-        model.parameters(), lr=1e-3, momentum=0.9, fused=can_fuse(list(model.parameters())) if fused else None
-    )
+    # The baseline steps torch's default SGD (a loop over parameters on the CPU); the library's defaults its fused one,
+    # on bf16 copies of the weights where the library trains so (`alexnet.training.bf16_copies`).
+    params = list(model.parameters())
+    fuse = can_fuse(params) if fused else None
     model.train()
+    if copies and applies(device, precision):
+        sgd = PaperSGD(params, lr=1e-3, momentum=0.9, fused=fuse)  # torch's SGD at a fixed learning rate
+        model = Bf16Copies(model)
+        sgd.use_copies(model.copies())
+        opt: torch.optim.Optimizer = sgd
+    else:
+        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, fused=fuse)
 
     # The phase markers cost nothing unless a profiler listens: `alexnet.experiments.profile` files time under them.
     def step() -> None:
@@ -183,6 +197,7 @@ def fast_settings(device: torch.device) -> dict[str, Any]:
         "channels_last": device.type != "mps",
         "cast_weights": precision == "bf16",  # inference: weights cast to bf16 once
         "fused_optimizer": True,  # training: one fused SGD kernel (`alexnet.training.optim.can_fuse`)
+        "bf16_copies": True,  # training: bf16 copies of the weights where they apply (`alexnet.training.bf16_copies`)
         "tune_allocator": device.type == "cpu",
     }
 
@@ -204,7 +219,8 @@ def prepare_case(case: Case, device: torch.device) -> Callable[[], None]:
     y = torch.randint(0, 1000, (case.batch,), device=device)
     case.gflops_per_img = 2 * macs * (3 if case.mode == "train" else 1) / 1e9
     if case.mode == "train":
-        return _train_step(model, x, y, device, case.precision, case.settings.get("fused_optimizer", False))
+        fused, copies = (case.settings.get(key, False) for key in ("fused_optimizer", "bf16_copies"))
+        return _train_step(model, x, y, device, case.precision, fused, copies)
     if case.settings.get("compile"):
         dtype = compute_dtype(case.precision)
         # Freezing constant-folds and prepacks the weights for oneDNN; for this model only, not the process.

@@ -37,12 +37,13 @@ from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import atomic_write
 from ..models import create_model, get_spec
 from . import distributed
+from .bf16_copies import Bf16Copies, applies
 from .callbacks import Callback, Callbacks, Control, ProgressLog, StopAtTrainAccuracy, TensorBoardLogger
 from .checkpointer import Checkpointer
 from .ema import WeightEma
 from .engine import train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer, whiten_conv1
-from .optim import Schedule, build_optimizer
+from .optim import PaperSGD, Schedule, build_optimizer
 from .run import Run, RunResult
 from .rundir import claim
 from .state import EpochTotals, check_resume, latest_valid, restore, seed_everything
@@ -200,6 +201,7 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
     if pretrained is not None and cfg.optim.pretrained_lr_scale != 1.0:
         scales = {n: cfg.optim.pretrained_lr_scale for n, _ in plain.named_parameters() if n not in new}
     optimizer = build_optimizer(plain, optim_cfg, scales)
+    model = _on_bf16_copies(cfg, model, optimizer, device, precision, dist_info.enabled)
     limit = cfg.train.limit_train_batches
     steps = len(data.train) if limit is None else min(len(data.train), limit)
     schedule = Schedule(optimizer, optim_cfg, cfg.train.epochs, steps)
@@ -248,6 +250,29 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
         RunResult(out),
         started,
     )
+
+
+def _on_bf16_copies(
+    cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str, dist: bool
+) -> nn.Module:
+    """``model`` run on bf16 copies of its weights, which ``optimizer`` then steps, where `bf16_copies.applies`;
+    else ``model`` itself."""
+    train, optim = cfg.train, cfg.optim
+    if not (train.bf16_copies and isinstance(optimizer, PaperSGD)):
+        return model
+    if not applies(
+        device,
+        precision,
+        accumulate=train.accumulate,
+        clip=optim.clip_grad_norm,
+        compile=train.compile,
+        distributed=dist,
+    ):
+        return model
+    copies = Bf16Copies(model)  # one process: model is the bare module
+    optimizer.use_copies(copies.copies())
+    log.info("training on bf16 copies of the conv and fc weights (train.bf16_copies=false: autocast's casts)")
+    return copies
 
 
 def _resume(run: Run) -> None:

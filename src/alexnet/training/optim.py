@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
+from .bf16_copies import sgd_step
 
 
 class PaperSGD(torch.optim.SGD):
@@ -16,6 +17,9 @@ class PaperSGD(torch.optim.SGD):
     ``torch.optim.SGD`` keeps b ← μ·b + (g + λw) and steps w ← w − ε·b, which equals the paper's rule (v = −ε·b)
     while ε is constant. When ε changes, the paper's velocity keeps the old ε inside it, so the matching torch
     buffer is b·ε_old/ε_new: we rescale the buffer by that ratio at the first step after every change.
+
+    Weights given bf16 copies (`use_copies`) are stepped from their copies' gradients and write them back, with the
+    same arithmetic (`alexnet.training.bf16_copies`).
     """
 
     def __init__(
@@ -30,6 +34,19 @@ class PaperSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=fused)
         for group in self.param_groups:
             group.setdefault("applied_lr", group["lr"])
+        self._copies: dict[torch.Tensor, torch.Tensor] = {}
+
+    def use_copies(self, copies: dict[torch.Tensor, torch.Tensor]) -> None:
+        """Step these weights from their bf16 copies' gradients, and write the copies (`Bf16Copies.copies`)."""
+        self._copies = copies
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for copy in self._copies.values():
+            if set_to_none:
+                copy.grad = None
+            elif copy.grad is not None:
+                copy.grad.zero_()
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -41,7 +58,29 @@ class PaperSGD(torch.optim.SGD):
                     if buf is not None:
                         buf.mul_(old / new)
             group["applied_lr"] = new
-        return super().step(closure)
+            if self._copies:
+                self._step_copies(group)
+        return super().step(closure)  # the other weights (a weight with a copy has no gradient of its own)
+
+    def _step_copies(self, group: dict) -> None:
+        weights = [p for p in group["params"] if p in self._copies and self._copies[p].grad is not None]
+        if not weights:
+            return
+        buffers, first = [], []
+        for p in weights:
+            buf = self.state[p].get("momentum_buffer") if group["momentum"] else None
+            first.append(buf is None)
+            if group["momentum"]:
+                if buf is None or buf.stride() != p.stride():  # new, or restored from a run in another layout
+                    buf = self.state[p]["momentum_buffer"] = torch.empty_like(p) if buf is None else _like(p, buf)
+                buffers.append(buf)
+        copies = [self._copies[p] for p in weights]
+        settings = (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"])
+        sgd_step(weights, copies, buffers, first, *settings)
+
+
+def _like(p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(p).copy_(values)  # ``values`` in ``p``'s memory layout
 
 
 def can_fuse(params: list[torch.Tensor]) -> bool | None:

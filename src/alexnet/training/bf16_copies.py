@@ -1,0 +1,121 @@
+"""bf16 training on the CPU without per-step weight casts: the model keeps its fp32 weights (what checkpoints, the
+weight average and every reader see), the forward and backward run on bf16 copies of the convolution and fc weights,
+and the optimizer updates both in one pass (``csrc/sgd_bf16.cpp``).
+
+Under autocast each step casts every fp32 weight to bf16 in the forward and every bf16 weight gradient back to fp32
+in the backward: for ``alexnet_owt`` (61 M weights, batch 64 bf16, 2 cores of an AMD EPYC) about 38 ms of a 370 ms
+step, more than the optimizer's own 19 ms. With the copies those casts are gone and the update costs what torch's
+fused SGD costs. The arithmetic is the same: a copy is the weight rounded to bf16 as autocast rounds it, the gradient
+is the same bf16 gradient, and the update rounds as torch's fused SGD does, so the weights come out bit for bit as
+autocast and `alexnet.training.optim.PaperSGD` give them (tested).
+
+It applies where that arithmetic is all there is (`applies`): bf16 on the CPU, SGD, one process, no gradient
+accumulation (the copies' gradients would add up in bf16), no clipping, no ``torch.compile``, and a C++ compiler to
+build the kernel with (`alexnet.native`); elsewhere training runs as before. ``train.bf16_copies=false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .. import native
+
+log = logging.getLogger(__name__)
+_SOURCE = Path(__file__).parent / "csrc" / "sgd_bf16.cpp"
+# The kernel matches torch's rounding only when the compiler fuses no multiply-add the source does not write.
+_FLAGS = ("-ffp-contract=off",)
+_lock = threading.Lock()
+_state: dict[str, Any] = {}  # "kernel": the loaded extension, or None once it failed
+
+
+def kernel() -> Any | None:
+    """The compiled update (``step``), built on first call; None where it cannot be built."""
+    if "kernel" not in _state:
+        with _lock:
+            if "kernel" not in _state:
+                try:
+                    _state["kernel"] = native.build("alexnet_sgd_bf16", _SOURCE, _FLAGS)
+                except Exception as err:  # no compiler, no ninja, a read-only cache: autocast's casts run instead
+                    log.warning("bf16 weight copies unavailable, training casts each step (%s)", str(err)[:200])
+                    _state["kernel"] = None
+    return _state["kernel"]
+
+
+def applies(
+    device: torch.device,
+    precision: str,
+    *,
+    accumulate: int = 1,
+    clip: float | None = None,
+    compile: bool = False,
+    distributed: bool = False,
+) -> bool:
+    """Whether an SGD run with these settings trains on bf16 copies (builds the kernel to know)."""
+    plain = accumulate == 1 and not clip and not compile and not distributed
+    return device.type == "cpu" and precision == "bf16" and plain and kernel() is not None
+
+
+class Bf16Copies(nn.Module):
+    """``module`` run on bf16 copies of its ``nn.Conv2d`` and ``nn.Linear`` parameters; the rest (batch norm) stays
+    fp32, as autocast leaves it. A copy whose fp32 weight was changed in place since it was made (a checkpoint loaded,
+    a weight edited) is made again before the next forward."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        # name → (fp32 weight, bf16 copy, the weight's version when the copy was made). The copies are not registered:
+        # the wrapper's parameters and state are the module's own.
+        self._copies: dict[str, tuple[nn.Parameter, torch.Tensor, int]] = {}
+        for prefix, layer in module.named_modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                for name, p in layer.named_parameters(prefix=prefix, recurse=False):
+                    # torch's fused SGD rounds the last numel mod 16 values of a tensor in a scalar loop whose
+                    # multiply-adds its compiler chose; such tensors (small biases, in practice) keep autocast's cast
+                    # and torch's step, so every weight stays equal to what autocast training gives.
+                    if p.dtype == torch.float32 and p.numel() % 16 == 0:
+                        copy = p.detach().to(torch.bfloat16).requires_grad_(p.requires_grad)  # same strides as p
+                        self._copies[name] = (p, copy, p._version)
+
+    def copies(self) -> dict[nn.Parameter, torch.Tensor]:
+        """Each fp32 weight's bf16 copy, for the optimizer (`alexnet.training.optim.PaperSGD.use_copies`)."""
+        return {p: copy for p, copy, _ in self._copies.values()}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self._refresh()
+        return functional_call(self.module, {n: c for n, (_, c, _) in self._copies.items()}, args, kwargs, strict=False)
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        # The kernel writes weights through raw pointers, which leaves their version alone; anything else that
+        # changes a weight in place (load_state_dict's copy_, an edit under no_grad) moves it on.
+        for name, (p, copy, version) in self._copies.items():
+            if p._version != version:
+                copy.copy_(p)
+                self._copies[name] = (p, copy, p._version)
+
+
+def sgd_step(
+    weights: list[torch.Tensor],
+    copies: list[torch.Tensor],
+    buffers: list[torch.Tensor],
+    first: list[bool],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None:
+    """torch's SGD step on ``weights`` from their ``copies``' gradients, writing the copies too (see the module)."""
+    grads = []
+    for w, copy in zip(weights, copies):
+        g = copy.grad
+        if g.stride() != w.stride():  # autograd keeps a leaf's gradient in its layout; this is the rare exception
+            g = torch.empty_like(copy).copy_(g)
+        grads.append(g)
+    kernel().step(weights, grads, buffers, copies, first, lr, momentum, weight_decay, nesterov)
