@@ -224,3 +224,30 @@ def test_the_compiled_case_freezes_its_model_not_the_process():
     case = Case("compiled", "alexnet_small", "infer", 2, 32, "fp32", True, settings={"compile": True})
     prepare_case(case, torch.device("cpu"))
     assert inductor_config.freezing == before
+
+
+def test_the_peers_advice_is_heard_only_when_verbose(capsys):
+    """onnxruntime's quantizer warns on the root logger and OpenVINO's converter through torch.jit's FutureWarning;
+    inside the engines' builds both stay off the terminal unless alexnet logs at DEBUG (the CLI's -v)."""
+    import logging
+    import warnings
+
+    from alexnet.experiments.engines import _others_quiet
+
+    root, ours = logging.getLogger(), logging.getLogger("alexnet")
+    handler = logging.StreamHandler()  # what the CLI's basicConfig installs: the terminal
+    root.addHandler(handler)
+    level = ours.level
+    try:
+        for verbose in (False, True):
+            ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with _others_quiet():
+                    logging.warning("Please consider to run pre-processing before quantization")
+                    warnings.warn("torch.jit.trace is deprecated", FutureWarning, stacklevel=1)
+            err = capsys.readouterr().err
+            assert ("pre-processing" in err) == verbose and (len(caught) == 1) == verbose, (verbose, err, caught)
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(level)

@@ -12,7 +12,8 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,25 @@ def calibration_batch(size: int, n: int = 32) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
+@contextlib.contextmanager
+def _others_quiet() -> Iterator[None]:
+    # Other libraries' advice reaches the terminal only with -v (the CLI then shows alexnet's DEBUG lines):
+    # onnxruntime's quantizer logs "consider pre-processing" on the root logger, and OpenVINO's converter traces with
+    # torch.jit, which warns that it is deprecated.
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def whole_batches(images: torch.Tensor, batch: int) -> torch.Tensor:
     """``images`` repeated in order until they fill whole batches of ``batch`` (at least all of them once)."""
     total = -(-len(images) // batch) * batch
@@ -72,7 +92,8 @@ def openvino_int8(model: torch.nn.Module, size: int, threads: int) -> Callable[[
     def make(x: torch.Tensor) -> Callable[[], Any]:
         key = tuple(x.shape)
         if key not in compiled:
-            ov_model = ov.convert_model(model, example_input=x)
+            with _others_quiet():
+                ov_model = ov.convert_model(model, example_input=x)
             samples = [c[None].numpy() for c in calibration_batch(size)]
             nncf.set_log_level(logging.ERROR)
             with contextlib.redirect_stdout(io.StringIO()):  # its progress bars would land in `bench --json`'s output
@@ -98,15 +119,16 @@ def onnxruntime_int8(fp32_path: Path, int8_path: Path, size: int, threads: int) 
         def get_next(self) -> dict | None:
             return next(self.samples, None)
 
-    quantize_static(
-        str(fp32_path),
-        str(int8_path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
+    with _others_quiet():
+        quantize_static(
+            str(fp32_path),
+            str(int8_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
@@ -162,7 +184,8 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
         def openvino(x: torch.Tensor) -> Callable[[], Any]:
             key = tuple(x.shape)
             if key not in compiled:
-                ov_model = ov.convert_model(tv, example_input=x)
+                with _others_quiet():
+                    ov_model = ov.convert_model(tv, example_input=x)
                 config = {
                     "INFERENCE_PRECISION_HINT": "bf16",
                     "INFERENCE_NUM_THREADS": threads,
