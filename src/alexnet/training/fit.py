@@ -271,7 +271,7 @@ def _on_bf16_copies(
         return model
     copies = Bf16Copies(model)  # one process: model is the bare module
     optimizer.use_copies(copies.copies())
-    log.info("training on bf16 copies of the conv and fc weights (train.bf16_copies=false: autocast's casts)")
+    log.info("training on bf16 copies of the conv and fc weights, no per-step casts (train.bf16_copies=false: off)")
     return copies
 
 
