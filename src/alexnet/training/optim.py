@@ -71,16 +71,10 @@ class PaperSGD(torch.optim.SGD):
             buf = self.state[p].get("momentum_buffer") if group["momentum"] else None
             first.append(buf is None)
             if group["momentum"]:
-                if buf is None or buf.stride() != p.stride():  # new, or restored from a run in another layout
-                    buf = self.state[p]["momentum_buffer"] = torch.empty_like(p) if buf is None else _like(p, buf)
-                buffers.append(buf)
+                buffers.append(self.state[p].setdefault("momentum_buffer", torch.empty_like(p)))
         copies = [self._copies[p] for p in weights]
         settings = (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"])
         sgd_step(weights, copies, buffers, first, *settings)
-
-
-def _like(p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(p).copy_(values)  # ``values`` in ``p``'s memory layout
 
 
 def can_fuse(params: list[torch.Tensor]) -> bool | None:

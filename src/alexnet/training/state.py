@@ -187,6 +187,16 @@ def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[st
             )
 
 
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Put each optimizer state tensor in its parameter's memory layout. A checkpoint from a channels-last run resumed
+    with ``model.channels_last=false`` (or the reverse) brings momentum in the other layout, and torch's fused SGD and
+    AdamW pair values by their place in memory: they would step each weight with another weight's momentum."""
+    for p, st in optimizer.state.items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def restore(
     state: dict[str, Any],
     model: torch.nn.Module,
@@ -210,6 +220,7 @@ def restore(
             " resume --parallel towers/hybrid runs with the same mode and process count"
         )
     optimizer.load_state_dict(per_rank[rank] if strategy.sharded and rank is not None else state["optimizer"])
+    match_layouts(optimizer)
     schedule.load_state_dict(state["schedule"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
