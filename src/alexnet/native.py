@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_loaded: dict[str, Any] = {}  # name → the extension, or None once building it failed
 
 
 def cpu_fingerprint() -> str:
@@ -52,3 +55,17 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
         builder.setLevel(level)
     log.debug("%s kernel loaded", name)
     return module
+
+
+def load(name: str, source: Path, flags: tuple[str, ...] = (), instead: str = "") -> Any | None:
+    """`build`, once per process (threads wait for the first); None where it cannot be built, with one warning that
+    ``instead`` runs."""
+    if name not in _loaded:
+        with _lock:
+            if name not in _loaded:
+                try:
+                    _loaded[name] = build(name, source, flags)
+                except Exception as err:  # no compiler, no ninja, a read-only cache
+                    log.warning("%s kernel unavailable, %s runs instead (%s)", name, instead, str(err)[:200])
+                    _loaded[name] = None
+    return _loaded[name]

@@ -133,11 +133,12 @@ def test_torch_compile_sees_one_operator_and_export_the_formula(monkeypatch):
     """Under torch.compile the layer is one ``alexnet::lrn`` node (no graph break), even compiled before any eager
     call has loaded the kernel; forward and gradient equal to the formula; torch.export traces the formula, so an
     exported program needs no alexnet to run."""
+    from alexnet import native
     from alexnet.models import fused_lrn
 
     if fused_lrn.kernel() is None:
         pytest.skip("the fused kernel cannot be built here (no compiler)")
-    monkeypatch.setattr(fused_lrn, "_state", {})  # not loaded yet: the compiler meets the loading code, and its lock
+    monkeypatch.setattr(native, "_loaded", {})  # not loaded yet: the compiler meets the loading code, and its lock
     torch.manual_seed(0)
     layer = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
     x = torch.randn(4, 16, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()

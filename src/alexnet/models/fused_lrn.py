@@ -20,9 +20,7 @@ alexnet installed.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +29,13 @@ import torch
 from .. import native
 from . import lrn_triton
 
-log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).parent / "csrc" / "lrn.cpp"
-_lock = threading.Lock()
-_state: dict[str, Any] = {}  # "kernel": the loaded extension, or None once it failed
 
 
 def kernel() -> Any | None:
     """The compiled extension (``forward``, ``backward``), built on first call; None where it cannot be built or is
     turned off (``ALEXNET_FUSED_LRN=0``)."""
-    if not _enabled():
-        return None
-    if "kernel" in _state:
-        return _state["kernel"]
-    with _lock:
-        if "kernel" not in _state:
-            try:
-                _state["kernel"] = native.build("alexnet_lrn", _SOURCE)
-            except Exception as err:  # no compiler, no ninja, a read-only cache: the reference formula runs
-                log.warning("fused LRN kernel unavailable, using the reference formula (%s)", str(err)[:200])
-                _state["kernel"] = None
-    return _state["kernel"]
+    return native.load("alexnet_lrn", _SOURCE, instead="the reference formula") if _enabled() else None
 
 
 def usable(x: torch.Tensor) -> bool:

@@ -1,0 +1,26 @@
+"""The C++ kernels' build: once per process, and where it fails, one warning and the fallback."""
+
+import logging
+
+import torch
+
+from alexnet import native
+from alexnet.training import bf16_copies
+
+
+def test_a_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch, caplog):
+    calls = []
+
+    def no_compiler(name, source, flags=()):
+        calls.append(name)
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "build", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="alexnet"):
+        assert bf16_copies.kernel() is None and bf16_copies.kernel() is None
+        # a bf16 CPU run then trains with autocast's casts rather than failing
+        assert not bf16_copies.applies(torch.device("cpu"), "bf16")
+    assert calls == ["alexnet_sgd_bf16"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Ninja is required" in warnings[0] and "autocast's per-step casts" in warnings[0]
