@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
 import time
 
 from alexnet.config import load_config
+from alexnet.errors import AlexNetError
 from alexnet.training.fit import fit
 
 
@@ -47,7 +49,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     finals, seconds = [], []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        final, total, history = one_run(args.recipe, args.overrides, seed)
+        try:
+            final, total, history = one_run(args.recipe, args.overrides, seed)
+        except (AlexNetError, ValueError, FileNotFoundError) as err:  # a bad --set or recipe: one line, as the CLI
+            sys.exit(f"time_to_accuracy: error: {err}")
         print(f"\nseed {seed}\n{'epoch':>5} {'elapsed s':>10} {'val acc1 %':>11}")
         for row in history:
             print(f"{row['epoch']:>5} {row['elapsed']:>10.1f} {row['val_acc1']:>11.2f}")

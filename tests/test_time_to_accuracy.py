@@ -45,3 +45,11 @@ def test_the_verdict_is_the_mean_and_counts_the_seeds_that_met_it_alone(tta, mon
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "93.13 ± 0.21% in 175.33 ± 5.51 s over 3 seed(s)" in last
     assert last.endswith("target 93.0% in 180 s: MET in the mean, by 1 of 3 seed(s) alone")
+
+
+def test_a_bad_override_is_one_line_and_a_non_zero_exit(tta, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["time_to_accuracy.py", "--set", "model.overrides.fc=[512,512]"])
+    with pytest.raises(SystemExit) as stop:
+        tta.main()
+    message = str(stop.value.code)
+    assert message.startswith("time_to_accuracy: error: unknown override 'fc'") and "\n" not in message
