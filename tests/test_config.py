@@ -51,6 +51,7 @@ def test_overrides_and_fields():
         (["optimizer.lr=1"], "unknown section"),
         (["optim.lr=fast"], "wrong type"),
         (["train.epochs=1.5"], "wrong type"),
+        (["train.bf16_copies=1"], r"train.bf16_copies=1 has the wrong type; expected bool$"),
         (["lr=1"], "section.key=value"),
         (["data.ten_crop=true", "data.flip_tta=true"], "exclusive"),
         (["data.ten_crop=true", "data.translate_tta=2"], "exclusive"),

@@ -269,7 +269,8 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
             return value
         if base in (bool, str, list, dict) and isinstance(value, base):
             return value
-    raise AlexNetError(f"{where}={value!r} has the wrong type; expected {hint}")
+    expected = hint.__name__ if isinstance(hint, type) else str(hint)  # "bool", not "<class 'bool'>"
+    raise AlexNetError(f"{where}={value!r} has the wrong type; expected {expected}")
 
 
 def _merge(config: Config, tree: dict[str, Any], origin: str) -> None:
