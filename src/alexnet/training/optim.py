@@ -66,12 +66,12 @@ class PaperSGD(torch.optim.SGD):
         weights = [p for p in group["params"] if p in self._copies and self._copies[p].grad is not None]
         if not weights:
             return
-        buffers, first = [], []
-        for p in weights:
-            buf = self.state[p].get("momentum_buffer") if group["momentum"] else None
-            first.append(buf is None)
-            if group["momentum"]:
-                buffers.append(self.state[p].setdefault("momentum_buffer", torch.empty_like(p)))
+        momentum, state = group["momentum"], [self.state[p] for p in weights]
+        first = [bool(momentum) and "momentum_buffer" not in st for st in state]  # a new buffer starts as the gradient
+        for st, p, new in zip(state, weights, first):
+            if new:  # allocated once, not on every step
+                st["momentum_buffer"] = torch.empty_like(p)
+        buffers = [st["momentum_buffer"] for st in state] if momentum else []
         copies = [self._copies[p] for p in weights]
         settings = (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"])
         sgd_step(weights, copies, buffers, first, *settings)
