@@ -57,7 +57,7 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     return module
 
 
-def load(name: str, source: Path, flags: tuple[str, ...] = (), instead: str = "") -> Any | None:
+def load(name: str, source: Path, flags: tuple[str, ...] = (), *, instead: str) -> Any | None:
     """`build`, once per process (threads wait for the first); None where it cannot be built, with one warning that
     ``instead`` runs."""
     if name not in _loaded:

@@ -57,9 +57,11 @@ class Bf16Copies(nn.Module):
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
-        # name → (fp32 weight, bf16 copy, the weight's version when the copy was made). The copies are not registered:
-        # the wrapper's parameters and state are the module's own.
-        self._copies: dict[str, tuple[nn.Parameter, torch.Tensor, int]] = {}
+        # By parameter name: the fp32 weight, its bf16 copy, and the weight's version when the copy was made. The
+        # copies are not registered: the wrapper's parameters and state are the module's own.
+        self._weights: dict[str, nn.Parameter] = {}
+        self._copies: dict[str, torch.Tensor] = {}
+        self._versions: dict[str, int] = {}
         for prefix, layer in module.named_modules():
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
                 for name, p in layer.named_parameters(prefix=prefix, recurse=False):
@@ -67,25 +69,27 @@ class Bf16Copies(nn.Module):
                     # multiply-adds its compiler chose; such tensors (small biases, in practice) keep autocast's cast
                     # and torch's step, so every weight stays equal to what autocast training gives.
                     if p.dtype == torch.float32 and p.numel() % 16 == 0:
-                        copy = p.detach().to(torch.bfloat16).requires_grad_(p.requires_grad)  # same strides as p
-                        self._copies[name] = (p, copy, p._version)
+                        self._weights[name] = p
+                        copy = p.detach().to(torch.bfloat16)  # with p's strides
+                        self._copies[name] = copy.requires_grad_(p.requires_grad)
+                        self._versions[name] = p._version
 
     def copies(self) -> dict[nn.Parameter, torch.Tensor]:
         """Each fp32 weight's bf16 copy, for the optimizer (`alexnet.training.optim.PaperSGD.use_copies`)."""
-        return {p: copy for p, copy, _ in self._copies.values()}
+        return {self._weights[name]: copy for name, copy in self._copies.items()}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._refresh()
-        return functional_call(self.module, {n: c for n, (_, c, _) in self._copies.items()}, args, kwargs, strict=False)
+        return functional_call(self.module, self._copies, args, kwargs, strict=False)
 
     @torch.no_grad()
     def _refresh(self) -> None:
         # The kernel writes weights through raw pointers, which leaves their version alone; anything else that
         # changes a weight in place (load_state_dict's copy_, an edit under no_grad) moves it on.
-        for name, (p, copy, version) in self._copies.items():
-            if p._version != version:
-                copy.copy_(p)
-                self._copies[name] = (p, copy, p._version)
+        for name, p in self._weights.items():
+            if p._version != self._versions[name]:
+                self._copies[name].copy_(p)
+                self._versions[name] = p._version
 
 
 def sgd_step(
