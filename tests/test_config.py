@@ -56,6 +56,7 @@ def test_overrides_and_fields():
         (["data.ten_crop=true", "data.flip_tta=true"], "exclusive"),
         (["data.ten_crop=true", "data.translate_tta=2"], "exclusive"),
         (["data.translate_tta=-1"], "out of range"),
+        (['data.pad_mode="zeros"'], "data.pad_mode"),
         (["data.translate_tta=28"], "less than the model's input, 28 px"),
         (["data.alternate_flips=true", "data.flip=false"], "needs data.flip=true"),
         (["data.alternate_flips=true", "data.mean_image=true"], "one of them"),

@@ -33,6 +33,7 @@ INF = float("inf")
 CHOICES: dict[str, tuple[str | None, ...]] = {
     "data.normalize": NORMALIZATIONS,
     "data.auto_augment": (None, "randaugment", "trivialaugment"),
+    "data.pad_mode": ("constant", "reflect"),
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
     "train.precision": PRECISIONS,

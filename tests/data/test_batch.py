@@ -29,6 +29,34 @@ def test_random_crop_is_a_window_of_the_padded_image():
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_reflect_padding_crops_are_windows_of_the_mirrored_image():
+    """data.pad_mode="reflect": the border a crop reaches is the image mirrored at its edge, not black."""
+    x = torch.randint(1, 255, (32, 3, 6, 6), dtype=torch.uint8)  # no zero pixel: a black border would show
+    out = _tf(pad=1, pad_mode="reflect").train(x, step_generator(0, 0, 0)) * 255
+    mirrored = torch.nn.functional.pad(x.float(), (1, 1, 1, 1), mode="reflect")
+    black = torch.nn.functional.pad(x.float(), (1, 1, 1, 1))
+    near_edge = 0
+    for b in range(32):
+        assert any(
+            torch.allclose(out[b], mirrored[b, :, i : i + 4, j : j + 4], atol=1e-3) for i in range(5) for j in range(5)
+        )
+        near_edge += not any(
+            torch.allclose(out[b], black[b, :, i : i + 4, j : j + 4], atol=1e-3) for i in range(5) for j in range(5)
+        )
+    assert near_edge > 10  # 16 of the 25 offsets reach past the edge
+
+
+def test_pad_mode_reaches_the_training_transform_only():
+    from alexnet.data.config import DataConfig
+    from alexnet.data.pipeline import build_transforms
+    from alexnet.errors import ConfigError
+
+    train_tf, eval_tf, _ = build_transforms(DataConfig(pad=4, pad_mode="reflect"), 32, 32, [0.5] * 3, [0.25] * 3)
+    assert (train_tf.pad_mode, eval_tf.pad_mode) == ("reflect", "constant")  # saved models rebuild eval's alone
+    with pytest.raises(ConfigError, match="less than the images' 28 px"):
+        build_transforms(DataConfig(pad=28, pad_mode="reflect"), 28, 28, [0.5], [0.25])
+
+
 def test_flips_happen_about_half_the_time_and_are_mirrors():
     x = torch.randint(0, 255, (400, 1, 5, 5), dtype=torch.uint8)
     tf = _tf(input_size=5, crop=5, flip=True, mean=torch.zeros(1, 1, 1))

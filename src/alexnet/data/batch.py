@@ -63,7 +63,8 @@ class BatchTransform:
     Attributes:
         input_size: side the model takes (px).
         crop: side of the random (train) or central (eval) crop, before resizing to ``input_size``.
-        pad: zero padding before the random crop (px), for small images.
+        pad: padding before the random crop (px), for small images.
+        pad_mode: ``constant`` (black borders) or ``reflect``: how the training crops' padding is filled.
         flip: random horizontal flips in training.
         pca_std: σ of the PCA colour noise α ~ N(0, σ²) (paper: 0.1); 0 disables it.
         mean: (C, 1, 1) channel means or (C, S, S) mean image, on the [0, 1] scale.
@@ -78,6 +79,7 @@ class BatchTransform:
     mean: torch.Tensor
     std: torch.Tensor | None = None
     pad: int = 0
+    pad_mode: str = "constant"
     flip: bool = True
     pca_std: float = 0.0
     eigval: torch.Tensor | None = None
@@ -121,7 +123,7 @@ class BatchTransform:
         if self.mean.shape[-1] == 1:
             return self.mean
         mean = self.mean.expand(b, *self.mean.shape)
-        return F.pad(mean, (self.pad,) * 4) if self.pad else mean
+        return F.pad(mean, (self.pad,) * 4, mode=self.pad_mode) if self.pad else mean
 
     def _crops(self, x: torch.Tensor, oy: list[int], ox: list[int], flips: list[bool]) -> torch.Tensor:
         """(B, C, crop, crop) windows of ``x`` at per-image offsets, mirrored where asked, in channels-last memory.
@@ -136,10 +138,10 @@ class BatchTransform:
         return out
 
     def train(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random crop (after optional zero padding), random flip, PCA colour noise, normalisation."""
+        """Random crop (after optional padding), random flip, PCA colour noise, normalisation."""
         b, _c, h, w = x.shape
-        if self.pad:
-            x = F.pad(x, (self.pad,) * 4)  # black borders, as torchvision's RandomCrop(padding=...)
+        if self.pad:  # constant: black borders, as torchvision's RandomCrop(padding=...)
+            x = F.pad(x, (self.pad,) * 4, mode=self.pad_mode)
             h, w = h + 2 * self.pad, w + 2 * self.pad
         # One crop offset per image, drawn uniformly from every valid position (257 - 227 = 30 for the paper).
         oy = torch.randint(0, h - self.crop + 1, (b,), generator=generator).tolist()
@@ -170,7 +172,7 @@ class BatchTransform:
         """
         b = x.shape[0]
         if self.pad:
-            x = F.pad(x, (self.pad,) * 4)
+            x = F.pad(x, (self.pad,) * 4, mode=self.pad_mode)
         h, w, c = x.shape[-2], x.shape[-1], self.crop
         corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
         oy = [t for t, _ in corners for _ in range(b)] * 2

@@ -20,7 +20,10 @@ class DataConfig:
     workers: int = 2  # decoding processes for image folders
     resize: int | None = None  # folders: shorter side → resize, then central resize×resize (paper: 256)
     crop: int | None = None  # train crop side before the model's resize; None = model input (or stored size)
-    pad: int = 0  # zero padding before random crops (px; small images)
+    pad: int = 0  # padding before random crops (px; small images)
+    # how training crops see beyond the border: constant (black, torchvision's RandomCrop default) or reflect
+    # (the image mirrored at its edge, as airbench and the DAWNBench CIFAR-10 records pad)
+    pad_mode: str = "constant"
     flip: bool = True  # random horizontal flips
     # airbench's alternating flips: each image's mirror is drawn once, then flipped every other epoch, so every pair
     # of epochs sees both orientations (in-memory data sets only)

@@ -367,6 +367,8 @@ def build_transforms(
     """The training and evaluation transforms for images stored at ``stored`` px, and the preprocessing metadata
     saved with the weights (which rebuilds the same evaluation transform: `BatchTransform.for_eval`)."""
     crop = cfg.crop or min(input_size, stored)
+    if cfg.pad_mode == "reflect" and cfg.pad >= stored:  # a mirror reaches at most one image side - 1 beyond it
+        raise ConfigError(f'data.pad={cfg.pad} with data.pad_mode="reflect" must be less than the images\' {stored} px')
     norm_std = std if cfg.normalize == "meanstd" else None
     eval_tf = BatchTransform.for_eval(
         input_size, crop, mean_image if mean_image is not None else mean, norm_std, cfg.pad, cfg.pixel_scale
@@ -374,6 +376,7 @@ def build_transforms(
     train_tf = dataclasses.replace(
         eval_tf,
         flip=cfg.flip and not cfg.alternate_flips,  # alternating flips are the loader's (TensorLoader)
+        pad_mode=cfg.pad_mode,
         pca_std=cfg.pca_std,
         eigval=torch.tensor(cfg.pca_eigval or IMAGENET_EIGVAL),
         eigvec=torch.tensor(cfg.pca_eigvec or IMAGENET_EIGVEC),
