@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from alexnet.data.batch import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, step_generator, tta_views
-from alexnet.data.pipeline import TensorLoader
+from alexnet.data.config import DataConfig
+from alexnet.data.pipeline import TensorLoader, build_transforms
 from alexnet.data.sources import TensorSplit
+from alexnet.errors import ConfigError
 from alexnet.evaluation import StepSettings, evaluate
 from tests.conftest import make_folder
 
@@ -47,10 +49,6 @@ def test_reflect_padding_crops_are_windows_of_the_mirrored_image():
 
 
 def test_pad_mode_reaches_the_training_transform_only():
-    from alexnet.data.config import DataConfig
-    from alexnet.data.pipeline import build_transforms
-    from alexnet.errors import ConfigError
-
     train_tf, eval_tf, _ = build_transforms(DataConfig(pad=4, pad_mode="reflect"), 32, 32, [0.5] * 3, [0.25] * 3)
     assert (train_tf.pad_mode, eval_tf.pad_mode) == ("reflect", "constant")  # saved models rebuild eval's alone
     with pytest.raises(ConfigError, match="less than the images' 28 px"):
