@@ -20,6 +20,7 @@ MACS = {
     "alexnet_owt": 714_188_480,
     "alexnet_d2l": 1_009_945_728,
     "alexnet_small": 96_722_944,
+    "alexnet_cifar": 97_247_232,  # by hand: 3,686,400 + 2 × 10,616,832 + 28,311,552 + 37,748,736 + fc 6,266,880
     "convnet_cifar_local": 36_716_544,
     "convnet_fig1": 13_312_000,
 }
