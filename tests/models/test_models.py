@@ -156,6 +156,8 @@ GOOD_OVERRIDES = [
     {"dropout_position": "before"},
     {"lrn_across_towers": True, "lrn_convention": "caffe"},
     {"pool_first": True},
+    {"fc_norm": True},
+    {"fc_norm": True, "dropout_position": "before"},
 ]
 
 
@@ -224,6 +226,25 @@ def test_pool_first_moves_each_pool_before_its_norm_and_activation():
         torch.testing.assert_close(pool_first(x), paper_order(x))
 
 
+def test_fc_norm_puts_batch_norm_between_each_hidden_fc_and_its_activation():
+    def kinds(model):
+        return [type(m).__name__ for m in model.classifier]
+
+    assert kinds(alexnet.create_model("alexnet_small", fc_norm=True)) == [
+        *("Linear", "BatchNorm1d", "ReLU", "Dropout"),
+        *("Linear", "BatchNorm1d", "ReLU", "Dropout"),
+        "Linear",
+    ]
+    before = alexnet.create_model("alexnet_owt", fc_norm=True, num_classes=10)
+    assert kinds(before) == [
+        *("Dropout", "Linear", "BatchNorm1d", "ReLU"),
+        *("Dropout", "Linear", "BatchNorm1d", "ReLU"),
+        "Linear",
+    ]
+    assert [m.num_features for m in before.classifier if isinstance(m, torch.nn.BatchNorm1d)] == [4096, 4096]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in alexnet.create_model("alexnet_small").modules())
+
+
 BAD_OVERRIDES = [
     ({"nrom": "batch"}, "unknown override 'nrom'"),
     ({"norm": "group"}, "choose one of"),
@@ -239,6 +260,7 @@ BAD_OVERRIDES = [
     ({"lrn_size": 4}, "must be odd"),
     ({"input_size": 16}, "too small"),
     ({"lrn_across_towers": 1}, "choose one of"),
+    ({"fc_norm": "yes"}, "choose one of"),
 ]
 
 

@@ -213,9 +213,10 @@ SYNC_BN = textwrap.dedent("""
     torch.set_num_threads(1)
     rank = dist.get_rank()
     torch.manual_seed(0)
-    whole = alexnet.create_model("alexnet_small", num_classes=10, width=0.25, dropout=0.0)
+    # fc_norm: BatchNorm1d in the classifier too, under the convs' BatchNorm2d
+    whole = alexnet.create_model("alexnet_small", num_classes=10, width=0.25, dropout=0.0, fc_norm=True)
     ddp = nn.parallel.DistributedDataParallel(convert_sync_batchnorm(alexnet.create_model(
-        "alexnet_small", num_classes=10, width=0.25, dropout=0.0)))
+        "alexnet_small", num_classes=10, width=0.25, dropout=0.0, fc_norm=True)))
     ddp.module.load_state_dict(whole.state_dict())
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(2))

@@ -24,7 +24,8 @@ EQUIVALENCE = textwrap.dedent("""
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     cases = [("towers", "alexnet_paper", {}), ("hybrid", "alexnet_paper", {}), ("hybrid", "alexnet_owt", {}),
-             ("towers", "alexnet_paper", {"norm": "batch"})]
+             ("towers", "alexnet_paper", {"norm": "batch", "fc_norm": True}),
+             ("hybrid", "alexnet_owt", {"fc_norm": True})]
     out = {f"{m} {n} {o}": equivalence(m, n, batch=4, steps=3, width=0.25, **o) for m, n, o in cases}
     if dist.get_rank() == 0:
         print("RESULT " + json.dumps(out))

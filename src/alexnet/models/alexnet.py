@@ -1,8 +1,8 @@
 """The one AlexNet module, built from an `ArchSpec`.
 
 Children are ``features`` / ``avgpool`` / ``classifier`` in torchvision's order (conv, [BN], act, [LRN], [pool]; with
-``pool_first``: conv, [pool], [BN], act, [LRN]), so torchvision's AlexNet state dict loads unchanged into
-``alexnet_owt``.
+``pool_first``: conv, [pool], [BN], act, [LRN]; in the classifier [dropout], fc, [BN with ``fc_norm``], act,
+[dropout]), so torchvision's AlexNet state dict loads unchanged into ``alexnet_owt``.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class AlexNet(nn.Module):
                 head.append(nn.Dropout(spec.dropout))
             head.append(linears[-1])
             if not last:
+                head += [nn.BatchNorm1d(fan_out)] if spec.fc_norm else []
                 head.append(_activation(spec.activation))
                 if spec.dropout_position == "after":
                     head.append(nn.Dropout(spec.dropout))

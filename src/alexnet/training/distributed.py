@@ -75,8 +75,8 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-class SyncBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics cover the global batch of every process, on any device and backend.
+class _SyncStats:
+    """Batch norm whose training statistics cover the global batch of every process, on any device and backend.
 
     ``torch.nn.SyncBatchNorm`` runs only on GPUs; this one all-reduces each channel's (Σx, Σx², count) through the
     autograd-aware ``torch.distributed.nn.functional.all_reduce``, so the backward pass is exact too (tested equal to
@@ -89,9 +89,10 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         from torch.distributed.nn.functional import all_reduce
 
         c = x.shape[1]
+        dims = (0, *range(2, x.ndim))  # every axis but the channels': (B, C) under fc layers, (B, C, H, W) under convs
         xf = x.float()
         count = torch.full((1,), xf.numel() / c, device=x.device)
-        stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))  # (2C + 1,)
+        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2C + 1,)
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises
@@ -101,18 +102,31 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)  # unbiased
                 self.num_batches_tracked.add_(1)
-        shape = (1, c, 1, 1)
+        shape = (1, c) + (1,) * (x.ndim - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 
 
+class SyncBatchNorm2d(_SyncStats, nn.BatchNorm2d):
+    """BatchNorm2d synchronised across processes (see `_SyncStats`)."""
+
+
+class SyncBatchNorm1d(_SyncStats, nn.BatchNorm1d):
+    """BatchNorm1d synchronised across processes: the fc layers' norm (``fc_norm``)."""
+
+
+_SYNCED = {nn.BatchNorm2d: SyncBatchNorm2d, nn.BatchNorm1d: SyncBatchNorm1d}
+
+
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every BatchNorm2d replaced by a `SyncBatchNorm2d` holding the same parameters and buffers."""
+    """``module`` with every BatchNorm1d/2d replaced by its synchronised twin, holding the same parameters and
+    buffers."""
     for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SyncBatchNorm2d):
-            sync = SyncBatchNorm2d(
+        synced = _SYNCED.get(type(child))
+        if synced is not None:
+            sync = synced(
                 child.num_features,
                 child.eps,
                 child.momentum,

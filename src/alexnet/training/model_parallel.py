@@ -123,9 +123,9 @@ def _shard_linear(linear: nn.Linear, rank: int, world: int, name: str) -> nn.Lin
     return out
 
 
-def _shard_norm(norm: nn.BatchNorm2d, rank: int, world: int) -> nn.BatchNorm2d:
+def _shard_norm(norm: nn.BatchNorm1d | nn.BatchNorm2d, rank: int, world: int) -> nn.Module:
     rows = _rows(norm.num_features, rank, world, "batch norm")
-    out = nn.BatchNorm2d(rows.stop - rows.start, norm.eps, norm.momentum)
+    out = type(norm)(rows.stop - rows.start, norm.eps, norm.momentum)
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             getattr(out, name).copy_(getattr(norm, name)[rows])
@@ -209,6 +209,8 @@ class ShardedAlexNet(nn.Module):
                     head.append(Exchange(f"input of {full_name}", 1, world, group))
                 sharded = _shard_linear(module, rank, world, full_name)
                 split = True
+            elif isinstance(module, nn.BatchNorm1d):  # per feature, and the features are this rank's rows
+                sharded = _shard_norm(module, rank, world)
             else:
                 sharded = copy.deepcopy(module)
             self._record(plan, f"classifier.{len(head)}", full_name, sharded, rank, world, names[full_name])

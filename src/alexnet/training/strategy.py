@@ -54,7 +54,8 @@ class Strategy:
     def wrap(self, model: nn.Module, sync_bn: bool | None = None) -> tuple[nn.Module, nn.Module]:
         """(what trains, the bare module for state dicts): DDP, this rank's shard, or the model itself.
 
-        Under DDP, batch norm becomes `SyncBatchNorm2d` when ``sync_bn`` says so (None: whenever the model has it).
+        Under DDP, batch norm becomes `SyncBatchNorm2d` / `SyncBatchNorm1d` when ``sync_bn`` says so (None: whenever
+        the model has it).
         """
         if self.sharded:
             shard = ShardedAlexNet(model, self.mode, self.dist.rank, self.dist.world)
@@ -62,7 +63,7 @@ class Strategy:
             log.info("--parallel %s: rank %d holds %d of %d parameters", self.mode, self.dist.rank, mine, total)
             return shard, shard
         if self.dist.enabled:
-            has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+            has_bn = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
             if has_bn and sync_bn is not False:
                 convert_sync_batchnorm(model)
                 log.info("batch norm synchronised across %d processes (--no-sync-bn: per process)", self.dist.world)
