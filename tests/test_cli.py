@@ -61,6 +61,18 @@ def _train_args(out, *extra):
     ]
 
 
+def test_verbose_shows_our_lines_not_matplotlibs_font_search(tmp_path):
+    """-v is for debugging AlexNet: our DEBUG lines and every library's INFO, not matplotlib's score for each
+    installed font (hundreds of lines while the report is drawn)."""
+    args = _train_args(tmp_path / "run", "--limit-train-batches", "2", "--limit-val-batches", "1")
+    cli = [sys.executable, "-m", "alexnet.cli", "-v", *args]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "curves.png").is_file()  # the report was drawn, with matplotlib
+    assert "train batches of" in done.stderr  # our own lines are there
+    assert "findfont" not in done.stderr, done.stderr[:2000]
+
+
 def test_train_then_eval(tmp_path, capsys):
     assert main(_train_args(tmp_path / "run", "--limit-train-batches", "8")) == 0
     assert "best val acc1" in capsys.readouterr().out

@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our progress lines at INFO; other libraries' (onnxscript's optimizer, inductor) only from WARNING, all with -v.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("alexnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # matplotlib scores every installed font and PIL names every PNG chunk at DEBUG: hundreds of lines per report
+    # that drown ours and say nothing about AlexNet; their INFO and up still show.
+    for chatty in ("matplotlib", "PIL"):
+        logging.getLogger(chatty).setLevel(logging.INFO)
     if not args.verbose:  # inductor's C++ builds warn that a CPU machine has no CUDA runtime: not news
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         # torch's profiler (bench --profile) logs its start, its stop and, without a GPU, a failed GPU count from C++
