@@ -63,13 +63,29 @@ def test_resume_is_bitwise_under_the_plateau_and_one_cycle_schedules(tmp_path, s
 
 
 def test_the_default_precision_trains(tmp_path):
-    """`auto`: bf16 autocast where the CPU has native bf16 (this one does), else fp32; every other test pins fp32."""
+    """`auto`: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32 (an AVX2-only CPU); every
+    other test pins fp32."""
     from alexnet.device import pick_precision
 
     result = fit(tiny_config(tmp_path / "run", *LEARN, 'train.precision="auto"'))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     chosen = pick_precision("auto", torch.device("cpu"))
     assert chosen in ("bf16", "fp32")
+
+
+def test_auto_picks_native_bf16_only_and_an_emulated_bf16_asked_for_is_warned_of(monkeypatch, caplog):
+    import logging
+
+    from alexnet.device import pick_precision
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr("alexnet.device.cpu_has_fast_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="alexnet"):
+            assert pick_precision("auto", cpu) == ("bf16" if native else "fp32")
+            assert pick_precision("bf16", cpu) == "bf16"  # asked for: given, but not silently
+        assert ("emulated" in caplog.text) == (not native), caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,9 @@ def pick_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
             raise ValueError("fp16 autocast is for GPUs; use bf16 or fp32 on the CPU")
+        if name == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+            # Without AVX512-BF16 or AMX, oneDNN emulates bf16 (an AVX2 machine: ~1 GFLOP/s against fp32's ~80).
+            log.warning("bf16 on this CPU is emulated (no AVX512-BF16 or AMX): many times slower than fp32 here")
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from alexnet.device import pick_precision
 from alexnet.experiments.bench import benchmark
 
 
@@ -15,7 +16,9 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
     monkeypatch.setattr(bench, "measure_peak", lambda dtype, device: 200e9 if dtype == torch.float32 else 400e9)
     monkeypatch.setattr(engines, "int8_peak", lambda: 800e9)
     result = benchmark(batch=2, quick=True, device="cpu").to_dict()
-    assert result["peak_gflops"] == {"fp32": 200.0, "bf16": 400.0, "int8": 800.0}
+    # bf16's peak only where the defaults run bf16 (native bf16): emulated, it would take minutes and mean nothing
+    native = result["train"]["precision"] == "bf16"
+    assert result["peak_gflops"] == {"fp32": 200.0, "int8": 800.0, **({"bf16": 400.0} if native else {})}
     assert set(result) == {
         "device",
         "threads",
@@ -47,6 +50,58 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
     assert len(result["cases"]) == 4 and result["peak_gflops"]["fp32"] > 0
 
 
+def test_peaks_are_measured_only_for_the_precisions_the_cases_run(monkeypatch):
+    import alexnet.experiments.bench as bench
+
+    asked = []
+    monkeypatch.setattr(bench, "measure_peak", lambda dtype, device: asked.append(dtype) or 1e9)
+    assert set(bench.peaks_for({"fp32"}, torch.device("cpu"))) == {"fp32"} and asked == [torch.float32]
+    asked.clear()
+    assert set(bench.peaks_for({"fp32", "bf16"}, torch.device("cpu"))) == {"fp32", "bf16"}
+    assert sorted(asked, key=str) == [torch.bfloat16, torch.float32]
+
+
+def test_the_engine_table_runs_ours_and_openvino_in_the_librarys_default_precision(monkeypatch):
+    import alexnet.experiments.engines as engines
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr("alexnet.device.cpu_has_fast_bf16", lambda native=native: native)
+        seen = []
+        monkeypatch.setattr(
+            engines, "_engines", lambda model, size, tmp, precision, seen=seen: seen.append(precision) or {}
+        )
+        engines.compare_engines(batch=1, size=32, rounds=1, latency_calls=1, peaks={"int8": 1e12})
+        assert seen == [expected]
+        assert engines.pairs(expected)[1] == (
+            f"alexnet_owt {expected} (compiled, serve --compile)",
+            f"OpenVINO {expected}",
+        )
+
+
+def test_the_int8_peak_skips_a_route_that_runs_on_a_reference_path(monkeypatch):
+    """Without VNNI torch._int_mm runs at ~1 GOP/s (minutes at 4096²): a 512² probe keeps it out of the large runs,
+    and the peak is the fast route's."""
+    import time
+
+    import alexnet.experiments.engines as engines
+
+    calls = []
+
+    def gemms(n):
+        # fast: 20 ms a call at any size (this VM's sleep is coarse below that); slow: 200 ms at the 512² probe, and
+        # instant at the large sizes, where it would win the peak if it were run there
+        def route(name, seconds):
+            return lambda: calls.append((name, n)) or time.sleep(seconds)
+
+        return {"slow": route("slow", 0.2 if n == 512 else 0.0), "fast": route("fast", 0.02)}
+
+    monkeypatch.setattr(engines, "_int8_gemms", gemms)
+    peak = engines.int8_peak(repeats=2)
+    assert {n for name, n in calls if name == "slow"} == {512}  # probed, then left out
+    assert {n for name, n in calls if name == "fast"} == {512, 2048, 4096}
+    assert 0.3 * 2 * 4096**3 / 0.02 < peak <= 2 * 4096**3 / 0.02  # the fast route's best, at 4096
+
+
 def test_per_flop_compares_flop_rates_round_by_round():
     from alexnet.experiments.bench import Case, per_flop
 
@@ -67,13 +122,13 @@ def test_engine_rows_report_rates_latency_mfu_spreads_and_pairs(monkeypatch):
         return lambda x: lambda: time.sleep(per_image * len(x))
 
     # ours at 1 ms an image, the peer at 2 ms: twice the throughput, half the latency, round by round
-    ours, peer = engines.PAIRS[0]
+    ours, peer = engines.INT8_PAIR
 
     def broken(x):
         raise RuntimeError("Constraints violated (batch)!\nmore lines")
 
     fake = {ours: runner(0.001), peer: runner(0.002), "absent": "skipped: no", "broken": broken}
-    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
+    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp, precision: fake)
     result = engines.compare_engines(batch=4, size=32, rounds=3, latency_calls=3, peaks={"int8": 1e12})
     fast, slow, absent, failed = result["rows"]  # in the engines' order
     assert absent == {"engine": "absent", "note": "skipped: no"}
@@ -108,9 +163,9 @@ def test_an_engine_that_builds_but_fails_when_run_costs_only_its_row(monkeypatch
 
         return call
 
-    ours, peer = engines.PAIRS[0]
+    ours, peer = engines.INT8_PAIR
     fake = {ours: runs, "crashes": crashes_when_run, peer: runs}
-    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
+    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp, precision: fake)
     result = engines.compare_engines(batch=2, size=32, rounds=2, latency_calls=2, peaks={"int8": 1e12})
     first, crashed, last = result["rows"]
     assert crashed == {"engine": "crashes", "note": "failed: ValueError"}
@@ -139,9 +194,9 @@ def test_engine_pairs_are_measured_head_to_head(monkeypatch):
 
         return call
 
-    ours, peer = engines.PAIRS[0]
+    ours, peer = engines.INT8_PAIR
     fake = {ours: runner(0.001), peer: runner(0.002), "third": third}
-    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp: fake)
+    monkeypatch.setattr(engines, "_engines", lambda model, size, tmp, precision: fake)
     result = engines.compare_engines(batch=1, size=32, rounds=5, latency_calls=3, peaks={"int8": 1e12})
     fast, slow, _ = result["rows"]
     assert fast["batch1_ms"] > 3.5 and slow["batch1_ms"] > 4.5  # among all the engines, both paid for the third
@@ -160,7 +215,9 @@ def test_the_bench_command_prints_the_table_and_the_json(monkeypatch, capsys):
     monkeypatch.setattr(engines, "int8_peak", lambda: 800e9)
     assert main(["bench", "--quick", "-b", "2", "--device", "cpu"]) == 0
     table = capsys.readouterr().out
-    assert "peak fp32 200.0 GFLOP/s, bf16 400.0 GFLOP/s, int8 800.0 GOP/s" in table and "torchvision alexnet" in table
+    native = pick_precision("auto", torch.device("cpu")) == "bf16"
+    bf16 = "bf16 400.0 GFLOP/s" if native else "bf16 not native here (not run)"
+    assert f"peak fp32 200.0 GFLOP/s, {bf16}, int8 800.0 GOP/s" in table and "torchvision alexnet" in table
     assert table.count("img/s =") == 2  # the train and infer comparisons
     assert main(["bench", "--quick", "-b", "2", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -123,6 +123,13 @@ def measure_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...
     return max(rates)
 
 
+def peaks_for(precisions: set[str], device: torch.device) -> dict[str, float]:
+    """`measure_peak` for each precision a case runs in, and no other: on a CPU without native bf16 (AVX2 only) a
+    4096² bf16 GEMM is emulated at ~1 GFLOP/s, minutes a call, and no case there runs bf16."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    return {p: measure_peak(dtypes[p], device) for p in sorted(precisions)}
+
+
 def _rate(
     step: Callable[[], None], batch: int, warmup: int, repeats: int, device: torch.device, best: bool = False
 ) -> float:
@@ -275,7 +282,7 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
             Case("alexnet_small 32px (defaults)", "alexnet_small", "train", 256, 32, settings=fast, **contender),
             Case("alexnet_small 32px (defaults)", "alexnet_small", "infer", 256, 32, settings=fast, **contender),
         ]
-    peak = {"fp32": measure_peak(torch.float32, dev), "bf16": measure_peak(torch.bfloat16, dev)}
+    peak = peaks_for({"fp32"} | {c.precision for c in cases}, dev)
     if dev.type == "cpu":
         from .engines import int8_peak
 
@@ -332,7 +339,7 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
     if not quick and dev.type == "cpu":
         from .engines import compare_engines
 
-        engines = compare_engines(batch, peaks=peak)
+        engines = compare_engines(batch, peaks=peak, precision=fast["precision"])
     cpu, isa = cpu_features()
     return BenchResult(
         str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),

@@ -1,8 +1,9 @@
 """CPU inference engines side by side, in one run: torchvision's AlexNet in eager fp32, onnxruntime fp32 and int8
-(static QDQ), OpenVINO bf16 and int8 (NNCF) (when those optional packages are installed; skipped with a note
-otherwise), this library's bf16 defaults, the same compiled ahead of time, and its int8 program, every int8 engine
-calibrated on the same inputs; at batch 64 (images/s) and batch 1 (median latency), with MFU against the matching
-measured peak (int8: ``torch._int_mm``'s, the VNNI GEMM rate)."""
+(static QDQ), OpenVINO in the library's default precision (bf16 where the CPU has it natively, else fp32) and int8
+(NNCF) (when those optional packages are installed; skipped with a note otherwise), this library's defaults, the same
+compiled ahead of time, and its int8 program, every int8 engine calibrated on the same inputs; at batch 64
+(images/s) and batch 1 (median latency), with MFU against the matching measured peak (int8: ``torch._int_mm``'s,
+the VNNI GEMM rate)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..device import pick_precision
 from ..errors import first_line
 from ..models import create_model, model_info
 from .measure import Stat, interleaved, ratio, utilisation
@@ -26,17 +28,50 @@ from .measure import Stat, interleaved, ratio, utilisation
 log = logging.getLogger(__name__)
 
 
+def _int8_gemms(n: int) -> dict[str, Callable[[], Any]]:
+    """n×n int8 GEMMs by the two routes int8 takes here: oneDNN's quantized linear (what an int8 program's fc layers
+    run; u8 × s8 with VNNI, AMX or AVX2's byte multiply-adds) and ``torch._int_mm`` (s8 × s8 → s32)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=gen)
+    b = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=gen)
+    out: dict[str, Callable[[], Any]] = {"torch._int_mm": lambda: torch._int_mm(a, b)}
+    try:
+        onednn = torch.ops.onednn
+        packed = onednn.qlinear_prepack(b, [n, n])
+        x = (a.to(torch.int16) + 128).to(torch.uint8)
+        scales, zeros = torch.full((n,), 0.01), torch.zeros(n, dtype=torch.int64)
+        out["oneDNN qlinear"] = lambda: onednn.qlinear_pointwise(
+            x, 0.02, 128, packed, scales, zeros, None, 0.1, 0, None, "none", [], ""
+        )
+    except (AttributeError, RuntimeError):  # a build without oneDNN (an Arm Mac): torch._int_mm alone
+        pass
+    return out
+
+
+def _best_rate(run: Callable[[], Any], ops: float, repeats: int) -> float:
+    run()  # oneDNN builds its kernel on the first call
+    best = 0.0
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        best = max(best, ops / (time.perf_counter() - began))
+    return best
+
+
 def int8_peak(repeats: int = 5) -> float:
-    """int8 multiply-accumulates as FLOP/s (2 per MAC): the best of n×n ``torch._int_mm`` (int8 → int32)."""
+    """int8 multiply-accumulates as FLOP/s (2 per MAC): the best n×n int8 GEMM of `_int8_gemms` at n = 2048, 4096.
+
+    Each route is probed at n = 512 first and only those within 4× of the fastest run large: on a CPU without VNNI
+    (AVX2 only) ``torch._int_mm`` takes a reference path at ~1 GOP/s, minutes for one 4096² product, while oneDNN's
+    quantized linear runs at about twice fp32's rate there.
+    """
+    probe = {name: _best_rate(run, 2 * 512**3, 2) for name, run in _int8_gemms(512).items()}
+    fast = [name for name, rate in probe.items() if rate >= max(probe.values()) / 4]
+    log.debug("int8 GEMM routes at 512: %s; measured large: %s", probe, fast)
     best = 0.0
     for n in (2048, 4096):
-        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        torch._int_mm(a, b)
-        for _ in range(repeats):
-            began = time.perf_counter()
-            torch._int_mm(a, b)
-            best = max(best, 2 * n**3 / (time.perf_counter() - began))
+        runs = _int8_gemms(n)
+        best = max([best] + [_best_rate(runs[name], 2 * n**3, repeats) for name in fast])
     return best
 
 
@@ -140,8 +175,11 @@ def onnxruntime_int8(fp32_path: Path, int8_path: Path, size: int, threads: int) 
     return make
 
 
-def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable[[torch.Tensor], Callable] | str]:
-    """Name → a function making a runner for an input batch, or the reason the engine is skipped."""
+def _engines(
+    model: torch.nn.Module, size: int, tmp: Path, precision: str
+) -> dict[str, Callable[[torch.Tensor], Callable] | str]:
+    """Name → a function making a runner for an input batch, or the reason the engine is skipped. ``precision``:
+    the library's inference default here (bf16 with native bf16, else fp32), which OpenVINO is asked for too."""
     threads = torch.get_num_threads()
     out: dict[str, Any] = {}
     import torchvision
@@ -187,7 +225,7 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
                 with _others_quiet():
                     ov_model = ov.convert_model(tv, example_input=x)
                 config = {
-                    "INFERENCE_PRECISION_HINT": "bf16",
+                    "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                     "INFERENCE_NUM_THREADS": threads,
                     "PERFORMANCE_HINT": "LATENCY",
                 }
@@ -195,28 +233,29 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
             request, xn = compiled[key].create_infer_request(), x.numpy()
             return lambda: request.infer({0: xn})
 
-        out["OpenVINO bf16"] = openvino
+        out[f"OpenVINO {precision}"] = openvino
         out["OpenVINO int8 (NNCF)"] = openvino_int8(tv, size, threads)
     except ImportError:
-        out["OpenVINO bf16"] = "skipped: openvino is not installed (pip install openvino)"
+        out[f"OpenVINO {precision}"] = "skipped: openvino is not installed (pip install openvino)"
 
     # The library's inference defaults, on a copy (the int8 path below quantizes the fp32 original).
-    bf16 = copy.deepcopy(model).eval().to(torch.bfloat16).to(memory_format=torch.channels_last)
-    out["alexnet_owt bf16 (library defaults)"] = lambda x: _torch_runner(
-        bf16, x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    ours = copy.deepcopy(model).eval().to(dtype).to(memory_format=torch.channels_last)
+    out[f"alexnet_owt {precision} (library defaults)"] = lambda x: _torch_runner(
+        ours, x.to(dtype).contiguous(memory_format=torch.channels_last)
     )
-    # What `alexnet serve --compile` runs: the same bf16 model compiled ahead of time (one program, any batch), as
+    # What `alexnet serve --compile` runs: the same model compiled ahead of time (one program, any batch), as
     # OpenVINO compiles its model before it runs.
     from ..inference.compiled import CompiledModel
 
     aot: list[CompiledModel] = []  # compiled once, for the first batch size asked, and run at every one
 
-    def compiled_bf16(x: torch.Tensor) -> Callable[[], Any]:
+    def compiled(x: torch.Tensor) -> Callable[[], Any]:
         if not aot:
-            aot.append(CompiledModel(model, 3, size, torch.bfloat16))
+            aot.append(CompiledModel(model, 3, size, dtype))
         return _torch_runner(aot[0], x)
 
-    out["alexnet_owt bf16 (compiled, serve --compile)"] = compiled_bf16
+    out[f"alexnet_owt {precision} (compiled, serve --compile)"] = compiled
     try:
         from ..artifacts.program import Int8Model
         from ..inference.quantize import quantize_graph
@@ -234,15 +273,23 @@ def _engines(model: torch.nn.Module, size: int, tmp: Path) -> dict[str, Callable
     return out
 
 
-# Each pair: ours, the peer it must not trail (the speed issue's goals: int8 against int8, bf16 batch-1 latency).
-PAIRS = (
-    ("alexnet_owt int8 (alexnet quantize)", "OpenVINO int8 (NNCF)"),
-    ("alexnet_owt bf16 (compiled, serve --compile)", "OpenVINO bf16"),
-)
+# Ours and the peer it must not trail (the speed issue's goals: int8 against int8, and the default precision's
+# batch-1 latency: bf16 where it is native, else fp32).
+INT8_PAIR = ("alexnet_owt int8 (alexnet quantize)", "OpenVINO int8 (NNCF)")
+
+
+def pairs(precision: str) -> tuple[tuple[str, str], ...]:
+    """The engine pairs compared head to head when the library's default precision is ``precision``."""
+    return INT8_PAIR, (f"alexnet_owt {precision} (compiled, serve --compile)", f"OpenVINO {precision}")
 
 
 def compare_engines(
-    batch: int = 64, size: int = 224, rounds: int = 5, latency_calls: int = 30, peaks: dict[str, float] | None = None
+    batch: int = 64,
+    size: int = 224,
+    rounds: int = 5,
+    latency_calls: int = 30,
+    peaks: dict[str, float] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """The rows of the engine comparison (see the module's docstring), the int8 peak, and each of `PAIRS` as
     per-round ratios.
@@ -252,17 +299,20 @@ def compare_engines(
     median of its calls. Rows give the median over rounds with the slowest and fastest round. ``versus`` gives, per
     pair, our throughput over the peer's and our batch-1 latency over the peer's, round by round (a goal is met
     when the whole spread clears it), measured again with the two alone: among all the engines a third runtime's
-    threads (OpenVINO's, onnxruntime's) can still hold a core when the next engine starts.
+    threads (OpenVINO's, onnxruntime's) can still hold a core when the next engine starts. ``precision``: ours and
+    OpenVINO's non-int8 rows; by default the library's (`alexnet.device.pick_precision`).
     """
+    precision = precision or pick_precision("auto", torch.device("cpu"))
     peaks = dict(peaks or {})
-    peaks.setdefault("int8", int8_peak())
+    if "int8" not in peaks:  # not setdefault: its argument, seconds of GEMMs, would run even when given
+        peaks["int8"] = int8_peak()
     macs = model_info("alexnet_owt").macs
     torch.manual_seed(0)
     model = create_model("alexnet_owt")
     rows: dict[str, dict[str, Any]] = {}  # in the engines' order, skipped or failed ones with their note
     with tempfile.TemporaryDirectory() as tmp:
         runners = {}
-        for name, make in _engines(model, size, Path(tmp)).items():
+        for name, make in _engines(model, size, Path(tmp), precision).items():
             if isinstance(make, str):
                 rows[name] = {"engine": name, "note": make}
                 continue
@@ -284,7 +334,7 @@ def compare_engines(
             return rates, {n: [1000 / r for r in per_round] for n, per_round in single.items()}
 
         rates, ms = measure(list(runners))
-        pairs = {pair: measure(list(pair)) for pair in PAIRS if all(n in runners for n in pair)}
+        head_to_head = {pair: measure(list(pair)) for pair in pairs(precision) if all(n in runners for n in pair)}
     for name in runners:
         img_s, latency = Stat.of(rates[name]), Stat.of(ms[name])
         kind = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
@@ -305,7 +355,7 @@ def compare_engines(
         )
         log.info("%-46s %8.1f img/s  batch 1 %6.2f ms", name, img_s.median, latency.median)
     versus = []
-    for (ours, peer), (pair_rates, pair_ms) in pairs.items():
+    for (ours, peer), (pair_rates, pair_ms) in head_to_head.items():
         speed, latency = ratio(pair_rates[ours], pair_rates[peer]), ratio(pair_ms[ours], pair_ms[peer])
         versus.append(
             {
