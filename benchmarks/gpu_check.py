@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from alexnet.device import compute_dtype, pick_precision
 from alexnet.experiments.bench import Case, measure_peak, prepare_case
 from alexnet.experiments.measure import Stat, interleaved, utilisation
 from alexnet.models.layers import LocalResponseNorm
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def throughput(device: torch.device, quick: bool) -> tuple[list[dict], float]:
     """alexnet_owt and alexnet_paper, train and infer, eager and (unless quick) compiled inference."""
     batch, size = (2, 64) if quick else (128, 224)
-    precision = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp32"
+    precision = pick_precision("auto", device)  # bf16 where it is native (an AVX2-only CPU would emulate it)
     settings = {"precision": precision, "channels_last": True, "cast_weights": precision == "bf16"}
     cases = []
     for model, side in (("alexnet_owt", size), ("alexnet_paper", size + 3)):
@@ -42,7 +43,7 @@ def throughput(device: torch.device, quick: bool) -> tuple[list[dict], float]:
         if not quick:
             compiled = {**settings, "compile": True}
             cases.append(Case(f"{model} compiled", model, "infer", batch, side, precision, True, settings=compiled))
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
     peak = measure_peak(dtype, device, sizes=(1024,) if quick else (2048, 4096, 8192))
     steps = {f"{i} {c.name} {c.mode}": prepare_case(c, device) for i, c in enumerate(cases)}
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -86,8 +87,8 @@ def lrn_check(device: torch.device, quick: bool) -> dict:
         "forward_max_abs": (y - reference).abs().max().item(),
         "grad_max_abs": (grad - x.grad).abs().max().item(),
     }
-    # conv1's LRN in alexnet_paper at batch 128, bf16 (a smaller batch with --quick)
-    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float32
+    # conv1's LRN in alexnet_paper at batch 128, bf16 where native (a smaller batch with --quick)
+    dtype = compute_dtype(pick_precision("auto", device))
     shape = (8 if quick else 128, 96, 55, 55)
     big = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     big.requires_grad_()

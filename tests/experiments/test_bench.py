@@ -227,7 +227,8 @@ def test_the_bench_command_prints_the_table_and_the_json(monkeypatch, capsys):
 @pytest.mark.slow
 def test_the_int8_peers_quantize_and_agree_with_fp32(tmp_path):
     """OpenVINO int8 (NNCF) and onnxruntime int8 (static QDQ) of torchvision's AlexNet, calibrated on the same
-    inputs as ours: they run at the engine table's batch shapes and keep fp32's top-1 on most inputs."""
+    inputs as ours: they run at the engine table's batch shapes and keep fp32's top-1 on most inputs (OpenVINO's
+    fp32 engine on all but rounding's)."""
     import torchvision
 
     import alexnet.experiments.engines as engines
@@ -246,6 +247,7 @@ def test_the_int8_peers_quantize_and_agree_with_fp32(tmp_path):
     peers = {
         "onnxruntime": engines.onnxruntime_int8(onnx_path, tmp_path / "int8.onnx", size, 2),
         "openvino": engines.openvino_int8(model, size, 2),
+        "openvino fp32": engines.openvino_float(model, "fp32", 2),  # the float peer where bf16 is not native
     }
     for name, make in peers.items():
         if isinstance(make, str):
@@ -253,7 +255,7 @@ def test_the_int8_peers_quantize_and_agree_with_fp32(tmp_path):
         out = make(x)()
         logits = out[0] if isinstance(out, list) else next(iter(out.values()))
         agree = (torch.as_tensor(logits).argmax(1) == expected).float().mean().item()
-        assert logits.shape == (8, 1000) and agree >= 0.5, (name, agree)
+        assert logits.shape == (8, 1000) and agree >= (0.9 if "fp32" in name else 0.5), (name, agree)
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}

@@ -114,6 +114,32 @@ def whole_batches(images: torch.Tensor, batch: int) -> torch.Tensor:
     return images.repeat(-(-total // len(images)), 1, 1, 1)[:total]
 
 
+def openvino_float(model: torch.nn.Module, precision: str, threads: int) -> Callable[[torch.Tensor], Callable] | str:
+    """OpenVINO running the converted model at ``precision`` (``bf16`` or ``fp32``: its inference precision hint)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return "skipped: openvino is not installed (pip install openvino)"
+    core = ov.Core()
+    built: dict[tuple, Any] = {}  # compiled once per input shape
+
+    def make(x: torch.Tensor) -> Callable[[], Any]:
+        key = tuple(x.shape)
+        if key not in built:
+            with _others_quiet():
+                ov_model = ov.convert_model(model, example_input=x)
+            config = {
+                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",
+            }
+            built[key] = core.compile_model(ov_model, "CPU", config)
+        request, xn = built[key].create_infer_request(), x.numpy()
+        return lambda: request.infer({0: xn})
+
+    return make
+
+
 def openvino_int8(model: torch.nn.Module, size: int, threads: int) -> Callable[[torch.Tensor], Callable] | str:
     """OpenVINO's int8: NNCF post-training quantization of the converted model, calibrated on `calibration_batch`."""
     try:
@@ -213,30 +239,8 @@ def _engines(
         out["onnxruntime int8 (static QDQ)"] = onnxruntime_int8(onnx_path, tmp / "alexnet-int8.onnx", size, threads)
     except ImportError:
         out["onnxruntime fp32"] = "skipped: onnxruntime is not installed (pip install 'alexnet[export]')"
-    try:
-        import openvino as ov
-
-        core = ov.Core()
-        compiled = {}
-
-        def openvino(x: torch.Tensor) -> Callable[[], Any]:
-            key = tuple(x.shape)
-            if key not in compiled:
-                with _others_quiet():
-                    ov_model = ov.convert_model(tv, example_input=x)
-                config = {
-                    "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                    "INFERENCE_NUM_THREADS": threads,
-                    "PERFORMANCE_HINT": "LATENCY",
-                }
-                compiled[key] = core.compile_model(ov_model, "CPU", config)
-            request, xn = compiled[key].create_infer_request(), x.numpy()
-            return lambda: request.infer({0: xn})
-
-        out[f"OpenVINO {precision}"] = openvino
-        out["OpenVINO int8 (NNCF)"] = openvino_int8(tv, size, threads)
-    except ImportError:
-        out[f"OpenVINO {precision}"] = "skipped: openvino is not installed (pip install openvino)"
+    out[f"OpenVINO {precision}"] = openvino_float(tv, precision, threads)
+    out["OpenVINO int8 (NNCF)"] = openvino_int8(tv, size, threads)
 
     # The library's inference defaults, on a copy (the int8 path below quantizes the fp32 original).
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -250,12 +254,12 @@ def _engines(
 
     aot: list[CompiledModel] = []  # compiled once, for the first batch size asked, and run at every one
 
-    def compiled(x: torch.Tensor) -> Callable[[], Any]:
+    def ahead_of_time(x: torch.Tensor) -> Callable[[], Any]:
         if not aot:
             aot.append(CompiledModel(model, 3, size, dtype))
         return _torch_runner(aot[0], x)
 
-    out[f"alexnet_owt {precision} (compiled, serve --compile)"] = compiled
+    out[f"alexnet_owt {precision} (compiled, serve --compile)"] = ahead_of_time
     try:
         from ..artifacts.program import Int8Model
         from ..inference.quantize import quantize_graph
