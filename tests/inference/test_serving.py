@@ -178,7 +178,7 @@ def test_the_page_in_a_real_browser_shows_predicts_top1(server, files, tmp_path,
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(files):
-    srv = Server(files["owt"], "--max-wait-ms", "300")  # requests wait 0.3 s for a batch: in flight at SIGTERM
+    srv = Server(files["owt"], "--max-wait-ms", "3000")  # requests wait up to 3 s for a batch: in flight at SIGTERM
     image = noise_png(seed=7)
     results = []
 
@@ -189,8 +189,13 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(files):
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.15)
-    assert srv.stop() == 0
+    # SIGTERM once all three wait in the batcher's queue (a fixed sleep raced the clients' connections on a busy
+    # machine: the server had stopped listening before they connected)
+    deadline = time.time() + 30
+    while not (queued := "alexnet_queue_depth 3.0" in httpx.get(f"{srv.url}/metrics").text):
+        assert time.time() < deadline, "the three requests never waited in the queue together"
+        time.sleep(0.02)
+    assert queued and srv.stop() == 0
     for t in threads:
         t.join()
     assert results == [200, 200, 200]

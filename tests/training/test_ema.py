@@ -48,7 +48,9 @@ def test_a_run_validates_saves_and_resumes_the_average_bitwise(tmp_path):
     with open(tmp_path / "a" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert all(float(r["ema_val_acc1"]) >= 0 for r in rows) and len(rows) == 2
-    assert straight.history[-1]["ema_val_loss"] != straight.history[-1]["val_loss"]  # another set of weights
+    # Another set of weights: the fake data is easy enough that by epoch 2 both losses can round to the same 5e-05
+    # (an AVX2 CPU's fp32 did), so any epoch's difference counts; evaluating the live weights twice gives none.
+    assert any(h["ema_val_loss"] != h["val_loss"] for h in straight.history), straight.history
     averaged = load_trained(tmp_path / "a" / "ema.safetensors")  # a model like any other
     assert averaged.meta.provenance["ema"]["decay"] == 0.9 and averaged.meta.metrics["epoch"] == 2
     live, _ = load_weights(tmp_path / "a" / "best.safetensors")
