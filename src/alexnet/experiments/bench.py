@@ -126,8 +126,7 @@ def measure_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...
 def peaks_for(precisions: set[str], device: torch.device) -> dict[str, float]:
     """`measure_peak` for each precision a case runs in, and no other: on a CPU without native bf16 (AVX2 only) a
     4096² bf16 GEMM is emulated at ~1 GFLOP/s, minutes a call, and no case there runs bf16."""
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    return {p: measure_peak(dtypes[p], device) for p in sorted(precisions)}
+    return {p: measure_peak(compute_dtype(p), device) for p in sorted(precisions)}
 
 
 def _rate(

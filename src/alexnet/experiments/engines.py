@@ -2,8 +2,8 @@
 (static QDQ), OpenVINO in the library's default precision (bf16 where the CPU has it natively, else fp32) and int8
 (NNCF) (when those optional packages are installed; skipped with a note otherwise), this library's defaults, the same
 compiled ahead of time, and its int8 program, every int8 engine calibrated on the same inputs; at batch 64
-(images/s) and batch 1 (median latency), with MFU against the matching measured peak (int8: ``torch._int_mm``'s,
-the VNNI GEMM rate)."""
+(images/s) and batch 1 (median latency), with MFU against the matching measured peak (int8: `int8_peak`, the
+faster of oneDNN's quantized linear and ``torch._int_mm``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..device import pick_precision
+from ..device import compute_dtype, pick_precision
 from ..errors import first_line
 from ..models import create_model, model_info
 from .measure import Stat, interleaved, ratio, utilisation
@@ -243,7 +243,7 @@ def _engines(
     out["OpenVINO int8 (NNCF)"] = openvino_int8(tv, size, threads)
 
     # The library's inference defaults, on a copy (the int8 path below quantizes the fp32 original).
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
     ours = copy.deepcopy(model).eval().to(dtype).to(memory_format=torch.channels_last)
     out[f"alexnet_owt {precision} (library defaults)"] = lambda x: _torch_runner(
         ours, x.to(dtype).contiguous(memory_format=torch.channels_last)
@@ -295,7 +295,7 @@ def compare_engines(
     peaks: dict[str, float] | None = None,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """The rows of the engine comparison (see the module's docstring), the int8 peak, and each of `PAIRS` as
+    """The rows of the engine comparison (see the module's docstring), the int8 peak, and each of `pairs` as
     per-round ratios.
 
     Every engine runs interleaved with the others for ``rounds`` rounds (`alexnet.experiments.measure.interleaved`):
