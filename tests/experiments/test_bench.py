@@ -1,5 +1,7 @@
 """The benchmark's output shape (not its speed: speed targets belong in the benchmark's printed figures)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -310,3 +312,56 @@ def test_the_peers_advice_is_heard_only_when_verbose(capsys):
     finally:
         root.removeHandler(handler)
         ours.setLevel(level)
+
+
+def _signal_stack() -> tuple[int | None, int, int]:
+    import ctypes
+
+    from alexnet.experiments.engines import _StackT
+
+    stack = _StackT()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    return stack.ss_sp, stack.ss_flags, stack.ss_size
+
+
+def _is_mapped(address: int) -> bool:
+    with open("/proc/self/maps") as maps:
+        spans = (line.split()[0].split("-") for line in maps)
+        return any(int(lo, 16) <= address < int(hi, 16) for lo, hi in spans)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_openvino_engines_dropped_in_any_order_leave_the_thread_a_live_signal_stack():
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack for one of its own and swaps it back only if its
+    own is still current: two engines dropped in the order they were made left the thread on an unmapped stack, and the
+    next signal handled in Python (here a SIGCHLD, in CI's pytest worker) killed the process."""
+    pytest.importorskip("nncf")
+    import gc
+    import os
+    import signal
+
+    from torch import nn
+
+    import alexnet.experiments.engines as engines
+
+    before = _signal_stack()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    first = engines.openvino_int8(model, 8, 1)  # nncf calibrates on a Core of its own, then ours compiles
+    run_first = first(x)
+    second = engines.openvino_float(model, "fp32", 1)
+    run_second = second(x)
+    run_first(), run_second()
+    del first, run_first  # the first made goes first
+    gc.collect()
+    del second, run_second
+    gc.collect()
+    assert _signal_stack() == before
+    assert before[0] is None or _is_mapped(before[0])
+    handled = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: handled.append(True))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # its frame goes on that stack
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert handled

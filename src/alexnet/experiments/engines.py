@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import io
 import logging
 import tempfile
@@ -108,6 +109,38 @@ def _others_quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
+class _StackT(ctypes.Structure):  # <signal.h> stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Run the block, then give the calling thread back the alternate signal stack it had before.
+
+    OpenVINO's CPU plugin (one per ``ov.Core``) maps a signal stack of its own for the thread that creates it and, when
+    destroyed, puts back the one it found, but only if its own is still current. Two plugins destroyed in the order
+    they were made (nncf's calibration engine, then ours) leave the thread pointing at the first one's stack, already
+    unmapped: the next signal whose handler runs on that stack (Python installs its handlers so, SIGINT's and the
+    DataLoader's SIGCHLD among them) kills the process with SIGSEGV, or, once the address is reused, writes its frame
+    into the heap. Put back after each plugin is made, every plugin finds the thread's own stack and never makes its
+    own stack current after this block. Linux and macOS (``sigaltstack``); elsewhere the block just runs.
+    """
+    try:
+        sigaltstack = ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):  # Windows: no sigaltstack, and OpenVINO maps none
+        yield
+        return
+    saved = _StackT()
+    if sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        if sigaltstack(ctypes.byref(saved), None) != 0:
+            log.debug("could not restore the signal stack: errno %d", ctypes.get_errno())
+
+
 def whole_batches(images: torch.Tensor, batch: int) -> torch.Tensor:
     """``images`` repeated in order until they fill whole batches of ``batch`` (at least all of them once)."""
     total = -(-len(images) // batch) * batch
@@ -133,7 +166,8 @@ def openvino_float(model: torch.nn.Module, precision: str, threads: int) -> Call
                 "INFERENCE_NUM_THREADS": threads,
                 "PERFORMANCE_HINT": "LATENCY",
             }
-            built[key] = core.compile_model(ov_model, "CPU", config)
+            with signal_stack_kept():  # the first compile creates the Core's CPU plugin
+                built[key] = core.compile_model(ov_model, "CPU", config)
         request, xn = built[key].create_infer_request(), x.numpy()
         return lambda: request.infer({0: xn})
 
@@ -157,10 +191,12 @@ def openvino_int8(model: torch.nn.Module, size: int, threads: int) -> Callable[[
                 ov_model = ov.convert_model(model, example_input=x)
             samples = [c[None].numpy() for c in calibration_batch(size)]
             nncf.set_log_level(logging.ERROR)
-            with contextlib.redirect_stdout(io.StringIO()):  # its progress bars would land in `bench --json`'s output
+            # nncf runs its calibration on a Core of its own
+            with signal_stack_kept(), contextlib.redirect_stdout(io.StringIO()):  # its progress bars: not in --json
                 quantized = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
             config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-            compiled[key] = core.compile_model(quantized, "CPU", config)
+            with signal_stack_kept():
+                compiled[key] = core.compile_model(quantized, "CPU", config)
         request, xn = compiled[key].create_infer_request(), x.numpy()
         return lambda: request.infer({0: xn})
 
