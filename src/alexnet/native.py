@@ -17,14 +17,22 @@ _lock = threading.Lock()
 _loaded: dict[str, Any] = {}  # name → the extension, or None once building it failed
 
 
-def cpu_fingerprint() -> str:
-    """A short hash of this CPU's instruction-set flags (``/proc/cpuinfo``; empty elsewhere)."""
+def _flags_line() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        flags = ""
-    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's instruction-set flags (``/proc/cpuinfo``: ``avx2``, ``avx512_vnni``...; empty elsewhere)."""
+    return set(_flags_line().partition(":")[2].split())
+
+
+def cpu_fingerprint() -> str:
+    """A short hash of this CPU's instruction-set flags (``/proc/cpuinfo``; empty elsewhere)."""
+    return hashlib.sha256(_flags_line().encode()).hexdigest()[:12]
 
 
 def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
+from . import qlinear_rows
 from .program_guard import check_program
 from .trained import ModelMeta, TrainedModel
 
@@ -107,6 +108,8 @@ class Int8Model(ExportedModule):
     def __init__(self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False) -> None:
         super().__init__()
         self.batch = batch
+        if qlinear_rows.wanted(batch):  # a few rows on a CPU without VNNI: the fc layers on alexnet's own kernel
+            program = qlinear_rows.rewrite(program)
         self._run = aot_compile(program, autotune)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
