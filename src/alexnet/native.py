@@ -17,22 +17,32 @@ _lock = threading.Lock()
 _loaded: dict[str, Any] = {}  # name → the extension, or None once building it failed
 
 
-def _flags_line() -> str:
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo_line(key: str, cpuinfo: Path = _CPUINFO) -> str:
+    """The value of the first ``key`` line of ``cpuinfo`` (the first core's), "" where there is none."""
     try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
+        with open(cpuinfo) as f:
+            line = next((line for line in f if line.startswith(key)), "")
     except OSError:
         return ""
+    return line.partition(":")[2].strip()
 
 
-def cpu_flags() -> set[str]:
+def cpu_flags(cpuinfo: Path = _CPUINFO) -> set[str]:
     """This CPU's instruction-set flags (``/proc/cpuinfo``: ``avx2``, ``avx512_vnni``...; empty elsewhere)."""
-    return set(_flags_line().partition(":")[2].split())
+    return set(_cpuinfo_line("flags", cpuinfo).split())
+
+
+def cpu_model(cpuinfo: Path = _CPUINFO) -> str:
+    """This CPU's model name (``/proc/cpuinfo``; "" elsewhere)."""
+    return _cpuinfo_line("model name", cpuinfo)
 
 
 def cpu_fingerprint() -> str:
     """A short hash of this CPU's instruction-set flags (``/proc/cpuinfo``; empty elsewhere)."""
-    return hashlib.sha256(_flags_line().encode()).hexdigest()[:12]
+    return hashlib.sha256(_cpuinfo_line("flags").encode()).hexdigest()[:12]
 
 
 def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:

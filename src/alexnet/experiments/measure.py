@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import native
+
 # Instruction sets that change bf16/int8 matrix speed several-fold, as /proc/cpuinfo names them.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -79,13 +81,8 @@ def ratio(numerator: list[float], denominator: list[float]) -> Stat:
 
 def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
     """The CPU's model name and which of `ISA_FLAGS` it has (empty where /proc/cpuinfo is not there)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return "unknown CPU", []
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return model or "unknown CPU", [f for f in ISA_FLAGS if f in flags]
+    flags = native.cpu_flags(cpuinfo)
+    return native.cpu_model(cpuinfo) or "unknown CPU", [f for f in ISA_FLAGS if f in flags]
 
 
 def utilisation(flops_per_s: float, peak: float) -> tuple[float, bool]:

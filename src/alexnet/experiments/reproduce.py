@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .. import native
 from ..config import load_config
 from ..errors import AlexNetError
 from ..files import atomic_write
@@ -323,12 +324,7 @@ BUDGETS = {"small": _small, "cpu": _cpu, "full": _full}
 
 def machine() -> str:
     """The CPU model and core count, and torch's version: what a record says it ran on."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
+    name = native.cpu_model() or platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{name} ({torch.get_num_threads()} threads{gpu}), torch {torch.__version__}"
 
