@@ -95,3 +95,21 @@ def test_a_compiled_int8_program_runs_its_fc_layers_on_the_kernel(fc_program, mo
         want = torch.cat([program.module()(padded[:2]), program.module()(padded[2:])])[:3]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert len(calls) == 4  # two fc layers, two batches
+
+
+@pytest.mark.slow
+def test_a_graph_the_rewrite_cannot_take_compiles_as_it_was(fc_program, monkeypatch, caplog):
+    _, program = fc_program
+    monkeypatch.setenv("ALEXNET_QLINEAR_ROWS", "1")
+
+    def fails(program):
+        raise RuntimeError("an unforeseen graph\nmore detail")
+
+    monkeypatch.setattr(qlinear_rows, "rewrite", fails)
+    model = Int8Model(program, batch=2)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        got, want = model(x), program.module()(x)
+    # oneDNN requantizes with its own rounding: a quantization step here and there, where the kernel is the graph
+    assert got.shape == want.shape and (got - want).abs().max() < 0.2 * want.abs().max()
+    assert "int8 fc layers stay on oneDNN (an unforeseen graph)" in caplog.text

@@ -112,4 +112,5 @@ def rewrite(program: torch.export.ExportedProgram) -> torch.export.ExportedProgr
     gm.recompile()
     log.debug("%d int8 fc layers on alexnet::qlinear_rows", changed)
     inputs = [n for n in program.graph.nodes if n.op == "placeholder"]
-    return torch.export.export(gm, (torch.zeros(inputs[-1].meta["val"].shape),))
+    with torch.no_grad():  # as the program was exported (`alexnet.inference.quantize.quantize_graph`)
+        return torch.export.export(gm, (torch.zeros(inputs[-1].meta["val"].shape),))
