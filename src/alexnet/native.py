@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .logs import level_set
+
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}  # name → the extension, or None once building it failed
@@ -54,10 +56,8 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     # -fopenmp: ATen's parallel_for is a header template; compiled without OpenMP it runs on one thread (measured:
     # the fused LRN then trained slower than the reference formula). -fno-math-errno: with errno, sqrt branches to
     # libm per element and the loops stay scalar (conv1's LRN at batch 128: 86 ms forward instead of 45).
-    builder = logging.getLogger("torch.utils.cpp_extension")
-    level = builder.level
-    builder.setLevel(logging.ERROR)  # its "No CUDA runtime is found" warning is no news on a CPU build
-    try:
+    # The builder's "No CUDA runtime is found" warning is no news on a CPU build.
+    with level_set("torch.utils.cpp_extension", logging.ERROR):
         from torch.utils.cpp_extension import load_inline  # its import logs that warning
 
         text = source.read_text()
@@ -69,8 +69,6 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
-    finally:
-        builder.setLevel(level)
     log.debug("%s kernel loaded", name)
     return module
 

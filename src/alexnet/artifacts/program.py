@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
+from ..logs import level_set
 from . import qlinear_rows
 from .program_guard import check_program
 from .trained import ModelMeta, TrainedModel
@@ -29,14 +30,10 @@ log = logging.getLogger(__name__)
 def load_torchao() -> tuple[Any, Any, Any, Any]:
     # torchao's import registers an Enum with torch's pytree, which logs a deprecation warning on every program load:
     # torchao's business, not the user's (shown with -v).
-    pytree = logging.getLogger("torch.utils._pytree")
-    level = pytree.level
-    if not log.isEnabledFor(logging.DEBUG):
-        pytree.setLevel(logging.ERROR)
-    try:
+    if log.isEnabledFor(logging.DEBUG):
         return _import_torchao()
-    finally:
-        pytree.setLevel(level)
+    with level_set("torch.utils._pytree", logging.ERROR):
+        return _import_torchao()
 
 
 def _import_torchao() -> tuple[Any, Any, Any, Any]:

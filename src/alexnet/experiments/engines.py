@@ -23,6 +23,7 @@ import torch
 
 from ..device import compute_dtype, pick_precision
 from ..errors import first_line
+from ..logs import level_set
 from ..models import create_model, model_info
 from .measure import Stat, interleaved, ratio, utilisation
 
@@ -98,15 +99,9 @@ def _others_quiet() -> Iterator[None]:
     if log.isEnabledFor(logging.DEBUG):
         yield
         return
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        root.setLevel(level)
+    with level_set(None, logging.ERROR), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 class _StackT(ctypes.Structure):  # <signal.h> stack_t
@@ -190,9 +185,9 @@ def openvino_int8(model: torch.nn.Module, size: int, threads: int) -> Callable[[
             with _others_quiet():
                 ov_model = ov.convert_model(model, example_input=x)
             samples = [c[None].numpy() for c in calibration_batch(size)]
-            nncf.set_log_level(logging.ERROR)
-            # nncf runs its calibration on a Core of its own
-            with signal_stack_kept(), contextlib.redirect_stdout(io.StringIO()):  # its progress bars: not in --json
+            # nncf runs its calibration on a Core of its own. Its INFO lines go to a stdout handler of its own, and
+            # its progress bars to stdout: neither belongs in --json, so both stay quiet, with -v too.
+            with level_set("nncf", logging.ERROR), signal_stack_kept(), contextlib.redirect_stdout(io.StringIO()):
                 quantized = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
             config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
             with signal_stack_kept():
