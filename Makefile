@@ -26,7 +26,7 @@ docs: $(DEV_STAMP)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 test: lint docs
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadscope
 
 # The data: torchvision downloads Fashion-MNIST when the network allows; offline, Debian's package has it (installed
 # here when we are root; the library itself never installs anything).
