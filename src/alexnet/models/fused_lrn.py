@@ -7,7 +7,7 @@ On a 2-core AMD EPYC (bf16, batch 128, 32 px) it trains ``alexnet_small`` at hal
 against 1,254 with the reference formula (1.9×; 3,893 without LRN), and at full width 1,219 against 676; conv1's LRN
 in ``alexnet_paper`` (batch 128, 96 × 55 × 55) takes 14 ms forward and 25 backward (the formula: 110 and 375).
 
-The CPU kernel is compiled on first use (about 20 s, by `alexnet.native`, for this CPU) and cached. Where it cannot be
+The CPU kernel is compiled on first use (about 25 s, by `alexnet.native`, for this CPU) and cached. Where it cannot be
 built (or Triton is missing on a GPU),
 or with ``ALEXNET_FUSED_LRN=0``, the reference formula runs: it is also the tests' oracle.
 
