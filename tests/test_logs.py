@@ -13,10 +13,13 @@ from alexnet.logs import level_set
 def test_a_level_is_set_for_the_block_and_put_back_even_on_error():
     logger = logging.getLogger("alexnet.tests.other_library")
     logger.setLevel(logging.INFO)
-    with pytest.raises(RuntimeError), level_set("alexnet.tests.other_library", logging.ERROR):
-        assert not logger.isEnabledFor(logging.WARNING)
-        raise RuntimeError
-    assert logger.level == logging.INFO and logger.isEnabledFor(logging.WARNING)
+    try:
+        with pytest.raises(RuntimeError), level_set("alexnet.tests.other_library", logging.ERROR):
+            assert not logger.isEnabledFor(logging.WARNING)
+            raise RuntimeError
+        assert logger.level == logging.INFO and logger.isEnabledFor(logging.WARNING)
+    finally:
+        logger.setLevel(logging.NOTSET)  # as the logging module made it: no level left behind in this process
 
 
 @pytest.mark.slow

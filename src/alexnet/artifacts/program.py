@@ -30,9 +30,8 @@ log = logging.getLogger(__name__)
 def load_torchao() -> tuple[Any, Any, Any, Any]:
     # torchao's import registers an Enum with torch's pytree, which logs a deprecation warning on every program load:
     # torchao's business, not the user's (shown with -v).
-    if log.isEnabledFor(logging.DEBUG):
-        return _import_torchao()
-    with level_set("torch.utils._pytree", logging.ERROR):
+    verbose = log.isEnabledFor(logging.DEBUG)
+    with contextlib.nullcontext() if verbose else level_set("torch.utils._pytree", logging.ERROR):
         return _import_torchao()
 
 
