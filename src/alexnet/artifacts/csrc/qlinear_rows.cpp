@@ -67,7 +67,7 @@ constexpr Rows kRows[kMaxRows] = {rows<1>, rows<2>, rows<3>, rows<4>, rows<5>, r
 
 // x (M, K) uint8, w (N, K) int8, sw (N,) float, bias (N,) float or none → y (M, N) float.
 at::Tensor forward(at::Tensor x, double sx, int64_t zx, at::Tensor w, at::Tensor sw,
-                      c10::optional<at::Tensor> bias) {
+                   c10::optional<at::Tensor> bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kByte && x.device().is_cpu(), "alexnet qlinear: uint8 (M, K) x");
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.size(1) == x.size(1), "alexnet qlinear: int8 (N, K) w");
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "alexnet qlinear: 1 to ", kMaxRows, " rows");

@@ -169,8 +169,7 @@ at::Tensor lrn_forward(at::Tensor x, int64_t n, double a, double beta, double k,
   return y;
 }
 
-at::Tensor lrn_backward(at::Tensor gy, at::Tensor x, int64_t n, double a, double beta, double k,
-                           int64_t groups) {
+at::Tensor lrn_backward(at::Tensor gy, at::Tensor x, int64_t n, double a, double beta, double k, int64_t groups) {
   check(x, groups, n);
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   gy = gy.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
