@@ -215,7 +215,7 @@ def test_pool_first_moves_each_pool_before_its_norm_and_activation():
         "ReLU",
     ]
     lrn = alexnet.create_model("alexnet_paper", pool_first=True)
-    assert kinds(lrn) == ["Conv2d", "MaxPool2d", "ReLU", "LocalResponseNorm"]
+    assert kinds(lrn) == ["StemConv2d", "MaxPool2d", "ReLU", "LocalResponseNorm"]  # conv1 strided: `StemConv2d`
     # Without a norm the two orders are one function (max-pooling commutes with ReLU); the weights share names.
     torch.manual_seed(0)
     paper_order = alexnet.create_model("alexnet_owt", norm="none").eval()

@@ -1,0 +1,90 @@
+"""`StemConv2d`: conv1 trained through space-to-depth in bf16 on the CPU equals the plain strided convolution;
+`Dropout`: the mask drawn with ``rand`` keeps values at nn.Dropout's rate and scale. (LRN: test_lrn.py.)"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import alexnet
+from alexnet.models import get_spec
+from alexnet.models.layers import Dropout, StemConv2d
+
+STRIDED = [name for name in alexnet.list_models() if get_spec(name).convs[0].stride > 1]
+
+
+def test_the_strided_stems_are_the_imagenet_variants():
+    assert {"alexnet_paper", "alexnet_owt", "alexnet_d2l"} <= set(STRIDED)
+
+
+def _stem_and_input(name, in_channels=3):
+    torch.manual_seed(0)
+    size = get_spec(name).input_size
+    stem = alexnet.create_model(name, in_channels=in_channels).features[0]
+    assert isinstance(stem, StemConv2d)
+    x = torch.randn(3, in_channels, size, size).contiguous(memory_format=torch.channels_last)
+    return stem, x
+
+
+@pytest.mark.parametrize("in_channels", [3, 1])
+@pytest.mark.parametrize("name", STRIDED)
+def test_space_to_depth_gives_the_convolution_and_its_gradients(name, in_channels):
+    stem, x = _stem_and_input(name, in_channels)
+    x.requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        assert stem._space_to_depth(x)  # the path under test is the one taken
+        y = stem(x)
+        ref_x = x.detach().clone().requires_grad_()
+        ref = F.conv2d(ref_x, stem.weight, stem.bias, stem.stride, stem.padding)
+    assert y.shape == ref.shape and y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), rtol=1e-2, atol=5e-2)
+    g = torch.randn_like(ref.float())
+    y.float().backward(g)
+    got = (stem.weight.grad.clone(), stem.bias.grad.clone(), x.grad.clone())
+    stem.zero_grad()
+    ref.float().backward(g)
+    for a, b in zip(got, (stem.weight.grad, stem.bias.grad, ref_x.grad)):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("name", STRIDED)
+def test_the_plain_convolution_runs_where_space_to_depth_does_not_pay(name):
+    stem, x = _stem_and_input(name)
+    assert not stem._space_to_depth(x)  # fp32: measured slower
+    with torch.autocast("cpu", torch.bfloat16):
+        with torch.no_grad():
+            assert not stem._space_to_depth(x)  # no weight gradient to speed up
+        stem.weight.requires_grad_(False)
+        assert not stem._space_to_depth(x)
+        stem.weight.requires_grad_(True)
+        assert stem._space_to_depth(x)
+    # Tracers write the standard convolution into their files.
+    traced = torch.jit.trace(stem.bfloat16(), x.bfloat16())
+    assert "aten::_convolution" in str(traced.graph) and "permute" not in str(traced.graph)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.75])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_values_at_its_rate_and_scales_them(p, dtype):
+    torch.manual_seed(0)
+    layer = Dropout(p)
+    x = (torch.rand(256, 4096) + 0.5).to(dtype).requires_grad_()  # no zeros: a zero out means dropped
+    y = layer(x)
+    kept = y != 0
+    n = kept.numel()
+    # The kept fraction within 5 standard deviations of 1 − p; kept values scaled by 1/(1 − p).
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * ((p * (1 - p) / n) ** 0.5)
+    torch.testing.assert_close(y[kept], (x[kept].float() / (1 - p)).to(dtype))
+    y.float().sum().backward()
+    torch.testing.assert_close(x.grad, (kept.float() / (1 - p)).to(dtype))  # the same mask, the same scale
+    assert not torch.equal(layer(x), y)  # a fresh mask each call
+
+
+def test_dropout_is_nn_dropout_where_the_cheaper_mask_does_not_apply():
+    x = torch.randn(8, 64)
+    layer = Dropout(0.5)
+    assert torch.equal(layer.eval()(x), x)
+    layer.train()
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+    assert torch.equal(Dropout(0.0)(x), x)
+    traced = torch.jit.trace(layer, x, check_trace=False)
+    assert "dropout" in str(traced.graph) and "rand" not in str(traced.graph)
