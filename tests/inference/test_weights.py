@@ -213,7 +213,7 @@ def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
             "--data-dir",
             str(data),
             "--epochs",
-            "3",
+            "20",
             "-b",
             "8",
             "--out",
@@ -226,7 +226,7 @@ def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
             "--set",
             "data.workers=0",
             "--set",
-            "optim.lr=0.01",
+            "optim.lr=0.2",
         ]
     )
     assert code == 0
@@ -239,5 +239,9 @@ def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
             assert torch.equal(v, before[k]), k  # frozen: bitwise the published weights
     assert not torch.equal(state["classifier.4.weight"], before["classifier.4.weight"])  # fc7 trained
     assert state["classifier.6.weight"].shape == (2, before["classifier.6.weight"].shape[1])  # new head
-    losses = [float(r.split(",")[2]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
-    assert losses[-1] < losses[0]
+    # It learns. On these random "published" features, frozen, little signal reaches the fc layers: 3 epochs at lr
+    # 0.01 left the training loss at ln 2 within dropout's noise (0.6923 → 0.6921 passed, → 0.6933 with other masks
+    # failed). So 20 epochs at 0.2, judged on the validation loss, which dropout does not touch (0.693 → 0.662).
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    val_loss, val_acc1 = [float(r[4]) for r in rows], [float(r[5]) for r in rows]
+    assert len(rows) == 20 and val_loss[-1] < val_loss[0] - 0.02 and val_acc1[-1] == 100.0
