@@ -63,6 +63,19 @@ def test_peaks_are_measured_only_for_the_precisions_the_cases_run(monkeypatch):
     assert sorted(asked, key=str) == [torch.bfloat16, torch.float32]
 
 
+def test_the_peak_is_the_fastest_kernel_counting_each_ones_flops(monkeypatch):
+    """Every kernel at one call a second: the peak is then the largest call's FLOPs, the paper's conv2 with its
+    towers joined over a batch of 64 (a GEMM of side 8 is 1 kFLOP), each rate scaled by its own FLOPs."""
+    import alexnet.experiments.bench as bench
+
+    steps = []
+    monkeypatch.setattr(bench, "_rate", lambda step, batch, *a, **k: steps.append(step) or batch)
+    peak = bench.measure_peak(torch.float32, torch.device("cpu"), sizes=(8,))
+    assert len(steps) == 1 + len(bench.PEAK_CONVS)
+    assert peak == max(2 * 8**3, *(2 * o * i * k * k * s * s * 64 for i, o, k, s in bench.PEAK_CONVS))
+    assert peak == 2 * 256 * 96 * 25 * 27 * 27 * 64
+
+
 def test_the_engine_table_runs_ours_and_openvino_in_the_librarys_default_precision(monkeypatch):
     import alexnet.experiments.engines as engines
 
