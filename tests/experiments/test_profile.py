@@ -30,6 +30,7 @@ def test_operator_names_map_to_kinds():
     assert kind_of("aten::addmm") == kind_of("aten::mm") == "fc GEMM"
     assert kind_of("alexnet::lrn_backward") == kind_of("GeneratedBackwardFor_alexnet_lrn_default") == "LRN"
     assert kind_of("aten::_to_copy") == "cast or copy"
+    assert kind_of("aten::bernoulli_") == kind_of("aten::uniform_") == "dropout"  # nn.Dropout's mask, ours
     assert kind_of("aten::add_") == "elementwise and other"
 
 

@@ -91,3 +91,23 @@ def test_calibration_images_need_not_fill_whole_batches(images, batch):
     model = create_model("alexnet_small", num_classes=4, width=0.25).eval()
     program = quantize_graph(model, torch.randn(images, 3, 32, 32), batch=batch)
     assert program.example_inputs[0][0].shape == (batch, 3, 32, 32)  # the program's own batch stays fixed
+
+
+@pytest.mark.parametrize("name", ["alexnet_owt", "alexnet_paper"])
+def test_every_weight_layer_is_quantized_the_strided_stem_too(name):
+    """The quantizer matches torch's module types: conv1 (`StemConv2d`) must reach it as ``nn.Conv2d``
+    (`standard_modules`), or the program keeps conv1 in fp32 (and its int8 throughput halves)."""
+    from alexnet import create_model
+    from alexnet.inference.quantize import quantize_graph
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4, width=0.25).eval()
+    size = model.spec.input_size
+    program = quantize_graph(model, torch.randn(4, 3, size, size), batch=2)
+    nodes = list(program.graph.nodes)
+    convs = [n for n in nodes if n.target == torch.ops.aten.conv2d.default]
+    linears = [n for n in nodes if n.target == torch.ops.aten.linear.default]
+    assert len(convs) == 5 and len(linears) == 3
+    for node in convs + linears:  # the input and the weight of each arrive dequantized from int8
+        assert all("dequantize" in str(arg.target) for arg in node.args[:2]), node
+    assert type(model.features[0]).__name__ == "StemConv2d"  # the model itself is left as it was

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import alexnet
 from alexnet.models import get_spec
-from alexnet.models.layers import Dropout, StemConv2d
+from alexnet.models.layers import Dropout, StemConv2d, standard_modules
 
 STRIDED = [name for name in alexnet.list_models() if get_spec(name).convs[0].stride > 1]
 
@@ -88,3 +88,15 @@ def test_dropout_is_nn_dropout_where_the_cheaper_mask_does_not_apply():
     assert torch.equal(Dropout(0.0)(x), x)
     traced = torch.jit.trace(layer, x, check_trace=False)
     assert "dropout" in str(traced.graph) and "rand" not in str(traced.graph)
+
+
+def test_standard_modules_shows_torchs_modules_for_the_block_only():
+    model = alexnet.create_model("alexnet_owt", width=0.25)
+    ours = [type(m) for m in model.modules()]
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    with pytest.raises(RuntimeError, match="inside"), standard_modules(model):
+        kinds = {type(m).__name__ for m in model.modules()}
+        assert "StemConv2d" not in kinds and "Dropout" in kinds and type(model.classifier[0]) is torch.nn.Dropout
+        assert type(model.features[0]) is torch.nn.Conv2d and all(m.inplace for m in relus)
+        raise RuntimeError("inside")  # and put back even when the block fails
+    assert [type(m) for m in model.modules()] == ours and not any(m.inplace for m in relus)

@@ -46,6 +46,7 @@ KINDS = (
     ("clamp", "ReLU"),
     ("relu", "ReLU"),
     ("bernoulli", "dropout"),
+    ("uniform_", "dropout"),  # `alexnet.models.layers.Dropout` draws its mask with torch.rand
     ("batch_norm", "batch norm"),
     ("cross_entropy", "loss"),
     ("log_softmax", "loss"),

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..artifacts.program import ExportedModule, aot_compile
+from ..models import standard_modules
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class CompiledModel(ExportedModule):
         # An example of batch 2: torch.export specialises a dimension it sees at size 1.
         example = torch.zeros(2, in_channels, size, size, dtype=dtype, device=device)
         batch = torch.export.Dim("batch", min=1)
-        with torch.no_grad():
+        with torch.no_grad(), standard_modules(model):
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         self._run = aot_compile(program)
         log.info("compiled %s for %s in %.1f s", type(model).__name__, dtype, time.perf_counter() - start)

@@ -21,6 +21,7 @@ from torch import nn
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..errors import AlexNetError, CorruptCheckpointError
 from ..files import atomic_write, check_target
+from ..models import standard_modules
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -146,18 +147,20 @@ def export_model(
     batch = torch.export.Dim("batch", min=1, max=4096)
     meta = json.dumps(trained.meta.to_dict())
     try:
-        if fmt == "onnx":
-            got = _export_onnx(model, example, x, staged, batch, meta)
-        elif fmt == "torchscript":
-            with warnings.catch_warnings():  # PyTorch deprecates TorchScript; users who still deploy it asked for it
-                warnings.simplefilter("ignore", FutureWarning)
-                traced = torch.jit.trace(model, example)
-                atomic_write(staged, lambda f: torch.jit.save(traced, f, _extra_files={"alexnet.json": meta}))
-                got = torch.jit.load(str(staged))(x)
-        else:
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            atomic_write(staged, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": meta}))
-            got = torch.export.load(str(staged)).module()(x)
+        with standard_modules(model):  # tracers see torch's own modules (`standard_modules`)
+            if fmt == "onnx":
+                got = _export_onnx(model, example, x, staged, batch, meta)
+            elif fmt == "torchscript":
+                # PyTorch deprecates TorchScript; users who still deploy it asked for it
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    traced = torch.jit.trace(model, example)
+                    atomic_write(staged, lambda f: torch.jit.save(traced, f, _extra_files={"alexnet.json": meta}))
+                    got = torch.jit.load(str(staged))(x)
+            else:
+                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+                atomic_write(staged, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": meta}))
+                got = torch.export.load(str(staged)).module()(x)
         check = parity(expected, got, atol, rtol)
         if not check.ok:
             raise AlexNetError(

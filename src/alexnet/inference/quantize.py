@@ -26,6 +26,7 @@ from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.stored import stored_split
 from ..errors import AlexNetError
 from ..files import atomic_write, check_target
+from ..models import standard_modules
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 512  # training images whose activation ranges set the int8 scales
@@ -38,7 +39,7 @@ def quantize_graph(model: nn.Module, calibration: torch.Tensor, batch: int = 64)
     prepare, convert, Quantizer, default_config = load_torchao()
     model = model.float().eval().cpu()
     example = torch.zeros(batch, *calibration.shape[1:])
-    with torch.no_grad():
+    with torch.no_grad(), standard_modules(model):
         # Observed with a dynamic batch: calibration images need not come in whole batches (45 images at batch 32,
         # or fewer than one batch); the program itself is exported for exactly ``batch`` below.
         # The example has at least 2 images: export fixes a dynamic dimension whose example is 1.
