@@ -70,12 +70,12 @@ class LocalResponseNorm(nn.Module):
 class StemConv2d(nn.Conv2d):
     """``nn.Conv2d`` for a strided convolution over few input channels (conv1: 3 channels, 11 × 11, stride 4), which
     in bf16 training on the CPU runs as space-to-depth: each s × s block of input pixels becomes s²·C channels and the
-    kernel, zero-padded to a multiple of s, becomes a ⌈k/s⌉ × ⌈k/s⌉ kernel over them, stride 1. The same products and
-    sums (the weight gradient comes out bit for bit, the output to bf16 rounding), but oneDNN's weight-gradient kernel
-    for 3 input channels is slow: on 2 cores of an Intel Xeon with AMX, ``alexnet_owt``'s conv1 at batch 64 took
-    25.1 ms forward and backward, 15.3 this way (its input rearranged in 4.7 of them). In fp32 it was slower (61.2 ms
-    against 50.8), and without a weight gradient the rearrangement costs what it saves, so elsewhere, and under
-    tracers and compilers, it is the plain convolution. Parameters and state dict are ``nn.Conv2d``'s."""
+    kernel, zero-padded to a multiple of s, becomes a ⌈k/s⌉ × ⌈k/s⌉ kernel over them, stride 1. The same products
+    (and zeros): measured, the weight gradient came out bit for bit, the output equal to bf16 rounding. But oneDNN's
+    weight-gradient kernel for 3 input channels is slow: on 2 cores of an Intel Xeon with AMX, ``alexnet_owt``'s conv1
+    at batch 64 took 25.1 ms forward and backward, 15.3 this way (its input rearranged in 4.7 of them). In fp32 it was
+    slower (61.2 ms against 50.8), and without a weight gradient the rearrangement costs what it saves, so elsewhere,
+    and under tracers and compilers, it is the plain convolution. Parameters and state dict are ``nn.Conv2d``'s."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._space_to_depth(x):
