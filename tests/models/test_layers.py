@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import alexnet
-from alexnet.models import get_spec
+from alexnet.models import get_spec, layers
 from alexnet.models.layers import Dropout, StemConv2d, standard_modules
 
 STRIDED = [name for name in alexnet.list_models() if get_spec(name).convs[0].stride > 1]
@@ -14,6 +14,12 @@ STRIDED = [name for name in alexnet.list_models() if get_spec(name).convs[0].str
 
 def test_the_strided_stems_are_the_imagenet_variants():
     assert {"alexnet_paper", "alexnet_owt", "alexnet_d2l"} <= set(STRIDED)
+
+
+@pytest.fixture(autouse=True)
+def amx(monkeypatch):
+    """Space-to-depth runs where AMX is (where it was measured faster); its arithmetic is tested on any CPU."""
+    monkeypatch.setattr(layers, "_amx", lambda: True)
 
 
 def _stem_and_input(name, in_channels=3):
@@ -57,6 +63,9 @@ def test_the_plain_convolution_runs_where_space_to_depth_does_not_pay(name):
         assert not stem._space_to_depth(x)
         stem.weight.requires_grad_(True)
         assert stem._space_to_depth(x)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(layers, "_amx", lambda: False)
+            assert not stem._space_to_depth(x)  # a CPU without AMX: not measured there
     # Tracers write the standard convolution into their files.
     traced = torch.jit.trace(stem.bfloat16(), x.bfloat16())
     assert "aten::_convolution" in str(traced.graph) and "permute" not in str(traced.graph)

@@ -4,12 +4,14 @@ convolution that trains through space-to-depth; and dropout with a cheaper mask 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import native
 from . import fused_lrn
 
 
@@ -69,13 +71,14 @@ class LocalResponseNorm(nn.Module):
 
 class StemConv2d(nn.Conv2d):
     """``nn.Conv2d`` for a strided convolution over few input channels (conv1: 3 channels, 11 × 11, stride 4), which
-    in bf16 training on the CPU runs as space-to-depth: each s × s block of input pixels becomes s²·C channels and the
-    kernel, zero-padded to a multiple of s, becomes a ⌈k/s⌉ × ⌈k/s⌉ kernel over them, stride 1. The same products
-    (and zeros): measured, the weight gradient came out bit for bit, the output equal to bf16 rounding. But oneDNN's
-    weight-gradient kernel for 3 input channels is slow: on 2 cores of an Intel Xeon with AMX, ``alexnet_owt``'s conv1
-    at batch 64 took 25.1 ms forward and backward, 15.3 this way (its input rearranged in 4.7 of them). In fp32 it was
-    slower (61.2 ms against 50.8), and without a weight gradient the rearrangement costs what it saves, so elsewhere,
-    and under tracers and compilers, it is the plain convolution. Parameters and state dict are ``nn.Conv2d``'s."""
+    in bf16 training on a CPU with AMX runs as space-to-depth: each s × s block of input pixels becomes s²·C channels
+    and the kernel, zero-padded to a multiple of s, becomes a ⌈k/s⌉ × ⌈k/s⌉ kernel over them, stride 1. The same
+    products (and zeros): measured, the weight gradient came out bit for bit, the output equal to bf16 rounding. But
+    oneDNN's weight-gradient kernel for 3 input channels is slow: on 2 cores of an Intel Xeon with AMX,
+    ``alexnet_owt``'s conv1 at batch 64 took 25.1 ms forward and backward, 15.3 this way (its input rearranged in 4.7
+    of them). In fp32 it was slower (61.2 ms against 50.8), without a weight gradient the rearrangement costs what it
+    saves, and on CPUs without AMX it is unmeasured: there, and under tracers and compilers, it is the plain
+    convolution. Parameters and state dict are ``nn.Conv2d``'s."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._space_to_depth(x):
@@ -97,8 +100,9 @@ class StemConv2d(nn.Conv2d):
         return F.conv2d(xs.permute(0, 3, 1, 2), weight, self.bias)
 
     def _space_to_depth(self, x: torch.Tensor) -> bool:
-        # bf16 training on the CPU, the measured case; a plain zero-padded, undilated, ungrouped square convolution.
-        if _tracing():
+        # bf16 training on a CPU with AMX, the measured case; a plain zero-padded, undilated, ungrouped square
+        # convolution.
+        if _tracing() or not _amx():
             return False
         bf16 = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         return (
@@ -129,6 +133,12 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         keep = torch.rand(x.shape, device=x.device) >= self.p
         return x * keep * (1 / (1 - self.p))
+
+
+@functools.cache
+def _amx() -> bool:
+    # AMX's bf16 tiles (/proc/cpuinfo's amx_bf16): where space-to-depth was measured faster.
+    return "amx_bf16" in native.cpu_flags()
 
 
 def _tracing() -> bool:
