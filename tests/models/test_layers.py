@@ -109,3 +109,12 @@ def test_standard_modules_shows_torchs_modules_for_the_block_only():
         assert type(model.features[0]) is torch.nn.Conv2d and all(m.inplace for m in relus)
         raise RuntimeError("inside")  # and put back even when the block fails
     assert [type(m) for m in model.modules()] == ours and not any(m.inplace for m in relus)
+
+
+def test_an_input_smaller_than_the_stem_kernel_gets_the_plain_convolutions_error():
+    stem, _ = _stem_and_input("alexnet_owt")
+    x = torch.randn(2, 3, 6, 6)  # 6 + 2·2 < 11
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not stem._space_to_depth(x)
+        with pytest.raises(RuntimeError, match=r"\(10 x 10\). Kernel size: \(11 x 11\)"):
+            stem(x)

@@ -178,3 +178,15 @@ def test_training_keeps_only_the_input_and_inference_equals_the_formula(dtype):
         y = layer(x)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert torch.allclose(y.float(), layer.reference(x.float()), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 5, 5), (0, 96, 5, 5), (2, 96, 0, 5)])
+def test_the_fused_kernel_takes_empty_tensors(shape):
+    """No channels once divided the block size by zero in the C++ kernel: the process died of SIGFPE."""
+    from alexnet.models import fused_lrn
+
+    x = torch.zeros(*shape, requires_grad=True)
+    assert fused_lrn.usable(x)
+    y = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=1)(x)
+    y.sum().backward()
+    assert y.shape == x.grad.shape == shape

@@ -43,7 +43,7 @@ class AlexNet(nn.Module):
         for conv, out in zip(spec.convs, spec.channels()):
             groups = spec.groups if conv.tower else 1
             batch_norm = spec.norm == "batch"
-            # The first takes the image: in bf16 training on the CPU a strided one runs as space-to-depth.
+            # The first takes the image: in bf16 training on a CPU with AMX a strided one runs as space-to-depth.
             layer = StemConv2d if not convs and conv.stride > 1 else nn.Conv2d
             convs.append(layer(prev, out, conv.kernel, conv.stride, conv.pad, groups=groups))
             stage: list[nn.Module] = [nn.BatchNorm2d(out)] if batch_norm else []

@@ -88,8 +88,7 @@ class StemConv2d(nn.Conv2d):
         b, c, h, w = x.shape
         # (B, C, H, W) → (B, Hb·s, Wb·s, C) zero-padded, Hb = H_out − 1 + blocks → (B, s²·C, Hb, Wb) channels last
         hb, wb = (h + 2 * pad - k) // s + blocks, (w + 2 * pad - k) // s + blocks
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        padded = x.new_zeros((b, hb * s, wb * s, c), dtype=dtype)
+        padded = x.new_zeros((b, hb * s, wb * s, c), dtype=_compute_dtype(x))
         nh, nw = min(h, hb * s - pad), min(w, wb * s - pad)
         padded[:, pad : pad + nh, pad : pad + nw] = x.permute(0, 2, 3, 1)[:, :nh, :nw]
         xs = padded.view(b, hb, s, wb, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, s * s * c)
@@ -104,10 +103,9 @@ class StemConv2d(nn.Conv2d):
         # convolution.
         if _tracing() or not _amx():
             return False
-        bf16 = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         return (
             x.device.type == "cpu"
-            and bf16 == torch.bfloat16
+            and _compute_dtype(x) == torch.bfloat16
             and torch.is_grad_enabled()
             and self.weight.requires_grad
             and x.dim() == 4
@@ -118,6 +116,8 @@ class StemConv2d(nn.Conv2d):
             and self.stride[0] == self.stride[1] > 1
             and self.kernel_size[0] == self.kernel_size[1]
             and self.padding[0] == self.padding[1]
+            # an input smaller than the kernel gets the plain convolution's own error
+            and min(x.shape[-2:]) + 2 * self.padding[0] >= self.kernel_size[0]
         )
 
 
@@ -133,6 +133,11 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         keep = torch.rand(x.shape, device=x.device) >= self.p
         return x * keep * (1 / (1 - self.p))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # What the convolution computes in: autocast's dtype where it is on, else the input's.
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
 
 
 @functools.cache

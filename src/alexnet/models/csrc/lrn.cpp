@@ -111,7 +111,7 @@ inline void inv_pows(float* __restrict s, float* __restrict over_d, int64_t len,
 struct Blocks {
   int64_t cg, h, runs, stride;
   Blocks(int64_t c, int64_t groups, int64_t n) : cg(c / groups), h(n / 2) {
-    runs = std::max<int64_t>(1, kBlock / cg);
+    runs = std::max<int64_t>(1, kBlock / std::max<int64_t>(cg, 1));  // no channels: no runs, and no division by 0
     stride = cg + h;
   }
   int64_t padded() const { return runs * stride + 2 * h; }
