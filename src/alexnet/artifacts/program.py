@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
 from ..logs import level_set
-from . import qlinear_rows
+from . import aoti_cpu, qlinear_rows
 from .program_guard import check_program
 from .trained import ModelMeta, TrainedModel
 
@@ -92,9 +92,22 @@ def aot_compile(program: torch.export.ExportedProgram, autotune: bool = False) -
             raise AlexNetError(
                 f"inductor could not compile the program (it needs a C++ compiler): {first_line(err)}"
             ) from err
+        if _device(program).type == "cpu":
+            try:
+                return aoti_cpu.load_cpu(Path(package), Path(tmp))  # its weights 64-byte aligned (see aoti_cpu)
+            except Exception as err:  # a torch whose runner API moved costs speed, never the model
+                log.warning("the compiled program's weights stay where AOTInductor put them (%s)", first_line(err))
         # The loader's own call: the package's wrapper re-parses its input and output specs on every call (0.03-0.06
         # ms of a 1.6 ms batch-1 call), and these programs take one tensor and return one.
         return torch._inductor.aoti_load_package(package).loader.boxed_run
+
+
+def _device(program: torch.export.ExportedProgram) -> torch.device:
+    """The device of the program's first tensor input."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor):
+            return node.meta["val"].device
+    return torch.device("cpu")
 
 
 class Int8Model(ExportedModule):
