@@ -190,3 +190,75 @@ def test_the_fused_kernel_takes_empty_tensors(shape):
     y = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=1)(x)
     y.sum().backward()
     assert y.shape == x.grad.shape == shape
+
+
+def _stage(x, relu, groups=2, n=5, kernel=3, stride=2, convention="paper"):
+    """The layers apart: [ReLU], LRN (the fused kernel, itself tested against the formula above), max-pool."""
+    x = torch.relu(x) if relu else x
+    return torch.nn.functional.max_pool2d(LocalResponseNorm(n, 1e-4, 0.75, 2.0, convention, groups)(x), kernel, stride)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("shape", "groups", "n", "kernel", "stride", "relu"),
+    [
+        ((3, 96, 15, 13), 2, 5, 3, 2, True),  # conv1's stage: per tower, a 3 x 3 window at stride 2
+        ((2, 20, 9, 10), 1, 3, 2, 2, False),  # no ReLU before the LRN; windows that do not overlap
+        ((2, 18, 7, 7), 3, 7, 3, 1, True),  # stride 1: every row in three windows
+        ((1, 16, 3, 3), 1, 5, 3, 3, True),  # one output pixel
+    ],
+)
+def test_the_fused_inference_stage_equals_relu_lrn_and_pool_apart(dtype, shape, groups, n, kernel, stride, relu):
+    fused = _fused_or_skip()
+    torch.manual_seed(5)
+    x = (torch.randn(*shape) * 30).to(dtype)  # contiguous, not channels last: the kernel converts
+    got = fused.lrn_pool(x, n, 1e-4, 0.75, 2.0, groups, relu, kernel, stride)
+    want = _stage(x, relu, groups, n, kernel, stride)  # the fused LRN kernel alone between the two
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    # bf16: the max of rounded values is the rounded max, so bit for bit; fp32: values at other places in a block
+    # take the kernel's vector or scalar powers, an ulp apart.
+    tol = dict(rtol=0, atol=0) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_the_fused_stage_propagates_nan_as_the_layers_do():
+    fused = _fused_or_skip()
+    x = torch.rand(1, 8, 5, 5)
+    x[0, 3, 1, 1] = float("nan")  # in the pool windows of output (0, 0) and (0, 1), across LRN's channel window
+    got = fused.lrn_pool(x, 5, 1e-4, 0.75, 2.0, 1, True, 3, 2)
+    want = _stage(x, True, groups=1)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num())
+
+
+def _fusable(norm, pool):
+    return isinstance(norm, LocalResponseNorm) and alexnet.models.layers._plain_pool(pool)
+
+
+@pytest.mark.parametrize("name", [m for m in alexnet.list_models() if alexnet.models.get_spec(m).norm == "lrn"])
+def test_every_lrn_variant_infers_through_the_fused_stage_as_layer_by_layer(name):
+    """The models' conv stacks (`Features`) take the fused kernel in inference: the same output as their layers run
+    one by one, in fp32 and bf16, and with gradients the layers run one by one (the kernel has no backward)."""
+    fused = _fused_or_skip()
+    torch.manual_seed(6)
+    model = alexnet.create_model(name, width=0.25).eval()
+    size = alexnet.models.get_spec(name).input_size
+    x = torch.randn(2, model.in_channels, size, size)
+    layers = [torch.nn.Identity(), *model.features]
+    calls = []
+    original = fused.lrn_pool
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "lrn_pool", lambda *a: calls.append(a) or original(*a))
+        for dtype in (torch.float32, torch.bfloat16):
+            m, xd = model.to(dtype), x.to(dtype)
+            with torch.no_grad():
+                got = m.features(xd)
+                want = torch.nn.Sequential.forward(m.features, xd)
+            tol = dict(rtol=0, atol=0) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, want, **tol)
+        stages = [(type(a) is torch.nn.ReLU) for a, b, c in zip(layers, layers[1:], layers[2:]) if _fusable(b, c)]
+        assert [call[6] for call in calls] == stages * 2  # each LRN followed by a max-pool, ReLU fused, per dtype
+        calls.clear()
+        out = model.float().features(x.requires_grad_())
+        out.sum().backward()
+        assert not calls and x.grad is not None

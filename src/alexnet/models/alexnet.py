@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .init import initialize
-from .layers import Dropout, LocalResponseNorm, StemConv2d
+from .layers import Dropout, Features, LocalResponseNorm, StemConv2d
 from .specs import POOLS, ArchSpec
 
 
@@ -58,7 +58,7 @@ class AlexNet(nn.Module):
             pool = [nn.MaxPool2d(k_pool, s_pool, spec.pool_pad)] if conv.pool else []
             layers += [convs[-1], *pool, *stage] if spec.pool_first else [convs[-1], *stage, *pool]
             prev = out
-        self.features = nn.Sequential(*layers)
+        self.features = Features(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(spec.adaptive_pool) if spec.adaptive_pool else nn.Identity()
 
         c, h, w = spec.feature_shape()

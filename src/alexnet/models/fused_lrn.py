@@ -15,7 +15,8 @@ The kernels are registered with ``torch.library`` as the operators ``alexnet::lr
 (CPU and CUDA implementations, fake implementations for shapes, an autograd formula), so eager mode and
 ``torch.compile`` run the same one op (a compiled graph holds it as one node, without a graph break).
 ``torch.export``, TorchScript and ONNX trace the reference formula instead: the programs they write then run without
-alexnet installed.
+alexnet installed. For inference on the CPU, ``alexnet::lrn_pool`` runs a ReLU, the LRN and the max-pool after it in
+one pass (`alexnet.models.layers.Features` calls it).
 """
 
 from __future__ import annotations
@@ -126,6 +127,24 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
 
 
 lrn.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("alexnet::lrn_pool", mutates_args=(), device_types="cpu")
+def lrn_pool(
+    x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int, relu: bool, kernel_size: int, stride: int
+) -> torch.Tensor:
+    """Inference only (no autograd formula): ``max_pool2d(lrn(relu(x)), kernel_size, stride)`` in one pass, no
+    padding, floor mode; channels last out. Equal to the three layers run apart, in bf16 bit for bit."""
+    return kernel().pool_forward(x, size, a, beta, k, groups, relu, kernel_size, stride)
+
+
+@lrn_pool.register_fake
+def _(
+    x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int, relu: bool, kernel_size: int, stride: int
+) -> torch.Tensor:
+    b, c, h, w = x.shape
+    out = (b, c, (h - kernel_size) // stride + 1, (w - kernel_size) // stride + 1)
+    return x.new_empty(out).contiguous(memory_format=torch.channels_last)
 
 
 def fused_lrn(x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> torch.Tensor:

@@ -13,6 +13,7 @@
 // frontend, the build took 57 s on one core of an AMD EPYC (Zen 3), with these 24.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/csrc/utils/pybind.h>  // pybind11 with torch's Tensor casters
 
@@ -190,6 +191,67 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
   });
 }
 
+// Inference: ReLU (optional), LRN and a max-pool (kernel kp, stride sp, no padding, floor) in one pass, as AlexNet's
+// conv1 and conv2 stages run them. The LRN rows one output row's window needs are kept in a ring of kp rows of
+// floats (W·C values each), so each row is normalised once and only the pooled output (a quarter of the values at
+// stride 2) is written: the separate ReLU, LRN and pool each read and wrote the whole map. Rounding to bf16 is
+// monotonic, so the max of rounded values equals the rounded max: the output is the unfused layers' own.
+template <typename T>
+void forward_pooled(const T* __restrict x, T* __restrict y, int64_t batch, int64_t height, int64_t width,
+                    int64_t channels, const Blocks& b, int64_t n, float a, float beta, float k, bool relu, int64_t kp,
+                    int64_t sp, int64_t oh, int64_t ow) {
+  const int64_t cg = b.cg, h = b.h, stride = b.stride, row = width * channels;
+  const int64_t row_runs = row / std::max<int64_t>(cg, 1);
+  at::parallel_for(0, batch * oh, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pbuf(b.padded(), 0.0f), sbuf(b.padded()), xbuf(b.flat()), ring(kp * row);
+    float* __restrict p = pbuf.data();
+    float* __restrict s = sbuf.data();
+    float* __restrict xf = xbuf.data();
+    int64_t image = -1, done = -1;  // the rows of `image` normalised so far: up to `done`
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bi = item / oh, oy = item % oh, y0 = oy * sp;
+      if (bi != image) image = bi, done = -1;
+      for (int64_t yy = std::max(y0, done + 1); yy < y0 + kp; ++yy) {  // LRN of input row yy into its ring slot
+        const T* __restrict xr0 = x + (bi * height + yy) * row;
+        float* __restrict out = ring.data() + (yy % kp) * row;
+        for (int64_t r0 = 0; r0 < row_runs; r0 += b.runs) {
+          const int64_t nr = std::min(b.runs, row_runs - r0);
+          const T* __restrict xr = xr0 + r0 * cg;
+          for (int64_t r = 0; r < nr; ++r)
+            for (int64_t i = 0; i < cg; ++i) {
+              float v = to_float(xr[r * cg + i]);
+              v = relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;  // NaN passes, as torch's ReLU lets it
+              xf[r * cg + i] = v;
+              p[h + r * stride + i] = v * v;
+            }
+          window_sums(p, s, nr * stride, n);
+          inv_pows(s, nullptr, nr * stride, a, k, beta);
+          for (int64_t r = 0; r < nr; ++r)
+            for (int64_t i = 0; i < cg; ++i) out[(r0 + r) * cg + i] = xf[r * cg + i] * s[r * stride + i];
+        }
+      }
+      done = std::max(done, y0 + kp - 1);
+      T* __restrict yr = y + (bi * oh + oy) * ow * channels;
+      for (int64_t ox = 0; ox < ow; ++ox) {
+        for (int64_t c0 = 0; c0 < channels; c0 += 16) {
+          const int64_t cn = std::min<int64_t>(16, channels - c0);
+          float best[16];
+          for (int64_t c = 0; c < cn; ++c) best[c] = -INFINITY;
+          for (int64_t dy = 0; dy < kp; ++dy) {
+            const float* __restrict src = ring.data() + ((y0 + dy) % kp) * row + (ox * sp) * channels + c0;
+            for (int64_t dx = 0; dx < kp; ++dx)
+              for (int64_t c = 0; c < cn; ++c) {
+                const float v = src[dx * channels + c];
+                best[c] = (v > best[c] || v != v) ? v : best[c];  // NaN propagates, as torch's max-pool does
+              }
+          }
+          for (int64_t c = 0; c < cn; ++c) store(yr + ox * channels + c0 + c, best[c]);
+        }
+      }
+    }
+  });
+}
+
 void check(const at::Tensor& x, int64_t groups, int64_t n) {
   TORCH_CHECK(x.device().is_cpu(), "alexnet lrn: CPU tensors only");
   TORCH_CHECK(x.dim() == 4, "alexnet lrn: (B, C, H, W) input expected");
@@ -232,7 +294,30 @@ at::Tensor lrn_backward(at::Tensor gy, at::Tensor x, int64_t n, double a, double
   return gx;
 }
 
+// Inference only (no gradient): y = max_pool(lrn(relu(x))) in x's dtype, channels last.
+at::Tensor lrn_pool_forward(at::Tensor x, int64_t n, double a, double beta, double k, int64_t groups, bool relu,
+                            int64_t kp, int64_t sp) {
+  check(x, groups, n);
+  TORCH_CHECK(kp >= 1 && sp >= 1 && x.size(2) >= kp && x.size(3) >= kp,
+              "alexnet lrn_pool: the pool window is larger than the map");
+  x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t oh = (height - kp) / sp + 1, ow = (width - kp) / sp + 1;
+  auto y = at::empty({batch, channels, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const Blocks blocks(channels, groups, n);
+  if (batch == 0 || channels == 0) return y;
+  if (x.scalar_type() == at::kFloat) {
+    forward_pooled<float>(x.data_ptr<float>(), y.data_ptr<float>(), batch, height, width, channels, blocks, n, a, beta,
+                          k, relu, kp, sp, oh, ow);
+  } else {
+    forward_pooled<at::BFloat16>(x.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(), batch, height, width,
+                                 channels, blocks, n, a, beta, k, relu, kp, sp, oh, ow);
+  }
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &lrn_forward, "fused LRN forward (channels last)");
   m.def("backward", &lrn_backward, "fused LRN backward (channels last), recomputing the denominators");
+  m.def("pool_forward", &lrn_pool_forward, "inference: ReLU, LRN and max-pool in one pass (channels last)");
 }
