@@ -262,3 +262,14 @@ def test_every_lrn_variant_infers_through_the_fused_stage_as_layer_by_layer(name
         out = model.float().features(x.requires_grad_())
         out.sum().backward()
         assert not calls and x.grad is not None
+
+
+def test_the_fused_stage_is_left_out_for_a_dtype_it_does_not_take():
+    # Under a CPU autocast to fp16 conv1's output is fp16, which the kernel does not take: the layers run apart.
+    _fused_or_skip()
+    model = alexnet.create_model("alexnet_paper", width=0.25).eval()
+    x = torch.randn(1, 3, 227, 227)
+    with torch.no_grad(), torch.autocast("cpu", torch.float16):
+        got = model.features(x)
+        want = torch.nn.Sequential.forward(model.features, x)
+    assert got.dtype == torch.float16 and torch.equal(got, want)

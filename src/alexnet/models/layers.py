@@ -77,13 +77,15 @@ class Features(nn.Sequential):
     The same layers and state dict; with gradients, elsewhere, or for a tracer, the layers run one by one."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu" or not fused_lrn.usable(x):
+        if torch.is_grad_enabled() or x.device.type != "cpu":
             return super().forward(x)
         layers, i = list(self), 0
         while i < len(layers):
             relu = type(layers[i]) is nn.ReLU
             j = i + relu  # where an LRN and a pool would be
-            if j + 1 < len(layers) and isinstance(layers[j], LocalResponseNorm) and _plain_pool(layers[j + 1]):
+            # usable: the tensor there (autocast may have made it fp16, which the kernel does not take), no tracer.
+            stage = j + 1 < len(layers) and isinstance(layers[j], LocalResponseNorm) and _plain_pool(layers[j + 1])
+            if stage and fused_lrn.usable(x):
                 norm, pool = layers[j], layers[j + 1]
                 x = fused_lrn.lrn_pool(
                     x, norm.size, norm._scale, norm.beta, norm.k, norm.groups, relu, pool.kernel_size, pool.stride
