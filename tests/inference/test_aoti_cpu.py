@@ -115,3 +115,21 @@ def test_a_package_without_one_library_is_refused(package, tmp_path):
         archive.writestr("p/archive_version", "0")
     with pytest.raises(ValueError, match="one shared library"):
         aoti_cpu.load_cpu(empty, tmp_path)
+
+
+def test_where_the_runner_fails_aotinductors_own_loader_runs_the_program(monkeypatch, caplog):
+    # A torch whose container runner moved: the program still runs (weights where AOTInductor put them), and says so.
+    from alexnet.artifacts import program as programs
+
+    def moved(*_):
+        raise AttributeError("AOTIModelContainerRunnerCpu is gone")
+
+    monkeypatch.setattr(aoti_cpu, "load_cpu", moved)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 4)).eval()
+    run = programs.aot_compile(torch.export.export(model, (torch.randn(2, 16),)))
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(run([x])[0], model(x))
+    assert not isinstance(run, aoti_cpu.CpuProgram)
+    assert "stay where AOTInductor put them (AOTIModelContainerRunnerCpu is gone)" in caplog.text
