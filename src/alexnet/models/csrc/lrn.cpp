@@ -119,30 +119,41 @@ struct Blocks {
   int64_t flat() const { return runs * cg; }
 };
 
+// A forward block's scratch: the padded squares (zeros between runs, never written), the window sums, the inputs.
+struct Scratch {
+  std::vector<float> p, s, xf;
+  explicit Scratch(const Blocks& b) : p(b.padded(), 0.0f), s(b.padded()), xf(b.flat()) {}
+};
+
+// The LRN of nr runs from x into out (x's dtype, or float), through w; with kRelu of max(x, 0) (NaN passes, as
+// torch's ReLU lets it).
+template <bool kRelu, typename T, typename Out>
+inline void normalise(const T* __restrict x, Out* __restrict out, int64_t nr, const Blocks& b, Scratch& w, int64_t n,
+                      float a, float beta, float k) {
+  const int64_t cg = b.cg, h = b.h, stride = b.stride;
+  float* __restrict p = w.p.data();
+  float* __restrict s = w.s.data();
+  float* __restrict xf = w.xf.data();
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t i = 0; i < cg; ++i) {
+      float v = to_float(x[r * cg + i]);
+      if (kRelu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
+      xf[r * cg + i] = v;
+      p[h + r * stride + i] = v * v;
+    }
+  window_sums(p, s, nr * stride, n);
+  inv_pows(s, nullptr, nr * stride, a, k, beta);  // s[i] ← d_i^(-β)
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t i = 0; i < cg; ++i) store(out + r * cg + i, xf[r * cg + i] * s[r * stride + i]);
+}
+
 template <typename T>
 void forward_runs(const T* __restrict x, T* __restrict y, int64_t total, const Blocks& b, int64_t n, float a,
                   float beta, float k) {
-  const int64_t cg = b.cg, h = b.h, stride = b.stride;
   at::parallel_for(0, total, std::max<int64_t>(b.runs, 64), [&](int64_t begin, int64_t end) {
-    std::vector<float> pbuf(b.padded(), 0.0f), sbuf(b.padded()), xbuf(b.flat());
-    float* __restrict p = pbuf.data();
-    float* __restrict s = sbuf.data();
-    float* __restrict xf = xbuf.data();
-    for (int64_t r0 = begin; r0 < end; r0 += b.runs) {
-      const int64_t nr = std::min(b.runs, end - r0);
-      const T* __restrict xr = x + r0 * cg;
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t i = 0; i < cg; ++i) {
-          const float v = to_float(xr[r * cg + i]);
-          xf[r * cg + i] = v;
-          p[h + r * stride + i] = v * v;
-        }
-      window_sums(p, s, nr * stride, n);
-      inv_pows(s, nullptr, nr * stride, a, k, beta);  // s[i] ← d_i^(-β)
-      T* __restrict yr = y + r0 * cg;
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t i = 0; i < cg; ++i) store(yr + r * cg + i, xf[r * cg + i] * s[r * stride + i]);
-    }
+    Scratch w(b);
+    for (int64_t r0 = begin; r0 < end; r0 += b.runs)
+      normalise<false>(x + r0 * b.cg, y + r0 * b.cg, std::min(b.runs, end - r0), b, w, n, a, beta, k);
   });
 }
 
@@ -196,39 +207,23 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
 // floats (W·C values each), so each row is normalised once and only the pooled output (a quarter of the values at
 // stride 2) is written: the separate ReLU, LRN and pool each read and wrote the whole map. Rounding to bf16 is
 // monotonic, so the max of rounded values equals the rounded max: the output is the unfused layers' own.
-template <typename T>
-void forward_pooled(const T* __restrict x, T* __restrict y, int64_t batch, int64_t height, int64_t width,
-                    int64_t channels, const Blocks& b, int64_t n, float a, float beta, float k, bool relu, int64_t kp,
-                    int64_t sp, int64_t oh, int64_t ow) {
-  const int64_t cg = b.cg, h = b.h, stride = b.stride, row = width * channels;
-  const int64_t row_runs = row / std::max<int64_t>(cg, 1);
+template <bool kRelu, typename T>
+void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t height, int64_t width,
+                    int64_t channels, const Blocks& b, int64_t n, float a, float beta, float k, int64_t kp, int64_t sp,
+                    int64_t oh, int64_t ow) {
+  const int64_t row = width * channels, row_runs = row / std::max<int64_t>(b.cg, 1);
   at::parallel_for(0, batch * oh, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> pbuf(b.padded(), 0.0f), sbuf(b.padded()), xbuf(b.flat()), ring(kp * row);
-    float* __restrict p = pbuf.data();
-    float* __restrict s = sbuf.data();
-    float* __restrict xf = xbuf.data();
+    Scratch w(b);
+    std::vector<float> ring(kp * row);
     int64_t image = -1, done = -1;  // the rows of `image` normalised so far: up to `done`
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bi = item / oh, oy = item % oh, y0 = oy * sp;
       if (bi != image) image = bi, done = -1;
       for (int64_t yy = std::max(y0, done + 1); yy < y0 + kp; ++yy) {  // LRN of input row yy into its ring slot
-        const T* __restrict xr0 = x + (bi * height + yy) * row;
+        const T* __restrict xr = x + (bi * height + yy) * row;
         float* __restrict out = ring.data() + (yy % kp) * row;
-        for (int64_t r0 = 0; r0 < row_runs; r0 += b.runs) {
-          const int64_t nr = std::min(b.runs, row_runs - r0);
-          const T* __restrict xr = xr0 + r0 * cg;
-          for (int64_t r = 0; r < nr; ++r)
-            for (int64_t i = 0; i < cg; ++i) {
-              float v = to_float(xr[r * cg + i]);
-              v = relu ? (v > 0.0f ? v : (v != v ? v : 0.0f)) : v;  // NaN passes, as torch's ReLU lets it
-              xf[r * cg + i] = v;
-              p[h + r * stride + i] = v * v;
-            }
-          window_sums(p, s, nr * stride, n);
-          inv_pows(s, nullptr, nr * stride, a, k, beta);
-          for (int64_t r = 0; r < nr; ++r)
-            for (int64_t i = 0; i < cg; ++i) out[(r0 + r) * cg + i] = xf[r * cg + i] * s[r * stride + i];
-        }
+        for (int64_t r0 = 0; r0 < row_runs; r0 += b.runs)
+          normalise<kRelu>(xr + r0 * b.cg, out + r0 * b.cg, std::min(b.runs, row_runs - r0), b, w, n, a, beta, k);
       }
       done = std::max(done, y0 + kp - 1);
       T* __restrict yr = y + (bi * oh + oy) * ow * channels;
@@ -250,6 +245,14 @@ void forward_pooled(const T* __restrict x, T* __restrict y, int64_t batch, int64
       }
     }
   });
+}
+
+template <typename T>
+void forward_pooled(const T* x, T* y, int64_t batch, int64_t height, int64_t width, int64_t channels, const Blocks& b,
+                    int64_t n, float a, float beta, float k, bool relu, int64_t kp, int64_t sp, int64_t oh,
+                    int64_t ow) {
+  auto run = relu ? pooled_rows<true, T> : pooled_rows<false, T>;
+  run(x, y, batch, height, width, channels, b, n, a, beta, k, kp, sp, oh, ow);
 }
 
 void check(const at::Tensor& x, int64_t groups, int64_t n) {
