@@ -40,11 +40,6 @@ class CpuProgram:
     def __init__(self, runner: torch._C._aoti.AOTIModelContainerRunnerCpu, copies: dict[str, torch.Tensor]) -> None:
         self._runner, self._copies = runner, copies
 
-    @property
-    def realigned(self) -> int:
-        """How many constants were moved to aligned memory."""
-        return len(self._copies)
-
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         return self._runner.run(inputs)
 
