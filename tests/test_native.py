@@ -24,3 +24,16 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch, ca
     assert calls == ["alexnet_sgd_bf16"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "Ninja is required" in warnings[0] and "autocast's per-step casts" in warnings[0]
+
+
+def test_a_kernel_is_rebuilt_when_its_source_a_header_beside_it_or_a_flag_changes(tmp_path):
+    source, header = tmp_path / "k.cpp", tmp_path / "helpers.h"
+    source.write_text('#include "helpers.h"\n')
+    header.write_text("inline int one() { return 1; }\n")
+    tag = native.source_tag(source)
+    assert native.source_tag(source) == tag
+    header.write_text("inline int one() { return 2; }\n")
+    assert native.source_tag(source) != tag
+    assert native.source_tag(source, ("-DX",)) != native.source_tag(source)
+    (tmp_path / "notes.txt").write_text("not compiled")
+    assert native.source_tag(source) == native.source_tag(source)

@@ -47,6 +47,13 @@ def cpu_fingerprint() -> str:
     return hashlib.sha256(_cpuinfo_line("flags").encode()).hexdigest()[:12]
 
 
+def source_tag(source: Path, flags: tuple[str, ...] = ()) -> str:
+    """A short hash of what a build compiles: the source, the headers beside it (the shared helpers it may include:
+    changing one rebuilds every kernel), and the flags."""
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]
+    return hashlib.sha256(" ".join([source.read_text(), *headers, *flags]).encode()).hexdigest()[:10]
+
+
 def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     """The extension compiled from ``source`` (a module with the functions it binds), named ``name``.
 
@@ -60,7 +67,7 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     with level_set("torch.utils.cpp_extension", logging.ERROR):
         from torch.utils.cpp_extension import load  # its import logs that warning
 
-        tag = hashlib.sha256(" ".join([source.read_text(), *flags]).encode()).hexdigest()[:10]
+        tag = source_tag(source, flags)
         # `load`, not `load_inline`: the latter puts torch/extension.h (every ATen op, the C++ frontend) before the
         # source, which then takes 57 s to compile on one core of an AMD EPYC (Zen 3) instead of 24 with the headers
         # each source names.

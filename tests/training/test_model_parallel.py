@@ -26,9 +26,11 @@ EQUIVALENCE = textwrap.dedent("""
     # steps: SGD steps before the weights are compared. The hybrid with batch-normed fc layers stops at one: on an
     # AVX2 EPYC its weights agreed to 5e-8 after one step and 1.4e-4 after two, a jump no rounding makes (a ReLU or
     # max-pool decision flipped by a last-bit difference and carried on); the momentum path of the hybrid is the
-    # plain hybrid cases' to check, three steps each.
+    # plain hybrid cases' to check, three steps each. The towers with batch norm stop at two for the same reason:
+    # with the fused batch norm -> ReLU kernel (alexnet.models.fused_bn) on an Intel Xeon, logits equal, weights
+    # 6e-8 after one step, 1.2e-7 after two and 7.9e-5 after three.
     cases = [("towers", "alexnet_paper", {}, 3), ("hybrid", "alexnet_paper", {}, 3), ("hybrid", "alexnet_owt", {}, 3),
-             ("towers", "alexnet_paper", {"norm": "batch", "fc_norm": True}, 3),
+             ("towers", "alexnet_paper", {"norm": "batch", "fc_norm": True}, 2),
              ("hybrid", "alexnet_owt", {"fc_norm": True}, 1)]
     out = {f"{m} {n} {o}": equivalence(m, n, batch=4, steps=k, width=0.25, **o) for m, n, o, k in cases}
     if dist.get_rank() == 0:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .init import initialize
-from .layers import Dropout, Features, LocalResponseNorm, StemConv2d
+from .layers import Dropout, Features, LocalResponseNorm, Stack, StemConv2d
 from .specs import POOLS, ArchSpec
 
 
@@ -76,7 +76,7 @@ class AlexNet(nn.Module):
                 head.append(_activation(spec.activation))
                 if spec.dropout_position == "after":
                     head.append(Dropout(spec.dropout))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = Stack(*head)
         initialize(convs, linears, spec.init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

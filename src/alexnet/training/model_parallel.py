@@ -29,7 +29,7 @@ from torch import nn
 from torch.autograd import Function
 
 from ..errors import AlexNetError
-from ..models.layers import LocalResponseNorm
+from ..models.layers import LocalResponseNorm, Stack
 
 log = logging.getLogger(__name__)
 MODES = ("data", "towers", "hybrid")
@@ -199,7 +199,7 @@ class ShardedAlexNet(nn.Module):
                 self._record(plan, f"features.{len(layers)}", full_name, sharded, rank, world, names[full_name])
                 layers.append(sharded)
             layers += [copy.deepcopy(full.avgpool), Exchange("pool5 (input of fc6)", 1, world, group), nn.Flatten(1)]
-        self.features = nn.Sequential(*layers)
+        self.features = Stack(*layers)  # as the whole model, the same fused batch norm → ReLU on the CPU
         head: list[nn.Module] = []
         split = False
         for i, module in enumerate(full.classifier):
@@ -218,7 +218,7 @@ class ShardedAlexNet(nn.Module):
         head.append(Exchange("logits", 1, world, group))
         if mode == "hybrid":
             head.append(_Local(rank, world))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = Stack(*head)
         self.plan = plan
         self._hooks()
 
