@@ -3,7 +3,7 @@ for maps whose channels are contiguous (channels last, as the library trains on 
 
 torch runs the batch norm, the ReLU and their backwards as separate passes over the map, and its bf16 channels-last
 batch norm well below memory speed: on 2 cores of an Intel Xeon with AMX, ``alexnet_cifar``'s training step at batch
-256 (32 px) took 191 ms with them and 174 fused, 1.10x (these kernels 26 ms of it). The running statistics are
+256 (32 px) took 191 ms with them and 174 fused, 1.10x (these kernels about 31 ms of it). The running statistics are
 updated as ``nn.BatchNorm2d`` updates them (momentum, or the cumulative average with ``momentum=None``; the unbiased
 variance).
 

@@ -9,8 +9,8 @@
 // Two reads of x and one write forward; backward, two reads of x and of the gradient and one write. torch runs the
 // batch norm, the ReLU and their backwards as separate passes, and its bf16 channels-last batch norm well below memory
 // speed: on 2 cores of an Intel Xeon with AMX, alexnet_cifar's training step at batch 256 took 191 ms with them and
-// 174 fused (these kernels 26 ms of it). The backward recomputes z from x with the forward's arithmetic, so its mask is
-// the forward's and nothing but x is saved.
+// 174 fused (these kernels about 31 ms of it). The backward recomputes z from x with the forward's arithmetic, so its
+// mask is the forward's and nothing but x is saved.
 //
 // Sums: in float over kRows rows, then in double over a chunk of kChunk rows, then over the chunks in order. The
 // chunks depend on M alone, so the result does not depend on the thread count. The variance comes from sums of
