@@ -165,3 +165,16 @@ def test_the_operator_has_shapes_for_compilers():
         gx, gw, gb = fused_bn.batch_norm_relu_backward(y, x, w, w, mean, var, 1e-5)
     assert y.shape == gx.shape == x.shape and y.is_contiguous(memory_format=torch.channels_last)
     assert mean.shape == var.shape == gw.shape == gb.shape == (8,) and mean.dtype == torch.float32
+
+
+def test_a_hook_on_every_module_sees_the_layers_own_backward(monkeypatch):
+    monkeypatch.setenv("ALEXNET_FUSED_BN", "1")
+    stack = _pair(8, 4)
+    x = _input((2, 8, 4, 4), torch.float32).requires_grad_()
+    seen = []
+    handle = nn.modules.module.register_module_full_backward_hook(lambda m, gi, go: seen.append(type(m).__name__))
+    try:
+        stack(x).sum().backward()
+    finally:
+        handle.remove()
+    assert seen == ["ReLU", "BatchNorm2d", "Stack"]
