@@ -193,3 +193,12 @@ def test_another_model_than_the_recipes_takes_its_own_input_size(tmp_path):
     assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["name"] == "alexnet_paper" and config["model"]["overrides"] == {"width": 0.125}
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "serve", "export"])
+def test_a_text_file_given_as_a_checkpoint(files, capsys, command):
+    """Text reaches torch's unpickler as its legacy format, whose errors (IndexError here) are no checkpoint error."""
+    text = files["dir"] / "passwd.pt"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    tail = {"predict": [files["image"]], "export": ["--format", "onnx", "--out", str(files["dir"] / "m.onnx")]}
+    _refused(capsys, [command, "--checkpoint", str(text), *tail.get(command, [])], "not a checkpoint")

@@ -16,6 +16,15 @@ def _kernel():
         pytest.skip("the fused batch-norm kernel cannot be built here (no C++ compiler or ninja)")
 
 
+@pytest.fixture
+def calls(monkeypatch) -> list:
+    """Each call of the fused layer, recorded (the kernel still runs)."""
+    seen: list = []
+    original = fused_bn.batch_norm_relu_layer
+    monkeypatch.setattr(fused_bn, "batch_norm_relu_layer", lambda *a: seen.append(a) or original(*a))
+    return seen
+
+
 def _pair(c: int, dim: int, momentum: float | None = 0.1):
     torch.manual_seed(1)
     bn = (nn.BatchNorm2d if dim == 4 else nn.BatchNorm1d)(c, momentum=momentum)
@@ -46,14 +55,11 @@ def _run(stack, x, grad, fused: bool, monkeypatch):
 
 @pytest.mark.parametrize("shape", [(4, 48, 6, 5), (3, 7, 5, 3), (32, 24), (2, 1000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_fused_kernel_equals_batch_norm_and_relu_apart(shape, dtype, monkeypatch):
+def test_the_fused_kernel_equals_batch_norm_and_relu_apart(shape, dtype, calls, monkeypatch):
     apart, fused = _pair(shape[1], len(shape)), _pair(shape[1], len(shape))
     x = _input(shape, dtype)
     torch.manual_seed(3)
     grad = torch.randn(shape).to(dtype)
-    calls = []
-    original = fused_bn.batch_norm_relu_layer
-    monkeypatch.setattr(fused_bn, "batch_norm_relu_layer", lambda *a: calls.append(a) or original(*a))
     want = _run(apart, x, grad, False, monkeypatch)
     assert not calls
     got = _run(fused, x, grad, True, monkeypatch)
@@ -99,10 +105,7 @@ def test_nan_propagates_as_through_the_layers(monkeypatch):
     torch.testing.assert_close(got[0].nan_to_num(), want[0].nan_to_num())
 
 
-def test_the_layers_run_apart_where_the_kernel_does_not_apply(monkeypatch):
-    calls = []
-    original = fused_bn.batch_norm_relu_layer
-    monkeypatch.setattr(fused_bn, "batch_norm_relu_layer", lambda *a: calls.append(a) or original(*a))
+def test_the_layers_run_apart_where_the_kernel_does_not_apply(calls):
     stack = _pair(8, 4)
     x = _input((2, 8, 4, 4), torch.float32)
     stack(x.contiguous())  # channels first: the kernel reads rows of channels
@@ -122,12 +125,9 @@ def test_the_layers_run_apart_where_the_kernel_does_not_apply(monkeypatch):
 
 
 @pytest.mark.parametrize("name", [m for m in alexnet.list_models() if alexnet.models.get_spec(m).norm == "batch"])
-def test_every_batch_norm_variant_trains_through_the_fused_kernel(name, monkeypatch):
+def test_every_batch_norm_variant_trains_through_the_fused_kernel(name, calls, monkeypatch):
     """Each batch norm followed by a ReLU goes through the kernel in training, conv stack and classifier; the
     outputs, the gradients and the running statistics are the layers' run apart."""
-    calls = []
-    original = fused_bn.batch_norm_relu_layer
-    monkeypatch.setattr(fused_bn, "batch_norm_relu_layer", lambda *a: calls.append(a) or original(*a))
     torch.manual_seed(4)
     fused = alexnet.create_model(name, width=0.25, num_classes=10).to(memory_format=torch.channels_last)
     apart = alexnet.create_model(name, width=0.25, num_classes=10).to(memory_format=torch.channels_last)

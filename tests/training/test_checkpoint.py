@@ -1,8 +1,10 @@
 """Loading weights safely: malicious pickles, truncation, corruption, mismatched models."""
 
+import io
 import os
 import random
 import time
+import zipfile
 
 import pytest
 import torch
@@ -65,8 +67,56 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, weights):
     with pytest.raises(CorruptCheckpointError):
         load_checkpoint(path)
     path.write_bytes(b"garbage bytes, not a pickle")  # corrupt, not unsafe
-    with pytest.raises(CorruptCheckpointError, match="not a valid pickle"):
+    with pytest.raises(CorruptCheckpointError, match="not a checkpoint"):
         load_checkpoint(path)
+
+
+def _rezip(archive: bytes, name: str, payload: bytes) -> bytes:
+    """``archive`` with entry ``name`` replaced by ``payload`` and every CRC valid, as an attacker would write it."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, payload if info.filename == name else src.read(info.filename))
+    return out.getvalue()
+
+
+def test_bytes_that_are_no_checkpoint_never_escape_as_another_error(tmp_path):
+    """Text, a pickle outside a zip (torch's legacy format) and 600 mutations of a real checkpoint's pickle, re-zipped
+    with valid CRCs so that the unpickler meets them: each is refused as corrupt or unsafe, or loads; none raises
+    the unpickler's own IndexError, TypeError or struct.error, which the CLI would show as a traceback."""
+    path = tmp_path / "c.pt"
+    state = {"model": {"w": torch.arange(4.0)}, "config": {"a": [1, 2.5, "x"]}, "epoch": 3, "rng": (True, None)}
+    torch.save(state, path)
+    assert load_checkpoint(path)["epoch"] == 3
+    archive = path.read_bytes()
+    name = next(n for n in zipfile.ZipFile(path).namelist() if n.endswith("/data.pkl"))
+    pickled = zipfile.ZipFile(path).read(name)
+    torch.load(io.BytesIO(_rezip(archive, name, pickled)), weights_only=True)  # the rewriting alone is accepted
+    path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(CorruptCheckpointError, match="not the zip archive"):
+        load_checkpoint(path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CorruptCheckpointError, match="not the zip archive"):
+        load_checkpoint(path)
+    rng = random.Random(0)
+    outcomes: dict[str, int] = {}
+    for i in range(600):
+        b = bytearray(pickled)
+        if i % 3 == 0:  # one byte changed: opcodes, lengths, memo indices
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        elif i % 3 == 1:  # cut short
+            del b[rng.randrange(1, len(b)) :]
+        else:  # a run of the pickle repeated elsewhere
+            start = rng.randrange(len(b))
+            b[rng.randrange(len(b)) : start] = b[start : start + rng.randrange(1, 16)]
+        path.write_bytes(_rezip(archive, name, bytes(b)))
+        try:
+            load_checkpoint(path)
+            kind = "loaded"
+        except (CorruptCheckpointError, UnsafeCheckpointError) as err:
+            kind = type(err).__name__
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    assert outcomes.get("CorruptCheckpointError", 0) > 300, outcomes
 
 
 def test_a_flipped_byte_is_caught_by_the_digest_before_unpickling(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
+from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, first_line
 from ..files import atomic_write, check_input
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             "TorchScript, since loading it runs the program it holds; use the run's .safetensors or .pt, or export "
             "--format exported-program (.pt2) or onnx, which predict, eval and serve load"
         )
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint (not the zip archive torch.save writes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -147,8 +149,9 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             f"{path} was refused: loading it would import or run code ({reason.strip()}); "
             "only load checkpoints you created, and ship weights as safetensors"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
-        raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint ({type(err).__name__}: {err})") from None
+    except Exception as err:  # bytes that are no pickle raise IndexError, TypeError, struct.error, ...
+        reason = f"{type(err).__name__}: {first_line(err)}"[:200]
+        raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CorruptCheckpointError(f"{path} is not an alexnet checkpoint (no model state and config)")
     return state
