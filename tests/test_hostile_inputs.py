@@ -202,3 +202,38 @@ def test_a_text_file_given_as_a_checkpoint(files, capsys, command):
     text.write_text("root:x:0:0:root:/root:/bin/bash\n")
     tail = {"predict": [files["image"]], "export": ["--format", "onnx", "--out", str(files["dir"] / "m.onnx")]}
     _refused(capsys, [command, "--checkpoint", str(text), *tail.get(command, [])], "not a checkpoint")
+
+
+def test_running_out_of_memory_is_one_line(files, capsys, monkeypatch):
+    """A batch or input too large for the machine (``input_size=4096`` asks for 137 GB) is one line and exit 1, on
+    the CPU with torch's own error and on a GPU with CUDA's; any other RuntimeError stays a traceback (a bug)."""
+    import alexnet.cli as cli
+
+    help_text, add, _ = cli.COMMANDS["eval"]
+    argv = ["eval", "--checkpoint", files["weights"]]
+
+    def run(failure):
+        monkeypatch.setitem(cli.COMMANDS, "eval", (help_text, add, failure))
+        return main(argv)
+
+    assert run(lambda args: torch.empty(2**50)) == 1  # 4 PiB: refused by the allocator on any machine
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "alexnet eval: error: out of memory in RAM (it asked for 4194304.0 GiB more): use a smaller --batch-size, "
+        "input size or width (-v shows where)"
+    )
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name and message, without a GPU
+        pass
+
+    def cuda(args):
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 7.79 GiB total capacity)\nmore")
+
+    assert run(cuda) == 1
+    assert "out of memory on the GPU (it asked for 20.00 MiB more)" in capsys.readouterr().err
+
+    def bug(args):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run(bug)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -75,6 +76,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
+    except (MemoryError, RuntimeError) as err:
+        if args.verbose or not _out_of_memory(err):
+            raise
+        print(f"alexnet {args.command}: error: {_out_of_memory(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: BaseException) -> str:
+    """One line for an allocation that failed (torch's CPU allocator, CUDA's, Python's), "" for any other error."""
+    text = str(err)
+    cuda = any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__)
+    if not (cuda or isinstance(err, MemoryError) or "can't allocate memory" in text):
+        return ""
+    asked = re.search(r"(?:tried to )?allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text)
+    size = asked.group(1) if asked else ""
+    if asked and asked.group(2) == "bytes":
+        size = f"{int(size) / 2**30:.1f} GiB"
+    elif asked:
+        size = f"{size} {asked.group(2)}"
+    where = "on the GPU" if cuda else "in RAM"
+    return (
+        f"out of memory {where}"
+        + (f" (it asked for {size} more)" if size else "")
+        + ": use a smaller --batch-size, input size or width (-v shows where)"
+    )
