@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 from alexnet import files
 from alexnet.artifacts import checkpoint
@@ -127,6 +128,45 @@ def test_export_and_quantize_never_replace_their_input_or_a_device(finished_run,
     assert fifo.is_fifo() and (tmp_path / "fifo.pt2").is_fifo()
     with pytest.raises(WriteError, match="is a directory"):
         files.write_text(tmp_path, "x")
+
+
+def test_no_export_features_or_conversion_replaces_a_runs_results(finished_run, tmp_path, capsys):
+    """An export, features or a Caffe conversion written over a run's checkpoints or weights would lose them; a file
+    named for another format would be read as that format."""
+    weights = str(finished_run / "best.safetensors")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
+    before = _digests(finished_run)
+    for name in ("last.pt", "best.safetensors", "metrics.csv"):
+        target = str(finished_run / name)
+        for cmd in (
+            ["export", "--checkpoint", weights, "--format", "torchscript", "--out", target],
+            ["features", "--weights", weights, str(image), "--out", target],
+            ["convert-caffe", str(tmp_path / "none.caffemodel"), "--out", target],
+        ):
+            code = main(cmd)
+            err = capsys.readouterr().err
+            _one_line(err)
+            assert code == 2, (cmd, err)
+    assert main(["export", "--checkpoint", weights, "--format", "torchscript", "--out", str(finished_run / "last.pt")])
+    assert "it is a checkpoint with its digest beside it" in capsys.readouterr().err
+    assert main(["features", "--weights", weights, str(image), "--out", str(finished_run / "best.safetensors")]) == 2
+    assert "name the file .npy" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", weights, "--format", "onnx", "--out", str(tmp_path / "m.pt")]) == 2
+    assert "name a onnx export .onnx" in capsys.readouterr().err
+    assert _digests(finished_run) == before
+    # A .pt outside a run, without a digest, is the user's to replace: a TorchScript export there is written.
+    assert main(["export", "--checkpoint", weights, "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+
+
+def test_features_of_no_readable_image_write_nothing(finished_run, tmp_path, capsys):
+    out = tmp_path / "f.npy"
+    out.write_bytes(b"an earlier result")
+    weights = str(finished_run / "best.safetensors")
+    code = main(["features", "--weights", weights, "/nonexistent.png", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "no image could be read" in err and out.read_bytes() == b"an earlier result"
+    assert "/nonexistent.png: cannot read" in err and "/nonexistent.png: /nonexistent.png" not in err
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch, capsys):

@@ -119,6 +119,27 @@ def check_target(path: Path | str) -> Path:
     return path
 
 
+# What makes a directory a run: its checkpoints, weights and metrics, which nothing but that run may replace.
+RUN_RESULTS = ("last.pt", "best.pt", "best.safetensors", "metrics.csv")
+
+
+def check_replaceable(path: Path | str) -> Path:
+    """`check_target`, and refuse to replace a training checkpoint (its SHA-256 recorded beside it as ``NAME.sha256``)
+    or one of a run directory's results: an export, features or a conversion written there would lose them.
+
+    Raises:
+        WriteError: naming what is there.
+    """
+    path = check_target(path)
+    if not path.exists():
+        return path
+    if path.with_name(path.name + ".sha256").exists():
+        raise WriteError(f"could not write {path}: it is a checkpoint with its digest beside it; choose another file")
+    if path.name in RUN_RESULTS and (path.parent / "metrics.csv").is_file():
+        raise WriteError(f"could not write {path}: it is one of the run {path.parent}'s results; choose another file")
+    return path
+
+
 def atomic_write(
     path: Path | str,
     write: Callable[[Any], None],

@@ -18,7 +18,8 @@ from tests.helpers import mixed_images
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_parity_every_variant(tmp_path, name, fmt):
     weights = make_weights(tmp_path / f"{name}.safetensors", name=name, num_classes=5, width=0.25)
-    result = export_model(load_trained(weights), fmt, tmp_path / f"model.{fmt}")
+    suffix = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}[fmt]
+    result = export_model(load_trained(weights), fmt, tmp_path / f"model{suffix}")
     assert result.parity.ok and result.parity.max_abs <= 1e-4
     assert result.path.stat().st_size > 10_000
 

@@ -67,12 +67,12 @@ def add_convert_caffe(p: argparse.ArgumentParser) -> None:
 def run_convert_caffe(args: argparse.Namespace) -> int:
     from ..artifacts.caffe import IMAGENET_MEAN_BGR, convert_caffe, mean_from_binaryproto
     from ..artifacts.checkpoint import save_weights
-    from ..files import MB, read_text_input
+    from ..files import MB, check_replaceable, read_text_input
 
+    out = check_replaceable(args.out or Path(args.caffemodel).with_suffix(".safetensors"))  # before the work
     mean = mean_from_binaryproto(args.mean_file) if args.mean_file else IMAGENET_MEAN_BGR
     classes = read_text_input(args.classes, 16 * MB, "class list").splitlines() if args.classes else None
     trained = convert_caffe(args.caffemodel, classes=classes, mean_bgr=mean)
-    out = Path(args.out or Path(args.caffemodel).with_suffix(".safetensors"))
     save_weights(trained.model, out, trained.meta.to_dict())
     spec = trained.meta.model
     print(

@@ -152,7 +152,7 @@ def add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB")
     options.weights(p)
     p.add_argument("--layer", default="fc7", choices=["fc7", "fc6", "pool5"])
-    p.add_argument("--out", required=True, metavar="FILE", help="a .npy file; the file order goes beside it as .txt")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .npy to write; the file order beside it as .txt")
 
 
 def run_features(args: argparse.Namespace) -> int:
@@ -160,17 +160,24 @@ def run_features(args: argparse.Namespace) -> int:
 
     from ..artifacts.loader import load_trained
     from ..data.decode import expand_inputs
-    from ..files import atomic_write, check_target, write_text
+    from ..errors import AlexNetError
+    from ..files import atomic_write, check_replaceable, write_text
     from ..inference.features import features_of_files
 
-    order = args.out[: -len(".npy")] + ".txt" if args.out.endswith(".npy") else args.out + ".txt"
-    check_target(args.out), check_target(order)  # before any work: a directory or a device where a file goes
+    if not args.out.endswith(".npy"):
+        raise AlexNetError(f"--out {args.out}: the features are a NumPy array, name the file .npy")
+    order = args.out[: -len(".npy")] + ".txt"
+    # Before any work: a directory, a device or a run's results where a file goes.
+    check_replaceable(args.out), check_replaceable(order)
     files = expand_inputs(args.inputs)
     feats, done, errors = features_of_files(load_trained(args.weights), files, args.layer)
-    atomic_write(args.out, lambda f: np.save(f, feats))
-    write_text(order, "".join(name + "\n" for name in done))
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
+    if not done:
+        print(f"alexnet features: no image could be read; {args.out} not written", file=sys.stderr)
+        return 1
+    atomic_write(args.out, lambda f: np.save(f, feats))
+    write_text(order, "".join(name + "\n" for name in done))
     print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
     return 1 if errors else 0
 

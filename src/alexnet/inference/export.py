@@ -20,11 +20,14 @@ from torch import nn
 
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..errors import AlexNetError, CorruptCheckpointError
-from ..files import atomic_write, check_target
+from ..files import atomic_write, check_replaceable, check_target
 from ..models import standard_modules
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "exported-program")
+# The file names each format is written under: a loader picks its reader by the suffix (.pt is a checkpoint's, and a
+# TorchScript archive there is named and refused).
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript"), "exported-program": (".pt2",)}
 
 
 @dataclass
@@ -126,9 +129,9 @@ def export_model(
         rtol: part of the allowed logit difference relative to the largest eager logit.
 
     Raises:
-        AlexNetError: unknown format, ``out`` is the input, or the export disagrees with eager PyTorch (then
-            nothing is written: a previous file at ``out`` is left as it was).
-        WriteError: ``out`` is a directory, a device or a FIFO, or cannot be written.
+        AlexNetError: unknown format, ``out`` is the input or not named for the format (`SUFFIXES`), or the export
+            disagrees with eager PyTorch (then nothing is written: a previous file at ``out`` is left as it was).
+        WriteError: ``out`` is a directory, a device, a FIFO or a run's checkpoint, or cannot be written.
     """
     if fmt not in FORMATS:
         raise AlexNetError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
@@ -139,6 +142,9 @@ def export_model(
     out = check_target(out)
     if trained.source and out.resolve() == Path(trained.source).resolve():
         raise AlexNetError(f"--out {out} is the model being exported: choose another file")
+    if out.suffix not in SUFFIXES[fmt]:
+        raise AlexNetError(f"--out {out}: name a {fmt} export {' or '.join(SUFFIXES[fmt])}")
+    check_replaceable(out)
     # Written beside the target under another name and checked there; only a file that passes replaces the target,
     # so a failed check leaves the user's previous export as it was.
     staged = out.with_name(f".{out.stem}.{os.getpid()}.staged{out.suffix}")

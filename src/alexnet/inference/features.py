@@ -55,7 +55,8 @@ def features_of_files(
         try:
             pending.append((name, predictor.stored(Path(name))))
         except Exception as err:  # InvalidImageError and friends: reported per file
-            errors.append(f"{name}: {err}")
+            message = str(err)  # the decoders' errors already begin with the file's name
+            errors.append(message if message.startswith(f"{name}: ") else f"{name}: {message}")
         if len(pending) >= batch:
             flush()
     flush()

@@ -25,7 +25,7 @@ from ..artifacts.program import Int8Model, load_torchao
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.stored import stored_split
 from ..errors import AlexNetError
-from ..files import atomic_write, check_target
+from ..files import atomic_write, check_replaceable
 from ..models import standard_modules
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def quantize_file(
     out = Path(out)
     if out.suffix != ".pt2":
         raise AlexNetError(f"--out {out}: the int8 program is a torch.export file, name it .pt2")
-    check_target(out)  # before the work: a directory or a device where the file goes
+    check_replaceable(out)  # before the work: a directory, a device or a run's results where the file goes
     if Path(source).exists() and out.resolve() == Path(source).resolve():
         raise AlexNetError(f"--out {out} is the model being quantized: choose another file")
     trained = load_trained(source)

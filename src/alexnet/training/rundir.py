@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 
 from ..errors import AlexNetError
+from ..files import RUN_RESULTS
 
 LOCK = ".lock"
-# What makes a directory a run: a user's earlier results, which a new run (not a resume) would replace.
-RUN_FILES = ("last.pt", "best.pt", "best.safetensors", "metrics.csv")
 
 
 class RunDirectoryError(AlexNetError):
@@ -54,7 +53,7 @@ def claim(out: Path, resuming: bool) -> RunLock:
         RunDirectoryError: another live process holds it, or it holds a run and this is not a resume.
     """
     lock = RunLock(out)
-    found = [name for name in RUN_FILES if (out / name).exists()]
+    found = [name for name in RUN_RESULTS if (out / name).exists()]
     if found and not resuming:
         lock.release()
         raise RunDirectoryError(
