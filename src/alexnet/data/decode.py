@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 import stat
 import warnings
 from collections.abc import Iterable
@@ -143,7 +144,9 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InvalidImageError(f"{name}: decompression bomb ({err})") from err
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for bad files
-        raise InvalidImageError(f"{name}: not a decodable image ({type(err).__name__}: {err})") from err
+        # Pillow names the buffer it read ("<_io.BytesIO object at 0x7f...>"): the file's name is already in front.
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", f"{type(err).__name__}: {err}")
+        raise InvalidImageError(f"{name}: not a decodable image ({reason})") from err
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (H, W, C) memory, as libjpeg-turbo's output
 
