@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -175,11 +176,17 @@ class Config:
             if value is None:
                 continue
             above = value >= low if inclusive else value > low
-            if not (above and value <= high and value == value):  # value == value: not NaN
+            if not (above and value <= high and math.isfinite(value)):  # no NaN, and no infinity (lr=inf)
                 bracket = "[" if inclusive else "("
+                close = ")" if high == INF else "]"
                 raise ConfigError(
-                    f"{dotted}={value!r} is out of range; expected a value in {bracket}{low:g}, {high:g}]"
+                    f"{dotted}={value!r} is out of range; expected a finite value in {bracket}{low:g}, {high:g}{close}"
                 )
+        for name in ("mean", "std"):
+            values = getattr(self.data, name)
+            if values is not None and not all(math.isfinite(v) and (name == "mean" or v > 0) for v in values):
+                rule = "finite numbers" if name == "mean" else "finite numbers above 0 (it divides)"
+                raise ConfigError(f"data.{name}={values!r}: give {rule}")
         if self.train.val_every > 1 and self.optim.schedule == "plateau":
             raise ConfigError('optim.schedule="plateau" needs the validation error of every epoch: train.val_every=1')
         if self.data.ten_crop and self.data.flip_tta:

@@ -42,6 +42,9 @@ def test_bad_sizes_are_refused():
         holdout_count(12.5, 100)
     with pytest.raises(ConfigError, match="every one"):
         holdout_count(100, 100)
+    with pytest.raises(ConfigError, match="every one"):  # a fraction that rounds to all of them
+        holdout_count(0.9999, 1000)
+    assert holdout_count(0.998, 1000) == 998
 
 
 @pytest.fixture(scope="module")

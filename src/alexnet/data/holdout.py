@@ -21,7 +21,10 @@ def holdout_count(val_split: float, n: int) -> int:
         ConfigError: a count that is not whole, or that leaves no training image.
     """
     if val_split < 1:
-        return round(val_split * n)
+        count = round(val_split * n)
+        if count >= n:
+            raise ConfigError(f"data.val_split={val_split:g} holds out every one of the {n} training images")
+        return count
     if val_split != int(val_split):
         raise ConfigError(f"data.val_split={val_split:g}: give a fraction in (0, 1) or a whole number of images")
     if val_split >= n:
