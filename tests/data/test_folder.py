@@ -1,6 +1,7 @@
 """Image folders: class order, validation labels, bad layouts, and the bad-file skip policy."""
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -64,6 +65,19 @@ def test_imagenet_layout_uses_devkit_names(tmp_path):
     torch.save((wnid_to_names, []), tmp_path / "meta.bin")  # what torchvision's parse_devkit_archive writes
     data = build_data(DataConfig(dataset="imagenet", data_dir=str(tmp_path), workers=0), 16, torch.device("cpu"))
     assert data.classes == ["tench", "crane (n02012849)", "crane (n02013706)"]
+
+
+def test_a_meta_bin_that_is_not_torchvisions_is_one_line(tmp_path):
+    from alexnet.data.folder import imagenet_class_names
+
+    wnids = ["n01440764"]
+    (tmp_path / "meta.bin").write_text("root:x:0:0:root:/root:/bin/bash\n")  # the unpickler raises IndexError
+    with pytest.raises(AlexNetError, match="not torchvision's ImageNet meta.bin"):
+        imagenet_class_names(tmp_path, wnids)
+    (tmp_path / "meta.bin").unlink()
+    os.mkfifo(tmp_path / "meta.bin")  # the input guard's own message, not "not torchvision's"
+    with pytest.raises(AlexNetError, match="not a regular file"):
+        imagenet_class_names(tmp_path, wnids)
 
 
 @pytest.mark.parametrize("hwc_memory", [True, False])

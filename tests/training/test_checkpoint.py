@@ -71,6 +71,19 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, weights):
         load_checkpoint(path)
 
 
+def test_a_checkpoint_too_large_for_memory_is_not_called_corrupt(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    torch.save({"model": {}, "config": {}}, path)
+    for failure in (MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9")):
+
+        def load(*args, failure=failure, **kwargs):
+            raise failure
+
+        monkeypatch.setattr(torch, "load", load)
+        with pytest.raises(type(failure)):  # the CLI reports it as out of memory
+            load_checkpoint(path)
+
+
 def _rezip(archive: bytes, name: str, payload: bytes) -> bytes:
     """``archive`` with entry ``name`` replaced by ``payload`` and every CRC valid, as an attacker would write it."""
     out = io.BytesIO()

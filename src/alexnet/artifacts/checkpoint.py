@@ -149,7 +149,11 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             f"{path} was refused: loading it would import or run code ({reason.strip()}); "
             "only load checkpoints you created, and ship weights as safetensors"
         ) from None
+    except MemoryError:  # a whole checkpoint too large for this machine: the CLI says out of memory
+        raise
     except Exception as err:  # bytes that are no pickle raise IndexError, TypeError, struct.error, ...
+        if "can't allocate memory" in str(err):  # torch's allocator, likewise
+            raise
         reason = f"{type(err).__name__}: {first_line(err)}"[:200]
         raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:

@@ -145,6 +145,8 @@ def imagenet_class_names(root: Path, wnids: list[str]) -> list[str]:
         data = io.BytesIO(read_input(meta, 16 * MB, "ImageNet meta.bin"))  # torchvision's is 2.5 MB
         wnid_to_names = torch.load(data, weights_only=True)[0]
         names = [str(wnid_to_names.get(w, (w,))[0]) for w in wnids]
+    except AlexNetError:  # the input guard's own line: a FIFO, a directory, too large
+        raise
     except Exception as err:  # bytes that are no pickle can raise nearly anything from the unpickler
         raise DataNotFoundError(
             f"{meta} is not torchvision's ImageNet meta.bin ({type(err).__name__}): delete it"
