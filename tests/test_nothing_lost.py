@@ -153,7 +153,7 @@ def test_no_export_features_or_conversion_replaces_a_runs_results(finished_run, 
     assert main(["features", "--weights", weights, str(image), "--out", str(finished_run / "best.safetensors")]) == 2
     assert "name the file .npy" in capsys.readouterr().err
     assert main(["export", "--checkpoint", weights, "--format", "onnx", "--out", str(tmp_path / "m.pt")]) == 2
-    assert "name a onnx export .onnx" in capsys.readouterr().err
+    assert "name the onnx file .onnx" in capsys.readouterr().err
     assert _digests(finished_run) == before
     # A .pt outside a run, without a digest, is the user's to replace: a TorchScript export there is written.
     assert main(["export", "--checkpoint", weights, "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0

@@ -143,7 +143,7 @@ def export_model(
     if trained.source and out.resolve() == Path(trained.source).resolve():
         raise AlexNetError(f"--out {out} is the model being exported: choose another file")
     if out.suffix not in SUFFIXES[fmt]:
-        raise AlexNetError(f"--out {out}: name a {fmt} export {' or '.join(SUFFIXES[fmt])}")
+        raise AlexNetError(f"--out {out}: name the {fmt} file {' or '.join(SUFFIXES[fmt])}")
     check_replaceable(out)
     # Written beside the target under another name and checked there; only a file that passes replaces the target,
     # so a failed check leaves the user's previous export as it was.
