@@ -179,6 +179,19 @@ def test_demo_with_a_tiny_limit(tmp_path, fashion_dir, capsys):
     with open(tmp_path / "demo" / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]
     assert f"**{float(last['test_acc1']):.2f}%**" in report and f"loss {float(last['test_loss']):.4f}" in report
+    # `make demo` twice: the finished run is reported again, not trained again and not refused.
+    checkpoint = (tmp_path / "demo" / "last.pt").read_bytes()
+    assert main(args) == 0
+    assert (tmp_path / "demo" / "last.pt").read_bytes() == checkpoint
+    again = (tmp_path / "demo" / "report.md").read_text()
+    timeless = [line for line in report.splitlines() if "wall time" not in line]
+    assert [line for line in again.splitlines() if "wall time" not in line] == timeless
+    # A run of another recipe in its directory is refused with one line, and left as it was.
+    other = [*args[:2], str(tmp_path / "other"), *args[3:]]
+    assert main(["train", "--dataset", "fake", "--out", str(tmp_path / "other"), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(other) == 2
+    assert "Traceback" not in (err := capsys.readouterr().err) and len(err.strip().splitlines()) == 1, err
 
 
 def test_verbose_shows_the_traceback(tmp_path):

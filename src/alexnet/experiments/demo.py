@@ -27,13 +27,16 @@ def ensure_fashion_mnist(data_dir: str | None) -> None:
 
 
 def run_demo(out: str = "runs/demo", recipe: str = "fashion-mnist", overrides: list[str] | None = None) -> Path:
-    """Train ``recipe`` into ``out``, evaluate the final epoch's weights on the test split, write ``out/report.md``.
+    """Train ``recipe`` into ``out`` (or continue it there), evaluate the final epoch's weights on the test split, and
+    write ``out/report.md``.
 
     The final epoch, not ``best.safetensors``: with ``data.val_split=0`` the small data sets' validation split is
     their test split, so the "best" epoch would be chosen by test accuracy. Scored with the recipe's test-time views.
     """
     began = time.perf_counter()
-    cfg = load_config(recipe, overrides, train__out=out)
+    # Resumed, so that `make demo` is idempotent: a finished demo is evaluated and reported again without training,
+    # an interrupted one continues, and a run of another recipe there is refused by the resume's checks.
+    cfg = load_config(recipe, overrides, train__out=out, train__resume="auto")
     ensure_fashion_mnist(cfg.data.data_dir)
     result = fit(cfg)
     trained_s = time.perf_counter() - began
