@@ -7,6 +7,12 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """An allocation that failed: Python's `MemoryError`, torch's CPU allocator, CUDA's `OutOfMemoryError`."""
+    cuda = any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__)
+    return cuda or isinstance(err, MemoryError) or "can't allocate memory" in str(err)
+
+
 class AlexNetError(Exception):
     """Base class: a problem the user can fix, with a message saying how."""
 

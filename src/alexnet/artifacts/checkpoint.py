@@ -27,7 +27,13 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError, first_line
+from ..errors import (
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+    UnsafeCheckpointError,
+    first_line,
+    out_of_memory,
+)
 from ..files import atomic_write, check_input
 
 log = logging.getLogger(__name__)
@@ -149,10 +155,8 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             f"{path} was refused: loading it would import or run code ({reason.strip()}); "
             "only load checkpoints you created, and ship weights as safetensors"
         ) from None
-    except MemoryError:  # a whole checkpoint too large for this machine: the CLI says out of memory
-        raise
     except Exception as err:  # bytes that are no pickle raise IndexError, TypeError, struct.error, ...
-        if "can't allocate memory" in str(err):  # torch's allocator, likewise
+        if out_of_memory(err):  # a whole checkpoint too large for this machine: the CLI says so
             raise
         reason = f"{type(err).__name__}: {first_line(err)}"[:200]
         raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint ({reason})") from None

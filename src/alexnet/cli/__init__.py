@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ..errors import AlexNetError
+from ..errors import AlexNetError, out_of_memory
 from . import catalog, paper, train, use
 from .options import __doc__ as WEIGHTS_RULE
 
@@ -77,21 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except (MemoryError, RuntimeError) as err:
-        if args.verbose or not _out_of_memory(err):
+        if args.verbose or not out_of_memory(err):
             raise
-        print(f"alexnet {args.command}: error: {_out_of_memory(err)}", file=sys.stderr)
+        print(f"alexnet {args.command}: error: {_out_of_memory_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
-def _out_of_memory(err: BaseException) -> str:
-    """One line for an allocation that failed (torch's CPU allocator, CUDA's, Python's), "" for any other error."""
+def _out_of_memory_line(err: BaseException) -> str:
+    """One line for a failed allocation (`out_of_memory`): where, how much was asked for, what to make smaller."""
     text = str(err)
     cuda = any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__)
-    if not (cuda or isinstance(err, MemoryError) or "can't allocate memory" in text):
-        return ""
     asked = re.search(r"(?:tried to )?allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text)
     size = asked.group(1) if asked else ""
     if asked and asked.group(2) == "bytes":
