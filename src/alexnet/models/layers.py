@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import native
-from . import fused_bn, fused_lrn
+from . import fused_bn, fused_lrn, fused_pool
 
 
 class LocalResponseNorm(nn.Module):
@@ -71,10 +71,11 @@ class LocalResponseNorm(nn.Module):
 
 
 class Stack(nn.Sequential):
-    """``nn.Sequential``, except that in training on the CPU each batch norm → ReLU pair of its layers runs through
-    one fused kernel (`fused_bn`, forward and backward): ``alexnet_cifar``'s training step at batch 256 ran 1.10x as
-    fast (191 → 174 ms on 2 cores of an Intel Xeon with AMX). The same layers and state dict; a layer with hooks,
-    eval mode, other devices, tracers and compilers run them apart."""
+    """``nn.Sequential``, except that on the CPU some runs of its layers go through one fused kernel, forward and
+    backward: in training each batch norm → ReLU pair (`fused_bn`: ``alexnet_cifar``'s training step at batch 256 ran
+    1.10x as fast, 191 → 174 ms on 2 cores of an Intel Xeon with AMX), and each max-pool with the ReLU before it
+    (`fused_pool`). The same layers and state dict; a layer with hooks, other devices, tracers and compilers run
+    them apart."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
@@ -93,6 +94,13 @@ class Stack(nn.Sequential):
         pair = layers[i : i + 2]
         if len(pair) == 2 and type(pair[1]) is nn.ReLU and _unhooked(pair) and fused_bn.usable(x, pair[0]):
             return fused_bn.batch_norm_relu_layer(x, pair[0]), i + 2
+        # A ReLU in place would have overwritten the previous layer's output, which the kernel leaves as it was.
+        relu = type(layers[i]) is nn.ReLU and not layers[i].inplace
+        run = layers[i : i + 1 + relu]
+        pool = run[-1]
+        if _square_pool(pool) and _unhooked(run) and fused_pool.usable(x, pool.kernel_size, pool.padding):
+            out = fused_pool.relu_max_pool(x, pool.kernel_size, pool.stride, pool.padding, relu)[0]
+            return out, i + len(run)
         return None
 
 
@@ -101,7 +109,7 @@ class Features(Stack):
     layers (the paper's conv1 and conv2 stages; the ReLU optional) through one fused kernel (`fused_lrn.lrn_pool`),
     which writes only the pooled map: the three layers apart each read and wrote the whole of it. On 2 cores of an
     Intel Xeon with AMX, bf16 at batch 64: conv1's stage 18.8 → 10.0 ms, conv2's 12.7 → 6.3. With gradients only
-    the `Stack`'s batch norm → ReLU pairs are fused."""
+    the `Stack`'s runs are fused."""
 
     def _fused(self, layers: list[nn.Module], i: int, x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         if torch.is_grad_enabled():
@@ -129,17 +137,20 @@ def _unhooked(layers: list[nn.Module]) -> bool:
     return not any(getattr(m, h, None) for m in layers for h in hooks)
 
 
-def _plain_pool(m: nn.Module) -> bool:
-    # What the fused kernel does: a square window and stride given as ints, no padding or dilation, floor mode.
+def _square_pool(m: nn.Module) -> bool:
+    # What `fused_pool` does: a square window, stride and padding given as ints, no dilation, floor mode.
     return (
         type(m) is nn.MaxPool2d
-        and isinstance(m.kernel_size, int)
-        and isinstance(m.stride, int)
-        and m.padding == 0
+        and all(isinstance(v, int) for v in (m.kernel_size, m.stride, m.padding))
         and m.dilation == 1
         and not m.ceil_mode
         and not m.return_indices
     )
+
+
+def _plain_pool(m: nn.Module) -> bool:
+    # What `fused_lrn.lrn_pool` does: `_square_pool`, unpadded.
+    return _square_pool(m) and m.padding == 0
 
 
 class StemConv2d(nn.Conv2d):
