@@ -221,10 +221,12 @@ def test_the_fused_inference_stage_equals_relu_lrn_and_pool_apart(dtype, shape, 
     torch.testing.assert_close(got, want, **tol)
 
 
-def test_the_fused_stage_propagates_nan_as_the_layers_do():
+@pytest.mark.parametrize("channels", [8, 20])  # the pool's one-at-a-time path; its vectors of 16 and the rest
+def test_the_fused_stage_propagates_nan_as_the_layers_do(channels):
     fused = _fused_or_skip()
-    x = torch.rand(1, 8, 5, 5)
+    x = torch.rand(1, channels, 5, 5)
     x[0, 3, 1, 1] = float("nan")  # in the pool windows of output (0, 0) and (0, 1), across LRN's channel window
+    x[0, -1, 4, 4] = float("nan")
     got = fused.lrn_pool(x, 5, 1e-4, 0.75, 2.0, 1, True, 3, 2)
     want = _stage(x, True, groups=1)
     assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()

@@ -26,11 +26,13 @@
 #include <vector>
 
 #include "bf16.h"
+#include "vec16.h"
 
 namespace {
 
 using alexnet_bf16::store;
 using alexnet_bf16::to_float;
+using namespace alexnet_vec16;
 
 // d^(-β): for the β = 0.75 every AlexNet uses, two square roots instead of a pow (which does not vectorise).
 inline float inv_pow(float d, float beta, bool three_quarters) {
@@ -215,7 +217,20 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
       done = std::max(done, y0 + kp - 1);
       T* __restrict yr = y + (bi * oh + oy) * ow * channels;
       for (int64_t ox = 0; ox < ow; ++ox) {
-        for (int64_t c0 = 0; c0 < channels; c0 += 16) {
+        int64_t c0 = 0;
+        for (; c0 + 16 <= channels; c0 += 16) {  // the running max in registers (vec16.h)
+          const float* __restrict src = ring.data() + (y0 % kp) * row + (ox * sp) * channels + c0;
+          F16 best = load16(src);
+          for (int64_t dy = 0; dy < kp; ++dy) {
+            const float* __restrict line = ring.data() + ((y0 + dy) % kp) * row + (ox * sp) * channels + c0;
+            for (int64_t dx = 0; dx < kp; ++dx) {
+              const F16 v = load16(line + dx * channels);
+              best = ((v > best) | (v != v)) ? v : best;  // NaN propagates, as torch's max-pool does
+            }
+          }
+          store16(yr + ox * channels + c0, best);
+        }
+        for (; c0 < channels; c0 += 16) {
           const int64_t cn = std::min<int64_t>(16, channels - c0);
           float best[16];
           for (int64_t c = 0; c < cn; ++c) best[c] = -INFINITY;

@@ -24,11 +24,13 @@
 #include <vector>
 
 #include "bf16.h"
+#include "vec16.h"
 
 namespace {
 
 using alexnet_bf16::store;
 using alexnet_bf16::to_float;
+using namespace alexnet_vec16;
 
 constexpr uint8_t kNone = 255;  // no gradient through this pooled value
 
@@ -57,37 +59,6 @@ inline Window window_at(const Shape& d, int64_t i, int64_t j) {
   const int64_t top = i * d.s - d.pad, left = j * d.s - d.pad;
   return {top, left, std::max<int64_t>(0, -top), std::min(d.k, d.height - top), std::max<int64_t>(0, -left),
           std::min(d.k, d.width - left)};
-}
-
-// 16 channels at a time in GCC/Clang vector types (AVX-512 registers, or pairs of AVX2 ones), so that a window's
-// running maximum and its position stay in registers: written as loops over arrays the compiler kept them in memory,
-// and the forward ran 4x slower than this.
-typedef float F16 __attribute__((vector_size(64)));
-typedef int32_t I16 __attribute__((vector_size(64)));
-typedef uint32_t U16 __attribute__((vector_size(64)));
-typedef uint16_t H16 __attribute__((vector_size(32)));
-typedef uint8_t B16 __attribute__((vector_size(16)));
-
-inline F16 load16(const float* p) {
-  F16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline F16 load16(const at::BFloat16* p) {
-  H16 h;
-  std::memcpy(&h, p, sizeof h);
-  const U16 u = __builtin_convertvector(h, U16) << 16;
-  F16 v;
-  std::memcpy(&v, &u, sizeof v);
-  return v;
-}
-inline void store16(float* p, F16 v) { std::memcpy(p, &v, sizeof v); }
-inline void store16(at::BFloat16* p, F16 v) {  // round to nearest even, NaN kept quiet, as bf16.h's store
-  U16 u;
-  std::memcpy(&u, &v, sizeof u);
-  const U16 r = (v != v) ? (u | 0x00400000u) : u + 0x7fffu + ((u >> 16) & 1u);
-  const H16 h = __builtin_convertvector(r >> 16, H16);
-  std::memcpy(p, &h, sizeof h);
 }
 
 // One window's max and argmax for 16 channels of the image at x, its pooled value stored at y and its position at arg.
