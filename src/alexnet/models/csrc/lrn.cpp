@@ -114,12 +114,55 @@ struct Scratch {
   explicit Scratch(const Blocks& b) : p(b.padded(), 0.0f), s(b.padded()), xf(b.flat()) {}
 };
 
+#ifdef __AVX512F__
+// The paper's case (n = 5, β = 3/4) for runs of a multiple of 16 channels, one run at a time in registers: each
+// vector of 16 squares gets its neighbours' two either side by lane shifts across the vectors before and after it
+// (zeros beyond the run), so nothing goes through memory but x and the output. The scratch-buffer form below makes
+// four passes through L1 a value: on 2 cores of an Intel Xeon with AMX (bf16, batch 64), conv1's inference stage
+// (ReLU, per-tower LRN, pool) took 8.5 ms with it and 6.4-6.8 with this, conv2's 4.6 and 3.8.
+#define ALEXNET_ALIGNR(hi, lo, n) \
+  reinterpret_cast<F16>(_mm512_alignr_epi32(reinterpret_cast<__m512i>(hi), reinterpret_cast<__m512i>(lo), n))
+
+inline F16 rsqrt16(F16 v) {  // 1/√v: an rsqrt14 estimate refined by one Newton step, as inv_pows
+  const F16 r = _mm512_rsqrt14_ps(v);
+  return r * (1.5f - 0.5f * v * r * r);
+}
+
+template <bool kRelu, typename T, typename Out>
+inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t nr, int64_t cg, float a, float k) {
+  const int64_t vectors = cg / 16;
+  for (int64_t r = 0; r < nr; ++r, x += cg, out += cg) {
+    auto input = [&](int64_t j) {
+      F16 v = load16(x + 16 * j);
+      if (kRelu) v = ((v > 0.0f) | (v != v)) ? v : F16{};  // NaN passes, as torch's ReLU lets it
+      return v;
+    };
+    F16 prev{}, xv = input(0);
+    F16 cur = xv * xv;
+    for (int64_t j = 0; j < vectors; ++j) {
+      const F16 xn = j + 1 < vectors ? input(j + 1) : F16{};
+      const F16 next = xn * xn;
+      const F16 sum = cur + ALEXNET_ALIGNR(cur, prev, 14) + ALEXNET_ALIGNR(cur, prev, 15) +
+                      ALEXNET_ALIGNR(next, cur, 1) + ALEXNET_ALIGNR(next, cur, 2);
+      const F16 d = k + a * sum;
+      const F16 rd = rsqrt16(d);                 // d^(-1/2)
+      store16(out + 16 * j, xv * (rd * rd * rsqrt16(rd)));  // d^(-3/4) = d^(-1) · d^(1/4)
+      prev = cur, cur = next, xv = xn;
+    }
+  }
+}
+#undef ALEXNET_ALIGNR
+#endif
+
 // The LRN of nr runs from x into out (x's dtype, or float), through w; with kRelu of max(x, 0) (NaN passes, as
 // torch's ReLU lets it).
 template <bool kRelu, typename T, typename Out>
 inline void normalise(const T* __restrict x, Out* __restrict out, int64_t nr, const Blocks& b, Scratch& w, int64_t n,
                       float a, float beta, float k) {
   const int64_t cg = b.cg, h = b.h, stride = b.stride;
+#ifdef __AVX512F__
+  if (n == 5 && beta == 0.75f && cg % 16 == 0) return normalise_paper<kRelu>(x, out, nr, cg, a, k);
+#endif
   float* __restrict p = w.p.data();
   float* __restrict s = w.s.data();
   float* __restrict xf = w.xf.data();
