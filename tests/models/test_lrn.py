@@ -275,3 +275,55 @@ def test_the_fused_stage_is_left_out_for_a_dtype_it_does_not_take():
         got = model.features(x)
         want = torch.nn.Sequential.forward(model.features, x)
     assert got.dtype == torch.float16 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("channels", "groups"), [(96, 2), (20, 1), (18, 3)])  # 48 a tower: the vectors' fast path
+def test_relu_and_lrn_in_one_pass_equal_the_two_layers_apart(channels, groups, dtype):
+    """``alexnet::relu_lrn`` (what `Stack` runs in training): the output and gradient of ReLU then the LRN kernel,
+    with zeros, negatives and a NaN in the input (the ReLU's gradient passes where x > 0, and at NaN)."""
+    fused = _fused_or_skip()
+    torch.manual_seed(7)
+    x = (torch.randn(2, channels, 5, 4) * 20).to(dtype)
+    x[0, :, 0, 0] = 0.0
+    x[1, 2, 1, 1] = float("nan")
+    grad = torch.randn(2, channels, 5, 4).to(dtype)
+    layer = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", groups)
+    xa = x.clone().requires_grad_()
+    ya = layer(torch.relu(xa))
+    (ya * grad).nan_to_num().sum().backward()
+    xb = x.clone().requires_grad_()
+    yb = fused.relu_lrn(xb, 5, layer._scale, 0.75, 2.0, groups)
+    (yb * grad).nan_to_num().sum().backward()
+    assert yb.dtype == dtype and yb.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(xa.grad.isnan(), xb.grad.isnan())
+    # The same arithmetic after the same ReLU; the compiler may contract it into FMAs differently: an ulp apart.
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-5)
+    torch.testing.assert_close(yb.nan_to_num(), ya.nan_to_num(), **tol)
+    torch.testing.assert_close(xb.grad.nan_to_num(), xa.grad.nan_to_num(), **tol)
+    assert bool((xb.grad[x <= 0] == 0).all())
+
+
+def test_the_paper_model_trains_through_relu_lrn_as_through_its_layers(monkeypatch):
+    fused = _fused_or_skip()
+    torch.manual_seed(8)
+    model = alexnet.create_model("alexnet_paper", width=0.25, num_classes=10).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 227, 227).contiguous(memory_format=torch.channels_last)
+    calls = []
+    original = fused.relu_lrn
+    monkeypatch.setattr(fused, "relu_lrn", lambda *a: calls.append(a) or original(*a))
+    grads = []
+    for run in (
+        model,
+        lambda t: torch.nn.Sequential.forward(
+            model.classifier, model.avgpool(torch.nn.Sequential.forward(model.features, t)).flatten(1)
+        ),
+    ):
+        model.zero_grad()
+        torch.manual_seed(9)  # the same dropout masks
+        run(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert len(calls) == 2  # conv1's and conv2's ReLU → LRN, in the first run only
+    for g, w in zip(*grads):
+        scale = w.abs().max().clamp(min=1e-12)
+        torch.testing.assert_close(g / scale, w / scale, rtol=0, atol=1e-4)

@@ -15,8 +15,9 @@ The kernels are registered with ``torch.library`` as the operators ``alexnet::lr
 (CPU and CUDA implementations, fake implementations for shapes, an autograd formula), so eager mode and
 ``torch.compile`` run the same one op (a compiled graph holds it as one node, without a graph break).
 ``torch.export``, TorchScript and ONNX trace the reference formula instead: the programs they write then run without
-alexnet installed. For inference on the CPU, ``alexnet::lrn_pool`` runs a ReLU, the LRN and the max-pool after it in
-one pass (`alexnet.models.layers.Features` calls it).
+alexnet installed. On the CPU, ``alexnet::relu_lrn`` runs the ReLU before the LRN in the same pass, forward and
+backward (`alexnet.models.layers.Stack` calls it in training), and for inference ``alexnet::lrn_pool`` runs a ReLU, the
+LRN and the max-pool after it in one pass (`alexnet.models.layers.Features` calls it).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
 @torch.library.custom_op("alexnet::lrn", mutates_args=(), device_types="cpu")
 def lrn(x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """y = x · (k + a Σ_window x²)^(-β) per channel group; (B, C, H, W) in, channels last out."""
-    return kernel().forward(x, size, a, beta, k, groups)
+    return kernel().forward(x, size, a, beta, k, groups, False)
 
 
 @lrn.register_kernel("cuda")
@@ -102,7 +103,7 @@ def lrn_backward(
     grad: torch.Tensor, x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int
 ) -> torch.Tensor:
     """The gradient of `lrn` with respect to ``x``, in one pass that recomputes the denominators from ``x``."""
-    return kernel().backward(grad, x, size, a, beta, k, groups)
+    return kernel().backward(grad, x, size, a, beta, k, groups, False)
 
 
 @lrn_backward.register_kernel("cuda")
@@ -127,6 +128,40 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
 
 
 lrn.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("alexnet::relu_lrn", mutates_args=(), device_types="cpu")
+def relu_lrn(x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """`lrn` of ``relu(x)`` in the same pass; its backward masks where x <= 0, as the ReLU's does. The ReLU's own
+    passes over the map (its output written and kept, its backward's read of both) are saved: on the CPU, where
+    `alexnet.models.layers.Stack` calls it in training for the paper's conv1 and conv2 stages."""
+    return kernel().forward(x, size, a, beta, k, groups, True)
+
+
+@relu_lrn.register_fake
+def _(x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("alexnet::relu_lrn_backward", mutates_args=(), device_types="cpu")
+def relu_lrn_backward(
+    grad: torch.Tensor, x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int
+) -> torch.Tensor:
+    """The gradient of `relu_lrn` with respect to ``x``."""
+    return kernel().backward(grad, x, size, a, beta, k, groups, True)
+
+
+@relu_lrn_backward.register_fake
+def _(grad: torch.Tensor, x: torch.Tensor, size: int, a: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+def _relu_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    (x,) = ctx.saved_tensors
+    return relu_lrn_backward(grad, x, *ctx.settings), None, None, None, None, None
+
+
+relu_lrn.register_autograd(_relu_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("alexnet::lrn_pool", mutates_args=(), device_types="cpu")

@@ -179,17 +179,19 @@ inline void normalise(const T* __restrict x, Out* __restrict out, int64_t nr, co
     for (int64_t i = 0; i < cg; ++i) store(out + r * cg + i, xf[r * cg + i] * s[r * stride + i]);
 }
 
-template <typename T>
+template <bool kRelu, typename T>
 void forward_runs(const T* __restrict x, T* __restrict y, int64_t total, const Blocks& b, int64_t n, float a,
                   float beta, float k) {
   at::parallel_for(0, total, std::max<int64_t>(b.runs, 64), [&](int64_t begin, int64_t end) {
     Scratch w(b);
     for (int64_t r0 = begin; r0 < end; r0 += b.runs)
-      normalise<false>(x + r0 * b.cg, y + r0 * b.cg, std::min(b.runs, end - r0), b, w, n, a, beta, k);
+      normalise<kRelu>(x + r0 * b.cg, y + r0 * b.cg, std::min(b.runs, end - r0), b, w, n, a, beta, k);
   });
 }
 
-template <typename T>
+// With kRelu, of lrn(relu(x)): x rectified as it is read, and no gradient where x <= 0 (a NaN passes, as through
+// torch's ReLU, whose backward masks where its output is <= 0).
+template <bool kRelu, typename T>
 void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict gx, int64_t total, const Blocks& b,
                    int64_t n, float a, float beta, float k) {
   const float coef = 2.0f * a * beta;
@@ -211,7 +213,8 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
       const T* __restrict gr = gy + r0 * cg;
       for (int64_t r = 0; r < nr; ++r)
         for (int64_t i = 0; i < cg; ++i) {
-          const float v = to_float(xr[r * cg + i]);
+          float v = to_float(xr[r * cg + i]);
+          if (kRelu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
           xf[r * cg + i] = v;
           gf[r * cg + i] = to_float(gr[r * cg + i]);
           p[h + r * stride + i] = v * v;
@@ -228,7 +231,8 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
       for (int64_t r = 0; r < nr; ++r)
         for (int64_t i = 0; i < cg; ++i) {
           const int64_t f = r * cg + i;
-          store(out + f, gf[f] * s[r * stride + i] - coef * xf[f] * od[r * stride + i]);
+          const float g = gf[f] * s[r * stride + i] - coef * xf[f] * od[r * stride + i];
+          store(out + f, kRelu && xf[f] == 0.0f ? 0.0f : g);  // rectified to 0 exactly where x <= 0
         }
     }
   });
@@ -310,22 +314,27 @@ void check(const at::Tensor& x, int64_t groups, int64_t n) {
 
 }  // namespace
 
-// y in x's dtype, channels last.
-at::Tensor lrn_forward(at::Tensor x, int64_t n, double a, double beta, double k, int64_t groups) {
+// y = lrn(x), or lrn(relu(x)) with relu, in x's dtype, channels last.
+at::Tensor lrn_forward(at::Tensor x, int64_t n, double a, double beta, double k, int64_t groups, bool relu) {
   check(x, groups, n);
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto y = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const Blocks blocks(x.size(1), groups, n);
   const int64_t runs = x.numel() / std::max<int64_t>(blocks.cg, 1);
   if (x.scalar_type() == at::kFloat) {
-    forward_runs<float>(x.data_ptr<float>(), y.data_ptr<float>(), runs, blocks, n, a, beta, k);
+    (relu ? forward_runs<true, float> : forward_runs<false, float>)(x.data_ptr<float>(), y.data_ptr<float>(), runs,
+                                                                    blocks, n, a, beta, k);
   } else {
-    forward_runs<at::BFloat16>(x.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(), runs, blocks, n, a, beta, k);
+    using B = at::BFloat16;
+    (relu ? forward_runs<true, B> : forward_runs<false, B>)(x.data_ptr<B>(), y.data_ptr<B>(), runs, blocks, n, a,
+                                                            beta, k);
   }
   return y;
 }
 
-at::Tensor lrn_backward(at::Tensor gy, at::Tensor x, int64_t n, double a, double beta, double k, int64_t groups) {
+// ∂L/∂x of lrn_forward (with the same relu), recomputing the denominators from x.
+at::Tensor lrn_backward(at::Tensor gy, at::Tensor x, int64_t n, double a, double beta, double k, int64_t groups,
+                        bool relu) {
   check(x, groups, n);
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   gy = gy.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
@@ -333,11 +342,12 @@ at::Tensor lrn_backward(at::Tensor gy, at::Tensor x, int64_t n, double a, double
   const Blocks blocks(x.size(1), groups, n);
   const int64_t runs = x.numel() / std::max<int64_t>(blocks.cg, 1);
   if (x.scalar_type() == at::kFloat) {
-    backward_runs<float>(gy.data_ptr<float>(), x.data_ptr<float>(), gx.data_ptr<float>(), runs, blocks, n, a, beta,
-                         k);
+    (relu ? backward_runs<true, float> : backward_runs<false, float>)(
+        gy.data_ptr<float>(), x.data_ptr<float>(), gx.data_ptr<float>(), runs, blocks, n, a, beta, k);
   } else {
-    backward_runs<at::BFloat16>(gy.data_ptr<at::BFloat16>(), x.data_ptr<at::BFloat16>(),
-                                gx.data_ptr<at::BFloat16>(), runs, blocks, n, a, beta, k);
+    using B = at::BFloat16;
+    (relu ? backward_runs<true, B> : backward_runs<false, B>)(gy.data_ptr<B>(), x.data_ptr<B>(), gx.data_ptr<B>(),
+                                                              runs, blocks, n, a, beta, k);
   }
   return gx;
 }
@@ -365,7 +375,7 @@ at::Tensor lrn_pool_forward(at::Tensor x, int64_t n, double a, double beta, doub
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &lrn_forward, "fused LRN forward (channels last)");
-  m.def("backward", &lrn_backward, "fused LRN backward (channels last), recomputing the denominators");
+  m.def("forward", &lrn_forward, "fused LRN forward, of the input's ReLU with relu (channels last)");
+  m.def("backward", &lrn_backward, "its backward (channels last), recomputing the denominators");
   m.def("pool_forward", &lrn_pool_forward, "inference: ReLU, LRN and max-pool in one pass (channels last)");
 }
