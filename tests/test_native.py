@@ -37,3 +37,27 @@ def test_a_kernel_is_rebuilt_when_its_source_a_header_beside_it_or_a_flag_change
     assert native.source_tag(source, ("-DX",)) != native.source_tag(source)
     (tmp_path / "notes.txt").write_text("not compiled")
     assert native.source_tag(source) == native.source_tag(source)
+
+
+def test_every_variant_trains_and_infers_with_no_kernel_built(monkeypatch, caplog):
+    """Without a compiler each fused run (batch norm → ReLU, ReLU → LRN, ReLU → max-pool, the inference stage) falls
+    back to its layers: a training step and an inference pass of every variant, in bf16 channels last, raise nothing,
+    and each kernel warns once."""
+    import alexnet
+
+    def no_compiler(name, source, flags=()):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "build", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="alexnet"):
+        for name in alexnet.list_models():
+            model = alexnet.create_model(name, width=0.25, num_classes=10).to(memory_format=torch.channels_last)
+            size = alexnet.models.get_spec(name).input_size
+            x = torch.randn(2, model.in_channels, size, size).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", torch.bfloat16):
+                model(x).float().sum().backward()
+                with torch.no_grad():
+                    assert model.eval()(x).shape == (2, 10)
+    warned = {r.getMessage().split(" kernel")[0] for r in caplog.records if r.levelno == logging.WARNING}
+    assert {"alexnet_bn_relu", "alexnet_lrn", "alexnet_relu_pool"} <= warned
