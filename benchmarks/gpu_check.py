@@ -81,7 +81,8 @@ def lrn_check(device: torch.device, quick: bool) -> dict:
     grad, x.grad = x.grad.clone(), None
     reference = layer.reference(x)
     reference.sum().backward()
-    kernel = {"cuda": "triton", "cpu": "c++"}.get(device.type, "none") if fused_lrn.usable(x) else "reference"
+    fused = fused_lrn.usable(x, layer.size)
+    kernel = {"cuda": "triton", "cpu": "c++"}.get(device.type, "none") if fused else "reference"
     result = {
         "kernel": kernel,
         "forward_max_abs": (y - reference).abs().max().item(),

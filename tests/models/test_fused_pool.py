@@ -100,6 +100,7 @@ def test_the_layers_run_apart_where_the_kernel_does_not_apply(calls):
     Stack(nn.ReLU(), nn.MaxPool2d(3, 2))(x.half())  # a dtype it does not take
     for pool in (nn.MaxPool2d(3, 2, dilation=2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.MaxPool2d((3, 2), 2)):
         Stack(nn.ReLU(), pool)(x)  # what the kernel does not do
+    Stack(nn.ReLU(), nn.MaxPool2d(16))(_map((1, 4, 16, 16)))  # a global pool: more window positions than a byte holds
     with pytest.raises(RuntimeError, match="too small|Output size"):
         Stack(nn.ReLU(), nn.MaxPool2d(3, 2))(_map((1, 4, 2, 2)))  # torch's own error, not the kernel's
     with pytest.raises(RuntimeError, match="pad should be at most half"):

@@ -106,7 +106,7 @@ def test_the_fused_kernel_equals_the_reference_forward_and_gradient(n, conventio
         ya = layer.reference(xa)
         (ya * grad).sum().backward()
         xb = x.clone().to(memory_format=memory_format).requires_grad_()
-        assert fused.usable(xb)
+        assert fused.usable(xb, n)
         yb = layer(xb)
         (yb * grad).sum().backward()
         assert torch.allclose(ya, yb, rtol=1e-5, atol=1e-5), (ya - yb).abs().max()
@@ -125,8 +125,8 @@ def test_the_fused_kernel_equals_the_paper_formula_and_is_off_where_asked(monkey
     a = (torch.randn(2, 16, 3, 3) * 30).relu()
     assert torch.allclose(LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper")(a), paper_lrn(a.double()).float(), rtol=1e-5)
     monkeypatch.setenv("ALEXNET_FUSED_LRN", "0")
-    assert not fused.usable(a)
-    assert not fused.usable(a.double())  # float64 (the tests' oracle dtype) always takes the formula
+    assert not fused.usable(a, 5)
+    assert not fused.usable(a.double(), 5)  # float64 (the tests' oracle dtype) always takes the formula
 
 
 def test_torch_compile_sees_one_operator_and_export_the_formula(monkeypatch):
@@ -186,7 +186,7 @@ def test_the_fused_kernel_takes_empty_tensors(shape):
     from alexnet.models import fused_lrn
 
     x = torch.zeros(*shape, requires_grad=True)
-    assert fused_lrn.usable(x)
+    assert fused_lrn.usable(x, 5)
     y = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=1)(x)
     y.sum().backward()
     assert y.shape == x.grad.shape == shape
@@ -327,3 +327,18 @@ def test_the_paper_model_trains_through_relu_lrn_as_through_its_layers(monkeypat
     for g, w in zip(*grads):
         scale = w.abs().max().clamp(min=1e-12)
         torch.testing.assert_close(g / scale, w / scale, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_an_even_window_takes_the_reference_formula(n):
+    # The kernels' windows are symmetric (n odd); the formula pads n // 2 before and n // 2 - 1 after, as torch's
+    # local_response_norm does: an even window is that, not the kernel's error.
+    torch.manual_seed(10)
+    x = (torch.randn(2, 8, 5, 5) * 20).relu()
+    layer = LocalResponseNorm(n, 1e-4, 0.75, 2.0, "caffe")
+    torch.testing.assert_close(layer(x), torch.nn.LocalResponseNorm(n, 1e-4, 0.75, 2.0)(x))
+    stage = alexnet.models.layers.Features(torch.nn.ReLU(), layer, torch.nn.MaxPool2d(3, 2))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            want = torch.nn.functional.max_pool2d(layer.reference(x.relu()), 3, 2)
+            torch.testing.assert_close(stage(x.contiguous(memory_format=torch.channels_last)), want)

@@ -40,12 +40,13 @@ def kernel() -> Any | None:
     return native.load("alexnet_lrn", _SOURCE, instead="the reference formula") if _enabled() else None
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether ``x`` can take the fused kernel here: a float or bf16 tensor on the CPU (the C++ kernel) or on a CUDA
-    GPU (the Triton one, `alexnet.models.lrn_triton`), in eager mode or under ``torch.compile`` (which sees the
+def usable(x: torch.Tensor, size: int) -> bool:
+    """Whether ``x`` can take the fused kernel here, for a window of ``size`` channels (odd, as the kernels' windows
+    are symmetric; an even one takes the reference formula): a float or bf16 tensor on the CPU (the C++ kernel) or on
+    a CUDA GPU (the Triton one, `alexnet.models.lrn_triton`), in eager mode or under ``torch.compile`` (which sees the
     ``alexnet::lrn`` operator); tracers that write a portable program (``torch.export``, TorchScript, ONNX) see the
     reference formula instead, so their files need no alexnet to run."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting() or size % 2 == 0:
         return False
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16) and _built()

@@ -46,6 +46,7 @@ def usable(x: torch.Tensor, kernel_size: int, padding: int) -> bool:
         and x.is_contiguous(memory_format=torch.channels_last)
         and min(x.shape[-2:]) + 2 * padding >= kernel_size
         and 0 <= 2 * padding <= kernel_size  # else torch's own error
+        and kernel_size <= 15  # a window's positions in a byte, 255 kept for "no gradient"
         and x.numel() > 0
         and kernel() is not None
     )

@@ -43,7 +43,8 @@ class LocalResponseNorm(nn.Module):
         self._scale = alpha if convention == "paper" else alpha / size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_lrn.usable(x):  # the same formula in one pass (1.9× faster training of alexnet_small on a CPU)
+        # The same formula in one pass (1.9× faster training of alexnet_small on a CPU).
+        if fused_lrn.usable(x, self.size):
             return fused_lrn.fused_lrn(x, self.size, self._scale, self.beta, self.k, self.groups)
         return self.reference(x)
 
@@ -99,7 +100,7 @@ class Stack(nn.Sequential):
         norm = layers[i + 1] if relu and i + 1 < len(layers) else None
         # (Not under torch.compile, as the other runs: a compiled graph keeps the layers, and fuses them itself.)
         lrn = isinstance(norm, LocalResponseNorm) and not torch.compiler.is_compiling()
-        if lrn and _unhooked(layers[i : i + 2]) and fused_lrn.usable(x):
+        if lrn and _unhooked(layers[i : i + 2]) and fused_lrn.usable(x, norm.size):
             out = fused_lrn.relu_lrn(x, norm.size, norm._scale, norm.beta, norm.k, norm.groups)
             return out, i + 2
         run = layers[i : i + 1 + relu]
@@ -124,7 +125,7 @@ class Features(Stack):
         j = i + relu  # where an LRN and a pool would be
         # usable: the tensor there (autocast may have made it fp16, which the kernel does not take), no tracer.
         stage = j + 1 < len(layers) and isinstance(layers[j], LocalResponseNorm) and _plain_pool(layers[j + 1])
-        if stage and _unhooked(layers[i : j + 2]) and fused_lrn.usable(x):
+        if stage and _unhooked(layers[i : j + 2]) and fused_lrn.usable(x, layers[j].size):
             norm, pool = layers[j], layers[j + 1]
             out = fused_lrn.lrn_pool(
                 x, norm.size, norm._scale, norm.beta, norm.k, norm.groups, relu, pool.kernel_size, pool.stride
