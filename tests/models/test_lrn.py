@@ -233,6 +233,37 @@ def test_the_fused_stage_propagates_nan_as_the_layers_do(channels):
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num())
 
 
+@pytest.mark.parametrize(("channels", "groups"), [(96, 2), (32, 1)])  # the paper's towers; one 32-channel group
+def test_the_bf16_kernel_is_within_a_bf16_step_of_the_exact_lrn(channels, groups):
+    """In bf16 the paper's LRN (n = 5, β = 3/4) takes d^(-3/4) from unrefined reciprocal square roots: every output
+    within one bf16 step of the exact value rounded, and few of them a step off (torch's formula in bf16: a third)."""
+    fused = _fused_or_skip()
+    torch.manual_seed(8)
+    x = (torch.randn(4, channels, 9, 9) * 60).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    exact = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", groups).reference(x.double()).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = fused.fused_lrn(x, 5, 1e-4, 0.75, 2.0, groups)
+        pooled = fused.lrn_pool(x, 5, 1e-4, 0.75, 2.0, groups, False, 3, 2)
+    step = torch.finfo(torch.bfloat16).eps * exact.double().abs().clamp_min(1e-30).log2().floor().exp2()
+    assert ((got.double() - exact.double()).abs() <= step).all()
+    assert (got != exact).double().mean() < 0.02
+    assert torch.equal(pooled, torch.nn.functional.max_pool2d(got, 3, 2))  # the stage normalises the same way
+
+
+def test_the_fused_stage_pools_infinities_of_both_signs_as_the_layers_do():
+    """A window holding +inf and -inf (a k so small that (k + a·Σx²)^(-β) lifts large inputs past float's range):
+    the fast pooling path's NaN check (a sum of the window, NaN for inf - inf) must pool it again, not mistake it
+    for a NaN."""
+    fused = _fused_or_skip()
+    x = torch.rand(1, 16, 5, 5)
+    x[0, 3, 1, 1], x[0, 3, 1, 2] = 1e17, -1e17  # the LRN's outputs there: +inf and -inf, both in window (0, 0)
+    got = fused.lrn_pool(x, 5, 0.0, 0.75, 1e-30, 1, False, 3, 2)
+    norm = LocalResponseNorm(5, 0.0, 0.75, 1e-30, "paper", 1)
+    want = torch.nn.functional.max_pool2d(norm.reference(x), 3, 2)
+    assert want[0, 3, 0, 0] == float("inf") and not want.isnan().any()
+    torch.testing.assert_close(got, want)
+
+
 def _fusable(norm, pool):
     return isinstance(norm, LocalResponseNorm) and alexnet.models.layers._plain_pool(pool)
 
