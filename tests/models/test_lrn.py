@@ -88,6 +88,8 @@ def _fused_or_skip():
         (9, "caffe", 0.75, 1, 64),
         (3, "paper", 0.6, 2, 12),
         (5, "paper", 0.75, 2, 96),
+        (5, "paper", 0.75, 1, 16),  # the register forms (n = 5, β = 3/4, 16k channels a group): one vector a run
+        (5, "caffe", 0.75, 2, 64),  # and two
     ],
 )
 def test_the_fused_kernel_equals_the_reference_forward_and_gradient(n, convention, beta, groups, channels):
