@@ -162,6 +162,7 @@ inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t 
     }
   }
 }
+
 // The backward of the paper's case in registers, as normalise_paper: for each vector of 16 channels, d^(-3/4) and
 // t = g·x·d^(-7/4) of the vector after it are computed first, so that the window sum of t (lane shifts across the
 // vectors before and after, zeros beyond the run) is at hand. The scratch-buffer form below makes six passes through
