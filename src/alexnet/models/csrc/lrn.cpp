@@ -121,8 +121,28 @@ struct Scratch {
 // (zeros beyond the run), so nothing goes through memory but x and the output. The scratch-buffer form below makes
 // four passes through L1 a value: on 2 cores of an Intel Xeon with AMX (bf16, batch 64), conv1's inference stage
 // (ReLU, per-tower LRN, pool) took 8.5 ms with it and 6.4-6.8 with this, conv2's 4.6 and 3.8.
-#define ALEXNET_ALIGNR(hi, lo, n) \
-  reinterpret_cast<F16>(_mm512_alignr_epi32(reinterpret_cast<__m512i>(hi), reinterpret_cast<__m512i>(lo), n))
+// The window sums of 5 for the vector cur, from its own lanes and the two nearest of prev and next (lane shifts).
+inline F16 window5(F16 prev, F16 cur, F16 next) {
+  auto shift = [](F16 hi, F16 lo, auto n) {  // lanes n.. of lo followed by hi's first ones
+    return reinterpret_cast<F16>(
+        _mm512_alignr_epi32(reinterpret_cast<__m512i>(hi), reinterpret_cast<__m512i>(lo), decltype(n)::value));
+  };
+  using std::integral_constant;
+  return cur + shift(cur, prev, integral_constant<int, 14>{}) + shift(cur, prev, integral_constant<int, 15>{}) +
+         shift(next, cur, integral_constant<int, 1>{}) + shift(next, cur, integral_constant<int, 2>{});
+}
+
+// Vector j of a run of `vectors` (zeros beyond it), rectified with kRelu: NaN passes, as torch's ReLU lets it.
+template <bool kRelu, typename T>
+inline F16 run_vector(const T* __restrict x, int64_t j, int64_t vectors) {
+  if (j >= vectors) return F16{};
+  const F16 v = load16(x + 16 * j);
+  return kRelu ? (((v > 0.0f) | (v != v)) ? v : F16{}) : v;
+}
+
+// Whether d^(-3/4) is refined by Newton steps (below): for float, not for a bfloat16 result.
+template <typename T>
+constexpr bool kRefined = !std::is_same_v<T, at::BFloat16>;
 
 inline F16 rsqrt16(F16 v) {  // 1/√v: an rsqrt14 estimate refined by one Newton step, as inv_pows
   const F16 r = _mm512_rsqrt14_ps(v);
@@ -145,19 +165,12 @@ template <bool kRelu, typename T, typename Out>
 inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t nr, int64_t cg, float a, float k) {
   const int64_t vectors = cg / 16;
   for (int64_t r = 0; r < nr; ++r, x += cg, out += cg) {
-    auto input = [&](int64_t j) {
-      F16 v = load16(x + 16 * j);
-      if (kRelu) v = ((v > 0.0f) | (v != v)) ? v : F16{};  // NaN passes, as torch's ReLU lets it
-      return v;
-    };
-    F16 prev{}, xv = input(0);
+    F16 prev{}, xv = run_vector<kRelu>(x, 0, vectors);
     F16 cur = xv * xv;
     for (int64_t j = 0; j < vectors; ++j) {
-      const F16 xn = j + 1 < vectors ? input(j + 1) : F16{};
+      const F16 xn = run_vector<kRelu>(x, j + 1, vectors);
       const F16 next = xn * xn;
-      const F16 sum = cur + ALEXNET_ALIGNR(cur, prev, 14) + ALEXNET_ALIGNR(cur, prev, 15) +
-                      ALEXNET_ALIGNR(next, cur, 1) + ALEXNET_ALIGNR(next, cur, 2);
-      store16(out + 16 * j, xv * inv_pow34<!std::is_same_v<T, at::BFloat16>>(k + a * sum));
+      store16(out + 16 * j, xv * inv_pow34<kRefined<T>>(k + a * window5(prev, cur, next)));
       prev = cur, cur = next, xv = xn;
     }
   }
@@ -173,19 +186,12 @@ inline void backward_paper(const T* __restrict gy, const T* __restrict x, T* __r
                            float a, float k, float coef) {
   const int64_t vectors = cg / 16;
   for (int64_t r = 0; r < nr; ++r, x += cg, gy += cg, gx += cg) {
-    auto input = [&](int64_t j) {
-      if (j >= vectors) return F16{};
-      F16 v = load16(x + 16 * j);
-      if (kRelu) v = ((v > 0.0f) | (v != v)) ? v : F16{};  // NaN passes, as torch's ReLU lets it
-      return v;
-    };
-    auto grad = [&](int64_t j) { return j < vectors ? load16(gy + 16 * j) : F16{}; };
+    auto input = [&](int64_t j) { return run_vector<kRelu>(x, j, vectors); };
+    auto grad = [&](int64_t j) { return run_vector<false>(gy, j, vectors); };
     // d^(-3/4) into p and g·x·d^(-7/4) into t for the vector whose squares are sc, between sp and sn
     auto stage = [&](F16 sp, F16 sc, F16 sn, F16 xv, F16 gv, F16& p, F16& t) {
-      const F16 sum = sc + ALEXNET_ALIGNR(sc, sp, 14) + ALEXNET_ALIGNR(sc, sp, 15) + ALEXNET_ALIGNR(sn, sc, 1) +
-                      ALEXNET_ALIGNR(sn, sc, 2);
       F16 inv_d;
-      p = inv_pow34<!std::is_same_v<T, at::BFloat16>>(k + a * sum, &inv_d);
+      p = inv_pow34<kRefined<T>>(k + a * window5(sp, sc, sn), &inv_d);
       t = gv * xv * p * inv_d;
     };
     F16 xc = input(0), gc = grad(0), xn = input(1), gn = grad(1), xnn = input(2);
@@ -195,9 +201,7 @@ inline void backward_paper(const T* __restrict gy, const T* __restrict x, T* __r
     for (int64_t j = 0; j < vectors; ++j) {
       F16 pn{}, tn{};
       if (j + 1 < vectors) stage(sc, sn, snn, xn, gn, pn, tn);
-      const F16 tsum = tc + ALEXNET_ALIGNR(tc, tp, 14) + ALEXNET_ALIGNR(tc, tp, 15) + ALEXNET_ALIGNR(tn, tc, 1) +
-                       ALEXNET_ALIGNR(tn, tc, 2);
-      F16 out = gc * pc - coef * xc * tsum;
+      F16 out = gc * pc - coef * xc * window5(tp, tc, tn);
       if (kRelu) out = xc == 0.0f ? F16{} : out;  // no gradient where x <= 0, as torch's ReLU backward
       store16(gx + 16 * j, out);
       tp = tc, tc = tn, pc = pn, xc = xn, gc = gn, xn = xnn, gn = grad(j + 2);
@@ -206,7 +210,6 @@ inline void backward_paper(const T* __restrict gy, const T* __restrict x, T* __r
     }
   }
 }
-#undef ALEXNET_ALIGNR
 #endif
 
 // The LRN of nr runs from x into out (x's dtype, or float), through w; with kRelu of max(x, 0) (NaN passes, as
