@@ -130,9 +130,10 @@ def test_export_and_quantize_never_replace_their_input_or_a_device(finished_run,
         files.write_text(tmp_path, "x")
 
 
-def test_no_export_features_or_conversion_replaces_a_runs_results(finished_run, tmp_path, capsys):
-    """An export, features or a Caffe conversion written over a run's checkpoints or weights would lose them; a file
-    named for another format would be read as that format."""
+def test_no_export_features_conversion_or_evaluation_replaces_a_runs_results(finished_run, tmp_path, capsys):
+    """An export, features or a Caffe conversion written over a run's checkpoints or weights would lose them, and an
+    evaluation's confusion matrix its report's figure; a file named for another format would be read as that
+    format."""
     weights = str(finished_run / "best.safetensors")
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
@@ -154,6 +155,10 @@ def test_no_export_features_or_conversion_replaces_a_runs_results(finished_run, 
     assert "name the file .npy" in capsys.readouterr().err
     assert main(["export", "--checkpoint", weights, "--format", "onnx", "--out", str(tmp_path / "m.pt")]) == 2
     assert "name the onnx file .onnx" in capsys.readouterr().err
+    # An evaluation's figure over the run report's (of the test split; this one may score other images): refused
+    # before any work, and before its eval.json is written there.
+    assert main(["eval", "--weights", weights, "--out", str(finished_run)]) == 2
+    assert "it is one of the run" in capsys.readouterr().err and not (finished_run / "eval.json").exists()
     assert _digests(finished_run) == before
     # A .pt outside a run, without a digest, is the user's to replace: a TorchScript export there is written.
     assert main(["export", "--checkpoint", weights, "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0

@@ -121,11 +121,14 @@ def check_target(path: Path | str) -> Path:
 
 # What makes a directory a run: its checkpoints, weights and metrics, which nothing but that run may replace.
 RUN_RESULTS = ("last.pt", "best.pt", "best.safetensors", "metrics.csv")
+# A run's report and the figures it embeds (`alexnet report` writes them again from the run's own files).
+RUN_REPORT = ("report.md", "curves.png", "conv1_filters.png", "confusion.png")
 
 
 def check_replaceable(path: Path | str) -> Path:
     """`check_target`, and refuse to replace a training checkpoint (its SHA-256 recorded beside it as ``NAME.sha256``)
-    or one of a run directory's results: an export, features or a conversion written there would lose them.
+    or one of a run directory's results or report figures: an export, features, a conversion or an evaluation of
+    other images written there would lose them.
 
     Raises:
         WriteError: naming what is there.
@@ -135,7 +138,7 @@ def check_replaceable(path: Path | str) -> Path:
         return path
     if path.with_name(path.name + ".sha256").exists():
         raise WriteError(f"could not write {path}: it is a checkpoint with its digest beside it; choose another file")
-    if path.name in RUN_RESULTS and (path.parent / "metrics.csv").is_file():
+    if path.name in RUN_RESULTS + RUN_REPORT and (path.parent / "metrics.csv").is_file():
         raise WriteError(f"could not write {path}: it is one of the run {path.parent}'s results; choose another file")
     return path
 

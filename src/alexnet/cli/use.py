@@ -70,6 +70,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.single_view and args.translate_tta:
         raise ConfigError("--single-view and --translate-tta are exclusive: translated views are more views")
+    if args.out:  # before the work: a run directory's report embeds its own confusion.png
+        from ..files import check_replaceable
+
+        check_replaceable(Path(args.out, "eval.json")), check_replaceable(Path(args.out, "confusion.png"))
 
     result = evaluate_checkpoint(
         args.weights,
@@ -99,7 +103,7 @@ def run_eval(args: argparse.Namespace) -> int:
         for name, acc in per_class.items():
             print(f"  {display_label(name):<24} {acc:6.2f}%")
         sys.stdout.flush()
-    if args.out:  # written only where asked: never into the run directory the model came from
+    if args.out:  # written only where asked
         from ..files import write_text
 
         write_text(Path(args.out, "eval.json"), json.dumps({**summary, "per_class_acc": per_class}, indent=1))
