@@ -18,11 +18,23 @@ def _kernel():
 
 
 @pytest.fixture
-def calls(monkeypatch) -> list:
-    """Each call of the fused operator, recorded as its ``relu`` flag (the kernel still runs)."""
+def values_calls(monkeypatch) -> list:
+    """Each call of the inference operator (the pooled values alone), recorded as its ``relu`` flag."""
+    seen: list = []
+    original = fused_pool.relu_max_pool_values
+    monkeypatch.setattr(fused_pool, "relu_max_pool_values", lambda *a: seen.append(a[-1]) or original(*a))
+    return seen
+
+
+@pytest.fixture
+def calls(monkeypatch, values_calls) -> list:
+    """Each call of either fused operator, with or without the argmax, recorded as its ``relu`` flag (the kernel
+    still runs); ``values_calls`` holds the inference operator's too."""
     seen: list = []
     original = fused_pool.relu_max_pool
     monkeypatch.setattr(fused_pool, "relu_max_pool", lambda *a: seen.append(a[-1]) or original(*a))
+    inference = fused_pool.relu_max_pool_values  # the recording one
+    monkeypatch.setattr(fused_pool, "relu_max_pool_values", lambda *a: seen.append(a[-1]) or inference(*a))
     return seen
 
 
@@ -56,7 +68,7 @@ def _run(stack: nn.Module, x: torch.Tensor, grad: torch.Tensor, fused: bool, mon
         ((2, 16, 6, 6), 5, 1, 2),
     ],
 )
-def test_the_fused_kernel_equals_relu_and_max_pool_apart(shape, k, s, p, dtype, relu, calls, monkeypatch):
+def test_the_fused_kernel_equals_relu_and_max_pool_apart(shape, k, s, p, dtype, relu, calls, values_calls, monkeypatch):
     layers = [nn.ReLU()] * relu + [nn.MaxPool2d(k, s, p)]
     x = _map(shape, dtype)
     x[:, :, :3, :3] = 0.5  # ties in a window: the first maximum takes the gradient
@@ -66,7 +78,9 @@ def test_the_fused_kernel_equals_relu_and_max_pool_apart(shape, k, s, p, dtype, 
     want = _run(Stack(*layers), x, grad, False, monkeypatch)
     assert not calls
     got = _run(Stack(*layers), x, grad, True, monkeypatch)
-    assert calls == [relu]
+    assert calls == [relu] and not values_calls  # with gradients: the operator that keeps the argmax
+    with torch.no_grad():  # without: the pooled values alone, the same bits
+        assert torch.equal(Stack(*layers)(x), want[0]) and values_calls == [relu]
     assert got[0].dtype == got[1].dtype == dtype and got[1].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got[0], want[0])  # a max picks one of the values: bit for bit
     if dtype == torch.float32:  # torch's backward adds the overlapping windows' gradients in this order too
@@ -78,19 +92,24 @@ def test_the_fused_kernel_equals_relu_and_max_pool_apart(shape, k, s, p, dtype, 
 
 
 @pytest.mark.parametrize("relu", [True, False])
-def test_nan_and_infinities_go_where_torch_sends_them(relu, calls, monkeypatch):
+def test_nan_and_infinities_go_where_torch_sends_them(relu, calls, values_calls, monkeypatch):
     x = _map((1, 17, 5, 5))
     x[0, 1, 1, 1] = float("nan")  # a NaN wins its windows, forward and back (also through the ReLU)
     x[0, 2, 0, 0], x[0, 2, 3, 3] = float("nan"), float("nan")  # two in one window: the later one takes it
     x[0, 3] = float("-inf")  # nothing above -inf: the first position inside the map, without the ReLU
+    x[0, 4, 0, 0], x[0, 4, 1, 1] = float("inf"), float("-inf")  # they sum to NaN as a NaN would: still inf
+    x[0, 5, 4, 4] = float("nan")  # a NaN in the last place of its windows, after the maximum
     x[0, 16] = float("inf")
     x[0, 16, 2, 2] = float("nan")  # channel 16: past the kernel's vectors of 16, its one-at-a-time path
     layers = [nn.ReLU()] * relu + [nn.MaxPool2d(3, 2, padding=1)]
     grad = torch.arange(1.0, 1 + 17 * 9).reshape(1, 17, 3, 3).contiguous(memory_format=torch.channels_last)
     want = _run(Stack(*layers), x, grad, False, monkeypatch)
     got = _run(Stack(*layers), x, grad, True, monkeypatch)
-    assert len(calls) == 1
-    assert torch.equal(got[0].isnan(), want[0].isnan()) and torch.equal(got[0].nan_to_num(), want[0].nan_to_num())
+    with torch.no_grad():
+        values = Stack(*layers)(x)
+    assert len(calls) == 2 and len(values_calls) == 1
+    for y in (got[0], values):
+        assert torch.equal(y.isnan(), want[0].isnan()) and torch.equal(y.nan_to_num(), want[0].nan_to_num())
     assert torch.equal(got[1], want[1])
 
 
@@ -123,7 +142,7 @@ def _uses_pool(name: str) -> bool:
 
 
 @pytest.mark.parametrize("name", [m for m in alexnet.list_models() if _uses_pool(m)])
-def test_every_variant_trains_and_infers_through_the_kernel(name, calls, monkeypatch):
+def test_every_variant_trains_and_infers_through_the_kernel(name, calls, values_calls, monkeypatch):
     """Each max-pool (with the ReLU before it) goes through the kernel in training and inference; the outputs and
     gradients are the layers' run apart."""
     torch.manual_seed(4)
@@ -147,12 +166,14 @@ def test_every_variant_trains_and_infers_through_the_kernel(name, calls, monkeyp
     for g, w in zip(grads, want_grads):
         scale = w.abs().max().clamp(min=floor)
         torch.testing.assert_close(g / scale, w / scale, rtol=0, atol=1e-4)
+    assert not values_calls  # training keeps the argmax
     calls.clear()
     with torch.inference_mode():
         want = apart.eval()(x)
         monkeypatch.setenv("ALEXNET_FUSED_POOL", "1")
         torch.testing.assert_close(fused.eval()(x), want, rtol=1e-5, atol=1e-5)
-    assert calls  # inference too (the paper's ReLU → LRN → pool goes through its own fused stage instead)
+    # inference too, without the argmax (the paper's ReLU → LRN → pool goes through its own fused stage instead)
+    assert calls and len(values_calls) == len(calls)
 
 
 def test_the_operator_has_shapes_for_compilers():

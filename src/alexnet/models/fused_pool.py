@@ -8,9 +8,10 @@ and writes the map's gradient once. Outputs are torch's bit for bit (a max picks
 order of float sums (torch's order, where overlapping windows add).
 
 Registered with ``torch.library`` as ``alexnet::relu_max_pool`` (and its backward), with fake implementations and an
-autograd formula. ``torch.compile``, ``torch.export``, TorchScript and ONNX see the layers apart (`usable` is False
-under them: the programs they write need no alexnet); so do other devices and ``ALEXNET_FUSED_POOL=0``. The kernel is
-compiled on first use (`alexnet.native`); where it cannot be, the layers run apart, with one warning.
+autograd formula; for inference ``alexnet::relu_max_pool_values`` writes the pooled map alone. ``torch.compile``,
+``torch.export``, TorchScript and ONNX see the layers apart (`usable` is False under them: the programs they write need
+no alexnet); so do other devices and ``ALEXNET_FUSED_POOL=0``. The kernel is compiled on first use (`alexnet.native`);
+where it cannot be, the layers run apart, with one warning.
 """
 
 from __future__ import annotations
@@ -72,6 +73,18 @@ def relu_max_pool(
 def _(x: torch.Tensor, kernel_size: int, stride: int, padding: int, relu: bool):
     y = _pooled(x, kernel_size, stride, padding)
     return y, torch.empty_like(y, dtype=torch.uint8)
+
+
+@torch.library.custom_op("alexnet::relu_max_pool_values", mutates_args=(), device_types="cpu")
+def relu_max_pool_values(x: torch.Tensor, kernel_size: int, stride: int, padding: int, relu: bool) -> torch.Tensor:
+    """`relu_max_pool`'s pooled map alone, for inference (no gradient): without the argmax to keep, the running max
+    is one instruction a value (AVX-512)."""
+    return kernel().values(x, kernel_size, stride, padding, relu)
+
+
+@relu_max_pool_values.register_fake
+def _(x: torch.Tensor, kernel_size: int, stride: int, padding: int, relu: bool):
+    return _pooled(x, kernel_size, stride, padding)
 
 
 @torch.library.custom_op("alexnet::relu_max_pool_backward", mutates_args=(), device_types="cpu")

@@ -106,8 +106,10 @@ class Stack(nn.Sequential):
         run = layers[i : i + 1 + relu]
         pool = run[-1]
         if _square_pool(pool) and _unhooked(run) and fused_pool.usable(x, pool.kernel_size, pool.padding):
-            out = fused_pool.relu_max_pool(x, pool.kernel_size, pool.stride, pool.padding, relu)[0]
-            return out, i + len(run)
+            args = (x, pool.kernel_size, pool.stride, pool.padding, relu)
+            if torch.is_grad_enabled() and x.requires_grad:
+                return fused_pool.relu_max_pool(*args)[0], i + len(run)
+            return fused_pool.relu_max_pool_values(*args), i + len(run)  # nothing flows back: no argmax to keep
         return None
 
 

@@ -1,5 +1,6 @@
 // A max-pool (square window k, stride s, padding p ≤ k/2, floor mode), optionally of the ReLU of its input, in one pass,
-// forward and backward, for float and bfloat16 maps in channels-last layout (N, H, W, C).
+// forward and backward, for float and bfloat16 maps in channels-last layout (N, H, W, C); and, for inference, the pooled
+// values alone (`values`: no argmax to keep, so the running max is one vmaxps a value on AVX-512).
 //
 //   forward:  y[n, i, j, c] = relu(max over the window of x)      (= max of relu(x): the ReLU is monotonic)
 //             a[n, i, j, c] = the window position of that max, 0 .. k²−1, or 255 where no gradient flows back
@@ -19,6 +20,9 @@
 #include <torch/csrc/utils/pybind.h>  // pybind11 with torch's Tensor casters
 
 #include <algorithm>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -84,6 +88,34 @@ inline void window16(const T* x, int64_t row_stride, int64_t c, int64_t k, const
   std::memcpy(arg, &where, sizeof where);
 }
 
+// One window's pooled value for 16 channels, no argmax (inference), torch's value: NaN propagates.
+template <bool kRelu, typename T>
+inline void values16(const T* x, int64_t row_stride, int64_t c, const Window& w, T* __restrict y) {
+  const int64_t corner = w.top * row_stride + w.left * c;
+  const T* first = x + (corner + w.u0 * row_stride + w.v0 * c);
+#ifdef __AVX512F__
+  // One vmaxps a value, and a sum that is NaN if a value was (vmaxps drops a NaN in its first operand). Numbers sum to
+  // NaN only for +inf and -inf in one window; such a window, as one with a NaN, is pooled again below.
+  F16 fast = load16(first), sum{};
+  for (int64_t u = w.u0; u < w.u1; ++u)
+    for (int64_t v = w.v0; v < w.v1; ++v) {
+      const F16 f = load16(x + (corner + u * row_stride + v * c));
+      fast = _mm512_max_ps(f, fast);  // f > fast ? f : fast
+      sum += f;
+    }
+  if (!_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q))  // the ReLU: max with +0 (so -0 becomes +0, as below)
+    return store16(y, kRelu ? F16(_mm512_max_ps(fast, F16{})) : fast);
+#endif
+  F16 b = load16(first);
+  for (int64_t u = w.u0; u < w.u1; ++u)
+    for (int64_t v = w.v0; v < w.v1; ++v) {
+      const F16 f = load16(x + (corner + u * row_stride + v * c));
+      b = ((f > b) | (f != f)) ? f : b;
+    }
+  const I16 pass = kRelu ? (b > 0.0f) | (b != b) : I16{} - 1;
+  store16(y, pass ? b : F16{});
+}
+
 // The same for the channels past the last multiple of 16, one at a time.
 template <bool kRelu, typename T>
 inline void window1(const T* x, int64_t row_stride, int64_t c, int64_t k, const Window& w, int64_t lanes,
@@ -104,19 +136,25 @@ inline void window1(const T* x, int64_t row_stride, int64_t c, int64_t k, const 
   }
 }
 
-template <bool kRelu, typename T>
+// kArgmax: also each pooled value's position in its window, at arg (else arg is unused: inference).
+template <bool kRelu, bool kArgmax, typename T>
 void forward_rows(const T* __restrict x, T* __restrict y, uint8_t* __restrict arg, const Shape& d) {
   const int64_t c = d.channels, row_stride = d.width * c, full = c / 16 * 16;
   at::parallel_for(0, d.batch * d.out_h, 1, [&](int64_t begin, int64_t end) {
+    uint8_t unused[16];  // the tail's positions, without kArgmax
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / d.out_h, i = row % d.out_h;
       for (int64_t j = 0; j < d.out_w; ++j) {
         const Window w = window_at(d, i, j);
         const T* image = x + n * d.height * row_stride;
         const int64_t o = (row * d.out_w + j) * c;
-        for (int64_t ch = 0; ch < full; ch += 16)
-          window16<kRelu>(image + ch, row_stride, c, d.k, w, y + o + ch, arg + o + ch);
-        window1<kRelu>(image + full, row_stride, c, d.k, w, c - full, y + o + full, arg + o + full);
+        for (int64_t ch = 0; ch < full; ch += 16) {
+          if constexpr (kArgmax)
+            window16<kRelu>(image + ch, row_stride, c, d.k, w, y + o + ch, arg + o + ch);
+          else
+            values16<kRelu>(image + ch, row_stride, c, w, y + o + ch);
+        }
+        window1<kRelu>(image + full, row_stride, c, d.k, w, c - full, y + o + full, kArgmax ? arg + o + full : unused);
       }
     }
   });
@@ -162,23 +200,38 @@ void backward_images(const T* __restrict gy, const uint8_t* __restrict arg, T* _
 
 at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
 
-}  // namespace
+template <bool kArgmax, typename T>
+void forward_typed(const at::Tensor& x, at::Tensor& y, uint8_t* arg, const Shape& d, bool relu) {
+  (relu ? forward_rows<true, kArgmax, T> : forward_rows<false, kArgmax, T>)(x.data_ptr<T>(), y.data_ptr<T>(), arg, d);
+}
 
-// [y (x's dtype, channels last), argmax (uint8, y's shape and layout)]
-std::vector<at::Tensor> relu_pool_forward(const at::Tensor& input, int64_t k, int64_t s, int64_t pad, bool relu) {
+// y (x's dtype, channels last), and with_argmax: the argmax too (uint8, y's shape and layout)
+std::vector<at::Tensor> pool(const at::Tensor& input, int64_t k, int64_t s, int64_t pad, bool relu, bool with_argmax) {
   const Shape d = shape_of(input, input.size(2), input.size(3), k, s, pad);
   const at::Tensor x = channels_last(input);
   const auto layout = x.options().memory_format(at::MemoryFormat::ChannelsLast);
   auto y = at::empty({d.batch, d.channels, d.out_h, d.out_w}, layout);
-  auto arg = at::empty({d.batch, d.channels, d.out_h, d.out_w}, layout.dtype(at::kByte));
-  uint8_t* a = arg.data_ptr<uint8_t>();
-  if (x.scalar_type() == at::kFloat) {
-    (relu ? forward_rows<true, float> : forward_rows<false, float>)(x.data_ptr<float>(), y.data_ptr<float>(), a, d);
-  } else {
-    using B = at::BFloat16;
-    (relu ? forward_rows<true, B> : forward_rows<false, B>)(x.data_ptr<B>(), y.data_ptr<B>(), a, d);
+  if (!with_argmax) {
+    (x.scalar_type() == at::kFloat ? forward_typed<false, float> : forward_typed<false, at::BFloat16>)(x, y, nullptr,
+                                                                                                       d, relu);
+    return {y};
   }
+  auto arg = at::empty({d.batch, d.channels, d.out_h, d.out_w}, layout.dtype(at::kByte));
+  (x.scalar_type() == at::kFloat ? forward_typed<true, float> : forward_typed<true, at::BFloat16>)(
+      x, y, arg.data_ptr<uint8_t>(), d, relu);
   return {y, arg};
+}
+
+}  // namespace
+
+// [y (x's dtype, channels last), argmax (uint8, y's shape and layout)]
+std::vector<at::Tensor> relu_pool_forward(const at::Tensor& input, int64_t k, int64_t s, int64_t pad, bool relu) {
+  return pool(input, k, s, pad, relu, true);
+}
+
+// y alone, for inference
+at::Tensor relu_pool_values(const at::Tensor& input, int64_t k, int64_t s, int64_t pad, bool relu) {
+  return pool(input, k, s, pad, relu, false)[0];
 }
 
 // ∂L/∂x, (N, C, height, width) in the gradient's dtype, channels last
@@ -202,4 +255,5 @@ at::Tensor relu_pool_backward(const at::Tensor& grad, const at::Tensor& argmax, 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &relu_pool_forward, "max-pool of (the ReLU of) a channels-last map: [y, argmax in the window]");
   m.def("backward", &relu_pool_backward, "its backward from the argmax: grad x");
+  m.def("values", &relu_pool_values, "inference: the max-pool of (the ReLU of) a channels-last map, y alone");
 }
