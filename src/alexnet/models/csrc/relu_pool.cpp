@@ -1,6 +1,6 @@
-// A max-pool (square window k, stride s, padding p ≤ k/2, floor mode), optionally of the ReLU of its input, in one pass,
-// forward and backward, for float and bfloat16 maps in channels-last layout (N, H, W, C); and, for inference, the pooled
-// values alone (`values`: no argmax to keep, so the running max is one vmaxps a value on AVX-512).
+// A max-pool (square window k, stride s, padding p ≤ k/2, floor mode), optionally of the ReLU of its input, in one
+// pass, forward and backward, for float and bfloat16 maps in channels-last layout (N, H, W, C); and, for inference, the
+// pooled values alone (`values`: no argmax to keep, so the running max is one vmaxps a value on AVX-512).
 //
 //   forward:  y[n, i, j, c] = relu(max over the window of x)      (= max of relu(x): the ReLU is monotonic)
 //             a[n, i, j, c] = the window position of that max, 0 .. k²−1, or 255 where no gradient flows back
@@ -11,9 +11,10 @@
 // ReLU's backward reads it again. Here the forward reads x once and writes the pooled map and one byte per pooled
 // value; the backward reads the pooled gradient and those bytes and writes ∂L/∂x once.
 //
-// The argmax is torch's: the first maximum in the window's row-major order, NaN taken over any number (a later NaN
-// over an earlier one), and the window's first pixel inside the map when every value is −∞ (the padding never wins). With the ReLU a window whose maximum is not
-// positive passes no gradient back, as torch's ReLU backward masks where its output is <= 0 (so a NaN passes).
+// The argmax is torch's: the first maximum in the window's row-major order, NaN taken over any number (a later NaN over
+// an earlier one), and the window's first pixel inside the map when every value is −∞ (the padding never wins). With
+// the ReLU a window whose maximum is not positive passes no gradient back, as torch's ReLU backward masks where its
+// output is <= 0 (so a NaN passes).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -205,21 +206,21 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, uint8_t* arg, const Shape
   (relu ? forward_rows<true, kArgmax, T> : forward_rows<false, kArgmax, T>)(x.data_ptr<T>(), y.data_ptr<T>(), arg, d);
 }
 
-// y (x's dtype, channels last), and with_argmax: the argmax too (uint8, y's shape and layout)
+// [y (x's dtype, channels last)], and with_argmax: [y, argmax (uint8, y's shape and layout)]
 std::vector<at::Tensor> pool(const at::Tensor& input, int64_t k, int64_t s, int64_t pad, bool relu, bool with_argmax) {
   const Shape d = shape_of(input, input.size(2), input.size(3), k, s, pad);
   const at::Tensor x = channels_last(input);
   const auto layout = x.options().memory_format(at::MemoryFormat::ChannelsLast);
-  auto y = at::empty({d.batch, d.channels, d.out_h, d.out_w}, layout);
+  std::vector<at::Tensor> out{at::empty({d.batch, d.channels, d.out_h, d.out_w}, layout)};
+  const bool f32 = x.scalar_type() == at::kFloat;
   if (!with_argmax) {
-    (x.scalar_type() == at::kFloat ? forward_typed<false, float> : forward_typed<false, at::BFloat16>)(x, y, nullptr,
-                                                                                                       d, relu);
-    return {y};
+    (f32 ? forward_typed<false, float> : forward_typed<false, at::BFloat16>)(x, out[0], nullptr, d, relu);
+    return out;
   }
-  auto arg = at::empty({d.batch, d.channels, d.out_h, d.out_w}, layout.dtype(at::kByte));
-  (x.scalar_type() == at::kFloat ? forward_typed<true, float> : forward_typed<true, at::BFloat16>)(
-      x, y, arg.data_ptr<uint8_t>(), d, relu);
-  return {y, arg};
+  out.push_back(at::empty({d.batch, d.channels, d.out_h, d.out_w}, layout.dtype(at::kByte)));
+  uint8_t* arg = out[1].data_ptr<uint8_t>();
+  (f32 ? forward_typed<true, float> : forward_typed<true, at::BFloat16>)(x, out[0], arg, d, relu);
+  return out;
 }
 
 }  // namespace
