@@ -139,7 +139,7 @@ def check_replaceable(path: Path | str) -> Path:
     if path.with_name(path.name + ".sha256").exists():
         raise WriteError(f"could not write {path}: it is a checkpoint with its digest beside it; choose another file")
     if path.name in RUN_RESULTS + RUN_REPORT and (path.parent / "metrics.csv").is_file():
-        raise WriteError(f"could not write {path}: it is one of the run {path.parent}'s results; choose another file")
+        raise WriteError(f"could not write {path}: it is one of the run {path.parent}'s results; write elsewhere")
     return path
 
 
