@@ -221,6 +221,11 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
     capsys.readouterr()
     out_dir = tmp_path / "eval"
+    out_dir.write_text("a file")  # refused before any work, in one line
+    assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json", "--out", str(out_dir)]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out and captured.err.strip().endswith("into a directory"), captured
+    out_dir.unlink()
     assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json", "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     result = json.loads(out.splitlines()[0])
