@@ -367,8 +367,12 @@ def build_transforms(
     """The training and evaluation transforms for images stored at ``stored`` px, and the preprocessing metadata
     saved with the weights (which rebuilds the same evaluation transform: `BatchTransform.for_eval`)."""
     crop = cfg.crop or min(input_size, stored)
-    if cfg.pad_mode == "reflect" and cfg.pad >= stored:  # a mirror reaches at most one image side - 1 beyond it
-        raise ConfigError(f'data.pad={cfg.pad} with data.pad_mode="reflect" must be less than the images\' {stored} px')
+    # A translation by the image's side or more can crop it away entirely (and a mirror, pad_mode "reflect", reaches
+    # at most one side - 1 beyond it); data.pad's own range only bounds it at 1024.
+    if cfg.pad >= stored:
+        raise ConfigError(
+            f"data.pad={cfg.pad} must be less than the images' {stored} px (a shift that far crops them away)"
+        )
     norm_std = std if cfg.normalize == "meanstd" else None
     eval_tf = BatchTransform.for_eval(
         input_size, crop, mean_image if mean_image is not None else mean, norm_std, cfg.pad, cfg.pixel_scale
