@@ -39,6 +39,24 @@ def test_a_kernel_is_rebuilt_when_its_source_a_header_beside_it_or_a_flag_change
     assert native.source_tag(source) == native.source_tag(source)
 
 
+def test_each_checkout_and_environment_builds_its_own_kernel(tmp_path, monkeypatch):
+    """The builder rebuilds a directory whose source path or torch include paths changed: two checkouts sharing one
+    name would rebuild it on every switch between them. Where the source lies is in the name; its content too."""
+    import shutil
+
+    import torch.utils.cpp_extension
+
+    names = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda name, *a, **k: names.append(name))
+    first, second = tmp_path / "a" / "k.cpp", tmp_path / "b" / "k.cpp"
+    first.parent.mkdir(), second.parent.mkdir()
+    first.write_text("int x;\n")
+    shutil.copy(first, second)
+    for source in (first, first, second):
+        native.build("k", source)
+    assert names[0] == names[1] != names[2] and all(n.startswith("k_") for n in names)
+
+
 def test_every_variant_trains_and_infers_with_no_kernel_built(monkeypatch, caplog):
     """Without a compiler each fused run (batch norm → ReLU, ReLU → LRN, ReLU → max-pool, the inference stage) falls
     back to its layers: a training step and an inference pass of every variant, in bf16 channels last, raise nothing,

@@ -1,8 +1,11 @@
 """C++ kernels compiled on first use by torch's C++ extension builder (a C++ compiler and ninja needed): the fused LRN
 (`alexnet.models.fused_lrn`) and the bf16-copy SGD step (`alexnet.training.bf16_copies`). Each is built for the CPU it
 runs on (``-march=native``) and cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), named
-after this CPU's instruction sets and the hash of its source and flags: every checkout shares one build, and two
-processes starting together (torchrun's ranks) never rebuild it under each other, which a path-dependent build did."""
+after this CPU's instruction sets and the hash of its source, its flags, where the source lies and which torch builds
+it: two processes starting together (torchrun's ranks) share one build, and two checkouts or environments each keep
+their own (the builder writes the source's path and torch's include paths into its build file and rebuilds when
+they change: one shared directory was rebuilt on every switch between them, and under a process that had it
+loaded)."""
 
 from __future__ import annotations
 
@@ -65,9 +68,10 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     # libm per element and the loops stay scalar (conv1's LRN at batch 128: 86 ms forward instead of 45).
     # The builder's "No CUDA runtime is found" warning is no news on a CPU build.
     with level_set("torch.utils.cpp_extension", logging.ERROR):
+        import torch
         from torch.utils.cpp_extension import load  # its import logs that warning
 
-        tag = source_tag(source, flags)
+        tag = source_tag(source, (*flags, str(source.resolve()), str(Path(torch.__file__).parent)))
         # `load`, not `load_inline`: the latter puts torch/extension.h (every ATen op, the C++ frontend) before the
         # source, which then takes 57 s to compile on one core of an AMD EPYC (Zen 3) instead of 24 with the headers
         # each source names.
