@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,18 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     return module
 
 
-def load(name: str, source: Path, flags: tuple[str, ...] = (), *, instead: str) -> Any | None:
+def enabled(switch: str) -> bool:
+    """False where the environment variable ``switch`` is "0" (read per call: the tests turn kernels off and on)."""
+    return os.environ.get(switch, "1") != "0"
+
+
+def load(
+    name: str, source: Path, flags: tuple[str, ...] = (), *, instead: str, switch: str | None = None
+) -> Any | None:
     """`build`, once per process (threads wait for the first); None where it cannot be built, with one warning that
-    ``instead`` runs."""
+    ``instead`` runs, and where the environment variable ``switch`` turns it off (``switch=0``)."""
+    if switch is not None and not enabled(switch):
+        return None
     if name not in _loaded:
         with _lock:
             if name not in _loaded:

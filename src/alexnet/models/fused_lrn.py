@@ -22,7 +22,6 @@ LRN and the max-pool after it in one pass (`alexnet.models.layers.Features` call
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ _SOURCE = Path(__file__).parent / "csrc" / "lrn.cpp"
 def kernel() -> Any | None:
     """The compiled extension (``forward``, ``backward``), built on first call; None where it cannot be built or is
     turned off (``ALEXNET_FUSED_LRN=0``)."""
-    return native.load("alexnet_lrn", _SOURCE, instead="the reference formula") if _enabled() else None
+    return native.load("alexnet_lrn", _SOURCE, instead="the reference formula", switch="ALEXNET_FUSED_LRN")
 
 
 def usable(x: torch.Tensor, size: int) -> bool:
@@ -71,11 +70,7 @@ def _built() -> bool:
 
 @_constant
 def _triton() -> bool:
-    return _enabled() and lrn_triton.available()
-
-
-def _enabled() -> bool:
-    return os.environ.get("ALEXNET_FUSED_LRN", "1") != "0"  # read per call: the tests turn it off and on
+    return native.enabled("ALEXNET_FUSED_LRN") and lrn_triton.available()
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:

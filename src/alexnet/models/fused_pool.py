@@ -16,7 +16,6 @@ where it cannot be, the layers run apart, with one warning.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,7 @@ _SOURCE = Path(__file__).parent / "csrc" / "relu_pool.cpp"
 def kernel() -> Any | None:
     """The compiled extension (``forward``, ``backward``), built on first call; None where it cannot be built or is
     turned off (``ALEXNET_FUSED_POOL=0``)."""
-    if os.environ.get("ALEXNET_FUSED_POOL", "1") == "0":  # read per call: the tests turn it off and on
-        return None
-    return native.load("alexnet_relu_pool", _SOURCE, instead="ReLU and max-pool apart")
+    return native.load("alexnet_relu_pool", _SOURCE, instead="ReLU and max-pool apart", switch="ALEXNET_FUSED_POOL")
 
 
 def usable(x: torch.Tensor, kernel_size: int, padding: int) -> bool:
