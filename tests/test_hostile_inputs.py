@@ -70,6 +70,15 @@ def test_bad_config_values_and_flags(tmp_path, capsys, files):
     _refused(capsys, ["paper", "fig3", files["weights"], "--out", files["image"]], "is a file")
     (tmp_path / "text.pt").write_text("hello, not a checkpoint\n")
     _refused(capsys, ["predict", "--checkpoint", str(tmp_path / "text.pt"), files["image"]], "not a checkpoint")
+    # An --out under a file (/dev/full/x.npy): refused before the work, naming the file, not "File exists".
+    _refused(
+        capsys,
+        ["features", "--weights", files["weights"], files["image"], "--out", str(tmp_path / "x.png" / "f.npy")],
+        f"{tmp_path / 'x.png'} is not a directory",
+    )
+    with pytest.raises(SystemExit) as exit_info:  # a size limit that refuses every file
+        main(["predict", "--weights", files["weights"], "--max-file-mb", "-1", files["image"]])
+    assert exit_info.value.code == 2 and "--max-file-mb: -1 must be a number above 0" in capsys.readouterr().err
 
 
 def test_torch_home_that_is_a_file(files, capsys, monkeypatch):

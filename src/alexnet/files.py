@@ -104,8 +104,8 @@ def read_json_input(path: Path | str, max_bytes: int, what: str = "file") -> Any
 
 
 def check_target(path: Path | str) -> Path:
-    """Refuse to write ``path`` when something other than a regular file is there: renaming over a FIFO, a device or
-    a directory would replace it (as root, ``/dev/null`` itself).
+    """Refuse to write ``path`` when something other than a regular file is there (renaming over a FIFO, a device or
+    a directory would replace it: as root, ``/dev/null`` itself), or when what should hold it is not a directory.
 
     Raises:
         WriteError: naming what is there.
@@ -113,6 +113,10 @@ def check_target(path: Path | str) -> Path:
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise WriteError(f"could not write {path}: it is a dangling symbolic link")
+    # The nearest ancestor that exists must be a directory (else making the parents fails with "File exists").
+    ancestor = next((p for p in path.absolute().parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise WriteError(f"could not write {path}: {ancestor} is not a directory")
     if path.exists() and not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
         raise WriteError(f"could not write {path}: it exists and is {kind}; choose another path")

@@ -25,6 +25,17 @@ def _int_at_least(text: str, least: int) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a size limit of 0 or less refuses every file)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a batch of 0 divides by zero; a negative top-k means nothing)."""
     return _int_at_least(text, 1)

@@ -124,7 +124,9 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     options.weights(p, options.WEIGHTS_HELP + ", a .pt2 program, or an exported .onnx")
     p.add_argument("--topk", type=options.positive_int, default=5, metavar="K", help="classes shown (default 5)")
     p.add_argument("-b", "--batch-size", type=options.positive_int, default=32, metavar="N", help="images per batch")
-    p.add_argument("--max-file-mb", type=float, default=64.0, metavar="MB", help="refuse larger image files")
+    p.add_argument(
+        "--max-file-mb", type=options.positive_float, default=64.0, metavar="MB", help="refuse larger image files"
+    )
     p.add_argument("--ten-crop", action="store_true", help="average softmax over ten crops")
     options.device(p)
     options.compile_first(p)
