@@ -224,7 +224,7 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
     out_dir.write_text("a file")  # refused before any work, in one line
     assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json", "--out", str(out_dir)]) == 2
     captured = capsys.readouterr()
-    assert not captured.out and captured.err.strip().endswith("into a directory"), captured
+    assert not captured.out and captured.err.strip().endswith(f"{out_dir} is not a directory"), captured
     out_dir.unlink()
     assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json", "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import AlexNetError, ConfigError, WriteError
+from ..errors import AlexNetError, ConfigError
 from . import options
 
 
@@ -73,8 +73,6 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.out:  # before the work: a run directory's report embeds its own confusion.png
         from ..files import check_replaceable
 
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise WriteError(f"--out {args.out} is a file: eval writes eval.json and confusion.png into a directory")
         check_replaceable(Path(args.out, "eval.json")), check_replaceable(Path(args.out, "confusion.png"))
 
     result = evaluate_checkpoint(
