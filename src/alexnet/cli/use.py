@@ -73,7 +73,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.out:  # before the work: a run directory's report embeds its own confusion.png
         from ..files import check_replaceable
 
-        check_replaceable(Path(args.out, "eval.json")), check_replaceable(Path(args.out, "confusion.png"))
+        for name in ("eval.json", "confusion.png"):
+            check_replaceable(Path(args.out, name))
 
     result = evaluate_checkpoint(
         args.weights,
