@@ -42,6 +42,23 @@ def cpu_flags(cpuinfo: Path = _CPUINFO) -> set[str]:
     return set(_cpuinfo_line("flags", cpuinfo).split())
 
 
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # u8 × s8 products summed straight into int32
+
+
+def int8_saturates() -> bool:
+    """Whether oneDNN's u8 × s8 products can saturate on this CPU: an x86 CPU without VNNI or AMX, where they are
+    added in pairs into int16 (``vpmaddubsw``), so 255 · 127 · 2 overflows and activations must keep to 7 bits."""
+    flags = cpu_flags()
+    if flags:  # Linux on x86: /proc/cpuinfo's flags
+        return not flags & VNNI_FLAGS
+    import torch  # elsewhere, torch's own cpuinfo (the same flag names)
+
+    capabilities = torch.cpu.get_capabilities()
+    return capabilities.get("architecture") in {"x86_64", "x86"} and not any(
+        capabilities.get(flag) for flag in VNNI_FLAGS
+    )
+
+
 def cpu_model(cpuinfo: Path = _CPUINFO) -> str:
     """This CPU's model name (``/proc/cpuinfo``; "" elsewhere)."""
     return _cpuinfo_line("model name", cpuinfo)

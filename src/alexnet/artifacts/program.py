@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import native
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
 from ..logs import level_set
 from . import aoti_cpu, qlinear_rows
@@ -110,6 +111,34 @@ def _device(program: torch.export.ExportedProgram) -> torch.device:
     return torch.device("cpu")
 
 
+def seven_bit_activations(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` with its uint8 activations on 7 bits (0..127: each scale doubled, each zero point halved) where
+    they take 8; unchanged where none does.
+
+    For CPUs where `alexnet.native.int8_saturates`: there oneDNN adds u8 × s8 products in pairs into int16, which
+    8-bit activations overflow (a 3×3 convolution of 64 channels at the top of both ranges came out 88 off in 342 on an
+    AVX2 EPYC), as torchao's quantizer warns (its ``reduce_range``). Done when the program is compiled, not when it is
+    quantized: the file keeps its 8 bits for the CPUs that have VNNI.
+    """
+    qd = torch.ops.quantized_decomposed
+    ops = (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default)
+    gm = program.module()
+    changed = 0
+    for node in gm.graph.nodes:
+        # (x, scale, zero point, quant_min, quant_max, dtype): a quantize and its dequantizes carry the same ones
+        if node.target in ops and tuple(node.args[3:]) == (0, 255, torch.uint8) and isinstance(node.args[1], float):
+            x, scale, zero = node.args[:3]
+            node.args = (x, 2 * scale, round(zero / 2), 0, 127, torch.uint8)
+            changed += 1
+    if not changed:
+        return program
+    gm.recompile()
+    log.info("int8 activations on 7 bits: this CPU has no VNNI, and oneDNN's int8 sums would overflow at 8")
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder"]
+    with torch.no_grad():  # as the program was exported (`alexnet.inference.quantize.quantize_graph`)
+        return torch.export.export(gm, (torch.zeros(inputs[-1].meta["val"].shape),))
+
+
 class Int8Model(ExportedModule):
     """A quantized program compiled by `aot_compile` for batches of exactly ``batch`` (B, C, H, W) inputs; other
     batch sizes are cut into such chunks, the last one zero-padded."""
@@ -117,6 +146,8 @@ class Int8Model(ExportedModule):
     def __init__(self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False) -> None:
         super().__init__()
         self.batch = batch
+        if native.int8_saturates():
+            program = seven_bit_activations(program)
         if qlinear_rows.wanted(batch):  # a few rows on a CPU without VNNI: the fc layers on alexnet's own kernel
             try:
                 program = qlinear_rows.rewrite(program)

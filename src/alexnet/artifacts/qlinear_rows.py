@@ -24,7 +24,6 @@ from .. import native
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).parent / "csrc" / "qlinear_rows.cpp"
 MAX_ROWS = 8  # the kernel's register block: one accumulator per row
-_VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def kernel() -> Any | None:
@@ -39,7 +38,7 @@ def wanted(batch: int) -> bool:
     if setting == "0" or batch > MAX_ROWS:
         return False
     flags = native.cpu_flags()
-    if setting != "1" and ("avx2" not in flags or flags & _VNNI):
+    if setting != "1" and ("avx2" not in flags or flags & native.VNNI_FLAGS):
         return False
     return kernel() is not None
 
