@@ -52,6 +52,7 @@ def test_seven_bits_double_each_scale_and_halve_each_zero_point(extremes):
     assert before and all(r[2:] == (0, 255) for r in before) and before[0][1] > 0
     seven = seven_bit_activations(program)
     assert _ranges(seven) == [(2 * s, round(z / 2), 0, 127) for s, z, _, _ in before]
+    assert _ranges(program) == before  # the caller's program (a loaded file's) is left as it was
     with torch.no_grad():  # half the resolution, the same range: still the model
         want, got = model(x), seven.module()(x)
     assert 0 < (got - want).abs().max() < 0.05 * want.abs().max()

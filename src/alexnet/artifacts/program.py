@@ -7,6 +7,7 @@ and `alexnet quantize` (int8, compiled by inductor on load), each with the model
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import tempfile
@@ -122,21 +123,20 @@ def seven_bit_activations(program: torch.export.ExportedProgram) -> torch.export
     """
     qd = torch.ops.quantized_decomposed
     ops = (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default)
-    gm = program.module()
-    changed = 0
-    for node in gm.graph.nodes:
+
+    def eight_bit(node: torch.fx.Node) -> bool:
         # (x, scale, zero point, quant_min, quant_max, dtype): a quantize and its dequantizes carry the same ones
-        if node.target in ops and tuple(node.args[3:]) == (0, 255, torch.uint8) and isinstance(node.args[1], float):
-            x, scale, zero = node.args[:3]
-            node.args = (x, 2 * scale, round(zero / 2), 0, 127, torch.uint8)
-            changed += 1
-    if not changed:
+        return node.target in ops and tuple(node.args[3:]) == (0, 255, torch.uint8)
+
+    if not any(map(eight_bit, program.graph.nodes)):
         return program
-    gm.recompile()
+    program = copy.deepcopy(program)  # only literals change: the graph stays the exported one, the caller's as it was
+    for node in filter(eight_bit, program.graph.nodes):
+        x, scale, zero = node.args[:3]
+        node.args = (x, 2 * scale, round(zero / 2), 0, 127, torch.uint8)
+    program.graph_module.recompile()
     log.info("int8 activations on 7 bits: this CPU has no VNNI, and oneDNN's int8 sums would overflow at 8")
-    inputs = [n for n in program.graph.nodes if n.op == "placeholder"]
-    with torch.no_grad():  # as the program was exported (`alexnet.inference.quantize.quantize_graph`)
-        return torch.export.export(gm, (torch.zeros(inputs[-1].meta["val"].shape),))
+    return program
 
 
 class Int8Model(ExportedModule):
