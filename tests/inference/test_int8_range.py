@@ -1,6 +1,6 @@
 """int8 programs on CPUs whose int8 sums saturate (`alexnet.native.int8_saturates`; x86 without VNNI or AMX): their
-activations go to 7 bits when compiled (`alexnet.artifacts.program.seven_bit_activations`), so oneDNN's int16 pair
-sums cannot overflow."""
+weights go to 7 bits when compiled (`alexnet.artifacts.program.seven_bit_weights`), so oneDNN's int16 pair sums
+cannot overflow and the compiled program computes its graph."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from torch import nn
 
 from alexnet import native
 from alexnet.artifacts import program as program_module
-from alexnet.artifacts.program import Int8Model, seven_bit_activations
+from alexnet.artifacts.program import Int8Model, seven_bit_weights
 from alexnet.inference.quantize import quantize_graph
 
 
 class Extremes(nn.Module):
     """A 3×3 convolution of 64 channels and a linear layer whose weights all sit at ±max: with inputs at the top of
-    their range, 8-bit activations overflow an int16 pair sum (255 · 127 · 2 > 32767) in every product."""
+    their range, 8-bit weights overflow an int16 pair sum (255 · 127 · 2 > 32767) in every product."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -25,6 +25,7 @@ class Extremes(nn.Module):
         with torch.no_grad():
             for layer in (self.conv, self.fc):
                 layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen).sign())
+            self.fc.weight[:, :5] *= 0.3  # a few weights between the extremes, which halving rounds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.conv(x)).flatten(1))
@@ -34,35 +35,41 @@ class Extremes(nn.Module):
 def extremes():
     gen = torch.Generator().manual_seed(1)
     model = Extremes().eval()
-    # inputs in [-2, 6]: the first layer's zero point is not 0 (about 64)
     calibration, x = (torch.rand(n, 64, 4, 4, generator=gen) * 8 - 2 for n in (32, 8))
     return model, quantize_graph(model, calibration, batch=8), x
 
 
-def _ranges(program):
-    """Each per-tensor (de)quantize's scale, zero point, quant_min and quant_max, in graph order."""
+def _weights(program):
+    """Each int8 weight with its scales and its quant_min and quant_max, in graph order."""
     qd = torch.ops.quantized_decomposed  # registered by torchao, which quantize_graph imports
-    ops = (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default)
-    return [tuple(n.args[1:5]) for n in program.graph.nodes if n.target in ops]
+    tensors = {**program.state_dict, **program.constants}
+    names = program.graph_signature.inputs_to_buffers
+    return [
+        (tensors[names[n.args[0].name]].clone(), tensors[names[n.args[1].name]].clone(), n.args[4], n.args[5])
+        for n in program.graph.nodes
+        if n.target is qd.dequantize_per_channel.default
+    ]
 
 
-def test_seven_bits_double_each_scale_and_halve_each_zero_point(extremes):
+def test_seven_bits_halve_each_weight_and_double_its_scale(extremes):
     model, program, x = extremes
-    before = _ranges(program)
-    assert before and all(r[2:] == (0, 255) for r in before) and before[0][1] > 0
-    seven = seven_bit_activations(program)
-    assert _ranges(seven) == [(2 * s, round(z / 2), 0, 127) for s, z, _, _ in before]
-    assert _ranges(program) == before  # the caller's program (a loaded file's) is left as it was
-    with torch.no_grad():  # half the resolution, the same range: still the model
+    before = _weights(program)
+    assert len(before) == 2 and all(r[2:] == (-128, 127) and r[0].abs().max() == 127 for r in before)
+    seven = seven_bit_weights(program)
+    for (w8, s8, *_), (w7, s7, low, high) in zip(before, _weights(seven), strict=True):
+        assert (low, high) == (-64, 64) and w7.dtype == torch.int8
+        assert torch.equal(w7, torch.round(w8.float() / 2).to(torch.int8)) and torch.equal(s7, 2 * s8)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(_weights(program), before))  # the caller's program as it was
+    with torch.no_grad():  # half the resolution of the weights: still the model
         want, got = model(x), seven.module()(x)
     assert 0 < (got - want).abs().max() < 0.05 * want.abs().max()
-    assert seven_bit_activations(seven) is seven  # nothing on 8 bits left
+    assert seven_bit_weights(seven) is seven  # nothing on 8 bits left
 
 
 def test_int8_sums_saturate_only_on_x86_without_vnni(monkeypatch):
-    for flags, saturates in (({"sse2", "avx2", "fma"}, True), ({"avx512f", "avx512bw"}, True)):
+    for flags in ({"sse2", "avx2", "fma"}, {"avx512f", "avx512bw"}):
         monkeypatch.setattr(native, "cpu_flags", lambda flags=flags: flags)
-        assert native.int8_saturates() is saturates
+        assert native.int8_saturates()
     for vnni in native.VNNI_FLAGS:
         monkeypatch.setattr(native, "cpu_flags", lambda vnni=vnni: {"avx2", vnni})
         assert not native.int8_saturates()
@@ -82,15 +89,15 @@ def test_the_compiled_program_takes_seven_bits_exactly_where_sums_saturate(extre
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: saturates)
     monkeypatch.setattr(program_module, "aot_compile", lambda program, autotune=False: compiled.append(program))
     Int8Model(extremes[1], batch=8)
-    assert {r[3] for r in _ranges(compiled[0])} == ({127} if saturates else {255})
+    assert {r[3] for r in _weights(compiled[0])} == ({64} if saturates else {127})
 
 
 @pytest.mark.slow
 def test_the_compiled_program_computes_its_graph_at_the_extremes(extremes):
     """On this CPU, whatever it is: the int8 program agrees with the quantized graph it compiles. Where sums saturate
-    and the activations stayed on 8 bits, the output came out 47% of its largest value off on an AVX2 EPYC."""
+    and the weights stayed on 8 bits, the output came out 47% of its largest value off on an AVX2 EPYC."""
     _, program, x = extremes
-    graph = seven_bit_activations(program) if native.int8_saturates() else program
+    graph = seven_bit_weights(program) if native.int8_saturates() else program
     with torch.no_grad():
         got, want = Int8Model(program, batch=8)(x), graph.module()(x)
     # oneDNN requantizes with its own rounding: a quantization step here and there
