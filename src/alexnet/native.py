@@ -47,7 +47,8 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # u8 × s8 prod
 
 def int8_saturates() -> bool:
     """Whether oneDNN's u8 × s8 products can saturate on this CPU: an x86 CPU without VNNI or AMX, where they are
-    added in pairs into int16 (``vpmaddubsw``), so 255 · 127 · 2 overflows and activations must keep to 7 bits."""
+    added in pairs into int16 (``vpmaddubsw``), so 255 · 127 · 2 overflows and one side must keep to 7 bits
+    (`alexnet.artifacts.program.seven_bit_weights`)."""
     flags = cpu_flags()
     if flags:  # Linux on x86: /proc/cpuinfo's flags
         return not flags & VNNI_FLAGS

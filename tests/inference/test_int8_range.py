@@ -92,6 +92,21 @@ def test_the_compiled_program_takes_seven_bits_exactly_where_sums_saturate(extre
     assert {r[3] for r in _weights(compiled[0])} == ({64} if saturates else {127})
 
 
+def test_a_graph_the_halving_cannot_take_compiles_as_it_was_and_says_so(extremes, monkeypatch, caplog):
+    compiled = []
+    monkeypatch.setattr("alexnet.native.int8_saturates", lambda: True)
+    monkeypatch.setenv("ALEXNET_QLINEAR_ROWS", "0")  # the program reaches the compiler as it came
+    monkeypatch.setattr(program_module, "aot_compile", lambda program, autotune=False: compiled.append(program))
+
+    def fails(program):
+        raise ValueError("conv: int8 weights with a zero point\nmore detail")
+
+    monkeypatch.setattr(program_module, "seven_bit_weights", fails)
+    Int8Model(extremes[1], batch=8)
+    assert compiled == [extremes[1]]
+    assert "int8 weights stay on 8 bits, where this CPU's int8 sums can overflow (conv: int8 weights" in caplog.text
+
+
 @pytest.mark.slow
 def test_the_compiled_program_computes_its_graph_at_the_extremes(extremes):
     """On this CPU, whatever it is: the int8 program agrees with the quantized graph it compiles. Where sums saturate
