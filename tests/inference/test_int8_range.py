@@ -4,6 +4,8 @@ cannot overflow and the compiled program computes its graph."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -64,6 +66,16 @@ def test_seven_bits_halve_each_weight_and_double_its_scale(extremes):
         want, got = model(x), seven.module()(x)
     assert 0 < (got - want).abs().max() < 0.05 * want.abs().max()
     assert seven_bit_weights(seven) is seven  # nothing on 8 bits left
+
+
+def test_a_narrow_range_halves_too(extremes):
+    """Weights quantized on -127..127 (symmetric narrow range, as other quantizers write them) overflow as well."""
+    narrow = copy.deepcopy(extremes[1])
+    qd = torch.ops.quantized_decomposed
+    for node in narrow.graph.nodes:
+        if node.target is qd.dequantize_per_channel.default:
+            node.args = (*node.args[:4], -127, 127, torch.int8)
+    assert [r[2:] for r in _weights(seven_bit_weights(narrow))] == [(-64, 64)] * 2
 
 
 def test_int8_sums_saturate_only_on_x86_without_vnni(monkeypatch):

@@ -126,8 +126,11 @@ def seven_bit_weights(program: torch.export.ExportedProgram) -> torch.export.Exp
     qd = torch.ops.quantized_decomposed
 
     def eight_bit(node: torch.fx.Node) -> bool:
-        # (weight, scales, zero points, axis, quant_min, quant_max, dtype); symmetric: the zero points are 0
-        return node.target is qd.dequantize_per_channel.default and tuple(node.args[4:]) == (-128, 127, torch.int8)
+        # (weight, scales, zero points, axis, quant_min, quant_max, dtype): -128..127, or a narrow -127..127
+        if node.target is not qd.dequantize_per_channel.default or len(node.args) != 7:
+            return False
+        low, high, dtype = node.args[4:]
+        return dtype == torch.int8 and isinstance(low, int) and isinstance(high, int) and max(-low, high) > 64
 
     if not any(map(eight_bit, program.graph.nodes)):
         return program
@@ -148,7 +151,7 @@ def seven_bit_weights(program: torch.export.ExportedProgram) -> torch.export.Exp
         if s not in halved:
             scales[s] = scales[s] * 2
         halved |= {w, s}
-        node.args = (*node.args[:4], -64, 64, torch.int8)
+        node.args = (*node.args[:4], round(node.args[4] / 2), round(node.args[5] / 2), torch.int8)  # -64..64
     program.graph_module.recompile()
     log.debug("int8 weights on 7 bits: this CPU has no VNNI, and oneDNN's int8 sums would overflow at 8")
     return program
@@ -161,18 +164,20 @@ class Int8Model(ExportedModule):
     def __init__(self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False) -> None:
         super().__init__()
         self.batch = batch
-        if native.int8_saturates():
-            try:
-                program = seven_bit_weights(program)
-            except Exception as err:  # a graph this did not foresee: as it was, and said
-                log.warning(
-                    "int8 weights stay on 8 bits, where this CPU's int8 sums can overflow (%s)", first_line(err)
-                )
-        if qlinear_rows.wanted(batch):  # a few rows on a CPU without VNNI: the fc layers on alexnet's own kernel
-            try:
-                program = qlinear_rows.rewrite(program)
-            except Exception as err:  # a graph the rewrite did not foresee costs speed, never the model
-                log.warning("int8 fc layers stay on oneDNN (%s)", first_line(err))
+        # Each rewrite fits the program to this CPU; a graph one did not foresee compiles as it was, and is said.
+        for wanted, rewrite, otherwise in (
+            (
+                native.int8_saturates(),
+                seven_bit_weights,
+                "int8 weights stay on 8 bits, where this CPU's int8 sums can overflow",
+            ),
+            (qlinear_rows.wanted(batch), qlinear_rows.rewrite, "int8 fc layers stay on oneDNN"),  # a few rows, no VNNI
+        ):
+            if wanted:
+                try:
+                    program = rewrite(program)
+                except Exception as err:
+                    log.warning("%s (%s)", otherwise, first_line(err))
         self._run = aot_compile(program, autotune)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
