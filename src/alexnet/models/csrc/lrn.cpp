@@ -27,13 +27,13 @@
 #include <vector>
 
 #include "bf16.h"
-#include "vec16.h"
+#include "vec.h"
 
 namespace {
 
 using alexnet_bf16::store;
 using alexnet_bf16::to_float;
-using namespace alexnet_vec16;
+using namespace alexnet_vec;
 
 // d^(-β): for the β = 0.75 every AlexNet uses, two square roots instead of a pow (which does not vectorise).
 inline float inv_pow(float d, float beta, bool three_quarters) {
@@ -122,9 +122,9 @@ struct Scratch {
 // four passes through L1 a value: on 2 cores of an Intel Xeon with AMX (bf16, batch 64), conv1's inference stage
 // (ReLU, per-tower LRN, pool) took 8.5 ms with it and 6.4-6.8 with this, conv2's 4.6 and 3.8.
 // The window sums of 5 for the vector cur, from its own lanes and the two nearest of prev and next (lane shifts).
-inline F16 window5(F16 prev, F16 cur, F16 next) {
-  auto shift = [](F16 hi, F16 lo, auto n) {  // lanes n.. of lo followed by hi's first ones
-    return reinterpret_cast<F16>(
+inline Vf window5(Vf prev, Vf cur, Vf next) {
+  auto shift = [](Vf hi, Vf lo, auto n) {  // lanes n.. of lo followed by hi's first ones
+    return reinterpret_cast<Vf>(
         _mm512_alignr_epi32(reinterpret_cast<__m512i>(hi), reinterpret_cast<__m512i>(lo), decltype(n)::value));
   };
   using std::integral_constant;
@@ -134,18 +134,18 @@ inline F16 window5(F16 prev, F16 cur, F16 next) {
 
 // Vector j of a run of `vectors` (zeros beyond it), rectified with kRelu: NaN passes, as torch's ReLU lets it.
 template <bool kRelu, typename T>
-inline F16 run_vector(const T* __restrict x, int64_t j, int64_t vectors) {
-  if (j >= vectors) return F16{};
-  const F16 v = load16(x + 16 * j);
-  return kRelu ? (((v > 0.0f) | (v != v)) ? v : F16{}) : v;
+inline Vf run_vector(const T* __restrict x, int64_t j, int64_t vectors) {
+  if (j >= vectors) return Vf{};
+  const Vf v = loadv(x + 16 * j);
+  return kRelu ? (((v > 0.0f) | (v != v)) ? v : Vf{}) : v;
 }
 
 // Whether d^(-3/4) is refined by Newton steps (below): for float, not for a bfloat16 result.
 template <typename T>
 constexpr bool kRefined = !std::is_same_v<T, at::BFloat16>;
 
-inline F16 rsqrt16(F16 v) {  // 1/√v: an rsqrt14 estimate refined by one Newton step, as inv_pows
-  const F16 r = _mm512_rsqrt14_ps(v);
+inline Vf rsqrt16(Vf v) {  // 1/√v: an rsqrt14 estimate refined by one Newton step, as inv_pows
+  const Vf r = _mm512_rsqrt14_ps(v);
   return r * (1.5f - 0.5f * v * r * r);
 }
 
@@ -155,22 +155,22 @@ inline F16 rsqrt16(F16 v) {  // 1/√v: an rsqrt14 estimate refined by one Newto
 // torch's own formula in bf16 is off in 36% (up to 1.2e-2); conv1's fused inference stage ran in 4.5 ms instead of
 // 5.4 (bf16, batch 64, 2 cores of an Intel Xeon with AMX). For float, each refined by a Newton step.
 template <bool kRefine>
-inline F16 inv_pow34(F16 d, F16* inv_d = nullptr) {
-  const F16 r = kRefine ? rsqrt16(d) : F16(_mm512_rsqrt14_ps(d));
+inline Vf inv_pow34(Vf d, Vf* inv_d = nullptr) {
+  const Vf r = kRefine ? rsqrt16(d) : Vf(_mm512_rsqrt14_ps(d));
   if (inv_d) *inv_d = r * r;  // 1/d, for the backward's d^(-7/4)
-  return r * r * (kRefine ? rsqrt16(r) : F16(_mm512_rsqrt14_ps(r)));
+  return r * r * (kRefine ? rsqrt16(r) : Vf(_mm512_rsqrt14_ps(r)));
 }
 
 template <bool kRelu, typename T, typename Out>
 inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t nr, int64_t cg, float a, float k) {
   const int64_t vectors = cg / 16;
   for (int64_t r = 0; r < nr; ++r, x += cg, out += cg) {
-    F16 prev{}, xv = run_vector<kRelu>(x, 0, vectors);
-    F16 cur = xv * xv;
+    Vf prev{}, xv = run_vector<kRelu>(x, 0, vectors);
+    Vf cur = xv * xv;
     for (int64_t j = 0; j < vectors; ++j) {
-      const F16 xn = run_vector<kRelu>(x, j + 1, vectors);
-      const F16 next = xn * xn;
-      store16(out + 16 * j, xv * inv_pow34<kRefined<T>>(k + a * window5(prev, cur, next)));
+      const Vf xn = run_vector<kRelu>(x, j + 1, vectors);
+      const Vf next = xn * xn;
+      storev(out + 16 * j, xv * inv_pow34<kRefined<T>>(k + a * window5(prev, cur, next)));
       prev = cur, cur = next, xv = xn;
     }
   }
@@ -189,21 +189,21 @@ inline void backward_paper(const T* __restrict gy, const T* __restrict x, T* __r
     auto input = [&](int64_t j) { return run_vector<kRelu>(x, j, vectors); };
     auto grad = [&](int64_t j) { return run_vector<false>(gy, j, vectors); };
     // d^(-3/4) into p and g·x·d^(-7/4) into t for the vector whose squares are sc, between sp and sn
-    auto stage = [&](F16 sp, F16 sc, F16 sn, F16 xv, F16 gv, F16& p, F16& t) {
-      F16 inv_d;
+    auto stage = [&](Vf sp, Vf sc, Vf sn, Vf xv, Vf gv, Vf& p, Vf& t) {
+      Vf inv_d;
       p = inv_pow34<kRefined<T>>(k + a * window5(sp, sc, sn), &inv_d);
       t = gv * xv * p * inv_d;
     };
-    F16 xc = input(0), gc = grad(0), xn = input(1), gn = grad(1), xnn = input(2);
-    F16 sp{}, sc = xc * xc, sn = xn * xn, snn = xnn * xnn;
-    F16 pc, tc, tp{};
+    Vf xc = input(0), gc = grad(0), xn = input(1), gn = grad(1), xnn = input(2);
+    Vf sp{}, sc = xc * xc, sn = xn * xn, snn = xnn * xnn;
+    Vf pc, tc, tp{};
     stage(sp, sc, sn, xc, gc, pc, tc);
     for (int64_t j = 0; j < vectors; ++j) {
-      F16 pn{}, tn{};
+      Vf pn{}, tn{};
       if (j + 1 < vectors) stage(sc, sn, snn, xn, gn, pn, tn);
-      F16 out = gc * pc - coef * xc * window5(tp, tc, tn);
-      if (kRelu) out = xc == 0.0f ? F16{} : out;  // no gradient where x <= 0, as torch's ReLU backward
-      store16(gx + 16 * j, out);
+      Vf out = gc * pc - coef * xc * window5(tp, tc, tn);
+      if (kRelu) out = xc == 0.0f ? Vf{} : out;  // no gradient where x <= 0, as torch's ReLU backward
+      storev(gx + 16 * j, out);
       tp = tc, tc = tn, pc = pn, xc = xn, gc = gn, xn = xnn, gn = grad(j + 2);
       sp = sc, sc = sn, sn = snn;
       xnn = input(j + 3), snn = xnn * xnn;
@@ -329,42 +329,42 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
       }
       done = std::max(done, y0 + kp - 1);
       T* __restrict yr = y + (bi * oh + oy) * ow * channels;
-      // The running max in registers (vec16.h), 16 channels at a time: NaN propagates, as torch's max-pool does.
-      auto pool16 = [&](int64_t ox, int64_t c0) {
+      // The running max in registers (vec.h), kLanes channels at a time: NaN propagates, as torch's max-pool does.
+      auto pool_lanes = [&](int64_t ox, int64_t c0) {
         const float* __restrict corner = ring.data() + (ox * sp) * channels + c0;
-        const F16 first = load16(corner + (y0 % kp) * row);
+        const Vf first = loadv(corner + (y0 % kp) * row);
 #ifdef __AVX512F__
         // One instruction a value, and a sum that is NaN if a value was: vmaxps drops a NaN in its first operand.
         // The sum of numbers is never NaN but for +inf and -inf in one window; then, as for a NaN, the window is
         // pooled again the slower way, with two compares and a blend a value (conv1's stage, bf16, batch 64, on 2
         // cores of an Intel Xeon with AMX: 6.0 ms that way, 5.4 this).
-        F16 fast = first, sum{};
+        Vf fast = first, sum{};
         for (int64_t dy = 0; dy < kp; ++dy) {
           const float* __restrict line = corner + ((y0 + dy) % kp) * row;
           for (int64_t dx = 0; dx < kp; ++dx) {
-            const F16 v = load16(line + dx * channels);
+            const Vf v = loadv(line + dx * channels);
             fast = _mm512_max_ps(v, fast);  // v > fast ? v : fast
             sum += v;
           }
         }
-        if (!_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q)) return store16(yr + ox * channels + c0, fast);
+        if (!_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q)) return storev(yr + ox * channels + c0, fast);
 #endif
-        F16 best = first;
+        Vf best = first;
         for (int64_t dy = 0; dy < kp; ++dy) {
           const float* __restrict line = corner + ((y0 + dy) % kp) * row;
           for (int64_t dx = 0; dx < kp; ++dx) {
-            const F16 v = load16(line + dx * channels);
+            const Vf v = loadv(line + dx * channels);
             best = ((v > best) | (v != v)) ? v : best;
           }
         }
-        store16(yr + ox * channels + c0, best);
+        storev(yr + ox * channels + c0, best);
       };
       for (int64_t ox = 0; ox < ow; ++ox) {
         int64_t c0 = 0;
-        for (; c0 + 16 <= channels; c0 += 16) pool16(ox, c0);
-        for (; c0 < channels; c0 += 16) {
-          const int64_t cn = std::min<int64_t>(16, channels - c0);
-          float best[16];
+        for (; c0 + kLanes <= channels; c0 += kLanes) pool_lanes(ox, c0);
+        for (; c0 < channels; c0 += kLanes) {
+          const int64_t cn = std::min<int64_t>(kLanes, channels - c0);
+          float best[kLanes];
           for (int64_t c = 0; c < cn; ++c) best[c] = -INFINITY;
           for (int64_t dy = 0; dy < kp; ++dy) {
             const float* __restrict src = ring.data() + ((y0 + dy) % kp) * row + (ox * sp) * channels + c0;

@@ -29,13 +29,13 @@
 #include <vector>
 
 #include "bf16.h"
-#include "vec16.h"
+#include "vec.h"
 
 namespace {
 
 using alexnet_bf16::store;
 using alexnet_bf16::to_float;
-using namespace alexnet_vec16;
+using namespace alexnet_vec;
 
 constexpr uint8_t kNone = 255;  // no gradient through this pooled value
 
@@ -66,58 +66,59 @@ inline Window window_at(const Shape& d, int64_t i, int64_t j) {
           std::min(d.k, d.width - left)};
 }
 
-// One window's max and argmax for 16 channels of the image at x, its pooled value stored at y and its position at arg.
+// One window's max and argmax for kLanes channels of the image at x, its pooled value stored at y and its position
+// at arg.
 template <bool kRelu, typename T>
-inline void window16(const T* x, int64_t row_stride, int64_t c, int64_t k, const Window& w, T* __restrict y,
+inline void window_lanes(const T* x, int64_t row_stride, int64_t c, int64_t k, const Window& w, T* __restrict y,
                      uint8_t* __restrict arg) {
   // offsets from the window's corner, which may lie in the padding (only its inside is read: each sum is >= 0)
   const int64_t corner = w.top * row_stride + w.left * c;
-  F16 b = load16(x + (corner + w.u0 * row_stride + w.v0 * c));
-  I16 a = I16{} + static_cast<int32_t>(w.u0 * k + w.v0);  // torch starts from the first pixel inside the map
+  Vf b = loadv(x + (corner + w.u0 * row_stride + w.v0 * c));
+  Vi a = Vi{} + static_cast<int32_t>(w.u0 * k + w.v0);  // torch starts from the first pixel inside the map
   for (int64_t u = w.u0; u < w.u1; ++u) {
     for (int64_t v = w.v0; v < w.v1; ++v) {
-      const F16 f = load16(x + (corner + u * row_stride + v * c));
-      const I16 take = (f > b) | (f != f);  // the first maximum; NaN over any number, as torch's pool
+      const Vf f = loadv(x + (corner + u * row_stride + v * c));
+      const Vi take = (f > b) | (f != f);  // the first maximum; NaN over any number, as torch's pool
       b = take ? f : b;
       a = take ? static_cast<int32_t>(u * k + v) : a;
     }
   }
   // NaN passes, forward and back, as through torch's ReLU (its backward masks where the output is <= 0)
-  const I16 pass = kRelu ? (b > 0.0f) | (b != b) : I16{} - 1;
-  store16(y, pass ? b : F16{});
-  const B16 where = __builtin_convertvector(pass ? a : static_cast<int32_t>(kNone), B16);
+  const Vi pass = kRelu ? (b > 0.0f) | (b != b) : Vi{} - 1;
+  storev(y, pass ? b : Vf{});
+  const Vb where = __builtin_convertvector(pass ? a : static_cast<int32_t>(kNone), Vb);
   std::memcpy(arg, &where, sizeof where);
 }
 
-// One window's pooled value for 16 channels, no argmax (inference), torch's value: NaN propagates.
+// One window's pooled value for kLanes channels, no argmax (inference), torch's value: NaN propagates.
 template <bool kRelu, typename T>
-inline void values16(const T* x, int64_t row_stride, int64_t c, const Window& w, T* __restrict y) {
+inline void values_lanes(const T* x, int64_t row_stride, int64_t c, const Window& w, T* __restrict y) {
   const int64_t corner = w.top * row_stride + w.left * c;
   const T* first = x + (corner + w.u0 * row_stride + w.v0 * c);
 #ifdef __AVX512F__
   // One vmaxps a value, and a sum that is NaN if a value was (vmaxps drops a NaN in its first operand). Numbers sum to
   // NaN only for +inf and -inf in one window; such a window, as one with a NaN, is pooled again below.
-  F16 fast = load16(first), sum{};
+  Vf fast = loadv(first), sum{};
   for (int64_t u = w.u0; u < w.u1; ++u)
     for (int64_t v = w.v0; v < w.v1; ++v) {
-      const F16 f = load16(x + (corner + u * row_stride + v * c));
+      const Vf f = loadv(x + (corner + u * row_stride + v * c));
       fast = _mm512_max_ps(f, fast);  // f > fast ? f : fast
       sum += f;
     }
   if (!_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q))  // the ReLU: max with +0 (so -0 becomes +0, as below)
-    return store16(y, kRelu ? F16(_mm512_max_ps(fast, F16{})) : fast);
+    return storev(y, kRelu ? Vf(_mm512_max_ps(fast, Vf{})) : fast);
 #endif
-  F16 b = load16(first);
+  Vf b = loadv(first);
   for (int64_t u = w.u0; u < w.u1; ++u)
     for (int64_t v = w.v0; v < w.v1; ++v) {
-      const F16 f = load16(x + (corner + u * row_stride + v * c));
+      const Vf f = loadv(x + (corner + u * row_stride + v * c));
       b = ((f > b) | (f != f)) ? f : b;
     }
-  const I16 pass = kRelu ? (b > 0.0f) | (b != b) : I16{} - 1;
-  store16(y, pass ? b : F16{});
+  const Vi pass = kRelu ? (b > 0.0f) | (b != b) : Vi{} - 1;
+  storev(y, pass ? b : Vf{});
 }
 
-// The same for the channels past the last multiple of 16, one at a time.
+// The same for the channels past the last multiple of kLanes, one at a time.
 template <bool kRelu, typename T>
 inline void window1(const T* x, int64_t row_stride, int64_t c, int64_t k, const Window& w, int64_t lanes,
                     T* __restrict y, uint8_t* __restrict arg) {
@@ -140,20 +141,20 @@ inline void window1(const T* x, int64_t row_stride, int64_t c, int64_t k, const 
 // kArgmax: also each pooled value's position in its window, at arg (else arg is unused: inference).
 template <bool kRelu, bool kArgmax, typename T>
 void forward_rows(const T* __restrict x, T* __restrict y, uint8_t* __restrict arg, const Shape& d) {
-  const int64_t c = d.channels, row_stride = d.width * c, full = c / 16 * 16;
+  const int64_t c = d.channels, row_stride = d.width * c, full = c / kLanes * kLanes;
   at::parallel_for(0, d.batch * d.out_h, 1, [&](int64_t begin, int64_t end) {
-    uint8_t unused[16];  // the tail's positions, without kArgmax
+    uint8_t unused[kLanes];  // the tail's positions, without kArgmax
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / d.out_h, i = row % d.out_h;
       for (int64_t j = 0; j < d.out_w; ++j) {
         const Window w = window_at(d, i, j);
         const T* image = x + n * d.height * row_stride;
         const int64_t o = (row * d.out_w + j) * c;
-        for (int64_t ch = 0; ch < full; ch += 16) {
+        for (int64_t ch = 0; ch < full; ch += kLanes) {
           if constexpr (kArgmax)
-            window16<kRelu>(image + ch, row_stride, c, d.k, w, y + o + ch, arg + o + ch);
+            window_lanes<kRelu>(image + ch, row_stride, c, d.k, w, y + o + ch, arg + o + ch);
           else
-            values16<kRelu>(image + ch, row_stride, c, w, y + o + ch);
+            values_lanes<kRelu>(image + ch, row_stride, c, w, y + o + ch);
         }
         window1<kRelu>(image + full, row_stride, c, d.k, w, c - full, y + o + full, kArgmax ? arg + o + full : unused);
       }
@@ -175,15 +176,15 @@ void backward_images(const T* __restrict gy, const uint8_t* __restrict arg, T* _
           const Window w = window_at(d, i, j);
           const int64_t corner = (w.top * d.width + w.left) * c;  // as the forward's
           int64_t ch = 0;
-          for (; ch + 16 <= c; ch += 16) {  // 16 channels in registers, as the forward's window16
-            const F16 g = load16(gy + o + ch);
-            B16 bytes;
+          for (; ch + kLanes <= c; ch += kLanes) {  // kLanes channels in registers, as the forward's window_lanes
+            const Vf g = loadv(gy + o + ch);
+            Vb bytes;
             std::memcpy(&bytes, arg + o + ch, sizeof bytes);
-            const I16 a = __builtin_convertvector(bytes, I16);
+            const Vi a = __builtin_convertvector(bytes, Vi);
             for (int64_t u = w.u0; u < w.u1; ++u) {
               for (int64_t v = w.v0; v < w.v1; ++v) {
                 float* px = acc + (corner + (u * d.width + v) * c + ch);
-                store16(px, load16(px) + (a == static_cast<int32_t>(u * d.k + v) ? g : F16{}));
+                storev(px, loadv(px) + (a == static_cast<int32_t>(u * d.k + v) ? g : Vf{}));
               }
             }
           }
@@ -257,4 +258,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &relu_pool_forward, "max-pool of (the ReLU of) a channels-last map: [y, argmax in the window]");
   m.def("backward", &relu_pool_backward, "its backward from the argmax: grad x");
   m.def("values", &relu_pool_values, "inference: the max-pool of (the ReLU of) a channels-last map, y alone");
+  m.def("lanes", [] { return kLanes; }, "the channels a vector holds (vec.h): one register of this CPU");
 }
