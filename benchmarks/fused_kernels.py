@@ -1,0 +1,99 @@
+"""What the library's fused CPU kernels (ReLU → max-pool, LRN, batch norm → ReLU) buy on this CPU: each variant's
+training step and batch forward with the kernels on against the layers apart, in one process.
+
+    python benchmarks/fused_kernels.py                       # alexnet_owt, alexnet_paper, alexnet_cifar, fp32
+    python benchmarks/fused_kernels.py --models alexnet_owt --dtype bfloat16 --rounds 6
+
+The kernels are switched by their environment variables (``ALEXNET_FUSED_POOL``, ``ALEXNET_FUSED_LRN``,
+``ALEXNET_FUSED_BN``, read per call), so both sides share the model, the weights and the allocator's state. Each
+round times both sides back to back (the order alternating), and the ratio reported is the median of the per-round
+ratios with its min-max: this shared machine's speed drifts by ±30% over minutes, a ratio within a round does not.
+A ratio above 1 is the fused kernels' gain. Channels last, as the library trains and infers on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from alexnet import native
+from alexnet.models import create_model, model_info
+
+SWITCHES = ("ALEXNET_FUSED_POOL", "ALEXNET_FUSED_LRN", "ALEXNET_FUSED_BN")
+BATCH = {32: 256, 224: 64, 227: 64}  # the library's usual batch at each input size
+
+
+def switch(on: bool) -> None:
+    for name in SWITCHES:
+        os.environ[name] = "1" if on else "0"
+
+
+def seconds(step, repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
+def measure(name: str, dtype: torch.dtype, rounds: int, repeats: int) -> None:
+    px = model_info(name).input_size
+    batch, classes = BATCH.get(px, 64), 10 if px <= 32 else 1000
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=classes).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, px, px).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def train() -> None:
+        model.train()
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    def infer() -> None:
+        model.eval()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            model(x)
+
+    for mode, step in (("train", train), ("infer", infer)):
+        for on in (True, False):  # warm-up: kernel builds, allocator, oneDNN's primitive cache
+            switch(on)
+            step()
+        ratios, fused, apart = [], [], []
+        for r in range(rounds):
+            times = {}
+            for on in (True, False) if r % 2 == 0 else (False, True):
+                switch(on)
+                times[on] = seconds(step, repeats)
+            fused.append(times[True])
+            apart.append(times[False])
+            ratios.append(times[False] / times[True])
+        print(
+            f"{name:14} {mode}  fused {statistics.median(fused) * 1e3:7.1f} ms  apart "
+            f"{statistics.median(apart) * 1e3:7.1f} ms  gain {statistics.median(ratios):.2f}x "
+            f"({min(ratios):.2f}-{max(ratios):.2f})",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["alexnet_owt", "alexnet_paper", "alexnet_cifar"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="steps timed per side per round")
+    args = parser.parse_args()
+    cpu = native.cpu_model() or "this CPU"
+    print(f"{cpu}, {torch.get_num_threads()} threads, {args.dtype}, torch {torch.__version__}")
+    for name in args.models:
+        measure(name, getattr(torch, args.dtype), args.rounds, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
