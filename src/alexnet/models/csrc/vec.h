@@ -2,8 +2,8 @@
 // (rounding as bf16.h's store). For loops whose running values must stay in registers: written as loops over small
 // arrays, the compiler kept them in memory (a max-pool's forward ran 4x slower).
 // kLanes is one register's width: 16 with AVX-512, 8 otherwise (AVX2). 16-lane vectors on AVX2, two registers each,
-// GCC 12 compiled through the stack, with a byte compare per lane: the ReLU → max-pool forward took 85 ms instead of
-// 5 (2 cores of an AMD EPYC Zen 2, float, batch 64, conv1's 64 × 55 × 55), slower than torch's separate ops (18 ms).
+// GCC 12 kept on the stack and took apart a lane at a time: the ReLU → max-pool forward took 85 ms instead of 5
+// (2 cores of an AMD EPYC Zen 2, float, batch 64, conv1's 64 × 55 × 55), slower than torch's separate ops (18 ms).
 // Shared by the kernels in this directory (alexnet.native hashes it with each source, so changing it rebuilds them).
 #pragma once
 
