@@ -5,9 +5,10 @@ training step and batch forward with the kernels on against the layers apart, in
     python benchmarks/fused_kernels.py --models alexnet_owt --dtype bfloat16 --rounds 6
 
 The kernels are switched by their environment variables (``ALEXNET_FUSED_POOL``, ``ALEXNET_FUSED_LRN``,
-``ALEXNET_FUSED_BN``, read per call), so both sides share the model, the weights and the allocator's state. Each
-round times both sides back to back (the order alternating), and the ratio reported is the median of the per-round
-ratios with its min-max: this shared machine's speed drifts by ±30% over minutes, a ratio within a round does not.
+``ALEXNET_FUSED_BN``, read per call), so both sides share the model, the weights and the allocator's state. They
+run interleaved, as `alexnet bench` runs its cases (`alexnet.experiments.measure`), and the ratio reported is the
+median of the per-round ratios with its min-max: this shared machine's speed drifts by ±30% over minutes, a ratio
+within a round does not.
 A ratio above 1 is the fused kernels' gain. Channels last, as the library trains and infers on the CPU.
 """
 
@@ -15,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
 from alexnet import native
+from alexnet.experiments.measure import Stat, interleaved, ratio
 from alexnet.models import create_model, model_info
 
 SWITCHES = ("ALEXNET_FUSED_POOL", "ALEXNET_FUSED_LRN", "ALEXNET_FUSED_BN")
@@ -30,13 +30,6 @@ BATCH = {32: 256, 224: 64, 227: 64}  # the library's usual batch at each input s
 def switch(on: bool) -> None:
     for name in SWITCHES:
         os.environ[name] = "1" if on else "0"
-
-
-def seconds(step, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
 
 
 def measure(name: str, dtype: torch.dtype, rounds: int, repeats: int) -> None:
@@ -62,22 +55,12 @@ def measure(name: str, dtype: torch.dtype, rounds: int, repeats: int) -> None:
             model(x)
 
     for mode, step in (("train", train), ("infer", infer)):
-        for on in (True, False):  # warm-up: kernel builds, allocator, oneDNN's primitive cache
-            switch(on)
-            step()
-        ratios, fused, apart = [], [], []
-        for r in range(rounds):
-            times = {}
-            for on in (True, False) if r % 2 == 0 else (False, True):
-                switch(on)
-                times[on] = seconds(step, repeats)
-            fused.append(times[True])
-            apart.append(times[False])
-            ratios.append(times[False] / times[True])
+        sides = {"fused": lambda step=step: (switch(True), step()), "apart": lambda step=step: (switch(False), step())}
+        rates = interleaved(sides, dict.fromkeys(sides, batch), rounds=rounds, repeats=repeats)
+        fused, apart, gain = Stat.of(rates["fused"]), Stat.of(rates["apart"]), ratio(rates["fused"], rates["apart"])
         print(
-            f"{name:14} {mode}  fused {statistics.median(fused) * 1e3:7.1f} ms  apart "
-            f"{statistics.median(apart) * 1e3:7.1f} ms  gain {statistics.median(ratios):.2f}x "
-            f"({min(ratios):.2f}-{max(ratios):.2f})",
+            f"{name:14} {mode}  fused {batch / fused.median * 1e3:7.1f} ms  apart {batch / apart.median * 1e3:7.1f} ms"
+            f"  gain {gain.median:.2f}x ({gain.low:.2f}-{gain.high:.2f})",
             flush=True,
         )
 

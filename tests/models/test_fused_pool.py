@@ -56,8 +56,8 @@ def _run(stack: nn.Module, x: torch.Tensor, grad: torch.Tensor, fused: bool, mon
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     # channels: a multiple of 16 (the kernel's vectors: 16 lanes with AVX-512, 8 without), fewer, 8 plus a tail, and 16
-    # plus a tail; windows as AlexNet's (3, 2),
-    # padded as the small models' (3, 2, 1), others, one overlapping more, and a map the window just covers
+    # plus a tail; windows as AlexNet's (3, 2), padded as the small models' (3, 2, 1), others, one overlapping more,
+    # and a map the window just covers
     ("shape", "k", "s", "p"),
     [
         ((2, 48, 13, 11), 3, 2, 0),
@@ -182,8 +182,10 @@ def test_every_variant_trains_and_infers_through_the_kernel(name, calls, values_
 def test_a_vector_is_one_register_of_this_cpu():
     # 16 floats on AVX2, two registers, GCC compiled through the stack: the forward ran 16x slower than with 8 (the
     # tests above pass either way: this one names the speed bug)
-    expected = 16 if "avx512f" in native.cpu_flags() else 8
-    assert fused_pool.kernel().lanes() == expected
+    flags = native.cpu_flags()
+    if not flags:  # no /proc/cpuinfo: what -march=native found is not known here
+        pytest.skip("this CPU's flags are unknown here")
+    assert fused_pool.kernel().lanes() == (16 if "avx512f" in flags else 8)
 
 
 def test_the_operator_has_shapes_for_compilers():
