@@ -65,6 +65,11 @@ def cpu_model(cpuinfo: Path = _CPUINFO) -> str:
     return _cpuinfo_line("model name", cpuinfo)
 
 
+def cpu_vendor(cpuinfo: Path = _CPUINFO) -> str:
+    """This CPU's vendor (``/proc/cpuinfo``'s vendor_id: ``GenuineIntel``, ``AuthenticAMD``; "" elsewhere)."""
+    return _cpuinfo_line("vendor_id", cpuinfo)
+
+
 def cpu_fingerprint() -> str:
     """A short hash of this CPU's instruction-set flags (``/proc/cpuinfo``; empty elsewhere)."""
     return hashlib.sha256(_cpuinfo_line("flags").encode()).hexdigest()[:12]

@@ -96,14 +96,17 @@ def test_paper_layer_shapes():
     assert [m.groups for m in model.features if isinstance(m, torch.nn.Conv2d)] == [1, 2, 1, 2, 2]
 
 
-def test_owt_matches_torchvision():
+def test_owt_matches_torchvision(monkeypatch):
     torch.manual_seed(0)
     reference = torchvision.models.alexnet().eval()
     ours = alexnet.create_model("alexnet_owt").eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        assert torch.equal(ours(x), reference(x))
+        # On an AMD CPU the fc layers go through oneDNN, whose sums round in another order than MKL's.
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-6)
+        monkeypatch.setenv("ALEXNET_ONEDNN_FC", "0")
+        assert torch.equal(ours(x), reference(x))  # the same layers: bit for bit with the same GEMMs
     assert list(ours.state_dict()) == list(reference.state_dict())
 
 

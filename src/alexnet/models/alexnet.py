@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .init import initialize
-from .layers import Dropout, Features, LocalResponseNorm, Stack, StemConv2d
+from .layers import Dropout, Features, Linear, LocalResponseNorm, Stack, StemConv2d
 from .specs import POOLS, ArchSpec
 
 
@@ -67,7 +67,7 @@ class AlexNet(nn.Module):
         linears: list[nn.Linear] = []
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2
-            linears.append(nn.Linear(fan_in, fan_out))
+            linears.append(Linear(fan_in, fan_out))  # through oneDNN in fp32 on AMD CPUs
             if not last and spec.dropout_position == "before":
                 head.append(Dropout(spec.dropout))
             head.append(linears[-1])

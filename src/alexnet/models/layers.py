@@ -1,6 +1,6 @@
 """Local response normalisation as the paper defines it (§3.3), optionally within each GPU tower; the strided stem
-convolution that trains through space-to-depth; dropout with a cheaper mask on the CPU; and the sequential containers
-that run some runs of layers as one fused kernel on the CPU."""
+convolution that trains through space-to-depth; fc layers through oneDNN on AMD CPUs; dropout with a cheaper mask on
+the CPU; and the sequential containers that run some runs of layers as one fused kernel on the CPU."""
 
 from __future__ import annotations
 
@@ -214,6 +214,54 @@ class StemConv2d(nn.Conv2d):
         )
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose fp32 product on an AMD CPU runs as oneDNN's inner product rather than MKL's sgemm, which
+    torch calls for fp32 ``addmm`` and which on AMD CPUs takes a slower path: on 2 cores of an AMD EPYC (Zen 2, AVX2)
+    it ran fc6 (batch 64, 9,216 → 4,096) at ~55 GFLOP/s, oneDNN at ~120 (86 → 38 ms; fc7 40 → 18, fc8 6.7 → 4.9; at
+    batch 1, fc6 9.5 → 4.6 ms). The weight gradient goes through oneDNN too (fc6 90 → 81 ms), the input gradient
+    stays with torch (MKL was as fast or faster there). Elsewhere (Intel CPUs, bf16 under autocast, which already
+    goes to oneDNN, other devices, tracers and compilers, ``ALEXNET_ONEDNN_FC=0``) it is ``nn.Linear``. Parameters
+    and state dict are ``nn.Linear``'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._onednn(x):
+            return super().forward(x)
+        return _OneDnnLinear.apply(x, self.weight, self.bias)
+
+    def _onednn(self, x: torch.Tensor) -> bool:
+        return (
+            x.device.type == "cpu"
+            and x.dtype == self.weight.dtype == torch.float32
+            and x.dim() == 2
+            and not torch.is_autocast_enabled("cpu")
+            and native.enabled("ALEXNET_ONEDNN_FC")
+            and not _tracing()
+            and _mkl_slow()
+        )
+
+
+def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # (N, in) × (out, in) → (N, out): oneDNN's fp32 inner product (what inductor calls for a packed linear layer).
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _inner_product(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        needs_x, needs_w, needs_b = ctx.needs_input_grad
+        grad_x = grad @ weight if needs_x else None  # (N, out) × (out, in)
+        grad_w = _inner_product(grad.t(), x.t(), None) if needs_w else None  # (out, N) × (in, N)ᵀ → (out, in)
+        grad_b = grad.sum(0) if needs_b and ctx.has_bias else None
+        return grad_x, grad_w, grad_b
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask on the CPU comes from ``torch.rand(...) >= p`` rather than ``bernoulli_``: the same
     distribution (each value kept with probability 1 − p, scaled by 1/(1 − p)), but torch's CPU ``bernoulli_`` draws
@@ -234,6 +282,12 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 @functools.cache
+def _mkl_slow() -> bool:
+    # An AMD CPU, where MKL's fp32 GEMMs were measured at half oneDNN's rate; oneDNN's op where this torch has it.
+    return native.cpu_vendor() == "AuthenticAMD" and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
 def _amx() -> bool:
     # AMX's bf16 tiles (/proc/cpuinfo's amx_bf16): where space-to-depth was measured faster.
     return "amx_bf16" in native.cpu_flags()
@@ -249,18 +303,24 @@ def _tracing() -> bool:
     )
 
 
-_STANDARD = {StemConv2d: nn.Conv2d, Dropout: nn.Dropout, Features: nn.Sequential, Stack: nn.Sequential}
+_STANDARD = {
+    StemConv2d: nn.Conv2d,
+    Linear: nn.Linear,
+    Dropout: nn.Dropout,
+    Features: nn.Sequential,
+    Stack: nn.Sequential,
+}
 
 
 @contextlib.contextmanager
 def standard_modules(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` with torch's own modules while the block runs (the same objects, weights untouched): `StemConv2d` as
-    ``nn.Conv2d``, `Dropout` as ``nn.Dropout``, `Features` and `Stack` as ``nn.Sequential``, ReLU in place as
-    torchvision has it. For what traces it into a program (``torch.export``, the int8 quantizer, ONNX, TorchScript):
-    their graphs are then the standard ones. The int8 quantizer (torchao's X86InductorQuantizer) picks layers by module
-    type: given `StemConv2d` it left conv1 in fp32, and ``alexnet_owt``'s batch-64 program ran at 955-1,511 img/s
-    instead of 1,500-2,650 (2 cores of an Intel Xeon with AMX, before `alexnet.artifacts.aoti_cpu` aligned its
-    weights)."""
+    ``nn.Conv2d``, `Linear` as ``nn.Linear``, `Dropout` as ``nn.Dropout``, `Features` and `Stack` as ``nn.Sequential``,
+    ReLU in place as torchvision has it. For what traces it into a program (``torch.export``, the int8 quantizer, ONNX,
+    TorchScript): their graphs are then the standard ones. The int8 quantizer (torchao's X86InductorQuantizer) picks
+    layers by module type: given `StemConv2d` it left conv1 in fp32, and ``alexnet_owt``'s batch-64 program ran at
+    955-1,511 img/s instead of 1,500-2,650 (2 cores of an Intel Xeon with AMX, before `alexnet.artifacts.aoti_cpu`
+    aligned its weights)."""
     changed: list[tuple[nn.Module, type]] = []
     relus: list[nn.ReLU] = []
     for m in model.modules():
