@@ -146,7 +146,8 @@ def test_train_then_eval(tmp_path, capsys):
         (["eval", "--checkpoint", "/nonexistent.pt"], "does not exist"),
     ],
 )
-def test_errors_are_one_line_and_nonzero(args, message, capsys):
+def test_errors_are_one_line_and_nonzero(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a train command's default run directory is under ./runs
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("alexnet ")

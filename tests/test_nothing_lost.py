@@ -1,6 +1,7 @@
 """Nothing already written is lost (issue 21 §2): a finished run is not overwritten by a new one, a run directory
-has one writer at a time, an export or quantization never replaces its own input, a device or FIFO is never
-replaced by a file, and a full disk is one line with the previous file intact."""
+has one writer at a time, a run that fails before writing leaves no empty directory, an export or quantization never
+replaces its own input, a device or FIFO is never replaced by a file, and a full disk is one line with the previous
+file intact."""
 
 from __future__ import annotations
 
@@ -65,6 +66,22 @@ def test_a_new_run_into_a_finished_one_is_refused(finished_run, capsys):
     assert "already holds a run" in err and "--resume auto" in err and "new --out" in err
     assert _digests(finished_run) == before
     assert main([*TRAIN, "--epochs", "1", "--out", str(finished_run), "--resume", "auto"]) == 0  # a resume is fine
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    missing = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--set", "data.download=false"]
+    assert main(missing) == 2
+    _one_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # not runs/<time>-alexnet_small-mnist/ holding only its lock
+    assert main([*missing, "--out", str(tmp_path / "a" / "b")]) == 2
+    assert list(tmp_path.iterdir()) == []  # nor the parents it made
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    assert main([*missing, "--out", str(theirs)]) == 2
+    assert theirs.is_dir()  # a directory the user made stays, empty or not
+    assert main([*missing, "--out", str(theirs / "run")]) == 2
+    assert list(tmp_path.iterdir()) == [theirs] and list(theirs.iterdir()) == [theirs / ".lock"]
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 Two ``train`` processes on one ``--out`` would interleave ``metrics.csv`` and checkpoints, and one's clean-up of
 stale temporaries could delete the other's file being written; a new run into a directory that holds one would
-replace its checkpoints. `claim` refuses both with one line before anything is loaded or written.
+replace its checkpoints. `claim` refuses both with one line before anything is loaded or written. A run that fails
+before it writes anything (a mistyped ``--data-dir``) leaves no empty directory behind.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class RunLock:
     or when the process ends, however it ends."""
 
     def __init__(self, out: Path) -> None:
+        self.out = out
+        # The directories this lock makes (``out`` and any missing parents, innermost first): `release` removes those
+        # still empty, so a run that failed before writing leaves no trace (``runs/<time>-<model>-<data>/.lock``).
+        self.created = [d for d in (out, *out.parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -41,6 +46,11 @@ class RunLock:
         os.write(self.fd, str(os.getpid()).encode())
 
     def release(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.created and [p.name for p in self.out.iterdir()] == [LOCK]:
+                (self.out / LOCK).unlink()  # while still held: no other process can have claimed it
+                for directory in self.created:
+                    directory.rmdir()  # innermost first; one that holds something else stops it (OSError)
         with contextlib.suppress(OSError):
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
