@@ -12,6 +12,7 @@ from torch import nn
 
 from alexnet import native
 from alexnet.artifacts import program as program_module
+from alexnet.artifacts import qlinear_rows
 from alexnet.artifacts.program import Int8Model, seven_bit_weights
 from alexnet.inference.quantize import quantize_graph
 
@@ -104,6 +105,24 @@ def test_the_compiled_program_takes_seven_bits_exactly_where_sums_saturate(extre
     assert {r[3] for r in _weights(compiled[0])} == ({64} if saturates else {127})
 
 
+@pytest.mark.skipif(qlinear_rows.kernel() is None, reason="no C++ compiler to build the int8 fc kernel")
+def test_fc_layers_on_the_int8_kernel_keep_their_eight_bits(extremes, monkeypatch):
+    """The kernel's sums are exact at 8 bits (`alexnet.artifacts.qlinear_rows`): only the convolution, left to
+    oneDNN, goes to 7."""
+    compiled = []
+    monkeypatch.setattr("alexnet.native.int8_saturates", lambda: True)
+    monkeypatch.setenv("ALEXNET_QLINEAR_ROWS", "1")
+    monkeypatch.setattr(program_module, "aot_compile", lambda program, autotune=False: compiled.append(program))
+    Int8Model(extremes[1], batch=8)
+    (program,) = compiled
+    assert [r[2:] for r in _weights(program)] == [(-64, 64)]  # the convolution's
+    tensors = {**program.state_dict, **program.constants}
+    names = {**program.graph_signature.inputs_to_buffers, **program.graph_signature.inputs_to_lifted_tensor_constants}
+    (fc,) = [n for n in program.graph.nodes if n.target is torch.ops.alexnet.qlinear_rows.default]
+    weight = tensors[names[fc.args[3].name]]
+    assert weight.dtype == torch.int8 and weight.abs().max() == 127  # as quantized: not halved
+
+
 def test_a_graph_the_halving_cannot_take_compiles_as_it_was_and_says_so(extremes, monkeypatch, caplog):
     compiled = []
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: True)
@@ -124,7 +143,8 @@ def test_the_compiled_program_computes_its_graph_at_the_extremes(extremes):
     """On this CPU, whatever it is: the int8 program agrees with the quantized graph it compiles. Where sums saturate
     and the weights stayed on 8 bits, the output came out 47% of its largest value off on an AVX2 EPYC."""
     _, program, x = extremes
-    graph = seven_bit_weights(program) if native.int8_saturates() else program
+    graph = qlinear_rows.rewrite(program) if qlinear_rows.wanted(8) else program  # the fc layer kept at 8 bits
+    graph = seven_bit_weights(graph) if native.int8_saturates() else graph
     with torch.no_grad():
         got, want = Int8Model(program, batch=8)(x), graph.module()(x)
     # oneDNN requantizes with its own rounding: a quantization step here and there
