@@ -10,7 +10,8 @@ The paths are switched by their environment variables (``ALEXNET_FUSED_POOL``, `
 ``ALEXNET_FUSED_BN``, ``ALEXNET_ONEDNN_FC``, read per call), so both sides share the model, the weights and the
 allocator's state. They run interleaved, as `alexnet bench` runs its cases (`alexnet.experiments.measure`), and the
 ratio reported is the median of the per-round ratios with its min-max: this shared machine's speed drifts by ±30% over
-minutes, a ratio within a round does not. A ratio above 1 is the switched path's gain. Channels last, as the library trains and infers on the CPU.
+minutes, a ratio within a round does not. A ratio above 1 is the switched path's gain. Channels last, as the library
+trains and infers on the CPU.
 """
 
 from __future__ import annotations
