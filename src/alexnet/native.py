@@ -116,6 +116,16 @@ def enabled(switch: str) -> bool:
     return os.environ.get(switch, "1") != "0"
 
 
+def compile_constant(fn: Any) -> Any:
+    """Mark ``fn`` (no arguments) as a constant to ``torch.compile``: it is called once while a graph is traced and
+    its answer kept, rather than traced into or breaking the graph. In eager mode it runs on every call."""
+    # torch.compiler.assume_constant_result's whole effect (torch/_dynamo/decorators.py) without its import of
+    # torch._dynamo, which is 0.9 s of `import alexnet`'s 2.0 s on every process, compiling or not. Should torch
+    # rename the mark, tests/models/test_lrn.py's fullgraph compile fails on the graph break.
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def load(
     name: str, source: Path, flags: tuple[str, ...] = (), *, instead: str, switch: str | None = None
 ) -> Any | None:

@@ -1,5 +1,5 @@
 """`StemConv2d`: conv1 trained through space-to-depth in bf16 on the CPU equals the plain strided convolution;
-`Linear`: the fc layers through oneDNN on AMD CPUs equal nn.Linear, gradients included; `Dropout`: the mask drawn
+(`Linear`: test_onednn_fc.py); `Dropout`: the mask drawn
 with ``rand`` keeps values at nn.Dropout's rate and scale. (LRN: test_lrn.py.)"""
 
 import pytest
@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import alexnet
-from alexnet import native
 from alexnet.models import get_spec, layers
-from alexnet.models.layers import Dropout, Linear, StemConv2d, standard_modules
+from alexnet.models.layers import Dropout, StemConv2d, standard_modules
 
 STRIDED = [name for name in alexnet.list_models() if get_spec(name).convs[0].stride > 1]
 
@@ -71,85 +70,6 @@ def test_the_plain_convolution_runs_where_space_to_depth_does_not_pay(name):
     # Tracers write the standard convolution into their files.
     traced = torch.jit.trace(stem.bfloat16(), x.bfloat16())
     assert "aten::_convolution" in str(traced.graph) and "permute" not in str(traced.graph)
-
-
-ONEDNN_OP = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
-
-
-@pytest.fixture
-def amd(monkeypatch):
-    """The oneDNN path runs on AMD CPUs (where MKL's sgemm was measured slow); its arithmetic is tested on any."""
-    monkeypatch.setattr(layers, "_mkl_slow", lambda: True)
-    calls = []
-    product = layers._inner_product
-    monkeypatch.setattr(layers, "_inner_product", lambda *a: calls.append(a[0].shape) or product(*a))
-    return calls
-
-
-@pytest.mark.skipif(not ONEDNN_OP, reason="this torch has no oneDNN inner product")
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("rows", [1, 7])
-def test_an_fc_layer_through_onednn_gives_nn_linear_and_its_gradients(amd, bias, rows):
-    torch.manual_seed(0)
-    fc = Linear(300, 70, bias=bias)
-    x = torch.randn(rows, 300, requires_grad=True)
-    ref_x = x.detach().clone().requires_grad_()
-    y = fc(x)
-    assert amd == [(rows, 300), (70, rows)] or amd == [(rows, 300)]  # the forward went to oneDNN
-    ref = F.linear(ref_x, fc.weight, fc.bias)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(ref)
-    y.backward(g)
-    assert amd == [(rows, 300), (70, rows)]  # so did the weight gradient: (out, N) × (in, N)ᵀ
-    got = [t.grad.clone() for t in (x, fc.weight, fc.bias) if t is not None]
-    fc.zero_grad()
-    ref.backward(g)
-    for a, b in zip(got, [t.grad for t in (ref_x, fc.weight, fc.bias) if t is not None]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    with torch.inference_mode():  # inference records nothing to go back through
-        torch.testing.assert_close(fc(x), ref.detach(), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.skipif(not ONEDNN_OP, reason="this torch has no oneDNN inner product")
-def test_a_frozen_fc_layer_through_onednn_computes_only_the_gradients_asked_for(amd):
-    fc = Linear(16, 4)
-    fc.requires_grad_(False)
-    x = torch.randn(3, 16, requires_grad=True)
-    fc(x).sum().backward()
-    assert amd == [(3, 16)] and fc.weight.grad is None  # no weight gradient computed
-    torch.testing.assert_close(x.grad, fc.weight.sum(0).expand(3, 16))
-
-
-def test_an_fc_layer_goes_to_onednn_only_in_fp32_on_an_amd_cpu(amd, monkeypatch):
-    fc, x = Linear(8, 4), torch.randn(2, 8)
-    assert fc._onednn(x)
-    with torch.autocast("cpu", torch.bfloat16):
-        assert not fc._onednn(x)  # autocast's bf16 product goes to oneDNN already
-    assert not fc._onednn(x.bfloat16()) and not fc._onednn(torch.randn(2, 3, 8))
-    monkeypatch.setenv("ALEXNET_ONEDNN_FC", "0")
-    assert not fc._onednn(x)
-    monkeypatch.delenv("ALEXNET_ONEDNN_FC")
-    monkeypatch.setattr(layers, "_mkl_slow", lambda: False)
-    assert not fc._onednn(x)  # an Intel CPU: MKL's own
-    assert torch.equal(fc(x), F.linear(x, fc.weight, fc.bias)) and amd == []
-    monkeypatch.setattr(layers, "_mkl_slow", lambda: True)
-    traced = torch.jit.trace(fc, x)  # tracers write the standard linear layer
-    assert "aten::linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
-
-
-@pytest.mark.parametrize(
-    ("vendor", "slow"), [("AuthenticAMD", True), ("GenuineIntel", False), ("HygonGenuine", False), (None, False)]
-)
-def test_mkl_counts_as_slow_on_amd_cpus_only(vendor, slow, tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu avx2\n" if vendor else "")
-    assert native.cpu_vendor(cpuinfo) == (vendor or "")
-    monkeypatch.setattr(native, "cpu_vendor", lambda: native._cpuinfo_line("vendor_id", cpuinfo))
-    layers._mkl_slow.cache_clear()
-    try:
-        assert layers._mkl_slow() is (slow and ONEDNN_OP)
-    finally:
-        layers._mkl_slow.cache_clear()
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.75])

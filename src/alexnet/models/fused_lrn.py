@@ -54,21 +54,13 @@ def usable(x: torch.Tensor, size: int) -> bool:
     return False
 
 
-def _constant(fn: Any) -> Any:
-    # torch.compiler.assume_constant_result's whole effect (torch/_dynamo/decorators.py) without its import of
-    # torch._dynamo, which is 0.9 s of `import alexnet`'s 2.0 s on every process, compiling or not. Should torch
-    # rename the mark, tests/models/test_lrn.py's fullgraph compile fails on the graph break.
-    fn._dynamo_marked_constant = True
-    return fn
-
-
-@_constant
+@native.compile_constant
 def _built() -> bool:
     # One answer per process (building takes seconds and may fail): a constant to torch.compile, not a graph break.
     return kernel() is not None
 
 
-@_constant
+@native.compile_constant
 def _triton() -> bool:
     return native.enabled("ALEXNET_FUSED_LRN") and lrn_triton.available()
 

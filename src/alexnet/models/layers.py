@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import native
-from . import fused_bn, fused_lrn, fused_pool
+from . import fused_bn, fused_lrn, fused_pool, onednn_fc
 
 
 class LocalResponseNorm(nn.Module):
@@ -215,51 +215,16 @@ class StemConv2d(nn.Conv2d):
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose fp32 product on an AMD CPU runs as oneDNN's inner product rather than MKL's sgemm, which
-    torch calls for fp32 ``addmm`` and which on AMD CPUs takes a slower path: on 2 cores of an AMD EPYC (Zen 2, AVX2)
-    it ran fc6 (batch 64, 9,216 → 4,096) at ~55 GFLOP/s, oneDNN at ~120 (86 → 38 ms; fc7 40 → 18, fc8 6.7 → 4.9; at
-    batch 1, fc6 9.5 → 4.6 ms). The weight gradient goes through oneDNN too (fc6 90 → 81 ms), the input gradient
-    stays with torch (MKL was as fast or faster there). Elsewhere (Intel CPUs, bf16 under autocast, which already
-    goes to oneDNN, other devices, tracers and compilers, ``ALEXNET_ONEDNN_FC=0``) it is ``nn.Linear``. Parameters
-    and state dict are ``nn.Linear``'s."""
+    """``nn.Linear`` whose fp32 product on an AMD CPU runs as oneDNN's inner product (`onednn_fc`) rather than MKL's
+    sgemm, at twice its rate there (fc6 at batch 64: 86 → 38 ms on a Zen 2), in eager mode and under
+    ``torch.compile``. Elsewhere (Intel CPUs, bf16 under autocast, which already goes to oneDNN, other devices,
+    tracers that write a program, ``ALEXNET_ONEDNN_FC=0``) it is ``nn.Linear``. Parameters and state dict are
+    ``nn.Linear``'s."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._onednn(x):
-            return super().forward(x)
-        return _OneDnnLinear.apply(x, self.weight, self.bias)
-
-    def _onednn(self, x: torch.Tensor) -> bool:
-        return (
-            x.device.type == "cpu"
-            and x.dtype == self.weight.dtype == torch.float32
-            and x.dim() == 2
-            and not torch.is_autocast_enabled("cpu")
-            and native.enabled("ALEXNET_ONEDNN_FC")
-            and not _tracing()
-            and _mkl_slow()
-        )
-
-
-def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    # (N, in) × (out, in) → (N, out): oneDNN's fp32 inner product (what inductor calls for a packed linear layer).
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-class _OneDnnLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _inner_product(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        needs_x, needs_w, needs_b = ctx.needs_input_grad
-        grad_x = grad @ weight if needs_x else None  # (N, out) × (out, in)
-        grad_w = _inner_product(grad.t(), x.t(), None) if needs_w else None  # (out, N) × (in, N)ᵀ → (out, in)
-        grad_b = grad.sum(0) if needs_b and ctx.has_bias else None
-        return grad_x, grad_w, grad_b
+        if onednn_fc.usable(x, self.weight):
+            return onednn_fc.linear(x, self.weight, self.bias)
+        return super().forward(x)
 
 
 class Dropout(nn.Dropout):
@@ -279,12 +244,6 @@ class Dropout(nn.Dropout):
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     # What the convolution computes in: autocast's dtype where it is on, else the input's.
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-
-
-@functools.cache
-def _mkl_slow() -> bool:
-    # An AMD CPU, where MKL's fp32 GEMMs were measured at half oneDNN's rate; oneDNN's op where this torch has it.
-    return native.cpu_vendor() == "AuthenticAMD" and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 @functools.cache
