@@ -9,29 +9,41 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import alexnet
 from alexnet.cli import main
+from alexnet.inference import compiled as compiled_module
 from alexnet.inference.compiled import CompiledModel
 from tests.helpers import mixed_images
 
 
-def test_the_paper_network_compiled_computes_what_eager_does():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_paper_network_compiled_computes_what_eager_does(dtype, monkeypatch):
     # alexnet_paper: the two towers' grouped convolutions and the fused LRN, a custom op the compiler must call.
     torch.manual_seed(0)
     model = alexnet.create_model("alexnet_paper", num_classes=7, width=0.25).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    compiled = CompiledModel(model, 3, 227, torch.bfloat16)
+    programs = []
+    monkeypatch.setattr(
+        compiled_module, "aot_compile", lambda p, aot=compiled_module.aot_compile: aot(programs.append(p) or p)
+    )
+    compiled = CompiledModel(model, 3, 227, dtype)
+    # fp32 is compiled from an example of batch 1 (its fc weights packed for batch 1), bf16 from one of 2; both run
+    # at any batch.
+    (image,) = [n.meta["val"] for n in programs[0].graph.nodes if n.name == programs[0].graph_signature.user_inputs[0]]
+    assert image.shape[0].node.hint == (1 if dtype == torch.float32 else 2)
     for batch in (1, 3):
         x = torch.randn(batch, 3, 227, 227)
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
             want = model(x).float()
         with torch.enable_grad():  # no guard to fail: the caller's mode changes nothing
             got = compiled(x).float()
         assert got.shape == (batch, 7)
         # bf16 weights against bf16 autocast: both round to 8 bits of mantissa, in different places.
-        torch.testing.assert_close(got, want, rtol=0, atol=0.03 * float(want.abs().max()))
+        atol = 0.03 if dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(got, want, rtol=0, atol=atol * float(want.abs().max()))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and after["classifier.6.weight"].dtype == torch.float32
 

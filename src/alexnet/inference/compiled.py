@@ -6,9 +6,11 @@ OpenVINO's ``compile_model`` does to a model; it costs seconds once and halves t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -31,13 +33,42 @@ class CompiledModel(ExportedModule):
         start = time.perf_counter()
         # A copy when casting: the caller's module keeps its weights and dtype.
         model = model.eval().to(device) if dtype == torch.float32 else copy.deepcopy(model).eval().to(device, dtype)
-        # An example of batch 2: torch.export specialises a dimension it sees at size 1.
-        example = torch.zeros(2, in_channels, size, size, dtype=dtype, device=device)
+        example = torch.zeros(_example_batch(dtype), in_channels, size, size, dtype=dtype, device=device)
         batch = torch.export.Dim("batch", min=1)
-        with torch.no_grad(), standard_modules(model):
+        with torch.no_grad(), standard_modules(model), _size_oblivious(example.shape[0] == 1):
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         self._run = aot_compile(program)
         log.info("compiled %s for %s in %.1f s", type(model).__name__, dtype, time.perf_counter() - start)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run([x.to(self.dtype).contiguous()])[0]
+
+
+def _example_batch(dtype: torch.dtype) -> int:
+    # Inductor packs the frozen fc weights for oneDNN in the layout best for the batch of the export's example. In
+    # fp32, packed for batch 2, fc6 at batch 1 took 6-7 ms against 4 packed for 1 (2 cores of an AMD EPYC, Zen 2);
+    # from an example of 1, alexnet_owt's batch-1 call ran 1.13× as fast (1.10-1.29: 20.0-21.5 → 16.7-18.2 ms),
+    # batch 8 1.02×, batch 64 0.99× (three rounds of one process each way). bf16 keeps batch 2, the example its
+    # compiled latency was measured with on AMX; so does fp32 where torch cannot keep a size-1 batch dynamic.
+    return 1 if dtype == torch.float32 and _size_oblivious_config() is not None else 2
+
+
+def _size_oblivious_config() -> object | None:
+    # torch.export specialises a dimension it sees at size 1 unless sizes are "backed size-oblivious" (a private
+    # setting of torch.fx; without it, fp32 too is exported from an example of 2).
+    with contextlib.suppress(ImportError):
+        import torch.fx.experimental._config as fx_config
+
+        if hasattr(fx_config, "backed_size_oblivious"):
+            return fx_config
+    return None
+
+
+@contextlib.contextmanager
+def _size_oblivious(on: bool) -> Iterator[None]:
+    """torch.export keeps a size-1 example's batch dynamic while the block runs (when ``on``)."""
+    if not on:
+        yield
+        return
+    with _size_oblivious_config().patch(backed_size_oblivious=True):
+        yield
