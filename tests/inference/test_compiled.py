@@ -75,3 +75,10 @@ def test_no_cpp_compiler_is_one_line_not_a_traceback(weights, tmp_path):
     assert done.returncode == 2, done.stderr
     err = done.stderr
     assert err.startswith("alexnet predict: error: inductor could not compile") and len(err.splitlines()) == 1, err
+
+
+def test_only_cpu_fp32_programs_are_exported_from_one_image():
+    # The fc weights' packing for batch 1 was measured in fp32 on the CPU; bf16 and GPUs keep an example of 2.
+    assert compiled_module._example_batch(torch.float32, "cpu") == 1
+    assert compiled_module._example_batch(torch.bfloat16, "cpu") == 2
+    assert compiled_module._example_batch(torch.float32, torch.device("cuda", 0)) == 2

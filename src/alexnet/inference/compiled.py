@@ -33,7 +33,7 @@ class CompiledModel(ExportedModule):
         start = time.perf_counter()
         # A copy when casting: the caller's module keeps its weights and dtype.
         model = model.eval().to(device) if dtype == torch.float32 else copy.deepcopy(model).eval().to(device, dtype)
-        example = torch.zeros(_example_batch(dtype), in_channels, size, size, dtype=dtype, device=device)
+        example = torch.zeros(_example_batch(dtype, device), in_channels, size, size, dtype=dtype, device=device)
         batch = torch.export.Dim("batch", min=1)
         with torch.no_grad(), standard_modules(model), _size_oblivious(example.shape[0] == 1):
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
@@ -44,13 +44,15 @@ class CompiledModel(ExportedModule):
         return self._run([x.to(self.dtype).contiguous()])[0]
 
 
-def _example_batch(dtype: torch.dtype) -> int:
+def _example_batch(dtype: torch.dtype, device: torch.device | str) -> int:
     # Inductor packs the frozen fc weights for oneDNN in the layout best for the batch of the export's example. In
     # fp32, packed for batch 2, fc6 at batch 1 took 6-7 ms against 4 packed for 1 (2 cores of an AMD EPYC, Zen 2);
     # from an example of 1, alexnet_owt's batch-1 call ran 1.13× as fast (1.10-1.29: 20.0-21.5 → 16.7-18.2 ms),
     # batch 8 1.02×, batch 64 0.99× (three rounds of one process each way). bf16 keeps batch 2, the example its
-    # compiled latency was measured with on AMX; so does fp32 where torch cannot keep a size-1 batch dynamic.
-    return 1 if dtype == torch.float32 and _size_oblivious_config() is not None else 2
+    # compiled latency was measured with on AMX, as do GPUs (unmeasured) and fp32 where torch cannot keep a size-1
+    # batch dynamic.
+    cpu = torch.device(device).type == "cpu"
+    return 1 if cpu and dtype == torch.float32 and _size_oblivious_config() is not None else 2
 
 
 def _size_oblivious_config() -> object | None:
