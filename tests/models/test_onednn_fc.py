@@ -129,3 +129,28 @@ def test_mkl_counts_as_slow_on_amd_cpus_only(vendor, slow, tmp_path, monkeypatch
         assert onednn_fc.mkl_slow() is (slow and ONEDNN_OP)
     finally:
         onednn_fc.mkl_slow.cache_clear()
+
+
+@needs_onednn
+def test_an_empty_batch_and_a_strided_input_train_as_through_nn_linear(amd):
+    # oneDNN makes no product over an empty batch (the weight gradient's inner dimension): that batch goes to
+    # nn.Linear. A strided input (a transpose, every other column) goes to oneDNN.
+    torch.manual_seed(0)
+    fc = Linear(8, 4)
+    for x, through_onednn in (
+        (torch.empty(0, 8), False),
+        (torch.randn(8, 3).t(), True),
+        (torch.randn(3, 16)[:, ::2], True),
+    ):
+        amd.clear()
+        fc.zero_grad()
+        x.requires_grad_()
+        y = fc(x)
+        y.square().sum().backward()
+        assert bool(amd) is through_onednn
+        got = _grads(x, fc.weight, fc.bias)
+        ref_x = x.detach().clone().requires_grad_()
+        fc.zero_grad()
+        F.linear(ref_x, fc.weight, fc.bias).square().sum().backward()
+        for a, b in zip(got, _grads(ref_x, fc.weight, fc.bias), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
