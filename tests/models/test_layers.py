@@ -1,6 +1,6 @@
 """`StemConv2d`: conv1 trained through space-to-depth in bf16 on the CPU equals the plain strided convolution;
-(`Linear`: test_onednn_fc.py); `Dropout`: the mask drawn
-with ``rand`` keeps values at nn.Dropout's rate and scale. (LRN: test_lrn.py.)"""
+`Dropout`: the mask drawn with ``rand`` keeps values at nn.Dropout's rate and scale. (LRN: test_lrn.py; `Linear`:
+test_onednn_fc.py.)"""
 
 import pytest
 import torch

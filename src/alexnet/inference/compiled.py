@@ -10,7 +10,6 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -35,7 +34,10 @@ class CompiledModel(ExportedModule):
         model = model.eval().to(device) if dtype == torch.float32 else copy.deepcopy(model).eval().to(device, dtype)
         example = torch.zeros(_example_batch(dtype, device), in_channels, size, size, dtype=dtype, device=device)
         batch = torch.export.Dim("batch", min=1)
-        with torch.no_grad(), standard_modules(model), _size_oblivious(example.shape[0] == 1):
+        # A size-1 example's batch stays dynamic only with sizes "backed size-oblivious".
+        single = len(example) == 1
+        oblivious = _size_oblivious_config().patch(backed_size_oblivious=True) if single else contextlib.nullcontext()
+        with torch.no_grad(), standard_modules(model), oblivious:
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         self._run = aot_compile(program)
         log.info("compiled %s for %s in %.1f s", type(model).__name__, dtype, time.perf_counter() - start)
@@ -64,13 +66,3 @@ def _size_oblivious_config() -> object | None:
         if hasattr(fx_config, "backed_size_oblivious"):
             return fx_config
     return None
-
-
-@contextlib.contextmanager
-def _size_oblivious(on: bool) -> Iterator[None]:
-    """torch.export keeps a size-1 example's batch dynamic while the block runs (when ``on``)."""
-    if not on:
-        yield
-        return
-    with _size_oblivious_config().patch(backed_size_oblivious=True):
-        yield
