@@ -154,3 +154,13 @@ def test_an_empty_batch_and_a_strided_input_train_as_through_nn_linear(amd):
         F.linear(ref_x, fc.weight, fc.bias).square().sum().backward()
         for a, b in zip(got, _grads(ref_x, fc.weight, fc.bias), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_an_input_of_the_wrong_width_gets_torchs_shape_error_not_onednns(amd):
+    # An image of the wrong size reaches fc6 with the wrong number of features (alexnet_paper at 224 px: 6,400 for
+    # 9,216); the message says so, as nn.Linear's does, instead of oneDNN's "could not create a primitive descriptor".
+    fc = Linear(9, 4)
+    with pytest.raises(RuntimeError, match=r"shapes cannot be multiplied \(2x6 and 9x4\)"):
+        fc(torch.randn(2, 6))
+    assert not amd
