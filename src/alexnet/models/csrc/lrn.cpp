@@ -18,7 +18,7 @@
 #include <torch/csrc/utils/pybind.h>  // pybind11 with torch's Tensor casters
 
 #include <cmath>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <cstdint>
@@ -87,6 +87,27 @@ inline void inv_pows(float* __restrict s, float* __restrict over_d, int64_t len,
       const __m512 p = _mm512_mul_ps(r2, rsqrt(r));
       _mm512_storeu_ps(s + i, p);
       if (over_d) _mm512_storeu_ps(over_d + i, _mm512_mul_ps(p, r2));
+    }
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  // The same with AVX's rsqrt (a 12-bit estimate, refined by a Newton step). On 2 cores of an AMD EPYC Zen 2 (float,
+  // conv1's 64 × 96 × 55 × 55 map, 7 interleaved rounds) against the scalar form: the fused inference stage 1.10×,
+  // the LRN forward 1.07×, its backward 1.05× as fast; largest error against float64 4.0e-7 relative (scalar 2.8e-7).
+  if (tq) {
+    const __m256 va = _mm256_set1_ps(a), vk = _mm256_set1_ps(k), half = _mm256_set1_ps(0.5f),
+                 three_halves = _mm256_set1_ps(1.5f);
+    auto rsqrt = [&](__m256 v) {  // r ← r·(3/2 − v·r²/2)
+      const __m256 r = _mm256_rsqrt_ps(v);
+      const __m256 vr2 = _mm256_mul_ps(_mm256_mul_ps(v, r), r);
+      return _mm256_mul_ps(r, _mm256_fnmadd_ps(half, vr2, three_halves));
+    };
+    for (; i + 8 <= len; i += 8) {
+      const __m256 d = _mm256_fmadd_ps(va, _mm256_loadu_ps(s + i), vk);
+      const __m256 r = rsqrt(d);
+      const __m256 r2 = _mm256_mul_ps(r, r);  // 1/d
+      const __m256 p = _mm256_mul_ps(r2, rsqrt(r));
+      _mm256_storeu_ps(s + i, p);
+      if (over_d) _mm256_storeu_ps(over_d + i, _mm256_mul_ps(p, r2));
     }
   }
 #endif
@@ -212,6 +233,27 @@ inline void backward_paper(const T* __restrict gy, const T* __restrict x, T* __r
 }
 #endif
 
+// One run of cg values from x into xf, rectified with kRelu (NaN passes, as torch's ReLU lets it), and their squares
+// into p, kLanes at a time: written as a scalar loop, the ReLU's compare was a branch, mispredicted on about every
+// other value (conv1's fused inference stage in alexnet_paper, float, batch 64, on 2 cores of an AMD EPYC Zen 2, AVX2:
+// 75% of its time in that loop).
+template <bool kRelu, typename T>
+inline void rectified_squares(const T* __restrict x, float* __restrict xf, float* __restrict p, int64_t cg) {
+  int64_t i = 0;
+  for (; i + kLanes <= cg; i += kLanes) {
+    Vf v = loadv(x + i);
+    if (kRelu) v = ((v > 0.0f) | (v != v)) ? v : Vf{};
+    storev(xf + i, v);
+    storev(p + i, v * v);
+  }
+  for (; i < cg; ++i) {
+    float v = to_float(x[i]);
+    if (kRelu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
+    xf[i] = v;
+    p[i] = v * v;
+  }
+}
+
 // The LRN of nr runs from x into out (x's dtype, or float), through w; with kRelu of max(x, 0) (NaN passes, as
 // torch's ReLU lets it).
 template <bool kRelu, typename T, typename Out>
@@ -224,13 +266,7 @@ inline void normalise(const T* __restrict x, Out* __restrict out, int64_t nr, co
   float* __restrict p = w.p.data();
   float* __restrict s = w.s.data();
   float* __restrict xf = w.xf.data();
-  for (int64_t r = 0; r < nr; ++r)
-    for (int64_t i = 0; i < cg; ++i) {
-      float v = to_float(x[r * cg + i]);
-      if (kRelu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
-      xf[r * cg + i] = v;
-      p[h + r * stride + i] = v * v;
-    }
+  for (int64_t r = 0; r < nr; ++r) rectified_squares<kRelu>(x + r * cg, xf + r * cg, p + h + r * stride, cg);
   window_sums(p, s, nr * stride, n);
   inv_pows(s, nullptr, nr * stride, a, k, beta);  // s[i] ← d_i^(-β)
   for (int64_t r = 0; r < nr; ++r)
@@ -277,14 +313,8 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
       const int64_t nr = std::min(b.runs, end - r0);
       const T* __restrict xr = x + r0 * cg;
       const T* __restrict gr = gy + r0 * cg;
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t i = 0; i < cg; ++i) {
-          float v = to_float(xr[r * cg + i]);
-          if (kRelu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
-          xf[r * cg + i] = v;
-          gf[r * cg + i] = to_float(gr[r * cg + i]);
-          p[h + r * stride + i] = v * v;
-        }
+      for (int64_t r = 0; r < nr; ++r) rectified_squares<kRelu>(xr + r * cg, xf + r * cg, p + h + r * stride, cg);
+      for (int64_t f = 0; f < nr * cg; ++f) gf[f] = to_float(gr[f]);
       window_sums(p, s, nr * stride, n);
       inv_pows(s, od, nr * stride, a, k, beta);  // s[i] ← d_i^(-β), od[i] ← d_i^(-β-1)
       for (int64_t r = 0; r < nr; ++r)
@@ -294,12 +324,20 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
         }
       window_sums(t, od, nr * stride, n);  // od now holds the window sums of t
       T* __restrict out = gx + r0 * cg;
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t i = 0; i < cg; ++i) {
-          const int64_t f = r * cg + i;
-          const float g = gf[f] * s[r * stride + i] - coef * xf[f] * od[r * stride + i];
-          store(out + f, kRelu && xf[f] == 0.0f ? 0.0f : g);  // rectified to 0 exactly where x <= 0
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t f = r * cg, q = r * stride;
+        // kLanes at a time, as rectified_squares (a scalar loop made the ReLU mask a branch), then the rest.
+        int64_t i = 0;
+        for (; i + kLanes <= cg; i += kLanes) {
+          const Vf xv = loadv(xf + f + i);
+          const Vf g = loadv(gf + f + i) * loadv(s + q + i) - coef * xv * loadv(od + q + i);
+          storev(out + f + i, kRelu ? (xv == 0.0f ? Vf{} : g) : g);  // rectified to 0 exactly where x <= 0
         }
+        for (; i < cg; ++i) {
+          const float g = gf[f + i] * s[q + i] - coef * xf[f + i] * od[q + i];
+          store(out + f + i, kRelu && xf[f + i] == 0.0f ? 0.0f : g);
+        }
+      }
     }
   });
 }
