@@ -263,12 +263,13 @@ CPU_CIFAR = (*PAPER_FEATURES, f"train.epochs={CPU_EPOCHS}", "data.val_split=0.1"
 
 
 def _cpu() -> Budget:
-    # Converged arms on 2 CPU cores. alexnet_small at half width (24-64-96-96-64 per tower pair, fc 512) with every
-    # one of the paper's features: LRN, two towers, overlapping pooling, PCA noise σ 0.1, pad-4 crops and flips,
-    # dropout 0.5; SGD with Nesterov momentum, a one-cycle rate peaking at 0.05, batch 128, 30 epochs of 45,000
-    # images (2,450 img/s with the fused LRN kernel on a 2-core AMD EPYC: ~10 min a run). 20 epochs of it ended at
-    # 79.4% test accuracy (81.0% on the held-out images), short of the 80% this budget asks of its baseline; 30
-    # reached 81.9% (three seeds).
+    # Converged arms on 2 CPU cores. alexnet_small at half width (32-64-96-96-64: conv1 rounded to a multiple of 16
+    # for the two towers; fc 512) with every one of the paper's features: LRN, two towers, overlapping pooling, PCA
+    # noise σ 0.1, pad-4 crops and flips, dropout 0.5; SGD with Nesterov momentum, a one-cycle rate peaking at 0.05,
+    # batch 128, 30 epochs of 45,000 images (2,450 img/s with the fused LRN kernel on a 2-core AMD EPYC: ~10 min a
+    # run; its training step ~1,100 img/s in fp32 on a Zen 2, AVX2 only). 20 epochs of it ended at 79.4% test
+    # accuracy (81.0% on the held-out images), short of the 80% this budget asks of its baseline; 30 reached 81.9%
+    # (three seeds).
     base = Arm("paper", "cifar10", CPU_CIFAR)
 
     def off(name: str, *changes: str) -> Arm:
