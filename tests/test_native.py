@@ -1,10 +1,13 @@
 """The C++ kernels' build: once per process, and where it fails, one warning and the fallback."""
 
+import functools
 import logging
+import threading
 
 import torch
 
 from alexnet import native
+from alexnet.logs import level_set
 from alexnet.training import bf16_copies
 
 
@@ -79,3 +82,42 @@ def test_every_variant_trains_and_infers_with_no_kernel_built(monkeypatch, caplo
                     assert model.eval()(x).shape == (2, 10)
     warned = {r.getMessage().split(" kernel")[0] for r in caplog.records if r.levelno == logging.WARNING}
     assert {"alexnet_bn_relu", "alexnet_lrn", "alexnet_relu_pool"} <= warned
+
+
+def test_prepare_builds_two_kernels_at_once_and_each_once(monkeypatch, tmp_path):
+    """`native.prepare` runs the kernels side by side: two fake builds that each wait for the other (a barrier of 2)
+    finish only if they overlap. A kernel asked for twice builds once. Each build quiets the builder's logger as
+    `native.build` does, the second entering after and leaving after the first, which would leave it quiet for good
+    but for `prepare`'s own quieting around them."""
+    meet, a_in, a_out = threading.Barrier(2, timeout=10), threading.Event(), threading.Event()
+    built = []
+
+    def build(name, source, flags=()):
+        built.append(name)
+        if name == "b":
+            a_in.wait(10)
+        with level_set("torch.utils.cpp_extension", logging.ERROR):
+            if name == "a":
+                a_in.set()
+            meet.wait()  # a BrokenBarrierError where the other build did not run at the same time
+            if name == "b":
+                a_out.wait(10)
+        if name == "a":
+            a_out.set()
+        return name
+
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_locks", {})
+    monkeypatch.setattr(native, "build", build)
+    first, second = (functools.partial(native.load, name, tmp_path / "k.cpp", instead="-") for name in ("a", "b"))
+    builder = logging.getLogger("torch.utils.cpp_extension")
+    with level_set("torch.utils.cpp_extension", logging.INFO):
+        native.prepare([first, second, first])
+        assert builder.level == logging.INFO
+    assert sorted(built) == ["a", "b"] and first() == "a" and second() == "b"
+
+
+def test_prepare_of_one_kernel_builds_it_in_this_thread(monkeypatch):
+    threads = []
+    native.prepare([lambda: threads.append(threading.current_thread())])
+    assert threads == [threading.current_thread()]

@@ -6,7 +6,8 @@
 hash of its source, its flags, where the source lies and which torch builds it: two processes starting together
 (torchrun's ranks) share one build, and two checkouts or environments each keep their own (the builder writes the
 source's path and torch's include paths into its build file and rebuilds when they change: one shared directory was
-rebuilt on every switch between them, and under a process that had it loaded)."""
+rebuilt on every switch between them, and under a process that had it loaded). `prepare` builds several side by side,
+one compiler each, before a first step would ask for them one after the other."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .logs import level_set
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _locks
+_locks: dict[str, threading.Lock] = {}  # one a kernel: two kernels may build at once, one kernel builds once
 _loaded: dict[str, Any] = {}  # name → the extension, or None once building it failed
 
 
@@ -129,12 +133,15 @@ def compile_constant(fn: Any) -> Any:
 def load(
     name: str, source: Path, flags: tuple[str, ...] = (), *, instead: str, switch: str | None = None
 ) -> Any | None:
-    """`build`, once per process (threads wait for the first); None where it cannot be built, with one warning that
-    ``instead`` runs, and where the environment variable ``switch`` turns it off (``switch=0``)."""
+    """`build`, once per process (threads asking for the same kernel wait for the first); None where it cannot be
+    built, with one warning that ``instead`` runs, and where the environment variable ``switch`` turns it off
+    (``switch=0``)."""
     if switch is not None and not enabled(switch):
         return None
     if name not in _loaded:
         with _lock:
+            lock = _locks.setdefault(name, threading.Lock())
+        with lock:
             if name not in _loaded:
                 try:
                     _loaded[name] = build(name, source, flags)
@@ -142,3 +149,21 @@ def load(
                     log.warning("%s kernel unavailable, %s runs instead (%s)", name, instead, str(err)[:200])
                     _loaded[name] = None
     return _loaded[name]
+
+
+def prepare(kernels: Iterable[Callable[[], Any]]) -> None:
+    """Build, or load from the cache, each of ``kernels`` (a module's ``kernel`` function) side by side, a thread
+    each up to one a core, before the first step asks for them one at a time: the builder runs one compiler a
+    kernel, 13-15 s each on 2 cores of an AMD EPYC (Zen 2), so a first run waits for the slowest rather than their
+    sum (the demo's two: 26.1 → 13.2 s). A kernel that cannot be built warns and is left out, as on first use."""
+    todo = list(dict.fromkeys(kernels))
+    if len(todo) < 2:
+        for kernel in todo:
+            kernel()
+        return
+    # One quieting of the builder's logger for every thread: `build`'s own, entered by two threads at once, can
+    # restore the level the other one set, and leave it set.
+    threads = min(len(todo), os.cpu_count() or 1)
+    with level_set("torch.utils.cpp_extension", logging.ERROR), ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(kernel) for kernel in todo]:
+            done.result()

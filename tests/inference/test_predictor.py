@@ -186,3 +186,19 @@ def test_cpu_inference_keeps_freed_memory_as_training_does(tmp_path, monkeypatch
     assert calls == [1]
     evaluate_module.evaluate_checkpoint(tmp_path / "run" / "last.pt", device="cpu", limit_batches=1, progress=False)
     assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_a_cpu_predictor_prepares_its_fused_kernels_side_by_side_unless_compiled(tmp_path, monkeypatch, compile_):
+    # The kernels its first batch would ask for one by one (`native.prepare`); a compiled program runs none of them.
+    from alexnet import native
+    from alexnet.models import fused_lrn, fused_pool
+
+    prepared = []
+    monkeypatch.setattr(native, "prepare", lambda kernels: prepared.append(list(kernels)))
+    if compile_:
+        from alexnet.inference import compiled
+
+        monkeypatch.setattr(compiled, "CompiledModel", lambda model, *a: model)  # the compile itself is tested there
+    Predictor.from_path(make_weights(tmp_path / "paper.safetensors", "alexnet_paper", width=0.25), compile=compile_)
+    assert prepared == ([] if compile_ else [[fused_pool.kernel, fused_lrn.kernel]])

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import alexnet
+from alexnet import native
 from alexnet.models import get_spec, layers
 from alexnet.models.layers import Dropout, StemConv2d, standard_modules
 
@@ -122,3 +123,30 @@ def test_an_input_smaller_than_the_stem_kernel_gets_the_plain_convolutions_error
         assert not stem._space_to_depth(x)
         with pytest.raises(RuntimeError, match=r"\(10 x 10\). Kernel size: \(11 x 11\)"):
             stem(x)
+
+
+@pytest.mark.parametrize("name", alexnet.list_models())
+def test_fused_kernels_names_the_kernels_a_first_step_asks_for(name, monkeypatch):
+    """`layers.fused_kernels` lists what `native.prepare` builds ahead: exactly the kernels a training step of the
+    variant (channels last, as `fit` runs it) and an inference batch (as `Predictor` runs it) ask for."""
+    asked: list[str] = []
+    monkeypatch.setattr(native, "load", lambda kernel_name, *a, **k: asked.append(kernel_name))  # nothing built
+    model = alexnet.create_model(name, width=0.25, num_classes=10).to(memory_format=torch.channels_last)
+    size = get_spec(name).input_size
+    x = torch.randn(2, model.in_channels, size, size).contiguous(memory_format=torch.channels_last)
+
+    def listed(training: bool) -> set[str]:
+        asked.clear()
+        for kernel in layers.fused_kernels(model, training):
+            kernel()
+        return set(asked)
+
+    for training in (True, False):
+        want = listed(training)
+        asked.clear()
+        if training:
+            F.cross_entropy(model.train()(x), torch.tensor([0, 1])).backward()
+        else:
+            with torch.inference_mode():
+                model.eval()(x)
+        assert set(asked) == want, (training, sorted(asked), sorted(want))

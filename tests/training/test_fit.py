@@ -203,3 +203,18 @@ def test_val_every_skips_validation_but_not_the_last_epoch_and_trains_the_same(t
     calls.clear()
     stopped = fit(tiny_config(tmp_path / "c", "train.epochs=5", "train.val_every=4", "train.stop_at_train_acc1=0"))
     assert len(stopped.history) == 1 and len(calls) == 1 and not math.isnan(stopped.history[0]["val_acc1"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fit_prepares_the_first_steps_kernels_side_by_side(tmp_path, monkeypatch, precision):
+    # alexnet_small (batch norm) on the CPU: ReLU → max-pool's kernel, batch norm → ReLU's, and in bf16 the copies'.
+    from alexnet import native
+    from alexnet.models import fused_bn, fused_pool
+    from alexnet.training import bf16_copies
+
+    prepared = []
+    monkeypatch.setattr(native, "prepare", lambda kernels: prepared.append(list(kernels)))
+    limits = ("train.epochs=1", "train.limit_train_batches=1", "train.limit_val_batches=1")
+    fit(tiny_config(tmp_path / "run", f'train.precision="{precision}"', *limits))
+    copies = [bf16_copies.kernel] if precision == "bf16" else []
+    assert prepared == [[fused_pool.kernel, fused_bn.kernel, *copies]]

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
+from .. import native
 from ..artifacts.loader import load_trained
 from ..artifacts.trained import ModelMeta
 from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
 from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, InvalidImageError, NonFiniteOutputError
+from ..models import fused_kernels
 
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image | torch.Tensor
@@ -78,6 +80,8 @@ class Predictor:
         self.model = model if self.is_onnx else model.eval().to(self.device)
         if self.device.type == "cpu":
             tune_cpu_allocator()  # as training does: each batch's activations otherwise fault their pages in anew
+            if not fixed and not compile:  # the fused kernels its first batch asks for one by one, side by side
+                native.prepare(fused_kernels(self.model, training=False))
         self.compiled = compile and not fixed
         if self.compiled:
             from .compiled import CompiledModel

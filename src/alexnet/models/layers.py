@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -269,6 +270,20 @@ _STANDARD = {
     Features: nn.Sequential,
     Stack: nn.Sequential,
 }
+
+
+def fused_kernels(model: nn.Module, training: bool) -> list[Callable[[], Any]]:
+    """The fused CPU kernels ``model``'s `Stack` containers would ask for on their first step (each kernel module's
+    ``kernel`` function), for `alexnet.native.prepare` to build side by side: ReLU → max-pool's where a stack
+    max-pools, the LRN's where it normalises so, and in ``training`` batch norm → ReLU's."""
+    stacked = [m for stack in model.modules() if isinstance(stack, Stack) for m in stack]
+    kinds = {type(m) for m in stacked}
+    wanted = (
+        (nn.MaxPool2d in kinds, fused_pool.kernel),
+        (LocalResponseNorm in kinds, fused_lrn.kernel),
+        (training and bool(kinds & {nn.BatchNorm1d, nn.BatchNorm2d}), fused_bn.kernel),
+    )
+    return [kernel for used, kernel in wanted if used]
 
 
 @contextlib.contextmanager

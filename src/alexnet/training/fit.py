@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import native
 from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_weights
 from ..artifacts.trained import ModelMeta
 from ..config import Config
@@ -35,8 +36,8 @@ from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import atomic_write
-from ..models import create_model, get_spec
-from . import distributed
+from ..models import create_model, fused_kernels, get_spec
+from . import bf16_copies, distributed
 from .bf16_copies import Bf16Copies, applies
 from .callbacks import Callback, Callbacks, Control, ProgressLog, StopAtTrainAccuracy, TensorBoardLogger
 from .checkpointer import Checkpointer
@@ -196,6 +197,9 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
     # Towers and hybrid: every rank evaluates the whole validation set (the model spans the ranks).
     data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard(), not strategy.sharded)
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
+    if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
+        copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []
+        native.prepare([*fused_kernels(plain, training=True), *copies])
     optim_cfg = strategy.scaled_lr(cfg.optim, cfg.data.batch_size * cfg.train.accumulate)
     scales = None
     if pretrained is not None and cfg.optim.pretrained_lr_scale != 1.0:
