@@ -218,3 +218,16 @@ def test_fit_prepares_the_first_steps_kernels_side_by_side(tmp_path, monkeypatch
     fit(tiny_config(tmp_path / "run", f'train.precision="{precision}"', *limits))
     copies = [bf16_copies.kernel] if precision == "bf16" else []
     assert prepared == [[fused_pool.kernel, fused_bn.kernel, *copies]]
+
+
+def test_evaluating_a_run_prepares_its_inference_kernels_side_by_side(tmp_path, monkeypatch):
+    from alexnet import native
+    from alexnet.inference.evaluate import evaluate_checkpoint
+    from alexnet.models import fused_lrn, fused_pool
+
+    limits = ("train.epochs=1", "train.limit_train_batches=1", "train.limit_val_batches=1")
+    fit(tiny_config(tmp_path / "run", 'model.overrides.norm="lrn"', *limits))
+    prepared = []
+    monkeypatch.setattr(native, "prepare", lambda kernels: prepared.append(list(kernels)))
+    evaluate_checkpoint(tmp_path / "run" / "last.pt", precision="fp32", limit_batches=1, progress=False)
+    assert prepared == [[fused_pool.kernel, fused_lrn.kernel]]  # no batch norm kernel: it is for training

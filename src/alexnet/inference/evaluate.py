@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import native
 from ..artifacts.loader import load_trained
 from ..artifacts.program import is_int8
 from ..artifacts.trained import display_label
@@ -17,6 +18,7 @@ from ..data.pipeline import build_eval_loader, build_held_out_loader, training_m
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..evaluation import Evaluation, StepSettings, evaluate
+from ..models import fused_kernels
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
 
 
@@ -89,6 +91,8 @@ def evaluate_checkpoint(
     if prep.mean_image:  # the per-pixel mean is not stored with the weights: recompute it, as training did
         transform.mean = training_mean_image(cfg, prep.stored_size)
     model = trained.model if int8 else trained.model.to(dev, memory_format=torch.channels_last)
+    if dev.type == "cpu" and not int8:  # the fused kernels its first batch asks for one by one, side by side
+        native.prepare(fused_kernels(model, training=False))
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
         result = evaluate(model, loader, transform, settings, **views)
