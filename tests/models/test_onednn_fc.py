@@ -163,4 +163,7 @@ def test_an_input_of_the_wrong_width_gets_torchs_shape_error_not_onednns(amd):
     fc = Linear(9, 4)
     with pytest.raises(RuntimeError, match=r"shapes cannot be multiplied \(2x6 and 9x4\)"):
         fc(torch.randn(2, 6))
+    fc.bias = torch.nn.Parameter(torch.zeros(3))  # a bias of the wrong size: torch's broadcasting error
+    with pytest.raises(RuntimeError, match=r"expanded size of the tensor \(4\) must match the existing size \(3\)"):
+        fc(torch.randn(2, 9))
     assert not amd

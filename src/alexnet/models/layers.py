@@ -223,7 +223,7 @@ class Linear(nn.Linear):
     ``nn.Linear``'s."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if onednn_fc.usable(x, self.weight):
+        if onednn_fc.usable(x, self.weight, self.bias):
             return onednn_fc.linear(x, self.weight, self.bias)
         return super().forward(x)
 

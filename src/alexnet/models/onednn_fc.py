@@ -20,10 +20,10 @@ import torch
 from .. import native
 
 
-def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``x`` (N, in) times ``weight`` (out, in) takes oneDNN's inner product: fp32 on an AMD CPU, outside
-    autocast (whose bf16 product goes to oneDNN already), neither of them empty, their shapes matching, not while a
-    program is traced for a file, and unless ``ALEXNET_ONEDNN_FC=0``."""
+def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether ``x`` (N, in) times ``weight`` (out, in), plus ``bias`` (out), takes oneDNN's inner product: fp32 on
+    an AMD CPU, outside autocast (whose bf16 product goes to oneDNN already), none of them empty, their shapes
+    matching, not while a program is traced for a file, and unless ``ALEXNET_ONEDNN_FC=0``."""
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
         return False
     return (
@@ -32,7 +32,9 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dim() == 2
         and x.numel() > 0  # oneDNN makes no product over an empty batch (the weight gradient's inner dimension)
         and weight.numel() > 0
-        and x.shape[1] == weight.shape[1]  # else torch's own shape error, not oneDNN's "could not create a primitive"
+        # Else torch's own shape error, not oneDNN's "could not create a primitive descriptor".
+        and x.shape[1] == weight.shape[1]
+        and (bias is None or bias.shape == weight.shape[:1])
         and not torch.is_autocast_enabled("cpu")
         and _wanted()
     )
