@@ -276,8 +276,7 @@ def fused_kernels(model: nn.Module, training: bool) -> list[Callable[[], Any]]:
     """The fused CPU kernels ``model``'s `Stack` containers would ask for on their first step (each kernel module's
     ``kernel`` function), for `alexnet.native.prepare` to build side by side: ReLU → max-pool's where a stack
     max-pools, the LRN's where it normalises so, and in ``training`` batch norm → ReLU's."""
-    stacked = [m for stack in model.modules() if isinstance(stack, Stack) for m in stack]
-    kinds = {type(m) for m in stacked}
+    kinds = {type(m) for stack in model.modules() if isinstance(stack, Stack) for m in stack}
     wanted = (
         (nn.MaxPool2d in kinds, fused_pool.kernel),
         (LocalResponseNorm in kinds, fused_lrn.kernel),
