@@ -108,33 +108,48 @@ def per_flop(a: Case, a_rates: list[float], b: Case, b_rates: list[float]) -> di
 PEAK_CONVS = ((256, 384, 3, 13), (96, 256, 5, 27))
 
 
-def measure_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (2048, 4096)) -> float:
-    """The best dense-kernel FLOP/s measured: n×n GEMMs and the convolutions of `PEAK_CONVS`.
+def peak_kernels(
+    dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (2048, 4096)
+) -> dict[str, tuple[Callable[[], None], float]]:
+    """The dense kernels a peak is measured on, by name, each as a call and its FLOPs: n×n GEMMs (``sizes``: their
+    sides; smaller ones under-read the peak, for smoke runs only) and the convolutions of `PEAK_CONVS`.
 
-    oneDNN's convolutions can outrun ``torch.mm`` on a CPU, so a GEMM alone understates what the hardware does
-    and would put MFU over 100%; the peak is the fastest of these kernels, best of repeats (a peak, not a typical
-    rate: on a shared machine a median would move with the neighbours' load). ``sizes``: the GEMMs' sides (smaller
-    ones under-read the peak: for smoke runs only).
+    oneDNN's convolutions can outrun ``torch.mm`` on a CPU, so a GEMM alone understates what the hardware does and
+    would put MFU over 100%; the peak is the fastest of these kernels.
     """
-    repeats = 5  # also in --quick: a short peak measurement under-reads it (oneDNN builds its kernels first)
-    rates = []
+    kernels: dict[str, tuple[Callable[[], None], float]] = {}
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        rates.append(2 * n**3 * _rate(lambda a=a, b=b: a @ b, 1, 1, repeats, device, best=True))
+        kernels[f"{n}² GEMM"] = (lambda a=a, b=b: a @ b, 2 * n**3)
     for c_in, c_out, k, side in PEAK_CONVS:
         conv = nn.Conv2d(c_in, c_out, k, padding=k // 2).to(device, dtype).to(memory_format=torch.channels_last)
         x = torch.randn(64, c_in, side, side, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            rate = _rate(lambda conv=conv, x=x: conv(x), 64, 2, repeats, device, best=True)
-        rates.append(2 * c_out * c_in * k * k * side * side * rate)
-    return max(rates)
+
+        def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                conv(x)
+
+        kernels[f"{k}×{k} conv {c_in}→{c_out}"] = (run, 2 * c_out * c_in * k * k * side * side * 64)
+    return kernels
 
 
-def peaks_for(precisions: set[str], device: torch.device) -> dict[str, float]:
-    """`measure_peak` for each precision a case runs in, and no other: on a CPU without native bf16 (AVX2 only) a
-    4096² bf16 GEMM is emulated at ~1 GFLOP/s, minutes a call, and no case there runs bf16."""
-    return {p: measure_peak(compute_dtype(p), device) for p in sorted(precisions)}
+def measure_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (2048, 4096)) -> float:
+    """The best FLOP/s of `peak_kernels`, best of repeats (a peak, not a typical rate). `benchmark` runs the kernels
+    in its rounds instead, beside the cases, so that a minute of a busy neighbour cannot lower every MFU's base."""
+    repeats = 5  # a short peak measurement under-reads it (oneDNN builds its kernels first)
+    kernels = peak_kernels(dtype, device, sizes).values()
+    return max(flops * _rate(run, 1, 2, repeats, device, best=True) for run, flops in kernels)
+
+
+def peaks_over_rounds(rates: dict[str, list[float]], kernels: dict[str, str]) -> dict[str, float]:
+    """Each precision's peak from rounds of its kernels' rates (FLOP/s; ``kernels``: step name → precision): the
+    fastest kernel's fastest round. A round's rate is already the median of its calls; the best round is the one
+    least disturbed, as a peak should be."""
+    peaks: dict[str, float] = {}
+    for name, precision in kernels.items():
+        peaks[precision] = max(peaks.get(precision, 0.0), *rates[name])
+    return peaks
 
 
 def _rate(
@@ -289,18 +304,29 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
             Case("alexnet_small 32px (defaults)", "alexnet_small", "train", 256, 32, settings=fast, **contender),
             Case("alexnet_small 32px (defaults)", "alexnet_small", "infer", 256, 32, settings=fast, **contender),
         ]
-    peak = peaks_for({"fp32"} | {c.precision for c in cases}, dev)
-    if dev.type == "cpu":
-        from .engines import int8_peak
-
-        peak["int8"] = int8_peak()
     if fast["tune_allocator"]:
         tune_cpu_allocator()
     everything = baselines + cases
     steps = {f"{i} {c.name} {c.mode}": prepare_case(c, dev) for i, c in enumerate(everything)}
-    items = {key: c.batch for key, c in zip(steps, everything)}
+    items: dict[str, float] = {key: c.batch for key, c in zip(steps, everything)}
+    # The peak kernels run in the same rounds as the cases (their items: FLOPs), so that one busy minute lowers a
+    # round of each, not the base of every MFU. Only the precisions the cases run: on a CPU without native bf16
+    # (AVX2 only) a 4096² bf16 GEMM is emulated at ~1 GFLOP/s, minutes a call, and no case there runs bf16.
+    kernels = {}
+    for precision in sorted({"fp32"} | {c.precision for c in cases}):
+        for name, (run, flops) in peak_kernels(compute_dtype(precision), dev).items():
+            key = f"peak {precision}: {name}"
+            steps[key], items[key], kernels[key] = run, flops, precision
+    if dev.type == "cpu":
+        from .engines import int8_kernels
+
+        for name, (run, ops) in int8_kernels().items():
+            key = f"peak int8: {name}"
+            steps[key], items[key], kernels[key] = run, ops, "int8"
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     rates = interleaved(steps, items, rounds, repeats, warmup, sync=sync)
+    peak = peaks_over_rounds(rates, kernels)
+    log.debug("peak kernels, FLOP/s per round: %s", {k: [f"{r:.3g}" for r in rates[k]] for k in kernels})
     per_round = {}
     for key, case in zip(steps, everything):
         stat = Stat.of(rates[key])

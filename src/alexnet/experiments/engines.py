@@ -60,8 +60,9 @@ def _best_rate(run: Callable[[], Any], ops: float, repeats: int) -> float:
     return best
 
 
-def int8_peak(repeats: int = 5) -> float:
-    """int8 multiply-accumulates as FLOP/s (2 per MAC): the best n×n int8 GEMM of `_int8_gemms` at n = 2048, 4096.
+def int8_kernels() -> dict[str, tuple[Callable[[], Any], float]]:
+    """The int8 GEMMs a peak is measured on, by name, each as a call and its operations (2 per MAC): n×n at n = 2048
+    and 4096 by each route of `_int8_gemms` that is not on a reference path.
 
     Each route is probed at n = 512 first and only those within 4× of the fastest run large: on a CPU without VNNI
     (AVX2 only) ``torch._int_mm`` takes a reference path at ~1 GOP/s, minutes for one 4096² product, while oneDNN's
@@ -70,11 +71,16 @@ def int8_peak(repeats: int = 5) -> float:
     probe = {name: _best_rate(run, 2 * 512**3, 2) for name, run in _int8_gemms(512).items()}
     fast = [name for name, rate in probe.items() if rate >= max(probe.values()) / 4]
     log.debug("int8 GEMM routes at 512: %s; measured large: %s", probe, fast)
-    best = 0.0
+    kernels = {}
     for n in (2048, 4096):
         runs = _int8_gemms(n)
-        best = max([best] + [_best_rate(runs[name], 2 * n**3, repeats) for name in fast])
-    return best
+        kernels.update({f"{n}² {name}": (runs[name], 2 * n**3) for name in fast})
+    return kernels
+
+
+def int8_peak(repeats: int = 5) -> float:
+    """int8 multiply-accumulates as FLOP/s: the best of `int8_kernels`, best of ``repeats``."""
+    return max(_best_rate(run, ops, repeats) for run, ops in int8_kernels().values())
 
 
 def _torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:

@@ -42,7 +42,7 @@ class Stat:
 
 def interleaved(
     steps: dict[str, Callable[[], None]],
-    items: dict[str, int],
+    items: dict[str, float],
     rounds: int = 5,
     repeats: int = 3,
     warmup: int = 1,
