@@ -1,17 +1,19 @@
 """What the library's fused CPU kernels (ReLU → max-pool, LRN, batch norm → ReLU) buy on this CPU: each variant's
 training step and batch forward with the kernels on against the layers apart, in one process. Or, with
-``--switches``, another of the library's CPU paths: ``ALEXNET_ONEDNN_FC`` (the fc layers through oneDNN on AMD CPUs).
+``--switches``, another of the library's CPU paths: ``ALEXNET_ONEDNN_FC`` (the fc layers through oneDNN on AMD CPUs),
+``ALEXNET_AMX_FC`` (bf16 fc layers with their operands reordered on a CPU with AMX).
 
     python benchmarks/fused_kernels.py                       # alexnet_owt, alexnet_paper, alexnet_cifar, fp32
     python benchmarks/fused_kernels.py --models alexnet_owt --dtype bfloat16 --rounds 6
     python benchmarks/fused_kernels.py --switches ALEXNET_ONEDNN_FC --models alexnet_owt --batch 1 --repeats 20
 
 The paths are switched by their environment variables (``ALEXNET_FUSED_POOL``, ``ALEXNET_FUSED_LRN``,
-``ALEXNET_FUSED_BN``, ``ALEXNET_ONEDNN_FC``, read per call), so both sides share the model, the weights and the
-allocator's state. They run interleaved, as `alexnet bench` runs its cases (`alexnet.experiments.measure`), and the
-ratio reported is the median of the per-round ratios with its min-max: this shared machine's speed drifts by ±30% over
-minutes, a ratio within a round does not. A ratio above 1 is the switched path's gain. Channels last, as the library
-trains and infers on the CPU.
+``ALEXNET_FUSED_BN``, ``ALEXNET_ONEDNN_FC``, ``ALEXNET_AMX_FC``, read per call), so both sides share the model, the
+weights and the allocator's state. They run interleaved, as `alexnet bench` runs its cases
+(`alexnet.experiments.measure`), and the ratio reported is the median of the per-round ratios with its min-max: this
+shared machine's speed drifts by ±30% over minutes, a ratio within a round does not. A ratio above 1 is the switched
+path's gain. Channels last and glibc's allocator keeping freed blocks (`alexnet.device.tune_cpu_allocator`), as the
+library trains and infers on the CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import torch
 
 from alexnet import native
+from alexnet.device import tune_cpu_allocator
 from alexnet.experiments.measure import Stat, interleaved, ratio
 from alexnet.models import create_model, model_info
 
@@ -81,6 +84,9 @@ def main() -> None:
     parser.add_argument("--switches", nargs="+", default=list(SWITCHES), help="the environment variables switched")
     parser.add_argument("--batch", type=int, default=0, help="the batch (default: 64, 256 at 32 px; 1: inference only)")
     args = parser.parse_args()
+    # As the library's training, inference and bench run: without it each large fresh tensor faults its pages in,
+    # which on the Xeon with AMX cost more than fc6's product itself (and hid what the fc path changes).
+    tune_cpu_allocator()
     cpu = native.cpu_model() or "this CPU"
     print(
         f"{cpu}, {torch.get_num_threads()} threads, {args.dtype}, torch {torch.__version__}; {' '.join(args.switches)}"
