@@ -101,6 +101,18 @@ def test_dropout_is_nn_dropout_where_the_cheaper_mask_does_not_apply():
     assert "dropout" in str(traced.graph) and "rand" not in str(traced.graph)
 
 
+@pytest.mark.parametrize("output_size", [6, (6, 6), (None, 6)])
+def test_the_adaptive_pool_passes_a_map_of_its_size_through_and_pools_any_other(output_size):
+    pool, ref = layers.AdaptiveAvgPool2d(output_size), torch.nn.AdaptiveAvgPool2d(output_size)
+    x = torch.randn(2, 8, 6, 6, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    assert pool(x) is x and torch.equal(ref(x), x)  # torch's pool computes the identity, at a pass's cost
+    for side in (13, 7, 5):  # larger (the bins average) and smaller (they repeat)
+        y = torch.randn(2, 8, side, side)
+        assert torch.equal(pool(y), ref(y))
+    traced = torch.jit.trace(pool, x.float())  # a program written to a file pools as torch's layer does
+    assert "adaptive_avg_pool2d" in str(traced.graph)
+
+
 def test_standard_modules_shows_torchs_modules_for_the_block_only():
     model = alexnet.create_model("alexnet_owt", width=0.25)
     ours = [type(m) for m in model.modules()]
@@ -110,6 +122,7 @@ def test_standard_modules_shows_torchs_modules_for_the_block_only():
         assert "StemConv2d" not in kinds and "Dropout" in kinds and type(model.classifier[0]) is torch.nn.Dropout
         assert "Linear" in kinds and type(model.classifier[1]) is torch.nn.Linear
         assert type(model.features[0]) is torch.nn.Conv2d and all(m.inplace for m in relus)
+        assert type(model.avgpool) is torch.nn.AdaptiveAvgPool2d
         assert type(model.features) is torch.nn.Sequential  # not `Features`, whose inference takes a fused kernel
         assert type(model.classifier) is torch.nn.Sequential  # not `Stack`, whose training may take one
         raise RuntimeError("inside")  # and put back even when the block fails

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .init import initialize
-from .layers import Dropout, Features, Linear, LocalResponseNorm, Stack, StemConv2d
+from .layers import AdaptiveAvgPool2d, Dropout, Features, Linear, LocalResponseNorm, Stack, StemConv2d
 from .specs import POOLS, ArchSpec
 
 
@@ -59,7 +59,7 @@ class AlexNet(nn.Module):
             layers += [convs[-1], *pool, *stage] if spec.pool_first else [convs[-1], *stage, *pool]
             prev = out
         self.features = Features(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(spec.adaptive_pool) if spec.adaptive_pool else nn.Identity()
+        self.avgpool = AdaptiveAvgPool2d(spec.adaptive_pool) if spec.adaptive_pool else nn.Identity()
 
         c, h, w = spec.feature_shape()
         widths = [c * h * w, *spec.hidden(), num_classes]
