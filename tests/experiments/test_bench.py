@@ -81,28 +81,33 @@ def test_quick_benchmark_reports_every_field(monkeypatch):
     assert len(result["cases"]) == 4
 
 
-def test_the_peak_is_each_precisions_fastest_kernel_in_its_least_disturbed_round():
-    """A busy neighbour in rounds 1 and 2 (4× and 2× slower) lowers those rounds of every kernel, not the peak: the
-    peak is round 3's, and per precision the faster kernel's."""
+def test_the_peak_and_mfu_are_taken_round_by_round_beside_the_cases():
+    """A busy neighbour in rounds 1 and 2 (4× and 2× slower) slows the cases and the peak kernels of those rounds
+    alike: each round's peak is its fastest kernel per precision, and a case's MFU, its FLOP rate over its own round's
+    peak, comes out the same in every round, where the median rate over the best round's peak would read half."""
     from alexnet.experiments import measure
-    from alexnet.experiments.bench import peaks_over_rounds
+    from alexnet.experiments.bench import peaks_per_round, per_round_mfu
 
     now, calls = [0.0], [0]
 
-    def kernel(seconds):
+    def step(seconds):
         def run():
-            load = (4.0, 2.0, 1.0)[calls[0] // 3]  # three kernels a round, one call each
+            load = (4.0, 2.0, 1.0)[calls[0] // 4]  # four steps a round, one call each
             calls[0] += 1
             now[0] += seconds * load
 
         return run
 
-    steps = {"gemm": kernel(2.0), "conv": kernel(1.0), "int8 gemm": kernel(1.0)}
-    flops = {"gemm": 4e12, "conv": 3e12, "int8 gemm": 8e12}  # 2, 3 and 8 TFLOP/s undisturbed
+    steps = {"case": step(1.0), "gemm": step(2.0), "conv": step(1.0), "int8 gemm": step(1.0)}
+    # FLOP a call: the case 1.5 T (1.5 TFLOP/s undisturbed), the kernels 2, 3 and 8 TFLOP/s undisturbed
+    flops = {"case": 1.5e12, "gemm": 4e12, "conv": 3e12, "int8 gemm": 8e12}
     rates = measure.interleaved(steps, flops, rounds=3, repeats=1, warmup=0, clock=lambda: now[0])
     assert rates["conv"] == pytest.approx([0.75e12, 1.5e12, 3e12])
-    peaks = peaks_over_rounds(rates, {"gemm": "bf16", "conv": "bf16", "int8 gemm": "int8"})
-    assert peaks == {"bf16": pytest.approx(3e12), "int8": pytest.approx(8e12)}
+    peaks = peaks_per_round(rates, {"gemm": "bf16", "conv": "bf16", "int8 gemm": "int8"})
+    assert peaks == {"bf16": pytest.approx([0.75e12, 1.5e12, 3e12]), "int8": pytest.approx([2e12, 4e12, 8e12])}
+    assert per_round_mfu(rates["case"], peaks["bf16"]) == (pytest.approx(0.5), False)
+    assert per_round_mfu([4e12, 1e12, 1e12], [2e12, 2e12, 2e12]) == (0.5, False)  # the median round's
+    assert per_round_mfu([4e12, 3e12, 1e12], [2e12, 2e12, 2e12]) == (1.0, True)  # over the peak: capped, flagged
 
 
 def test_the_peak_is_the_fastest_kernel_counting_each_ones_flops(monkeypatch):

@@ -55,7 +55,7 @@ class Comparison:
     Attributes:
         speedup: the median over rounds of ``alexnet_img_s / baseline_img_s`` measured side by side, with the
             lowest and highest round (``speedup_low``, ``speedup_high``).
-        mfu: the contender's model FLOP/s over the measured peak in its precision.
+        mfu: the contender's model FLOP/s over the peak measured in its precision, the median of per-round ratios.
         ceiling_speedup: the speed-up the same FLOPs would give at 100% of that peak (what no code can pass).
     """
 
@@ -79,7 +79,7 @@ class BenchResult:
     device: str
     threads: int
     torch: str
-    peak_gflops: dict[str, float]  # fp32, bf16 (and on a CPU int8, as GOP/s)
+    peak_gflops: dict[str, float]  # fp32, bf16 (and on a CPU int8, as GOP/s): medians over the rounds
     train: Comparison
     infer: Comparison
     cases: list[Case]
@@ -142,14 +142,19 @@ def measure_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...
     return max(flops * _rate(run, 1, 2, repeats, device, best=True) for run, flops in kernels)
 
 
-def peaks_over_rounds(rates: dict[str, list[float]], kernels: dict[str, str]) -> dict[str, float]:
-    """Each precision's peak from rounds of its kernels' rates (FLOP/s; ``kernels``: step name → precision): the
-    fastest kernel's fastest round. A round's rate is already the median of its calls; the best round is the one
-    least disturbed, as a peak should be."""
-    peaks: dict[str, float] = {}
+def peaks_per_round(rates: dict[str, list[float]], kernels: dict[str, str]) -> dict[str, list[float]]:
+    """Each precision's peak in each round (FLOP/s), from rounds of its kernels' rates (``kernels``: step name →
+    precision): the fastest of its kernels in that round."""
+    rounds: dict[str, list[list[float]]] = {}
     for name, precision in kernels.items():
-        peaks[precision] = max(peaks.get(precision, 0.0), *rates[name])
-    return peaks
+        rounds.setdefault(precision, []).append(rates[name])
+    return {precision: [max(r) for r in zip(*lists)] for precision, lists in rounds.items()}
+
+
+def per_round_mfu(flops_per_s: list[float], peaks: list[float]) -> tuple[float, bool]:
+    """MFU as the median of per-round ratios, each a case's FLOP/s over the peak measured in the same round (seconds
+    apart, under the same neighbours), capped at 1; and whether it exceeded the peak (`measure.utilisation`)."""
+    return utilisation(statistics.median(f / p for f, p in zip(flops_per_s, peaks, strict=True)), 1.0)
 
 
 def _rate(
@@ -325,14 +330,16 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
             steps[key], items[key], kernels[key] = run, ops, "int8"
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     rates = interleaved(steps, items, rounds, repeats, warmup, sync=sync)
-    peak = peaks_over_rounds(rates, kernels)
+    round_peaks = peaks_per_round(rates, kernels)
+    peak = {precision: statistics.median(values) for precision, values in round_peaks.items()}
     log.debug("peak kernels, FLOP/s per round: %s", {k: [f"{r:.3g}" for r in rates[k]] for k in kernels})
     per_round = {}
     for key, case in zip(steps, everything):
         stat = Stat.of(rates[key])
         case.img_s, case.img_s_low, case.img_s_high = stat.median, stat.low, stat.high
         kind = "bf16" if case.precision == "bf16" else "fp32"
-        case.mfu, case.peak_exceeded = utilisation(case.gflops_per_img * 1e9 * case.img_s, peak[kind])
+        flops = [case.gflops_per_img * 1e9 * r for r in rates[key]]
+        case.mfu, case.peak_exceeded = per_round_mfu(flops, round_peaks[kind])
         per_round[id(case)] = rates[key]
         log.info(
             "%-40s %-5s %8.1f img/s (%.1f-%.1f)  MFU %5.1f%%",
@@ -348,7 +355,8 @@ def benchmark(batch: int = 64, quick: bool = False, device: str = "auto") -> Ben
         b = next(x for x in baselines if x.mode == mode)
         c = next(x for x in cases if x.mode == mode)
         # The most any contender could reach on this machine: the same FLOPs at 100% of its measured peak.
-        ceiling = peak["bf16" if c.precision == "bf16" else "fp32"] / (b.img_s * b.gflops_per_img * 1e9)
+        peaks = round_peaks["bf16" if c.precision == "bf16" else "fp32"]
+        ceiling = statistics.median(p / (r * b.gflops_per_img * 1e9) for p, r in zip(peaks, per_round[id(b)]))
         speedup = ratio(per_round[id(c)], per_round[id(b)])
         return Comparison(
             batch,
