@@ -223,7 +223,8 @@ def test_the_fused_inference_stage_equals_relu_lrn_and_pool_apart(dtype, shape, 
     torch.testing.assert_close(got, want, **tol)
 
 
-@pytest.mark.parametrize("channels", [8, 20])  # the pool's one-at-a-time path; its vectors of 16 and the rest
+# the pool's one-at-a-time path; its vectors of 16 and the rest; its column maxima, which only rows without NaN take
+@pytest.mark.parametrize("channels", [8, 20, 32])
 def test_the_fused_stage_propagates_nan_as_the_layers_do(channels):
     fused = _fused_or_skip()
     x = torch.rand(1, channels, 5, 5)

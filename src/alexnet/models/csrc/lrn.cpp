@@ -143,14 +143,12 @@ struct Scratch {
 // four passes through L1 a value: on 2 cores of an Intel Xeon with AMX (bf16, batch 64), conv1's inference stage
 // (ReLU, per-tower LRN, pool) took 8.5 ms with it and 6.4-6.8 with this, conv2's 4.6 and 3.8.
 // The window sums of 5 for the vector cur, from its own lanes and the two nearest of prev and next (lane shifts).
+template <int n>
+inline Vf shift(Vf hi, Vf lo) {  // lanes n.. of lo followed by hi's first ones
+  return reinterpret_cast<Vf>(_mm512_alignr_epi32(reinterpret_cast<__m512i>(hi), reinterpret_cast<__m512i>(lo), n));
+}
 inline Vf window5(Vf prev, Vf cur, Vf next) {
-  auto shift = [](Vf hi, Vf lo, auto n) {  // lanes n.. of lo followed by hi's first ones
-    return reinterpret_cast<Vf>(
-        _mm512_alignr_epi32(reinterpret_cast<__m512i>(hi), reinterpret_cast<__m512i>(lo), decltype(n)::value));
-  };
-  using std::integral_constant;
-  return cur + shift(cur, prev, integral_constant<int, 14>{}) + shift(cur, prev, integral_constant<int, 15>{}) +
-         shift(next, cur, integral_constant<int, 1>{}) + shift(next, cur, integral_constant<int, 2>{});
+  return cur + shift<14>(cur, prev) + shift<15>(cur, prev) + shift<1>(next, cur) + shift<2>(next, cur);
 }
 
 // Vector j of a run of `vectors` (zeros beyond it), rectified with kRelu: NaN passes, as torch's ReLU lets it.
@@ -158,7 +156,8 @@ template <bool kRelu, typename T>
 inline Vf run_vector(const T* __restrict x, int64_t j, int64_t vectors) {
   if (j >= vectors) return Vf{};
   const Vf v = loadv(x + 16 * j);
-  return kRelu ? (((v > 0.0f) | (v != v)) ? v : Vf{}) : v;
+  // vmaxps returns its second operand where either is NaN, or both are zeros: NaN and -0 pass, the rest is max(v, 0).
+  return kRelu ? Vf(_mm512_max_ps(Vf{}, v)) : v;
 }
 
 // Whether d^(-3/4) is refined by Newton steps (below): for float, not for a bfloat16 result.
@@ -186,13 +185,17 @@ template <bool kRelu, typename T, typename Out>
 inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t nr, int64_t cg, float a, float k) {
   const int64_t vectors = cg / 16;
   for (int64_t r = 0; r < nr; ++r, x += cg, out += cg) {
-    Vf prev{}, xv = run_vector<kRelu>(x, 0, vectors);
+    Vf xv = run_vector<kRelu>(x, 0, vectors);
     Vf cur = xv * xv;
+    Vf pairs_prev = shift<1>(cur, Vf{});  // the pair sums u[-16..-1]: zeros before the run, so sq[0] in lane 15
     for (int64_t j = 0; j < vectors; ++j) {
       const Vf xn = run_vector<kRelu>(x, j + 1, vectors);
       const Vf next = xn * xn;
-      storev(out + 16 * j, xv * inv_pow34<kRefined<T>>(k + a * window5(prev, cur, next)));
-      prev = cur, cur = next, xv = xn;
+      // s[i] = u[i-2] + u[i] + sq[i+2] with the pair sums u[i] = sq[i] + sq[i+1]: 3 lane shifts and 3 adds, not 4 and 4
+      const Vf pairs = cur + shift<1>(next, cur);
+      const Vf sums = pairs + shift<14>(pairs, pairs_prev) + shift<2>(next, cur);
+      storev(out + 16 * j, xv * inv_pow34<kRefined<T>>(k + a * sums));
+      pairs_prev = pairs, cur = next, xv = xn;
     }
   }
 }
@@ -342,6 +345,17 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
   });
 }
 
+// Whether any of the len floats at p is NaN: a sum, NaN if a value was (or, rarely, where +inf meets -inf).
+inline bool has_nan(const float* __restrict p, int64_t len) {
+  Vf sum{};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) sum += loadv(p + i);
+  float rest = 0.0f;
+  for (; i < len; ++i) rest += p[i];
+  for (int64_t l = 0; l < kLanes; ++l) rest += sum[l];
+  return rest != rest;
+}
+
 // Inference: ReLU (optional), LRN and a max-pool (kernel kp, stride sp, no padding, floor) in one pass, as AlexNet's
 // conv1 and conv2 stages run them. The LRN rows one output row's window needs are kept in a ring of kp rows of
 // floats (W·C values each), so each row is normalised once and only the pooled output (a quarter of the values at
@@ -355,6 +369,8 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
   at::parallel_for(0, batch * oh, 1, [&](int64_t begin, int64_t end) {
     Scratch w(b);
     std::vector<float> ring(kp * row);
+    std::vector<char> ring_nan(kp, 0);  // whether a ring row holds a NaN (its windows then pooled the slower way)
+    std::vector<float> cols(row);       // one output row's column maxima (W · C values)
     int64_t image = -1, done = -1;  // the rows of `image` normalised so far: up to `done`
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bi = item / oh, oy = item % oh, y0 = oy * sp;
@@ -364,29 +380,45 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
         float* __restrict out = ring.data() + (yy % kp) * row;
         for (int64_t r0 = 0; r0 < row_runs; r0 += b.runs)
           normalise<kRelu>(xr + r0 * b.cg, out + r0 * b.cg, std::min(b.runs, row_runs - r0), b, w, n, a, beta, k);
+#ifdef __AVX512F__
+        ring_nan[yy % kp] = has_nan(out, row);
+#endif
       }
       done = std::max(done, y0 + kp - 1);
       T* __restrict yr = y + (bi * oh + oy) * ow * channels;
+#ifdef __AVX512F__
+      bool window_nan = false;
+      for (int64_t dy = 0; dy < kp; ++dy) window_nan |= ring_nan[(y0 + dy) % kp] != 0;
+      // Where the window's rows hold no NaN, one vmaxps a value: each column's max over the kp rows first (into
+      // cols), then each window's over its kp columns, so a column two windows share is read from the ring once (at
+      // kp 3, sp 2: 6 loads an output vector, not 9, and 16 channels a load rather than a pixel's window at a time,
+      // which reached into the ring's three rows for each). vmaxps drops a NaN in its first operand, hence the
+      // rows' check (a sum: NaN if a value was, or where +inf met -inf); rows with a NaN take the slower way below,
+      // two compares and a blend a value.
+      if (!window_nan && channels % kLanes == 0 && kp <= 16) {
+        const int64_t used = (ow - 1) * sp + kp;  // the columns some window reads
+        const float* __restrict rows[16];
+        for (int64_t dy = 0; dy < kp; ++dy) rows[dy] = ring.data() + ((y0 + dy) % kp) * row;
+        for (int64_t i = 0; i < used * channels; i += kLanes) {
+          Vf m = loadv(rows[0] + i);
+          for (int64_t dy = 1; dy < kp; ++dy) m = _mm512_max_ps(loadv(rows[dy] + i), m);
+          storev(cols.data() + i, m);
+        }
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const float* __restrict win = cols.data() + ox * sp * channels;
+          for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
+            Vf m = loadv(win + c0);
+            for (int64_t dx = 1; dx < kp; ++dx) m = _mm512_max_ps(loadv(win + dx * channels + c0), m);
+            storev(yr + ox * channels + c0, m);
+          }
+        }
+        continue;
+      }
+#endif
       // The running max in registers (vec.h), kLanes channels at a time: NaN propagates, as torch's max-pool does.
       auto pool_lanes = [&](int64_t ox, int64_t c0) {
         const float* __restrict corner = ring.data() + (ox * sp) * channels + c0;
         const Vf first = loadv(corner + (y0 % kp) * row);
-#ifdef __AVX512F__
-        // One instruction a value, and a sum that is NaN if a value was: vmaxps drops a NaN in its first operand.
-        // The sum of numbers is never NaN but for +inf and -inf in one window; then, as for a NaN, the window is
-        // pooled again the slower way, with two compares and a blend a value (conv1's stage, bf16, batch 64, on 2
-        // cores of an Intel Xeon with AMX: 6.0 ms that way, 5.4 this).
-        Vf fast = first, sum{};
-        for (int64_t dy = 0; dy < kp; ++dy) {
-          const float* __restrict line = corner + ((y0 + dy) % kp) * row;
-          for (int64_t dx = 0; dx < kp; ++dx) {
-            const Vf v = loadv(line + dx * channels);
-            fast = _mm512_max_ps(v, fast);  // v > fast ? v : fast
-            sum += v;
-          }
-        }
-        if (!_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q)) return storev(yr + ox * channels + c0, fast);
-#endif
         Vf best = first;
         for (int64_t dy = 0; dy < kp; ++dy) {
           const float* __restrict line = corner + ((y0 + dy) % kp) * row;
