@@ -386,35 +386,42 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
       }
       done = std::max(done, y0 + kp - 1);
       T* __restrict yr = y + (bi * oh + oy) * ow * channels;
-#ifdef __AVX512F__
-      bool window_nan = false;
-      for (int64_t dy = 0; dy < kp; ++dy) window_nan |= ring_nan[(y0 + dy) % kp] != 0;
-      // Where the window's rows hold no NaN, one vmaxps a value: each column's max over the kp rows first (into
-      // cols), then each window's over its kp columns, so a column two windows share is read from the ring once (at
-      // kp 3, sp 2: 6 loads an output vector, not 9, and 16 channels a load rather than a pixel's window at a time,
-      // which reached into the ring's three rows for each). vmaxps drops a NaN in its first operand, hence the
-      // rows' check (a sum: NaN if a value was, or where +inf met -inf); rows with a NaN take the slower way below,
-      // two compares and a blend a value.
-      if (!window_nan && channels % kLanes == 0 && kp <= 16) {
+      // Each column's max over the kp rows first (into cols), then each window's over its kp columns, so a column
+      // two windows share is read from the ring once (at kp 3, sp 2: 6 loads an output vector, not 9, and kLanes
+      // channels a load rather than a pixel's window at a time, which reached into the ring's three rows for each).
+      auto columns = [&](auto max) {
         const int64_t used = (ow - 1) * sp + kp;  // the columns some window reads
-        const float* __restrict rows[16];
+        const float* __restrict rows[16];         // the window's rows in the ring (kp <= 15, as fused_pool's)
         for (int64_t dy = 0; dy < kp; ++dy) rows[dy] = ring.data() + ((y0 + dy) % kp) * row;
         for (int64_t i = 0; i < used * channels; i += kLanes) {
           Vf m = loadv(rows[0] + i);
-          for (int64_t dy = 1; dy < kp; ++dy) m = _mm512_max_ps(loadv(rows[dy] + i), m);
+          for (int64_t dy = 1; dy < kp; ++dy) m = max(loadv(rows[dy] + i), m);
           storev(cols.data() + i, m);
         }
         for (int64_t ox = 0; ox < ow; ++ox) {
           const float* __restrict win = cols.data() + ox * sp * channels;
           for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
             Vf m = loadv(win + c0);
-            for (int64_t dx = 1; dx < kp; ++dx) m = _mm512_max_ps(loadv(win + dx * channels + c0), m);
+            for (int64_t dx = 1; dx < kp; ++dx) m = max(loadv(win + dx * channels + c0), m);
             storev(yr + ox * channels + c0, m);
           }
         }
+      };
+      if (channels % kLanes == 0 && kp <= 16) {
+#ifdef __AVX512F__
+        // Where the window's rows hold no NaN, one vmaxps a value; it drops a NaN in its first operand, hence the
+        // rows' check (a sum: NaN if a value was, or where +inf met -inf).
+        bool window_nan = false;
+        for (int64_t dy = 0; dy < kp; ++dy) window_nan |= ring_nan[(y0 + dy) % kp] != 0;
+        if (!window_nan) {
+          columns([](Vf v, Vf m) { return Vf(_mm512_max_ps(v, m)); });
+          continue;
+        }
+#endif
+        // Two compares and a blend a value: NaN propagates, as torch's max-pool does.
+        columns([](Vf v, Vf m) { return ((v > m) | (v != v)) ? v : m; });
         continue;
       }
-#endif
       // The running max in registers (vec.h), kLanes channels at a time: NaN propagates, as torch's max-pool does.
       auto pool_lanes = [&](int64_t ox, int64_t c0) {
         const float* __restrict corner = ring.data() + (ox * sp) * channels + c0;
