@@ -55,6 +55,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "data.in_memory_gb": (0, INF, True),
     "data.val_split": (0, INF, True),
     "data.random_erasing": (0, 1, True),
+    "data.cutout": (0, 8192, True),
     "data.mixup_alpha": (0, INF, True),
     "data.cutmix_alpha": (0, INF, True),
     "optim.lr": (0, INF, False),

@@ -10,6 +10,7 @@ import torch
 
 from alexnet.data.augment import Augment
 from alexnet.data.config import DataConfig
+from alexnet.errors import ConfigError
 from alexnet.training.engine import training_loss
 from alexnet.training.fit import fit
 from tests.conftest import tiny_config
@@ -74,6 +75,27 @@ def test_random_erasing_erases_a_rectangle():
     assert all(0 < e.sum() < 32 * 32 for e in erased)
 
 
+@pytest.mark.parametrize("side", [1, 8, 12])
+def test_cutout_erases_one_square_of_its_side_from_every_image(side):
+    augment = _augment(cutout=side)
+    x = torch.ones(16, 3, 24, 24)
+    out, _ = augment.after(x, torch.arange(16), torch.Generator().manual_seed(7))
+    for image in (out == 0).all(1):  # (24, 24): where every channel was erased
+        rows, cols = image.nonzero().unbind(1)
+        assert image.sum() == side * side and rows.max() - rows.min() == cols.max() - cols.min() == side - 1
+    corners = {tuple(image.nonzero()[0].tolist()) for image in (out == 0).all(1)}
+    assert len(corners) > 1  # each image its own place
+    again, _ = augment.after(x, torch.arange(16), torch.Generator().manual_seed(7))
+    assert torch.equal(again, out)  # the step's generator decides
+    last = augment.after(x.contiguous(memory_format=torch.channels_last), torch.arange(16), torch.Generator())[0]
+    assert last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cutout_as_large_as_the_crop_is_refused():
+    with pytest.raises(ConfigError, match="data.cutout=24"):
+        _augment(cutout=24)
+
+
 def test_label_smoothing_applies_on_top_of_soft_targets():
     logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(5))
     soft = torch.softmax(torch.randn(5, 4, generator=torch.Generator().manual_seed(6)), 1)
@@ -90,6 +112,7 @@ def test_a_run_trains_with_every_option_on(tmp_path):
         "data.cutmix_alpha=1.0",
         'data.auto_augment="trivialaugment"',
         "data.random_erasing=0.25",
+        "data.cutout=4",
         "data.random_resized_crop=true",
         "optim.label_smoothing=0.1",
     ]

@@ -50,6 +50,7 @@ class DataConfig:
     random_resized_crop: bool = False  # Inception's 8-100% area, 3/4-4/3 aspect crop instead of the fixed-size one
     auto_augment: str | None = None  # randaugment or trivialaugment, per image
     random_erasing: float = 0.0  # probability of erasing a rectangle per image
+    cutout: int = 0  # px: the side of a square erased from every image (0: off)
     mixup_alpha: float = 0.0  # MixUp's Beta(α, α); > 0 turns it on (soft targets)
     cutmix_alpha: float = 0.0  # CutMix's Beta(α, α); with mixup_alpha too, one of the two per batch
 
