@@ -3,6 +3,7 @@ runs on fake data."""
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,8 @@ def test_the_readme_commands_run_on_fake_data(tmp_path, monkeypatch):
     demo = tmp_path / "runs" / "demo"
     demo.mkdir(parents=True)
     (tmp_path / "run0" / "best.safetensors").rename(demo / "best.safetensors")
+    for name in "abc":  # the ensemble line's runs: the demo's run thrice (members must read images alike)
+        shutil.copytree(tmp_path / "run0", tmp_path / "runs" / name)
     for folder in ("photos", "more"):
         (tmp_path / folder).mkdir()
         for j in range(2):

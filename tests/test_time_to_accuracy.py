@@ -53,3 +53,24 @@ def test_a_bad_override_is_one_line_and_a_non_zero_exit(tta, monkeypatch):
         tta.main()
     message = str(stop.value.code)
     assert message.startswith("time_to_accuracy: error: unknown override 'fc'") and "\n" not in message
+
+
+def test_an_ensemble_run_trains_k_seeds_and_scores_them_as_one(tta, monkeypatch):
+    seeds, calls = [], []
+    real_fit, real_eval = tta.fit, tta.evaluate_checkpoint
+
+    def fit(cfg):
+        seeds.append(cfg.train.seed)
+        return real_fit(cfg)
+
+    def evaluate(paths, **kwargs):
+        result = real_eval(paths, **kwargs)
+        calls.append((len(paths), kwargs.get("split", "test"), result.acc1))
+        return result
+
+    monkeypatch.setattr(tta, "fit", fit)
+    monkeypatch.setattr(tta, "evaluate_checkpoint", evaluate)
+    final, seconds, history = tta.ensemble_run("cifar10", [*TINY, "data.val_split=0.25"], seed=1, models=2)
+    assert seeds == [2, 3]  # seeds K·s … K·s + K − 1: no two runs share a model
+    assert [c[:2] for c in calls] == [(2, "test"), (2, "val")]
+    assert final == calls[0][2] and history[-1]["val_acc1"] == calls[1][2] and seconds > 0

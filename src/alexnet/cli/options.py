@@ -46,8 +46,11 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP) -> None:
-    p.add_argument("--weights", "--checkpoint", dest="weights", required=True, metavar="NAME|PATH", help=help)
+def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP, many: bool = False) -> None:
+    nargs = "+" if many else None  # several: `alexnet eval`'s ensemble
+    p.add_argument(
+        "--weights", "--checkpoint", dest="weights", required=True, metavar="NAME|PATH", nargs=nargs, help=help
+    )
 
 
 def device(p: argparse.ArgumentParser, dest: str = "device") -> None:

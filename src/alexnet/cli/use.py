@@ -12,7 +12,12 @@ from . import options
 
 
 def add_eval(p: argparse.ArgumentParser) -> None:
-    options.weights(p, options.WEIGHTS_HELP + ", or a .pt2 program export or quantize wrote")
+    options.weights(
+        p,
+        options.WEIGHTS_HELP + ", or a .pt2 program export or quantize wrote; several: scored as one, the softmax "
+        "averaged over them (the paper's five CNNs)",
+        many=True,
+    )
     p.add_argument("--dataset", help="default: the one the model was trained on")
     options.data_dir(p, help="where that data set is (default: where the model's training found it)")
     # No view option: the views the run validated with (its recipe's flip_tta...). Any option: exactly those named.

@@ -1,9 +1,11 @@
-"""Evaluate a trained model on a data set's validation split, with the preprocessing recorded in its metadata."""
+"""Evaluate a trained model, or several as one (`alexnet.inference.ensemble`), on a data set's validation split,
+with the preprocessing recorded in its metadata."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -11,7 +13,7 @@ import torch
 from .. import native
 from ..artifacts.loader import load_trained
 from ..artifacts.program import is_int8
-from ..artifacts.trained import display_label
+from ..artifacts.trained import TrainedModel, display_label
 from ..data.config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
@@ -19,11 +21,12 @@ from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from ..models import fused_kernels
+from .ensemble import Ensemble, check_members
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
 
 
 def evaluate_checkpoint(
-    path: Path | str,
+    path: Path | str | Sequence[Path | str],
     *,
     dataset: str | None = None,
     data_dir: str | None = None,
@@ -45,23 +48,32 @@ def evaluate_checkpoint(
     so the figure matches what training logged. Naming any of them gives exactly the views named.
     ``split`` is ``test`` (the data set's own validation or test split) or ``val`` (the images the training run held
     out of its training split with ``data.val_split``, checked against the run's ``held_out.json`` when it is there).
+    Several paths evaluate their models as one, the softmax averaged over them (`Ensemble`); they must agree on
+    classes, preprocessing and, for ``val``, the held-out images (`check_members`), and on their views unless named.
     """
     if split not in ("test", "val"):
         raise ConfigError(f"split={split!r}: choose test (the data set's own split) or val (the held-out images)")
-    trained = load_trained(path)
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not paths:
+        raise ConfigError("no model to evaluate")
+    members = [load_trained(p) for p in paths]
+    check_members(paths, members, held_out=split == "val")
+    trained = members[0]
     if ten_crop is None and flip is None and translate is None:
         views = trained.eval_views
+        if any(m.eval_views != views for m in members):
+            raise ConfigError(
+                "the models were validated with different test-time views: name the views to average over "
+                "(--flip-tta, --translate-tta, --ten-crop or --single-view)"
+            )
     else:
         views = {"ten_crop": bool(ten_crop), "flip": bool(flip), "translate": translate or 0}
     if views["ten_crop"] and views["translate"]:
         raise ConfigError("ten crops and translated views are exclusive: ten crops are translations already")
-    int8 = precision == "int8" or is_int8(trained)
-    if precision == "int8" and not is_int8(trained):  # quantize on the fly, calibrated on the training split
-        trained, _ = quantize(
-            trained,
-            calibration_inputs(trained, CALIBRATION_IMAGES, data_dir),
-            record={"calibration_split": "train", "calibration_seed": 0},
-        )
+    int8 = precision == "int8" or any(is_int8(m) for m in members)
+    if precision == "int8":  # quantize on the fly, calibrated on the training split
+        members = [_quantized(m, data_dir) for m in members]
+    trained = members[0]
     prep = trained.preprocessing
     # Only the validation split is read; the preprocessing is the one recorded with the weights.
     cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()
@@ -73,24 +85,23 @@ def evaluate_checkpoint(
     if dev.type == "cpu":
         tune_cpu_allocator()  # as training does: each batch's large activations otherwise fault their pages in anew
     if split == "val":
-        if trained.config is None:
-            raise ConfigError(
-                f"{path} carries no training config: only a run's .pt checkpoint knows its held-out split"
-            )
         loader, classes, held = build_held_out_loader(cfg, prep.stored_size, dev)
-        _check_held_out(Path(path), held)
+        for p in paths:
+            _check_held_out(p, held)
     else:
         loader, classes = build_eval_loader(cfg, prep.stored_size, dev)
     if classes != trained.classes:
         shown = [display_label(c) for c in classes[:4]]
         raise IncompatibleCheckpointError(
-            f"{path} was trained on {len(trained.classes)} classes {trained.meta.labels[:4]}…; this data set has "
+            f"{paths[0]} was trained on {len(trained.classes)} classes {trained.meta.labels[:4]}…; this data set has "
             f"{len(classes)}: {shown}…"
         )
     transform = prep.transform()
     if prep.mean_image:  # the per-pixel mean is not stored with the weights: recompute it, as training did
         transform.mean = training_mean_image(cfg, prep.stored_size)
-    model = trained.model if int8 else trained.model.to(dev, memory_format=torch.channels_last)
+    model = trained.model if len(members) == 1 else Ensemble([m.model for m in members])
+    if not int8:
+        model = model.to(dev, memory_format=torch.channels_last)
     if dev.type == "cpu" and not int8:  # the fused kernels its first batch asks for one by one, side by side
         native.prepare(fused_kernels(model, training=False))
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
@@ -98,12 +109,23 @@ def evaluate_checkpoint(
         result = evaluate(model, loader, transform, settings, **views)
     if not result.finite:
         raise NonFiniteOutputError(
-            f"{path} produces non-finite outputs (NaN or infinity) although its weights are finite: training "
-            "diverged; no accuracy is reported from it"
+            f"{', '.join(map(str, paths))} produces non-finite outputs (NaN or infinity) although its weights are "
+            "finite: training diverged; no accuracy is reported from it"
         )
     result.classes = classes
     result.views = views
     return result
+
+
+def _quantized(trained: TrainedModel, data_dir: str | None) -> TrainedModel:
+    if is_int8(trained):
+        return trained
+    quantized, _ = quantize(
+        trained,
+        calibration_inputs(trained, CALIBRATION_IMAGES, data_dir),
+        record={"calibration_split": "train", "calibration_seed": 0},
+    )
+    return quantized
 
 
 def _check_held_out(checkpoint: Path, held: list[int]) -> None:
