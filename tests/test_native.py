@@ -121,3 +121,57 @@ def test_prepare_of_one_kernel_builds_it_in_this_thread(monkeypatch):
     threads = []
     native.prepare([lambda: threads.append(threading.current_thread())])
     assert threads == [threading.current_thread()]
+
+
+def _cached_build(cache, name, source, torch_dir="/venv/torch", flags="-O3"):
+    """A build directory as torch's builder leaves it: its build file names the build, its flags and its source."""
+    d = cache / name
+    d.mkdir(parents=True)
+    (d / "build.ninja").write_text(
+        f"cflags = -DTORCH_EXTENSION_NAME={name} -isystem {torch_dir}/include {flags}\n"
+        f"build k.o: compile {source}\n"
+        f"build {name}.so: link k.o\ndefault {name}.so\n"
+    )
+    (d / f"{name}.so").write_bytes(b"\0" * 64)
+    return d
+
+
+def test_a_build_removes_the_builds_it_replaces_and_keeps_the_others(tmp_path):
+    cache, source = tmp_path / "cache", tmp_path / "src" / "k.cpp"
+    source.parent.mkdir()
+    source.write_text("int x;\n")
+    new = _cached_build(cache, "k_cpu_new", source)
+    edited = _cached_build(cache, "k_cpu_old", source)  # this checkout before an edit: replaced
+    gone = _cached_build(cache, "k_cpu_gone", tmp_path / "deleted" / "k.cpp")  # a checkout since deleted
+    venv = _cached_build(cache, "k_cpu_venv", source, torch_dir="/other/torch")  # another environment
+    flags = _cached_build(cache, "k_cpu_avx2", source, flags="-O3 -mno-avx512f")  # other flags (the AVX2 build)
+    other_cpu = _cached_build(cache, "k_zen_old", source)  # another CPU sharing the cache
+    other_kernel = _cached_build(cache, "j_cpu_old", source)
+    building = cache / "k_cpu_building"  # under way: no build file yet
+    building.mkdir()
+    removed = native.prune_replaced(new, "k_cpu_")
+    assert sorted(removed) == sorted([edited, gone])
+    assert not edited.exists() and not gone.exists()
+    for kept in (new, venv, flags, other_cpu, other_kernel, building):
+        assert kept.is_dir(), kept.name
+    assert native.prune_replaced(new, "k_cpu_") == []
+
+
+def test_build_prunes_beside_what_it_loaded(tmp_path, monkeypatch):
+    import types
+
+    import torch.utils.cpp_extension
+
+    source = tmp_path / "k.cpp"
+    source.write_text("int x;\n")
+    cache = tmp_path / "cache"
+    fingerprint = native.cpu_fingerprint()
+    old = _cached_build(cache, f"k_{fingerprint}_0000000000", source)
+
+    def load(name, *args, **kwargs):
+        build = _cached_build(cache, name, source)
+        return types.SimpleNamespace(__file__=str(build / f"{name}.so"))
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
+    native.build("k", source)
+    assert not old.exists() and len(list(cache.iterdir())) == 1

@@ -6,14 +6,17 @@
 hash of its source, its flags, where the source lies and which torch builds it: two processes starting together
 (torchrun's ranks) share one build, and two checkouts or environments each keep their own (the builder writes the
 source's path and torch's include paths into its build file and rebuilds when they change: one shared directory was
-rebuilt on every switch between them, and under a process that had it loaded). `prepare` builds several side by side,
-one compiler each, before a first step would ask for them one after the other."""
+rebuilt on every switch between them, and under a process that had it loaded). A build removes the builds it
+replaces (`prune_replaced`). `prepare` builds several side by side, one compiler each, before a first step would ask
+for them one after the other."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
+import shutil
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,7 +115,40 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
             verbose=False,
         )
     log.debug("%s kernel loaded", name)
+    built = getattr(module, "__file__", None)  # …/<cache>/<name>_<cpu>_<tag>/<name>_<cpu>_<tag>.so
+    try:
+        if built:
+            prune_replaced(Path(built).parent, f"{name}_{cpu_fingerprint()}_")
+    except OSError as err:  # a cache we may read but not clean: the kernel works all the same
+        log.debug("earlier %s builds left in place: %s", name, err)
     return module
+
+
+_COMPILED = re.compile(r"^build \S+: compile (.+)$", re.MULTILINE)
+
+
+def prune_replaced(build_dir: Path, prefix: str) -> list[Path]:
+    """Remove the builds beside ``build_dir`` (named ``prefix``…) that it replaces, and return them: those whose
+    build file is this one's but for the name, so differ only in the source's text (an edit, or an upgrade
+    installed at the same path), and those whose source is gone (a deleted checkout). Each source edit or upgrade
+    otherwise left another build of ~1 MB a kernel in the cache, for good. Builds for another checkout, torch or set of
+    flags stay: switching back to them would rebuild."""
+    mine = (build_dir / "build.ninja").read_text()
+    removed = []
+    for other in build_dir.parent.glob(f"{prefix}*"):
+        if other == build_dir or not other.is_dir():
+            continue
+        try:
+            theirs = (other / "build.ninja").read_text()
+        except OSError:  # a build under way (the file is written first) or not ours
+            continue
+        sources = _COMPILED.findall(theirs)
+        if theirs.replace(other.name, build_dir.name) == mine or (sources and not all(map(os.path.exists, sources))):
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    if removed:
+        log.debug("removed %d replaced build(s) of %s", len(removed), prefix)
+    return removed
 
 
 def enabled(switch: str) -> bool:
