@@ -34,7 +34,7 @@ TINY = [
 def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp_path, capsys):
     out, records = tmp_path / "runs", tmp_path / "records"
     # One experiment of each kind: error (with the shared baseline), epochs, converge, paired; and lrn_cifar.
-    names = ["relu_tanh", "lrn_cifar", "lrn", "dropout", "ten_crop"]
+    names = ["relu_tanh", "lrn_cifar", "lrn", "dropout", "ten_crop", "ensemble"]
     assert set(names) <= {e.name for e in BUDGETS["cpu"]().experiments}
     assert (
         main(
@@ -80,6 +80,27 @@ def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp
     done = json.loads((base / "done.json").read_text())
     assert {"test_err_centre", "test_err_ten_crop", "fig3"} <= set(done) and (base / "fig3.png").is_file()
     assert "## Figure 3" in report
+    # The ensemble: the baseline's two runs as one, beside each alone (the same weights and view as the ten-crop
+    # claim's centre crop), kept in the records for later sittings.
+    ensemble = json.loads((records / "lrn" / "paper" / "ensemble.json").read_text())
+    centre = [
+        json.loads((records / "lrn" / "paper" / f"seed{s}" / "done.json").read_text())["test_err_centre"]
+        for s in (0, 1)
+    ]
+    assert ensemble["seeds"] == [0, 1] and ensemble["members_err"] == centre
+    from alexnet.inference.evaluate import evaluate_checkpoint
+
+    weights = [out / "lrn" / "paper" / f"seed{s}" / "last.pt" for s in (0, 1)]
+    kwargs = {"ten_crop": False, "precision": "fp32", "dataset": "fake", "progress": False}
+    together = evaluate_checkpoint(weights, **kwargs)
+    assert ensemble["ensemble_loss"] == pytest.approx(together.loss, abs=1e-4)
+    assert together.loss <= sum(evaluate_checkpoint(w, **kwargs).loss for w in weights) / 2 + 1e-6  # Jensen
+    arms = results["ensemble"]["arms"]
+    assert arms["one model"]["values"] == centre and arms["2 averaged"]["values"] == [ensemble["ensemble_err"]]
+    assert results["ensemble"]["effect"]["estimate"] == pytest.approx(
+        sum(centre) / 2 - ensemble["ensemble_err"], abs=1e-3
+    )
+    assert "| **ensemble** (§6, Table 2)" in report and "40.7% → 38.1%" in report
     assert not list(records.rglob("*.pt")) and not list(records.rglob("*.safetensors"))
     assert "report:" in capsys.readouterr().out
 
@@ -87,7 +108,18 @@ def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp
 @pytest.mark.slow
 def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     out, records = tmp_path / "runs", tmp_path / "records"
-    args = ["reproduce", "--out", str(out), "--records", str(records), "--seeds", "1", "--only", "lrn,pca", *TINY]
+    args = [
+        "reproduce",
+        "--out",
+        str(out),
+        "--records",
+        str(records),
+        "--seeds",
+        "1",
+        "--only",
+        "lrn,pca,ensemble",
+        *TINY,
+    ]
     assert main(args) == 0
     results = json.loads((records / "results.json").read_text())
     assert results["lrn"]["verdict"] == "one seed: no interval, no verdict"
@@ -103,6 +135,14 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "fit", lambda cfg: trained.append(cfg) or real_fit(cfg))
     assert main(args) == 0
     assert trained == [] and (records / "report.md").is_file()
+    # The ensemble was measured in the first sitting, where the weights were, and is read back from its record;
+    # without the record a later sitting has no weights to measure it with, and says so.
+    again = json.loads((records / "results.json").read_text())
+    assert again["ensemble"] == results["ensemble"] and results["ensemble"]["arms"]["1 averaged"]["values"]
+    (records / "lrn" / "paper" / "ensemble.json").unlink()
+    assert main(args) == 0
+    gone = json.loads((records / "results.json").read_text())["ensemble"]
+    assert gone["text"] == "not measured" and "weights are gone" in gone["verdict"]
     # A run without a record and without a checkpoint trains from scratch; one with a checkpoint (killed after it)
     # resumes from it.
     done = records / "pca" / "no_pca" / "seed0" / "done.json"

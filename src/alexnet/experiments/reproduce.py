@@ -59,8 +59,9 @@ class Experiment:
         paper_effect: the claimed effect in this experiment's unit (error points, or a ratio for ``ratio`` metrics).
         metric: ``error`` (final test top-1 error, %; the paper's arm should be lower), ``epochs`` (epochs to reach
             ``target`` % training error; ratio other/paper), ``converge`` (epochs to a training loss of ``target``;
-            ratio paper/other, the paper's arm slower), or ``tencrop`` (centre-crop error minus ten-crop error of
-            the ``paper`` arm's runs on the test split; no second training).
+            ratio paper/other, the paper's arm slower), ``tencrop`` (centre-crop error minus ten-crop error of
+            the ``paper`` arm's runs on the test split; no second training), or ``ensemble`` (each of the ``paper``
+            arm's runs' centre-crop test error minus that of all of them, their softmax averaged; no second training).
         paper_arm: the configuration the paper used.
         other_arm: the alternative it was compared with.
         target: the training error (%) or loss the ``epochs`` and ``converge`` metrics count to.
@@ -191,6 +192,20 @@ def _ten_crop(base: Arm, note: str) -> Experiment:
     )
 
 
+def _ensemble(base: Arm, note: str) -> Experiment:
+    return Experiment(
+        "ensemble",
+        "§6, Table 2",
+        "averaging the predictions of several similar CNNs lowers the error",
+        "1 CNN → 5 CNNs: 40.7% → 38.1% top-1 error (ILSVRC-2012 val)",
+        2.6,
+        "ensemble",
+        base,
+        None,
+        note=note,
+    )
+
+
 def _crops_flips(base: Arm, off: Any, note: str) -> Experiment:
     return Experiment(
         "crops_flips",
@@ -215,6 +230,12 @@ PAPER_FEATURES = (
     "data.batch_size=128",
     "optim.lr=0.05",
     "optim.label_smoothing=0.0",
+)
+
+
+ENSEMBLE_NOTE = (
+    "the baseline's seeds as the paper's similar CNNs (as many as --seeds, not five), one centre view each; "
+    "measured where their weights are, in the sitting that trained them, and kept in ensemble.json"
 )
 
 
@@ -250,6 +271,7 @@ def _small() -> Budget:
             "Fashion-MNIST; epochs (of 60 batches) to a training loss of 0.35, at most 6",
         ),
         _ten_crop(base, "the `paper` arm's runs of the ablations, evaluated again with ten crops"),
+        _ensemble(base, ENSEMBLE_NOTE),
     ]
     settings = {"CIFAR-10 runs": cifar, "Fashion-MNIST runs": fashion, "Figure 1 runs": fig1}
     return Budget(
@@ -295,6 +317,7 @@ def _cpu() -> Budget:
             "epochs to a training loss of 0.75 under the shared one-cycle schedule, at most 30",
         ),
         _ten_crop(base, "the baseline's runs evaluated again on the test split with ten crops (pad-4 corners)"),
+        _ensemble(base, ENSEMBLE_NOTE),
         _relu_tanh(fig1, 25.0, "the paper's target, 25% training error, on all 50,000 images; at most 40 epochs"),
         _lrn_cifar(
             local,
@@ -316,6 +339,7 @@ def _full() -> Budget:
         *_ablations(base, off, 0.5),
         _dropout(base, off("no_dropout", "model.overrides.dropout=0.0"), 2.5),
         _ten_crop(base, ""),
+        _ensemble(base, ENSEMBLE_NOTE),
     ]
     return Budget("full: ImageNet with the paper's recipe (GPUs)", {}, experiments, base)
 
@@ -388,12 +412,7 @@ def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
     from .figures import figure3
 
     weights = run / "last.pt"
-    kwargs = {
-        "data_dir": plan.cifar_dir,
-        "progress": False,
-        "dataset": plan.fields.get("data__dataset"),
-        "precision": "fp32",
-    }
+    kwargs = _eval_kwargs(plan)
     centre = evaluate_checkpoint(weights, ten_crop=False, **kwargs).err1  # one view, whatever the run validated with
     ten = evaluate_checkpoint(weights, ten_crop=True, **kwargs).err1
     out: dict[str, Any] = {"test_err_centre": round(centre, 3), "test_err_ten_crop": round(ten, 3)}
@@ -407,6 +426,48 @@ def _baseline_measures(run: Path, plan: Plan, record: Path) -> dict[str, Any]:
     except (ImportError, ValueError) as err:  # no matplotlib, or a one-channel model
         log.warning("Figure 3 not drawn for %s: %s", run, err)
     return out
+
+
+def _eval_kwargs(plan: Plan) -> dict[str, Any]:
+    return {
+        "data_dir": plan.cifar_dir,
+        "progress": False,
+        "dataset": plan.fields.get("data__dataset"),
+        "precision": "fp32",
+    }
+
+
+def _ensemble_record(plan: Plan, home: Path, seeds: int) -> dict[str, Any] | None:
+    """The test error of each of ``home``'s runs and of all of them as one (`alexnet.inference.ensemble`), one
+    centre view each: read from ``ensemble.json`` in its records, else measured on the runs' weights and kept
+    there; None where the records have none and the weights are gone (a later sitting: records keep no weights)."""
+    from ..inference.evaluate import evaluate_checkpoint
+
+    path = plan.records / home / "ensemble.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("seeds") == list(range(seeds)):
+            return saved
+    weights = [plan.out / home / f"seed{s}" / "last.pt" for s in range(seeds)]
+    if not all(w.is_file() for w in weights):
+        log.warning("ensemble not measured: %s has no record of it and the runs' weights are gone", plan.records / home)
+        return None
+    began = time.perf_counter()
+    kwargs = _eval_kwargs(plan)
+    members = [evaluate_checkpoint(w, ten_crop=False, **kwargs).err1 for w in weights]
+    together = evaluate_checkpoint(weights, ten_crop=False, **kwargs)
+    record = {
+        "seeds": list(range(seeds)),
+        "members_err": [round(e, 3) for e in members],
+        "ensemble_err": round(together.err1, 3),
+        "ensemble_err5": round(together.err5, 3),
+        "ensemble_loss": round(together.loss, 5),
+        "seconds": round(time.perf_counter() - began, 1),
+        "machine": machine(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    return record
 
 
 def _data_overrides(arm: Arm, plan: Plan) -> list[str]:
@@ -475,7 +536,21 @@ def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]]) -> ClaimRes
             effect = claims.ratio(other, paper)
         else:  # converge: the paper's arm (dropout) is the slower one
             effect = claims.ratio(paper, other)
-    unit = "%" if exp.metric in ("error", "tencrop") else " epochs"
+    seconds = sum(r["seconds"] for rs in runs.values() for r in rs)
+    return _claim_result(exp, arms, effect, seconds)
+
+
+def _measure_ensemble(exp: Experiment, record: dict[str, Any] | None) -> ClaimResult:
+    if record is None:
+        why = "not measured: the runs' weights are gone and no ensemble.json was kept (train the seeds again)"
+        return ClaimResult({}, claims.Effect(math.nan, None, None, "paired"), "not measured", why, 0.0)
+    members, together = record["members_err"], record["ensemble_err"]
+    arms = {"one model": claims.Arm(members), f"{len(members)} averaged": claims.Arm([together])}
+    return _claim_result(exp, arms, claims.paired([m - together for m in members]), record["seconds"])
+
+
+def _claim_result(exp: Experiment, arms: dict[str, claims.Arm], effect: claims.Effect, seconds: float) -> ClaimResult:
+    unit = "%" if exp.metric in ("error", "tencrop", "ensemble") else " epochs"
     return ClaimResult(
         {
             k: ArmResult(
@@ -490,7 +565,7 @@ def _measure(exp: Experiment, runs: dict[str, list[dict[str, Any]]]) -> ClaimRes
         effect,
         claims.describe(effect),
         claims.verdict(effect, exp.paper_effect),
-        round(sum(r["seconds"] for rs in runs.values() for r in rs), 1),
+        round(seconds, 1),
     )
 
 
@@ -549,7 +624,10 @@ def reproduce(
         for arm in (a for a in (exp.paper_arm, exp.other_arm) if a is not None):
             home = homes.setdefault(arm, Path(exp.name) / arm.name)
             runs[arm.name] = [_run(plan, arm, s, home / f"seed{s}") for s in range(seeds)]
-        results[exp.name] = _measure(exp, runs)
+        if exp.metric == "ensemble":
+            results[exp.name] = _measure_ensemble(exp, _ensemble_record(plan, homes[exp.paper_arm], seeds))
+        else:
+            results[exp.name] = _measure(exp, runs)
     from .reproduce_report import write_report
 
     write_report(plan.records, budget_plan, chosen, results, seeds, homes)

@@ -32,10 +32,10 @@ def write_report(
         "",
         f"{seeds} seed(s) per arm; arms as mean ± sample standard deviation over seeds; effects with their 95% "
         "confidence interval (Welch's t for differences of errors, a t-interval on the logarithm for ratios, paired "
-        "t for ten crops). Verdict: *reproduced in sign* when the interval excludes no effect, *and size* when the "
-        "estimate is also within a factor of two of the paper's; a run that never reached its target is "
-        "*censored* (its value is a lower bound) and its arm's figure is a bound, without an interval. Errors are "
-        "the last epoch's test top-1 error, never selected.",
+        "t for ten crops and the ensemble). Verdict: *reproduced in sign* when the interval excludes no effect, "
+        "*and size* when the estimate is also within a factor of two of the paper's; a run that never reached its "
+        "target is *censored* (its value is a lower bound) and its arm's figure is a bound, without an interval. "
+        "Errors are the last epoch's test top-1 error, never selected.",
         "",
         f"{len(runs)} runs, **{hours:.2f} h** of training and evaluation in all, on: " + "; ".join(machines) + ".",
         "",
@@ -57,7 +57,8 @@ def write_report(
         "",
         "Effects: `error` claims in test-error points the paper's choice saves (positive agrees with the paper); "
         "`relu_tanh` tanh's epochs to the target over ReLU's; `dropout` the epochs to the target training loss with "
-        "dropout over without; `ten_crop` centre-crop error minus ten-crop error of the same weights.",
+        "dropout over without; `ten_crop` centre-crop error minus ten-crop error of the same weights; `ensemble` each "
+        "run's centre-crop error minus that of all the runs, their softmax averaged.",
         "",
     ]
     notes = [f"- **{e.name}**: {e.note}" for e in experiments if e.note]
