@@ -123,8 +123,11 @@ def test_the_cli_scores_several_checkpoints_and_refuses_a_mismatch_in_one_line(r
     a, b = (str(out / "last.pt") for out in runs)
     assert main(["eval", "--checkpoint", a, b, "--json", "--precision", "fp32", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["models"] == 2
     want = evaluate_checkpoint([a, b], **KW)
     assert result["acc1"] == pytest.approx(want.acc1, abs=1e-3) and result["loss"] == pytest.approx(want.loss, abs=1e-4)
+    assert main(["eval", "--checkpoint", a, b, "--precision", "fp32", "--device", "cpu"]) == 0
+    assert "(2 models, softmax averaged)" in capsys.readouterr().out.splitlines()[0]
     meta = read_weights_meta(runs[1] / "best.safetensors")
     meta["classes"].reverse()
     save_weights(load_trained(runs[1] / "best.safetensors").model, tmp_path / "c.safetensors", meta)

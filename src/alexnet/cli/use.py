@@ -98,6 +98,7 @@ def run_eval(args: argparse.Namespace) -> int:
     summary = {k: round(v, 4) for k, v in result.summary().items()}
     views = result.views
     summary.update(ten_crop=views["ten_crop"], flip_tta=views["flip"], translate_tta=views["translate"])
+    summary["models"] = len(args.weights)  # several: one ensemble, their softmax averaged
     per_class = dict(zip(result.classes, (round(a, 3) for a in result.per_class_acc)))
     if args.json:
         print(json.dumps({**summary, "per_class_acc": per_class}), flush=True)
@@ -105,6 +106,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(
             f"Acc@1 {summary['acc1']:.2f}  Acc@5 {summary['acc5']:.2f}  (error {summary['err1']:.2f} / "
             f"{summary['err5']:.2f})  loss {summary['loss']:.4f}  on {summary['images']} images"
+            + (f"  ({summary['models']} models, softmax averaged)" if summary["models"] > 1 else "")
         )
         for name, acc in per_class.items():
             print(f"  {display_label(name):<24} {acc:6.2f}%")
