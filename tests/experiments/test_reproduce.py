@@ -101,6 +101,7 @@ def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp
         sum(centre) / 2 - ensemble["ensemble_err"], abs=1e-3
     )
     assert "| **ensemble** (§6, Table 2)" in report and "40.7% → 38.1%" in report
+    assert f"2 averaged {ensemble['ensemble_err']:.2f}% |" in report  # one value, of both seeds: no "(one seed)"
     assert not list(records.rglob("*.pt")) and not list(records.rglob("*.safetensors"))
     assert "report:" in capsys.readouterr().out
 

@@ -21,7 +21,7 @@ import math
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -545,8 +545,11 @@ def _measure_ensemble(exp: Experiment, record: dict[str, Any] | None) -> ClaimRe
         why = "not measured: the runs' weights are gone and no ensemble.json was kept (train the seeds again)"
         return ClaimResult({}, claims.Effect(math.nan, None, None, "paired"), "not measured", why, 0.0)
     members, together = record["members_err"], record["ensemble_err"]
-    arms = {"one model": claims.Arm(members), f"{len(members)} averaged": claims.Arm([together])}
-    return _claim_result(exp, arms, claims.paired([m - together for m in members]), record["seconds"])
+    name = f"{len(members)} averaged"
+    arms = {"one model": claims.Arm(members), name: claims.Arm([together])}
+    result = _claim_result(exp, arms, claims.paired([m - together for m in members]), record["seconds"])
+    result.arms[name] = replace(result.arms[name], text=f"{together:.2f}%")  # one model of all the seeds
+    return result
 
 
 def _claim_result(exp: Experiment, arms: dict[str, claims.Arm], effect: claims.Effect, seconds: float) -> ClaimResult:
