@@ -149,10 +149,12 @@ def test_a_build_removes_the_builds_it_replaces_and_keeps_the_others(tmp_path):
     other_kernel = _cached_build(cache, "j_cpu_old", source)
     building = cache / "k_cpu_building"  # under way: no build file yet
     building.mkdir()
+    compiling = _cached_build(cache, "k_cpu_compiling", source)  # build file written, library not yet linked
+    (compiling / "k_cpu_compiling.so").unlink()
     removed = native.prune_replaced(new, "k_cpu_")
     assert sorted(removed) == sorted([edited, gone])
     assert not edited.exists() and not gone.exists()
-    for kept in (new, venv, flags, other_cpu, other_kernel, building):
+    for kept in (new, venv, flags, other_cpu, other_kernel, building, compiling):
         assert kept.is_dir(), kept.name
     assert native.prune_replaced(new, "k_cpu_") == []
 

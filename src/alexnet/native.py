@@ -136,11 +136,13 @@ def prune_replaced(build_dir: Path, prefix: str) -> list[Path]:
     mine = (build_dir / "build.ninja").read_text()
     removed = []
     for other in build_dir.parent.glob(f"{prefix}*"):
-        if other == build_dir or not other.is_dir():
+        # Only finished builds: another process may be compiling into a directory whose build file it wrote first
+        # (an older source, started before an edit); its library is linked last.
+        if other == build_dir or not (other / f"{other.name}.so").is_file():
             continue
         try:
             theirs = (other / "build.ninja").read_text()
-        except OSError:  # a build under way (the file is written first) or not ours
+        except OSError:  # not ours
             continue
         sources = _COMPILED.findall(theirs)
         if theirs.replace(other.name, build_dir.name) == mine or (sources and not all(map(os.path.exists, sources))):
