@@ -156,6 +156,16 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     done.unlink()
     assert main(two) == 0
     assert len(trained) == 2 and json.loads(done.read_text())["history"] == first  # resumed: nothing retrained
+    # A baseline run trained again (its record removed) replaces the weights the ensemble averaged: measured anew,
+    # not read from the record of the old weights.
+    stale = {**results["ensemble"], "seeds": [0], "members_err": [99.0], "ensemble_err": 99.0, "seconds": 1.0}
+    (records / "lrn" / "paper" / "ensemble.json").write_text(json.dumps(stale))
+    (records / "lrn" / "paper" / "seed0" / "done.json").unlink()
+    assert main(args) == 0
+    fresh = json.loads((records / "lrn" / "paper" / "ensemble.json").read_text())
+    assert fresh["members_err"] == [
+        json.loads((records / "lrn" / "paper" / "seed0" / "done.json").read_text())["test_err_centre"]
+    ]
 
 
 def test_only_and_unknown_names(tmp_path, capsys):

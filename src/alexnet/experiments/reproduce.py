@@ -397,6 +397,8 @@ def _run(plan: Plan, arm: Arm, seed: int, rel: Path) -> dict[str, Any]:
     }
     if arm == plan.baseline:
         summary.update(_baseline_measures(run, plan, record))
+        # The ensemble averaged the weights this run replaces: measured again, on the new ones, when next asked.
+        (record.parent / "ensemble.json").unlink(missing_ok=True)
     record.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.csv", "config.json", "held_out.json"):
         if (run / name).is_file() and record != run:
