@@ -207,6 +207,8 @@ def _stage(x, relu, groups=2, n=5, kernel=3, stride=2, convention="paper"):
         ((3, 96, 15, 13), 2, 5, 3, 2, True),  # conv1's stage: per tower, a 3 x 3 window at stride 2
         ((2, 20, 9, 10), 1, 3, 2, 2, False),  # no ReLU before the LRN; windows that do not overlap
         ((2, 18, 7, 7), 3, 7, 3, 1, True),  # stride 1: every row in three windows
+        ((2, 32, 7, 9), 1, 5, 3, 1, True),  # the same where the paper's LRN takes the column maxima as it goes
+        ((2, 64, 11, 9), 2, 5, 3, 2, False),  # and its towers of 32 without a ReLU
         ((1, 16, 3, 3), 1, 5, 3, 3, True),  # one output pixel
     ],
 )
@@ -221,6 +223,21 @@ def test_the_fused_inference_stage_equals_relu_lrn_and_pool_apart(dtype, shape, 
     # take the kernel's vector or scalar powers, an ulp apart.
     tol = dict(rtol=0, atol=0) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("channels", "groups", "stride"), [(96, 2, 2), (32, 1, 1), (20, 1, 2)])
+def test_the_fused_stage_keeps_the_zero_the_layers_keep(dtype, channels, groups, stride):
+    """Windows of zeros of both signs (ReLU passes -0, as torch's does, and LRN keeps the sign): torch's max-pool keeps
+    the first of equal values, so the pooled zero's sign is that of the window's first in raster order; the fused
+    stage's column maxima (taken as the LRN goes, or after) must keep the same one."""
+    fused = _fused_or_skip()
+    torch.manual_seed(9)
+    x = torch.where(torch.rand(2, channels, 7, 9) < 0.5, -0.0, 0.0).to(dtype)
+    got = fused.lrn_pool(x, 5, 1e-4, 0.75, 2.0, groups, True, 3, stride)
+    want = _stage(x, True, groups, 5, 3, stride)
+    assert (want == 0).all() and want.signbit().any() and (~want.signbit()).any()
+    assert torch.equal(got.signbit(), want.signbit())
 
 
 # the pool's one-at-a-time path; its vectors of 16 and the rest; its column maxima, which only rows without NaN take

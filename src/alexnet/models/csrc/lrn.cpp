@@ -181,9 +181,23 @@ inline Vf inv_pow34(Vf d, Vf* inv_d = nullptr) {
   return r * r * (kRefine ? rsqrt16(r) : Vf(_mm512_rsqrt14_ps(r)));
 }
 
+// The two rows before a 3-row pool window's last one, and where that window's column maxima go.
+struct Fold {
+  const float* first;
+  const float* second;
+  float* cols;
+};
+
+// With fold (inference's pooled stage): cols[i] ← max(out[i], first[i], second[i]), the column maxima of the window
+// whose last row this is, while the value is in a register (vmaxps: rows with a NaN are pooled again the slower way).
+// A separate pass over the rows was a fifth of conv1's stage (`perf`).
 template <bool kRelu, typename T, typename Out>
-inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t nr, int64_t cg, float a, float k) {
+inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t nr, int64_t cg, float a, float k,
+                            const Fold* fold = nullptr) {
   const int64_t vectors = cg / 16;
+  const float* __restrict f0 = fold ? fold->first : nullptr;
+  const float* __restrict f1 = fold ? fold->second : nullptr;
+  float* __restrict f2 = fold ? fold->cols : nullptr;
   for (int64_t r = 0; r < nr; ++r, x += cg, out += cg) {
     Vf xv = run_vector<kRelu>(x, 0, vectors);
     Vf cur = xv * xv;
@@ -194,7 +208,13 @@ inline void normalise_paper(const T* __restrict x, Out* __restrict out, int64_t 
       // s[i] = u[i-2] + u[i] + sq[i+2] with the pair sums u[i] = sq[i] + sq[i+1]: 3 lane shifts and 3 adds, not 4 and 4
       const Vf pairs = cur + shift<1>(next, cur);
       const Vf sums = pairs + shift<14>(pairs, pairs_prev) + shift<2>(next, cur);
-      storev(out + 16 * j, xv * inv_pow34<kRefined<T>>(k + a * sums));
+      const Vf v = xv * inv_pow34<kRefined<T>>(k + a * sums);
+      storev(out + 16 * j, v);
+      if (f2) {
+        const int64_t at = r * cg + 16 * j;
+        // vmaxps keeps its second operand on a tie of zeros: the earliest row's, whose -0 or +0 torch's pool keeps
+        storev(f2 + at, Vf(_mm512_max_ps(v, _mm512_max_ps(loadv(f1 + at), loadv(f0 + at)))));
+      }
       pairs_prev = pairs, cur = next, xv = xn;
     }
   }
@@ -245,13 +265,13 @@ inline void rectified_squares(const T* __restrict x, float* __restrict xf, float
   int64_t i = 0;
   for (; i + kLanes <= cg; i += kLanes) {
     Vf v = loadv(x + i);
-    if (kRelu) v = ((v > 0.0f) | (v != v)) ? v : Vf{};
+    if (kRelu) v = (v < 0.0f) ? Vf{} : v;  // NaN and -0 pass, as through torch's ReLU
     storev(xf + i, v);
     storev(p + i, v * v);
   }
   for (; i < cg; ++i) {
     float v = to_float(x[i]);
-    if (kRelu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
+    if (kRelu) v = v < 0.0f ? 0.0f : v;
     xf[i] = v;
     p[i] = v * v;
   }
@@ -345,11 +365,16 @@ void backward_runs(const T* __restrict gy, const T* __restrict x, T* __restrict 
   });
 }
 
-// Whether any of the len floats at p is NaN: a sum, NaN if a value was (or, rarely, where +inf meets -inf).
+// Whether any of the len floats at p is NaN: a sum, NaN if a value was (or, rarely, where +inf meets -inf). Four
+// sums, not one: one add's latency a vector was 11% of conv1's fused inference stage (`perf`, Xeon with AMX).
 inline bool has_nan(const float* __restrict p, int64_t len) {
-  Vf sum{};
+  Vf s0{}, s1{}, s2{}, s3{};
   int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) sum += loadv(p + i);
+  for (; i + 4 * kLanes <= len; i += 4 * kLanes) {
+    s0 += loadv(p + i), s1 += loadv(p + i + kLanes), s2 += loadv(p + i + 2 * kLanes), s3 += loadv(p + i + 3 * kLanes);
+  }
+  for (; i + kLanes <= len; i += kLanes) s0 += loadv(p + i);
+  const Vf sum = (s0 + s1) + (s2 + s3);
   float rest = 0.0f;
   for (; i < len; ++i) rest += p[i];
   for (int64_t l = 0; l < kLanes; ++l) rest += sum[l];
@@ -366,6 +391,12 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
                     int64_t channels, const Blocks& b, int64_t n, float a, float beta, float k, int64_t kp, int64_t sp,
                     int64_t oh, int64_t ow) {
   const int64_t row = width * channels, row_runs = row / std::max<int64_t>(b.cg, 1);
+#ifdef __AVX512F__
+  // normalise_paper's case with AlexNet's 3-row pool window: the column maxima are taken as the window's last row is
+  // normalised. With has_nan's four sums and columns' unrolled rows: conv1's stage (bf16, batch 64, 2 cores of an
+  // Intel Xeon with AMX, processes alternated) 5.0 → 3.4 ms, conv2's 3.2 → 2.1; the fold alone about 4.0 → 3.4.
+  const bool fold3 = n == 5 && beta == 0.75f && b.cg > 0 && b.cg % 16 == 0 && kp == 3;
+#endif
   at::parallel_for(0, batch * oh, 1, [&](int64_t begin, int64_t end) {
     Scratch w(b);
     std::vector<float> ring(kp * row);
@@ -375,9 +406,20 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bi = item / oh, oy = item % oh, y0 = oy * sp;
       if (bi != image) image = bi, done = -1;
+      bool folded = false;  // whether cols holds the window's column maxima already (normalise_paper's fold)
       for (int64_t yy = std::max(y0, done + 1); yy < y0 + kp; ++yy) {  // LRN of input row yy into its ring slot
         const T* __restrict xr = x + (bi * height + yy) * row;
         float* __restrict out = ring.data() + (yy % kp) * row;
+#ifdef __AVX512F__
+        // The window's last row (always new: y0 grows with each output row) folded with the two before it.
+        if (fold3 && yy == y0 + 2) {
+          const Fold f{ring.data() + (y0 % 3) * row, ring.data() + ((y0 + 1) % 3) * row, cols.data()};
+          normalise_paper<kRelu>(xr, out, row_runs, b.cg, a, k, &f);
+          ring_nan[yy % kp] = has_nan(out, row);
+          folded = true;
+          continue;
+        }
+#endif
         for (int64_t r0 = 0; r0 < row_runs; r0 += b.runs)
           normalise<kRelu>(xr + r0 * b.cg, out + r0 * b.cg, std::min(b.runs, row_runs - r0), b, w, n, a, beta, k);
 #ifdef __AVX512F__
@@ -389,21 +431,37 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
       // Each column's max over the kp rows first (into cols), then each window's over its kp columns, so a column
       // two windows share is read from the ring once (at kp 3, sp 2: 6 loads an output vector, not 9, and kLanes
       // channels a load rather than a pixel's window at a time, which reached into the ring's three rows for each).
-      auto columns = [&](auto max) {
-        const int64_t used = (ow - 1) * sp + kp;  // the columns some window reads
-        const float* __restrict rows[16];         // the window's rows in the ring (kp <= 15, as fused_pool's)
-        for (int64_t dy = 0; dy < kp; ++dy) rows[dy] = ring.data() + ((y0 + dy) % kp) * row;
-        for (int64_t i = 0; i < used * channels; i += kLanes) {
-          Vf m = loadv(rows[0] + i);
-          for (int64_t dy = 1; dy < kp; ++dy) m = max(loadv(rows[dy] + i), m);
-          storev(cols.data() + i, m);
+      // The sizes as locals: read through the lambda's captures, the compiler reloaded them after every store.
+      auto columns = [&](auto max, bool have_cols) {
+        const int64_t ch = channels, pk = kp, step = sp * ch, wide = ow;
+        const int64_t used = ((wide - 1) * sp + pk) * ch;  // the values of the columns some window reads
+        float* __restrict cm = cols.data();
+        const float* __restrict rows[16];  // the window's rows in the ring (kp <= 15, as fused_pool's)
+        for (int64_t dy = 0; dy < pk; ++dy) rows[dy] = ring.data() + ((y0 + dy) % pk) * row;
+        if (pk == 3) {  // AlexNet's pools: the rows and columns unrolled (the loop tested its count at each, `perf`)
+          const float *__restrict r0 = rows[0], *__restrict r1 = rows[1], *__restrict r2 = rows[2];
+          if (!have_cols)
+            for (int64_t i = 0; i < used; i += kLanes)
+              storev(cm + i, max(loadv(r2 + i), max(loadv(r1 + i), loadv(r0 + i))));
+          for (int64_t ox = 0; ox < wide; ++ox) {
+            const float* __restrict win = cm + ox * step;
+            T* __restrict out = yr + ox * ch;
+            for (int64_t c0 = 0; c0 < ch; c0 += kLanes)
+              storev(out + c0, max(loadv(win + 2 * ch + c0), max(loadv(win + ch + c0), loadv(win + c0))));
+          }
+          return;
         }
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          const float* __restrict win = cols.data() + ox * sp * channels;
-          for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
+        for (int64_t i = 0; i < used && !have_cols; i += kLanes) {
+          Vf m = loadv(rows[0] + i);
+          for (int64_t dy = 1; dy < pk; ++dy) m = max(loadv(rows[dy] + i), m);
+          storev(cm + i, m);
+        }
+        for (int64_t ox = 0; ox < wide; ++ox) {
+          const float* __restrict win = cm + ox * step;
+          for (int64_t c0 = 0; c0 < ch; c0 += kLanes) {
             Vf m = loadv(win + c0);
-            for (int64_t dx = 1; dx < kp; ++dx) m = max(loadv(win + dx * channels + c0), m);
-            storev(yr + ox * channels + c0, m);
+            for (int64_t dx = 1; dx < pk; ++dx) m = max(loadv(win + dx * ch + c0), m);
+            storev(yr + ox * ch + c0, m);
           }
         }
       };
@@ -414,12 +472,12 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
         bool window_nan = false;
         for (int64_t dy = 0; dy < kp; ++dy) window_nan |= ring_nan[(y0 + dy) % kp] != 0;
         if (!window_nan) {
-          columns([](Vf v, Vf m) { return Vf(_mm512_max_ps(v, m)); });
+          columns([](Vf v, Vf m) { return Vf(_mm512_max_ps(v, m)); }, folded);
           continue;
         }
 #endif
         // Two compares and a blend a value: NaN propagates, as torch's max-pool does.
-        columns([](Vf v, Vf m) { return ((v > m) | (v != v)) ? v : m; });
+        columns([](Vf v, Vf m) { return ((v > m) | (v != v)) ? v : m; }, false);
         continue;
       }
       // The running max in registers (vec.h), kLanes channels at a time: NaN propagates, as torch's max-pool does.
