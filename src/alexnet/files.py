@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import stat
 import tempfile
@@ -192,6 +193,22 @@ def atomic_write(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def json_text(tree: Any, indent: int | None = None) -> str:
+    """``tree`` as JSON that any parser reads: a float that is not finite (a diverged loss, an effect not measured)
+    becomes null, where ``json.dumps`` would write NaN or Infinity, which strict parsers (JavaScript's, jq) refuse."""
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(tree), indent=indent, allow_nan=False)
 
 
 def write_bytes(path: Path | str, data: bytes) -> Path:

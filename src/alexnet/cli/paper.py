@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from ..files import json_text
 from . import options
 
 
@@ -152,7 +152,7 @@ def run_parallel_plan(args: argparse.Namespace) -> int:
 
     rows = parallel_plan(args.model, args.workers, args.batch, args.classes)
     if args.json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        print(json_text([r.__dict__ for r in rows], indent=2))
         return 0
     print(f"{args.model}, {args.workers} workers, global batch {args.batch}, fp32; bytes each worker sends per step")
     print(f"{'mode':<7} {'MB/step':>9} {'KB/image':>9} {'params MB/worker':>17}  how")
@@ -187,7 +187,7 @@ def run_primitives(args: argparse.Namespace) -> int:
 
     result = primitive_profile(args.profile or "alexnet_owt", batch=args.batch_size, device=args.device)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json_text(result.to_dict(), indent=2))
         return 0
     print(
         f"{result.model} training step, batch {result.batch} at {result.input} px, {result.precision}, "
@@ -211,7 +211,7 @@ def run_profile(args: argparse.Namespace) -> int:
         return run_primitives(args)
     result = profile_step(args.profile, batch=args.batch_size, device=args.device)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json_text(result.to_dict(), indent=2))
         return 0
     print(
         f"{result.model} training step, batch {result.batch} at {result.input} px, {result.precision}, "
@@ -231,7 +231,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     result = benchmark(batch=args.batch_size, quick=args.quick, device=args.device)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json_text(result.to_dict(), indent=2))
         return 0
     peak = result.peak_gflops
     print(

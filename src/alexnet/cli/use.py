@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..errors import AlexNetError, ConfigError
+from ..files import json_text
 from . import options
 
 
@@ -101,7 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
     summary["models"] = len(args.weights)  # several: one ensemble, their softmax averaged
     per_class = dict(zip(result.classes, (round(a, 3) for a in result.per_class_acc)))
     if args.json:
-        print(json.dumps({**summary, "per_class_acc": per_class}), flush=True)
+        print(json_text({**summary, "per_class_acc": per_class}), flush=True)
     else:
         print(
             f"Acc@1 {summary['acc1']:.2f}  Acc@5 {summary['acc5']:.2f}  (error {summary['err1']:.2f} / "
@@ -114,7 +114,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.out:  # written only where asked
         from ..files import write_text
 
-        write_text(Path(args.out, "eval.json"), json.dumps({**summary, "per_class_acc": per_class}, indent=1))
+        write_text(Path(args.out, "eval.json"), json_text({**summary, "per_class_acc": per_class}, indent=1))
         try:
             from ..experiments.report import plot_confusion
         except ImportError:  # matplotlib is the optional [report] extra
@@ -152,7 +152,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for pred in predictor.predict_iter(inputs, args.topk, args.batch_size, args.ten_crop):
         failed += pred.error is not None
         if args.json:
-            print(json.dumps(pred.to_json()), flush=True)
+            print(json_text(pred.to_json()), flush=True)
         elif pred.error is not None:
             print(f"{display_label(pred.source)}\terror: {display_label(pred.error)}")
         else:

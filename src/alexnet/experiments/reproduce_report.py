@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write, save_figure
+from ..files import atomic_write, json_text, save_figure
 
 
 def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
@@ -71,7 +71,7 @@ def write_report(
     path = records / "report.md"
     atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
     tree = {k: r.to_dict() for k, r in results.items()}
-    atomic_write(records / "results.json", lambda f: f.write(json.dumps(tree, indent=1).encode()))
+    atomic_write(records / "results.json", lambda f: f.write(json_text(tree, indent=1).encode()))
     return path
 
 
