@@ -134,3 +134,66 @@ def test_the_cli_scores_several_checkpoints_and_refuses_a_mismatch_in_one_line(r
     assert main(["eval", "--checkpoint", a, str(tmp_path / "c.safetensors"), "--precision", "fp32"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "classes" in err and "Traceback" not in err
+
+
+def _images(tmp_path, n=3):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(3)
+    paths = []
+    for i in range(n):
+        pixels = torch.randint(0, 256, (40, 40, 3), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"img{i}.png")
+        paths.append(tmp_path / f"img{i}.png")
+    return paths
+
+
+def _probs(predictions):
+    return torch.tensor([[p for _, p in sorted(pred.topk)] for pred in predictions])
+
+
+def test_a_predictor_of_several_models_gives_their_softmax_averaged(runs, tmp_path):
+    from alexnet.inference.predictor import Predictor
+
+    a, b = runs[0] / "last.pt", runs[1] / "best.safetensors"
+    images = _images(tmp_path)
+    k = len(load_trained(a).classes)  # every class, so that the whole distribution is compared
+    one, other = (_probs(Predictor.from_path(p).predict(images, topk=k)) for p in (a, b))
+    assert not torch.allclose(one, other, atol=1e-3)  # two seeds, two models
+    both = _probs(Predictor.from_path([a, b]).predict(images, topk=k))
+    torch.testing.assert_close(both, (one + other) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_probs(Predictor.from_path([a]).predict(images, topk=k)), one)  # a list of one
+    with pytest.raises(ConfigError, match="not ONNX"):
+        Predictor.from_path([a, tmp_path / "model.onnx"])
+    with pytest.raises(ConfigError, match="no model"):
+        Predictor.from_path([])
+    meta = read_weights_meta(b)
+    meta["classes"].reverse()
+    save_weights(load_trained(b).model, tmp_path / "c.safetensors", meta)
+    with pytest.raises(IncompatibleCheckpointError, match="classes"):
+        Predictor.from_path([a, tmp_path / "c.safetensors"])
+
+
+def test_the_cli_predicts_with_several_models_one_weights_each(runs, tmp_path, capsys):
+    """`--weights A --weights B`: a list after one --weights would swallow the images that follow it."""
+    a, b = (str(out / "last.pt") for out in runs)
+    images = [str(p) for p in _images(tmp_path, 2)]
+    k = ["--topk", "10", "--json", "--device", "cpu"]
+    assert main(["predict", "--weights", a, *images, *k]) == 0  # the one-model form, images after it, as before
+    one = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["predict", *images, "--weights", a, "--weights", b, *k]) == 0
+    both = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in both] == images and len(one) == len(both) == 2
+    assert both != one and abs(sum(t["prob"] for t in both[0]["topk"]) - 1) < 1e-4
+    want = _probs(_predictor([a, b]).predict(images, topk=10))
+    got = torch.tensor([[t["prob"] for t in sorted(r["topk"], key=lambda t: t["label"])] for r in both])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert main(["predict", images[0], "--weights", a, "--weights", str(tmp_path / "model.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not ONNX" in err and "Traceback" not in err
+
+
+def _predictor(paths):
+    from alexnet.inference.predictor import Predictor
+
+    return Predictor.from_path(paths, device="cpu")

@@ -46,10 +46,20 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP, many: bool = False) -> None:
-    nargs = "+" if many else None  # several: `alexnet eval`'s ensemble
+def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP, many: bool = False, repeat: bool = False) -> None:
+    # Several: `alexnet eval`'s ensemble, listed after one --weights (``many``), or, for a command whose positional
+    # arguments would be swallowed by such a list (`alexnet predict`'s images), one --weights each (``repeat``).
+    nargs = "+" if many else None
+    action = "append" if repeat else "store"
     p.add_argument(
-        "--weights", "--checkpoint", dest="weights", required=True, metavar="NAME|PATH", nargs=nargs, help=help
+        "--weights",
+        "--checkpoint",
+        dest="weights",
+        required=True,
+        metavar="NAME|PATH",
+        nargs=nargs,
+        action=action,
+        help=help,
     )
 
 

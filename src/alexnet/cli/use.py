@@ -127,7 +127,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB", help="images, directories (recursive), globs")
-    options.weights(p, options.WEIGHTS_HELP + ", a .pt2 program, or an exported .onnx")
+    options.weights(
+        p,
+        options.WEIGHTS_HELP + ", a .pt2 program, or an exported .onnx; repeated (--weights A --weights B): one "
+        "classifier, the softmax averaged over them (the paper's five CNNs)",
+        repeat=True,
+    )
     p.add_argument("--topk", type=options.positive_int, default=5, metavar="K", help="classes shown (default 5)")
     p.add_argument("-b", "--batch-size", type=options.positive_int, default=32, metavar="N", help="images per batch")
     p.add_argument(

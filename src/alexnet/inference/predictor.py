@@ -9,7 +9,7 @@ decoded, so a batch waiting to fill holds small tensors only: memory is bounded 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from ..artifacts.trained import ModelMeta
 from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
 from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
-from ..errors import AlexNetError, InvalidImageError, NonFiniteOutputError
+from ..errors import AlexNetError, ConfigError, InvalidImageError, NonFiniteOutputError
 from ..models import fused_kernels
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,20 @@ class Predictor:
     @classmethod
     def from_path(
         cls,
-        path: str | Path,
+        path: str | Path | Sequence[str | Path],
         device: str = "cpu",
         precision: str = "fp32",
         max_file_mb: float = MAX_FILE_MB,
         compile: bool = False,
     ) -> Predictor:
-        """From ``.safetensors`` weights, a ``.pt`` training checkpoint, or an ``.onnx`` file we exported."""
+        """From ``.safetensors`` weights, a ``.pt`` training checkpoint, a ``.pt2`` program, or an ``.onnx`` file we
+        exported. Several (not ONNX): one classifier, the softmax averaged over them (`Ensemble`, the paper's five
+        CNNs); they must agree on classes and preprocessing (`check_members`)."""
+        if not isinstance(path, (str, Path)):
+            paths = [Path(p) for p in path]
+            if len(paths) != 1:
+                return cls._ensemble(paths, device, precision, max_file_mb, compile)
+            path = paths[0]
         path = Path(path)
         if path.suffix == ".onnx":
             from .export import load_onnx
@@ -107,6 +114,23 @@ class Predictor:
             return cls(session, meta, max_file_mb=max_file_mb)
         trained = load_trained(path)
         return cls(trained.model, trained.meta, device, precision, max_file_mb, compile)
+
+    @classmethod
+    def _ensemble(cls, paths: list[Path], device: str, precision: str, max_file_mb: float, compile: bool) -> Predictor:
+        from .ensemble import Ensemble, check_members
+
+        if not paths:
+            raise ConfigError("no model to predict with")
+        onnx = [p for p in paths if p.suffix == ".onnx"]
+        if onnx:
+            raise ConfigError(f"{onnx[0]}: an ensemble averages PyTorch models and programs, not ONNX files")
+        members = [load_trained(p) for p in paths]
+        check_members(paths, members, held_out=False)
+        # A program among them (int8) runs as it is, on the CPU: so then do the others, in fp32, uncompiled.
+        fixed = next((m for m in members if m.meta.provenance.get("quantization")), None)
+        meta = (fixed or members[0]).meta
+        model = Ensemble([m.model for m in members])
+        return cls(model, meta, device, precision, max_file_mb, compile and fixed is None)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_onnx:
