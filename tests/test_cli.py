@@ -258,3 +258,25 @@ def test_other_libraries_stay_quiet_at_the_default_level(tmp_path, image_folder)
     for words, line in ((commands[0], "onnx"), (commands[-1], "profiler_start")):
         loud = subprocess.run([*cli, "-v", *words], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
         assert loud.returncode == 0 and line in loud.stderr, (words[0], loud.stderr[:2000])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve"],
+        ["export", "--out", "m.onnx"],
+        ["quantize", "--out", "m.pt2"],
+        ["features", "x.png", "--out", "f.npy"],
+        ["train", "--out", "runs/x"],
+    ],
+)
+def test_a_command_of_one_model_refuses_two_rather_than_run_the_last(args, capsys, tmp_path, monkeypatch):
+    """argparse's store keeps the last of a repeated flag: `serve --weights A --weights B` would serve B, quietly.
+    (`predict` takes one --weights a model, `eval` any number, as one ensemble.)"""
+    monkeypatch.chdir(tmp_path)
+    second = "--weights" if args[0] == "train" else "--checkpoint"  # the same flag under its other name
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--weights", "a.safetensors", second, "b.safetensors"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and f"{second} given twice" in err
+    assert not any(tmp_path.iterdir())  # nothing written

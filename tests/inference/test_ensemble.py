@@ -128,6 +128,9 @@ def test_the_cli_scores_several_checkpoints_and_refuses_a_mismatch_in_one_line(r
     assert result["acc1"] == pytest.approx(want.acc1, abs=1e-3) and result["loss"] == pytest.approx(want.loss, abs=1e-4)
     assert main(["eval", "--checkpoint", a, b, "--precision", "fp32", "--device", "cpu"]) == 0
     assert "(2 models, softmax averaged)" in capsys.readouterr().out.splitlines()[0]
+    # One flag a model, as predict takes them, is the same ensemble (argparse's store kept only the last).
+    assert main(["eval", "--weights", a, "--checkpoint", b, "--json", "--precision", "fp32", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"] == 2
     meta = read_weights_meta(runs[1] / "best.safetensors")
     meta["classes"].reverse()
     save_weights(load_trained(runs[1] / "best.safetensors").model, tmp_path / "c.safetensors", meta)

@@ -46,11 +46,22 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+class Once(argparse.Action):
+    """``store``, refusing the flag a second time: a command that takes one model would otherwise quietly use the
+    last one named (``--weights A --weights B`` runs B)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: this command takes one")
+        setattr(namespace, self.dest, values)
+
+
 def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP, many: bool = False, repeat: bool = False) -> None:
-    # Several: `alexnet eval`'s ensemble, listed after one --weights (``many``), or, for a command whose positional
-    # arguments would be swallowed by such a list (`alexnet predict`'s images), one --weights each (``repeat``).
+    # Several: `alexnet eval`'s ensemble, listed after one --weights or over several (``many``), or, for a command
+    # whose positional arguments such a list would swallow (`alexnet predict`'s images), one --weights each
+    # (``repeat``). Otherwise one, given once.
     nargs = "+" if many else None
-    action = "append" if repeat else "store"
+    action = "extend" if many else "append" if repeat else Once
     p.add_argument(
         "--weights",
         "--checkpoint",

@@ -51,6 +51,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         dest="model__weights",
+        action=options.Once,
         metavar="NAME|PATH",
         help="start from these weights (fine-tuning): their network and preprocessing; the last layer is replaced "
         "when the classes differ",
