@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..device import PRECISIONS
 
@@ -50,7 +51,13 @@ class Once(argparse.Action):
     """``store``, refusing the flag a second time: a command that takes one model would otherwise quietly use the
     last one named (``--weights A --weights B`` runs B)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         if getattr(namespace, self.dest, None) is not None:
             parser.error(f"{option_string} given twice: this command takes one")
         setattr(namespace, self.dest, values)
