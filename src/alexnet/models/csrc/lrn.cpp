@@ -415,12 +415,10 @@ void pooled_rows(const T* __restrict x, T* __restrict y, int64_t batch, int64_t 
         if (fold3 && yy == y0 + 2) {
           const Fold f{ring.data() + (y0 % 3) * row, ring.data() + ((y0 + 1) % 3) * row, cols.data()};
           normalise_paper<kRelu>(xr, out, row_runs, b.cg, a, k, &f);
-          ring_nan[yy % kp] = has_nan(out, row);
           folded = true;
-          continue;
         }
 #endif
-        for (int64_t r0 = 0; r0 < row_runs; r0 += b.runs)
+        for (int64_t r0 = 0; r0 < row_runs && !folded; r0 += b.runs)  // the fold normalised it already
           normalise<kRelu>(xr + r0 * b.cg, out + r0 * b.cg, std::min(b.runs, row_runs - r0), b, w, n, a, beta, k);
 #ifdef __AVX512F__
         ring_nan[yy % kp] = has_nan(out, row);
