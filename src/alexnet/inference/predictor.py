@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from .. import native
 from ..artifacts.loader import load_trained
+from ..artifacts.program import is_int8
 from ..artifacts.trained import ModelMeta
 from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
@@ -127,7 +128,7 @@ class Predictor:
         members = [load_trained(p) for p in paths]
         check_members(paths, members, held_out=False)
         # A program among them (int8) runs as it is, on the CPU: so then do the others, in fp32, uncompiled.
-        fixed = next((m for m in members if m.meta.provenance.get("quantization")), None)
+        fixed = next((m for m in members if is_int8(m)), None)
         meta = (fixed or members[0]).meta
         model = Ensemble([m.model for m in members])
         return cls(model, meta, device, precision, max_file_mb, compile and fixed is None)
