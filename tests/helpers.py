@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -121,3 +122,12 @@ def train_command(recipe: str, *args: str, batch: int = 32) -> list[str]:
         'optim.schedule="constant"',
         *args,
     ]
+
+
+def strict_json(text: str):
+    """``json.loads`` refusing NaN and ±Infinity, as JavaScript's JSON.parse and jq do."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)

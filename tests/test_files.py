@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from alexnet.files import atomic_write, write_text
+from tests.helpers import strict_json
 
 
 def test_written_files_get_the_users_umask_not_mkstemps_0600(tmp_path):
@@ -28,15 +29,6 @@ def test_an_explicit_mode_wins(tmp_path):
     assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
 
 
-def _strict(text):
-    """json.loads refusing NaN and ±Infinity, as JavaScript's JSON.parse and jq do."""
-
-    def refuse(name):
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
-
 def test_json_text_writes_what_strict_parsers_read():
     import math
 
@@ -44,6 +36,6 @@ def test_json_text_writes_what_strict_parsers_read():
 
     tree = {"loss": math.nan, "rows": [1.5, math.inf, (-math.inf, 2)], "nested": {"x": math.nan, "n": 3, "s": "NaN"}}
     with pytest.raises(ValueError, match="NaN is not JSON"):
-        _strict(json.dumps(tree))
-    got = _strict(json_text(tree, indent=1))
+        strict_json(json.dumps(tree))
+    got = strict_json(json_text(tree, indent=1))
     assert got == {"loss": None, "rows": [1.5, None, [None, 2]], "nested": {"x": None, "n": 3, "s": "NaN"}}

@@ -10,6 +10,7 @@ import pytest
 from alexnet.cli import main
 from alexnet.experiments import claims
 from alexnet.experiments.reproduce import BUDGETS
+from tests.helpers import strict_json
 
 TINY = [
     "--dataset",
@@ -142,7 +143,7 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     assert again["ensemble"] == results["ensemble"] and results["ensemble"]["arms"]["1 averaged"]["values"]
     (records / "lrn" / "paper" / "ensemble.json").unlink()
     assert main(args) == 0
-    gone = json.loads((records / "results.json").read_text(), parse_constant=_refuse)["ensemble"]
+    gone = strict_json((records / "results.json").read_text())["ensemble"]
     assert gone["text"] == "not measured" and "weights are gone" in gone["verdict"]
     assert gone["effect"]["estimate"] is None  # not NaN, which strict JSON parsers refuse
     # A run without a record and without a checkpoint trains from scratch; one with a checkpoint (killed after it)
@@ -167,10 +168,6 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     assert fresh["members_err"] == [
         json.loads((records / "lrn" / "paper" / "seed0" / "done.json").read_text())["test_err_centre"]
     ]
-
-
-def _refuse(name):
-    raise ValueError(f"{name} in results.json: not JSON")
 
 
 def test_only_and_unknown_names(tmp_path, capsys):
