@@ -393,3 +393,28 @@ def test_an_even_window_takes_the_reference_formula(n):
         with torch.set_grad_enabled(grad):
             want = torch.nn.functional.max_pool2d(layer.reference(x.relu()), 3, 2)
             torch.testing.assert_close(stage(x.contiguous(memory_format=torch.channels_last)), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("channels", "groups"), [(96, 2), (32, 1), (20, 1)])  # register forms; the scratch buffer
+def test_squares_past_float_range_normalise_to_about_zero_as_the_formula_does(channels, groups, dtype):
+    """|x| above ~1.8e19: the window's sum of squares is inf and the formula's x / inf is 0; the kernel's fast
+    d^(-3/4) (reciprocal square roots refined by Newton steps) gave NaN there (inf · 0) unless d is clamped."""
+    fused = _fused_or_skip()
+    torch.manual_seed(10)
+    x = torch.rand(2, channels, 5, 5) * 10
+    x[0, 5, 1, 1], x[1, 2, 3, 3] = 1e20, -3e19
+    x = x.to(dtype)
+    layer = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper", groups)
+    xr = x.float().clone().requires_grad_()
+    want = layer.reference(xr)
+    want.sum().backward()
+    xa = x.clone().requires_grad_()
+    got = layer(xa)
+    got.float().sum().backward()
+    with torch.inference_mode():
+        pooled = fused.lrn_pool(x, 5, 1e-4, 0.75, 2.0, groups, False, 3, 2)
+    tol = dict(rtol=0, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.float(), want.detach(), **tol)
+    torch.testing.assert_close(xa.grad.float(), xr.grad, **tol)
+    torch.testing.assert_close(pooled.float(), torch.nn.functional.max_pool2d(want.detach(), 3, 2), **tol)

@@ -17,6 +17,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/csrc/utils/pybind.h>  // pybind11 with torch's Tensor casters
 
+#include <cfloat>
 #include <cmath>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -65,6 +66,9 @@ inline void window_sums(const float* __restrict p, float* __restrict s, int64_t 
 }
 
 // d^(-β) for d = k + a·s[i], in place over len values, and with `over_d` also d^(-β-1) into it (the backward's).
+// d is clamped to FLT_MAX first: where the window's squares overflow (|x| above ~1.8e19) d is inf, rsqrt14(inf) = 0
+// and the Newton step's inf · 0 is NaN, where the formula gives x · 0 = 0; at FLT_MAX the result is ~1e-29 instead.
+// vminps returns its second operand when either is NaN, so a NaN d (a NaN input) stays NaN.
 // For β = 0.75 with AVX-512: d^(-3/4) = r²·q with r = 1/√d and q = 1/√r, each an rsqrt14 estimate refined by one
 // Newton step (a few float ulps). The two square roots and the division of the scalar form, which the compiler
 // vectorises as they are, took more time than the rest of the kernel (conv1's LRN above: forward 8.5 → 7.0 ms).
@@ -74,14 +78,14 @@ inline void inv_pows(float* __restrict s, float* __restrict over_d, int64_t len,
 #ifdef __AVX512F__
   if (tq) {
     const __m512 va = _mm512_set1_ps(a), vk = _mm512_set1_ps(k), half = _mm512_set1_ps(0.5f),
-                 three_halves = _mm512_set1_ps(1.5f);
+                 three_halves = _mm512_set1_ps(1.5f), big = _mm512_set1_ps(FLT_MAX);
     auto rsqrt = [&](__m512 v) {  // r ← r·(3/2 − v·r²/2)
       const __m512 r = _mm512_rsqrt14_ps(v);
       const __m512 vr2 = _mm512_mul_ps(_mm512_mul_ps(v, r), r);
       return _mm512_mul_ps(r, _mm512_fnmadd_ps(half, vr2, three_halves));
     };
     for (; i + 16 <= len; i += 16) {
-      const __m512 d = _mm512_fmadd_ps(va, _mm512_loadu_ps(s + i), vk);
+      const __m512 d = _mm512_min_ps(big, _mm512_fmadd_ps(va, _mm512_loadu_ps(s + i), vk));
       const __m512 r = rsqrt(d);
       const __m512 r2 = _mm512_mul_ps(r, r);  // 1/d
       const __m512 p = _mm512_mul_ps(r2, rsqrt(r));
@@ -95,14 +99,14 @@ inline void inv_pows(float* __restrict s, float* __restrict over_d, int64_t len,
   // the LRN forward 1.07×, its backward 1.05× as fast; largest error against float64 4.0e-7 relative (scalar 2.8e-7).
   if (tq) {
     const __m256 va = _mm256_set1_ps(a), vk = _mm256_set1_ps(k), half = _mm256_set1_ps(0.5f),
-                 three_halves = _mm256_set1_ps(1.5f);
+                 three_halves = _mm256_set1_ps(1.5f), big = _mm256_set1_ps(FLT_MAX);
     auto rsqrt = [&](__m256 v) {  // r ← r·(3/2 − v·r²/2)
       const __m256 r = _mm256_rsqrt_ps(v);
       const __m256 vr2 = _mm256_mul_ps(_mm256_mul_ps(v, r), r);
       return _mm256_mul_ps(r, _mm256_fnmadd_ps(half, vr2, three_halves));
     };
     for (; i + 8 <= len; i += 8) {
-      const __m256 d = _mm256_fmadd_ps(va, _mm256_loadu_ps(s + i), vk);
+      const __m256 d = _mm256_min_ps(big, _mm256_fmadd_ps(va, _mm256_loadu_ps(s + i), vk));
       const __m256 r = rsqrt(d);
       const __m256 r2 = _mm256_mul_ps(r, r);  // 1/d
       const __m256 p = _mm256_mul_ps(r2, rsqrt(r));
@@ -176,6 +180,7 @@ inline Vf rsqrt16(Vf v) {  // 1/√v: an rsqrt14 estimate refined by one Newton 
 // 5.4 (bf16, batch 64, 2 cores of an Intel Xeon with AMX). For float, each refined by a Newton step.
 template <bool kRefine>
 inline Vf inv_pow34(Vf d, Vf* inv_d = nullptr) {
+  d = Vf(_mm512_min_ps(Vf{} + FLT_MAX, d));  // overflowed squares, as inv_pows: NaN kept
   const Vf r = kRefine ? rsqrt16(d) : Vf(_mm512_rsqrt14_ps(d));
   if (inv_d) *inv_d = r * r;  // 1/d, for the backward's d^(-7/4)
   return r * r * (kRefine ? rsqrt16(r) : Vf(_mm512_rsqrt14_ps(r)));
