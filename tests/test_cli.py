@@ -263,7 +263,6 @@ def test_other_libraries_stay_quiet_at_the_default_level(tmp_path, image_folder)
 @pytest.mark.parametrize(
     "args",
     [
-        ["serve"],
         ["export", "--out", "m.onnx"],
         ["quantize", "--out", "m.pt2"],
         ["features", "x.png", "--out", "f.npy"],
@@ -272,7 +271,7 @@ def test_other_libraries_stay_quiet_at_the_default_level(tmp_path, image_folder)
 )
 def test_a_command_of_one_model_refuses_two_rather_than_run_the_last(args, capsys, tmp_path, monkeypatch):
     """argparse's store keeps the last of a repeated flag: `serve --weights A --weights B` would serve B, quietly.
-    (`predict` takes one --weights a model, `eval` any number, as one ensemble.)"""
+    (`predict` takes one --weights a model, `eval` and `serve` any number, as one ensemble.)"""
     monkeypatch.chdir(tmp_path)
     second = "--weights" if args[0] == "train" else "--checkpoint"  # the same flag under its other name
     with pytest.raises(SystemExit) as exit_:

@@ -25,12 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _weights(path: Path, variant: str, size: int, **overrides) -> Path:
-    torch.manual_seed(0)
-    model = alexnet.create_model(variant, num_classes=len(CLASSES), **overrides)
+def _weights(path: Path, variant: str, size: int, seed: int = 0, classes: list[str] = CLASSES, **overrides) -> Path:
+    torch.manual_seed(seed)
+    model = alexnet.create_model(variant, num_classes=len(classes), **overrides)
     meta = {
         "model": model.config,
-        "classes": CLASSES,
+        "classes": classes,
         "data": {
             "stored_size": size + size // 8,
             "crop": size,

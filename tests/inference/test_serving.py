@@ -348,3 +348,42 @@ def test_serve_compile_serves_the_compiled_model(files, monkeypatch):
     _, served = app_client(files, precision="bf16", compile=True)
     assert built == [(3, 32, torch.bfloat16)] and isinstance(served.predictor.model, Recorded)
     torch.testing.assert_close(served._infer([stored]), eager._infer([stored]), rtol=0, atol=0.02)
+
+
+def test_several_models_are_served_as_one_their_softmax_averaged(files, monkeypatch, capsys):
+    """`serve --weights A --weights B`: one model whose probabilities are the two models' averaged (the paper's five
+    CNNs, as `predict` and `eval` average them); members that disagree on classes are one line and exit 2."""
+    from starlette.testclient import TestClient
+
+    from alexnet.artifacts.loader import load_trained
+    from alexnet.inference.predictor import Predictor
+    from alexnet.inference.serving import server as server_module
+    from alexnet.inference.serving.app import ServeSettings, create_app
+
+    from .conftest import _weights, free_port
+
+    first = files["small"]
+    second = _weights(files["root"] / "small-seed1.safetensors", "alexnet_small", 32, seed=1, width=0.25)
+    paths = [str(first), str(second)]
+    app = create_app([load_trained(p) for p in paths], "pair", ServeSettings(precision="fp32"), paths)
+    x = torch.randn(2, 3, 32, 32)
+    infer = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 32, 32], "data": x.flatten().tolist()}]}
+    with TestClient(app) as client:
+        out = client.post("/v2/models/pair/infer", json=infer).json()["outputs"]
+    got = torch.tensor(next(o for o in out if o["name"] == "probabilities")["data"]).view(2, -1)
+    alone = [Predictor.from_path(p).probabilities(x) for p in paths]
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)
+    torch.testing.assert_close(got, (alone[0] + alone[1]) / 2, rtol=1e-4, atol=1e-6)
+
+    served = []
+    monkeypatch.setattr(server_module, "serve", lambda source, *args: served.append(source))
+    for flags in (["--weights", *paths], ["--weights", paths[0], "--checkpoint", paths[1]]):
+        assert main(["serve", *flags]) == 0
+    assert served == [paths, paths]
+    monkeypatch.undo()
+
+    other = _weights(files["root"] / "other.safetensors", "alexnet_small", 32, classes=CLASSES[::-1], width=0.25)
+    capsys.readouterr()
+    assert main(["serve", "--weights", paths[0], str(other), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "classes" in err

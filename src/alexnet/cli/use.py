@@ -267,7 +267,12 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
-    options.weights(p, options.WEIGHTS_HELP + ", or a .pt2 program")
+    options.weights(
+        p,
+        options.WEIGHTS_HELP + ", or a .pt2 program; several: served as one model, the softmax averaged over them "
+        "(the paper's five CNNs)",
+        many=True,
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs --api-key")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the weights' name or run)")

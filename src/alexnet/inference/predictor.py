@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from .. import native
 from ..artifacts.loader import load_trained
 from ..artifacts.program import is_int8
-from ..artifacts.trained import ModelMeta
+from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
 from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
@@ -118,14 +118,35 @@ class Predictor:
 
     @classmethod
     def _ensemble(cls, paths: list[Path], device: str, precision: str, max_file_mb: float, compile: bool) -> Predictor:
-        from .ensemble import Ensemble, check_members
-
         if not paths:
             raise ConfigError("no model to predict with")
         onnx = [p for p in paths if p.suffix == ".onnx"]
         if onnx:
             raise ConfigError(f"{onnx[0]}: an ensemble averages PyTorch models and programs, not ONNX files")
         members = [load_trained(p) for p in paths]
+        return cls.from_trained(members, paths, device, precision, max_file_mb, compile)
+
+    @classmethod
+    def from_trained(
+        cls,
+        members: Sequence[TrainedModel],
+        paths: Sequence[str | Path],
+        device: str = "cpu",
+        precision: str = "fp32",
+        max_file_mb: float = MAX_FILE_MB,
+        compile: bool = False,
+    ) -> Predictor:
+        """From loaded models (``paths`` name them in errors): one, or several as one classifier, the softmax averaged
+        (`Ensemble`); several must agree on classes and preprocessing (`check_members`).
+
+        Raises:
+            IncompatibleCheckpointError: two members differ in classes or preprocessing.
+        """
+        from .ensemble import Ensemble, check_members
+
+        if len(members) == 1:
+            only = members[0]
+            return cls(only.model, only.meta, device, precision, max_file_mb, compile)
         check_members(paths, members, held_out=False)
         # A program among them (int8) runs as it is, on the CPU: so then do the others, in fp32, uncompiled.
         fixed = next((m for m in members if is_int8(m)), None)

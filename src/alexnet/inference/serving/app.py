@@ -1,5 +1,5 @@
 """The ASGI application of ``alexnet serve`` (Starlette): the page, ``/v1/classify``, the Open Inference Protocol
-(KServe v2) endpoints and Prometheus metrics, over one trained model and a dynamic batcher.
+(KServe v2) endpoints and Prometheus metrics, over one trained model (or several averaged) and a dynamic batcher.
 
 Bad input is always a 4xx with ``{"error": ...}``: a body over the limit 413 before it is read (its Content-Length)
 or as soon as it passes the limit (chunked), a bad Content-Length 400, a wrong Content-Type 415, an image that does
@@ -15,6 +15,7 @@ import io
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -153,13 +154,16 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 class _Service:
-    def __init__(self, trained: TrainedModel, name: str, settings: ServeSettings) -> None:
-        self.trained, self.name, self.settings = trained, name, settings
-        self.predictor = Predictor(
-            trained.model, trained.meta, settings.device, settings.precision, compile=settings.compile
+    def __init__(
+        self, members: Sequence[TrainedModel], name: str, settings: ServeSettings, paths: Sequence[str]
+    ) -> None:
+        self.name, self.settings, self.members = name, settings, len(members)
+        self.predictor = Predictor.from_trained(
+            members, paths, settings.device, settings.precision, compile=settings.compile
         )
-        prep = trained.preprocessing
-        self.input_shape = [trained.meta.model.in_channels, prep.input_size, prep.input_size]
+        self.meta = self.predictor.meta  # the members agree on classes and preprocessing
+        prep = self.meta.preprocessing
+        self.input_shape = [self.meta.model.in_channels, prep.input_size, prep.input_size]
         self.max_body = int(settings.max_body_mb * 2**20)
         self.metrics = _Metrics(lambda: self.batcher.depth)
         self.batcher = Batcher(
@@ -168,7 +172,7 @@ class _Service:
         self.pixels = PixelBudget(int(settings.decode_budget_mp * 1e6))
         self.ready = False
         self.admitted = 0  # requests between admission and their answer: at most max_queue
-        self.labels = trained.meta.labels  # display-safe names, escaped once (not per request)
+        self.labels = self.meta.labels  # display-safe names, escaped once (not per request)
 
     @contextlib.contextmanager
     def admission(self):
@@ -233,7 +237,7 @@ class _Service:
 
     def _prepare(self, data: bytes) -> torch.Tensor:
         """Encoded image → (1, C, S, S) uint8 stored square (in a worker thread: decoding is CPU work)."""
-        prep = self.trained.preprocessing
+        prep = self.meta.preprocessing
         return decode_stored(data, prep.stored_size, self.input_shape[0], self.max_body).unsqueeze(0)
 
     async def images_to_inputs(self, images: list[bytes]) -> torch.Tensor:
@@ -242,7 +246,7 @@ class _Service:
         try:
             out = []
             for data in images:
-                cost = decode_cost(data, 2 * self.trained.preprocessing.stored_size)
+                cost = decode_cost(data, 2 * self.meta.preprocessing.stored_size)
                 if cost > self.pixels.total:
                     raise HTTPException(
                         413,
@@ -365,7 +369,7 @@ class _Service:
 
     def metadata(self) -> dict[str, Any]:
         """The model's KServe v2 metadata (REST's JSON; gRPC's message has the same fields)."""
-        meta = self.trained.meta
+        meta = self.meta
         return {
             "name": self.name,
             "versions": ["1"],
@@ -414,9 +418,20 @@ class _Service:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None = None) -> Starlette:
-    """The service for ``trained`` under the model name ``name``; the batcher starts and stops with the app."""
-    service = _Service(trained, name, settings or ServeSettings())
+def create_app(
+    trained: TrainedModel | Sequence[TrainedModel],
+    name: str,
+    settings: ServeSettings | None = None,
+    paths: Sequence[str] | None = None,
+) -> Starlette:
+    """The service for ``trained`` under the model name ``name``; the batcher starts and stops with the app.
+
+    Several models are served as one, their softmax averaged (`Predictor.from_trained`: they must agree on classes and
+    preprocessing; ``paths`` name them in its errors).
+    """
+    members = [trained] if isinstance(trained, TrainedModel) else list(trained)
+    paths = list(paths) if paths is not None else [f"model {i + 1}" for i in range(len(members))]
+    service = _Service(members, name, settings or ServeSettings(), paths)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -431,9 +446,10 @@ def create_app(trained: TrainedModel, name: str, settings: ServeSettings | None 
             log.info("KServe v2 over gRPC on %s:%d", service.settings.grpc_host, service.settings.grpc_port)
         service.ready = True
         log.info(
-            "serving %s (%s): batches of up to %d, queue %d",
+            "serving %s (%s%s): batches of up to %d, queue %d",
             name,
-            trained.meta.model.variant,
+            service.meta.model.variant,
+            f", {service.members} models, softmax averaged" if service.members > 1 else "",
             service.settings.max_batch,
             service.settings.max_queue,
         )

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...artifacts.loader import load_trained
@@ -28,13 +29,14 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    source: str,
+    source: str | Sequence[str],
     host: str = "127.0.0.1",
     port: int = 8000,
     settings: ServeSettings | None = None,
     name: str | None = None,
 ) -> None:
     """Serve ``source`` (published weights by name, or our ``.safetensors`` / ``.pt``) until SIGTERM or Ctrl-C.
+    Several sources are served as one model, their softmax averaged (the paper's five CNNs; `create_app`).
 
     SIGTERM stops accepting connections, lets the requests in flight and the queued batch finish, and returns
     (the process exits 0). Binding anything but a loopback address needs an API key (``settings.api_key`` or
@@ -55,7 +57,8 @@ def serve(
             f"binding {host} exposes the model beyond this machine: set an API key with --api-key "
             f"or ${KEY_ENV} (or bind 127.0.0.1)"
         )
-    if Path(source).suffix == ".onnx":
+    sources = [source] if isinstance(source, str) else list(source)
+    if any(Path(s).suffix == ".onnx" for s in sources):
         raise AlexNetError(
             "serve takes our .safetensors / .pt files or published weights; ONNX files are for "
             "onnxruntime-based servers"
@@ -74,9 +77,11 @@ def serve(
         from dataclasses import replace
 
         settings = replace(settings, grpc_host=host)
-    trained = load_trained(source)
-    model_name = name or default_name(source, trained.meta.provenance)
-    app = create_app(trained, model_name, settings)
+    members = [load_trained(s) for s in sources]
+    model_name = name or default_name(sources[0], members[0].meta.provenance)
+    if not name and len(members) > 1:
+        model_name += f"-ensemble-{len(members)}"
+    app = create_app(members, model_name, settings, sources)
     config = uvicorn.Config(
         app,
         host=host,
