@@ -282,3 +282,31 @@ def test_the_model_is_named_by_its_run_not_best():
     assert default_name("runs/cifar/epoch-3.pt", {}) == "cifar"
     assert default_name("models/shoes.safetensors", {}) == "shoes"
     assert default_name("x.caffemodel", {"weights": "alexnet_paper.BVLC_IMAGENET1K"}) == "alexnet_paper.BVLC_IMAGENET1K"
+
+
+def test_a_name_clients_cannot_address_is_refused_and_defaults_are_made_addressable(files, capsys, monkeypatch):
+    """`--name a/b` served a model /v2/models/NAME could never reach (every request 404): now one line and exit 2,
+    before the port or the model; a default from a directory named "my run" is my_run."""
+    import uvicorn
+
+    from alexnet.artifacts.loader import load_trained
+    from alexnet.errors import ConfigError
+    from alexnet.inference.serving.app import ServeSettings, create_app
+    from alexnet.inference.serving.server import default_name
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # were a bad name let through: no server kept up
+
+    for bad in ("a/b", "my model", ".hidden", "", "x" * 129, "naïve"):
+        capsys.readouterr()
+        assert main(["serve", "--weights", str(files["small"]), "--name", bad]) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "model name" in err, bad
+    with pytest.raises(ConfigError, match="model name"):
+        create_app(load_trained(files["small"]), "a/b", ServeSettings(precision="fp32"))
+    assert default_name("runs/my run/best.safetensors", {}) == "my_run"
+    assert default_name("runs/.x/last.pt", {}) == "x"
+    long = default_name("x" * 300 + ".safetensors", {})
+    assert len(long) == 100 and long.startswith("x")
+    client, _ = app_client(files)  # a good name is served
+    with client:
+        assert client.get("/v2/models/small").status_code == 200

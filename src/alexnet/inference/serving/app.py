@@ -132,6 +132,25 @@ class _Metrics:
         self.inference.observe(seconds)
 
 
+# A model name is one path segment of /v2/models/NAME that clients can write as it is (KServe and Triton names are
+# such): letters, digits, '.', '_' and '-', not starting with '.'.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can be served under /v2/models/NAME.
+
+    Raises:
+        ConfigError: a name with '/', spaces or other characters a URL path segment would need escaped.
+    """
+    if not MODEL_NAME.fullmatch(name):
+        raise ConfigError(
+            f"model name {name!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting with '.'), "
+            "as /v2/models/NAME needs"
+        )
+    return name
+
+
 def _endpoint(path: str) -> str:
     """A bounded label for metrics: the route's template, never the raw path a client sent."""
     path = re.sub(r"^/v2/models/[^/]+", "/v2/models/{name}", path)
@@ -429,6 +448,7 @@ def create_app(
     Several models are served as one, their softmax averaged (`Predictor.from_trained`: they must agree on classes and
     preprocessing; ``paths`` name them in its errors).
     """
+    check_model_name(name)
     members = [trained] if isinstance(trained, TrainedModel) else list(trained)
     paths = list(paths) if paths is not None else [f"model {i + 1}" for i in range(len(members))]
     service = _Service(members, name, settings or ServeSettings(), paths)

@@ -6,13 +6,14 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 from ...artifacts.loader import load_trained
 from ...errors import AlexNetError
-from .app import ServeSettings, create_app
+from .app import MODEL_NAME, ServeSettings, check_model_name, create_app
 from .guarded_http import MAX_HEAD_BYTES, guarded
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def serve(
             "serve takes our .safetensors / .pt files or published weights; ONNX files are for "
             "onnxruntime-based servers"
         )
+    if name is not None:
+        check_model_name(name)
     _check_port(host, port)  # before the model loads: a port in use is one line, not uvicorn's log and exit 1
     if settings.grpc_port is not None:
         try:
@@ -121,7 +124,8 @@ def default_name(source: str, provenance: dict) -> str:
     name = provenance.get("weights") or path.stem
     if not provenance.get("weights") and (path.stem in ("best", "last") or path.stem.startswith("epoch-")):
         name = path.resolve().parent.name or path.stem
-    return str(name).replace("/", "_")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".")[:100]  # a run directory "my run" serves as my_run
+    return name if MODEL_NAME.fullmatch(name) else "model"
 
 
 def _check_port(host: str, port: int) -> None:
