@@ -113,13 +113,10 @@ class Predictor:
 
             session, meta = load_onnx(path)
             return cls(session, meta, max_file_mb=max_file_mb)
-        trained = load_trained(path)
-        return cls(trained.model, trained.meta, device, precision, max_file_mb, compile)
+        return cls.from_trained([load_trained(path)], [path], device, precision, max_file_mb, compile)
 
     @classmethod
     def _ensemble(cls, paths: list[Path], device: str, precision: str, max_file_mb: float, compile: bool) -> Predictor:
-        if not paths:
-            raise ConfigError("no model to predict with")
         onnx = [p for p in paths if p.suffix == ".onnx"]
         if onnx:
             raise ConfigError(f"{onnx[0]}: an ensemble averages PyTorch models and programs, not ONNX files")
@@ -140,10 +137,13 @@ class Predictor:
         (`Ensemble`); several must agree on classes and preprocessing (`check_members`).
 
         Raises:
+            ConfigError: no model.
             IncompatibleCheckpointError: two members differ in classes or preprocessing.
         """
         from .ensemble import Ensemble, check_members
 
+        if not members:
+            raise ConfigError("no model to predict with")
         if len(members) == 1:
             only = members[0]
             return cls(only.model, only.meta, device, precision, max_file_mb, compile)
