@@ -9,7 +9,7 @@ import pytest
 
 from alexnet.cli import main
 from alexnet.experiments import claims
-from alexnet.experiments.reproduce import BUDGETS
+from alexnet.experiments.ablations import BUDGETS
 from tests.helpers import strict_json
 
 TINY = [

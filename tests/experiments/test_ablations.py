@@ -1,0 +1,41 @@
+"""The experiment table of `alexnet reproduce`: every arm of every budget is a configuration that loads and a model
+that builds (the ``full`` budget's arms run only on GPUs, never in CI), and the table's names keep runs apart."""
+
+import pytest
+
+from alexnet.config import load_config
+from alexnet.experiments.ablations import BUDGETS, Arm
+from alexnet.models import get_spec
+
+METRICS = {"error", "epochs", "converge", "tencrop", "ensemble"}
+ONE_ARM = {"tencrop", "ensemble"}  # measured on the paper arm's runs: no second training
+
+
+def _arms() -> list[tuple[str, str, Arm]]:
+    return [
+        (budget, exp.name, arm)
+        for budget, make in BUDGETS.items()
+        for exp in make().experiments
+        for arm in (exp.paper_arm, exp.other_arm)
+        if arm is not None
+    ]
+
+
+@pytest.mark.parametrize(("budget", "experiment", "arm"), _arms(), ids=lambda v: getattr(v, "name", v))
+def test_every_arm_loads_and_builds(budget, experiment, arm):
+    cfg = load_config(arm.recipe, list(arm.overrides))
+    spec = get_spec(cfg.model.name, **cfg.model.overrides)  # the overrides a run would build its model with
+    assert spec.convs, (budget, experiment, arm.name)
+
+
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
+def test_names_keep_runs_apart(budget):
+    plan = BUDGETS[budget]()
+    names = [exp.name for exp in plan.experiments]
+    assert len(names) == len(set(names)), "two experiments would share OUT/<experiment>/"
+    for exp in plan.experiments:
+        assert exp.metric in METRICS, exp.name
+        assert (exp.other_arm is None) == (exp.metric in ONE_ARM), exp.name
+        if exp.other_arm is not None:  # the arms' runs are told apart by name: OUT/<experiment>/<arm>/seed<k>/
+            assert exp.paper_arm.name != exp.other_arm.name, exp.name
+    assert plan.baseline is None or any(plan.baseline == exp.paper_arm for exp in plan.experiments)
