@@ -1,14 +1,14 @@
 """C++ kernels compiled on first use by torch's C++ extension builder (a C++ compiler and ninja needed): the fused LRN
 (`alexnet.models.fused_lrn`), ReLU → max-pool (`alexnet.models.fused_pool`) and batch norm → ReLU
-(`alexnet.models.fused_bn`), the bf16-copy SGD step (`alexnet.training.bf16_copies`) and the int8 fc rows
-(`alexnet.artifacts.qlinear_rows`). Each is built for the CPU it runs on (``-march=native``) and cached under
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), named after this CPU's instruction sets and the
-hash of its source, its flags, where the source lies and which torch builds it: two processes starting together
-(torchrun's ranks) share one build, and two checkouts or environments each keep their own (the builder writes the
-source's path and torch's include paths into its build file and rebuilds when they change: one shared directory was
-rebuilt on every switch between them, and under a process that had it loaded). A build removes the builds it
-replaces (`prune_replaced`). `prepare` builds several side by side, one compiler each, before a first step would ask
-for them one after the other."""
+(`alexnet.models.fused_bn`), conv1's space-to-depth blocks (`alexnet.models.fused_stem`), the bf16-copy SGD step
+(`alexnet.training.bf16_copies`) and the int8 fc rows (`alexnet.artifacts.qlinear_rows`). Each is built for the CPU it
+runs on (``-march=native``) and cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), named
+after this CPU's instruction sets and the hash of its source, its flags, where the source lies and which torch builds
+it: two processes starting together (torchrun's ranks) share one build, and two checkouts or environments each keep
+their own (the builder writes the source's path and torch's include paths into its build file and rebuilds when they
+change: one shared directory was rebuilt on every switch between them, and under a process that had it loaded). A build
+removes the builds it replaces (`prune_replaced`). `prepare` builds several side by side, one compiler each, before a
+first step would ask for them one after the other."""
 
 from __future__ import annotations
 

@@ -148,18 +148,19 @@ def test_fused_kernels_names_the_kernels_a_first_step_asks_for(name, monkeypatch
     size = get_spec(name).input_size
     x = torch.randn(2, model.in_channels, size, size).contiguous(memory_format=torch.channels_last)
 
-    def listed(training: bool) -> set[str]:
+    def listed(training: bool, bf16: bool) -> set[str]:
         asked.clear()
-        for kernel in layers.fused_kernels(model, training):
+        for kernel in layers.fused_kernels(model, training, bf16):
             kernel()
         return set(asked)
 
-    for training in (True, False):
-        want = listed(training)
+    for training, bf16 in ((True, False), (True, True), (False, False)):
+        want = listed(training, bf16)
         asked.clear()
         if training:
-            F.cross_entropy(model.train()(x), torch.tensor([0, 1])).backward()
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):  # bf16: as `fit` trains on the CPU
+                F.cross_entropy(model.train()(x), torch.tensor([0, 1])).backward()
         else:
             with torch.inference_mode():
                 model.eval()(x)
-        assert set(asked) == want, (training, sorted(asked), sorted(want))
+        assert set(asked) == want, (training, bf16, sorted(asked), sorted(want))

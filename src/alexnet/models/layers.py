@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import native
-from . import amx_fc, fused_bn, fused_lrn, fused_pool, onednn_fc
+from . import amx_fc, fused_bn, fused_lrn, fused_pool, fused_stem, onednn_fc
 
 
 class LocalResponseNorm(nn.Module):
@@ -170,22 +170,21 @@ class StemConv2d(nn.Conv2d):
     products (and zeros): measured, the weight gradient came out bit for bit, the output equal to bf16 rounding. But
     oneDNN's weight-gradient kernel for 3 input channels is slow: on 2 cores of an Intel Xeon with AMX,
     ``alexnet_owt``'s conv1 at batch 64 took 25.1 ms forward and backward, 15.3 this way (its input rearranged in 4.7
-    of them). In fp32 it was slower (61.2 ms against 50.8), without a weight gradient the rearrangement costs what it
-    saves, and on CPUs without AMX it is unmeasured: there, and under tracers and compilers, it is the plain
-    convolution. Parameters and state dict are ``nn.Conv2d``'s."""
+    of them by torch's ops; `alexnet.models.fused_stem` now does that in ~1.9). In fp32 it was slower (61.2 ms
+    against 50.8), without a weight gradient the rearrangement costs what it saves, and on CPUs without AMX it is
+    unmeasured: there, and under tracers and compilers, it is the plain convolution. Parameters and state dict are
+    ``nn.Conv2d``'s."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._space_to_depth(x):
             return super().forward(x)
         s, k, pad = self.stride[0], self.kernel_size[0], self.padding[0]
         blocks = -(-k // s)  # ⌈k/s⌉
-        b, c, h, w = x.shape
-        # (B, C, H, W) → (B, Hb·s, Wb·s, C) zero-padded, Hb = H_out − 1 + blocks → (B, s²·C, Hb, Wb) channels last
+        c, h, w = x.shape[1:]
+        # (B, C, H, W) → (B, Hb, Wb, s²·C) blocks, Hb = H_out − 1 + blocks: (B, s²·C, Hb, Wb) channels last
         hb, wb = (h + 2 * pad - k) // s + blocks, (w + 2 * pad - k) // s + blocks
-        padded = x.new_zeros((b, hb * s, wb * s, c), dtype=_compute_dtype(x))
-        nh, nw = min(h, hb * s - pad), min(w, wb * s - pad)
-        padded[:, pad : pad + nh, pad : pad + nw] = x.permute(0, 2, 3, 1)[:, :nh, :nw]
-        xs = padded.view(b, hb, s, wb, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, s * s * c)
+        blocks_of = fused_stem.space_to_depth if fused_stem.usable(x) else space_to_depth_blocks
+        xs = blocks_of(x, s, pad, hb, wb)
         # (O, C, k, k) → (O, C, blocks·s, blocks·s) → (O, s²·C, blocks, blocks), channels ordered as xs's
         o, fill = self.out_channels, blocks * s - k
         weight = F.pad(self.weight, (0, fill, 0, fill)).view(o, c, blocks, s, blocks, s)
@@ -213,6 +212,18 @@ class StemConv2d(nn.Conv2d):
             # an input smaller than the kernel gets the plain convolution's own error
             and min(x.shape[-2:]) + 2 * self.padding[0] >= self.kernel_size[0]
         )
+
+
+def space_to_depth_blocks(x: torch.Tensor, s: int, pad: int, hb: int, wb: int) -> torch.Tensor:
+    """(N, C, H, W) → (N, hb, wb, s²·C) in the compute dtype: each s × s block of ``x`` zero-padded by ``pad`` at the
+    top and left, its channels ordered (row, column, channel) as `StemConv2d`'s kernel; torch's ops, with a gradient
+    (`alexnet.models.fused_stem` does it in one pass where none is needed)."""
+    b, c, h, w = x.shape
+    # (B, C, H, W) → (B, hb·s, wb·s, C) zero-padded → (B, hb, wb, s²·C)
+    padded = x.new_zeros((b, hb * s, wb * s, c), dtype=_compute_dtype(x))
+    nh, nw = min(h, hb * s - pad), min(w, wb * s - pad)
+    padded[:, pad : pad + nh, pad : pad + nw] = x.permute(0, 2, 3, 1)[:, :nh, :nw]
+    return padded.view(b, hb, s, wb, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, s * s * c)
 
 
 class Linear(nn.Linear):
@@ -290,15 +301,18 @@ _STANDARD = {
 }
 
 
-def fused_kernels(model: nn.Module, training: bool) -> list[Callable[[], Any]]:
+def fused_kernels(model: nn.Module, training: bool, bf16: bool = False) -> list[Callable[[], Any]]:
     """The fused CPU kernels ``model``'s `Stack` containers would ask for on their first step (each kernel module's
     ``kernel`` function), for `alexnet.native.prepare` to build side by side: ReLU → max-pool's where a stack
-    max-pools, the LRN's where it normalises so, and in ``training`` batch norm → ReLU's."""
+    max-pools, the LRN's where it normalises so, and in ``training`` batch norm → ReLU's and, in ``bf16`` on a CPU
+    with AMX, conv1's space-to-depth blocks (`StemConv2d`)."""
     kinds = {type(m) for stack in model.modules() if isinstance(stack, Stack) for m in stack}
+    stem = any(isinstance(m, StemConv2d) for m in model.modules())
     wanted = (
         (nn.MaxPool2d in kinds, fused_pool.kernel),
         (LocalResponseNorm in kinds, fused_lrn.kernel),
         (training and bool(kinds & {nn.BatchNorm1d, nn.BatchNorm2d}), fused_bn.kernel),
+        (training and bf16 and stem and _amx(), fused_stem.kernel),
     )
     return [kernel for used, kernel in wanted if used]
 

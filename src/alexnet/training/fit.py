@@ -199,7 +199,7 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
         copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []
-        native.prepare([*fused_kernels(plain, training=True), *copies])
+        native.prepare([*fused_kernels(plain, training=True, bf16=precision == "bf16"), *copies])
     optim_cfg = strategy.scaled_lr(cfg.optim, cfg.data.batch_size * cfg.train.accumulate)
     scales = None
     if pretrained is not None and cfg.optim.pretrained_lr_scale != 1.0:
