@@ -268,8 +268,7 @@ class Dropout(nn.Dropout):
         if not self.training or not 0 < self.p < 1 or x.device.type != "cpu" or self.inplace or _tracing():
             return super().forward(x)
         n = x.numel()
-        # int64 draws over their full range, read as int16: uniform on [−32,768, 32,767], kept at or above the
-        # threshold
+        # int64 draws over their whole range, read as int16s uniform on [−32,768, 32,767]: kept from the threshold up
         bits = torch.empty(-(-n // 4), dtype=torch.int64, device=x.device).random_(-(2**63), None)
         keep = bits.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
         return x * keep * (1 / (1 - self.p))
