@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 from .errors import AlexNetError, WriteError
 
 MB = 1 << 20
+DISK_FULL_BYTES = 64 * MB  # a failed write with less than this free is put down to the disk
 
 
 class InputFileError(AlexNetError):
@@ -178,12 +180,16 @@ def atomic_write(
             before_rename()
         os.replace(tmp, path)
     except BaseException as err:
+        free = _free_bytes(path.parent)  # before the temporary goes: deleting it frees what it filled
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, WriteError) or not isinstance(err, Exception):  # Ctrl-C and exits pass as they are
             raise
         if isinstance(err, OSError) and err.strerror:
             reason = err.strerror
+        elif free is not None and free < DISK_FULL_BYTES:
+            # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ..."
+            reason = f"no space left on its disk ({free / MB:.1f} MB free)"
         else:
             reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise WriteError(f"could not write {path}: {reason}; any previous {path.name} is unchanged") from err
@@ -193,6 +199,13 @@ def atomic_write(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 def json_text(tree: Any, indent: int | None = None) -> str:

@@ -3,6 +3,7 @@
 import io
 import os
 import random
+import shutil
 import time
 import zipfile
 
@@ -240,6 +241,28 @@ def test_weights_for_another_model_are_refused(tmp_path, weights):
     paper = alexnet.create_model("alexnet_paper", num_classes=4)
     with pytest.raises(IncompatibleCheckpointError, match="does not fit"):
         load_model_state(paper, tensors, "w.safetensors")
+
+
+@pytest.mark.parametrize(
+    "free_mb, says", [(3, r"no space left on its disk \(3.0 MB free\)"), (5000, r"\[enforce fail at .*unexpected pos")]
+)
+def test_a_full_disk_that_torch_save_words_its_own_way_is_named(tmp_path, monkeypatch, free_mb, says):
+    """torch.save reports a full disk as an "enforce fail ... unexpected pos" RuntimeError (CI met it): with little
+    space left the line says the disk is full; with space left, the writer's own words stay."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.zeros(10)}, "config": {}}, path)
+    before = path.read_bytes()
+
+    def enforce_fail(f):
+        f.write(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 236990144 vs 236990032")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda d: usage._replace(free=free_mb * files.MB))
+    with pytest.raises(WriteError, match=f"could not write .*last.pt: {says}.*; any previous last.pt is unchanged"):
+        atomic_write(path, enforce_fail)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
 
 
 def test_exception_mid_write_leaves_the_old_file(tmp_path):
