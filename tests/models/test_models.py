@@ -161,6 +161,7 @@ GOOD_OVERRIDES = [
     {"pool_first": True},
     {"fc_norm": True},
     {"fc_norm": True, "dropout_position": "before"},
+    {"norm": "batch", "fc_norm": True, "bn_momentum": 0.4},
 ]
 
 
@@ -248,6 +249,24 @@ def test_fc_norm_puts_batch_norm_between_each_hidden_fc_and_its_activation():
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in alexnet.create_model("alexnet_small").modules())
 
 
+def test_bn_momentum_sets_every_batch_norm_and_the_running_statistics_follow_it():
+    """Each BatchNorm, the convs' and the classifier's, takes the spec's momentum, and one training step moves its
+    running mean that far towards the batch's mean (through the fused kernels where they apply)."""
+    model = alexnet.create_model("alexnet_small", num_classes=10, fc_norm=True, bn_momentum=0.4)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 7 and {m.momentum for m in norms} == {0.4}
+    assert {m.momentum for m in alexnet.create_model("alexnet_small").modules() if hasattr(m, "momentum")} == {0.1}
+    first = model.features[0]
+    seen = {}
+
+    def keep_mean(module, inputs, out):
+        seen["mean"] = out.detach().mean((0, 2, 3))  # (C,) the batch's mean of conv1's output, what BN normalises
+
+    first.register_forward_hook(keep_mean)
+    model.train()(torch.randn(8, 3, 28, 28))
+    torch.testing.assert_close(norms[0].running_mean, 0.4 * seen["mean"])
+
+
 BAD_OVERRIDES = [
     ({"nrom": "batch"}, "unknown override 'nrom'"),
     ({"norm": "group"}, "choose one of"),
@@ -264,6 +283,8 @@ BAD_OVERRIDES = [
     ({"input_size": 16}, "too small"),
     ({"lrn_across_towers": 1}, "choose one of"),
     ({"fc_norm": "yes"}, "choose one of"),
+    ({"bn_momentum": 0.0}, "bn_momentum=0.0"),
+    ({"bn_momentum": 1.5}, "bn_momentum=1.5"),
 ]
 
 

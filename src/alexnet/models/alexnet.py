@@ -46,7 +46,7 @@ class AlexNet(nn.Module):
             # The first takes the image: in bf16 training on a CPU with AMX a strided one runs as space-to-depth.
             layer = StemConv2d if not convs and conv.stride > 1 else nn.Conv2d
             convs.append(layer(prev, out, conv.kernel, conv.stride, conv.pad, groups=groups))
-            stage: list[nn.Module] = [nn.BatchNorm2d(out)] if batch_norm else []
+            stage: list[nn.Module] = [nn.BatchNorm2d(out, momentum=spec.bn_momentum)] if batch_norm else []
             stage.append(_activation(spec.activation))
             if conv.lrn and spec.norm == "lrn":
                 # Per tower where the conv stack is split (groups=2), unless the spec says across them (Caffe).
@@ -72,7 +72,7 @@ class AlexNet(nn.Module):
                 head.append(Dropout(spec.dropout))
             head.append(linears[-1])
             if not last:
-                head += [nn.BatchNorm1d(fan_out)] if spec.fc_norm else []
+                head += [nn.BatchNorm1d(fan_out, momentum=spec.bn_momentum)] if spec.fc_norm else []
                 head.append(_activation(spec.activation))
                 if spec.dropout_position == "after":
                     head.append(Dropout(spec.dropout))

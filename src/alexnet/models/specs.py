@@ -70,6 +70,8 @@ class ArchSpec:
             pixels: `alexnet_small` trains 6-12% faster. Max-pooling commutes with ReLU but not with a norm.
         fc_norm: BatchNorm1d after each hidden fc layer, before its activation (with ``norm="batch"`` the convs have
             it too): the classifier's inputs stay normalised as its weights grow, as in the conv trunk.
+        bn_momentum: weight of each batch's statistics in every BatchNorm's running mean and variance (torch's
+            convention and default, 0.1; airbench's 0.6 is 0.4 here).
         pool_pad: max-pool padding (px); the small model pads so 28 and 32 px inputs both end at 4×4.
         adaptive_pool: output side of an AdaptiveAvgPool2d before the classifier (torchvision: 6), or None.
         dropout: dropout probability on the fc layers.
@@ -95,6 +97,7 @@ class ArchSpec:
     pool: str = "overlapping"
     pool_first: bool = False
     fc_norm: bool = False
+    bn_momentum: float = 0.1
     pool_pad: int = 0
     adaptive_pool: int | None = None
     dropout: float = 0.5
@@ -276,6 +279,7 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {  # field: (type, lowest, high
     "lrn_beta": (float, 0.0, 10.0),
     "lrn_k": (float, 0.0, 1e3),
     "dropout": (float, 0.0, 0.999),
+    "bn_momentum": (float, 1e-3, 1.0),
     "input_size": (int, 8, 4096),
 }
 OVERRIDABLE = tuple(sorted([*_CHOICES, *_NUMBERS]))
