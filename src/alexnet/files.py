@@ -180,7 +180,7 @@ def atomic_write(
             before_rename()
         os.replace(tmp, path)
     except BaseException as err:
-        free = _free_bytes(path.parent)  # before the temporary goes: deleting it frees what it filled
+        free = free_bytes(path.parent)  # before the temporary goes: deleting it frees what it filled
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, WriteError) or not isinstance(err, Exception):  # Ctrl-C and exits pass as they are
@@ -201,7 +201,8 @@ def atomic_write(
             os.close(dir_fd)
 
 
-def _free_bytes(directory: Path) -> int | None:
+def free_bytes(directory: Path) -> int | None:
+    """Bytes a new file in ``directory`` may still take (what ``df`` shows as available), or None if unknown."""
     try:
         return shutil.disk_usage(directory).free
     except OSError:

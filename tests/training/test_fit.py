@@ -7,6 +7,7 @@ import torch
 
 from alexnet.artifacts.checkpoint import load_checkpoint, load_weights
 from alexnet.errors import NonFiniteLossError
+from alexnet.files import MB
 from alexnet.training.fit import fit
 from tests.conftest import tiny_config
 
@@ -118,6 +119,51 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_a_disk_without_room_for_the_next_save_is_warned_of_once_before_it(tmp_path, monkeypatch, caplog):
+    """A disk of a given capacity (free = capacity − the run's files): with room, no warning; with room for the first
+    epoch's files but not one more checkpoint, one warning after epoch 1 (not again after epoch 2); with less than
+    the first epoch writes, one before training, naming what it will write."""
+    import alexnet.training.checkpointer as checkpointer
+
+    capacity = {}
+
+    def disk(out):
+        def free(directory):
+            return capacity[out] - sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+        return free
+
+    def warnings():
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "MB free" in r.getMessage()]
+
+    roomy = tmp_path / "roomy"
+    capacity[roomy] = 1 << 40
+    monkeypatch.setattr(checkpointer, "free_bytes", disk(roomy))
+    with caplog.at_level("WARNING"):
+        fit(tiny_config(roomy, "train.epochs=1"))
+    assert warnings() == []
+    first_epoch = sum(p.stat().st_size for p in roomy.rglob("*") if p.is_file())
+    checkpoint = (roomy / "last.pt").stat().st_size
+
+    tight = tmp_path / "tight"
+    capacity[tight] = first_epoch + checkpoint // 2
+    monkeypatch.setattr(checkpointer, "free_bytes", disk(tight))
+    with caplog.at_level("WARNING"):
+        fit(tiny_config(tight, "train.epochs=3"))  # the real disk has room: the saves themselves succeed
+    assert (
+        len(warnings()) == 1
+        and f"less than the run will write (one more checkpoint: {checkpoint / MB:.0f} MB)" in (warnings()[0])
+    )
+    caplog.clear()
+
+    small = tmp_path / "small"
+    capacity[small] = first_epoch // 2
+    monkeypatch.setattr(checkpointer, "free_bytes", disk(small))
+    with caplog.at_level("WARNING"):
+        fit(tiny_config(small, "train.epochs=1"))
+    assert len(warnings()) == 1 and "the first epoch's last.pt, best.pt and best.safetensors" in warnings()[0]
 
 
 def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):

@@ -4,6 +4,7 @@ and on SIGTERM or Ctrl-C, which finish the step, save, and leave with the signal
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -14,9 +15,12 @@ import torch
 
 from ..artifacts.checkpoint import save_checkpoint
 from ..errors import TrainingInterrupted
+from ..files import MB, free_bytes
 from . import distributed
 from .run import Run
 from .state import EpochTotals, build_state, rng_state
+
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -25,6 +29,31 @@ class Checkpointer:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.stop_signals: list[int] = []  # signals received while training, handled at the next step boundary
+        self.warned_room = False
+        self.largest = 0  # bytes of the largest checkpoint written
+        if run.dist.is_main:
+            # What the first epoch writes: last.pt and best.pt (the weights and the optimizer's momentum, as much
+            # again) and best.safetensors (the weights): five times the weights' bytes.
+            weights = sum(t.numel() * t.element_size() for t in run.plain.state_dict().values())
+            self.check_room(5 * weights, "the first epoch's last.pt, best.pt and best.safetensors: about ")
+
+    def check_room(self, size: int | None = None, what: str = "one more checkpoint: ") -> None:
+        """Warn, once a run, when the disk of the run's directory has fewer than ``size`` bytes free (by default the
+        largest checkpoint written: each save replaces one, beside it): the save that needs them would fail an
+        epoch or an hour into the run (keeping the file it would have replaced)."""
+        size = self.largest if size is None else size
+        free = free_bytes(self.run.out)
+        if free is None or free >= size or self.warned_room:
+            return
+        self.warned_room = True
+        log.warning(
+            "the disk holding %s has %.0f MB free, less than the run will write (%s%.0f MB): saves will fail "
+            "until space is made",
+            self.run.out,
+            free / MB,
+            what,
+            size / MB,
+        )
 
     def save(self, epoch: int, step: int, totals: EpochTotals, *paths: Path) -> dict[str, torch.Tensor]:
         """Write the state at ``epoch`` (completed epochs) and ``step`` (batches into the next) to ``paths``. Every
@@ -61,6 +90,7 @@ class Checkpointer:
                 save_checkpoint(state, path)
                 if run.callbacks is not None:
                     run.callbacks.on_checkpoint(run, path)
+            self.largest = max([self.largest, *(path.stat().st_size for path in paths)])
         return model_state
 
     def step_hook(self, epoch: int, totals: EpochTotals) -> Callable[[int], None]:

@@ -405,6 +405,8 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
         meta["provenance"]["ema"] = {"decay": cfg.train.ema_decay, "warmup": cfg.train.ema_warmup, "step": run.ema.step}
         save_weights(run.ema.module, run.out / "ema.safetensors", meta)
         run.callbacks.on_checkpoint(run, run.out / "ema.safetensors")
+    if run.dist.is_main and epoch + 1 < cfg.train.epochs and not stopping:
+        checkpointer.check_room()  # the next epoch's saves, now that this one's files are all written
     if stopping:
         log.info("%s: stopping", control.reason or "a callback asked to stop")
     return stopping
