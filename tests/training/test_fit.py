@@ -164,6 +164,16 @@ def test_a_disk_without_room_for_the_next_save_is_warned_of_once_before_it(tmp_p
     with caplog.at_level("WARNING"):
         fit(tiny_config(small, "train.epochs=1"))
     assert len(warnings()) == 1 and "the first epoch's last.pt, best.pt and best.safetensors" in warnings()[0]
+    caplog.clear()
+
+    # Resuming, the files are there: each save replaces one, so one checkpoint's room is what it needs.
+    monkeypatch.setattr(checkpointer, "free_bytes", disk(roomy))
+    for room, warned in ((2 * checkpoint, 0), (checkpoint // 2, 1)):
+        capacity[roomy] = sum(p.stat().st_size for p in roomy.rglob("*") if p.is_file()) + room
+        with caplog.at_level("WARNING"):
+            fit(tiny_config(roomy, f"train.epochs={2 + warned}", 'train.resume="auto"'))
+        assert len(warnings()) == warned, (room, warnings())
+        caplog.clear()
 
 
 def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):

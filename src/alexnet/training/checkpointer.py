@@ -30,8 +30,10 @@ class Checkpointer:
         self.run = run
         self.stop_signals: list[int] = []  # signals received while training, handled at the next step boundary
         self.warned_room = False
-        self.largest = 0  # bytes of the largest checkpoint written
-        if run.dist.is_main:
+        self.largest = _largest(run.out / "last.pt", run.out / "best.pt")  # bytes; a resumed run's are there
+        if run.dist.is_main and self.largest:
+            self.check_room()
+        elif run.dist.is_main:
             # What the first epoch writes: last.pt and best.pt (the weights and the optimizer's momentum, as much
             # again) and best.safetensors (the weights): five times the weights' bytes.
             weights = sum(t.numel() * t.element_size() for t in run.plain.state_dict().values())
@@ -90,7 +92,7 @@ class Checkpointer:
                 save_checkpoint(state, path)
                 if run.callbacks is not None:
                     run.callbacks.on_checkpoint(run, path)
-            self.largest = max([self.largest, *(path.stat().st_size for path in paths)])
+            self.largest = max(self.largest, _largest(*paths))
         return model_state
 
     def step_hook(self, epoch: int, totals: EpochTotals) -> Callable[[int], None]:
@@ -138,3 +140,12 @@ class Checkpointer:
         finally:
             for s, old in previous.items():
                 signal.signal(s, old)
+
+
+def _largest(*paths: Path) -> int:
+    """The largest size of ``paths`` in bytes (0 for none), skipping any gone (a callback may move its files)."""
+    sizes = [0]
+    for path in paths:
+        with contextlib.suppress(OSError):
+            sizes.append(path.stat().st_size)
+    return max(sizes)
