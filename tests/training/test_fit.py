@@ -129,9 +129,12 @@ def test_a_disk_without_room_for_the_next_save_is_warned_of_once_before_it(tmp_p
 
     capacity = {}
 
+    def used(out):
+        return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
     def disk(out):
         def free(directory):
-            return capacity[out] - sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+            return capacity[out] - used(out)
 
         return free
 
@@ -144,7 +147,7 @@ def test_a_disk_without_room_for_the_next_save_is_warned_of_once_before_it(tmp_p
     with caplog.at_level("WARNING"):
         fit(tiny_config(roomy, "train.epochs=1"))
     assert warnings() == []
-    first_epoch = sum(p.stat().st_size for p in roomy.rglob("*") if p.is_file())
+    first_epoch = used(roomy)
     checkpoint = (roomy / "last.pt").stat().st_size
 
     tight = tmp_path / "tight"
@@ -169,7 +172,7 @@ def test_a_disk_without_room_for_the_next_save_is_warned_of_once_before_it(tmp_p
     # Resuming, the files are there: each save replaces one, so one checkpoint's room is what it needs.
     monkeypatch.setattr(checkpointer, "free_bytes", disk(roomy))
     for room, warned in ((2 * checkpoint, 0), (checkpoint // 2, 1)):
-        capacity[roomy] = sum(p.stat().st_size for p in roomy.rglob("*") if p.is_file()) + room
+        capacity[roomy] = used(roomy) + room
         with caplog.at_level("WARNING"):
             fit(tiny_config(roomy, f"train.epochs={2 + warned}", 'train.resume="auto"'))
         assert len(warnings()) == warned, (room, warnings())
