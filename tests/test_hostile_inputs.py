@@ -246,3 +246,11 @@ def test_running_out_of_memory_is_one_line(files, capsys, monkeypatch):
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run(bug)
+
+
+def test_report_is_given_something_that_is_no_run_directory(files, capsys):
+    """`report` reads a run's directory: a missing path, a file (the checkpoint itself) and a directory without a
+    run's last.pt each get one line saying what to give."""
+    _refused(capsys, ["report", str(files["dir"] / "no-such-run")], "not there: give a run directory")
+    _refused(capsys, ["report", files["weights"]], "is a file: give a run directory")
+    _refused(capsys, ["report", str(files["dir"])], "not a run directory: it has no last.pt")

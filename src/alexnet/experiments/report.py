@@ -142,6 +142,11 @@ def run_report(run: Path | str, evaluation: Evaluation | None = None) -> Path:
 
     run = Path(run)
     weights = run / "last.pt"
+    if not run.is_dir():
+        what = "a file" if run.exists() else "not there"
+        raise InputFileError(f"{run} is {what}: give a run directory, the --out of alexnet train")
+    if not weights.exists():
+        raise InputFileError(f"{run} is not a run directory: it has no last.pt (the --out of alexnet train)")
     trained = load_trained(weights)
     cfg = read_json_input(run / "config.json", MB, "run config") if (run / "config.json").exists() else {}
     if not isinstance(cfg, dict):
