@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,9 +47,10 @@ def _weights(path: Path, variant: str, size: int, seed: int = 0, classes: list[s
 
 
 class Server:
-    def __init__(self, weights: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    """`alexnet serve` on ports the system chooses (``--port 0``, and ``--grpc-port 0`` with ``grpc=True``), read
+    back from the lines it logs: no other process can take them between choosing and binding."""
+
+    def __init__(self, weights: Path, *flags: str, grpc: bool = False) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -55,26 +59,59 @@ class Server:
             "--checkpoint",
             str(weights),
             "--port",
-            str(self.port),
+            "0",
             "--precision",
             "fp32",
+            *(["--grpc-port", "0"] if grpc else []),
             *flags,
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_read_lines, args=(self.proc.stderr, lines), daemon=True).start()
+        found = {}
         deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read())
+        while time.time() < deadline and not ("ready" in found and ("grpc" in found or not grpc)):
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                line = ""
+            if line is None:  # the process ended: its log says why
+                self.proc.wait()
+                raise RuntimeError("".join(self.log))
+            self.log.append(line)
+            if match := re.match(r"alexnet serve: http://127\.0\.0\.1:(\d+)/", line):
+                found["http"] = int(match[1])
+            if match := re.match(r"KServe v2 over gRPC on 127\.0\.0\.1:(\d+)", line):
+                found["grpc"] = int(match[1])
+            if line.startswith("serving "):
+                found["ready"] = True
+        if "ready" not in found:
+            raise RuntimeError("the server did not become ready: " + "".join(self.log))
+        self.port = found["http"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        if grpc:
+            self.grpc = f"127.0.0.1:{found['grpc']}"
+        while True:  # the model is ready once "serving" is logged; uvicorn listens a moment after
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not become ready")
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("the server did not answer: " + "".join(self.log))
+            time.sleep(0.05)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
+
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    """Every line of ``stream`` into ``lines``, then None: the pipe never fills while the server runs."""
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
 
 
 @pytest.fixture(scope="module")

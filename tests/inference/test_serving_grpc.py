@@ -12,16 +12,14 @@ import pytest
 
 from tests.helpers import noise_png
 
-from .conftest import CLASSES, Server, free_port
+from .conftest import CLASSES, Server
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
 
 @pytest.fixture(scope="module")
 def grpc_server(files):
-    port = free_port()
-    srv = Server(files["small"], "--name", "small", "--grpc-port", str(port), "--max-body-mb", "1")
-    srv.grpc = f"127.0.0.1:{port}"
+    srv = Server(files["small"], "--name", "small", "--max-body-mb", "1", grpc=True)
     yield srv
     assert srv.stop() == 0
 
@@ -164,8 +162,7 @@ def test_malformed_messages_get_a_status_with_a_reason(grpc_server):
 
 @pytest.mark.slow
 def test_the_api_key_guards_grpc_too(files):
-    port = free_port()
-    srv = Server(files["small"], "--name", "small", "--grpc-port", str(port), "--api-key", "s3cret")
+    srv = Server(files["small"], "--name", "small", "--api-key", "s3cret", grpc=True)
     try:
         from alexnet.inference.serving.grpc_service import protocol
 
@@ -182,8 +179,8 @@ def test_the_api_key_guards_grpc_too(files):
             ],
         )
         with pytest.raises(grpc.RpcError) as err:
-            _call(f"127.0.0.1:{port}", request)
+            _call(srv.grpc, request)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert len(_call(f"127.0.0.1:{port}", request, metadata=[("x-api-key", "s3cret")]).outputs) == 2
+        assert len(_call(srv.grpc, request, metadata=[("x-api-key", "s3cret")]).outputs) == 2
     finally:
         assert srv.stop() == 0

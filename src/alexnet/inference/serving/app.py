@@ -461,9 +461,9 @@ def create_app(
         if service.settings.grpc_port is not None:  # the same service over gRPC, in this event loop
             from .grpc_service import build_server
 
-            grpc_server = build_server(service, service.settings.grpc_host, service.settings.grpc_port)
+            grpc_server, grpc_port = build_server(service, service.settings.grpc_host, service.settings.grpc_port)
             await grpc_server.start()
-            log.info("KServe v2 over gRPC on %s:%d", service.settings.grpc_host, service.settings.grpc_port)
+            log.info("KServe v2 over gRPC on %s:%d", service.settings.grpc_host, grpc_port)  # chosen for 0
         service.ready = True
         log.info(
             "serving %s (%s%s): batches of up to %d, queue %d",

@@ -80,8 +80,9 @@ def stub(channel: grpc.Channel) -> SimpleNamespace:
     )
 
 
-def build_server(service: Any, host: str, port: int) -> grpc.aio.Server:
-    """A gRPC server (not yet started) answering for ``service``, the REST app's `_Service`."""
+def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server (not yet started) answering for ``service``, the REST app's `_Service`, and the port it is
+    bound to (the system's choice for ``port`` 0)."""
     pb = protocol()
     limit = service.max_body + (1 << 16)  # the body limit, plus room for the message's own fields
 
@@ -133,9 +134,10 @@ def build_server(service: Any, host: str, port: int) -> grpc.aio.Server:
         for method, (request, response) in CALLS.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
-    return server
+    return server, bound
 
 
 async def _check(service: Any, name: str, context: Any) -> None:

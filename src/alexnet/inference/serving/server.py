@@ -74,7 +74,7 @@ def serve(
             protocol()  # compile the .proto now: a missing extra is one line, before the model loads
         except ImportError as err:
             raise AlexNetError(f"--grpc-port needs the [grpc] extra: pip install 'alexnet[grpc]' ({err})") from None
-        if settings.grpc_port == port:
+        if settings.grpc_port == port != 0:  # 0: the system picks a free port for each
             raise AlexNetError(f"--grpc-port {port} is the HTTP port: give gRPC a port of its own")
         _check_port(host, settings.grpc_port)
         from dataclasses import replace
@@ -105,8 +105,11 @@ def serve(
         signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True)),
     }
     try:
-        log.info("alexnet serve: http://%s:%d/ (model %s)", host, port, model_name)
-        server.run()
+        # Bound here, so the line names the port the system chose for --port 0 (uvicorn's own log would say 0).
+        sock = config.bind_socket()
+        where = f"[{host}]" if ":" in host else host
+        log.info("alexnet serve: http://%s:%d/ (model %s)", where, sock.getsockname()[1], model_name)
+        server.run(sockets=[sock])
     except SystemExit:  # uvicorn exits 1 when it cannot bind, after logging: our one line below says why
         pass
     finally:
