@@ -68,6 +68,36 @@ def test_a_new_run_into_a_finished_one_is_refused(finished_run, capsys):
     assert main([*TRAIN, "--epochs", "1", "--out", str(finished_run), "--resume", "auto"]) == 0  # a resume is fine
 
 
+def test_a_new_run_never_writes_over_files_of_the_users(tmp_path, capsys):
+    """`--out .` in a project: its own config.json and report.md (names a run writes) are refused before anything
+    is written, a resume there too (it has no run to continue); a run's own config.json and held_out.json, left by a
+    run that stopped before its first checkpoint, are started over."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, text in (("config.json", '{"mine": 1}'), ("report.md", "# my notes"), ("curves.png", "not ours")):
+        (project / name).write_text(text)
+        before = _digests(project)
+        for resume in ([], ["--resume", "auto"]):
+            capsys.readouterr()
+            assert main([*TRAIN, "--epochs", "1", "--out", str(project), *resume]) == 2
+            err = capsys.readouterr().err
+            _one_line(err)
+            assert f"holds {name}, which a run writes" in err and "new --out" in err, err
+            assert _digests(project) == before
+        (project / name).unlink()
+    (project / "epoch-3.pt").write_bytes(b"someone's checkpoint")
+    assert main([*TRAIN, "--epochs", "1", "--out", str(project)]) == 2
+    assert "holds epoch-3.pt" in capsys.readouterr().err
+
+    stopped = tmp_path / "stopped"  # what a run killed in its first epoch leaves
+    assert main([*TRAIN, "--epochs", "1", "--out", str(stopped)]) == 0
+    for path in stopped.iterdir():
+        if path.name not in ("config.json", "held_out.json"):
+            path.unlink()
+    assert main([*TRAIN, "--epochs", "1", "--out", str(stopped)]) == 0
+    assert (stopped / "last.pt").is_file()
+
+
 def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     missing = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--set", "data.download=false"]

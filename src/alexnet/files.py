@@ -130,6 +130,8 @@ def check_target(path: Path | str) -> Path:
 RUN_RESULTS = ("last.pt", "best.pt", "best.safetensors", "metrics.csv")
 # A run's report and the figures it embeds (`alexnet report` writes them again from the run's own files).
 RUN_REPORT = ("report.md", "curves.png", "conv1_filters.png", "confusion.png")
+# Everything else a run writes at its top level (besides epoch-N.pt and best-epochN.pt, and their digests).
+RUN_RECORDS = ("config.json", "held_out.json", "ema.safetensors")
 
 
 def check_replaceable(path: Path | str) -> Path:
