@@ -279,3 +279,19 @@ def test_a_command_of_one_model_refuses_two_rather_than_run_the_last(args, capsy
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and f"{second} given twice" in err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, image_folder):
+    """`alexnet predict DIR | head -1`: the pipe closes before the output is written; the command ends with
+    128 + SIGPIPE, as a Unix tool killed by it would, and no traceback."""
+    import signal
+
+    from tests.conftest import make_weights
+
+    weights = make_weights(tmp_path / "m.safetensors")
+    argv = [sys.executable, "-m", "alexnet.cli", "predict", "--weights", str(weights), str(image_folder / "val")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
