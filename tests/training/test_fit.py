@@ -290,3 +290,13 @@ def test_evaluating_a_run_prepares_its_inference_kernels_side_by_side(tmp_path, 
     monkeypatch.setattr(native, "prepare", lambda kernels: prepared.append(list(kernels)))
     evaluate_checkpoint(tmp_path / "run" / "last.pt", precision="fp32", limit_batches=1, progress=False)
     assert prepared == [[fused_pool.kernel, fused_lrn.kernel]]  # no batch norm kernel: it is for training
+
+
+def test_a_training_split_smaller_than_one_batch_is_refused_not_trained_on(tmp_path):
+    """The last incomplete batch is dropped: with fewer images than one batch an epoch had no step, "trained" and
+    reported chance with exit 0. Now one line before anything is written."""
+    from alexnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"the training split \(\d+ images\) is smaller than one batch of 100000"):
+        fit(tiny_config(tmp_path / "run", "data.batch_size=100000"))
+    assert not (tmp_path / "run").exists()

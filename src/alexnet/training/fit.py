@@ -208,6 +208,13 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
     model = _on_bf16_copies(cfg, model, optimizer, device, precision, dist_info.enabled)
     limit = cfg.train.limit_train_batches
     steps = len(data.train) if limit is None else min(len(data.train), limit)
+    if steps == 0:  # the last incomplete batch is dropped: an epoch of nothing would "train" and report chance
+        split = getattr(data.train, "split", None)
+        images = f" ({len(split.labels)} images)" if split is not None else ""
+        per = f" per process ({dist_info.world})" if dist_info.enabled else ""
+        raise ConfigError(
+            f"the training split{images} is smaller than one batch of {cfg.data.batch_size}{per}: lower --batch-size"
+        )
     schedule = Schedule(optimizer, optim_cfg, cfg.train.epochs, steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if dist_info.is_main:
