@@ -41,6 +41,21 @@ def test_folder_errors(tmp_path):
         build_data(DataConfig(dataset="folder", data_dir=str(tmp_path / "nowhere")), 32, torch.device("cpu"))
 
 
+def test_a_class_folder_whose_name_is_not_utf8_is_named_and_refused(tmp_path):
+    """A class name is a label in checkpoints (JSON), reports and the service's answers: a folder name whose bytes
+    are not UTF-8 (b"b\\xffd") is refused by name, with the byte shown, before any image is read (it crashed the
+    report's plot with a traceback)."""
+    make_folder(tmp_path, classes=("a", "b"), per_class=1, splits=("train",))
+    os.rename(tmp_path / "train" / "b", os.fsencode(tmp_path / "train") + b"/b\xffd")
+    with pytest.raises(DataNotFoundError, match=r"class folder .*/train/b\\xffd: its name is not UTF-8; rename it"):
+        scan_folder(tmp_path / "train")
+    image = os.fsencode(tmp_path / "train" / "a") + b"/\xfe.png"  # an image file's name may be anything
+    os.rename(next((tmp_path / "train" / "a").iterdir()), image)
+    os.rename(os.fsencode(tmp_path / "train") + b"/b\xffd", tmp_path / "train" / "b")
+    samples, classes = scan_folder(tmp_path / "train")
+    assert classes == ["a", "b"] and os.fsencode(samples[0][0]) == image
+
+
 def test_bad_files_are_skipped_and_counted_then_stop_the_run(tmp_path, caplog):
     make_folder(tmp_path, per_class=10)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")

@@ -1,6 +1,7 @@
 """Figures 3 and 4 for any trained model, the per-run report, and fc7 features."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,3 +104,12 @@ def test_features_command_writes_embeddings_in_file_order(two_tower_run, tmp_pat
     order = (tmp_path / "f.txt").read_text().splitlines()
     assert feats.shape == (3, 512) and order == [str(tmp_path / f"{i}.png") for i in range(3)]  # fc7 at width 0.5
     assert (feats >= 0).all()  # after fc7's ReLU
+    # The file order holds each name's own bytes (one that is not UTF-8 read back as the file system has it); a
+    # line break inside a name is escaped, as predict prints it, so the rows stay one a line.
+    names = [os.fsencode(tmp_path) + b"/\xff.png", os.fsencode(tmp_path) + b"/two\nlines.png"]
+    for name in names:
+        Image.new("RGB", (40, 40), (10, 20, 30)).save(name.decode(errors="surrogateescape"))
+    assert main(["features", "--weights", weights, str(tmp_path), "--out", str(tmp_path / "f.npy")]) == 0
+    lines = (tmp_path / "f.txt").read_bytes().splitlines()
+    assert np.load(tmp_path / "f.npy").shape == (5, 512) and len(lines) == 5
+    assert names[0] in lines and os.fsencode(tmp_path) + b"/two\\x0alines.png" in lines

@@ -1,6 +1,7 @@
 """The trained-model artifact: metadata validated before anything is allocated, finite weights, safe labels."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -112,6 +113,7 @@ def test_class_names_never_reach_the_terminal_raw(tmp_path, capsys):
     evil = ["\x1b[2J\x1b[31mpwned", "line\nbreak", "ok", "\u202eeman"]
     path = _rewrite(make_weights(tmp_path / "w.safetensors"), lambda m: m.update(classes=evil))
     assert [display_label(c) for c in evil] == ["\\x1b[2J\\x1b[31mpwned", "line\\x0abreak", "ok", "\\u202eeman"]
+    assert display_label(os.fsdecode(b"bad\xffname.jpg")) == "bad\\xffname.jpg"  # a file name's non-UTF-8 byte
     assert main(["predict", "--checkpoint", str(path), "--topk", "4", str(solid_photo(tmp_path / "a.png"))]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out and len(out.splitlines()) == 1 and "\\x1b[2J" in out

@@ -170,10 +170,13 @@ class Preprocessing:
 
 def display_label(name: str) -> str:
     """``name`` safe to print or plot: control characters (escape sequences, newlines, bidi overrides) escaped
-    as ``\\xNN`` / ``\\uNNNN`` and maths markers left to the caller (plots render labels as plain text)."""
+    as ``\\xNN`` / ``\\uNNNN``, a file name's bytes that are not UTF-8 as ``\\xNN``, and maths markers left to the
+    caller (plots render labels as plain text)."""
     out = []
     for ch in name:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+        if 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte of a file name that is not UTF-8 (os.listdir's surrogateescape)
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
             out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
         else:
             out.append(ch)

@@ -180,7 +180,7 @@ def run_features(args: argparse.Namespace) -> int:
     from ..artifacts.loader import load_trained
     from ..data.decode import expand_inputs
     from ..errors import AlexNetError
-    from ..files import atomic_write, check_replaceable, write_text
+    from ..files import atomic_write, check_replaceable, write_bytes
     from ..inference.features import features_of_files
 
     if not args.out.endswith(".npy"):
@@ -196,9 +196,19 @@ def run_features(args: argparse.Namespace) -> int:
         print(f"alexnet features: no image could be read; {args.out} not written", file=sys.stderr)
         return 1
     atomic_write(args.out, lambda f: np.save(f, feats))
-    write_text(order, "".join(name + "\n" for name in done))
+    write_bytes(order, b"".join(_order_line(name) for name in done))
     print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
     return 1 if errors else 0
+
+
+def _order_line(name: str) -> bytes:
+    """One line of the features' file order: the name's own bytes (a name that is not UTF-8 comes back as the
+    file system has it), a line break inside a name escaped as `predict` prints it."""
+    import os
+
+    from ..artifacts.trained import display_label
+
+    return os.fsencode(display_label(name) if "\n" in name or "\r" in name else name) + b"\n"
 
 
 def add_export(p: argparse.ArgumentParser) -> None:

@@ -39,6 +39,15 @@ def list_classes(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
         raise DataNotFoundError(f"{split_dir} is not a directory")
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for name in found:
+        try:
+            name.encode()
+        except UnicodeEncodeError:  # bytes the file system gave that are not UTF-8 (os.listdir's surrogates)
+            raise DataNotFoundError(
+                f"class folder {os.fsencode(split_dir / name).decode(errors='backslashreplace')}: its name is not "
+                "UTF-8; rename it (class names are labels in "
+                "checkpoints, reports and the service's answers)"
+            ) from None
     if not found:
         raise DataNotFoundError(
             f"{split_dir} has no class folders; expected {split_dir}/<class>/<image> "
