@@ -188,6 +188,14 @@ def test_public_api_names_resolve():
         (["predict", "--checkpoint", "x.safetensors", "--topk", "-3", "a.png"], "--topk: -3 must be at least 1"),
         (["predict", "--checkpoint", "x.safetensors", "-b", "0", "a.png"], "0 must be at least 1"),
         (["eval", "--checkpoint", "x.safetensors", "-b", "0"], "0 must be at least 1"),
+        # refused before the export's work, not by its parity check after it
+        (["export", "--checkpoint", "x.safetensors", "--format", "onnx", "--out", "m.onnx", "--atol", "-1"], "-1 must"),
+        (
+            ["export", "--checkpoint", "x.safetensors", "--format", "onnx", "--out", "m.onnx", "--rtol", "nan"],
+            "nan must",
+        ),
+        (["paper", "fig1", "--target", "-5"], "--target: -5 must be a number above 0"),
+        (["paper", "fig1", "--target", "100"], "--target: 100 must be a percentage between 0 and 100"),
     ],
 )
 def test_bad_numbers_and_choices_are_one_line_exit_2(args, message, capsys):

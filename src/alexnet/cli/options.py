@@ -37,6 +37,25 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a tolerance: below 0 or NaN nothing would pass, after all the work)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of 0 or more")
+    return value
+
+
+def percent(text: str) -> float:
+    """argparse type: a percentage, a finite number in (0, 100)."""
+    value = positive_float(text)
+    if not value < 100:
+        raise argparse.ArgumentTypeError(f"{text} must be a percentage between 0 and 100")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a batch of 0 divides by zero; a negative top-k means nothing)."""
     return _int_at_least(text, 1)

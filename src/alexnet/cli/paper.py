@@ -24,7 +24,9 @@ def add_paper(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", dest="data__dataset", help="cifar10 (torchvision's format) or folder (JPEGs)")
     options.data_dir(p, "data__data_dir")
     p.add_argument("--sweep", metavar="LRS", help="comma-separated learning rates per unit, e.g. 0.003,0.01,0.03")
-    p.add_argument("--target", type=float, default=25.0, metavar="PCT", help="training error (%%) to reach (paper: 25)")
+    p.add_argument(
+        "--target", type=options.percent, default=25.0, metavar="PCT", help="training error (%%) to reach (paper: 25)"
+    )
     p.add_argument("--max-epochs", type=int, default=60, metavar="N")
     options.device(p, "train__device")
     options.precision(p, "train__precision")

@@ -215,8 +215,18 @@ def add_export(p: argparse.ArgumentParser) -> None:
     options.weights(p)
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program"])
     p.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, .pt, .pt2)")
-    p.add_argument("--atol", type=float, default=1e-5, help="absolute part of the allowed |export - eager| logit gap")
-    p.add_argument("--rtol", type=float, default=1e-4, help="part of the allowed gap relative to max |eager logit|")
+    p.add_argument(
+        "--atol",
+        type=options.nonnegative_float,
+        default=1e-5,
+        help="absolute part of the allowed |export - eager| logit gap",
+    )
+    p.add_argument(
+        "--rtol",
+        type=options.nonnegative_float,
+        default=1e-4,
+        help="part of the allowed gap relative to max |eager logit|",
+    )
     p.add_argument(
         "--images", nargs="+", metavar="FILE", help="images for the parity check (default: the data's test split)"
     )
