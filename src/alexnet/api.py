@@ -3,6 +3,8 @@ weights (torchvision's ``get_model(name, weights=...)``)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -29,6 +31,11 @@ def create_model(
 
 
 def _pretrained(name: str, weights: str, num_classes: int | None, in_channels: int, overrides: dict) -> nn.Module:
+    if Path(weights).suffix in (".safetensors", ".pt", ".pth", ".pt2") or "/" in weights or os.sep in weights:
+        raise ValueError(
+            f"create_model(weights=...) takes the name of published weights (alexnet weights lists them); "
+            f"a file such as {weights!r} loads with alexnet.load_trained(path)"
+        )
     entry = get_weights(weights, variant=name)
     if entry.variant != name:
         raise ValueError(f"the weights {entry.name} are for {entry.variant}, not {name}")

@@ -170,6 +170,9 @@ def test_a_local_copy_works_wherever_a_name_does(entry, state_bytes, tmp_path):
         load_trained(other)
     with pytest.raises(W.WeightsError, match="neither a file nor registered"):
         load_trained("alexnet_owt.NO_SUCH_TAG")
+    # create_model(weights=) takes published names only: a file is pointed to load_trained, not called unregistered
+    with pytest.raises(ValueError, match=r"a file such as .*loads with alexnet.load_trained\(path\)"):
+        alexnet.create_model("alexnet_owt", weights=str(copy))
 
 
 def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
