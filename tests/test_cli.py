@@ -220,7 +220,8 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
     from tests.conftest import make_folder, tiny_config
 
     root = make_folder(tmp_path / "imgs", classes=("$x^{2", "plain", "a_b$"), per_class=4)
-    fit(tiny_config(tmp_path / "run", 'data.dataset="folder"', f'data.data_dir="{root}"', "train.epochs=1"))
+    folder = ['data.dataset="folder"', f'data.data_dir="{root}"', "data.batch_size=4"]  # 12 images: 3 batches
+    fit(tiny_config(tmp_path / "run", *folder, "train.epochs=1"))
     capsys.readouterr()
     weights = str(tmp_path / "run" / "best.safetensors")
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}

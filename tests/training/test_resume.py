@@ -36,8 +36,8 @@ def test_resuming_with_a_changed_recipe_is_refused_unless_allowed(tmp_path, chan
 def test_resume_refuses_another_class_count_or_class_list(tmp_path):
     """T12: the same folder run resumed on a data set with other classes, by count and by name."""
     root = make_folder(tmp_path / "a", classes=("cat", "dog", "eel"), per_class=3)
-    run = ['data.dataset="folder"', 'train.resume="auto"']
-    fit(tiny_config(tmp_path / "run", run[0], f'data.data_dir="{root}"', "train.epochs=1"))
+    run = ['data.dataset="folder"', 'train.resume="auto"', "data.batch_size=4"]  # 9 images: 2 batches
+    fit(tiny_config(tmp_path / "run", run[0], run[2], f'data.data_dir="{root}"', "train.epochs=1"))
     renamed = make_folder(tmp_path / "b", classes=("cat", "dog", "fox"), per_class=3)
     with pytest.raises(IncompatibleCheckpointError, match="first difference at label 2"):
         fit(tiny_config(tmp_path / "run", *run, f'data.data_dir="{renamed}"', "train.allow_changes=true"))
