@@ -31,6 +31,17 @@ def test_predict_paths_pil_and_tensors_agree(tmp_path, weights):
     single = predictor.predict(paths[0], topk=1)
     assert len(single) == 1 and single[0].topk[0][0] == by_path[0].topk[0][0]
     assert single[0].topk[0][1] == pytest.approx(by_path[0].topk[0][1], abs=1e-6)
+    # A file's bytes (as the service receives them) and RGB arrays (np.asarray of a PIL image: read-only, uint8 or
+    # floats in [0, 1]) give the same predictions, one input or a list.
+    by_bytes = predictor.predict([p.read_bytes() for p in paths], topk=3)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    by_array = predictor.predict(arrays, topk=3)
+    by_float = predictor.predict([a.astype(np.float32) / 255 for a in arrays], topk=3)
+    for a, b, c, d in zip(by_path, by_bytes, by_array, by_float):
+        assert b.error is None and c.error is None and d.error is None, (b.error, c.error, d.error)
+        assert b.topk == a.topk and c.topk == by_tensor[by_path.index(a)].topk == d.topk
+    assert predictor.predict(paths[0].read_bytes(), topk=1)[0].topk == single[0].topk
+    assert len(predictor.predict(arrays[0], topk=1)) == 1
 
 
 def test_batching_does_not_change_results(tmp_path, weights):
@@ -109,11 +120,27 @@ def test_missing_file_is_an_error_line(tmp_path, weights, capsys):
     assert "cannot read" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(2, 2), torch.zeros(4, 8, 8), "not-an-image-object"])
-def test_bad_python_inputs(weights, bad):
+BAD_INPUTS = [
+    (torch.zeros(2, 2), "is not a (C, H, W) image"),
+    (torch.zeros(4, 8, 8), "is not a (C, H, W) image"),
+    (torch.zeros(3, 0, 8, dtype=torch.uint8), "has no pixels"),  # raised ZeroDivisionError from the resize
+    (torch.full((3, 8, 8), float("nan")), "NaN or infinite"),
+    (torch.zeros(3, 8, 8, dtype=torch.int32), "give uint8, or floats"),
+    (np.zeros((8, 8, 4), np.uint8), "is not an (H, W) or (H, W, C) image"),
+    (np.zeros((8, 8, 3), np.int64), "give uint8, or floats"),
+    (np.full((8, 8), np.inf, np.float32), "NaN or infinite"),
+    (b"\x89PNG not really", "not a decodable image"),
+    (b"", "empty file"),
+    (12345, "cannot predict on a int"),
+]
+
+
+@pytest.mark.parametrize(("bad", "says"), BAD_INPUTS, ids=lambda v: type(v).__name__)
+def test_bad_python_inputs(weights, bad, says):
+    """Each is an error on its own prediction, never an exception out of predict."""
     predictor = Predictor.from_path(weights)
-    (pred,) = predictor.predict([bad] if not isinstance(bad, str) else [12345])
-    assert pred.error
+    (pred,) = predictor.predict([bad])
+    assert pred.topk == [] and says in pred.error, pred.error
 
 
 def test_fifo_empty_argument_empty_glob_and_urls(tmp_path, weights, capsys):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -28,7 +29,7 @@ from ..errors import AlexNetError, ConfigError, InvalidImageError, NonFiniteOutp
 from ..models import fused_kernels
 
 log = logging.getLogger(__name__)
-ImageLike = str | Path | Image.Image | torch.Tensor
+ImageLike = str | Path | bytes | Image.Image | torch.Tensor | np.ndarray
 MAX_FILE_MB = 64.0  # default per-file cap: a 16-megapixel PNG is ~20-45 MB
 
 
@@ -189,12 +190,29 @@ class Predictor:
             from torchvision.transforms.v2 import functional as TF
 
             return to_stored(TF.pil_to_tensor(pil_to_rgb(ImageOps.exif_transpose(item))), s, c)
+        if isinstance(item, (bytes, bytearray, memoryview)):  # a file's bytes, as the service receives them
+            return decode_stored(bytes(item), s, c, self.max_bytes)
+        if isinstance(item, np.ndarray):  # (H, W), (H, W, 1) or (H, W, 3) RGB, as np.asarray(pil_image) gives
+            if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3)):
+                raise InvalidImageError(f"array of shape {item.shape} is not an (H, W) or (H, W, C) image, C = 1 or 3")
+            if not (item.dtype == np.uint8 or np.issubdtype(item.dtype, np.floating)):
+                raise InvalidImageError(f"array of {item.dtype}: give uint8, or floats in [0, 1]")
+            array = item if item.ndim == 3 else item[:, :, None]
+            item = torch.from_numpy(np.array(array)).permute(2, 0, 1)  # a copy: np.asarray(pil) is read-only
         if isinstance(item, torch.Tensor):
             if item.ndim != 3 or item.shape[0] not in (1, 3):
                 raise InvalidImageError(f"tensor of shape {tuple(item.shape)} is not a (C, H, W) image with C = 1 or 3")
+            if item.shape[1] == 0 or item.shape[2] == 0:
+                raise InvalidImageError(f"image of shape {tuple(item.shape)} has no pixels")
+            if item.dtype != torch.uint8 and not item.is_floating_point():
+                raise InvalidImageError(f"image of {item.dtype}: give uint8, or floats in [0, 1]")
+            if item.is_floating_point() and not torch.isfinite(item).all():
+                raise InvalidImageError("image with NaN or infinite values: give floats in [0, 1]")
             x = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().byte()
             return to_stored(x.expand(3, -1, -1) if x.shape[0] == 1 else x, s, c)
-        raise InvalidImageError(f"cannot predict on a {type(item).__name__}; pass a path, PIL image or tensor")
+        raise InvalidImageError(
+            f"cannot predict on a {type(item).__name__}; pass a path, a file's bytes, a PIL image, a tensor or an array"
+        )
 
     def predict_stored(self, x: torch.Tensor, topk: int = 5, ten_crop: bool = False) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for a (B, C, S, S) uint8 batch of stored images."""
@@ -242,7 +260,11 @@ class Predictor:
     def predict(
         self, images: ImageLike | Iterable[ImageLike], topk: int = 5, batch_size: int = 32, ten_crop: bool = False
     ) -> list[Prediction]:
-        """Predictions for one image or many (paths, PIL images, or (C, H, W) tensors: uint8, or float in [0, 1])."""
-        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
+        """Predictions for one image or many: paths, files' bytes, PIL images, (C, H, W) tensors or (H, W[, C]) RGB
+        arrays (uint8, or floats in [0, 1])."""
+        one = isinstance(images, (str, Path, bytes, Image.Image)) or (
+            isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 3
+        )
+        if one:
             images = [images]
         return list(self.predict_iter(images, topk, batch_size, ten_crop))
