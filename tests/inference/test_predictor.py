@@ -41,6 +41,7 @@ def test_predict_paths_pil_and_tensors_agree(tmp_path, weights):
         assert b.error is None and c.error is None and d.error is None, (b.error, c.error, d.error)
         assert b.topk == a.topk and c.topk == by_tensor[by_path.index(a)].topk == d.topk
     assert predictor.predict(paths[0].read_bytes(), topk=1)[0].topk == single[0].topk
+    assert predictor.predict(bytearray(paths[0].read_bytes()), topk=1)[0].topk == single[0].topk  # one, not ints
     assert len(predictor.predict(arrays[0], topk=1)) == 1
 
 

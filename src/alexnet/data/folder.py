@@ -43,10 +43,10 @@ def list_classes(split_dir: Path) -> list[str]:
         try:
             name.encode()
         except UnicodeEncodeError:  # bytes the file system gave that are not UTF-8 (os.listdir's surrogates)
+            shown = os.fsencode(split_dir / name).decode(errors="backslashreplace")  # the byte as \xff
             raise DataNotFoundError(
-                f"class folder {os.fsencode(split_dir / name).decode(errors='backslashreplace')}: its name is not "
-                "UTF-8; rename it (class names are labels in "
-                "checkpoints, reports and the service's answers)"
+                f"class folder {shown}: its name is not UTF-8; rename it (class names are labels in checkpoints, "
+                "reports and the service's answers)"
             ) from None
     if not found:
         raise DataNotFoundError(

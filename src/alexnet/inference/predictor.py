@@ -262,7 +262,7 @@ class Predictor:
     ) -> list[Prediction]:
         """Predictions for one image or many: paths, files' bytes, PIL images, (C, H, W) tensors or (H, W[, C]) RGB
         arrays (uint8, or floats in [0, 1])."""
-        one = isinstance(images, (str, Path, bytes, Image.Image)) or (
+        one = isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (
             isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 3
         )
         if one:
