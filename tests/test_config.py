@@ -66,6 +66,10 @@ def test_overrides_and_fields():
         (["data.alternate_flips=true", "data.flip=false"], "needs data.flip=true"),
         (["data.alternate_flips=true", "data.mean_image=true"], "one of them"),
         (['optim.schedule="plateau"', "train.val_every=2"], "every epoch"),
+        # NumPy's seed range, named as such (NumPy said "Seed must be between 0 and 2**32 - 1" mid-run)
+        (["train.seed=-1"], r"train.seed=-1 is out of range; expected a finite value in \[0, 4294967295\]$"),
+        (["train.seed=4294967296"], "out of range"),
+        (["data.val_seed=-3"], "data.val_seed=-3 is out of range"),
     ],
 )
 def test_bad_overrides(overrides, message):

@@ -79,6 +79,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "train.stop_at_train_acc1": (0, 100, True),
     "train.keep_best": (1, 1000, True),
     "train.ema_decay": (0, 1, False),
+    "train.seed": (0, 2**32 - 1, True),  # NumPy's seed range (Python's and torch's are wider)
+    "data.val_seed": (0, 2**32 - 1, True),
 }
 
 
@@ -181,7 +183,8 @@ class Config:
                 bracket = "[" if inclusive else "("
                 close = ")" if high == INF else "]"
                 raise ConfigError(
-                    f"{dotted}={value!r} is out of range; expected a finite value in {bracket}{low:g}, {high:g}{close}"
+                    f"{dotted}={value!r} is out of range; expected a finite value in "
+                    f"{bracket}{_number(low)}, {_number(high)}{close}"
                 )
         for name in ("mean", "std"):
             values = getattr(self.data, name)
@@ -343,3 +346,8 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     config = Config(recipe=tree.get("recipe", ""))
     _merge(config, tree, "saved config")
     return config
+
+
+def _number(bound: float) -> str:
+    """A range bound as a user would write it: 4294967295, not 4.29497e+09; 0.5; inf."""
+    return str(int(bound)) if math.isfinite(bound) and bound == int(bound) else f"{bound:g}"

@@ -206,3 +206,12 @@ def test_mean_image_is_subtracted_at_the_crop_offset(tmp_path):
     assert build_data(folder, 24, torch.device("cpu")).train_transform.mean.shape == (3, 24, 24)  # held in memory
     with pytest.raises(AlexNetError, match="mean_image"):
         build_data(dataclasses.replace(folder, in_memory_gb=0), 24, torch.device("cpu"))
+
+
+def test_step_generators_take_every_valid_seed_and_keep_the_small_ones_draws():
+    """The largest seed (2**32 - 1) overflowed torch's int64 seed; seeds below ~9e6 draw what they always drew."""
+    for seed, epoch, step in ((0, 0, 0), (1, 27, 174), (9_000_000, 40, 200)):
+        old = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+        assert torch.equal(torch.rand(4, generator=step_generator(seed, epoch, step)), torch.rand(4, generator=old))
+    big = [torch.rand(4, generator=step_generator(2**32 - 1, 0, step)) for step in (0, 1)]
+    assert not torch.equal(*big)

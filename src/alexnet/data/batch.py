@@ -24,7 +24,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     """A CPU generator for one training step, independent of every other step's."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+    # Reduced to torch's int64 seed range (seed 2**32 - 1 overflowed it); unchanged below seed ~9e6, so every seed
+    # used so far draws what it drew.
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) % (1 << 63))
 
 
 def epoch_order(
