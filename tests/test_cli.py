@@ -196,6 +196,9 @@ def test_public_api_names_resolve():
         ),
         (["paper", "fig1", "--target", "-5"], "--target: -5 must be a number above 0"),
         (["paper", "fig1", "--target", "100"], "--target: 100 must be a percentage between 0 and 100"),
+        (["paper", "fig1", "--sweep", "0.01,abc"], "--sweep: 'abc' is not a number"),  # was float()'s own words
+        (["paper", "fig1", "--sweep", "0.01,-1"], "--sweep: -1 must be a number above 0"),
+        (["paper", "fig1", "--max-epochs", "-1"], "--max-epochs: -1 must be at least 1"),
     ],
 )
 def test_bad_numbers_and_choices_are_one_line_exit_2(args, message, capsys):

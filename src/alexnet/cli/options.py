@@ -56,6 +56,11 @@ def percent(text: str) -> float:
     return value
 
 
+def positive_floats(text: str) -> list[float]:
+    """argparse type: comma-separated finite numbers > 0 (a learning-rate sweep)."""
+    return [positive_float(part.strip()) for part in text.split(",")]
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a batch of 0 divides by zero; a negative top-k means nothing)."""
     return _int_at_least(text, 1)

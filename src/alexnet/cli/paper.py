@@ -23,11 +23,16 @@ def add_paper(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=options.positive_int, metavar="N", help="fig4: at most this many images of a folder")
     p.add_argument("--dataset", dest="data__dataset", help="cifar10 (torchvision's format) or folder (JPEGs)")
     options.data_dir(p, "data__data_dir")
-    p.add_argument("--sweep", metavar="LRS", help="comma-separated learning rates per unit, e.g. 0.003,0.01,0.03")
+    p.add_argument(
+        "--sweep",
+        type=options.positive_floats,
+        metavar="LRS",
+        help="comma-separated learning rates per unit, e.g. 0.003,0.01,0.03",
+    )
     p.add_argument(
         "--target", type=options.percent, default=25.0, metavar="PCT", help="training error (%%) to reach (paper: 25)"
     )
-    p.add_argument("--max-epochs", type=int, default=60, metavar="N")
+    p.add_argument("--max-epochs", type=options.positive_int, default=60, metavar="N")
     options.device(p, "train__device")
     options.precision(p, "train__precision")
     options.no_progress(p)
@@ -40,8 +45,7 @@ def run_paper(args: argparse.Namespace) -> int:
     from ..experiments.paper import figure1
 
     out = args.out or "runs/fig1"
-    sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else None
-    result = figure1(out, args.overrides, sweep, args.target, args.max_epochs, **options.config_fields(args))
+    result = figure1(out, args.overrides, args.sweep, args.target, args.max_epochs, **options.config_fields(args))
     for r in result.runs:
         if r.diverged:
             print(f"{r.unit:<5} lr {r.lr:<8g} diverged (non-finite loss)")
