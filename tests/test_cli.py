@@ -199,6 +199,8 @@ def test_public_api_names_resolve():
         (["paper", "fig1", "--sweep", "0.01,abc"], "--sweep: 'abc' is not a number"),  # was float()'s own words
         (["paper", "fig1", "--sweep", "0.01,-1"], "--sweep: -1 must be a number above 0"),
         (["paper", "fig1", "--max-epochs", "-1"], "--max-epochs: -1 must be at least 1"),
+        (["stats", "--dataset", "fake", "-j", "-1"], "--workers: -1 must be at least 0"),  # was DataLoader's words
+        (["stats", "--dataset", "fake", "--limit-batches", "0"], "--limit-batches: 0 must be at least 1"),  # "empty"
     ],
 )
 def test_bad_numbers_and_choices_are_one_line_exit_2(args, message, capsys):

@@ -171,8 +171,15 @@ def add_stats(p: argparse.ArgumentParser) -> None:
         metavar="PX",
         help="folders: shorter side resized to this before measuring (default 256)",
     )
-    p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="image-decoding processes")
-    p.add_argument("--limit-batches", type=int, metavar="N", help="measure only this many batches of 256 images")
+    p.add_argument(
+        "-j", "--workers", type=options.nonnegative_int, default=2, metavar="N", help="image-decoding processes"
+    )
+    p.add_argument(
+        "--limit-batches",
+        type=options.positive_int,
+        metavar="N",
+        help="measure only this many batches of 256 images",
+    )
 
 
 def run_stats(args: argparse.Namespace) -> int:
