@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 
 from alexnet.cli import main
+from alexnet.errors import ConfigError
+from alexnet.inference.serving.app import ServeSettings
 from tests.helpers import noise_png
 
 from .conftest import CLASSES, Server, app_client, raw_request
@@ -211,17 +213,27 @@ def test_non_loopback_needs_a_key_and_onnx_is_refused(files, capsys):
 
 # --- in-process: the app with a stub model ---
 def test_api_key_is_checked_on_everything_but_health(files):
-    client, _ = app_client(files, api_key="s3cret")
+    key = "s3cret-key-0123456789"
+    client, _ = app_client(files, api_key=key)
     with client:
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
         for path in ("/", "/metrics", "/v2/models/small"):
             assert client.get(path).status_code == 401, path
-            assert client.get(path, headers={"X-API-Key": "s3creT"}).status_code == 401
-            assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert client.get("/?api_key=s3cret").status_code == 200  # the page's own link
+            assert client.get(path, headers={"X-API-Key": key.upper()}).status_code == 401
+            assert client.get(path, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert client.get(f"/?api_key={key}").status_code == 200  # the page's own link
         r = client.post("/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"})
         assert r.status_code == 401
+
+
+@pytest.mark.parametrize("key", ["s3cret", "", "sixteen chars ok", "sixteen-chars-é-x", "line\nbreak-0123456789"])
+def test_a_key_that_is_short_or_cannot_travel_in_a_header_is_refused(key):
+    """At least 16 printable ASCII characters without spaces: a short key is guessed, and a space, a line break or
+    non-ASCII cannot travel in an x-api-key header (the server would start and refuse everyone)."""
+    with pytest.raises(ConfigError, match="must be at least 16 printable ASCII characters without spaces"):
+        ServeSettings(api_key=key)
+    ServeSettings(api_key="s3cret-key-0123456789")
 
 
 def test_a_png_and_a_jpeg_are_decoded_and_run_before_ready_and_not_counted(files):

@@ -162,7 +162,7 @@ def test_malformed_messages_get_a_status_with_a_reason(grpc_server):
 
 @pytest.mark.slow
 def test_the_api_key_guards_grpc_too(files):
-    srv = Server(files["small"], "--name", "small", "--api-key", "s3cret", grpc=True)
+    srv = Server(files["small"], "--name", "small", "--api-key", "s3cret-key-0123456789", grpc=True)
     try:
         from alexnet.inference.serving.grpc_service import protocol
 
@@ -181,6 +181,6 @@ def test_the_api_key_guards_grpc_too(files):
         with pytest.raises(grpc.RpcError) as err:
             _call(srv.grpc, request)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert len(_call(srv.grpc, request, metadata=[("x-api-key", "s3cret")]).outputs) == 2
+        assert len(_call(srv.grpc, request, metadata=[("x-api-key", "s3cret-key-0123456789")]).outputs) == 2
     finally:
         assert srv.stop() == 0

@@ -41,6 +41,7 @@ from .budget import PixelBudget, decode_cost
 from .protocol import HEADER, InferInput, ProtocolError, infer_response, parse_infer
 
 log = logging.getLogger(__name__)
+MIN_KEY_CHARS = 16  # secrets.token_urlsafe() gives 43
 IMAGE_TYPES = ("image/", "application/octet-stream")
 TRIM_AFTER_PIXELS = 8_000_000  # a decode this large (~100 MB while it runs) hands its freed memory back
 
@@ -93,6 +94,14 @@ class ServeSettings:
             "head_timeout_s": (0.001, 3600),
             "decode_budget_mp": (1, 10_000),
         }
+        if self.api_key is not None and not (
+            len(self.api_key) >= MIN_KEY_CHARS and all("!" <= ch <= "~" for ch in self.api_key)
+        ):  # a short key is guessed; a space, a line break or non-ASCII cannot travel in an x-api-key header
+            raise ConfigError(
+                f"--api-key (or $ALEXNET_API_KEY) must be at least {MIN_KEY_CHARS} printable ASCII characters "
+                f"without spaces (it has {len(self.api_key)}): "
+                "python -c 'import secrets; print(secrets.token_urlsafe())' makes one"
+            )
         if self.grpc_port is not None and not (isinstance(self.grpc_port, int) and 0 <= self.grpc_port <= 65535):
             raise ConfigError(f"--grpc-port {self.grpc_port!r} is not a port number")
         for name, (low, high) in bounds.items():
