@@ -26,12 +26,16 @@ def _int_at_least(text: str, least: int) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (a size limit of 0 or less refuses every file)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a size limit of 0 or less refuses every file)."""
+    value = _number(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
     return value
@@ -39,10 +43,7 @@ def positive_float(text: str) -> float:
 
 def nonnegative_float(text: str) -> float:
     """argparse type: a finite number >= 0 (a tolerance: below 0 or NaN nothing would pass, after all the work)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a number of 0 or more")
     return value
