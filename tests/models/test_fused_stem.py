@@ -71,7 +71,9 @@ def test_the_blocks_are_torchs_bit_for_bit(geometry, dtype, channels_last):
 
 @pytest.mark.parametrize("name", ["alexnet_owt", "alexnet_paper"])
 def test_the_stem_trains_through_the_kernel_as_through_torchs_ops(name, monkeypatch, calls):
-    monkeypatch.setattr(layers, "_amx", lambda: True)  # space-to-depth runs where AMX is; its arithmetic anywhere
+    monkeypatch.setattr(
+        layers, "_bf16_products", lambda: True
+    )  # space-to-depth runs with native bf16; arithmetic anywhere
     torch.manual_seed(0)
     size = get_spec(name).input_size
     stem = alexnet.create_model(name).features[0]
@@ -92,7 +94,7 @@ def test_the_stem_trains_through_the_kernel_as_through_torchs_ops(name, monkeypa
 
 
 def test_an_input_that_needs_a_gradient_goes_through_torchs_ops(monkeypatch, calls):
-    monkeypatch.setattr(layers, "_amx", lambda: True)
+    monkeypatch.setattr(layers, "_bf16_products", lambda: True)
     torch.manual_seed(0)
     stem = alexnet.create_model("alexnet_owt").features[0]
     x = torch.randn(2, 3, 224, 224).contiguous(memory_format=torch.channels_last).requires_grad_()

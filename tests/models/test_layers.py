@@ -11,6 +11,7 @@ from alexnet import native
 from alexnet.models import get_spec, layers
 from alexnet.models.layers import Dropout, StemConv2d, standard_modules
 
+BF16_PRODUCTS = layers._bf16_products.__wrapped__  # uncached, before the fixture below stubs it
 STRIDED = [name for name in alexnet.list_models() if get_spec(name).convs[0].stride > 1]
 
 
@@ -20,8 +21,9 @@ def test_the_strided_stems_are_the_imagenet_variants():
 
 @pytest.fixture(autouse=True)
 def amx(monkeypatch):
-    """Space-to-depth runs where AMX is (where it was measured faster); its arithmetic is tested on any CPU."""
-    monkeypatch.setattr(layers, "_amx", lambda: True)
+    """Space-to-depth runs where bf16 products are native (AMX, AVX512-BF16: measured faster); its arithmetic is
+    tested on any CPU."""
+    monkeypatch.setattr(layers, "_bf16_products", lambda: True)
 
 
 def _stem_and_input(name, in_channels=3):
@@ -66,11 +68,26 @@ def test_the_plain_convolution_runs_where_space_to_depth_does_not_pay(name):
         stem.weight.requires_grad_(True)
         assert stem._space_to_depth(x)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(layers, "_amx", lambda: False)
-            assert not stem._space_to_depth(x)  # a CPU without AMX: not measured there
+            mp.setattr(layers, "_bf16_products", lambda: False)
+            assert not stem._space_to_depth(x)  # a CPU converting bf16 to fp32 for products: not measured there
     # Tracers write the standard convolution into their files.
     traced = torch.jit.trace(stem.bfloat16(), x.bfloat16())
     assert "aten::_convolution" in str(traced.graph) and "permute" not in str(traced.graph)
+
+
+@pytest.mark.parametrize(
+    "flags, native_bf16",
+    [
+        ({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, True),  # AMD EPYC Zen 4: measured 1.03x a training step
+        ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, True),  # Intel Xeon with AMX
+        ({"avx2", "avx512f", "avx512_vnni"}, False),  # AVX-512 without bf16 (Ice Lake, Zen 3 has no AVX-512)
+        ({"avx2", "fma"}, False),
+        (set(), False),  # not x86, or no /proc/cpuinfo
+    ],
+)
+def test_space_to_depth_is_for_cpus_with_native_bf16_products(monkeypatch, flags, native_bf16):
+    monkeypatch.setattr(native, "cpu_flags", lambda: flags)
+    assert BF16_PRODUCTS() is native_bf16
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.75])
