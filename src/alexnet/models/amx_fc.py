@@ -15,8 +15,11 @@ alone, 1.3-2.3× at batch 2-512). The input gradient g·W stays as autograd comp
 the transposed operand: slower).
 
 Both only for weights of 4 M values or more (AlexNet's fc6-fc8 at 224 px): the small variants' fc layers (1-2 M)
-measured alike or slower (a contiguous gᵀ: 0.66-0.94× for 1,024 × 1,024 at batch 64-512). Measured on AMX only, so
-used only there, and only in bf16. Tracers and compilers see ``nn.Linear``; ``ALEXNET_AMX_FC=0`` turns it off.
+measured alike or slower (a contiguous gᵀ: 0.66-0.94× for 1,024 × 1,024 at batch 64-512). Used only on AMX, and
+only in bf16: on 2 cores of an AMD EPYC with AVX512-BF16 and no AMX (the kernels alone, medians of 5 interleaved
+rounds) neither order won (batch 64: fc6 14.0 → 11.9 ms, fc7 6.2 → 7.0, fc8 1.38 → 1.28), a contiguous gᵀ was slower
+(fc6's weight gradient 36.5 → 38.7 ms, fc7's 16.2 → 18.1) and so was ``addmv`` at batch 1 (fc7 1.9 → 3.4 ms, fc8
+0.24 → 0.63). Tracers and compilers see ``nn.Linear``; ``ALEXNET_AMX_FC=0`` turns it off.
 """
 
 from __future__ import annotations
