@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from alexnet.cli import main
 from alexnet.experiments.paper import FIG1_LRS, epochs_to, figure1
 from alexnet.training.fit import fit
+from alexnet.training.rundir import RunDirectoryError
 from tests.conftest import tiny_config
 
 FAST = [
@@ -24,6 +27,43 @@ def test_epochs_to_the_target():
 def test_training_stops_once_the_training_accuracy_is_reached(tmp_path):
     result = fit(tiny_config(tmp_path / "run", "train.epochs=3", "train.stop_at_train_acc1=0"))
     assert [row["epoch"] for row in result.history] == [1]
+
+
+def test_a_run_resumed_after_stopping_at_its_target_trains_no_further(tmp_path):
+    cfg = ["train.epochs=3", "train.stop_at_train_acc1=0"]
+    fit(tiny_config(tmp_path / "run", *cfg))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    result = fit(tiny_config(tmp_path / "run", *cfg, 'train.resume="auto"'))
+    assert [row["epoch"] for row in result.history] == [1]
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    # Given a higher target it is not finished: it goes on from its checkpoint.
+    result = fit(tiny_config(tmp_path / "run", "train.epochs=2", "train.stop_at_train_acc1=100", 'train.resume="auto"'))
+    assert [row["epoch"] for row in result.history] == [1, 2]
+
+
+def _fig1_cli(out, *more):
+    fake = [a for o in FAST for a in ("--set", o)]
+    return main(["paper", "fig1", "--out", str(out), "--sweep", "0.01", "--target", "60", *fake, *more])
+
+
+def test_an_interrupted_figure1_sweep_resumes_where_it_stopped(tmp_path, capsys):
+    # ReLU reaches 60% training error at epoch 2 at lr 0.01 on the fixture data, tanh at epoch 4 (the test above).
+    out = tmp_path / "fig1"
+    assert _fig1_cli(out, "--max-epochs", "3") == 0  # stopped short of tanh's epoch 4, as an interruption would
+    relu = (out / "relu-lr0.01" / "last.pt").read_bytes()
+    first = json.loads((out / "fig1.json").read_text())
+    assert first["speedup"] is None and len(first["best"]["tanh"]["train_error"]) == 3
+    with pytest.raises(RunDirectoryError, match="--resume auto"):  # the advice names a flag the command has
+        figure1(out, FAST, sweep=[0.01], target=60.0, max_epochs=4)
+    assert _fig1_cli(out, "--max-epochs", "4", "--resume", "auto") == 0
+    assert "ReLU (lr 0.01) 2 epochs, tanh (lr 0.01) 4 epochs: ReLU 2.0x faster" in capsys.readouterr().out
+    assert (out / "relu-lr0.01" / "last.pt").read_bytes() == relu  # finished at its target: read back, not trained
+    resumed = json.loads((out / "fig1.json").read_text())
+    # tanh went on from its third epoch, as the same sweep run whole does
+    whole = figure1(tmp_path / "whole", FAST, sweep=[0.01], target=60.0, max_epochs=4)
+    assert resumed["best"]["tanh"]["train_error"][:3] == first["best"]["tanh"]["train_error"]
+    assert resumed["best"]["tanh"]["train_error"] == whole.best["tanh"].train_error
+    assert resumed["best"]["relu"]["train_error"] == whole.best["relu"].train_error
 
 
 def test_figure1_trains_both_units_and_writes_the_figure(tmp_path):

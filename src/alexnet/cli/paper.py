@@ -33,6 +33,12 @@ def add_paper(p: argparse.ArgumentParser) -> None:
         "--target", type=options.percent, default=25.0, metavar="PCT", help="training error (%%) to reach (paper: 25)"
     )
     p.add_argument("--max-epochs", type=options.positive_int, default=60, metavar="N")
+    p.add_argument(
+        "--resume",
+        choices=["auto"],
+        help="fig1: continue the runs already in --out (an interrupted sweep, or more --max-epochs), each from its "
+        "last checkpoint; finished ones are read back",
+    )
     options.device(p, "train__device")
     options.precision(p, "train__precision")
     options.no_progress(p)
@@ -45,7 +51,8 @@ def run_paper(args: argparse.Namespace) -> int:
     from ..experiments.paper import figure1
 
     out = args.out or "runs/fig1"
-    result = figure1(out, args.overrides, args.sweep, args.target, args.max_epochs, **options.config_fields(args))
+    fields = options.config_fields(args)
+    result = figure1(out, args.overrides, args.sweep, args.target, args.max_epochs, bool(args.resume), **fields)
     for r in result.runs:
         if r.diverged:
             print(f"{r.unit:<5} lr {r.lr:<8g} diverged (non-finite loss)")

@@ -45,7 +45,9 @@ class Fig1Run:
 
     @property
     def reached(self) -> str:
-        return f"{self.epochs} epochs" if self.epochs else f"not within {len(self.train_error)} epochs"
+        if self.epochs:
+            return f"{self.epochs} epoch{'s' * (self.epochs != 1)}"
+        return f"not within {len(self.train_error)} epoch{'s' * (len(self.train_error) != 1)}"
 
 
 @dataclass
@@ -75,6 +77,7 @@ def figure1(
     sweep: list[float] | None = None,
     target: float = 25.0,
     max_epochs: int = 60,
+    resume: bool = False,
     **fields: Any,
 ) -> Figure1Result:
     """Train the Figure 1 network with ReLU and with tanh units until ``target`` % training error.
@@ -86,6 +89,9 @@ def figure1(
         target: the training error (%) to reach; the paper's 25.
         max_epochs: give up on a run after this many epochs; in a sweep, later rates stop at the fastest
             rate's epoch count, since they can only tie it.
+        resume: continue the runs already in ``out`` (an interrupted sweep, or one given more epochs), each from its
+            last checkpoint; a run that reached the target or its epochs is read back, not trained again. Without
+            it a run directory that holds a run is an error, as `alexnet.fit`'s.
         **fields: ``section__key=value`` config fields for every run, as `alexnet.config.load_config` takes.
 
     Returns:
@@ -106,6 +112,7 @@ def figure1(
                     f"train.epochs={budget}",
                     f"train.stop_at_train_acc1={100 - target}",
                     f'train.out="{run_dir}"',
+                    *(['train.resume="auto"'] if resume else []),
                 ],
                 **fields,
             )

@@ -125,8 +125,9 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
         _start(run)
         checkpointer = Checkpointer(run)
         run.callbacks.on_run_start(run)
+        end = run.start_epoch if _stopped_at_target(run) else cfg.train.epochs
         with checkpointer.catching_signals(), reporting_worker_crashes(run.data.train, run.data.val):
-            for epoch in range(run.start_epoch, cfg.train.epochs):
+            for epoch in range(run.start_epoch, end):
                 if _epoch(run, epoch, checkpointer):
                     break
         distributed.barrier(run.dist)
@@ -306,6 +307,14 @@ def _resume(run: Run) -> None:
         log.info("resumed from %s at epoch %d, batch %d", resume, run.start_epoch + 1, run.start_step)
     if run.dist.is_main:
         _record_held_out(run.out, run.data, run.cfg)  # after check_resume: a changed data.val_split is named as such
+
+
+def _stopped_at_target(run: Run) -> bool:
+    """Whether the resumed run had already stopped where ``train.stop_at_train_acc1`` stops it: its last epoch's
+    training accuracy (as recorded) reached the target. Resuming it trains no further, as a run that finished its
+    epochs (Figure 1's sweep, continued after an interruption, must not add an epoch to a finished curve)."""
+    target, history = run.cfg.train.stop_at_train_acc1, run.result.history
+    return target is not None and bool(history) and history[-1].get("train_acc1", -math.inf) >= target
 
 
 def _start(run: Run) -> None:
