@@ -44,6 +44,14 @@ def test_a_device_that_does_not_exist(files, capsys, command, tmp_path):
     _refused(capsys, [*argv, "--device", "foo"], "'foo' is not a device")
 
 
+def test_world_size_without_torchrun(tmp_path, capsys, monkeypatch):
+    # Set by hand or left over from another job: one line before anything is written, not a KeyError's traceback.
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _refused(capsys, ["train", "--dataset", "fake", "--out", str(tmp_path / "r")], "RANK is not set", "torchrun")
+    assert not (tmp_path / "r").exists()
+
+
 def test_recipes_that_are_not_tables(tmp_path, capsys):
     (tmp_path / "list.json").write_text("[1, 2]")
     _refused(capsys, ["train", "--recipe", str(tmp_path / "list.json"), "--dataset", "fake"], "must be a table")

@@ -13,7 +13,10 @@ import torch
 
 from alexnet.artifacts.checkpoint import load_checkpoint
 from alexnet.data.batch import epoch_order
+from alexnet.errors import ConfigError
 from alexnet.inference.evaluate import evaluate_checkpoint
+from alexnet.training import distributed
+from alexnet.training.distributed import DistInfo
 from tests.helpers import train_command
 
 TORCHRUN = [
@@ -24,6 +27,52 @@ TORCHRUN = [
     "--nproc_per_node=2",
     *train_command("fashion-mnist", "--set", "model.overrides.input_size=32", "--set", "data.pad=2", "--lr", "0.02"),
 ]
+
+
+@pytest.fixture
+def environ(monkeypatch):
+    """Set torchrun's variables as given, the others unset."""
+
+    def put(**env: str) -> None:
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+
+    return put
+
+
+@pytest.mark.parametrize(
+    "env, info",
+    [
+        ({}, DistInfo()),
+        ({"WORLD_SIZE": "1"}, DistInfo()),
+        ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, DistInfo()),  # torchrun with one process
+        ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, DistInfo(3, 4, 1)),
+        ({"WORLD_SIZE": "2", "RANK": "1"}, DistInfo(1, 2, 0)),
+    ],
+)
+def test_the_place_among_processes_comes_from_torchruns_variables(environ, env, info):
+    environ(**env)
+    assert distributed.from_environment() == info
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 asks for 2 processes but RANK is not set: start them with torchrun"),
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc': expected a whole number ≥ 1"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0': expected a whole number ≥ 1"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK='2': expected a whole number ≥ 0 below WORLD_SIZE (2)"),
+        ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1'"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "one"}, "LOCAL_RANK='one'"),
+    ],
+)
+def test_a_bad_torchrun_environment_is_named(environ, env, message):
+    environ(**env)
+    with pytest.raises(ConfigError, match="unset it|unset WORLD_SIZE") as caught:
+        distributed.from_environment()
+    assert message in str(caught.value)
 
 
 def test_epoch_order_shards():

@@ -10,12 +10,15 @@ image exactly once (no padded duplicates) and sums the counts across processes, 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -38,16 +41,51 @@ def setup(device: torch.device) -> DistInfo:
 
     NCCL on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the CPU.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    info = from_environment()
+    if not info.enabled:
+        return info
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend)
     return info
+
+
+def from_environment() -> DistInfo:
+    """This process's place among torchrun's (RANK, WORLD_SIZE, LOCAL_RANK); one process where WORLD_SIZE is unset.
+
+    Raises:
+        ConfigError: the variables are not whole numbers, or WORLD_SIZE asks for several processes without the
+            RANK torchrun would give each (set by hand, or left over from another job).
+    """
+
+    def number(name: str, default: int | None, low: int, high: float = math.inf) -> int | None:
+        raw = os.environ.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or not low <= value < high:
+            top = "" if high == math.inf else f" below WORLD_SIZE ({high:g})"
+            raise ConfigError(
+                f"{name}={raw!r}: expected a whole number ≥ {low}{top}; torchrun sets it, so unset it "
+                "to train in one process"
+            )
+        return value
+
+    world = number("WORLD_SIZE", 1, 1)
+    if world == 1:
+        return DistInfo()
+    rank = number("RANK", None, 0, world)
+    if rank is None:
+        raise ConfigError(
+            f"WORLD_SIZE={world} asks for {world} processes but RANK is not set: start them with torchrun "
+            f"(torchrun --nproc-per-node={world} -m alexnet.cli train ...), or unset WORLD_SIZE to train in one process"
+        )
+    return DistInfo(rank, world, number("LOCAL_RANK", 0, 0))
 
 
 def local_device(device: torch.device, info: DistInfo) -> torch.device:
