@@ -233,7 +233,7 @@ def test_a_cpu_predictor_prepares_its_fused_kernels_side_by_side_unless_compiled
 
 
 @pytest.mark.parametrize("name", ["alexnet_small", "alexnet_paper"])  # batch norm; LRN and two towers
-def test_a_bf16_predictor_casts_its_matmul_weights_once_and_predicts_as_autocast_does(tmp_path, name):
+def test_a_predictor_runs_channels_last_and_casts_bf16_weights_once_as_autocast_would(tmp_path, name):
     # Autocast would cast each conv and fc weight on every call (alexnet_owt at batch 1: 26 ms where fp32 took 18).
     from alexnet.artifacts.loader import load_trained
 
@@ -253,3 +253,8 @@ def test_a_bf16_predictor_casts_its_matmul_weights_once_and_predicts_as_autocast
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         expected = reference(x).float().softmax(1)
     assert torch.equal(predictor.probabilities(x), expected)
+    # Channels last, as training and evaluation run (batch 64 on the Zen 4: 316 ms in NCHW, 216 so), in fp32 too.
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        model = Predictor.from_path(path, precision=precision).model
+        convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(w.is_contiguous(memory_format=torch.channels_last) and w.dtype == dtype for w in convs)
