@@ -258,3 +258,16 @@ def test_a_predictor_runs_channels_last_and_casts_bf16_weights_once_as_autocast_
         model = Predictor.from_path(path, precision=precision).model
         convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         assert all(w.is_contiguous(memory_format=torch.channels_last) and w.dtype == dtype for w in convs)
+
+
+def test_a_bf16_cpu_predictor_prepares_the_batch_1_fc_kernel_where_it_runs(tmp_path, monkeypatch):
+    from alexnet import native
+    from alexnet.models import fused_pool, gemv
+
+    prepared = []
+    monkeypatch.setattr(native, "prepare", lambda kernels: prepared.append(list(kernels)))
+    path = make_weights(tmp_path / "owt.safetensors", "alexnet_owt", width=0.25)
+    for fits in (True, False):  # AVX512-BF16 without AMX, or not
+        monkeypatch.setattr(gemv, "cpu_fits", lambda fits=fits: fits)
+        Predictor.from_path(path, precision="bf16")
+    assert prepared == [[fused_pool.kernel, gemv.kernel], [fused_pool.kernel]]

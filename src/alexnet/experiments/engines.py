@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import functools
 import io
 import logging
 import tempfile
@@ -279,12 +280,15 @@ def _engines(
     out[f"OpenVINO {precision}"] = openvino_float(tv, precision, threads)
     out["OpenVINO int8 (NNCF)"] = openvino_int8(tv, size, threads)
 
-    # The library's inference defaults, on a copy (the int8 path below quantizes the fp32 original).
+    # The library's inference defaults as `alexnet predict` and `alexnet serve` run them: a `Predictor` (its layout,
+    # casts and softmax), on a copy (the int8 path below quantizes the fp32 original).
+    from ..artifacts.weights import get_weights
+    from ..inference.predictor import Predictor
+
     dtype = compute_dtype(precision)
-    ours = copy.deepcopy(model).eval().to(dtype).to(memory_format=torch.channels_last)
-    out[f"alexnet_owt {precision} (library defaults)"] = lambda x: _torch_runner(
-        ours, x.to(dtype).contiguous(memory_format=torch.channels_last)
-    )
+    meta = get_weights("alexnet_owt.IMAGENET1K_V1").meta()  # the model's classes and preprocessing; no download
+    ours = Predictor(copy.deepcopy(model), meta, "cpu", precision)
+    out[f"alexnet_owt {precision} (library defaults)"] = lambda x: functools.partial(ours.probabilities, x)
     # What `alexnet serve --compile` runs: the same model compiled ahead of time (one program, any batch), as
     # OpenVINO compiles its model before it runs.
     from ..inference.compiled import CompiledModel

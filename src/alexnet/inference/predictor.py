@@ -94,7 +94,7 @@ class Predictor:
         if self.device.type == "cpu":
             tune_cpu_allocator()  # as training does: each batch's activations otherwise fault their pages in anew
             if eager:  # the fused kernels its first batch asks for one by one, side by side
-                native.prepare(fused_kernels(self.model, training=False))
+                native.prepare(fused_kernels(self.model, training=False, bf16=self.precision == "bf16"))
         self.compiled = compile and not fixed
         if self.compiled:
             from .compiled import CompiledModel

@@ -56,11 +56,12 @@ def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def wanted() -> bool:
     """AVX512-BF16 without AMX, the kernel built, and not turned off (read per call: the tests turn it off)."""
-    return native.enabled("ALEXNET_GEMV") and _bf16_without_amx() and kernel() is not None
+    return native.enabled("ALEXNET_GEMV") and cpu_fits() and kernel() is not None
 
 
 @functools.cache
-def _bf16_without_amx() -> bool:
+def cpu_fits() -> bool:
+    """AVX512-BF16 without AMX (/proc/cpuinfo's avx512_bf16, amx_bf16): where the kernel was measured."""
     flags = native.cpu_flags()
     return "avx512_bf16" in flags and "amx_bf16" not in flags
 

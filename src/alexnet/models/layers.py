@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import native
-from . import amx_fc, fused_bn, fused_lrn, fused_pool, fused_stem, onednn_fc
+from . import amx_fc, fused_bn, fused_lrn, fused_pool, fused_stem, gemv, onednn_fc
 
 
 class LocalResponseNorm(nn.Module):
@@ -231,8 +231,10 @@ class Linear(nn.Linear):
     """``nn.Linear`` whose fp32 product on an AMD CPU runs as oneDNN's inner product (`onednn_fc`) rather than MKL's
     sgemm, at twice its rate there (fc6 at batch 64: 86 → 38 ms on a Zen 2), in eager mode and under
     ``torch.compile``, and whose bf16 product on a CPU with AMX runs with its operands in the order oneDNN's AMX GEMM
-    is fast in (`amx_fc`: fc6's forward at batch 64 3.9 → 2.7 ms, its weight gradient 17.6 → 3.9). Elsewhere (other
-    devices, tracers that write a program, ``ALEXNET_ONEDNN_FC=0``, ``ALEXNET_AMX_FC=0``) it is ``nn.Linear``.
+    is fast in (`amx_fc`: fc6's forward at batch 64 3.9 → 2.7 ms, its weight gradient 17.6 → 3.9), and whose bf16
+    inference at batch 1 on a CPU with AVX512-BF16 but no AMX reads its weight at the memory's pace (`gemv`: fc6 5.1
+    → 2.9 ms). Elsewhere (other devices, tracers that write a program, ``ALEXNET_ONEDNN_FC=0``, ``ALEXNET_AMX_FC=0``,
+    ``ALEXNET_GEMV=0``) it is ``nn.Linear``.
     Parameters and state dict are ``nn.Linear``'s."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,6 +242,8 @@ class Linear(nn.Linear):
             return onednn_fc.linear(x, self.weight, self.bias)
         if amx_fc.usable(x, self.weight, self.bias):
             return amx_fc.linear(x, self.weight, self.bias)
+        if gemv.usable(x, self.weight, self.bias):
+            return gemv.linear(x, self.weight, self.bias)
         return super().forward(x)
 
 
@@ -311,7 +315,8 @@ def fused_kernels(model: nn.Module, training: bool, bf16: bool = False) -> list[
     """The fused CPU kernels ``model``'s `Stack` containers would ask for on their first step (each kernel module's
     ``kernel`` function), for `alexnet.native.prepare` to build side by side: ReLU → max-pool's where a stack
     max-pools, the LRN's where it normalises so, and in ``training`` batch norm → ReLU's and, in ``bf16`` on a CPU
-    with native bf16 products, conv1's space-to-depth blocks (`StemConv2d`)."""
+    with native bf16 products, conv1's space-to-depth blocks (`StemConv2d`); in bf16 inference on a CPU with
+    AVX512-BF16 and no AMX, the batch-1 fc kernel (`gemv`)."""
     kinds = {type(m) for stack in model.modules() if isinstance(stack, Stack) for m in stack}
     stem = any(isinstance(m, StemConv2d) for m in model.modules())
     wanted = (
@@ -319,6 +324,10 @@ def fused_kernels(model: nn.Module, training: bool, bf16: bool = False) -> list[
         (LocalResponseNorm in kinds, fused_lrn.kernel),
         (training and bool(kinds & {nn.BatchNorm1d, nn.BatchNorm2d}), fused_bn.kernel),
         (training and bf16 and stem and _bf16_products(), fused_stem.kernel),
+        (
+            not training and bf16 and any(isinstance(m, Linear) for m in model.modules()) and gemv.cpu_fits(),
+            gemv.kernel,
+        ),
     )
     return [kernel for used, kernel in wanted if used]
 
