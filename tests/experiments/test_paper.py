@@ -64,6 +64,11 @@ def test_an_interrupted_figure1_sweep_resumes_where_it_stopped(tmp_path, capsys)
     assert resumed["best"]["tanh"]["train_error"][:3] == first["best"]["tanh"]["train_error"]
     assert resumed["best"]["tanh"]["train_error"] == whole.best["tanh"].train_error
     assert resumed["best"]["relu"]["train_error"] == whole.best["relu"].train_error
+    # A recipe change the runs were not trained with is refused, naming the flag this command has to allow it.
+    capsys.readouterr()
+    changed = ["--max-epochs", "4", "--resume", "auto", "--set", "optim.momentum=0.5"]
+    assert _fig1_cli(out, *changed) == 2 and "--allow-changes" in capsys.readouterr().err
+    assert _fig1_cli(out, *changed, "--allow-changes") == 0  # finished runs: read back
 
 
 def test_figure1_trains_both_units_and_writes_the_figure(tmp_path):

@@ -150,6 +150,16 @@ def overrides(p: argparse.ArgumentParser, help: str = "") -> None:
     )
 
 
+def allow_changes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-changes",
+        dest="train__allow_changes",
+        action="store_const",
+        const=True,
+        help="resume although batch size, learning rate, optimizer, schedule or seed differ from the checkpoint's",
+    )
+
+
 def no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="train__progress", action="store_const", const=False, help="no progress bars")
 

@@ -39,6 +39,7 @@ def add_paper(p: argparse.ArgumentParser) -> None:
         help="fig1: continue the runs already in --out (an interrupted sweep, or more --max-epochs), each from its "
         "last checkpoint; finished ones are read back",
     )
+    options.allow_changes(p)
     options.device(p, "train__device")
     options.precision(p, "train__precision")
     options.no_progress(p)

@@ -62,13 +62,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
         metavar="features|N",
         help="train only what follows: every conv layer, or the first N weight layers",
     )
-    p.add_argument(
-        "--allow-changes",
-        dest="train__allow_changes",
-        action="store_const",
-        const=True,
-        help="resume although batch size, learning rate, optimizer, schedule or seed differ from the checkpoint's",
-    )
+    options.allow_changes(p)
     p.add_argument(
         "--limit-train-batches",
         dest="train__limit_train_batches",

@@ -170,8 +170,8 @@ def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[st
         first = next((i for i, (a, b) in enumerate(zip(meta.classes, classes)) if a != b), min(len(classes), 4))
         raise IncompatibleCheckpointError(
             f"{source} was trained on {len(meta.classes)} classes; this data set has {len(classes)} "
-            f"(first difference at label {first}: {display_label(str(meta.classes[first : first + 1]))} against "
-            f"{display_label(str(classes[first : first + 1]))})"
+            f"(first difference at label {first}: {display_label(str(list(meta.classes[first : first + 1])))} "
+            f"against {display_label(str(classes[first : first + 1]))})"
         )
     check_finite(state["model"], source)
     if cfg.train.allow_changes:
