@@ -186,6 +186,10 @@ def test_demo_with_a_tiny_limit(tmp_path, fashion_dir, capsys):
     again = (tmp_path / "demo" / "report.md").read_text()
     timeless = [line for line in report.splitlines() if "wall time" not in line]
     assert [line for line in again.splitlines() if "wall time" not in line] == timeless
+    # A changed setting is refused, naming the flag the demo takes to allow it; with the flag the run is taken up.
+    changed = [*args, "--set", "optim.lr=0.01"]
+    assert main(changed) == 2 and "--allow-changes" in capsys.readouterr().err
+    assert main([*changed, "--allow-changes"]) == 0
     # A run of another recipe in its directory is refused with one line, and left as it was.
     other = [*args[:2], str(tmp_path / "other"), *args[3:]]
     assert main(["train", "--dataset", "fake", "--out", str(tmp_path / "other"), "--epochs", "1"]) == 0

@@ -144,13 +144,15 @@ def run_report(args: argparse.Namespace) -> int:
 def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="the run directory (default runs/demo)")
     p.add_argument("--recipe", default="fashion-mnist", help="a recipe name or file (default fashion-mnist)")
+    options.allow_changes(p)  # the demo resumes what --out holds: its refusals name this flag
     options.overrides(p)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..experiments.demo import run_demo as demo
 
-    path = demo(args.out, args.recipe, args.overrides)
+    allow = ["train.allow_changes=true"] if args.train__allow_changes else []
+    path = demo(args.out, args.recipe, [*(args.overrides or []), *allow])
     print(path.read_text().split("## Figures")[0].rstrip())
     print(f"\nreport: {path}")
     return 0
