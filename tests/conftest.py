@@ -36,8 +36,16 @@ if THREADS < 2:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
+# Set now, and again around every test: fixtures of a module or session scope (a reference run trained in this
+# process, compared bitwise with a child's) are made before a test's own fixtures, so they ran with torch's default
+# threads (2) where the children had OMP_NUM_THREADS=1, and failed when they came first in a worker.
+torch.set_num_threads(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _small_threads():
+    torch.set_num_threads(THREADS)
+    yield
     torch.set_num_threads(THREADS)
 
 
