@@ -309,3 +309,30 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, image_fold
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, target, says",
+    [
+        (["train", "--out", "runs/x"], "alexnet.training.fit.fit", "continue with --resume auto --out runs/x"),
+        (["paper", "fig1"], "alexnet.experiments.paper.figure1", "continue with the same command and --resume auto"),
+        (["demo"], "alexnet.experiments.demo.run_demo", "run the same command again to continue"),
+        (
+            ["reproduce", "--out", "r"],
+            "alexnet.experiments.reproduce.reproduce",
+            "run the same command again to continue",
+        ),
+    ],
+)
+def test_an_interrupted_run_is_told_how_its_own_command_continues_it(argv, target, says, capsys, monkeypatch):
+    # `paper fig1` trains a run a rate under its --out, and demo and reproduce take theirs up by themselves: the
+    # advice `train` gives (--resume auto --out RUN) would be refused by the first and wrong for the others.
+    from alexnet.errors import TrainingInterrupted
+
+    def stopped(*args, **kwargs):
+        raise TrainingInterrupted("stopped by SIGINT at epoch 2, batch 5; saved runs/x/last.pt", 2, "runs/x")
+
+    monkeypatch.setattr(target, stopped)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == f"alexnet {argv[0]}: error: stopped by SIGINT at epoch 2, batch 5; saved runs/x/last.pt: {says}\n"

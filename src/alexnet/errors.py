@@ -52,11 +52,13 @@ class DataWorkerError(AlexNetError):
 
 
 class TrainingInterrupted(AlexNetError):
-    """A signal (SIGTERM, SIGINT) stopped training after a step; a checkpoint was saved to resume from."""
+    """A signal (SIGTERM, SIGINT) stopped training after a step; a checkpoint was saved in the run directory ``out``
+    to resume from (``train.resume="auto"``; each command says how it is continued)."""
 
-    def __init__(self, message: str, signum: int) -> None:
+    def __init__(self, message: str, signum: int, out: str = "") -> None:
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell convention: 143 for SIGTERM
+        self.out = out
 
 
 class NonFiniteWeightsError(AlexNetError):

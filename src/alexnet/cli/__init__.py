@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ..errors import AlexNetError, out_of_memory
+from ..errors import AlexNetError, TrainingInterrupted, out_of_memory
 from . import catalog, paper, train, use
 from .options import __doc__ as WEIGHTS_RULE
 
@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AlexNetError, ValueError, FileNotFoundError) as err:
         if args.verbose:
             raise
-        print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
+        hint = f": {_continue(args.command, err.out)}" if isinstance(err, TrainingInterrupted) else ""
+        print(f"alexnet {args.command}: error: {err}{hint}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except (MemoryError, RuntimeError) as err:
         if args.verbose or not out_of_memory(err):
@@ -89,6 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout to /dev/null, so the interpreter's last flush at exit does not fail again (Python's own recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+def _continue(command: str, out: str) -> str:
+    """How the interrupted ``command`` is continued: each of those that train takes up its run its own way."""
+    if command in ("demo", "reproduce"):  # they resume what their directories hold
+        return "run the same command again to continue"
+    if command == "paper":  # a sweep of runs under its --out, each resumed from its own checkpoint
+        return "continue with the same command and --resume auto"
+    return f"continue with --resume auto --out {out}"
 
 
 def _out_of_memory_line(err: BaseException) -> str:

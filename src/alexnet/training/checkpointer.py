@@ -113,8 +113,9 @@ class Checkpointer:
                 signum = self.stop_signals[0]
                 raise TrainingInterrupted(
                     f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, batch {step + 1}; saved "
-                    f"{run.out / 'last.pt'}: continue with --resume auto --out {run.out}",
+                    f"{run.out / 'last.pt'}",
                     signum,
+                    str(run.out),
                 )
             if every and (step + 1) % every == 0 and step + 1 < steps:
                 self.save(epoch, step + 1, totals, run.out / "last.pt")
