@@ -17,10 +17,10 @@ from ..artifacts.trained import TrainedModel, display_label
 from ..data.config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
-from ..device import pick_device, pick_precision, tune_cpu_allocator
+from ..device import compute_dtype, pick_device, pick_precision, tune_cpu_allocator
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..evaluation import Evaluation, StepSettings, evaluate
-from ..models import fused_kernels
+from ..models import fused_kernels, matmul_weights_to
 from .ensemble import Ensemble, check_members
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
 
@@ -102,6 +102,8 @@ def evaluate_checkpoint(
     model = trained.model if len(members) == 1 else Ensemble([m.model for m in members])
     if not int8:
         model = model.to(dev, memory_format=torch.channels_last)
+    if not int8 and prec != "fp32":  # cast once, as `Predictor` does, not by autocast on every batch (the same sums)
+        matmul_weights_to(model, compute_dtype(prec))
     if dev.type == "cpu" and not int8:  # the fused kernels its first batch asks for one by one, side by side
         native.prepare(fused_kernels(model, training=False))
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
