@@ -28,44 +28,43 @@
 namespace {
 
 #if ALEXNET_GEMV
-constexpr int64_t kRows = 4;  // weight rows a pass: four load streams
+constexpr int kRows = 4;  // weight rows a pass: four load streams
 
 inline __m512bh load_pairs(const at::BFloat16* p, __mmask32 mask) {
   return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
 }
 
-// y[r] = Σ_k w[r, k]·x[k] for rows [begin, end), sums in fp32 (pairs of products per lane, 16 lanes).
+// y[r + j] = Σ_k w[r + j, k]·x[k] for the R rows from r, sums in fp32 (pairs of products per lane, 16 lanes);
+// `full` columns by whole vectors, the rest under the `tail` mask.
+template <int R>
+inline void dot_rows(const at::BFloat16* __restrict w, const at::BFloat16* __restrict x,
+                     const at::BFloat16* __restrict bias, at::BFloat16* __restrict y, int64_t in, int64_t r,
+                     int64_t full, __mmask32 tail) {
+  const at::BFloat16* w0 = w + r * in;
+  __m512 acc[R];
+  for (int j = 0; j < R; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < full; k += 32) {
+    const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+    for (int j = 0; j < R; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(w0 + j * in + k), xv);
+  }
+  if (tail) {
+    const __m512bh xv = load_pairs(x + full, tail);
+    for (int j = 0; j < R; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], load_pairs(w0 + j * in + full, tail), xv);
+  }
+  for (int j = 0; j < R; ++j) {
+    const float b = bias ? alexnet_bf16::to_float(bias[r + j]) : 0.0f;
+    alexnet_bf16::store(y + r + j, _mm512_reduce_add_ps(acc[j]) + b);
+  }
+}
+
+// Rows [begin, end): kRows at a time, the last few one at a time.
 void rows(const at::BFloat16* __restrict w, const at::BFloat16* __restrict x, const at::BFloat16* __restrict bias,
           at::BFloat16* __restrict y, int64_t in, int64_t begin, int64_t end) {
   const int64_t full = in / 32 * 32;
   const __mmask32 tail = in == full ? 0 : static_cast<__mmask32>((uint64_t{1} << (in - full)) - 1);
   int64_t r = begin;
-  for (; r + kRows <= end; r += kRows) {
-    const at::BFloat16* w0 = w + r * in;
-    __m512 acc[kRows] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t k = 0; k < full; k += 32) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
-      for (int64_t j = 0; j < kRows; ++j)
-        acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(w0 + j * in + k), xv);
-    }
-    if (tail) {
-      const __m512bh xv = load_pairs(x + full, tail);
-      for (int64_t j = 0; j < kRows; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], load_pairs(w0 + j * in + full, tail), xv);
-    }
-    for (int64_t j = 0; j < kRows; ++j) {
-      const float b = bias ? alexnet_bf16::to_float(bias[r + j]) : 0.0f;
-      alexnet_bf16::store(y + r + j, _mm512_reduce_add_ps(acc[j]) + b);
-    }
-  }
-  for (; r < end; ++r) {  // the last rows, one at a time
-    const at::BFloat16* wr = w + r * in;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t k = 0; k < full; k += 32)
-      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(wr + k), (__m512bh)_mm512_loadu_si512(x + k));
-    if (tail) acc = _mm512_dpbf16_ps(acc, load_pairs(wr + full, tail), load_pairs(x + full, tail));
-    const float b = bias ? alexnet_bf16::to_float(bias[r]) : 0.0f;
-    alexnet_bf16::store(y + r, _mm512_reduce_add_ps(acc) + b);
-  }
+  for (; r + kRows <= end; r += kRows) dot_rows<kRows>(w, x, bias, y, in, r, full, tail);
+  for (; r < end; ++r) dot_rows<1>(w, x, bias, y, in, r, full, tail);
 }
 #endif
 
