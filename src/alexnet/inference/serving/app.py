@@ -228,7 +228,7 @@ class _Service:
             return torch.cat([out[id(x)] for x in parts])
         x = torch.cat(parts) if len(parts) > 1 else parts[0]
         x = self.predictor.transform.eval(x) if images else x
-        return self.predictor.probabilities(x.contiguous(memory_format=torch.channels_last))
+        return self.predictor.probabilities(x)  # it runs channels last itself
 
     # --- request plumbing ---
     def authorize(self, request: Request) -> None:
