@@ -1,5 +1,6 @@
 """Nothing already written is lost (issue 21 §2): a finished run is not overwritten by a new one, a run directory
-has one writer at a time, a run that fails before writing leaves no empty directory, an export or quantization never
+has one writer at a time, an experiment's report never replaces a user's file, a run that fails before writing
+leaves no empty directory, an export or quantization never
 replaces its own input, a device or FIFO is never replaced by a file, and a full disk is one line with the previous
 file intact."""
 
@@ -255,3 +256,45 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
         plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png")
     assert not (tmp_path / "curves.png").exists()  # no truncated PNG in its place
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "command, name",
+    [
+        (["reproduce", "--records", "{project}", "--out", "{runs}", "--only", "lrn", "--seeds", "1"], "report.md"),
+        (["reproduce", "--records", "{project}", "--out", "{runs}", "--only", "lrn", "--seeds", "1"], "results.json"),
+        (["reproduce", "--out", "{project}", "--only", "lrn", "--seeds", "1"], "curves_lrn.png"),
+        (["paper", "fig1", "--out", "{project}", "--max-epochs", "1"], "fig1.json"),
+        (["paper", "fig1", "--out", "{project}", "--max-epochs", "1"], "fig1.png"),
+    ],
+)
+def test_experiments_never_write_over_files_of_the_users(command, name, tmp_path, capsys):
+    """`reproduce` and `paper fig1` write their report and figures when they finish, into a directory the user
+    names: a user's file of such a name there is refused before anything trains, not replaced hours later."""
+    project, runs = tmp_path / "project", tmp_path / "runs"
+    project.mkdir()
+    (project / name).write_text('{"mine": 1}')
+    before = _digests(project)
+    tiny = ["--dataset", "fake", "--no-progress", "--precision", "fp32", "--set", "train.limit_train_batches=1"]
+    args = [a.format(project=project, runs=runs) for a in command]
+    capsys.readouterr()
+    assert main([*args, *tiny]) == 2
+    err = capsys.readouterr().err
+    _one_line(err)
+    flag = "--records" if "--records" in command else "--out"
+    assert f"holds {name}, which this command writes when it finishes" in err and f"another {flag}" in err, err
+    assert _digests(project) == before and [p.name for p in project.iterdir()] == [name] and not runs.exists()
+
+
+def test_a_reproductions_own_results_are_recognised(tmp_path):
+    from alexnet.experiments.reproduce import _holds_reproduction
+
+    (tmp_path / "results.json").write_text('{"lrn": {"verdict": "reproduced in sign", "arms": {}}}')
+    assert _holds_reproduction(tmp_path)
+    for other in ("{}", '{"lrn": 1}', '{"mine": {"notes": []}}', "[1, 2]", "not json"):
+        (tmp_path / "results.json").write_text(other)
+        assert not _holds_reproduction(tmp_path), other
+    record = tmp_path / "lrn" / "paper" / "seed0" / "done.json"  # a record, before any report was written
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    assert _holds_reproduction(tmp_path)

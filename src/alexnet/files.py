@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,33 @@ def check_replaceable(path: Path | str) -> Path:
     if path.name in RUN_RESULTS + RUN_REPORT and (path.parent / "metrics.csv").is_file():
         raise WriteError(f"could not write {path}: it is one of the run {path.parent}'s results; write elsewhere")
     return path
+
+
+def check_outputs(directory: Path | str, names: Iterable[str], ours: bool, flag: str) -> None:
+    """Before a command's work, refuse a ``directory`` that holds one of the files it will write at the end
+    (``report.md``, ``results.json``, ``fig1.png``) unless ``ours``: the caller found its own earlier output there (a
+    reproduction's records, a figure's JSON), so the file is the command's to write again. A user's ``report.md``
+    in ``--records .`` is not lost after hours of training. ``flag`` is the option that chose ``directory``.
+
+    Raises:
+        WriteError: naming the first such file.
+    """
+    directory = Path(directory)
+    found = [] if ours else [name for name in names if (directory / name).exists()]
+    if found:
+        raise WriteError(
+            f"{directory} holds {found[0]}, which this command writes when it finishes and did not write before: "
+            f"move it, or choose another {flag}"
+        )
+
+
+def read_record(path: Path | str) -> Any:
+    """The JSON at ``path`` (at most 16 MB), or None where there is none or it is not JSON: how a command recognises
+    a record it wrote earlier."""
+    try:
+        return read_json_input(path, 16 * MB, "record")
+    except (AlexNetError, OSError):  # missing, a FIFO, too large, not JSON: not a record
+        return None
 
 
 def atomic_write(

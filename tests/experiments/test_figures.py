@@ -53,6 +53,23 @@ def test_fig3_measures_each_tower(two_tower_run, capsys):
     assert "tower 2: 16 conv1 kernels" in capsys.readouterr().out
 
 
+def test_a_figure_never_writes_over_a_users_file(two_tower_run, tmp_path, capsys):
+    """fig3 and fig4 write ``<kind>.png`` and ``<kind>.json`` into ``--out``: a user's file of that name is refused
+    and kept; the figure's own earlier output is written again."""
+    for kind, name in (("fig3", "fig3.png"), ("fig4", "fig4.json")):
+        mine = tmp_path / kind / name
+        mine.parent.mkdir()
+        mine.write_text("mine")
+        capsys.readouterr()
+        args = ["paper", kind, str(two_tower_run), "--out", str(mine.parent), "--dataset", "fake", "--queries", "1"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"holds {name}, which this command writes" in err and len(err.splitlines()) == 1, err
+        assert mine.read_text() == "mine" and [p.name for p in mine.parent.iterdir()] == [name]
+    assert main(["paper", "fig3", str(two_tower_run), "--out", str(tmp_path / "again")]) == 0
+    assert main(["paper", "fig3", str(two_tower_run), "--out", str(tmp_path / "again")]) == 0
+
+
 def test_fig4_neighbours_and_retrieval_precision(two_tower_run, capsys):
     assert main(["paper", "fig4", str(two_tower_run), "--dataset", "fake", "--queries", "3"]) == 0
     result = json.loads((two_tower_run / "fig4.json").read_text())

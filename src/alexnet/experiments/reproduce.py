@@ -28,7 +28,7 @@ import torch
 from .. import native
 from ..config import load_config
 from ..errors import AlexNetError
-from ..files import atomic_write
+from ..files import atomic_write, check_outputs, read_record
 from ..training.fit import fit
 from . import claims
 from .ablations import BUDGETS, Arm, Experiment
@@ -263,6 +263,19 @@ def _claim_result(exp: Experiment, arms: dict[str, claims.Arm], effect: claims.E
     )
 
 
+def _holds_reproduction(records: Path) -> bool:
+    """Whether ``records`` holds a reproduction's records (a run's ``done.json``, or ``results.json`` with a claim's
+    verdict): then its report and figures are this command's to write again."""
+    if any(records.glob("*/*/seed*/done.json")):
+        return True
+    found = read_record(records / "results.json")
+    return (
+        bool(found)
+        and isinstance(found, dict)
+        and all(isinstance(claim, dict) and "verdict" in claim for claim in found.values())
+    )
+
+
 def reproduce(
     out: Path | str,
     budget: str = "small",
@@ -311,6 +324,8 @@ def reproduce(
         budget_plan.baseline,
     )
     chosen = [e for e in budget_plan.experiments if not only or e.name in only]
+    written = ["report.md", "results.json", *(f"curves_{e.name}.png" for e in chosen)]
+    check_outputs(plan.records, written, _holds_reproduction(plan.records), "--records" if records else "--out")
     homes: dict[Arm, Path] = {}  # an arm shared by experiments (the ablations' baseline) trains once
     results: dict[str, ClaimResult] = {}
     for exp in chosen:
