@@ -1,8 +1,7 @@
 """Nothing already written is lost (issue 21 §2): a finished run is not overwritten by a new one, a run directory
 has one writer at a time, an experiment's report never replaces a user's file, a run that fails before writing
-leaves no empty directory, an export or quantization never
-replaces its own input, a device or FIFO is never replaced by a file, and a full disk is one line with the previous
-file intact."""
+leaves no empty directory, an export or quantization never replaces its own input, a device or FIFO is never
+replaced by a file, and a full disk is one line with the previous file intact."""
 
 from __future__ import annotations
 
