@@ -434,3 +434,35 @@ def test_openvino_engines_dropped_in_any_order_leave_the_thread_a_live_signal_st
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert handled
+
+
+def test_the_inference_cases_run_the_model_as_predictor_does(monkeypatch):
+    """The img/s table's "library defaults" inference case runs what `alexnet predict` and `alexnet serve` run: conv
+    and fc weights cast to bf16 once, batch norm in fp32 under autocast (not the whole model cast), with the same
+    output as a `Predictor`'s model."""
+    from alexnet.device import autocast
+    from alexnet.experiments import bench as bench_module
+    from alexnet.experiments.bench import Case
+    from alexnet.models import create_model, matmul_weights_to
+
+    ran = {}
+    real = bench_module._infer_step
+
+    def spy(model, x, device, precision, cast_weights):
+        ran["model"] = model
+        return real(model, x, device, precision, cast_weights)
+
+    monkeypatch.setattr(bench_module, "_infer_step", spy)
+    case = Case("ours", "alexnet_small", "infer", 2, 32, "bf16", True, settings={"cast_weights": True})
+    step = bench_module.prepare_case(case, torch.device("cpu"))
+    step()
+    model = ran["model"]
+    dtypes = {type(m).__name__: m.weight.dtype for m in model.modules() if getattr(m, "weight", None) is not None}
+    assert dtypes["BatchNorm2d"] == torch.float32 and dtypes["Linear"] == torch.bfloat16
+    assert all(m.weight.dtype == torch.bfloat16 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    torch.manual_seed(0)
+    reference = create_model("alexnet_small", input_size=32).eval()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    matmul_weights_to(reference.to(memory_format=torch.channels_last), torch.bfloat16)
+    with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+        assert torch.equal(model(x), reference(x))

@@ -20,7 +20,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
-from ..models import create_model, model_info
+from ..models import create_model, matmul_weights_to, model_info
 from ..training.bf16_copies import Bf16Copies, applies
 from ..training.optim import PaperSGD, can_fuse
 from .measure import Stat, cpu_features, interleaved, ratio, utilisation
@@ -210,11 +210,10 @@ def _train_step(
 
 def _infer_step(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, cast_weights: bool):
     model.eval()
-    if cast_weights and precision == "bf16":
-        # Inference needs no fp32 master weights: casting once removes autocast's per-call weight conversions.
-        model = model.to(torch.bfloat16)
-        x = x.to(torch.bfloat16)
-        precision = "fp32"
+    if cast_weights and precision != "fp32":
+        # As `Predictor` (predict, serve) runs it: conv and fc weights cast once, not by autocast on every call; batch
+        # norm stays fp32 under autocast (casting the whole model measured a path no command runs).
+        matmul_weights_to(model, compute_dtype(precision))
 
     def step() -> None:
         with torch.inference_mode(), autocast(device, precision):
