@@ -12,6 +12,25 @@ from alexnet.config import load_config
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_configure(config):
+    """Compiled int8 programs (`alexnet.artifacts.program_cache`) go to one directory of this run, shared by the
+    xdist workers and the commands they start (which inherit the variable), not to the user's cache."""
+    if "ALEXNET_PROGRAM_CACHE" not in os.environ:
+        import tempfile
+
+        config._program_cache = tempfile.mkdtemp(prefix="alexnet-test-programs-")
+        os.environ["ALEXNET_PROGRAM_CACHE"] = config._program_cache
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_program_cache", None)
+    if made:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)
+        del os.environ["ALEXNET_PROGRAM_CACHE"]
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests run only where CUDA devices are (each says how many it needs with its own skip)."""
     if not torch.cuda.is_available():

@@ -100,7 +100,9 @@ def test_int8_sums_saturate_only_on_x86_without_vnni(monkeypatch):
 def test_the_compiled_program_takes_seven_bits_exactly_where_sums_saturate(extremes, monkeypatch, saturates):
     compiled = []
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: saturates)
-    monkeypatch.setattr(program_module, "aot_compile", lambda program, autotune=False: compiled.append(program))
+    monkeypatch.setattr(
+        program_module, "aot_compile", lambda program, autotune=False, cache_key=None: compiled.append(program)
+    )
     Int8Model(extremes[1], batch=8)
     assert {r[3] for r in _weights(compiled[0])} == ({64} if saturates else {127})
 
@@ -112,7 +114,9 @@ def test_fc_layers_on_the_int8_kernel_keep_their_eight_bits(extremes, monkeypatc
     compiled = []
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: True)
     monkeypatch.setenv("ALEXNET_QLINEAR_ROWS", "1")
-    monkeypatch.setattr(program_module, "aot_compile", lambda program, autotune=False: compiled.append(program))
+    monkeypatch.setattr(
+        program_module, "aot_compile", lambda program, autotune=False, cache_key=None: compiled.append(program)
+    )
     Int8Model(extremes[1], batch=8)
     (program,) = compiled
     assert [r[2:] for r in _weights(program)] == [(-64, 64)]  # the convolution's
@@ -127,7 +131,9 @@ def test_a_graph_the_halving_cannot_take_compiles_as_it_was_and_says_so(extremes
     compiled = []
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: True)
     monkeypatch.setenv("ALEXNET_QLINEAR_ROWS", "0")  # the program reaches the compiler as it came
-    monkeypatch.setattr(program_module, "aot_compile", lambda program, autotune=False: compiled.append(program))
+    monkeypatch.setattr(
+        program_module, "aot_compile", lambda program, autotune=False, cache_key=None: compiled.append(program)
+    )
 
     def fails(program):
         raise ValueError("conv: int8 weights with a zero point\nmore detail")

@@ -45,8 +45,8 @@ class CpuProgram:
 
 
 def load_cpu(package: Path, workdir: Path) -> CpuProgram:
-    """The program in ``package`` (a ``.pt2`` AOTInductor has just written; never a user's file: loading a shared
-    library runs its code), its shared library unpacked into ``workdir``."""
+    """The program in ``package`` (a ``.pt2`` AOTInductor has just written, or `program_cache` kept; never a user's
+    file: loading a shared library runs its code), its shared library unpacked into ``workdir``."""
     with zipfile.ZipFile(package) as archive:
         # The library, and the JSON beside it from which its proxy executor calls ops that have no C++ shim.
         archive.extractall(workdir)

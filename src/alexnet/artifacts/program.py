@@ -22,7 +22,7 @@ from torch import nn
 from .. import native
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
 from ..logs import level_set
-from . import aoti_cpu, qlinear_rows
+from . import aoti_cpu, program_cache, qlinear_rows
 from .program_guard import check_program
 from .trained import ModelMeta, TrainedModel
 
@@ -68,14 +68,17 @@ class ExportedModule(nn.Module):
         return self
 
 
-def aot_compile(program: torch.export.ExportedProgram, autotune: bool = False) -> Callable[[list], list]:
+def aot_compile(
+    program: torch.export.ExportedProgram, autotune: bool = False, cache_key: str | None = None
+) -> Callable[[list], list]:
     """``program`` compiled ahead of time by AOTInductor with its weights frozen: its loader's call, a list of input
-    tensors to a list of outputs.
+    tensors to a list of outputs. With ``cache_key`` (`program_cache.key` of the file it came from) the package this
+    compile makes is kept, and the next load of the same file on this CPU takes it instead of compiling again.
 
-    Compiled here, from the program, never loaded from a file: a compiled package is a shared library, and loading
-    one runs its code. AOTInductor rather than `torch.compile`: no guards, so a caller's `torch.inference_mode` or
-    grad mode cannot recompile the graph without these settings, and no config to re-enter each call (0.10 ms of a
-    2 ms batch-1 int8 call on an AMD EPYC).
+    Compiled here, from the program, never loaded from a model file: a compiled package is a shared library, and
+    loading one runs its code; the cache holds only packages compiled here. AOTInductor rather than `torch.compile`:
+    no guards, so a caller's `torch.inference_mode` or grad mode cannot recompile the graph without these settings,
+    and no config to re-enter each call (0.10 ms of a 2 ms batch-1 int8 call on an AMD EPYC).
     """
     # freezing: the weights become constants, which lets inductor pack them for oneDNN: its int8 kernels, and fc
     # weights in oneDNN's blocked layout (alexnet_owt bf16 at batch 1: 6.9 → 3.3 ms, eager spending most of it in
@@ -86,6 +89,12 @@ def aot_compile(program: torch.export.ExportedProgram, autotune: bool = False) -
     with tempfile.TemporaryDirectory(prefix="alexnet-aot-") as tmp, torch.no_grad(), warnings.catch_warnings():
         # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
         warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+        kept = program_cache.lookup(cache_key) if cache_key and _device(program).type == "cpu" else None
+        if kept is not None:
+            try:
+                return aoti_cpu.load_cpu(kept, Path(tmp))
+            except Exception as err:  # a damaged file (the zip's checksums), a torch that cannot run it: compile
+                log.debug("the kept program %s does not load (%s): compiling", kept, first_line(err))
         try:
             package = torch._inductor.aoti_compile_and_package(
                 program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=settings
@@ -96,9 +105,13 @@ def aot_compile(program: torch.export.ExportedProgram, autotune: bool = False) -
             ) from err
         if _device(program).type == "cpu":
             try:
-                return aoti_cpu.load_cpu(Path(package), Path(tmp))  # its weights 64-byte aligned (see aoti_cpu)
+                run = aoti_cpu.load_cpu(Path(package), Path(tmp))  # its weights 64-byte aligned (see aoti_cpu)
             except Exception as err:  # a torch whose runner API moved costs speed, never the model
                 log.warning("the compiled program's weights stay where AOTInductor put them (%s)", first_line(err))
+            else:
+                if cache_key:
+                    program_cache.store(cache_key, Path(package))
+                return run
         # The loader's own call: the package's wrapper re-parses its input and output specs on every call (0.03-0.06
         # ms of a 1.6 ms batch-1 call), and these programs take one tensor and return one.
         return torch._inductor.aoti_load_package(package).loader.boxed_run
@@ -161,7 +174,9 @@ class Int8Model(ExportedModule):
     """A quantized program compiled by `aot_compile` for batches of exactly ``batch`` (B, C, H, W) inputs; other
     batch sizes are cut into such chunks, the last one zero-padded."""
 
-    def __init__(self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False) -> None:
+    def __init__(
+        self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False, cache_key: str | None = None
+    ) -> None:
         super().__init__()
         self.batch = batch
         # Each rewrite fits the program to this CPU; a graph one did not foresee compiles as it was, and is said.
@@ -180,7 +195,7 @@ class Int8Model(ExportedModule):
                     program = rewrite(program)
                 except Exception as err:
                     log.warning("%s (%s)", otherwise, first_line(err))
-        self._run = aot_compile(program, autotune)
+        self._run = aot_compile(program, autotune, cache_key)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous()
@@ -216,7 +231,8 @@ def load_program(path: Path | str) -> TrainedModel:
     meta = ModelMeta.from_dict(json.loads(extra["alexnet.json"]), str(path))
     quantization = meta.provenance.get("quantization")
     if quantization:
-        model: nn.Module = Int8Model(program, int(quantization["batch"]), bool(quantization.get("autotune")))
+        batch, autotune = int(quantization["batch"]), bool(quantization.get("autotune"))
+        model: nn.Module = Int8Model(program, batch, autotune, program_cache.key(path, batch, autotune))
         return TrainedModel(model.eval(), meta, None, str(path))
     return TrainedModel(ProgramModel(program.module(), meta.model.in_channels), meta, None, str(path))
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..artifacts.loader import load_trained
-from ..artifacts.program import Int8Model, load_torchao
+from ..artifacts.program import Int8Model, load_program, load_torchao
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.stored import stored_split
 from ..errors import AlexNetError
@@ -81,16 +81,20 @@ def quantize(
     """``trained`` as an int8 `TrainedModel` (compiled, CPU) and its program, to save with `save_int8`; ``autotune``
     is recorded, and loading the program compiles it the same way."""
     program = quantize_graph(trained.model, calibration, batch)
+    meta = _int8_meta(trained.meta, batch, len(calibration), autotune, record)
+    model = Int8Model(program, batch, autotune)
+    return TrainedModel(model.eval(), meta, None, trained.source), program
+
+
+def _int8_meta(meta: ModelMeta, batch: int, images: int, autotune: bool, record: dict[str, Any] | None) -> ModelMeta:
     quantization = {
         "scheme": SCHEME,
         "batch": batch,
-        "calibration_images": len(calibration),
+        "calibration_images": images,
         "autotune": autotune,
         **(record or {}),
     }
-    meta = replace(trained.meta, provenance={**trained.meta.provenance, "quantization": quantization})
-    model = Int8Model(program, batch, autotune)
-    return TrainedModel(model.eval(), meta, None, trained.source), program
+    return replace(meta, provenance={**meta.provenance, "quantization": quantization})
 
 
 def save_int8(program: torch.export.ExportedProgram, meta: ModelMeta, path: Path | str) -> None:
@@ -144,8 +148,10 @@ def quantize_file(
     began = time.perf_counter()
     inputs = calibration_inputs(trained, calibration, data_dir, seed)
     record = {"calibration_split": "train", "calibration_seed": seed, "dataset": trained.preprocessing.dataset}
-    int8, program = quantize(trained, inputs, batch, record, autotune)
-    save_int8(program, int8.meta, out)
+    program = quantize_graph(trained.model, inputs, batch)
+    save_int8(program, _int8_meta(trained.meta, batch, len(inputs), autotune, record), out)
+    # Checked as every later load runs it, compiled from the file just written (and kept: see `program_cache`).
+    int8 = load_program(out)
     check = calibration_inputs(trained, min(256, calibration), data_dir, seed + 1)
     with torch.no_grad():
         agree = (int8.model(check).argmax(1) == trained.model.float()(check).argmax(1)).float().mean().item()
