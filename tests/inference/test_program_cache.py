@@ -107,3 +107,21 @@ def test_a_cache_that_cannot_be_written_costs_nothing_but_the_next_compile(tmp_p
     monkeypatch.delenv(program_cache.ENV)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert program_cache.cache_dir() == tmp_path / "torch" / "alexnet" / "programs"
+
+
+def test_a_package_others_could_have_written_is_not_taken(tmp_path, monkeypatch):
+    """A cache directory (or package) another user may write could hold their code: it is not loaded from."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(program_cache.ENV, str(cache))
+    package = tmp_path / "package.pt2"
+    package.write_bytes(b"compiled")
+    program_cache.store("a", package)
+    assert program_cache.lookup("a") is not None
+    for target, mode in ((cache, 0o777), (cache, 0o720), (cache / "a.pt2", 0o666)):
+        before = stat.S_IMODE(target.stat().st_mode)
+        target.chmod(mode)
+        assert program_cache.lookup("a") is None, (target, oct(mode))
+        target.chmod(before)
+    me = os.getuid()
+    monkeypatch.setattr(program_cache.os, "getuid", lambda: me + 1)  # owned by someone else
+    assert program_cache.lookup("a") is None

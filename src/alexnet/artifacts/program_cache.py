@@ -7,8 +7,8 @@ so it is kept under ``$ALEXNET_PROGRAM_CACHE`` (default ``$TORCH_HOME/alexnet/pr
 turns the cache off), named by the SHA-256 of the model file and of everything else the compile depends on: the
 batch, autotuning, this CPU's instruction sets (the graph rewrites and ``-march`` follow them), torch's version and
 the source of the modules that rewrite and load the graph. A model file whose bytes differ, even by its metadata,
-compiles anew. The directory is made private to the user (0700), as a cache of shared libraries must be; the
-`keep` most recently used programs stay.
+compiles anew. The directory is made private to the user (0700), as a cache of shared libraries must be, and a
+package is only taken from a directory no one else may write; the `KEEP` most recently used programs stay.
 """
 
 from __future__ import annotations
@@ -59,11 +59,22 @@ def key(file: Path, batch: int, autotune: bool) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
+def _private(path: Path) -> bool:
+    """Whether ``path`` is this user's and no one else may write it: a package another user could have put or
+    replaced there would run their code here."""
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def lookup(name: str) -> Path | None:
-    """The kept package named ``name``, marked as just used; None when there is none (or no cache)."""
+    """The kept package named ``name``, marked as just used; None when there is none, no cache, or the cache or the
+    package is not private to this user."""
     root = cache_dir()
     path = root / f"{name}.pt2" if root else None
     if path is None or not path.is_file():
+        return None
+    if not (_private(path.parent) and _private(path)):
+        log.warning("%s is not private to this user: its compiled programs are not used", path.parent)
         return None
     with contextlib.suppress(OSError):
         os.utime(path)
