@@ -247,6 +247,18 @@ def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_pa
     assert set(result["per_class_acc"]) == {"$x^{2", "plain", "a_b$"}
     assert json.loads((out_dir / "eval.json").read_text())["acc1"] == result["acc1"]
     assert (out_dir / "confusion.png").stat().st_size > 1000  # drawn: the names were not parsed as maths
+    # Again into the same directory: its own earlier output, written again. A user's files of those names: kept.
+    assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json", "--out", str(out_dir)]) == 0
+    capsys.readouterr()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("eval.json", "confusion.png"):
+        (mine / name).write_text('{"mine": 1}')
+        assert main(["eval", "--weights", weights, "--data-dir", str(root), "--json", "--out", str(mine)]) == 2
+        err = capsys.readouterr().err
+        assert f"holds {name}, which this command writes" in err and len(err.splitlines()) == 1, err
+        assert [p.name for p in mine.iterdir()] == [name] and (mine / name).read_text() == '{"mine": 1}'
+        (mine / name).unlink()
 
 
 @pytest.mark.slow
