@@ -101,7 +101,7 @@ def test_the_compiled_program_takes_seven_bits_exactly_where_sums_saturate(extre
     compiled = []
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: saturates)
     monkeypatch.setattr(
-        program_module, "aot_compile", lambda program, autotune=False, cache_key=None: compiled.append(program)
+        program_module, "aot_compile", lambda program, autotune=False, cache=False: compiled.append(program)
     )
     Int8Model(extremes[1], batch=8)
     assert {r[3] for r in _weights(compiled[0])} == ({64} if saturates else {127})
@@ -115,7 +115,7 @@ def test_fc_layers_on_the_int8_kernel_keep_their_eight_bits(extremes, monkeypatc
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: True)
     monkeypatch.setenv("ALEXNET_QLINEAR_ROWS", "1")
     monkeypatch.setattr(
-        program_module, "aot_compile", lambda program, autotune=False, cache_key=None: compiled.append(program)
+        program_module, "aot_compile", lambda program, autotune=False, cache=False: compiled.append(program)
     )
     Int8Model(extremes[1], batch=8)
     (program,) = compiled
@@ -132,7 +132,7 @@ def test_a_graph_the_halving_cannot_take_compiles_as_it_was_and_says_so(extremes
     monkeypatch.setattr("alexnet.native.int8_saturates", lambda: True)
     monkeypatch.setenv("ALEXNET_QLINEAR_ROWS", "0")  # the program reaches the compiler as it came
     monkeypatch.setattr(
-        program_module, "aot_compile", lambda program, autotune=False, cache_key=None: compiled.append(program)
+        program_module, "aot_compile", lambda program, autotune=False, cache=False: compiled.append(program)
     )
 
     def fails(program):

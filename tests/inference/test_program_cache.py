@@ -1,6 +1,6 @@
-"""Compiled int8 programs are kept between loads (`alexnet.artifacts.program_cache`): `quantize` compiles once, every
-later load of the same file on this CPU takes the kept package, and anything that would change the compile (the
-file's bytes, the batch, autotuning, the CPU, torch, the code) compiles anew."""
+"""Compiled programs are kept between loads (`alexnet.artifacts.program_cache`): `quantize` compiles once, every later
+load of the same int8 file (and every `--compile` of the same model) on this CPU takes the kept package, and anything
+that would change the compile (the program's graph or weights, autotuning, the CPU, torch, the code) compiles anew."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import stat
 import pytest
 import torch
 
+import alexnet
 from alexnet.artifacts import program_cache
 from alexnet.artifacts.program import load_program
+from alexnet.inference.compiled import CompiledModel
 from alexnet.inference.quantize import quantize_file
+from alexnet.models import standard_modules
 
 from ..conftest import make_weights
 
@@ -39,7 +42,7 @@ def test_quantize_compiles_once_and_later_loads_take_the_kept_program(tmp_path, 
     quantize_file(weights, out, calibration=16, batch=8, autotune=False)
     assert compiles[0] == 1
     kept = list(cache.iterdir())
-    assert len(kept) == 1 and kept[0].name == program_cache.key(out, 8, False) + ".pt2"
+    assert len(kept) == 1
     # Private to the user: a directory of shared libraries another user could add to would run their code.
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and stat.S_IMODE(kept[0].stat().st_mode) == 0o600
 
@@ -60,24 +63,40 @@ def test_quantize_compiles_once_and_later_loads_take_the_kept_program(tmp_path, 
     assert compiles[0] == 2  # the replacement loads
 
 
-def test_everything_the_compile_depends_on_names_another_program(tmp_path, monkeypatch):
-    model = tmp_path / "q.pt2"
-    model.write_bytes(b"a program")
-    base = program_cache.key(model, 8, False)
-    assert program_cache.key(model, 8, False) == base
-    others = {program_cache.key(model, 16, False), program_cache.key(model, 8, True)}
-    model.write_bytes(b"a program, its metadata changed")
-    others.add(program_cache.key(model, 8, False))
-    model.write_bytes(b"a program")
+def _program(seed: int = 0):
+    torch.manual_seed(seed)
+    model = alexnet.create_model("alexnet_small", num_classes=4, width=0.25).eval()
+    with torch.no_grad(), standard_modules(model):
+        return model, torch.export.export(model, (torch.zeros(2, 3, 32, 32),))
+
+
+def test_everything_the_compile_depends_on_names_another_program(monkeypatch):
+    _, program = _program()
+    base = program_cache.key(program, False)
+    assert program_cache.key(_program()[1], False) == base  # the same program, exported again
+    others = {program_cache.key(_program(seed=1)[1], False), program_cache.key(program, True)}  # weights; autotune
     monkeypatch.setattr(program_cache.native, "cpu_fingerprint", lambda: "another cpu")
-    others.add(program_cache.key(model, 8, False))
+    others.add(program_cache.key(program, False))
     monkeypatch.undo()
     monkeypatch.setattr(program_cache.torch, "__version__", "9.9.9")
-    others.add(program_cache.key(model, 8, False))
+    others.add(program_cache.key(program, False))
     monkeypatch.undo()
     monkeypatch.setattr(program_cache, "_code_digest", lambda: "edited")
-    others.add(program_cache.key(model, 8, False))
-    assert len(others) == 6 and base not in others
+    others.add(program_cache.key(program, False))
+    assert len(others) == 5 and base not in others
+
+
+def test_compile_takes_the_kept_program_of_the_same_model(tmp_path, monkeypatch, compiles):
+    """`--compile` (`serve --compile` at every start): the same model compiles once (other weights are another
+    program: the test above)."""
+    monkeypatch.setenv(program_cache.ENV, str(tmp_path / "cache"))
+    model, _ = _program()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        want = CompiledModel(model, 3, 32, torch.float32)(x)
+        assert compiles[0] == 1
+        assert torch.equal(CompiledModel(model, 3, 32, torch.float32)(x), want)
+    assert compiles[0] == 1 and len(list((tmp_path / "cache").iterdir())) == 1
 
 
 def test_the_least_recently_used_go_beyond_the_limit(tmp_path, monkeypatch):
@@ -92,6 +111,12 @@ def test_the_least_recently_used_go_beyond_the_limit(tmp_path, monkeypatch):
     program_cache.store("c", package)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["a.pt2", "c.pt2"]
     assert program_cache.lookup("b") is None
+    monkeypatch.setattr(program_cache, "KEEP_BYTES", len(b"compiled") * 3 // 2)  # room for one and a half
+    program_cache.store("d", package)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["d.pt2"]
+    package.write_bytes(b"compiled" * 10)  # larger than the limit alone: the newest stays all the same
+    program_cache.store("e", package)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["e.pt2"]
 
 
 def test_a_cache_that_cannot_be_written_costs_nothing_but_the_next_compile(tmp_path, monkeypatch):

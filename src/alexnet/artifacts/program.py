@@ -69,11 +69,11 @@ class ExportedModule(nn.Module):
 
 
 def aot_compile(
-    program: torch.export.ExportedProgram, autotune: bool = False, cache_key: str | None = None
+    program: torch.export.ExportedProgram, autotune: bool = False, cache: bool = False
 ) -> Callable[[list], list]:
     """``program`` compiled ahead of time by AOTInductor with its weights frozen: its loader's call, a list of input
-    tensors to a list of outputs. With ``cache_key`` (`program_cache.key` of the file it came from) the package this
-    compile makes is kept, and the next load of the same file on this CPU takes it instead of compiling again.
+    tensors to a list of outputs. With ``cache``, on the CPU, the package this compile makes is kept
+    (`program_cache`), and the next compile of the same program takes it instead.
 
     Compiled here, from the program, never loaded from a model file: a compiled package is a shared library, and
     loading one runs its code; the cache holds only packages compiled here. AOTInductor rather than `torch.compile`:
@@ -89,7 +89,8 @@ def aot_compile(
     with tempfile.TemporaryDirectory(prefix="alexnet-aot-") as tmp, torch.no_grad(), warnings.catch_warnings():
         # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
         warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
-        kept = program_cache.lookup(cache_key) if cache_key and _device(program).type == "cpu" else None
+        cache_key = program_cache.key(program, autotune) if cache and _device(program).type == "cpu" else None
+        kept = program_cache.lookup(cache_key) if cache_key else None
         if kept is not None:
             try:
                 return aoti_cpu.load_cpu(kept, Path(tmp))
@@ -175,7 +176,7 @@ class Int8Model(ExportedModule):
     batch sizes are cut into such chunks, the last one zero-padded."""
 
     def __init__(
-        self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False, cache_key: str | None = None
+        self, program: torch.export.ExportedProgram, batch: int, autotune: bool = False, cache: bool = False
     ) -> None:
         super().__init__()
         self.batch = batch
@@ -195,7 +196,7 @@ class Int8Model(ExportedModule):
                     program = rewrite(program)
                 except Exception as err:
                     log.warning("%s (%s)", otherwise, first_line(err))
-        self._run = aot_compile(program, autotune, cache_key)
+        self._run = aot_compile(program, autotune, cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous()
@@ -232,7 +233,7 @@ def load_program(path: Path | str) -> TrainedModel:
     quantization = meta.provenance.get("quantization")
     if quantization:
         batch, autotune = int(quantization["batch"]), bool(quantization.get("autotune"))
-        model: nn.Module = Int8Model(program, batch, autotune, program_cache.key(path, batch, autotune))
+        model: nn.Module = Int8Model(program, batch, autotune, cache=True)
         return TrainedModel(model.eval(), meta, None, str(path))
     return TrainedModel(ProgramModel(program.module(), meta.model.in_channels), meta, None, str(path))
 

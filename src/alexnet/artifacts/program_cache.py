@@ -1,19 +1,21 @@
-"""Compiled int8 programs kept between loads.
+"""Compiled programs kept between loads.
 
 An int8 ``.pt2`` holds a graph, never compiled code (loading a shared library from a model file would run its code),
 so every load compiles it with AOTInductor: 13 s for a small model on 2 cores of an AMD EPYC (Zen 4), half a minute
-with autotuning, paid again by every `alexnet predict`. The package that compile makes is this project's own output,
-so it is kept under ``$ALEXNET_PROGRAM_CACHE`` (default ``$TORCH_HOME/alexnet/programs``, ``~/.cache/torch/...``; ``0``
-turns the cache off), named by the SHA-256 of the model file and of everything else the compile depends on: the
-batch, autotuning, this CPU's instruction sets (the graph rewrites and ``-march`` follow them), torch's version and
-the source of the modules that rewrite and load the graph. A model file whose bytes differ, even by its metadata,
-compiles anew. The directory is made private to the user (0700), as a cache of shared libraries must be, and a
-package is only taken from a directory no one else may write; the `KEEP` most recently used programs stay.
+with autotuning, paid again by every `alexnet predict`; `--compile` (`alexnet.inference.compiled`) pays ~14 s for
+`alexnet_owt` at every start of `alexnet serve`. The package that compile makes is this project's own output, so it
+is kept under ``$ALEXNET_PROGRAM_CACHE`` (default ``$TORCH_HOME/alexnet/programs``, ``~/.cache/torch/...``; ``0``
+turns the cache off), named by the SHA-256 of the program itself (`program_digest`: graph, shapes, weights) and of
+all else the compile depends on: autotuning, this CPU's instruction sets (``-march``), torch's version and this
+package's source. The directory is made private to the user (0700), as a cache of shared libraries must be, and a
+package is only taken from a directory no one else may write; the `KEEP` most recently used packages stay, within
+`KEEP_BYTES`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +31,8 @@ from ..files import atomic_write
 log = logging.getLogger(__name__)
 
 ENV = "ALEXNET_PROGRAM_CACHE"
-KEEP = 8  # programs; alexnet_owt's int8 package is ~62 MB
+KEEP = 8  # packages
+KEEP_BYTES = 2 << 30  # alexnet_owt's bf16 package (`--compile`) is 246 MB, its int8 one ~62 MB
 
 
 def cache_dir() -> Path | None:
@@ -40,22 +43,44 @@ def cache_dir() -> Path | None:
     return Path(chosen) if chosen else Path(torch.hub.get_dir()).parent / "alexnet" / "programs"
 
 
+@functools.cache
 def _code_digest() -> str:
-    # The modules whose code decides what a program compiles to: an edit (or an upgrade) compiles anew.
-    here = Path(__file__).parent
-    sources = [here / name for name in ("program.py", "qlinear_rows.py", "aoti_cpu.py", "csrc/qlinear_rows.cpp")]
+    # The package's source (Python and C++): its custom operators (the fused LRN, the int8 fc rows) are part of what a
+    # program runs, and this module's compile settings part of how; an edit or an upgrade compiles anew.
+    root = Path(__file__).parents[1]
     digest = hashlib.sha256()
-    for source in sources:
-        with contextlib.suppress(OSError):
-            digest.update(source.read_bytes())
+    for source in sorted(p for pattern in ("*.py", "*.cpp", "*.h") for p in root.rglob(pattern)):
+        digest.update(source.relative_to(root).as_posix().encode())
+        digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
-def key(file: Path, batch: int, autotune: bool) -> str:
-    """The cache's name for ``file`` compiled for ``batch`` on this CPU, with this torch and this code."""
-    with open(file, "rb") as f:
-        content = hashlib.file_digest(f, "sha256").hexdigest()
-    parts = [content, batch, autotune, native.cpu_fingerprint(), torch.__version__, _code_digest()]
+def program_digest(program: torch.export.ExportedProgram) -> str:
+    """The SHA-256 of what ``program`` computes: its graph's code, its signature and shapes (dynamic ranges too), and
+    every weight's bytes; not the nodes' provenance metadata, which carries Python object ids (two quantizations of
+    the same model, bit for bit the same weights, were written with different ones)."""
+    digest = hashlib.sha256()
+    for text in (program.graph_module.code, program.graph_signature, program.range_constraints):
+        digest.update(str(text).encode())
+    for node in program.graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            digest.update(f"{node.name}:{getattr(val, 'shape', None)}:{getattr(val, 'dtype', None)}".encode())
+    for name, tensor in sorted({**program.state_dict, **program.constants}.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{tensor.stride()}".encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def key(program: torch.export.ExportedProgram, autotune: bool) -> str | None:
+    """The cache's name for ``program`` compiled with ``autotune`` on this CPU, with this torch and this code (the
+    same program, however it was made, compiles once); None where its weights cannot be read as bytes."""
+    try:
+        content = program_digest(program)
+    except Exception as err:  # a constant that is not a plain tensor: compiled every time, as before
+        log.debug("no cache key for this program: %s", err)
+        return None
+    parts = [content, autotune, native.cpu_fingerprint(), torch.__version__, _code_digest()]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
@@ -92,8 +117,10 @@ def store(name: str, package: Path) -> None:
         os.chmod(root, 0o700)  # a directory made before, or by mkdir under a umask: only its user may add libraries
         with open(package, "rb") as src:
             atomic_write(root / f"{name}.pt2", lambda f: shutil.copyfileobj(src, f), mode=0o600)
-        kept = sorted(root.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[KEEP:]:
-            old.unlink(missing_ok=True)
+        total = 0
+        for rank, kept in enumerate(sorted(root.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)):
+            total += kept.stat().st_size
+            if rank and (rank >= KEEP or total > KEEP_BYTES):  # the newest stays, whatever its size
+                kept.unlink(missing_ok=True)
     except Exception as err:  # WriteError, OSError: a read-only or full disk
         log.debug("compiled program not kept in %s: %s", root, err)

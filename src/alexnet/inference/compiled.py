@@ -39,7 +39,7 @@ class CompiledModel(ExportedModule):
         oblivious = _size_oblivious_config().patch(backed_size_oblivious=True) if single else contextlib.nullcontext()
         with torch.no_grad(), standard_modules(model), oblivious:
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        self._run = aot_compile(program)
+        self._run = aot_compile(program, cache=True)  # a restart of `serve --compile` takes the kept package
         log.info("compiled %s for %s in %.1f s", type(model).__name__, dtype, time.perf_counter() - start)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
