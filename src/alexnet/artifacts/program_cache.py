@@ -108,7 +108,8 @@ def lookup(name: str) -> Path | None:
 
 def store(name: str, package: Path) -> None:
     """Keep ``package`` as ``name`` (atomically: a reader sees the whole file or none), and drop the least recently
-    used beyond `KEEP`. A cache that cannot be written costs the next load its compile, never this one's model."""
+    used beyond `KEEP` packages or `KEEP_BYTES`. A cache that cannot be written costs the next load its compile, never
+    this one's model."""
     root = cache_dir()
     if root is None:
         return
