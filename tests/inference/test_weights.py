@@ -248,3 +248,12 @@ def test_eval_export_and_fine_tuning_from_an_entry(entry, tmp_path, capsys):
     rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     val_loss, val_acc1 = [float(r[4]) for r in rows], [float(r[5]) for r in rows]
     assert len(rows) == 20 and val_loss[-1] < val_loss[0] - 0.02 and val_acc1[-1] == 100.0
+
+
+@pytest.mark.parametrize("weights", ["NOPE_V1", "alexnet_owt.NOPE", "runs/x/best.safetensors", "best.pt"])
+def test_create_model_points_a_file_of_weights_to_load_trained(weights):
+    """`create_model(weights=...)` takes registered names only: unknown names and file paths are told the way to
+    a file (it once said "or give a file path", which it then refused)."""
+    with pytest.raises((W.WeightsError, ValueError), match=r"alexnet\.load_trained\(path\)") as refused:
+        alexnet.create_model("alexnet_owt", weights=weights)
+    assert "give a file path" not in str(refused.value)

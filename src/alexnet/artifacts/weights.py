@@ -180,7 +180,10 @@ def get_weights(name: str, variant: str | None = None) -> Weights:
             return own[0]
         name = f"{variant}.{name}"
     if name not in _REGISTRY:
-        raise WeightsError(f"no weights called {name!r}; registered: {sorted(_REGISTRY)} (or give a file path)")
+        raise WeightsError(
+            f"no weights called {name!r}; registered: {sorted(_REGISTRY)} (a file of weights loads with "
+            "alexnet.load_trained(path))"
+        )
     return _REGISTRY[name]
 
 
