@@ -132,7 +132,7 @@ BAD_INPUTS = [
     (np.full((8, 8), np.inf, np.float32), "NaN or infinite"),
     (b"\x89PNG not really", "not a decodable image"),
     (b"", "empty file"),
-    (12345, "cannot predict on a int"),
+    (12345, "cannot predict on an object of type int"),
 ]
 
 

@@ -224,7 +224,8 @@ class Predictor:
             x = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().byte()
             return to_stored(x.expand(3, -1, -1) if x.shape[0] == 1 else x, s, c)
         raise InvalidImageError(
-            f"cannot predict on a {type(item).__name__}; pass a path, a file's bytes, a PIL image, a tensor or an array"
+            f"cannot predict on an object of type {type(item).__name__}; pass a path, a file's bytes, a PIL image, a "
+            "tensor or an array"
         )
 
     def predict_stored(self, x: torch.Tensor, topk: int = 5, ten_crop: bool = False) -> list[list[tuple[str, float]]]:
