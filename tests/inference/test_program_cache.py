@@ -12,9 +12,10 @@ import torch
 
 import alexnet
 from alexnet.artifacts import program_cache
+from alexnet.artifacts.loader import load_trained
 from alexnet.artifacts.program import load_program
 from alexnet.inference.compiled import CompiledModel
-from alexnet.inference.quantize import quantize_file
+from alexnet.inference.quantize import calibration_inputs, quantize, quantize_file
 from alexnet.models import standard_modules
 
 from ..conftest import make_weights
@@ -49,6 +50,10 @@ def test_quantize_compiles_once_and_later_loads_take_the_kept_program(tmp_path, 
     x = torch.rand(11, 3, 32, 32)  # 11: one full batch of 8, and a padded one
     first = load_program(out)
     assert compiles[0] == 1  # taken from the cache
+    # `eval --precision int8` quantizes in memory: the same calibration makes the same program, kept already.
+    trained = load_trained(weights)
+    quantize(trained, calibration_inputs(trained, 16), batch=8)
+    assert compiles[0] == 1
     with torch.no_grad():
         got = first.model(x)
     # A kept package damaged on disk (its zip checksums fail) is compiled again from the file, computes what the kept

@@ -14,7 +14,7 @@ from alexnet.cli import main
 from alexnet.inference.quantize import calibration_inputs
 from alexnet.training.fit import fit
 
-from ..conftest import tiny_config
+from ..conftest import FIXTURES, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,19 @@ def test_quantize_writes_an_int8_program_that_loads_and_agrees(trained_run, tmp_
     assert results["fp32"]["images"] == results["int8"]["images"] == results["fly"]["images"]
     assert abs(results["int8"]["acc1"] - results["fp32"]["acc1"]) <= 3.0
     assert abs(results["fly"]["acc1"] - results["fp32"]["acc1"]) <= 3.0
+    assert results["fly"]["loss"] != results["fp32"]["loss"]  # quantized on the fly, not the fp32 model again
+
+
+def test_eval_int8_on_the_wrong_data_is_refused_before_quantizing(trained_run, monkeypatch, capsys):
+    """The class check comes before the calibration and the compile (for alexnet_owt with autotuning, minutes)."""
+    import alexnet.inference.evaluate as evaluate_module
+
+    quantized = []
+    monkeypatch.setattr(evaluate_module, "_quantized", lambda *args: quantized.append(args))
+    weights = str(trained_run / "best.safetensors")
+    args = ["eval", "--checkpoint", weights, "--precision", "int8", "--dataset", "fashion-mnist"]
+    assert main([*args, "--data-dir", str(FIXTURES)]) == 2
+    assert "this data set has 10" in capsys.readouterr().err and quantized == []
 
 
 def test_quantize_refuses_a_wrong_suffix_and_a_broken_program(trained_run, tmp_path, capsys):

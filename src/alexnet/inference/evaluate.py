@@ -71,9 +71,6 @@ def evaluate_checkpoint(
     if views["ten_crop"] and views["translate"]:
         raise ConfigError("ten crops and translated views are exclusive: ten crops are translations already")
     int8 = precision == "int8" or any(is_int8(m) for m in members)
-    if precision == "int8":  # quantize on the fly, calibrated on the training split
-        members = [_quantized(m, data_dir) for m in members]
-    trained = members[0]
     prep = trained.preprocessing
     # Only the validation split is read; the preprocessing is the one recorded with the weights.
     cfg = dataclasses.replace(trained.config.data) if trained.config else DataConfig()
@@ -96,10 +93,12 @@ def evaluate_checkpoint(
             f"{paths[0]} was trained on {len(trained.classes)} classes {trained.meta.labels[:4]}…; this data set has "
             f"{len(classes)}: {shown}…"
         )
+    if precision == "int8":  # quantize on the fly, calibrated on the training split: once the data set is known good
+        members = [_quantized(m, data_dir) for m in members]
     transform = prep.transform()
     if prep.mean_image:  # the per-pixel mean is not stored with the weights: recompute it, as training did
         transform.mean = training_mean_image(cfg, prep.stored_size)
-    model = trained.model if len(members) == 1 else Ensemble([m.model for m in members])
+    model = members[0].model if len(members) == 1 else Ensemble([m.model for m in members])
     if not int8:
         model = model.to(dev, memory_format=torch.channels_last)
     if not int8 and prec != "fp32":  # cast once, as `Predictor` does, not by autocast on every batch (the same sums)

@@ -82,7 +82,7 @@ def quantize(
     is recorded, and loading the program compiles it the same way."""
     program = quantize_graph(trained.model, calibration, batch)
     meta = _int8_meta(trained.meta, batch, len(calibration), autotune, record)
-    model = Int8Model(program, batch, autotune)
+    model = Int8Model(program, batch, autotune, cache=True)  # `eval --precision int8` again: the kept package
     return TrainedModel(model.eval(), meta, None, trained.source), program
 
 
