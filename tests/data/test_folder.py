@@ -151,3 +151,18 @@ def test_a_dead_worker_is_named_by_its_file(template):
     assert "fine.jpg" not in str(err.value)
     with pytest.raises(ValueError), reporting_worker_crashes(loader):
         raise ValueError("other errors pass through")
+
+
+def test_check_present_names_a_missing_data_set_without_loading_it(tmp_path, monkeypatch):
+    from alexnet.data import sources
+    from alexnet.data.pipeline import check_present
+
+    check_present(DataConfig(dataset="fake"))
+    check_present(DataConfig(dataset="folder", data_dir=str(make_folder(tmp_path / "imgs"))))
+    with pytest.raises(DataNotFoundError, match="needs train/ and val/"):
+        check_present(DataConfig(dataset="folder", data_dir=str(tmp_path / "nowhere")))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    with pytest.raises(DataNotFoundError, match="fashion-mnist not found"):
+        check_present(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "nowhere"), download=False))
+    with pytest.raises(ValueError, match="unknown data set"):
+        check_present(DataConfig(dataset="nope"))

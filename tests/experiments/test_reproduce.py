@@ -219,3 +219,33 @@ def test_censored_runs_are_bounds_not_numbers():
 def test_paired_differences():
     e = claims.paired([2.0, 2.5, 1.5])
     assert e.estimate == pytest.approx(2.0) and e.low == pytest.approx(2 - 4.303 * 0.5 / math.sqrt(3), rel=1e-4)
+
+
+def test_a_missing_data_set_is_named_before_the_first_run(tmp_path, capsys, monkeypatch):
+    """The small budget's dropout claim reads Fashion-MNIST after the CIFAR-10 claims have trained: missing, it is
+    named before anything trains; once its runs have their records it is not needed."""
+    import alexnet.experiments.reproduce as reproduce
+    from alexnet.data import sources
+    from tests.conftest import make_folder
+
+    trained = []
+
+    def fit(cfg):
+        trained.append(cfg)
+        raise KeyboardInterrupt  # the preflight passed: stop at the first run
+
+    monkeypatch.setattr(reproduce, "fit", fit)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    cifar = make_folder(tmp_path / "cifar", splits=("train", "test"))
+    out = tmp_path / "runs"
+    args = ["reproduce", "--out", str(out), "--only", "lrn,dropout", "--seeds", "1", "--cifar-dir", str(cifar)]
+    missing = ["--fashion-dir", str(tmp_path / "nowhere"), "--no-progress", "--set", "data.download=false"]
+    assert main([*args, *missing]) == 2
+    err = capsys.readouterr().err
+    assert "fashion-mnist not found" in err and len(err.splitlines()) == 1, err
+    assert trained == [] and not out.exists()
+    for arm in ("dropout", "no_dropout"):  # as a fresh clone of committed records has them
+        record = out / "dropout" / arm / "seed0" / "done.json"
+        record.parent.mkdir(parents=True)
+        record.write_text("{}")
+    assert main([*args, *missing]) == 130 and len(trained) == 1  # on to the first CIFAR-10 run

@@ -142,6 +142,24 @@ def training_mean_image(cfg: DataConfig, stored: int) -> torch.Tensor:
     return mean_image_of(decode_split(samples, classes, stored, cfg.workers, cfg.max_bad_fraction))
 
 
+def check_present(cfg: DataConfig) -> None:
+    """Raise now if ``cfg``'s data set is not there (downloading it where ``cfg`` allows, as training would): for a
+    command that trains several runs on several data sets, before the first, rather than hours later at the run
+    that needs the missing one.
+
+    Raises:
+        DataNotFoundError: the message says how to get it; ValueError: an unknown data set.
+    """
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown data set {cfg.dataset!r}; choose one of {list(DATASETS)}")
+    if cfg.dataset in TENSOR_DATASETS:
+        for train in (True, False):
+            load_tensor_split(cfg.dataset, cfg.data_dir, train=train, download=cfg.download)
+        return
+    train_dir, _ = find_splits(data_root(cfg.data_dir))
+    list_classes(train_dir)
+
+
 def build_eval_loader(
     cfg: DataConfig, stored: int, device: torch.device, rank: int = 0, world: int = 1
 ) -> tuple[Loader, list[str]]:

@@ -27,6 +27,7 @@ import torch
 
 from .. import native
 from ..config import load_config
+from ..data.pipeline import check_present
 from ..errors import AlexNetError
 from ..files import atomic_write, check_outputs, read_record
 from ..training.fit import fit
@@ -263,6 +264,23 @@ def _claim_result(exp: Experiment, arms: dict[str, claims.Arm], effect: claims.E
     )
 
 
+def _recorded(plan: Plan, home: Path, seeds: int) -> bool:
+    """Whether every seed of the arm at ``home`` has its record: nothing of it trains in this sitting."""
+    return all((plan.records / home / f"seed{s}" / "done.json").is_file() for s in range(seeds))
+
+
+def _check_data(plan: Plan, arms: list[Arm]) -> None:
+    """Every data set the ``arms`` about to train read is there, before the first trains: the small budget's dropout
+    claim (Fashion-MNIST) comes after 40 minutes of CIFAR-10 runs."""
+    checked = set()
+    for arm in arms:
+        cfg = load_config(arm.recipe, [*arm.overrides, *_data_overrides(arm, plan), *plan.overrides], **plan.fields)
+        source = (cfg.data.dataset, cfg.data.data_dir)
+        if source not in checked:
+            check_present(cfg.data)
+            checked.add(source)
+
+
 def _holds_reproduction(records: Path) -> bool:
     """Whether ``records`` holds a reproduction's records (a run's ``done.json``, or ``results.json`` with a claim's
     verdict): then its report and figures are this command's to write again."""
@@ -327,12 +345,15 @@ def reproduce(
     written = ["report.md", "results.json", *(f"curves_{e.name}.png" for e in chosen)]
     check_outputs(plan.records, written, _holds_reproduction(plan.records), "--records" if records else "--out")
     homes: dict[Arm, Path] = {}  # an arm shared by experiments (the ablations' baseline) trains once
+    for exp in chosen:
+        for arm in (a for a in (exp.paper_arm, exp.other_arm) if a is not None):
+            homes.setdefault(arm, Path(exp.name) / arm.name)
+    _check_data(plan, [a for a, home in homes.items() if not _recorded(plan, home, seeds)])
     results: dict[str, ClaimResult] = {}
     for exp in chosen:
         runs: dict[str, list[dict[str, Any]]] = {}
         for arm in (a for a in (exp.paper_arm, exp.other_arm) if a is not None):
-            home = homes.setdefault(arm, Path(exp.name) / arm.name)
-            runs[arm.name] = [_run(plan, arm, s, home / f"seed{s}") for s in range(seeds)]
+            runs[arm.name] = [_run(plan, arm, s, homes[arm] / f"seed{s}") for s in range(seeds)]
         if exp.metric == "ensemble":
             results[exp.name] = _measure_ensemble(exp, _ensemble_record(plan, homes[exp.paper_arm], seeds))
         else:
