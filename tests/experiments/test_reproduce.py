@@ -125,6 +125,8 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     assert main(args) == 0
     results = json.loads((records / "results.json").read_text())
     assert results["lrn"]["verdict"] == "one seed: no interval, no verdict"
+    machine = json.loads((records / "lrn" / "paper" / "ensemble.json").read_text())["machine"]
+    assert f"; the ensemble measured on {machine}." in (records / "report.md").read_text()
     # The ablations' shared baseline trained once, under the first experiment that uses it.
     assert (records / "lrn" / "paper" / "seed0" / "done.json").is_file() and not (records / "pca" / "paper").exists()
     # A fresh clone has the records but no run directories: nothing trains again, the report is rebuilt.

@@ -41,7 +41,8 @@ def machine() -> str:
     """The CPU model and core count, and torch's version: what a record says it ran on."""
     name = native.cpu_model() or platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{name} ({torch.get_num_threads()} threads{gpu}), torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{name} ({threads} thread{'s' if threads != 1 else ''}{gpu}), torch {torch.__version__}"
 
 
 @dataclass

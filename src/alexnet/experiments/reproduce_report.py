@@ -17,6 +17,12 @@ def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in seen]
 
 
+def _ensembles(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
+    """The ensemble records (``ensemble.json`` beside an arm's seeds) of this reproduction."""
+    found = sorted({records / home / "ensemble.json" for home in homes.values()})
+    return [json.loads(p.read_text()) for p in found if p.is_file()]
+
+
 def write_report(
     records: Path, plan: Any, experiments: list[Any], results: dict[str, Any], seeds: int, homes: dict[Any, Path]
 ) -> Path:
@@ -27,6 +33,10 @@ def write_report(
     runs = _records(records, homes)
     hours = sum(r["seconds"] for r in runs) / 3600
     machines = sorted({r.get("machine", "not recorded") for r in runs})
+    ensembles = _ensembles(records, homes)  # measured where the weights were, maybe on another machine
+    if ensembles:
+        made = sorted({e.get("machine", "not recorded") for e in ensembles})
+        machines.append(f"the ensemble measured on {', '.join(made)}")
     lines = [
         f"# The paper's claims, reproduced ({plan.describe})",
         "",
