@@ -73,7 +73,7 @@ def test_verbose_shows_our_lines_not_matplotlibs_font_search(tmp_path):
     assert "findfont" not in done.stderr, done.stderr[:2000]
 
 
-def test_train_then_eval(tmp_path, capsys):
+def test_train_then_eval(tmp_path, capsys, monkeypatch):
     assert main(_train_args(tmp_path / "run", "--limit-train-batches", "8")) == 0
     assert "best val acc1" in capsys.readouterr().out
     assert (
@@ -107,6 +107,16 @@ def test_train_then_eval(tmp_path, capsys):
     )
     held = json.loads(capsys.readouterr().out)
     assert held["images"] == 102 and held["acc1"] == pytest.approx(float(last["val_acc1"]), abs=1e-3)
+    # int8 on the fly of the held-out split: the quantized model carries no run config (as `quantize` returns it),
+    # and the split is the run's own all the same (it once read a default config: "trained without data.val_split").
+    import dataclasses
+
+    import alexnet.inference.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "_quantized", lambda m, _: dataclasses.replace(m, config=None))
+    argv = ["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", "--split", "val", "--precision"]
+    assert main([*argv, "int8"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 102
     assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--ten-crop"]) == 0
     out = capsys.readouterr().out
