@@ -24,6 +24,15 @@ def test_export_parity_every_variant(tmp_path, name, fmt):
     assert result.path.stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "exported-program"])
+def test_the_same_model_exports_to_the_same_bytes(tmp_path, weights, fmt):
+    """Reproducible artifacts: a user (or a release's checksum) can tell a changed export from a rebuilt one.
+    (TorchScript too, from one process to the next; within a process it numbers each trace's class names anew.)"""
+    suffix = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}[fmt]
+    first, again = (export_model(load_trained(weights), fmt, tmp_path / f"{n}{suffix}").path for n in ("a", "b"))
+    assert first.read_bytes() == again.read_bytes()
+
+
 def test_cli_export_and_onnx_predict_matches_pytorch(tmp_path, weights, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(weights), "--format", "onnx", "--out", str(out)]) == 0

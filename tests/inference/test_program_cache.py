@@ -42,6 +42,9 @@ def test_quantize_compiles_once_and_later_loads_take_the_kept_program(tmp_path, 
     out = tmp_path / "q.pt2"
     quantize_file(weights, out, calibration=16, batch=8, autotune=False)
     assert compiles[0] == 1
+    # Quantized again: the same bytes (no provenance with object ids in the file), and the kept package serves it.
+    quantize_file(weights, tmp_path / "again.pt2", calibration=16, batch=8, autotune=False)
+    assert (tmp_path / "again.pt2").read_bytes() == out.read_bytes() and compiles[0] == 1
     kept = list(cache.iterdir())
     assert len(kept) == 1
     # Private to the user: a directory of shared libraries another user could add to would run their code.

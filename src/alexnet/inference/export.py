@@ -137,7 +137,8 @@ def export_model(
         raise AlexNetError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
     model = trained.model.float().eval().cpu()
     size = trained.preprocessing.input_size
-    example = torch.randn(2, model.in_channels, size, size)
+    # Seeded: a .pt2 keeps its example as sample inputs, so the same model exports to the same bytes.
+    example = torch.randn(2, model.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     x = check_inputs.float() if check_inputs is not None else torch.randn(3, model.in_channels, size, size)
     out = check_target(out)
     if trained.source and out.resolve() == Path(trained.source).resolve():

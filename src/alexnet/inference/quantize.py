@@ -98,6 +98,10 @@ def _int8_meta(meta: ModelMeta, batch: int, images: int, autotune: bool, record:
 
 
 def save_int8(program: torch.export.ExportedProgram, meta: ModelMeta, path: Path | str) -> None:
+    """``program`` and ``meta`` as a ``.pt2``, the same bytes for the same model and calibration: the nodes'
+    provenance (``from_node``, which names the passes' graphs by their Python object ids) is left out."""
+    for node in program.graph.nodes:
+        node.meta.pop("from_node", None)
     atomic_write(
         path, lambda f: torch.export.save(program, f, extra_files={"alexnet.json": json.dumps(meta.to_dict())})
     )
