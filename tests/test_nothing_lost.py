@@ -285,6 +285,20 @@ def test_experiments_never_write_over_files_of_the_users(command, name, tmp_path
     assert _digests(project) == before and [p.name for p in project.iterdir()] == [name] and not runs.exists()
 
 
+def test_a_reproductions_report_slot_taken_by_a_directory_is_refused_before_the_work(tmp_path, capsys):
+    """Its records there (its own), but ``report.md`` a directory: said before training, not when writing it."""
+    records = tmp_path / "records"
+    (records / "lrn" / "paper" / "seed0").mkdir(parents=True)
+    (records / "lrn" / "paper" / "seed0" / "done.json").write_text("{}")
+    (records / "report.md").mkdir()
+    runs = tmp_path / "runs"
+    args = ["reproduce", "--records", str(records), "--out", str(runs), "--only", "lrn", "--seeds", "1"]
+    assert main([*args, "--dataset", "fake", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    _one_line(err)
+    assert "report.md: it exists and is a directory" in err and not runs.exists(), err
+
+
 def test_a_reproductions_own_results_are_recognised(tmp_path):
     from alexnet.experiments.reproduce import _holds_reproduction
 

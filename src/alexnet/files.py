@@ -156,12 +156,17 @@ def check_outputs(directory: Path | str, names: Iterable[str], ours: bool, flag:
     """Before a command's work, refuse a ``directory`` that holds one of the files it will write at the end
     (``report.md``, ``results.json``, ``fig1.png``) unless ``ours``: the caller found its own earlier output there (a
     reproduction's records, a figure's JSON), so the file is the command's to write again. A user's ``report.md``
-    in ``--records .`` is not lost after hours of training. ``flag`` is the option that chose ``directory``.
+    in ``--records .`` is not lost after hours of training. ``flag`` is the option that chose ``directory``. Where
+    ``directory`` is not a directory, or such a name is a directory, FIFO or device, `check_target` says so now,
+    not when the file is written.
 
     Raises:
         WriteError: naming the first such file.
     """
     directory = Path(directory)
+    names = list(names)
+    for name in names:
+        check_target(directory / name)
     found = [] if ours else [name for name in names if (directory / name).exists()]
     if found:
         raise WriteError(
