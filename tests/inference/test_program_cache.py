@@ -110,21 +110,46 @@ def test_compile_takes_the_kept_program_of_the_same_model(tmp_path, monkeypatch,
 def test_the_least_recently_used_go_beyond_the_limit(tmp_path, monkeypatch):
     monkeypatch.setenv(program_cache.ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(program_cache, "KEEP", 2)
+    a, b, c, d, e = (letter * 32 for letter in "abcde")  # names as the cache gives them (32 hex digits)
     package = tmp_path / "package.pt2"
     package.write_bytes(b"compiled")
-    for i, name in enumerate(("a", "b")):
+    for i, name in enumerate((a, b)):
         program_cache.store(name, package)
         os.utime(tmp_path / "cache" / f"{name}.pt2", (1000 + i, 1000 + i))
-    assert program_cache.lookup("a") is not None  # used: now the most recent
-    program_cache.store("c", package)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["a.pt2", "c.pt2"]
-    assert program_cache.lookup("b") is None
+    assert program_cache.lookup(a) is not None  # used: now the most recent
+    program_cache.store(c, package)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{a}.pt2", f"{c}.pt2"]
+    assert program_cache.lookup(b) is None
     monkeypatch.setattr(program_cache, "KEEP_BYTES", len(b"compiled") * 3 // 2)  # room for one and a half
-    program_cache.store("d", package)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["d.pt2"]
+    program_cache.store(d, package)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{d}.pt2"]
     package.write_bytes(b"compiled" * 10)  # larger than the limit alone: the newest stays all the same
-    program_cache.store("e", package)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["e.pt2"]
+    program_cache.store(e, package)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{e}.pt2"]
+
+
+def test_a_directory_the_user_chose_keeps_their_files_and_its_mode(tmp_path, monkeypatch):
+    """$ALEXNET_PROGRAM_CACHE pointed at a folder of the user's own int8 models: pruning takes only the packages the
+    cache named, and a folder others may write is neither made private nor written to."""
+    models = tmp_path / "models"
+    models.mkdir(mode=0o700)
+    mine = [models / f"model{i}.pt2" for i in range(3)]
+    for path in mine:
+        path.write_bytes(b"the user's int8 model")
+        os.utime(path, (1000, 1000))  # older than any package
+    monkeypatch.setenv(program_cache.ENV, str(models))
+    monkeypatch.setattr(program_cache, "KEEP", 1)
+    package = tmp_path / "package.pt2"
+    package.write_bytes(b"compiled")
+    for letter in "ab":
+        program_cache.store(letter * 32, package)
+    assert sorted(p.name for p in models.iterdir()) == ["b" * 32 + ".pt2", *(p.name for p in mine)]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(program_cache.ENV, str(shared))
+    program_cache.store("c" * 32, package)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777 and not any(shared.iterdir())
 
 
 def test_a_cache_that_cannot_be_written_costs_nothing_but_the_next_compile(tmp_path, monkeypatch):

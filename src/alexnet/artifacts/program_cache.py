@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from ..files import atomic_write
 log = logging.getLogger(__name__)
 
 ENV = "ALEXNET_PROGRAM_CACHE"
+_KEY_CHARS = 32  # of a SHA-256 in hex: a package's name
+_KEY = re.compile(f"[0-9a-f]{{{_KEY_CHARS}}}")
 KEEP = 8  # packages
 KEEP_BYTES = 2 << 30  # alexnet_owt's bf16 package (`--compile`) is 246 MB, its int8 one ~62 MB
 
@@ -68,7 +71,7 @@ def program_digest(program: torch.export.ExportedProgram) -> str:
             digest.update(f"{node.name}:{getattr(val, 'shape', None)}:{getattr(val, 'dtype', None)}".encode())
     for name, tensor in sorted({**program.state_dict, **program.constants}.items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{tensor.stride()}".encode())
-        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())  # its buffer, not a copy
     return digest.hexdigest()
 
 
@@ -81,7 +84,7 @@ def key(program: torch.export.ExportedProgram, autotune: bool) -> str | None:
         log.debug("no cache key for this program: %s", err)
         return None
     parts = [content, autotune, native.cpu_fingerprint(), torch.__version__, _code_digest()]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:_KEY_CHARS]
 
 
 def _private(path: Path) -> bool:
@@ -114,12 +117,18 @@ def store(name: str, package: Path) -> None:
     if root is None:
         return
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(root, 0o700)  # a directory made before, or by mkdir under a umask: only its user may add libraries
+        if not root.exists():
+            root.mkdir(parents=True, mode=0o700)
+            os.chmod(root, 0o700)  # mkdir's mode passes through the umask: only its user may add libraries
+        elif not _private(root):  # a directory of the user's choosing that others may write: left as it is
+            log.debug("compiled program not kept: %s is not private to this user", root)
+            return
         with open(package, "rb") as src:
             atomic_write(root / f"{name}.pt2", lambda f: shutil.copyfileobj(src, f), mode=0o600)
+        # Only the packages this cache named: a user's own programs in a directory they chose stay.
+        packages = [p for p in root.glob("*.pt2") if _KEY.fullmatch(p.stem)]
         total = 0
-        for rank, kept in enumerate(sorted(root.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)):
+        for rank, kept in enumerate(sorted(packages, key=lambda p: p.stat().st_mtime, reverse=True)):
             total += kept.stat().st_size
             if rank and (rank >= KEEP or total > KEEP_BYTES):  # the newest stays, whatever its size
                 kept.unlink(missing_ok=True)
