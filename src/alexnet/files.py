@@ -184,6 +184,12 @@ def read_record(path: Path | str) -> Any:
         return None
 
 
+def is_record(path: Path | str, keys: Iterable[str]) -> bool:
+    """Whether ``path`` is a JSON object with every one of ``keys``: a record a command wrote (`read_record`)."""
+    record = read_record(path)
+    return isinstance(record, dict) and set(keys) <= record.keys()
+
+
 def atomic_write(
     path: Path | str,
     write: Callable[[Any], None],

@@ -76,12 +76,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.single_view and args.translate_tta:
         raise ConfigError("--single-view and --translate-tta are exclusive: translated views are more views")
     if args.out:  # before the work: a run directory's report embeds its own confusion.png
-        from ..files import check_outputs, check_replaceable, read_record
+        from ..files import check_outputs, check_replaceable, is_record
 
         for name in ("eval.json", "confusion.png"):
             check_replaceable(Path(args.out, name))
-        record = read_record(Path(args.out, "eval.json"))  # an earlier eval's: written again
-        ours = isinstance(record, dict) and {"acc1", "images", "per_class_acc"} <= record.keys()
+        ours = is_record(Path(args.out, "eval.json"), ("acc1", "images", "per_class_acc"))  # an earlier eval's
         check_outputs(args.out, ["eval.json", "confusion.png"], ours, "--out")
 
     result = evaluate_checkpoint(

@@ -13,7 +13,7 @@ import torch
 from ..artifacts.loader import load_trained
 from ..artifacts.trained import TrainedModel
 from ..errors import AlexNetError
-from ..files import check_outputs, read_record, save_figure, write_text
+from ..files import check_outputs, is_record, save_figure, write_text
 from ..models.inspect import conv1_weight
 
 log = logging.getLogger(__name__)
@@ -268,9 +268,7 @@ def run_figure(
     out = Path(out or resolve(source).parent)
     if out.exists() and not out.is_dir():
         raise AlexNetError(f"--out {out} is a file: alexnet paper {kind} writes its figures into a directory")
-    record = read_record(out / f"{kind}.json")
-    ours = isinstance(record, dict) and "figure" in record
-    check_outputs(out, [f"{kind}.png", f"{kind}.json"], ours, "--out")
+    check_outputs(out, [f"{kind}.png", f"{kind}.json"], is_record(out / f"{kind}.json", ("figure",)), "--out")
     if kind == "fig3":
         result = figure3(source, out)
     else:

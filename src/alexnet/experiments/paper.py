@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import NonFiniteLossError
-from ..files import atomic_write, check_outputs, read_record, save_figure
+from ..files import atomic_write, check_outputs, is_record, save_figure
 from ..training.fit import fit
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ def figure1(
         The runs, the fastest of each unit and the speed-up; also written to ``out/fig1.json``.
     """
     out = Path(out)
-    record = read_record(out / "fig1.json")
-    ours = (isinstance(record, dict) and {"runs", "best"} <= record.keys()) or any(out.glob("*-lr*/config.json"))
+    ours = is_record(out / "fig1.json", ("runs", "best")) or any(out.glob("*-lr*/config.json"))
     check_outputs(out, ["fig1.json", "fig1.png"], ours, "--out")
     runs = []
     for unit in UNITS:
