@@ -99,7 +99,8 @@ def _int8_meta(meta: ModelMeta, batch: int, images: int, autotune: bool, record:
 
 def save_int8(program: torch.export.ExportedProgram, meta: ModelMeta, path: Path | str) -> None:
     """``program`` and ``meta`` as a ``.pt2``, the same bytes for the same model and calibration: the nodes'
-    provenance (``from_node``, which names the passes' graphs by their Python object ids) is left out."""
+    provenance (``from_node``, which names the passes' graphs by their Python object ids) is left out, and taken
+    from ``program`` itself (debugging metadata; what it computes is untouched)."""
     for node in program.graph.nodes:
         node.meta.pop("from_node", None)
     atomic_write(
