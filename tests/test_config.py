@@ -1,7 +1,9 @@
+import re
+
 import pytest
 
-from alexnet.config import config_from_dict, list_recipes, load_config
-from alexnet.errors import AlexNetError
+from alexnet.config import Config, config_from_dict, list_recipes, load_config
+from alexnet.errors import AlexNetError, ConfigError
 
 
 def test_builtin_recipes_resolve():
@@ -87,3 +89,42 @@ def test_recipe_file(tmp_path):
     path.write_text('[model]\nname = "alexnet_owt"\n[train]\nepochs = 2\n')
     cfg = load_config(str(path))
     assert cfg.model.name == "alexnet_owt" and cfg.train.epochs == 2
+
+
+def test_freeze_takes_a_depth_as_a_number_or_a_string():
+    """The docs write `model.freeze=1`; TOML reads that as a number, `--freeze 1` gives a string."""
+    assert load_config("fashion-mnist", ["model.freeze=1"]).model.freeze == 1
+    assert load_config("fashion-mnist", ['model.freeze="features"']).model.freeze == "features"
+    with pytest.raises(AlexNetError, match="model.freeze=True has the wrong type"):
+        load_config("fashion-mnist", ["model.freeze=true"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: setattr(c.data, "batch_size", "256"), "data.batch_size='256' has the wrong type; expected int"),
+        (lambda c: setattr(c.data, "batch_size", 0), "data.batch_size=0 is out of range"),
+        (lambda c: setattr(c.optim, "lr", -1.0), "optim.lr=-1.0 is out of range"),
+        (lambda c: setattr(c.data, "std", [True, 1, 1]), "data.std=[True, 1, 1] has the wrong type"),
+        (lambda c: setattr(c.model, "name", "alexnet"), "unknown model 'alexnet'"),
+        (lambda c: setattr(c, "data", {"batch_size": 8}), "data is a dict; expected a DataConfig"),
+    ],
+)
+def test_fit_checks_a_config_changed_in_python_before_it_writes_anything(tmp_path, monkeypatch, change, message):
+    """`alexnet.fit(cfg)` after `cfg.data.batch_size = 0` said ZeroDivisionError; `cfg.optim.lr = -1` reached torch's
+    SGD; a bool in `data.std` trained the whole run and then failed writing the weights' metadata."""
+    from alexnet.training.fit import fit
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("fashion-mnist", ['data.dataset="fake"'], train__out=str(tmp_path / "run"))
+    change(cfg)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fit(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_makes_the_types_load_config_makes():
+    cfg = Config()
+    cfg.optim.lr, cfg.data.mean = 1, [0, 0, 0]
+    cfg.validate()
+    assert type(cfg.optim.lr) is float and all(type(v) is float for v in cfg.data.mean)

@@ -61,6 +61,22 @@ def test_recipes_that_are_not_tables(tmp_path, capsys):
     _refused(capsys, ["train", "--recipe", str(tmp_path / "fifo.toml")], "not a regular file")
 
 
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ('data.mean=["a", 1, 2]', "data.mean=['a', 1, 2] has the wrong type; expected list[float] | None"),
+        # a bool is not a number: this one trained a whole run and failed writing its weights' metadata
+        ("data.std=[true, 1, 1]", "data.std=[True, 1, 1] has the wrong type"),
+        ('train.loggers=[["csv"]]', "train.loggers=[['csv']] has the wrong type; expected list[str]"),
+        ("optim.betas=[0.9, true]", "optim.betas=[0.9, True] has the wrong type"),
+    ],
+)
+def test_a_list_with_an_item_of_the_wrong_type_is_one_line_before_the_run(tmp_path, capsys, value, needle):
+    out = tmp_path / "r"
+    _refused(capsys, ["train", "--dataset", "fake", "--out", str(out), "--set", value], needle)
+    assert not out.exists()
+
+
 def test_bad_config_values_and_flags(tmp_path, capsys, files):
     out = str(tmp_path / "r")
     _refused(

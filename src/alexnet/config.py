@@ -90,7 +90,7 @@ class ModelConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # spec fields, see alexnet.models.specs
     channels_last: bool = True  # NHWC: the layout oneDNN and cuDNN convolutions prefer
     weights: str | None = None  # start from these weights: a registry name (alexnet weights) or a file
-    freeze: str | None = None  # "features" (every conv) or N (the first N weight layers): not trained
+    freeze: str | int | None = None  # "features" (every conv) or N (the first N weight layers): not trained
     # airbench's patch-whitening start for conv1, from the training images' patch covariance (with freeze=1: kept)
     whiten_conv1: bool = False
 
@@ -170,6 +170,7 @@ class Config:
         from .data.sources import DATASETS
         from .models import get_spec
 
+        self._check_types()
         for dotted, choices in {**CHOICES, "data.dataset": tuple(DATASETS)}.items():
             value = self._get(dotted)
             if value not in choices:
@@ -230,6 +231,18 @@ class Config:
             )
         return self
 
+    def _check_types(self) -> None:
+        """Every field of its declared type, as `load_config` makes them: a `Config` built or changed in Python
+        (``cfg.data.batch_size = "256"``) is told here, before a run begins, not by a traceback minutes into it."""
+        if not isinstance(self.recipe, str):
+            raise ConfigError(f"recipe={self.recipe!r} has the wrong type; expected str")
+        for section in ("model", "data", "optim", "train"):
+            values, kind = getattr(self, section), get_type_hints(type(self))[section]
+            if not isinstance(values, kind):
+                raise ConfigError(f"{section} is a {type(values).__name__}; expected a {kind.__name__}")
+            for key, hint in get_type_hints(kind).items():
+                setattr(values, key, _coerce(f"{section}.{key}", getattr(values, key), hint))
+
     def _get(self, dotted: str) -> Any:
         section, key = dotted.split(".")
         return getattr(getattr(self, section), key)
@@ -270,6 +283,23 @@ def _parse_value(text: str) -> Any:
 
 
 def _coerce(where: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type ``hint`` wants it (an int where a float goes becomes a float), each item of a
+    list checked too (``data.mean=["a", 1, 2]``, ``data.std=[true, 1, 1]``: a bool is not a number here).
+
+    Raises:
+        ConfigError: naming the field, its value and the type expected.
+    """
+    converted = _as_type(value, hint)
+    if converted is _WRONG:
+        expected = hint.__name__ if isinstance(hint, type) else str(hint)  # "bool", not "<class 'bool'>"
+        raise ConfigError(f"{where}={value!r} has the wrong type; expected {expected}")
+    return converted
+
+
+_WRONG = object()
+
+
+def _as_type(value: Any, hint: Any) -> Any:
     options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
     if value is None and type(None) in options:
         return None
@@ -279,10 +309,14 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
             return float(value)
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if base in (bool, str, list, dict) and isinstance(value, base):
+        if base is list and isinstance(value, list):
+            (item,) = get_args(option) or (Any,)
+            items = [v if item is Any else _as_type(v, item) for v in value]
+            if _WRONG not in items:
+                return items
+        if base in (bool, str, dict) and isinstance(value, base):
             return value
-    expected = hint.__name__ if isinstance(hint, type) else str(hint)  # "bool", not "<class 'bool'>"
-    raise AlexNetError(f"{where}={value!r} has the wrong type; expected {expected}")
+    return _WRONG
 
 
 def _merge(config: Config, tree: dict[str, Any], origin: str) -> None:

@@ -83,7 +83,7 @@ def transfer(model: nn.Module, pretrained: TrainedModel, classes: list[str]) -> 
     return new
 
 
-def freeze(model: nn.Module, what: str | None) -> list[str]:
+def freeze(model: nn.Module, what: str | int | None) -> list[str]:
     """Stop training part of ``model``: ``features`` (every convolution), or ``N`` (the first N weight layers,
     convolutions then fully connected ones). Returns the frozen parameters' names.
 
@@ -92,13 +92,14 @@ def freeze(model: nn.Module, what: str | None) -> list[str]:
     """
     if not what:
         return []
+    given, what = what, str(what)  # N from a recipe or --set is a number, from --freeze a string
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if what == "features":
         depth = sum(isinstance(m, nn.Conv2d) for m in layers)
     elif what.isdigit() and 1 <= int(what) < len(layers):
         depth = int(what)
     else:
-        raise ConfigError(f"model.freeze={what!r}: choose 'features' or a depth from 1 to {len(layers) - 1}")
+        raise ConfigError(f"model.freeze={given!r}: choose 'features' or a depth from 1 to {len(layers) - 1}")
     frozen_ids = {id(p) for m in layers[:depth] for p in m.parameters()}
     frozen = [n for n, p in model.named_parameters() if id(p) in frozen_ids]
     for _, p in model.named_parameters():

@@ -115,8 +115,11 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
             loggers of ``train.loggers``); see `alexnet.training.callbacks`.
 
     Raises:
+        ConfigError: a field of the wrong type or out of range (``cfg`` is checked as `load_config` checks it, so
+            one built or changed in Python fails here, before anything is read or written).
         DataNotFoundError, IncompatibleCheckpointError, NonFiniteLossError, ValueError: with a message for the user.
     """
+    cfg.validate()
     with contextlib.ExitStack() as cleanup:  # releases the run directory's lock, however training ends
         run = _setup(cfg, cleanup)
         run.callbacks = Callbacks([*_builtin_callbacks(cfg), *(callbacks or [])])
