@@ -144,8 +144,8 @@ class Preprocessing:
         crop = _int(tree, "crop", source, where="data.")
         input_size = _int(tree, "input_size", source, where="data.")
         pad = _int(tree, "pad", source, 0, MAX_SIDE, "data.") if "pad" in tree else 0
-        if crop > stored + 2 * pad:
-            raise _fail(source, f"data.crop={crop} is larger than the stored image ({stored} px, padded by {pad})")
+        if crop > stored:  # the central crop of one view must fit (ten crops' corners may reach into the padding)
+            raise _fail(source, f"data.crop={crop} is larger than the stored image ({stored} px)")
         mean = _floats(tree.get("mean"), in_channels, source, "mean")
         std = tree.get("std")
         std = None if std is None else _floats(std, in_channels, source, "std", positive=True)

@@ -387,6 +387,10 @@ def build_transforms(
     crop = cfg.crop or min(input_size, stored)
     # A translation by the image's side or more can crop it away entirely (and a mirror, pad_mode "reflect", reaches
     # at most one side - 1 beyond it); data.pad's own range only bounds it at 1024.
+    # Evaluation takes the central crop of the stored image, unpadded: a larger one would slice a strip of it (a
+    # 34 px crop of 32 px images evaluated one row of pixels, resized); training's padded crops would draw offsets < 0.
+    if crop > stored:
+        raise ConfigError(f"data.crop={crop} is larger than the images' {stored} px: choose at most {stored}")
     if cfg.pad >= stored:
         raise ConfigError(
             f"data.pad={cfg.pad} must be less than the images' {stored} px (a shift that far crops them away)"
