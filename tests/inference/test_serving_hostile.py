@@ -39,7 +39,7 @@ def _served_within(srv, seconds: float) -> bool:
 def test_an_endless_or_slow_request_head_is_cut_off_and_others_are_served(guarded, monkeypatch):
     # An endless header: 431 once the head passes 64 KiB, and the connection closes.
     with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
-        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nX-Endless: ")
         reply = b""
         try:
             for _ in range(200):
@@ -71,7 +71,8 @@ def test_a_trickling_body_gets_408_and_holds_no_admission_slot(files):
         slow = []
         for _ in range(3):  # more slow clients than admission slots
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-            head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n"
+            head = b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+            head += b"Content-Length: 100000\r\n"
             s.sendall(head + b"\r\n\x89PNG")
             slow.append(s)
         assert _served_within(srv, 5.0)  # the slow bodies hold no place in the queue
@@ -310,3 +311,47 @@ def test_a_name_clients_cannot_address_is_refused_and_defaults_are_made_addressa
     client, _ = app_client(files)  # a good name is served
     with client:
         assert client.get("/v2/models/small").status_code == 200
+
+
+def test_bound_to_loopback_it_answers_only_requests_addressed_to_loopback(guarded):
+    """DNS rebinding: a page of evil.example whose name the attacker re-points at 127.0.0.1 reaches a service bound
+    there, but its requests say ``Host: evil.example`` (Ollama's CVE-2024-28224): they get 400, nothing runs."""
+    from .conftest import raw_request
+
+    def status(host: bytes, path: bytes = b"/v2/models/small") -> int:
+        return raw_request(guarded.port, b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")[0]
+
+    port = str(guarded.port).encode()
+    for own in (b"127.0.0.1:" + port, b"localhost:" + port, b"[::1]:" + port, b"LOCALHOST"):
+        assert status(own) == 200, own
+    before = _served(guarded)
+    assert before.startswith("alexnet_batch_size_sum "), before
+    for foreign in (b"evil.example:" + port, b"evil.example", b"127.0.0.1.evil.example", b"localhost.evil.example"):
+        assert status(foreign) == 400, foreign
+        assert status(foreign, b"/v1/classify") == 400, foreign
+    assert _served(guarded) == before  # the foreign requests never reached the model
+    assert any("answering requests addressed to localhost, 127.0.0.1, [::1]" in line for line in guarded.log)
+
+
+def _served(srv) -> str:
+    text = httpx.get(f"{srv.url}/metrics", timeout=10).text
+    return "\n".join(line for line in text.splitlines() if line.startswith("alexnet_batch_size_sum"))
+
+
+def test_allowed_hosts_add_a_proxys_names_and_bad_ones_are_one_line(files, capsys):
+    client, _ = app_client(files, allowed_hosts=("api.example.com", "*.internal.example", "[::1]"))
+    for host, code in [
+        ("api.example.com", 200),
+        ("api.example.com:8443", 200),
+        ("a.b.internal.example", 200),
+        ("[::1]:8000", 200),
+        ("example.com", 400),
+        ("internal.example.org", 400),
+    ]:
+        assert client.get("/v2/models/small", headers={"Host": host}).status_code == code, host
+    client, _ = app_client(files)  # create_app on its own: any name (serve sets the guard, and --host decides)
+    assert client.get("/v2/models/small", headers={"Host": "anything.example"}).status_code == 200
+    for bad in ("localhost:8000", "a*b", "*.", "http://x", "exa mple.com", "[::g]"):
+        assert main(["serve", "--checkpoint", str(files["small"]), "--allowed-hosts", bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert "is not a host name" in err and len(err.strip().splitlines()) == 1, err

@@ -297,6 +297,14 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs --api-key")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--allowed-hosts",
+        type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+        default=(),
+        metavar="NAMES",
+        help="host names requests may address besides loopback's, comma-separated (a reverse proxy's: "
+        "api.example.com, *.example.com); others get 400",
+    )
     p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the weights' name or run)")
     p.add_argument("--max-batch", type=options.positive_int, default=32, metavar="N", help="most images run together")
     p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS", help="how long a request waits to batch")
@@ -345,6 +353,7 @@ def run_serve(args: argparse.Namespace) -> int:
         decode_budget_mp=args.decode_budget_mp,
         head_timeout_s=args.head_timeout,
         grpc_port=args.grpc_port,
+        allowed_hosts=args.allowed_hosts,
     )
     # ServeSettings refuses values out of range (--max-wait-ms 1e13 would break the batching thread's wait).
     serve(args.weights, args.host, args.port, settings, args.name)

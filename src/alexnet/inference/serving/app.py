@@ -4,6 +4,7 @@
 Bad input is always a 4xx with ``{"error": ...}``: a body over the limit 413 before it is read (its Content-Length)
 or as soon as it passes the limit (chunked), a bad Content-Length 400, a wrong Content-Type 415, an image that does
 not decode (or is a bomb, or is truncated) 400. Overload is 503 with Retry-After at once, a slow inference 504.
+A request addressed to a host name the service does not answer to (``ServeSettings.allowed_hosts``) is 400.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import io
+import ipaddress
 import logging
 import re
 import time
@@ -27,6 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -66,6 +70,9 @@ class ServeSettings:
         decode_budget_mp: megapixels being decoded at once, over all requests; an image needing more than all of it
             gets 413, others wait their turn. An 81-megapixel PNG takes ~1.2 GB while it decodes: the default lets
             one such decode run at a time, or hundreds of photos (JPEGs decode reduced, and count as such).
+        allowed_hosts: the host names requests may be addressed to (their Host header: ``localhost``, ``[::1]``,
+            ``*.example.com``), others get 400; empty or ``*``: any. `serve` bound to loopback answers only to loopback
+            names and these, so that a web page whose DNS name is rebound to 127.0.0.1 cannot reach the model.
     """
 
     max_batch: int = 32
@@ -82,6 +89,7 @@ class ServeSettings:
     head_timeout_s: float = 10.0
     grpc_port: int | None = None  # KServe v2 over gRPC on this port too (alexnet.inference.serving.grpc_service)
     grpc_host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         bounds = {
@@ -102,6 +110,12 @@ class ServeSettings:
                 f"without spaces (it has {len(self.api_key)}): "
                 "python -c 'import secrets; print(secrets.token_urlsafe())' makes one"
             )
+        for pattern in self.allowed_hosts:
+            if not _is_host_pattern(pattern):
+                raise ConfigError(
+                    f"--allowed-hosts {pattern!r} is not a host name: give names such as api.example.com, "
+                    "*.example.com (its subdomains), 10.0.0.5 or [::1], without a port"
+                )
         if self.grpc_port is not None and not (isinstance(self.grpc_port, int) and 0 <= self.grpc_port <= 65535):
             raise ConfigError(f"--grpc-port {self.grpc_port!r} is not a port number")
         for name, (low, high) in bounds.items():
@@ -109,6 +123,20 @@ class ServeSettings:
             if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} {value!r} is out of range: give a number from {low:g} to {high:g}")
+
+
+def _is_host_pattern(pattern: str) -> bool:
+    """A name a Host header can carry (without its port), ``*.`` and a domain (its subdomains), or ``*`` (any)."""
+    if pattern == "*":
+        return True
+    name = pattern.removeprefix("*.")
+    if name.startswith("[") and name.endswith("]"):  # an IPv6 address, as Host writes it
+        try:
+            ipaddress.IPv6Address(name[1:-1])
+            return True
+        except ValueError:
+            return False
+    return bool(name) and all(ch.isascii() and (ch.isalnum() or ch in "-._") for ch in name)
 
 
 class _Metrics:
@@ -510,8 +538,12 @@ def create_app(
         Route("/v2/models/{name}/infer", s.infer, methods=["POST"]),
         Route("/metrics", s.metrics_text),
     ]
+    hosts = service.settings.allowed_hosts
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: server_error}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False)] if hosts else [],
     )
     app.state.service = service
     return _Measured(app, service.metrics)

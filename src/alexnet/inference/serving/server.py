@@ -58,6 +58,12 @@ def serve(
             f"binding {host} exposes the model beyond this machine: set an API key with --api-key "
             f"or ${KEY_ENV} (or bind 127.0.0.1)"
         )
+    if is_loopback(host):  # DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 says so in Host
+        from dataclasses import replace
+
+        own = f"[{host}]" if ":" in host else host
+        names = dict.fromkeys(("localhost", "127.0.0.1", "[::1]", own, *settings.allowed_hosts))
+        settings = replace(settings, allowed_hosts=tuple(names))
     sources = [source] if isinstance(source, str) else list(source)
     if any(Path(s).suffix == ".onnx" for s in sources):
         raise AlexNetError(
@@ -109,6 +115,11 @@ def serve(
         sock = config.bind_socket()
         where = f"[{host}]" if ":" in host else host
         log.info("alexnet serve: http://%s:%d/ (model %s)", where, sock.getsockname()[1], model_name)
+        if settings.allowed_hosts:
+            log.info(
+                "answering requests addressed to %s (--allowed-hosts adds a proxy's name)",
+                ", ".join(settings.allowed_hosts),
+            )
         server.run(sockets=[sock])
     except SystemExit:  # uvicorn exits 1 when it cannot bind, after logging: our one line below says why
         pass
