@@ -80,7 +80,7 @@ def test_a_list_with_an_item_of_the_wrong_type_is_one_line_before_the_run(tmp_pa
 @pytest.mark.parametrize("settings", [["data.crop=300"], ["data.crop=34", "data.pad=4"]])
 def test_a_crop_larger_than_the_images_is_one_line_before_the_run(tmp_path, capsys, settings):
     """A crop beyond the 32 px images: a traceback from the random offsets, or (within the padding) a run that
-    trained and then evaluated a one-pixel strip of each image."""
+    trained and then evaluated each image's last pixel alone (x[..., -1:33, -1:33]), resized."""
     out = tmp_path / "r"
     sets = [word for s in settings for word in ("--set", s)]
     _refused(capsys, ["train", "--dataset", "fake", "--out", str(out), *sets], "larger than the images' 32 px")

@@ -44,7 +44,7 @@ def _rewrite(path, edit, tensors_edit=None):
         (lambda m: m["data"].update(mean=[0.5]), "data.mean"),
         (lambda m: m["data"].update(input_size=-3), "data.input_size=-3"),
         (lambda m: m["data"].update(stored_size=0), "data.stored_size=0"),
-        # one view's central crop of 40 from 32 px would be a strip of the image (x[..., -4:36]), padding or not
+        # one view's central crop of 40 from 32 px would be its last 4 × 4 pixels (x[..., -4:36, -4:36]), padding or not
         (lambda m: m["data"].update(crop=40, stored_size=32, pad=4), "data.crop=40 is larger than the stored image"),
         (lambda m: m["model"].update(overrides={"width": 1e9}), "model.overrides"),
         (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer than this alexnet reads"),

@@ -385,12 +385,13 @@ def build_transforms(
     """The training and evaluation transforms for images stored at ``stored`` px, and the preprocessing metadata
     saved with the weights (which rebuilds the same evaluation transform: `BatchTransform.for_eval`)."""
     crop = cfg.crop or min(input_size, stored)
-    # A translation by the image's side or more can crop it away entirely (and a mirror, pad_mode "reflect", reaches
-    # at most one side - 1 beyond it); data.pad's own range only bounds it at 1024.
-    # Evaluation takes the central crop of the stored image, unpadded: a larger one would slice a strip of it (a
-    # 34 px crop of 32 px images evaluated one row of pixels, resized); training's padded crops would draw offsets < 0.
+    # Evaluation takes the central crop of the stored image, unpadded: a larger one slices a corner of it (a 34 px
+    # crop of 32 px images is x[..., -1:33, -1:33], the last pixel alone, resized; beyond the padding, training's
+    # random offsets fail too).
     if crop > stored:
         raise ConfigError(f"data.crop={crop} is larger than the images' {stored} px: choose at most {stored}")
+    # A translation by the image's side or more can crop it away entirely (and a mirror, pad_mode "reflect", reaches
+    # at most one side - 1 beyond it); data.pad's own range only bounds it at 1024.
     if cfg.pad >= stored:
         raise ConfigError(
             f"data.pad={cfg.pad} must be less than the images' {stored} px (a shift that far crops them away)"
