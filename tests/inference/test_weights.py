@@ -257,3 +257,24 @@ def test_create_model_points_a_file_of_weights_to_load_trained(weights):
     with pytest.raises((W.WeightsError, ValueError), match=r"alexnet\.load_trained\(path\)") as refused:
         alexnet.create_model("alexnet_owt", weights=weights)
     assert "give a file path" not in str(refused.value)
+
+
+def test_torchvisions_pretrained_and_progress_work_as_there(entry, server, tmp_path, monkeypatch, capsys):
+    """`torch.hub.load(..., pretrained=True)`, as torchvision's hub takes it, was an unknown override: it is
+    weights="DEFAULT" (the variant's first entry, here the test's) with torchvision's FutureWarning; progress=False
+    downloads without the bar."""
+    from pathlib import Path
+
+    server.hits.clear()
+    monkeypatch.delitem(W._REGISTRY, "alexnet_owt.IMAGENET1K_V1")  # so that DEFAULT is the loopback entry
+    repo = Path(__file__).resolve().parents[2]
+    with pytest.warns(FutureWarning, match="use weights='DEFAULT'"):
+        model = torch.hub.load(str(repo), "alexnet_owt", source="local", pretrained=True, progress=False)
+    assert server.hits == ["/w/owt-test.pth"] and "%" not in capsys.readouterr().err  # downloaded, no bar
+    assert model.meta.classes == tuple(CLASSES) and not model.training
+    expected = torch.load(entry.cache_path(), weights_only=True)
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    with pytest.warns(FutureWarning, match="use weights=None"):
+        assert not hasattr(alexnet.create_model("alexnet_owt", pretrained=False, width=0.25), "meta")
+    with pytest.raises(ValueError, match="not pretrained=True with weights='TEST_V1'"):
+        alexnet.create_model("alexnet_owt", pretrained=True, weights="TEST_V1")
