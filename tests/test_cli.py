@@ -358,3 +358,22 @@ def test_an_interrupted_run_is_told_how_its_own_command_continues_it(argv, targe
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert err == f"alexnet {argv[0]}: error: stopped by SIGINT at epoch 2, batch 5; saved runs/x/last.pt: {says}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["paper", "fig3", "--weights", "w.safetensors"], "alexnet paper: error: unrecognized arguments: --weights"),
+        (["train", "--bogus", "1"], "alexnet train: error: unrecognized arguments: --bogus 1 (see alexnet train"),
+        (["predict", "--weights", "w", "x.png", "--nope"], "(see alexnet predict --help)"),
+    ],
+)
+def test_a_flag_a_command_lacks_is_named_by_that_command(argv, line, capsys, tmp_path, monkeypatch):
+    """`alexnet paper fig3 --weights W` said `alexnet: error: ... (see alexnet --help)`: the top level's usage,
+    which lists the commands, not the flags the command does take."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and line in err, err
+    assert not any(tmp_path.iterdir())

@@ -51,13 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."))
+        command = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        add_arguments(command)
+        command.set_defaults(command_parser=command)  # its own usage line for a flag it does not have
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alexnet`` console script."""
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # said by the command's parser: `alexnet paper: ... (see alexnet paper --help)`, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     # Our progress lines at INFO; other libraries' (onnxscript's optimizer, inductor) only from WARNING, all with -v.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("alexnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
