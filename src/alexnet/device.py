@@ -28,19 +28,19 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cpu":
         return device
     if device.type == "meta":  # tensors without data: nothing would be computed
-        raise ConfigError(f"--device {name!r} holds no data: use auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"device {name!r} holds no data: use auto, cpu, cuda, cuda:N or mps")
     # torch.cuda, torch.xpu...; MPS's availability is torch.backends.mps's
     backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
     if not (backend is not None and hasattr(backend, "is_available") and backend.is_available()):
         kind = device.type.upper()
-        raise ValueError(f"--device {name}: {kind} is not available on this machine; use --device cpu or auto")
+        raise ValueError(f"device {name!r}: {kind} is not available on this machine; use cpu or auto")
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if device.index is not None and device.index >= count:
-        raise ValueError(f"--device {name}: this machine has {count} {device.type} device(s), numbered from 0")
+        raise ValueError(f"device {name!r}: this machine has {count} {device.type} device(s), numbered from 0")
     return device
 
 
