@@ -215,3 +215,21 @@ def test_step_generators_take_every_valid_seed_and_keep_the_small_ones_draws():
         assert torch.equal(torch.rand(4, generator=step_generator(seed, epoch, step)), torch.rand(4, generator=old))
     big = [torch.rand(4, generator=step_generator(2**32 - 1, 0, step)) for step in (0, 1)]
     assert not torch.equal(*big)
+
+
+def test_a_resize_a_tensor_data_set_does_not_take_is_said(caplog):
+    """`data.resize` sizes image folders; the tensor sets are used as stored, which `--set data.resize=64` on the
+    fake (or CIFAR-10) set did silently."""
+    import logging
+
+    from alexnet.data.config import DataConfig
+    from alexnet.data.pipeline import build_data
+
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        data = build_data(DataConfig(dataset="fake", resize=64, batch_size=8), 32, torch.device("cpu"))
+    assert data.meta["stored_size"] == 32
+    assert "data.resize=64 is for image folders: fake is stored at 32 px" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        build_data(DataConfig(dataset="fake", resize=32, batch_size=8), 32, torch.device("cpu"))
+    assert "data.resize" not in caplog.text

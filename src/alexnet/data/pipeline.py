@@ -289,6 +289,14 @@ def build_data(
     if cfg.dataset in TENSOR_DATASETS:
         train_split = load_tensor_split(cfg.dataset, cfg.data_dir, train=True, download=cfg.download)
         in_channels, stored = train_split.images.shape[1], train_split.images.shape[-1]
+        if cfg.resize and cfg.resize != stored:  # said, not refused: a folder recipe may run on a tensor set (fake)
+            log.info(
+                "data.resize=%d is for image folders: %s is stored at %d px and used at that size (data.crop and "
+                "model.overrides.input_size set the crop and the model's input)",
+                cfg.resize,
+                cfg.dataset,
+                stored,
+            )
         val, classes = build_eval_loader(cfg, stored, device, val_rank, val_world)
         if cfg.val_split:
             train_split, held_split, held_out = carve(train_split, cfg)
