@@ -355,3 +355,32 @@ def test_allowed_hosts_add_a_proxys_names_and_bad_ones_are_one_line(files, capsy
         assert main(["serve", "--checkpoint", str(files["small"]), "--allowed-hosts", bad]) == 2, bad
         err = capsys.readouterr().err
         assert "is not a host name" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_post_from_another_sites_page_is_refused(files):
+    """A page of evil.example can make the user's browser POST an image here (a form needs no CORS); it cannot read
+    the answer, but the model runs for it. Browsers name the page's origin on such a POST: another site's is 403
+    before the body is read; the service's own page, clients that send no Origin, and GETs are served as before."""
+    png, png_type = noise_png(), {"Content-Type": "image/png"}
+    client, service = app_client(files)
+    with client:
+        own = client.post("/v1/classify", content=png, headers={**png_type, "Origin": "http://testserver"})
+        assert own.status_code == 200
+        assert client.post("/v1/classify", content=png, headers=png_type).status_code == 200  # curl, tritonclient
+        images_run = service.metrics.registry.get_sample_value
+        ran = images_run("alexnet_batch_size_sum")
+        foreign = ("http://evil.example", "null", "http://testserver.evil.example", "http://[x", "http://testserver:1")
+        for origin in foreign:
+            for path in ("/v1/classify", "/v2/models/small/infer"):
+                r = client.post(path, content=png, headers={**png_type, "Origin": origin})
+                assert r.status_code == 403 and "another site" in r.json()["error"], (origin, path, r.text)
+        assert images_run("alexnet_batch_size_sum") == ran  # nothing of theirs reached the model
+        assert client.get("/v2/models/small", headers={"Origin": "http://evil.example"}).status_code == 200
+    # Behind a proxy that rewrites Host to the service's address, the page comes from the proxy's public name.
+    client, _ = app_client(files, allowed_hosts=("127.0.0.1", "*.example.com", "app.example.net"))
+    via_proxy = {"Host": "127.0.0.1:8000", "Content-Type": "image/png"}
+    with client:
+        pages = (("https://api.example.com", 200), ("https://app.example.net", 200), ("https://a.org", 403))
+        for origin, code in pages:
+            r = client.post("/v1/classify", content=png, headers={**via_proxy, "Origin": origin})
+            assert r.status_code == code, (origin, r.text)

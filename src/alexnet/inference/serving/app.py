@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -260,6 +261,16 @@ class _Service:
 
     # --- request plumbing ---
     def authorize(self, request: Request) -> None:
+        origin = request.headers.get("origin")
+        if request.method == "POST" and origin is not None and not self._trusted_origin(origin, request):
+            # A page of another site posting here from the user's browser (it cannot read the answer, but the model
+            # would run for it): browsers name the page's origin on every cross-origin POST; clients that are not
+            # browsers send none. This service sets no CORS headers, so no other origin's page could use it anyway.
+            raise HTTPException(
+                403,
+                f"a request from the web page of {origin[:100]!r} is refused (another site); a site of yours in front "
+                "of this service: name it with --allowed-hosts",
+            )
         key = self.settings.api_key
         if key is None:
             return
@@ -269,6 +280,22 @@ class _Service:
             given = auth[7:]
         if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no key prefix leaks by timing
             raise HTTPException(401, "a valid API key is required (X-API-Key or Authorization: Bearer)")
+
+    def _trusted_origin(self, origin: str, request: Request) -> bool:
+        """The page's own site (its ``Origin`` names the ``Host`` addressed), or one of ``allowed_hosts`` (a proxy
+        that rewrites ``Host`` to this service's address serves the page from its public name)."""
+        try:
+            parts = urlsplit(origin)
+            name = parts.hostname or ""
+        except ValueError:  # "http://[x": no site at all
+            return False
+        if parts.netloc.lower() == request.headers.get("host", "").lower():
+            return True
+        name = f"[{name}]" if ":" in name else name
+        return any(
+            p == "*" or name == p.lower() or (p.startswith("*.") and name.endswith(p[1:].lower()))
+            for p in self.settings.allowed_hosts
+        )
 
     async def body(self, request: Request) -> bytes:
         """The body, refused with 413 as soon as it is known to be over the limit (before reading it, when the
