@@ -108,6 +108,7 @@ def test_freeze_takes_a_depth_as_a_number_or_a_string():
         (lambda c: setattr(c.data, "std", [True, 1, 1]), "data.std=[True, 1, 1] has the wrong type"),
         (lambda c: setattr(c.model, "name", "alexnet"), "unknown model 'alexnet'"),
         (lambda c: setattr(c, "data", {"batch_size": 8}), "data is a dict; expected a DataConfig"),
+        (lambda c: setattr(c.model, "overrides", None), "overrides=None has the wrong type; expected dict[str, Any]"),
     ],
 )
 def test_fit_checks_a_config_changed_in_python_before_it_writes_anything(tmp_path, monkeypatch, change, message):

@@ -291,7 +291,8 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
     """
     converted = _as_type(value, hint)
     if converted is _WRONG:
-        expected = hint.__name__ if isinstance(hint, type) else str(hint)  # "bool", not "<class 'bool'>"
+        # "bool", not "<class 'bool'>"; "dict[str, Any]", not "dict[str, typing.Any]"
+        expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
         raise ConfigError(f"{where}={value!r} has the wrong type; expected {expected}")
     return converted
 
