@@ -288,3 +288,34 @@ def test_report_is_given_something_that_is_no_run_directory(files, capsys):
     _refused(capsys, ["report", str(files["dir"] / "no-such-run")], "not there: give a run directory")
     _refused(capsys, ["report", files["weights"]], "is a file: give a run directory")
     _refused(capsys, ["report", str(files["dir"])], "not a run directory: it has no last.pt")
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    """An exported program (.pt2) of a small model: it predicts, but holds a graph, not the layers."""
+    root = tmp_path_factory.mktemp("program")
+    weights = make_weights(root / "w.safetensors")
+    out = root / "m.pt2"
+    assert main(["export", "--weights", str(weights), "--format", "exported-program", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    ("argv", "purpose"),
+    [
+        (["features", "--weights", "{p}", "{img}", "--out", "{d}/f.npy"], "to read features from"),
+        (["export", "--weights", "{p}", "--format", "onnx", "--out", "{d}/m.onnx"], "to export"),
+        (["quantize", "--weights", "{p}", "--out", "{d}/q.pt2"], "to quantize"),
+        (["paper", "fig3", "{p}", "--out", "{d}/fig"], "to draw Figure 3 from"),
+        (["paper", "fig4", "{p}", "--out", "{d}/fig", "--dataset", "fake"], "to take fc7 features from"),
+        (["train", "--dataset", "fake", "--weights", "{p}", "--out", "{d}/run"], "to start training from"),
+    ],
+)
+def test_a_program_where_the_layers_are_needed_is_one_line(program, files, tmp_path, capsys, argv, purpose):
+    """features, export, quantize, Figures 3 and 4 and fine-tuning read the network's layers; given a .pt2 program
+    (which predict, eval and serve run) they ended in AttributeError, StopIteration or torch.export's traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    words = [w.format(p=program, img=files["image"], d=out) for w in argv]
+    _refused(capsys, words, f"{program} is a program", f"no layers {purpose}", "the .safetensors or .pt")
+    assert not any(out.iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import AlexNetError
 from .program import load_program
 from .trained import TrainedModel, load_own
 from .weights import resolve
@@ -31,3 +32,19 @@ def load_trained(path: Path | str) -> TrainedModel:
     if path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
         return resolve(path)  # published weights: a registry name, torchvision's or Caffe's files
     return load_own(path)
+
+
+def load_network(path: Path | str, purpose: str) -> TrainedModel:
+    """`load_trained` for work that needs the network's layers (``purpose``: "to export", "to quantize"...): a
+    program (``.pt2``, exported or int8) runs, but holds a graph, not the layers, and is refused before it loads (an
+    int8 one would compile first).
+
+    Raises:
+        AlexNetError: ``path`` is a program; and what `load_trained` raises.
+    """
+    if Path(path).suffix == ".pt2":  # the only name a program loads under (`load_trained`)
+        raise AlexNetError(
+            f"{path} is a program (alexnet export or quantize wrote it): it predicts, but has no layers {purpose}; "
+            "give the .safetensors or .pt it was made from"
+        )
+    return load_trained(path)

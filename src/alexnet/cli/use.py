@@ -179,7 +179,7 @@ def add_features(p: argparse.ArgumentParser) -> None:
 def run_features(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..artifacts.loader import load_trained
+    from ..artifacts.loader import load_network
     from ..data.decode import expand_inputs
     from ..errors import AlexNetError
     from ..files import atomic_write, check_replaceable, write_bytes
@@ -191,7 +191,7 @@ def run_features(args: argparse.Namespace) -> int:
     # Before any work: a directory, a device or a run's results where a file goes.
     check_replaceable(args.out), check_replaceable(order)
     files = expand_inputs(args.inputs)
-    feats, done, errors = features_of_files(load_trained(args.weights), files, args.layer)
+    feats, done, errors = features_of_files(load_network(args.weights, "to read features from"), files, args.layer)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if not done:
@@ -235,10 +235,10 @@ def add_export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..artifacts.loader import load_trained
+    from ..artifacts.loader import load_network
     from ..inference.export import check_inputs_for, export_model
 
-    trained = load_trained(args.weights)
+    trained = load_network(args.weights, "to export")
     inputs, described = check_inputs_for(trained, args.images)
     result = export_model(trained, args.format, args.out, check_inputs=inputs, atol=args.atol, rtol=args.rtol)
     check = result.parity

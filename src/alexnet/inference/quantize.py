@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts.loader import load_trained
+from ..artifacts.loader import load_network
 from ..artifacts.program import Int8Model, load_program, load_torchao
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.stored import stored_split
@@ -137,7 +137,8 @@ def quantize_file(
     seed: int = 0,
     autotune: bool = True,
 ) -> QuantizeResult:
-    """Quantize a trained model (any file or name `load_trained` takes) into the int8 program ``out`` (``.pt2``).
+    """Quantize a trained model (any file or name `load_trained` takes but a program) into the int8 program ``out``
+    (``.pt2``).
 
     Raises:
         AlexNetError: ``out`` is not a ``.pt2`` path or is the model itself; WriteError: ``out`` cannot be written
@@ -149,7 +150,7 @@ def quantize_file(
     check_replaceable(out)  # before the work: a directory, a device or a run's results where the file goes
     if Path(source).exists() and out.resolve() == Path(source).resolve():
         raise AlexNetError(f"--out {out} is the model being quantized: choose another file")
-    trained = load_trained(source)
+    trained = load_network(source, "to quantize")
     began = time.perf_counter()
     inputs = calibration_inputs(trained, calibration, data_dir, seed)
     record = {"calibration_split": "train", "calibration_seed": seed, "dataset": trained.preprocessing.dataset}

@@ -10,7 +10,7 @@ import logging
 import torch
 from torch import nn
 
-from ..artifacts.loader import load_trained
+from ..artifacts.loader import load_network
 from ..artifacts.trained import TrainedModel
 from ..config import Config
 from ..data.pipeline import Data
@@ -30,7 +30,7 @@ def adopt_pretrained(cfg: Config) -> tuple[Config, TrainedModel | None]:
     """
     if not cfg.model.weights:
         return cfg, None
-    pretrained = load_trained(cfg.model.weights)
+    pretrained = load_network(cfg.model.weights, "to start training from")
     desc, prep = pretrained.meta.model, pretrained.preprocessing
     if (cfg.model.name, cfg.model.overrides) != (desc.variant, desc.overrides):
         log.info("model %s %s comes from the weights %s", desc.variant, desc.overrides or "", cfg.model.weights)
