@@ -319,3 +319,24 @@ def test_a_program_where_the_layers_are_needed_is_one_line(program, files, tmp_p
     words = [w.format(p=program, img=files["image"], d=out) for w in argv]
     _refused(capsys, words, f"{program} is a program", f"no layers {purpose}", "the .safetensors or .pt")
     assert not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--weights", "{m}", "--dataset", "fake"],
+        ["export", "--weights", "{m}", "--format", "onnx", "--out", "{d}/again.onnx"],
+        ["quantize", "--weights", "{m}", "--out", "{d}/q.pt2"],
+        ["features", "--weights", "{m}", "{img}", "--out", "{d}/f.npy"],
+    ],
+)
+def test_an_onnx_file_is_named_as_one_where_ours_are_read(files, tmp_path, capsys, argv):
+    """`predict` runs ONNX files; eval, export, quantize and features said `m.onnx is truncated or not a checkpoint
+    (not the zip archive torch.save writes)`."""
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\x08\x07ONNX-ish")
+    out = tmp_path / "out"
+    out.mkdir()
+    words = [w.format(m=onnx, img=files["image"], d=out) for w in argv]
+    _refused(capsys, words, f"{onnx} is an ONNX model", "alexnet predict", ".safetensors or .pt it was exported from")
+    assert not any(out.iterdir())

@@ -19,6 +19,7 @@ def load_trained(path: Path | str) -> TrainedModel:
     the file: checkpoints are unpickled with ``weights_only=True``, programs are checked before torch reads them.
 
     Raises:
+        AlexNetError: an ONNX file (`Predictor.from_path` runs those).
         FileNotFoundError: no such file, and no published weights of that name.
         CorruptCheckpointError: unreadable, or metadata that fails validation (`InvalidMetadataError`).
         UnsafeCheckpointError: a checkpoint or program that would run code when loaded.
@@ -27,6 +28,11 @@ def load_trained(path: Path | str) -> TrainedModel:
         WeightsError: published weights that cannot be downloaded or fail their hash check.
     """
     path = Path(path)
+    if path.suffix == ".onnx":  # read as a checkpoint it would be "not the zip archive torch.save writes"
+        raise AlexNetError(
+            f"{path} is an ONNX model: `alexnet predict` (or onnxruntime) runs it; this takes the .safetensors or "
+            ".pt it was exported from"
+        )
     if path.suffix == ".pt2":  # a torch.export program we wrote: exported fp32, or quantized int8
         return load_program(path)
     if path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
