@@ -97,6 +97,13 @@ def test_freeze_takes_a_depth_as_a_number_or_a_string():
     assert load_config("fashion-mnist", ['model.freeze="features"']).model.freeze == "features"
     with pytest.raises(AlexNetError, match="model.freeze=True has the wrong type"):
         load_config("fashion-mnist", ["model.freeze=true"])
+    from alexnet.models import create_model
+    from alexnet.training.finetune import freeze
+
+    for depth in (0, "0"):  # the number as the string: --set model.freeze=0 trained with nothing frozen
+        with pytest.raises(ConfigError, match="a depth from 1 to"):
+            freeze(create_model("alexnet_small", num_classes=10), depth)
+    assert freeze(create_model("alexnet_small", num_classes=10), None) == []
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def freeze(model: nn.Module, what: str | int | None) -> list[str]:
     Raises:
         ConfigError: not ``features`` or a depth from 1 to the number of weight layers minus one.
     """
-    if not what:
+    if what is None or what == "":  # not `not what`: a depth of 0 is refused as "0" is, not read as none
         return []
     given, what = what, str(what)  # N from a recipe or --set is a number, from --freeze a string
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
