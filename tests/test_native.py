@@ -2,6 +2,8 @@
 
 import functools
 import logging
+import subprocess
+import sys
 import threading
 
 import torch
@@ -42,22 +44,60 @@ def test_a_kernel_is_rebuilt_when_its_source_a_header_beside_it_or_a_flag_change
     assert native.source_tag(source) == native.source_tag(source)
 
 
-def test_each_checkout_and_environment_builds_its_own_kernel(tmp_path, monkeypatch):
-    """The builder rebuilds a directory whose source path or torch include paths changed: two checkouts sharing one
-    name would rebuild it on every switch between them. Where the source lies is in the name; its content too."""
-    import shutil
+# A module of Python's C API alone: compiled by torch's builder in about a second (torch's headers take 15-25 s).
+TINY = """#include <Python.h>
+#define STR2(x) #x
+#define STR(x) STR2(x)
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, STR(TORCH_EXTENSION_NAME), NULL, -1, NULL};
+PyMODINIT_FUNC CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  PyObject *m = PyModule_Create(&def);
+  PyModule_AddIntConstant(m, "answer", ANSWER);
+  return m;
+}
+"""
 
+
+def test_checkouts_and_environments_share_one_build_of_the_same_source(tmp_path, monkeypatch):
+    """A second checkout (or venv) of the same source loads the first one's build without the builder, which would
+    compile it anew for its own paths; an edited source builds its own; an unmarked build (the process died
+    between linking and marking it) and a library that does not load are built again, not used or raised."""
     import torch.utils.cpp_extension
 
-    names = []
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda name, *a, **k: names.append(name))
-    first, second = tmp_path / "a" / "k.cpp", tmp_path / "b" / "k.cpp"
-    first.parent.mkdir(), second.parent.mkdir()
-    first.write_text("int x;\n")
-    shutil.copy(first, second)
-    for source in (first, first, second):
-        native.build("k", source)
-    assert names[0] == names[1] != names[2] and all(n.startswith("k_") for n in names)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
+    real, builds = torch.utils.cpp_extension.load, []
+
+    def load(name, *args, **kwargs):
+        builds.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
+
+    def checkout(where, answer):
+        source = tmp_path / where / "tiny.c"
+        source.parent.mkdir()
+        source.write_text(TINY.replace("ANSWER", str(answer)))
+        return source
+
+    first, second, edited = checkout("a", 42), checkout("b", 42), checkout("c", 43)
+    assert native.build("tiny", first).answer == 42 and len(builds) == 1
+    assert native.build("tiny", second).answer == 42 and len(builds) == 1  # the first one's build
+    assert native.build("tiny", edited).answer == 43 and builds[1] != builds[0]
+    unmarked, damaged = checkout("d", 44), checkout("e", 45)
+    native.build("tiny", unmarked)
+    (tmp_path / "cache" / builds[-1] / native.BUILT).unlink()
+    assert native.build("tiny", unmarked).answer == 44 and builds[-1] == builds[-2]
+    native.build("tiny", damaged)
+    library = tmp_path / "cache" / builds[-1] / f"{builds[-1]}.so"
+    library.unlink()  # not written over: this process has it mapped
+    library.write_bytes(b"not a library")
+    # In a process that has not loaded it (this one would find it among its loaded modules).
+    loads = "import sys, pathlib; from alexnet import native; "
+    loads += "print(native.build('tiny', pathlib.Path(sys.argv[1])).answer)"
+    run = subprocess.run([sys.executable, "-c", loads, damaged], capture_output=True, text=True, timeout=300)
+    assert run.stdout.split() == ["45"], run.stderr[-2000:]
+    assert library.read_bytes()[:4] == b"\x7fELF" and (library.parent / native.BUILT).is_file()
 
 
 def test_every_variant_trains_and_infers_with_no_kernel_built(monkeypatch, caplog):
@@ -126,7 +166,7 @@ def test_prepare_of_one_kernel_builds_it_in_this_thread(monkeypatch):
 def _cached_build(cache, name, source, torch_dir="/venv/torch", flags="-O3"):
     """A build directory as torch's builder leaves it: its build file names the build, its flags and its source."""
     d = cache / name
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "build.ninja").write_text(
         f"cflags = -DTORCH_EXTENSION_NAME={name} -isystem {torch_dir}/include {flags}\n"
         f"build k.o: compile {source}\n"
@@ -175,5 +215,6 @@ def test_build_prunes_beside_what_it_loaded(tmp_path, monkeypatch):
         return types.SimpleNamespace(__file__=str(build / f"{name}.so"))
 
     monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
     native.build("k", source)
     assert not old.exists() and len(list(cache.iterdir())) == 1

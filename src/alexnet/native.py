@@ -3,16 +3,17 @@
 (`alexnet.models.fused_bn`), conv1's space-to-depth blocks (`alexnet.models.fused_stem`), the bf16-copy SGD step
 (`alexnet.training.bf16_copies`) and the int8 fc rows (`alexnet.artifacts.qlinear_rows`). Each is built for the CPU it
 runs on (``-march=native``) and cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), named
-after this CPU's instruction sets and the hash of its source, its flags, where the source lies and which torch builds
-it: two processes starting together (torchrun's ranks) share one build, and two checkouts or environments each keep
-their own (the builder writes the source's path and torch's include paths into its build file and rebuilds when they
-change: one shared directory was rebuilt on every switch between them, and under a process that had it loaded). A build
-removes the builds it replaces (`prune_replaced`). `prepare` builds several side by side, one compiler each, before a
-first step would ask for them one after the other."""
+after this CPU's instruction sets and the hash of what it compiles: its source, the headers beside it, its flags and
+torch's version. A finished build is marked, and any checkout or environment whose source hashes the same loads it
+without asking the builder again (the builder writes the source's path and torch's include paths into its build file
+and rebuilds when they change: a second clone or venv compiled every kernel anew, ~2 min on 2 cores). Two processes
+starting together (torchrun's ranks) build once. A build removes the builds it replaces (`prune_replaced`). `prepare`
+builds several side by side, one compiler each, before a first step would ask for them one after the other."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -89,6 +90,9 @@ def source_tag(source: Path, flags: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(" ".join([source.read_text(), *headers, *flags]).encode()).hexdigest()[:10]
 
 
+BUILT = "alexnet-built"  # in a build directory: its library is whole (written after it loaded)
+
+
 def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     """The extension compiled from ``source`` (a module with the functions it binds), named ``name``.
 
@@ -101,26 +105,55 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
     # The builder's "No CUDA runtime is found" warning is no news on a CPU build.
     with level_set("torch.utils.cpp_extension", logging.ERROR):
         import torch
-        from torch.utils.cpp_extension import load  # its import logs that warning
+        from filelock import FileLock  # torch's own dependency
+        from torch.utils import cpp_extension  # its import logs that warning
 
-        tag = source_tag(source, (*flags, str(source.resolve()), str(Path(torch.__file__).parent)))
-        # `load`, not `load_inline`: the latter puts torch/extension.h (every ATen op, the C++ frontend) before the
-        # source, which then takes 57 s to compile on one core of an AMD EPYC (Zen 3) instead of 24 with the headers
-        # each source names.
-        module = load(
-            f"{name}_{cpu_fingerprint()}_{tag}",
-            [str(source)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", *flags],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        tag = source_tag(source, (*flags, torch.__version__, str(torch.version.git_version)))
+        full = f"{name}_{cpu_fingerprint()}_{tag}"
+        # The builder's own directory for the name: $TORCH_EXTENSIONS_DIR or its per-Python, per-accelerator folder.
+        directory = Path(cpp_extension._get_build_directory(full, False))
+        # Our lock, not the builder's (held only while it builds): a process that waited for another's build
+        # finds it marked and loads it, where the builder would rebuild it for its own paths.
+        with FileLock(directory / "alexnet.lock"):
+            module = _load_marked(directory, full)
+            if module is None:
+                # `load`, not `load_inline`: the latter puts torch/extension.h (every ATen op, the C++ frontend)
+                # before the source, which then takes 57 s to compile on one core of an AMD EPYC (Zen 3) instead
+                # of 24 with the headers each source names.
+                module = cpp_extension.load(
+                    full,
+                    [str(source)],
+                    extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", *flags],
+                    extra_ldflags=["-fopenmp"],
+                    build_directory=str(directory),
+                    verbose=False,
+                )
+                marker = directory / f"{BUILT}.tmp{os.getpid()}"
+                marker.write_text(f"{source}\n")  # which source built it, for whoever reads the cache
+                marker.replace(directory / BUILT)
     log.debug("%s kernel loaded", name)
-    built = getattr(module, "__file__", None)  # …/<cache>/<name>_<cpu>_<tag>/<name>_<cpu>_<tag>.so
     try:
-        if built:
-            prune_replaced(Path(built).parent, f"{name}_{cpu_fingerprint()}_")
+        prune_replaced(directory, f"{name}_{cpu_fingerprint()}_")
     except OSError as err:  # a cache we may read but not clean: the kernel works all the same
         log.debug("earlier %s builds left in place: %s", name, err)
+    return module
+
+
+def _load_marked(directory: Path, name: str) -> Any | None:
+    """The module of a finished build in ``directory`` (marked `BUILT`), or None: unmarked, or a library that does
+    not load (a cache copied from elsewhere, a damaged file), which the builder then builds again."""
+    library = directory / f"{name}.so"
+    if not (directory / BUILT).is_file() or not library.is_file():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except (ImportError, OSError) as err:
+        log.debug("%s does not load (%s): building it again", library, err)
+        (directory / BUILT).unlink(missing_ok=True)
+        library.unlink(missing_ok=True)  # else the builder, finding it newer than its source, would keep it
+        return None
     return module
 
 
