@@ -10,7 +10,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -209,6 +211,27 @@ def test_no_export_features_conversion_or_evaluation_replaces_a_runs_results(fin
     assert _digests(finished_run) == before
     # A .pt outside a run, without a digest, is the user's to replace: a TorchScript export there is written.
     assert main(["export", "--checkpoint", weights, "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+
+
+def test_features_keep_a_users_text_file_beside_the_array(finished_run, tmp_path, capsys):
+    """`features --out notes.npy` writes its file order as notes.txt: a user's notes.txt there is refused before
+    any work, not replaced; the command's own order from an earlier run is written again."""
+    weights = str(finished_run / "best.safetensors")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
+    notes, out = tmp_path / "notes.txt", str(tmp_path / "notes.npy")
+    notes.write_text("my notes\n")
+    assert main(["features", "--weights", weights, str(image), "--out", out]) == 2
+    _one_line(err := capsys.readouterr().err)
+    assert "holds notes.txt" in err and notes.read_text() == "my notes\n" and not Path(out).exists()
+    # Nor does an array beside it of another number of rows than the text has lines.
+    np.save(out, np.zeros((3, 4)))
+    assert main(["features", "--weights", weights, str(image), "--out", out]) == 2
+    assert notes.read_text() == "my notes\n"
+    notes.unlink()
+    for _ in range(2):  # the second run replaces its own order
+        assert main(["features", "--weights", weights, str(image), str(image), "--out", out]) == 0
+        assert notes.read_text() == f"{image}\n{image}\n" and np.load(out).shape[0] == 2
 
 
 def test_features_of_no_readable_image_write_nothing(finished_run, tmp_path, capsys):

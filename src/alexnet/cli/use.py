@@ -182,14 +182,16 @@ def run_features(args: argparse.Namespace) -> int:
     from ..artifacts.loader import load_network
     from ..data.decode import expand_inputs
     from ..errors import AlexNetError
-    from ..files import atomic_write, check_replaceable, write_bytes
+    from ..files import atomic_write, check_outputs, check_replaceable, write_bytes
     from ..inference.features import features_of_files
 
     if not args.out.endswith(".npy"):
         raise AlexNetError(f"--out {args.out}: the features are a NumPy array, name the file .npy")
     order = args.out[: -len(".npy")] + ".txt"
-    # Before any work: a directory, a device or a run's results where a file goes.
+    # Before any work: a directory, a device or a run's results where a file goes; and a .txt beside the .npy the
+    # user named that is not an earlier file order of these features (their notes.txt, for --out notes.npy).
     check_replaceable(args.out), check_replaceable(order)
+    check_outputs(Path(order).parent, [Path(order).name], _an_order_of(args.out, order), "--out")
     files = expand_inputs(args.inputs)
     feats, done, errors = features_of_files(load_network(args.weights, "to read features from"), files, args.layer)
     for e in errors:
@@ -201,6 +203,18 @@ def run_features(args: argparse.Namespace) -> int:
     write_bytes(order, b"".join(_order_line(name) for name in done))
     print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
     return 1 if errors else 0
+
+
+def _an_order_of(npy: str, txt: str) -> bool:
+    """Whether ``txt`` is the file order `features` wrote beside ``npy``: a line for each of its rows."""
+    import numpy as np
+
+    try:
+        rows = np.load(npy, mmap_mode="r", allow_pickle=False).shape[:1]
+        with open(txt, "rb") as f:
+            return rows == (sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")),)
+    except (OSError, ValueError):  # either missing, not an array, not a file
+        return False
 
 
 def _order_line(name: str) -> bytes:
