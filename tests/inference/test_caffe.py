@@ -180,3 +180,25 @@ def test_a_caffemodel_path_loads_like_any_weights(tmp_path):
     trained = load_trained(path)  # what predict / eval / export / --weights do with a path
     assert trained.meta.model.variant == "alexnet_paper"
     assert trained.classes == [f"class_{i}" for i in range(7)]
+
+
+def test_the_default_output_replaces_only_an_earlier_conversion(tmp_path, capsys):
+    """`convert-caffe m.caffemodel` writes m.safetensors, a name the user did not give: a file of theirs there is
+    refused before the work, an earlier conversion of the same model is written again, and `--out` names any."""
+    from alexnet.cli import main
+
+    path, default = tmp_path / "m.caffemodel", tmp_path / "m.safetensors"
+    path.write_bytes(_caffemodel(_random_params(), v1=False))
+    default.write_bytes(b"the user's own weights")
+    assert main(["convert-caffe", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is not a conversion of" in err
+    assert default.read_bytes() == b"the user's own weights"
+    other = tmp_path / "other.caffemodel"  # a conversion of another model is not this one's either
+    other.write_bytes(path.read_bytes())
+    assert main(["convert-caffe", str(other), "--out", str(default)]) == 0
+    assert main(["convert-caffe", str(path)]) == 2
+    default.unlink()
+    for _ in range(2):  # the second replaces the first's own output
+        assert main(["convert-caffe", str(path)]) == 0
+        assert load_trained(default).meta.provenance["converted_from"] == "m.caffemodel"

@@ -66,10 +66,19 @@ def add_convert_caffe(p: argparse.ArgumentParser) -> None:
 
 def run_convert_caffe(args: argparse.Namespace) -> int:
     from ..artifacts.caffe import IMAGENET_MEAN_BGR, convert_caffe, mean_from_binaryproto
-    from ..artifacts.checkpoint import save_weights
+    from ..artifacts.checkpoint import read_weights_meta, save_weights
+    from ..errors import AlexNetError, WriteError
     from ..files import MB, check_replaceable, read_text_input
 
     out = check_replaceable(args.out or Path(args.caffemodel).with_suffix(".safetensors"))  # before the work
+    if not args.out and out.exists():
+        # A file the user did not name: replaced only where it is an earlier conversion of this caffemodel.
+        try:
+            earlier = read_weights_meta(out).get("provenance", {}).get("converted_from")
+        except (AlexNetError, OSError, AttributeError):
+            earlier = None
+        if earlier != Path(args.caffemodel).name:
+            raise WriteError(f"{out} exists and is not a conversion of {args.caffemodel}: name the file with --out")
     mean = mean_from_binaryproto(args.mean_file) if args.mean_file else IMAGENET_MEAN_BGR
     classes = read_text_input(args.classes, 16 * MB, "class list").splitlines() if args.classes else None
     trained = convert_caffe(args.caffemodel, classes=classes, mean_bgr=mean)
