@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -377,3 +378,31 @@ def test_a_flag_a_command_lacks_is_named_by_that_command(argv, line, capsys, tmp
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and line in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
+    """`kill`, `timeout` or a container stopping send SIGTERM, whose default action ended the process where it was:
+    an export killed after writing its staged file left it beside the target (244 MB for alexnet_owt's ONNX).
+    Now the command stops as on Ctrl-C: its cleanup runs, one line, status 128 + 15, the previous export kept."""
+    from tests.conftest import make_weights
+
+    weights = make_weights(tmp_path / "m.safetensors")
+    out = tmp_path / "out" / "m.pt2"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous export")
+    # SIGTERM arrives while the staged program is checked against eager (written, not yet moved into place).
+    script = (
+        "import os, signal, sys\n"
+        "from alexnet.inference import export\n"
+        "real = export.parity\n"
+        "def parity(*args):\n"
+        "    assert any(p.name.endswith('.staged.pt2') for p in os.scandir(os.path.dirname(sys.argv[2])))\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(*args)\n"
+        "export.parity = parity\n"
+        "from alexnet.cli import main\n"
+        "sys.exit(main(['export', '--weights', sys.argv[1], '--format', 'exported-program', '--out', sys.argv[2]]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(weights), str(out)], capture_output=True, text=True)
+    assert done.returncode == 128 + signal.SIGTERM and done.stderr == "terminated\n", done.stderr[-2000:]
+    assert os.listdir(out.parent) == ["m.pt2"] and out.read_bytes() == b"the previous export"

@@ -8,12 +8,14 @@ The commands live by family (`train`, `use`, `paper`, `catalog`); the flags seve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from ..errors import AlexNetError, TrainingInterrupted, out_of_memory
@@ -75,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # straight to stderr; 6 is above its highest level (5). Read when it first starts; a user's own setting wins.
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     try:
-        return COMMANDS[args.command][2](args)
+        with _terminated_as_interrupt():
+            return COMMANDS[args.command][2](args)
     except (AlexNetError, ValueError, FileNotFoundError) as err:
         if args.verbose:
             raise
@@ -87,13 +90,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"alexnet {args.command}: error: {_out_of_memory_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print("terminated" if isinstance(err, Terminated) else "interrupted", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
     except BrokenPipeError:  # `alexnet predict DIR | head`: the reader has what it wanted
         # stdout to /dev/null, so the interpreter's last flush at exit does not fail again (Python's own recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a container or service stopping), raised where the command is, as Ctrl-C's
+    KeyboardInterrupt is: the command's cleanup runs (an export's staged file, a write's temporary file) where the
+    default action killed the process and left them, an unfinished ONNX export of ``alexnet_owt`` 244 MB."""
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` while the command runs (training and serving install their own handlers, which
+    save or drain first, and restore this one). Only the main thread may set a handler: elsewhere, as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _continue(command: str, out: str) -> str:
