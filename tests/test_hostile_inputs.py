@@ -95,6 +95,8 @@ def test_bad_config_values_and_flags(tmp_path, capsys, files):
     with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line usage error
         main(["stats", "--dataset", "fake", "--resize", "-5"])
     assert exit_info.value.code == 2 and "--resize: -5 must be at least 1" in capsys.readouterr().err
+    # Training's bound, where 100,000 px asked for 28 GiB and the line advised a --batch-size stats does not have.
+    _refused(capsys, ["stats", "--dataset", "fake", "--resize", "100000"], "data.resize=100000 is out of range")
     (tmp_path / "feats.txt").mkdir()
     _refused(
         capsys,

@@ -179,12 +179,14 @@ def add_stats(p: argparse.ArgumentParser) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from ..config import Config
     from ..data.config import DataConfig
     from ..data.stats import dataset_stats
 
     cfg = DataConfig(
         dataset=args.dataset, data_dir=args.data_dir, resize=args.resize, workers=args.workers, batch_size=256
     )
+    Config(data=cfg).validate()  # the bounds training keeps (data.resize at most 8,192 px)
     stats = dataset_stats(cfg, limit_batches=args.limit_batches)
     print(json.dumps(stats, indent=2))
     keys = ("mean", "std", "pca_eigval", "pca_eigvec")
