@@ -264,9 +264,17 @@ def test_running_out_of_memory_is_one_line(files, capsys, monkeypatch):
     assert run(lambda args: torch.empty(2**50)) == 1  # 4 PiB: refused by the allocator on any machine
     err = capsys.readouterr().err
     assert err.strip() == (
-        "alexnet eval: error: out of memory in RAM (it asked for 4194304.0 GiB more): use a smaller --batch-size, "
-        "input size or width (-v shows where)"
+        "alexnet eval: error: out of memory in RAM (it asked for 4194304.0 GiB more): use a smaller --batch-size "
+        "(-v shows where)"
     )
+    # The advice names what the command takes: training's sizes, or no flag for a command without a batch size.
+    for command, args, advice in (
+        ("train", ["--dataset", "fake"], "use a smaller --batch-size, input size or width"),
+        ("features", [files["image"], "--weights", files["weights"], "--out", "f.npy"], "more memory than is free"),
+    ):
+        monkeypatch.setitem(cli.COMMANDS, command, (*cli.COMMANDS[command][:2], lambda args: torch.empty(2**50)))
+        assert main([command, *args]) == 1
+        assert capsys.readouterr().err.strip().endswith(f"{advice} (-v shows where)"), command
 
     class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name and message, without a GPU
         pass

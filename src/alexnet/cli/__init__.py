@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as err:
         if args.verbose or not out_of_memory(err):
             raise
-        print(f"alexnet {args.command}: error: {_out_of_memory_line(err)}", file=sys.stderr)
+        print(f"alexnet {args.command}: error: {_out_of_memory_line(err, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         print("terminated" if isinstance(err, Terminated) else "interrupted", file=sys.stderr)
@@ -132,8 +132,9 @@ def _continue(command: str, out: str) -> str:
     return f"continue with --resume auto --out {out}"
 
 
-def _out_of_memory_line(err: BaseException) -> str:
-    """One line for a failed allocation (`out_of_memory`): where, how much was asked for, what to make smaller."""
+def _out_of_memory_line(err: BaseException, args: argparse.Namespace) -> str:
+    """One line for a failed allocation (`out_of_memory`): where, how much was asked for, what to make smaller
+    (a flag the command has: `features` or `stats` advised a --batch-size they do not take)."""
     text = str(err)
     cuda = any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__)
     asked = re.search(r"(?:tried to )?allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text)
@@ -143,8 +144,10 @@ def _out_of_memory_line(err: BaseException) -> str:
     elif asked:
         size = f"{size} {asked.group(2)}"
     where = "on the GPU" if cuda else "in RAM"
-    return (
-        f"out of memory {where}"
-        + (f" (it asked for {size} more)" if size else "")
-        + ": use a smaller --batch-size, input size or width (-v shows where)"
-    )
+    if "data__batch_size" in vars(args):  # training: the config's sizes too
+        advice = "use a smaller --batch-size, input size or width"
+    elif "batch_size" in vars(args):
+        advice = "use a smaller --batch-size"
+    else:
+        advice = "the model and its data need more memory than is free"
+    return f"out of memory {where}" + (f" (it asked for {size} more)" if size else "") + f": {advice} (-v shows where)"
