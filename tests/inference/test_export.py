@@ -150,3 +150,32 @@ def test_every_format_export_writes_is_loaded_or_refused_by_name(tmp_path, weigh
             assert code == 0, captured.err
             got = [json.loads(line)["topk"][0]["label"] for line in captured.out.splitlines()]
             assert got == expected, fmt
+
+
+def test_an_export_removes_what_a_killed_export_to_the_same_file_left(tmp_path, weights):
+    """SIGKILL (the out-of-memory killer) runs no cleanup: the staged file and its temporary stay, hidden, an
+    export's size each. The next export to that file removes those of processes that are gone and keeps a live
+    process's and anything not named so."""
+    import os
+
+    gone = _a_finished_pid()
+    out = tmp_path / "m.pt2"
+    left = [tmp_path / f".m.{gone}.staged.pt2", tmp_path / f"..m.{gone}.staged.pt2.k3x_9q.tmp"]
+    kept = [
+        tmp_path / f".m.{os.getppid()}.staged.pt2",  # a live process's export under way
+        tmp_path / f".other.{gone}.staged.pt2",  # another target's
+        tmp_path / f".m.{gone}.staged.onnx",  # another format's
+        tmp_path / ".m.notes.staged.pt2",  # no pid: not one of ours
+    ]
+    for path in left + kept:
+        path.write_bytes(b"x" * 100)
+    export_model(load_trained(weights), "exported-program", out)
+    assert out.exists() and not any(p.exists() for p in left) and all(p.exists() for p in kept)
+
+
+def _a_finished_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
