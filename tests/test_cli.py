@@ -367,6 +367,8 @@ def test_an_interrupted_run_is_told_how_its_own_command_continues_it(argv, targe
         (["paper", "fig3", "--weights", "w.safetensors"], "alexnet paper: error: unrecognized arguments: --weights"),
         (["train", "--bogus", "1"], "alexnet train: error: unrecognized arguments: --bogus 1 (see alexnet train"),
         (["predict", "--weights", "w", "x.png", "--nope"], "(see alexnet predict --help)"),
+        # before the command, the top level's (it was train's, whose usage does not list -v and --version)
+        (["--bogus", "train", "--dataset", "fake"], "alexnet: error: unrecognized arguments: --bogus (see alexnet"),
     ],
 )
 def test_a_flag_a_command_lacks_is_named_by_that_command(argv, line, capsys, tmp_path, monkeypatch):

@@ -61,9 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alexnet`` console script."""
-    args, unknown = build_parser().parse_known_args(argv)
-    if unknown:  # said by the command's parser: `alexnet paper: ... (see alexnet paper --help)`, not the top level's
-        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the parser whose flags they are not: `alexnet paper: ... (see alexnet paper --help)`
+        words = list(sys.argv[1:] if argv is None else argv)
+        command_at = words.index(args.command) if args.command in words else len(words)
+        before = [w for w in words[:command_at] if w in unknown]  # `alexnet --bogus train`: the top level's
+        (parser if before else args.command_parser).error(f"unrecognized arguments: {' '.join(before or unknown)}")
     # Our progress lines at INFO; other libraries' (onnxscript's optimizer, inductor) only from WARNING, all with -v.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("alexnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
