@@ -267,7 +267,7 @@ def run_figure(
         raise AlexNetError(f"alexnet paper {kind} needs a run directory, weights or a checkpoint")
     out = Path(out or resolve(source).parent)
     if out.exists() and not out.is_dir():
-        raise AlexNetError(f"--out {out} is a file: alexnet paper {kind} writes its figures into a directory")
+        raise AlexNetError(f"{out} is a file: {kind} writes its figure and record into a directory")
     check_outputs(out, [f"{kind}.png", f"{kind}.json"], is_record(out / f"{kind}.json", ("figure",)), "--out")
     if kind == "fig3":
         result = figure3(source, out)

@@ -219,7 +219,7 @@ def primitive_profile(
     standard output while the steps run, and nothing reaches the terminal."""
     dev = pick_device("cpu" if device == "auto" else device)  # auto: the CPU, even where a GPU is
     if dev.type != "cpu":
-        raise ValueError(f"--onednn profiles oneDNN, the CPU's library: not on {dev}")
+        raise ValueError(f"the oneDNN profile is of the CPU's library: not on {dev}")
     step, case = _warm_step(model_name, batch, size, dev)
     with tempfile.TemporaryFile("w+") as log_file:
         with _stdout_into(log_file), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):

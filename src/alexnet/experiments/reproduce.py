@@ -331,7 +331,7 @@ def reproduce(
     if unknown:
         raise AlexNetError(f"unknown experiment(s) {unknown}; choose from {names}")
     if seeds < 1:
-        raise AlexNetError("--seeds must be at least 1")
+        raise AlexNetError("seeds must be at least 1")
     out = Path(out)
     plan = Plan(
         out,

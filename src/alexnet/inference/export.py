@@ -143,9 +143,9 @@ def export_model(
     x = check_inputs.float() if check_inputs is not None else torch.randn(3, model.in_channels, size, size)
     out = check_target(out)
     if trained.source and out.resolve() == Path(trained.source).resolve():
-        raise AlexNetError(f"--out {out} is the model being exported: choose another file")
+        raise AlexNetError(f"{out} is the model being exported: write the export to another file")
     if out.suffix not in SUFFIXES[fmt]:
-        raise AlexNetError(f"--out {out}: name the {fmt} file {' or '.join(SUFFIXES[fmt])}")
+        raise AlexNetError(f"{out}: name the {fmt} file {' or '.join(SUFFIXES[fmt])}")
     check_replaceable(out)
     # Written beside the target under another name and checked there; only a file that passes replaces the target,
     # so a failed check leaves the user's previous export as it was.

@@ -146,10 +146,10 @@ def quantize_file(
     """
     out = Path(out)
     if out.suffix != ".pt2":
-        raise AlexNetError(f"--out {out}: the int8 program is a torch.export file, name it .pt2")
+        raise AlexNetError(f"{out}: the int8 program is a torch.export file, name it .pt2")
     check_replaceable(out)  # before the work: a directory, a device or a run's results where the file goes
     if Path(source).exists() and out.resolve() == Path(source).resolve():
-        raise AlexNetError(f"--out {out} is the model being quantized: choose another file")
+        raise AlexNetError(f"{out} is the model being quantized: write the program to another file")
     trained = load_network(source, "to quantize")
     began = time.perf_counter()
     inputs = calibration_inputs(trained, calibration, data_dir, seed)

@@ -158,11 +158,13 @@ class ShardedAlexNet(nn.Module):
         spec = full.spec
         if mode == "towers" and spec.groups != world:
             raise AlexNetError(
-                f"--parallel towers puts one tower on each rank: {full.config.get('variant')} has groups={spec.groups} "
-                f"towers but {world} ranks were started (alexnet_paper: 2 ranks)"
+                f"parallel mode 'towers' puts one tower on each rank: {full.config.get('variant')} has "
+                f"groups={spec.groups} towers but {world} ranks were started (alexnet_paper: 2 ranks)"
             )
         if mode == "towers" and spec.adaptive_pool:
-            raise AlexNetError("--parallel towers needs a fixed-size trunk (no adaptive pooling): use alexnet_paper")
+            raise AlexNetError(
+                "parallel mode 'towers' needs a fixed-size trunk (no adaptive pooling): use alexnet_paper"
+            )
         self.mode, self.rank, self.world = mode, rank, world
         self.config, self.spec = dict(full.config), spec
         self.num_classes, self.in_channels = full.num_classes, full.in_channels
@@ -192,7 +194,9 @@ class ShardedAlexNet(nn.Module):
                     sharded = _shard_norm(module, rank, world)
                 elif isinstance(module, LocalResponseNorm):
                     if module.groups != world:
-                        raise AlexNetError("--parallel towers needs the paper's per-tower LRN (groups=2), not Caffe's")
+                        raise AlexNetError(
+                            "parallel mode 'towers' needs the paper's per-tower LRN (groups=2), not Caffe's"
+                        )
                     sharded = LocalResponseNorm(module.size, module.alpha, module.beta, module.k, module.convention, 1)
                 else:
                     sharded = copy.deepcopy(module)  # activations, pooling: per channel

@@ -32,11 +32,11 @@ class Strategy:
     def for_run(cls, mode: str, info: DistInfo, clip_grad_norm: float | None, compile: bool) -> Strategy:
         if mode != "data" and not info.enabled:
             raise ConfigError(
-                f"--parallel {mode} splits the model across processes: start it under torchrun with 2 or more, e.g. "
-                f"torchrun --nproc_per_node 2 -m alexnet.cli train --parallel {mode} ..."
+                f"parallel mode {mode!r} splits the model across processes: start it under torchrun with 2 or more, "
+                f"e.g. torchrun --nproc_per_node 2 -m alexnet.cli train --parallel {mode} ..."
             )
         if mode != "data" and (clip_grad_norm or compile):
-            raise ConfigError(f"--parallel {mode} does not support gradient clipping or --compile yet")
+            raise ConfigError(f"parallel mode {mode!r} does not support gradient clipping or compiling (--compile) yet")
         return cls(mode, info)
 
     @property

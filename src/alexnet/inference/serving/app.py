@@ -114,11 +114,11 @@ class ServeSettings:
         for pattern in self.allowed_hosts:
             if not _is_host_pattern(pattern):
                 raise ConfigError(
-                    f"--allowed-hosts {pattern!r} is not a host name: give names such as api.example.com, "
+                    f"allowed host {pattern!r} is not a host name: give names such as api.example.com, "
                     "*.example.com (its subdomains), 10.0.0.5 or [::1], without a port"
                 )
         if self.grpc_port is not None and not (isinstance(self.grpc_port, int) and 0 <= self.grpc_port <= 65535):
-            raise ConfigError(f"--grpc-port {self.grpc_port!r} is not a port number")
+            raise ConfigError(f"gRPC port {self.grpc_port!r} is not a port number")
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too

@@ -79,9 +79,9 @@ def serve(
 
             protocol()  # compile the .proto now: a missing extra is one line, before the model loads
         except ImportError as err:
-            raise AlexNetError(f"--grpc-port needs the [grpc] extra: pip install 'alexnet[grpc]' ({err})") from None
+            raise AlexNetError(f"serving gRPC needs the [grpc] extra: pip install 'alexnet[grpc]' ({err})") from None
         if settings.grpc_port == port != 0:  # 0: the system picks a free port for each
-            raise AlexNetError(f"--grpc-port {port} is the HTTP port: give gRPC a port of its own")
+            raise AlexNetError(f"gRPC port {port} is the HTTP port: give gRPC a port of its own")
         _check_port(host, settings.grpc_port)
         from dataclasses import replace
 
@@ -149,7 +149,7 @@ def _check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise AlexNetError(f"--host {host}: not an address ({err.strerror})") from None
+        raise AlexNetError(f"host {host}: not an address ({err.strerror})") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
