@@ -41,3 +41,6 @@ def test_large_images_are_measured_in_small_batches_and_chunks_to_the_same_figur
         assert torch.allclose(torch.tensor(small[key]), torch.tensor(whole[key]), atol=2e-6), key
     limited = dataset_stats(DataConfig(dataset="fake", batch_size=100), input_size=32, limit_batches=2)
     assert limited["images"] == 200
+    # A resize given for a tensor data set, which stores its images at their own size, does not shrink the batch.
+    dataset_stats(DataConfig(dataset="fake", batch_size=100, resize=8192), input_size=32, limit_batches=1)
+    assert batches[-1] == 7

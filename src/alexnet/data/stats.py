@@ -9,6 +9,7 @@ import torch
 
 from .config import DataConfig
 from .pipeline import build_data
+from .sources import TENSOR_DATASETS
 
 BATCH_BYTES = 256 << 20  # a batch's stored images (uint8) at most: 256 images of 256 px take 50 MB, of 8,192 px one 201
 CHUNK = 1 << 22  # pixels turned into float64 at once: (3, 2^22) is 100 MB, where a batch of 256 at 1,024 px was 6.4 GB
@@ -22,7 +23,8 @@ def dataset_stats(cfg: DataConfig, input_size: int = 224, limit_batches: int | N
     in the form ``data.pca_eigval`` / ``data.pca_eigvec`` take. ``limit_batches`` counts batches of
     ``cfg.batch_size`` images, however many a batch holds to keep large images within memory.
     """
-    side = cfg.resize or 256  # folders' stored size; the tensor data sets' images are smaller
+    # Folders' stored size; the tensor data sets' images are 96 px at most, whatever resize says (it is for folders).
+    side = 256 if cfg.dataset in TENSOR_DATASETS else cfg.resize or 256
     batch = max(1, min(cfg.batch_size, BATCH_BYTES // (3 * side * side)))
     limit = None if limit_batches is None else limit_batches * cfg.batch_size  # images
     data = build_data(replace(cfg, batch_size=batch), input_size, torch.device("cpu"))
