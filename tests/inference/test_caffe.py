@@ -202,3 +202,7 @@ def test_the_default_output_replaces_only_an_earlier_conversion(tmp_path, capsys
     for _ in range(2):  # the second replaces the first's own output
         assert main(["convert-caffe", str(path)]) == 0
         assert load_trained(default).meta.provenance["converted_from"] == "m.caffemodel"
+    # Nor is the input itself written over, named as --out or found as the default (a file named .safetensors).
+    before = path.read_bytes()
+    assert main(["convert-caffe", str(path), "--out", str(path)]) == 2
+    assert "is the Caffe model being converted" in capsys.readouterr().err and path.read_bytes() == before

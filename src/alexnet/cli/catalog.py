@@ -71,6 +71,8 @@ def run_convert_caffe(args: argparse.Namespace) -> int:
     from ..files import MB, check_replaceable, read_text_input
 
     out = check_replaceable(args.out or Path(args.caffemodel).with_suffix(".safetensors"))  # before the work
+    if out.exists() and out.resolve() == Path(args.caffemodel).resolve():
+        raise WriteError(f"{out} is the Caffe model being converted: write the weights to another file")
     if not args.out and out.exists():
         # A file the user did not name: replaced only where it is an earlier conversion of this caffemodel.
         try:
