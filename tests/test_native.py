@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import torch
 
 from alexnet import native
@@ -218,3 +219,28 @@ def test_build_prunes_beside_what_it_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
     native.build("k", source)
     assert not old.exists() and len(list(cache.iterdir())) == 1
+
+
+def test_a_read_only_cache_with_the_kernel_built_in_loads_it(tmp_path, monkeypatch):
+    """A container image with its kernels built in, mounted read-only (Kubernetes' readOnlyRootFilesystem): the
+    lock file cannot be made, and the builder could not run either; the marked build loads all the same. Where
+    there is none, the failure is the builder's (the caller warns and runs the reference)."""
+    import errno
+
+    import filelock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "tiny.c"
+    source.write_text(TINY.replace("ANSWER", "46"))
+    native.build("tiny", source)  # built while the cache was writable
+
+    class ReadOnly(filelock.FileLock):
+        def acquire(self, *args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system", str(self.lock_file))
+
+    monkeypatch.setattr(filelock, "FileLock", ReadOnly)
+    assert native.build("tiny", source).answer == 46
+    unbuilt = tmp_path / "other.c"
+    unbuilt.write_text(TINY.replace("ANSWER", "47"))
+    with pytest.raises(OSError, match="Read-only"):
+        native.build("tiny", unbuilt)

@@ -12,6 +12,7 @@ builds several side by side, one compiler each, before a first step would ask fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -114,28 +115,45 @@ def build(name: str, source: Path, flags: tuple[str, ...] = ()) -> Any:
         directory = Path(cpp_extension._get_build_directory(full, False))
         # Our lock, not the builder's (held only while it builds): a process that waited for another's build
         # finds it marked and loads it, where the builder would rebuild it for its own paths.
-        with FileLock(directory / "alexnet.lock"):
+        lock = FileLock(directory / "alexnet.lock")
+        try:
+            lock.acquire()
+        except OSError:  # a cache to read, not write: a container image with its kernels built in, mounted read-only
             module = _load_marked(directory, full)
             if module is None:
-                # `load`, not `load_inline`: the latter puts torch/extension.h (every ATen op, the C++ frontend)
-                # before the source, which then takes 57 s to compile on one core of an AMD EPYC (Zen 3) instead
-                # of 24 with the headers each source names.
-                module = cpp_extension.load(
-                    full,
-                    [str(source)],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", *flags],
-                    extra_ldflags=["-fopenmp"],
-                    build_directory=str(directory),
-                    verbose=False,
-                )
-                marker = directory / f"{BUILT}.tmp{os.getpid()}"
-                marker.write_text(f"{source}\n")  # which source built it, for whoever reads the cache
-                marker.replace(directory / BUILT)
+                raise
+            log.debug("%s kernel loaded from a read-only cache", name)
+            return module
+        try:
+            module = _load_marked(directory, full) or _build_and_mark(full, source, flags, directory)
+        finally:
+            lock.release()
     log.debug("%s kernel loaded", name)
     try:
         prune_replaced(directory, f"{name}_{cpu_fingerprint()}_")
     except OSError as err:  # a cache we may read but not clean: the kernel works all the same
         log.debug("earlier %s builds left in place: %s", name, err)
+    return module
+
+
+def _build_and_mark(name: str, source: Path, flags: tuple[str, ...], directory: Path) -> Any:
+    """torch's builder on ``source`` in ``directory``, then the mark that its library is whole."""
+    from torch.utils import cpp_extension
+
+    # `load`, not `load_inline`: the latter puts torch/extension.h (every ATen op, the C++ frontend) before the
+    # source, which then takes 57 s to compile on one core of an AMD EPYC (Zen 3) instead of 24 with the headers
+    # each source names.
+    module = cpp_extension.load(
+        name,
+        [str(source)],
+        extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", *flags],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
+        verbose=False,
+    )
+    marker = directory / f"{BUILT}.tmp{os.getpid()}"
+    marker.write_text(f"{source}\n")  # which source built it, for whoever reads the cache
+    marker.replace(directory / BUILT)
     return module
 
 
@@ -151,8 +169,9 @@ def _load_marked(directory: Path, name: str) -> Any | None:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
     except (ImportError, OSError) as err:
         log.debug("%s does not load (%s): building it again", library, err)
-        (directory / BUILT).unlink(missing_ok=True)
-        library.unlink(missing_ok=True)  # else the builder, finding it newer than its source, would keep it
+        with contextlib.suppress(OSError):  # a read-only cache: the build then fails as it would have
+            (directory / BUILT).unlink(missing_ok=True)
+            library.unlink(missing_ok=True)  # else the builder, finding it newer than its source, would keep it
         return None
     return module
 
