@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AlexNetError, WriteError
+
+log = logging.getLogger(__name__)
 
 MB = 1 << 20
 DISK_FULL_BYTES = 64 * MB  # a failed write with less than this free is put down to the disk
@@ -239,6 +243,35 @@ def atomic_write(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_abandoned(directory: Path, pattern: str) -> list[Path]:
+    """Remove, and return, the files in ``directory`` whose whole name matches ``pattern`` (its first group the
+    id of the process that wrote them) where that process is gone: what a writer killed outright (SIGKILL, the
+    kernel's out-of-memory killer) left, its cleanup never run. A live process's files, and names without an id
+    (not ours to judge), are kept."""
+    mine = re.compile(pattern)
+    removed = []
+    with contextlib.suppress(OSError):  # a directory we may not list: nothing to tidy
+        for path in directory.iterdir():
+            match = mine.fullmatch(path.name)
+            if match and not _running(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
+    if removed:
+        log.info("removed %d file(s) an interrupted process left in %s", len(removed), directory)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (alive), or no process id at all
+        return True
+    return True
 
 
 def free_bytes(directory: Path) -> int | None:

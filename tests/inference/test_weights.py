@@ -129,6 +129,25 @@ def test_a_corrupted_download_is_refused_and_nothing_is_cached(entry, server, st
     assert not list(entry.cache_path().parent.iterdir())  # no partial, no wrong file
 
 
+def test_a_download_removes_what_a_killed_download_left(entry, server):
+    """A download killed outright (SIGKILL) leaves our partial file and torch.hub's temporary in the cache, the
+    file's size each, for good: the next download removes those whose process is gone, and keeps a live one's."""
+    import os
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # a process id that is gone
+    cache = entry.cache_path().parent
+    cache.mkdir(parents=True)
+    name = entry.file_name
+    left = [cache / f".{name}.{child.pid}.download", cache / f".{name}.{child.pid}.download.9f86d081884c7d65.partial"]
+    kept = [cache / f".{name}.{os.getppid()}.download", cache / f".other.pth.{child.pid}.download"]
+    for path in left + kept:
+        path.write_bytes(b"x" * 100)
+    W.download(entry, progress=False)
+    assert entry.cache_path().is_file() and not any(p.exists() for p in left) and all(p.exists() for p in kept)
+
+
 def test_a_truncated_download_is_refused(entry, server, state_bytes):
     # The server promises the whole file and sends half of it: never resumed, never kept.
     server.routes["/w/owt-test.pth"] = (state_bytes[: len(state_bytes) // 2], {"Content-Length": str(len(state_bytes))})

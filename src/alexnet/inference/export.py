@@ -21,7 +21,7 @@ from torch import nn
 
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..errors import AlexNetError, CorruptCheckpointError
-from ..files import atomic_write, check_replaceable, check_target
+from ..files import atomic_write, check_replaceable, check_target, remove_abandoned
 from ..models import standard_modules
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,9 @@ def export_model(
     # Written beside the target under another name and checked there; only a file that passes replaces the target,
     # so a failed check leaves the user's previous export as it was.
     staged = out.with_name(f".{out.stem}.{os.getpid()}.staged{out.suffix}")
-    remove_abandoned(out)
+    # An export killed outright (SIGKILL, the out-of-memory killer) left .m.<pid>.staged.onnx, and atomic_write's
+    # ..m.<pid>.staged.onnx.<random>.tmp while it was being written: 244 MB for alexnet_owt's ONNX, hidden.
+    remove_abandoned(out.parent, rf"\.\.?{re.escape(out.stem)}\.(\d+)\.staged{re.escape(out.suffix)}(\.\w+\.tmp)?")
     with torch.no_grad():
         expected = model(x)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -184,33 +186,6 @@ def export_model(
     if fmt == "torchscript":  # loading TorchScript runs the program it holds: nothing here loads it (see load_trained)
         note += "; for LibTorch and TorchScript runtimes: alexnet's own commands load .pt2 and .onnx, not TorchScript"
     return ExportResult(out, fmt, check, tuple(x.shape), note)
-
-
-def remove_abandoned(out: Path) -> list[Path]:
-    """Remove, and return, the staged files of earlier exports to ``out`` whose process is gone, and their
-    temporaries: a process killed outright (SIGKILL, the kernel's out-of-memory killer) runs no cleanup, and each
-    is an export's size (244 MB for ``alexnet_owt``'s ONNX), hidden beside the target. A live process's are kept."""
-    # .m.<pid>.staged.onnx, and atomic_write's ..m.<pid>.staged.onnx.<random>.tmp while it was being written
-    mine = re.compile(rf"\.\.?{re.escape(out.stem)}\.(\d+)\.staged{re.escape(out.suffix)}(\.\w+\.tmp)?")
-    removed = []
-    for path in out.parent.glob(f"*.staged{out.suffix}*"):
-        match = mine.fullmatch(path.name)
-        if match and not _running(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    if removed:
-        log.info("removed %d file(s) an interrupted export to %s left", len(removed), out)
-    return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's (alive), or no pid at all (kept: not ours to judge)
-        return True
-    return True
 
 
 def _export_onnx(
