@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,24 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path | str)
     return Path(out)
 
 
+# Underscores inside a word (alexnet_small, golden_retriever) never emphasise and stay as they are.
+MARKDOWN = re.compile(r"([\\`*\[\]<>|&]|(?<!\w)_|_(?!\w))")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as it reads in Markdown, a table cell included: a class or path with ``|`` split its row into
+    another column, ``*`` and ``_`` turned to emphasis, ``<b>`` to HTML (CommonMark escapes any ASCII punctuation
+    with a backslash; GitHub's tables take ``\\|`` as a pipe); control characters as `display_label` shows them."""
+    return MARKDOWN.sub(r"\\\1", display_label(str(text)))
+
+
 def write_report(
     out_dir: Path | str, title: str, summary: dict[str, Any], evaluation: Evaluation, split: str = "Test set"
 ) -> Path:
     """``report.md`` with the final figures, per-class accuracy and links to the PNGs beside it."""
     out_dir = Path(out_dir)
     lines = [f"# {title}", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    lines += [f"| {markdown_text(k)} | {markdown_text(v)} |" for k, v in summary.items()]
     e = evaluation
     lines += [
         "",
@@ -122,7 +134,7 @@ def write_report(
         "| class | accuracy (%) |",
         "|---|---:|",
     ]
-    lines += [f"| {display_label(c)} | {a:.1f} |" for c, a in zip(e.classes, e.per_class_acc)]
+    lines += [f"| {markdown_text(c)} | {a:.1f} |" for c, a in zip(e.classes, e.per_class_acc)]
     figures = [
         ("training curves", "curves.png"),
         ("conv1 filters (the paper's Figure 3)", "conv1_filters.png"),
