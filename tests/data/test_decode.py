@@ -179,3 +179,45 @@ def test_mutated_files_decode_or_raise_invalid_image():
                 outcomes["invalid"] += 1
             assert time.perf_counter() - start < 2.0
     assert outcomes["decoded"] > 0 and outcomes["invalid"] > 0
+
+
+def test_a_strip_is_resized_by_its_middle_and_other_images_as_torchvision_does(monkeypatch):
+    """A 1 × 30,000 px PNG (90 KB) became a 256 × 7,680,000 image before its central square was cut (10 GB at the
+    peak, by way of `predict` or the service). Beyond `MAX_ASPECT` only the middle is resized: never more than
+    MAX_ASPECT · size² pixels, its square within a few levels of the whole strip's (a sub-pixel shift). Up to
+    MAX_ASPECT (panoramas) the image is resized whole: bit for bit torchvision's resize and central crop."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from alexnet.data import decode
+
+    def reference(image, size):
+        return TF.center_crop(TF.resize(image, [size], antialias=True), [size])
+
+    generator = torch.Generator().manual_seed(0)
+    for h, w in [(64, 257), (100, 6400), (3000, 47), (31, 31)]:  # aspects up to 64: as they were
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        assert torch.equal(decode.to_stored(image, 32), reference(image, 32)), (h, w)
+    sizes = []
+    real = TF.resize
+
+    def resize(image, *args, **kwargs):
+        sizes.append(tuple(image.shape[-2:]))
+        return real(image, *args, **kwargs)
+
+    for h, w in [(8, 4001), (3001, 5), (3, 5000)]:
+        x = torch.linspace(0, 6.28 * 3, w)[None, :] + torch.linspace(0, 1, h)[:, None]  # smooth content
+        image = (127.5 + 127.5 * torch.sin(x)).round().to(torch.uint8).expand(3, h, w).contiguous()
+        want = reference(image, 32).int()
+        sizes.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(TF, "resize", resize)
+            got = decode.to_stored(image, 32).int()
+        short = min(h, w)
+        assert sizes == [(h, decode.MAX_ASPECT * short) if w > h else (decode.MAX_ASPECT * short, w)]  # the middle
+        assert got.shape == (3, 32, 32) and (got - want).abs().max() <= 8, (h, w)
+    strip = torch.full((3, 1, 30000), 200, dtype=torch.uint8)  # 90 KB as a PNG
+    sizes.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(TF, "resize", resize)
+        assert torch.equal(decode.to_stored(strip, 256), torch.full((3, 256, 256), 200, dtype=torch.uint8))
+    assert sizes == [(1, decode.MAX_ASPECT)]  # 1 × 64 resized, not 1 × 30,000 (to 256 × 7,680,000)

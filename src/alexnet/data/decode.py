@@ -25,6 +25,7 @@ from ..errors import AlexNetError, InvalidImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")  # JPEG also opens MPO (multi-picture) files
+MAX_ASPECT = 64  # longer side / shorter side beyond which `to_stored` resizes only the middle (no photo is so long)
 MAX_PIXELS = 89_478_485  # Pillow's own bomb threshold: about 0.25 GiB of RGB at 8 bits
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey bottom half
 
@@ -155,6 +156,16 @@ def to_stored(image: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor
     """(3, H, W) uint8 RGB → (channels, size, size) uint8: shorter side to ``size``, central square (§2)."""
     from torchvision.transforms.v2 import functional as TF  # here: importing torchvision costs ~1 s
 
+    height, width = image.shape[-2:]
+    short, long = min(height, width), max(height, width)
+    if long > MAX_ASPECT * short:
+        # Only the central square is kept: resizing the whole of a 1 × 30,000 px strip to a shorter side of 256
+        # made a 256 × 7,680,000 image (10 GB at the peak, from a 90 KB PNG: a request to the service could ask
+        # it). Its central part, MAX_ASPECT times as long as wide, holds that square and the resize filter's reach
+        # around it; the square then differs from the whole strip's by where the resize's rounding puts its
+        # pixels (a fraction of one). Images up to MAX_ASPECT are resized whole, as torchvision does.
+        keep = MAX_ASPECT * short
+        image = TF.center_crop(image, [height, keep] if width > height else [keep, width])
     image = TF.resize(image, [size], antialias=True)
     image = TF.center_crop(image, [size])
     if channels == 1:
