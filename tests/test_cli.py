@@ -408,3 +408,42 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(weights), str(out)], capture_output=True, text=True)
     assert done.returncode == 128 + signal.SIGTERM and done.stderr == "terminated\n", done.stderr[-2000:]
     assert os.listdir(out.parent) == ["m.pt2"] and out.read_bytes() == b"the previous export"
+
+
+def test_names_that_hold_a_terminals_escapes_are_printed_as_text(tmp_path):
+    """A file named `\\x1b]0;pwned\\x07bad.png` retitled the terminal through `features`' error line, and any path
+    in an error or a log line reached the terminal as it was. Control characters are shown as `\\xNN` there too, as
+    class names always were; nothing else about the line changes."""
+    from PIL import Image
+
+    from tests.conftest import make_weights
+
+    weights = make_weights(tmp_path / "m.safetensors")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(images / "good.png")
+    (images / "\x1b]0;pwned\x07bad.png").write_bytes(b"not an image")
+    cli = [sys.executable, "-m", "alexnet.cli"]
+    out = str(tmp_path / "f.npy")
+    features = subprocess.run([*cli, "features", "--weights", str(weights), str(images), "--out", out], **_TEXT)
+    assert features.returncode == 1 and "\\x1b]0;pwned\\x07bad.png: not a decodable image" in features.stderr
+    # An error line and a log line of any command (one made to log and fail so here).
+    script = (
+        "import logging, sys\n"
+        "import alexnet.cli as cli\n"
+        "from alexnet.errors import AlexNetError\n"
+        "def run(args):\n"
+        "    logging.getLogger('alexnet.x').warning('skipping %s', '\\x1b[2Jgone.png')\n"
+        "    raise AlexNetError('cannot read \\x1b]0;t\\x07.png')\n"
+        "cli.COMMANDS['models'] = (*cli.COMMANDS['models'][:2], run)\n"
+        "sys.exit(cli.main(['models']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], **_TEXT)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "skipping \\x1b[2Jgone.png",
+        "alexnet models: error: cannot read \\x1b]0;t\\x07.png",
+    ]
+    assert "\x1b" not in features.stderr + done.stderr
+
+
+_TEXT = {"capture_output": True, "text": True, "timeout": 300}

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
+from ..artifacts.trained import display_label
 from ..errors import AlexNetError, TrainingInterrupted, out_of_memory
 from . import catalog, paper, train, use
 from .options import __doc__ as WEIGHTS_RULE
@@ -69,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = [w for w in words[:command_at] if w in unknown]  # `alexnet --bogus train`: the top level's
         (parser if before else args.command_parser).error(f"unrecognized arguments: {' '.join(before or unknown)}")
     # Our progress lines at INFO; other libraries' (onnxscript's optimizer, inductor) only from WARNING, all with -v.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Plain("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])
     logging.getLogger("alexnet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # matplotlib scores every installed font and PIL names every PNG chunk at DEBUG: hundreds of lines per report
     # that drown ours and say nothing about AlexNet; their INFO and up still show.
@@ -87,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         hint = f": {_continue(args.command, err.out)}" if isinstance(err, TrainingInterrupted) else ""
-        print(f"alexnet {args.command}: error: {err}{hint}", file=sys.stderr)
+        print(f"alexnet {args.command}: error: {display_label(str(err))}{hint}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except (MemoryError, RuntimeError) as err:
         if args.verbose or not out_of_memory(err):
@@ -101,6 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout to /dev/null, so the interpreter's last flush at exit does not fail again (Python's own recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+class _Plain(logging.Formatter):
+    """Log lines with control characters escaped, as class names are printed (`display_label`): a file named with
+    a terminal's escape sequences (``\x1b]0;...\x07`` retitles the window, ``\x1b[2J`` clears it) shows them as
+    text. A traceback (with ``-v``) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return display_label(super().formatMessage(record))
 
 
 class Terminated(KeyboardInterrupt):

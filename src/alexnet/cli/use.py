@@ -180,6 +180,7 @@ def run_features(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..artifacts.loader import load_network
+    from ..artifacts.trained import display_label
     from ..data.decode import expand_inputs
     from ..errors import AlexNetError
     from ..files import atomic_write, check_outputs, check_replaceable, write_bytes
@@ -195,7 +196,7 @@ def run_features(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs)
     feats, done, errors = features_of_files(load_network(args.weights, "to read features from"), files, args.layer)
     for e in errors:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {display_label(e)}", file=sys.stderr)
     if not done:
         print(f"alexnet features: no image could be read; {args.out} not written", file=sys.stderr)
         return 1
