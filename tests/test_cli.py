@@ -434,6 +434,7 @@ def test_names_that_hold_a_terminals_escapes_are_printed_as_text(tmp_path):
         "from alexnet.errors import AlexNetError\n"
         "def run(args):\n"
         "    logging.getLogger('alexnet.x').warning('skipping %s', '\\x1b[2Jgone.png')\n"
+        "    logging.getLogger('other').warning('a table:\\n\\tits row')\n"
         "    raise AlexNetError('cannot read \\x1b]0;t\\x07.png')\n"
         "cli.COMMANDS['models'] = (*cli.COMMANDS['models'][:2], run)\n"
         "sys.exit(cli.main(['models']))\n"
@@ -441,6 +442,8 @@ def test_names_that_hold_a_terminals_escapes_are_printed_as_text(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], **_TEXT)
     assert done.returncode == 2 and done.stderr.splitlines() == [
         "skipping \\x1b[2Jgone.png",
+        "a table:",  # another library's lines and tabs stay as they are
+        "\tits row",
         "alexnet models: error: cannot read \\x1b]0;t\\x07.png",
     ]
     assert "\x1b" not in features.stderr + done.stderr

@@ -109,10 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Plain(logging.Formatter):
     """Log lines with control characters escaped, as class names are printed (`display_label`): a file named with
     a terminal's escape sequences (``\x1b]0;...\x07`` retitles the window, ``\x1b[2J`` clears it) shows them as
-    text. A traceback (with ``-v``) keeps its lines."""
+    text. Line breaks and tabs stay (other libraries' tables under ``-v``), as does a traceback."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return display_label(super().formatMessage(record))
+        lines = super().formatMessage(record).split("\n")
+        return "\n".join("\t".join(map(display_label, line.split("\t"))) for line in lines)
 
 
 class Terminated(KeyboardInterrupt):
