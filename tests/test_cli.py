@@ -408,6 +408,15 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(weights), str(out)], capture_output=True, text=True)
     assert done.returncode == 128 + signal.SIGTERM and done.stderr == "terminated\n", done.stderr[-2000:]
     assert os.listdir(out.parent) == ["m.pt2"] and out.read_bytes() == b"the previous export"
+    # A SIGTERM its caller ignores stays ignored: the export finishes and replaces the previous one.
+    ignoring = subprocess.run(
+        [sys.executable, "-c", script, str(weights), str(out)],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
+    )
+    assert ignoring.returncode == 0 and os.listdir(out.parent) == ["m.pt2"], ignoring.stderr[-2000:]
+    assert out.read_bytes() != b"the previous export"
 
 
 def test_names_that_hold_a_terminals_escapes_are_printed_as_text(tmp_path):

@@ -125,8 +125,9 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def _terminated_as_interrupt() -> Iterator[None]:
     """SIGTERM raises `Terminated` while the command runs (training and serving install their own handlers, which
-    save or drain first, and restore this one). Only the main thread may set a handler: elsewhere, as it was."""
-    if threading.current_thread() is not threading.main_thread():
+    save or drain first, and restore this one). Only the main thread may set a handler: elsewhere, as it was; and
+    a SIGTERM the caller ignores (``trap '' TERM``, a supervisor's choice) stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         yield
         return
 
