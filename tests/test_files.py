@@ -39,3 +39,52 @@ def test_json_text_writes_what_strict_parsers_read():
         strict_json(json.dumps(tree))
     got = strict_json(json_text(tree, indent=1))
     assert got == {"loss": None, "rows": [1.5, None, [None, 2]], "nested": {"x": None, "n": 3, "s": "NaN"}}
+
+
+def test_a_write_removes_what_a_killed_writer_of_the_same_file_left(tmp_path):
+    """SIGKILL (the out-of-memory killer) runs no cleanup: a writer killed in the middle leaves its hidden temporary
+    beside the target, the size of what it was writing (a quantized model, a features array), for good. The next
+    write to that file removes it, and keeps a live process's, another file's, another machine's and any name
+    without our tag."""
+    import signal
+    import subprocess
+    import sys
+
+    from alexnet.files import process_tag
+
+    target = tmp_path / "features.npy"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from alexnet.files import atomic_write\n"
+            "atomic_write(sys.argv[1], lambda f: (f.write(b'x' * 4096), f.flush(), os.kill(os.getpid(), 9)))",
+            str(target),
+        ],
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = [p for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].name.startswith(".features.npy.") and left[0].stat().st_size == 4096
+
+    host = process_tag().split("@")[1]
+    kept = [
+        tmp_path / f".features.npy.{os.getppid()}@{host}.abc_12.tmp",  # a live process's write under way
+        tmp_path / f".features.npy.{_a_finished_pid()}@another-node.abc_12.tmp",  # another machine's
+        tmp_path / f".other.npy.{_a_finished_pid()}@{host}.abc_12.tmp",  # another file's
+        tmp_path / ".features.npy.abc_12.tmp",  # no tag: not ours to judge
+    ]
+    for path in kept:
+        path.write_bytes(b"x")
+    write_text(target, "new")
+    assert target.read_text() == "new"
+    assert not left[0].exists() and all(p.exists() for p in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["features.npy"] + [p.name for p in kept])
+
+
+def _a_finished_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

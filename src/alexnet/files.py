@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterable
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 MB = 1 << 20
 DISK_FULL_BYTES = 64 * MB  # a failed write with less than this free is put down to the disk
+# How a writer names itself in the files it stages (`process_tag`): its process id and its machine's host name, so
+# that a directory shared between machines (an HPC cluster's home over NFS, a volume two containers mount) never has
+# one machine judge another's files by process ids that mean nothing there.
+TAG = r"(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)"
+ANY_TAG = r"\d+@[A-Za-z0-9-]+"
 
 
 class InputFileError(AlexNetError):
@@ -211,7 +217,10 @@ def atomic_write(
     path = check_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # A writer killed outright (SIGKILL, the out-of-memory killer) left .<name>.<tag>.<random>.tmp: the size of
+        # what it was writing (a checkpoint, a quantized model, a features array), hidden, for good.
+        remove_abandoned(path.parent, rf"\.{re.escape(path.name)}\.{TAG}\.\w+\.tmp")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{process_tag()}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())  # mkstemp makes 0600: use the user's umask
     except OSError as err:
         raise WriteError(f"could not write {path}: {err.strerror or err}") from err
@@ -245,17 +254,28 @@ def atomic_write(
             os.close(dir_fd)
 
 
+def process_tag() -> str:
+    """This process's name in the files it stages beside a target (`TAG`): ``<pid>@<host>``."""
+    return f"{os.getpid()}@{_host()}"
+
+
+def _host() -> str:
+    # Only the characters TAG allows: a host name may hold dots (a FQDN) and, rarely, anything else.
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
 def remove_abandoned(directory: Path, pattern: str) -> list[Path]:
-    """Remove, and return, the files in ``directory`` whose whole name matches ``pattern`` (its first group the
-    id of the process that wrote them) where that process is gone: what a writer killed outright (SIGKILL, the
-    kernel's out-of-memory killer) left, its cleanup never run. A live process's files, and names without an id
-    (not ours to judge), are kept."""
+    """Remove, and return, the files in ``directory`` whose whole name matches ``pattern`` (a regular expression
+    holding `TAG` once) where the process the tag names ran on this machine and is gone: what a writer killed
+    outright (SIGKILL, the kernel's out-of-memory killer) left, its cleanup never run. A live process's files,
+    another machine's (whose processes cannot be seen from here) and names without a tag are kept."""
     mine = re.compile(pattern)
+    host = _host()
     removed = []
     with contextlib.suppress(OSError):  # a directory we may not list: nothing to tidy
         for path in directory.iterdir():
             match = mine.fullmatch(path.name)
-            if match and not _running(int(match.group(1))):
+            if match and match["host"] == host and not _running(int(match["pid"])):
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed.append(path)

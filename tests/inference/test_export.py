@@ -158,14 +158,18 @@ def test_an_export_removes_what_a_killed_export_to_the_same_file_left(tmp_path, 
     process's and anything not named so."""
     import os
 
-    gone = _a_finished_pid()
+    from alexnet.files import process_tag
+
+    host = process_tag().split("@")[1]
+    gone = f"{_a_finished_pid()}@{host}"
     out = tmp_path / "m.pt2"
-    left = [tmp_path / f".m.{gone}.staged.pt2", tmp_path / f"..m.{gone}.staged.pt2.k3x_9q.tmp"]
+    left = [tmp_path / f".m.{gone}.staged.pt2", tmp_path / f"..m.{gone}.staged.pt2.{gone}.k3x_9q.tmp"]
     kept = [
-        tmp_path / f".m.{os.getppid()}.staged.pt2",  # a live process's export under way
+        tmp_path / f".m.{os.getppid()}@{host}.staged.pt2",  # a live process's export under way
+        tmp_path / f".m.{_a_finished_pid()}@other-node.staged.pt2",  # another machine's, on a shared disk
         tmp_path / f".other.{gone}.staged.pt2",  # another target's
         tmp_path / f".m.{gone}.staged.onnx",  # another format's
-        tmp_path / ".m.notes.staged.pt2",  # no pid: not one of ours
+        tmp_path / ".m.notes.staged.pt2",  # no tag: not one of ours
     ]
     for path in left + kept:
         path.write_bytes(b"x" * 100)

@@ -135,13 +135,21 @@ def test_a_download_removes_what_a_killed_download_left(entry, server):
     import os
     import subprocess
 
+    from alexnet.files import process_tag
+
     child = subprocess.Popen(["true"])
     child.wait()  # a process id that is gone
     cache = entry.cache_path().parent
     cache.mkdir(parents=True)
     name = entry.file_name
-    left = [cache / f".{name}.{child.pid}.download", cache / f".{name}.{child.pid}.download.9f86d081884c7d65.partial"]
-    kept = [cache / f".{name}.{os.getppid()}.download", cache / f".other.pth.{child.pid}.download"]
+    host = process_tag().split("@")[1]
+    gone = f"{child.pid}@{host}"
+    left = [cache / f".{name}.{gone}.download", cache / f".{name}.{gone}.download.9f86d081884c7d65.partial"]
+    kept = [
+        cache / f".{name}.{os.getppid()}@{host}.download",  # a live download
+        cache / f".{name}.{child.pid}@other-node.download",  # another machine's, the cache on a shared home (NFS)
+        cache / f".other.pth.{gone}.download",
+    ]
     for path in left + kept:
         path.write_bytes(b"x" * 100)
     W.download(entry, progress=False)

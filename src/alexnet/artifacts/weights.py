@@ -27,7 +27,7 @@ import torch
 
 from ..data.batch import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
-from ..files import remove_abandoned
+from ..files import TAG, process_tag, remove_abandoned
 from .trained import ModelMeta, TrainedModel, check_finite, load_own, load_state
 
 log = logging.getLogger(__name__)
@@ -233,9 +233,9 @@ def download(weights: Weights, progress: bool = True) -> Path:
             f"cannot use the weights cache {path.parent} ({err.strerror or err}): set TORCH_HOME to a writable "
             "directory"
         ) from None
-    partial = path.with_name(f".{path.name}.{os.getpid()}.download")
-    # A download killed outright left .<name>.<pid>.download and torch.hub's <that>.<hex>.partial: 233 MB each.
-    remove_abandoned(path.parent, rf"\.{re.escape(path.name)}\.(\d+)\.download(\.[0-9a-f]+\.partial)?")
+    partial = path.with_name(f".{path.name}.{process_tag()}.download")
+    # A download killed outright left .<name>.<tag>.download and torch.hub's <that>.<hex>.partial: 233 MB each.
+    remove_abandoned(path.parent, rf"\.{re.escape(path.name)}\.{TAG}\.download(\.[0-9a-f]+\.partial)?")
     log.info("downloading %s from %s to %s", weights.name, weights.url, path)
     try:
         torch.hub.download_url_to_file(weights.url, str(partial), progress=progress)

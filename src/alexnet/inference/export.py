@@ -21,7 +21,7 @@ from torch import nn
 
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..errors import AlexNetError, CorruptCheckpointError
-from ..files import atomic_write, check_replaceable, check_target, remove_abandoned
+from ..files import ANY_TAG, TAG, atomic_write, check_replaceable, check_target, process_tag, remove_abandoned
 from ..models import standard_modules
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,11 @@ def export_model(
     check_replaceable(out)
     # Written beside the target under another name and checked there; only a file that passes replaces the target,
     # so a failed check leaves the user's previous export as it was.
-    staged = out.with_name(f".{out.stem}.{os.getpid()}.staged{out.suffix}")
-    # An export killed outright (SIGKILL, the out-of-memory killer) left .m.<pid>.staged.onnx, and atomic_write's
-    # ..m.<pid>.staged.onnx.<random>.tmp while it was being written: 244 MB for alexnet_owt's ONNX, hidden.
-    remove_abandoned(out.parent, rf"\.\.?{re.escape(out.stem)}\.(\d+)\.staged{re.escape(out.suffix)}(\.\w+\.tmp)?")
+    staged = out.with_name(f".{out.stem}.{process_tag()}.staged{out.suffix}")
+    # An export killed outright (SIGKILL, the out-of-memory killer) left .m.<tag>.staged.onnx, and atomic_write's
+    # ..m.<tag>.staged.onnx.<tag>.<random>.tmp while it was being written: 244 MB for alexnet_owt's ONNX, hidden.
+    stem, suffix = re.escape(out.stem), re.escape(out.suffix)
+    remove_abandoned(out.parent, rf"\.\.?{stem}\.{TAG}\.staged{suffix}(\.{ANY_TAG}\.\w+\.tmp)?")
     with torch.no_grad():
         expected = model(x)
     batch = torch.export.Dim("batch", min=1, max=4096)
