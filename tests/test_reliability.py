@@ -70,6 +70,28 @@ def test_signal_mid_epoch_checkpoints_and_resumes_bitwise(tmp_path, signum, stra
         assert subprocess.run(["sha256sum", "-c", "--quiet", sidecar.name], cwd=run).returncode == 0
 
 
+@pytest.mark.slow
+def test_signals_the_caller_ignores_stay_ignored(tmp_path, straight_run):
+    """A script's background job (`alexnet train ... &`) ignores SIGINT, so that Ctrl-C in the script's terminal
+    leaves it running; `trap '' TERM` ignores SIGTERM. Training's handlers replaced SIG_IGN and stopped the run."""
+    run = tmp_path / "run"
+    ignoring = (signal.SIGINT, signal.SIGTERM)
+    proc = subprocess.Popen(
+        [*TRAIN, "--out", str(run), *SIGNAL_ARGS],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN) for s in ignoring],
+    )
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    for signum in ignoring:
+        proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped by" not in err, err
+    assert _metrics_rows(run) == _metrics_rows(straight_run)  # the whole run, as if no signal had come
+
+
 def test_same_seed_same_weights_in_two_processes_with_workers(tmp_path, image_folder):
     outs = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):

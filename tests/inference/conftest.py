@@ -50,7 +50,7 @@ class Server:
     """`alexnet serve` on ports the system chooses (``--port 0``, and ``--grpc-port 0`` with ``grpc=True``), read
     back from the lines it logs: no other process can take them between choosing and binding."""
 
-    def __init__(self, weights: Path, *flags: str, grpc: bool = False) -> None:
+    def __init__(self, weights: Path, *flags: str, grpc: bool = False, ignoring: tuple[int, ...] = ()) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -65,7 +65,13 @@ class Server:
             *(["--grpc-port", "0"] if grpc else []),
             *flags,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: [signal.signal(s, signal.SIG_IGN) for s in ignoring]) if ignoring else None,
+        )
         self.log: list[str] = []
         lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=_read_lines, args=(self.proc.stderr, lines), daemon=True).start()

@@ -235,6 +235,22 @@ def test_sighup_drains_like_sigterm_and_a_port_in_use_is_one_line(files, capsys)
     assert "in use by another process" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_signals_the_caller_ignores_stay_ignored(files):
+    """`nohup alexnet serve &` ignores SIGHUP so that closing the terminal leaves the service running, and `trap ''
+    TERM` ignores SIGTERM; uvicorn's handlers and ours replaced SIG_IGN, and the service drained and exited."""
+    srv = Server(files["small"], ignoring=(signal.SIGHUP, signal.SIGTERM))
+    try:
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            srv.proc.send_signal(signum)
+            time.sleep(0.5)
+            assert srv.proc.poll() is None, signum
+            assert _served_within(srv, 30)
+        srv.proc.send_signal(signal.SIGINT)  # not ignored: drains and stops, as on Ctrl-C
+        assert srv.proc.wait(timeout=60) == 128 + signal.SIGINT
+    finally:
+        srv.proc.kill()
+
+
 def test_the_pixel_budget_is_never_exceeded():
     from alexnet.inference.serving.budget import PixelBudget
 

@@ -125,10 +125,12 @@ class Checkpointer:
     @contextlib.contextmanager
     def catching_signals(self, signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
         """Record ``signums`` instead of dying, while training runs (main thread only): the step finishes and a
-        checkpoint is written. A second Ctrl-C interrupts at once."""
+        checkpoint is written. A second Ctrl-C interrupts at once. A signal the caller ignores stays ignored (a
+        script's background job ignores SIGINT, so that Ctrl-C in the script's terminal leaves it running)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        signums = tuple(s for s in signums if signal.getsignal(s) is not signal.SIG_IGN)
 
         def handler(signum: int, _frame: Any) -> None:
             if signum == signal.SIGINT and self.stop_signals:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import os
 import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ...artifacts.loader import load_trained
@@ -102,14 +103,28 @@ def serve(
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         http=guarded(head_timeout_s=settings.head_timeout_s),
     )
-    server = uvicorn.Server(config)
+    # A signal the caller ignores stays ignored, as it would for any program: `nohup` ignores SIGHUP so that closing
+    # the terminal leaves the service running, and a script's background job (`alexnet serve &`) ignores SIGINT so
+    # that Ctrl-C in the script's terminal does not reach it. uvicorn (and the handlers below) would replace SIG_IGN.
+    ignored = {s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is signal.SIG_IGN}
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():  # restores the handlers it replaced, SIG_IGN included, as it ends
+                for signum in ignored:
+                    signal.signal(signum, signal.SIG_IGN)
+                yield
+
+    server = Server(config)
     # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again for the previous handler:
     # these make that a no-op, so a requested stop is a clean exit (status 0), as process managers expect. SIGHUP
     # (a closed terminal, a supervisor's reload) drains the same way instead of killing requests in flight.
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: None),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True)),
+    handlers = {
+        signal.SIGTERM: lambda *_: None,
+        signal.SIGHUP: lambda *_: setattr(server, "should_exit", True),
     }
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items() if s not in ignored}
     try:
         # Bound here, so the line names the port the system chose for --port 0 (uvicorn's own log would say 0).
         sock = config.bind_socket()
