@@ -251,3 +251,18 @@ def test_a_missing_data_set_is_named_before_the_first_run(tmp_path, capsys, monk
         record.parent.mkdir(parents=True)
         record.write_text("{}")
     assert main([*args, *missing]) == 130 and len(trained) == 1  # on to the first CIFAR-10 run
+
+
+def test_a_second_reproduce_on_the_same_out_is_refused_at_the_run_the_first_is_training(tmp_path, capsys):
+    """Two `reproduce --out runs` at once: the second reaches the run the first is training (its lock held here,
+    as the first process holds it) and stops with one line, writing no record, report or result of its own."""
+    from alexnet.training.rundir import RunLock
+
+    busy = RunLock(tmp_path / "lrn" / "paper" / "seed0")
+    try:
+        assert main(["reproduce", "--out", str(tmp_path), "--only", "lrn", "--seeds", "1", *TINY]) == 2
+    finally:
+        busy.release()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"is being written by process {__import__('os').getpid()}" in err, err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # the held lock's file went with its release
