@@ -305,3 +305,35 @@ def test_torchvisions_pretrained_and_progress_work_as_there(entry, server, tmp_p
         assert not hasattr(alexnet.create_model("alexnet_owt", pretrained=False, width=0.25), "meta")
     with pytest.raises(ValueError, match="not pretrained=True with weights='TEST_V1'"):
         alexnet.create_model("alexnet_owt", pretrained=True, weights="TEST_V1")
+
+
+def test_the_listing_tells_a_damaged_cached_file_from_the_published_one(entry, capsys):
+    """`alexnet weights` said `cached` for a cached file of any content. A file cut short shows by its size; any
+    other change by its hash, which `--verify` checks (exit 1 when one differs)."""
+
+    def listed(*flags: str) -> tuple[int, dict, str]:
+        code = main(["weights", *flags])
+        out = capsys.readouterr().out
+        if "--json" in flags:
+            rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
+            return code, rows[entry.name], out
+        line = next(line for line in out.splitlines() if line.startswith(entry.name))
+        return code, {}, line
+
+    W.download(entry, progress=False)
+    code, row, _ = listed("--verify", "--json")
+    assert code == 0 and row["cached"] and row["verified"] is True and row["problem"] is None
+    assert listed()[2].endswith("MB  cached") and listed("--verify")[2].endswith("cached, verified")
+
+    path = entry.cache_path()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size: only the hash tells
+    path.write_bytes(bytes(data))
+    assert listed()[2].endswith("MB  cached")
+    code, row, _ = listed("--verify", "--json")
+    assert code == 1 and row["verified"] is False and "delete it and download again" in row["problem"]
+    code, _, line = listed("--verify")
+    assert code == 1 and line.endswith("cached, damaged")
+
+    path.write_bytes(bytes(data[: len(data) // 2]))  # cut short: the size tells without hashing
+    assert "check it with --verify" in listed()[2]

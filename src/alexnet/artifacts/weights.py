@@ -198,6 +198,51 @@ def is_cached(weights: Weights) -> bool:
     return weights.cache_path().is_file()
 
 
+@dataclass(frozen=True)
+class CacheState:
+    """What the cache holds of one entry.
+
+    Attributes:
+        size_mb: the cached file's size (MiB), None when nothing is cached.
+        verified: whether its hash is the published one; None when not checked (hashing 233 MB takes ~1 s), as
+            a listing does by default; a damaged file is refused by its hash anyway when it is used.
+        problem: why it is not the published file, when checked and not.
+    """
+
+    size_mb: float | None
+    verified: bool | None = None
+    problem: str | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.size_mb is not None
+
+    def looks_cut_short(self, weights: Weights) -> bool:
+        """Whether the file's size is off the published one by more than its rounding (1%): a copy cut short, a
+        file of something else; `cache_state` with ``check`` tells for certain."""
+        return self.size_mb is not None and abs(self.size_mb - weights.size_mb) > 0.01 * weights.size_mb
+
+
+def cache_state(weights: Weights, check: bool = False) -> CacheState:
+    """The cached file of ``weights``, its hash checked against the published one with ``check``."""
+    path = weights.cache_path()
+    try:
+        if not path.is_file():
+            return CacheState(None)
+        size_mb = path.stat().st_size / 2**20
+    except OSError:
+        return CacheState(None)
+    if not check:
+        return CacheState(size_mb)
+    try:
+        verify(path, weights)
+    except WeightsError as err:
+        return CacheState(size_mb, False, str(err))
+    except OSError as err:  # not readable
+        return CacheState(size_mb, False, f"{path}: {err.strerror or err}")
+    return CacheState(size_mb, True)
+
+
 def _digest_of(path: Path, algo: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algo).hexdigest()

@@ -30,18 +30,29 @@ def run_models(args: argparse.Namespace) -> int:
 
 def add_weights(p: argparse.ArgumentParser) -> None:
     options.json_output(p, "one JSON object per entry")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check each cached file's hash against the published one (exit 1 if one differs)",
+    )
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from ..artifacts.weights import is_cached, list_weights
+    from ..artifacts.trained import display_label
+    from ..artifacts.weights import cache_state, list_weights
 
+    damaged = 0
     for w in list_weights():
+        cache = cache_state(w, check=args.verify)
+        damaged += cache.verified is False
         row = {
             "name": w.name,
             "acc1": w.metrics.get("acc1"),
             "acc5": w.metrics.get("acc5"),
             "size_mb": w.size_mb,
-            "cached": is_cached(w),
+            "cached": cache.cached,
+            "verified": cache.verified,
+            "problem": cache.problem,
             "path": str(w.cache_path()),
             "url": w.url,
             "digest": w.digest,
@@ -50,11 +61,22 @@ def run_weights(args: argparse.Namespace) -> int:
         }
         if args.json:
             print(json.dumps(row))
+            continue
+        if not cache.cached:
+            state = "not downloaded"
+        elif cache.verified is False:
+            state = "cached, damaged"
+        elif cache.verified:
+            state = "cached, verified"
+        elif cache.looks_cut_short(w):
+            state = f"cached, but {cache.size_mb:.1f} MB: check it with --verify"
         else:
-            state = "cached" if row["cached"] else "not downloaded"
-            print(f"{w.name:<32} acc@1 {row['acc1']:6.2f}  acc@5 {row['acc5']:6.2f}  {w.size_mb:6.1f} MB  {state}")
-            print(f"    {w.url}  ({w.digest})\n    licence: {w.licence}\n    metrics: {w.metrics_source}")
-    return 0
+            state = "cached"
+        print(f"{w.name:<32} acc@1 {row['acc1']:6.2f}  acc@5 {row['acc5']:6.2f}  {w.size_mb:6.1f} MB  {state}")
+        print(f"    {w.url}  ({w.digest})\n    licence: {w.licence}\n    metrics: {w.metrics_source}")
+        if cache.problem:
+            print(f"    {display_label(cache.problem)}")
+    return 1 if damaged else 0
 
 
 def add_convert_caffe(p: argparse.ArgumentParser) -> None:
