@@ -271,3 +271,36 @@ def test_a_bf16_cpu_predictor_prepares_the_batch_1_fc_kernel_where_it_runs(tmp_p
         monkeypatch.setattr(gemv, "cpu_fits", lambda fits=fits: fits)
         Predictor.from_path(path, precision="bf16")
     assert prepared == [[fused_pool.kernel, gemv.kernel], [fused_pool.kernel]]
+
+
+def test_predict_reads_an_image_piped_to_it_as_dash(tmp_path, weights, capsys, monkeypatch):
+    """`curl -s URL | alexnet predict --weights W -` read a file called `-` (`cannot read`). `-` is standard
+    input now, among other inputs in their order, bounded by --max-file-mb without reading past it."""
+    import io
+    import sys
+
+    paths = mixed_images(tmp_path / "imgs")
+    data = __import__("pathlib").Path(paths[0]).read_bytes()
+
+    def piped(payload: bytes, *argv: str, tty: bool = False) -> tuple[int, str]:
+        stdin = io.TextIOWrapper(io.BytesIO(payload))
+        monkeypatch.setattr(stdin, "isatty", lambda: tty)
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code = main(["predict", "--checkpoint", str(weights), "--json", *argv])
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    code, out = piped(data, str(paths[1]), "-", str(paths[0]))
+    assert code == 0, out
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in rows] == [str(paths[1]), "-", str(paths[0])]
+    assert rows[1]["topk"] == rows[2]["topk"]  # the same file's bytes, piped or named
+    code, out = piped(data, "--max-file-mb", str(len(data) / 2**20 / 2), "-")
+    assert code == 1 and json.loads(out.splitlines()[0]) == {
+        "path": "-",
+        "error": f"larger than the file-size limit of {len(data) // 2:,} bytes",
+    }
+    assert piped(b"", "-")[1].startswith('{"path": "-", "error": "empty file"}')
+    for argv, says in ((["-", "-"], "- is given twice"), (["-"], "which is a terminal here")):
+        code, out = piped(data, *argv, tty=argv == ["-"])
+        assert code == 2 and says in out and out.count("\n") == 1, out

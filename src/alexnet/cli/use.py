@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import AlexNetError, ConfigError
@@ -128,7 +129,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB", help="images, directories (recursive), globs")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE_OR_DIR_OR_GLOB",
+        help="images, directories (recursive), globs; - reads one image from standard input",
+    )
     options.weights(
         p,
         options.WEIGHTS_HELP + ", a .pt2 program, or an exported .onnx; repeated (--weights A --weights B): one "
@@ -151,12 +157,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..data.decode import expand_inputs
     from ..inference.predictor import Predictor
 
-    inputs = expand_inputs(args.inputs)  # an empty argument, or a folder or glob with no image, fails here
+    names = expand_inputs(args.inputs)  # an empty argument, or a folder or glob with no image, fails here
+    if names.count("-") > 1:
+        raise AlexNetError("- is given twice: standard input holds one image")
+    inputs = [_standard_input(args.max_file_mb) if name == "-" else name for name in names]
     predictor = Predictor.from_path(
         args.weights, device=args.device, max_file_mb=args.max_file_mb, compile=args.compile
     )
     failed = 0
-    for pred in predictor.predict_iter(inputs, args.topk, args.batch_size, args.ten_crop):
+    for name, pred in zip(names, predictor.predict_iter(inputs, args.topk, args.batch_size, args.ten_crop)):
+        pred = replace(pred, source=name)  # "-" for standard input, where the library names bytes by their place
         failed += pred.error is not None
         if args.json:
             print(json_text(pred.to_json()), flush=True)
@@ -167,6 +177,14 @@ def run_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"alexnet predict: {failed} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _standard_input(max_file_mb: float) -> bytes:
+    """The image piped to ``predict -`` (``curl ... | alexnet predict --weights W -``): at most the size limit and a
+    byte more, so a larger one is refused by the limit without reading all of it."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise AlexNetError("- reads an image from standard input, which is a terminal here: pipe a file into it")
+    return sys.stdin.buffer.read(int(max_file_mb * 2**20) + 1)
 
 
 def add_features(p: argparse.ArgumentParser) -> None:

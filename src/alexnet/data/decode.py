@@ -117,7 +117,7 @@ def decode_image(
         name: shown in errors when ``data`` is bytes.
         min_size: the caller resizes afterwards and needs both sides at least this long (px): JPEGs are then
             decoded at 1/2, 1/4 or 1/8 scale where that still holds, which bounds memory and time for large photos.
-        max_bytes: refuse files larger than this before reading them.
+        max_bytes: refuse files larger than this before reading them (bytes given: larger than this).
 
     Raises:
         InvalidImageError: empty, not an image, truncated, corrupt, or larger than `MAX_PIXELS`.
@@ -125,6 +125,8 @@ def decode_image(
     if not isinstance(data, bytes):
         name = str(data)
         data = read_image_file(data, max_bytes)
+    elif max_bytes is not None and len(data) > max_bytes:  # bytes already read (a request, standard input)
+        raise InvalidImageError(f"{name}: larger than the file-size limit of {max_bytes:,} bytes")
     if not data:
         raise InvalidImageError(f"{name}: empty file")
     fast = _decode_jpeg_fast(data, name, min_size)

@@ -188,8 +188,8 @@ class Predictor:
         """(B, C, H, W) model inputs (already transformed) → (B, num_classes) softmax probabilities, fp32."""
         return self._logits(inputs).softmax(1)
 
-    def stored(self, item: ImageLike) -> torch.Tensor:
-        """One input decoded and brought to the stored (C, S, S) uint8 square.
+    def stored(self, item: ImageLike, name: str = "<bytes>") -> torch.Tensor:
+        """One input decoded and brought to the stored (C, S, S) uint8 square; ``name`` names a file's bytes in errors.
 
         Raises:
             InvalidImageError: not an image, refused (size, bomb, not a regular file), or a URL.
@@ -204,7 +204,7 @@ class Predictor:
 
             return to_stored(TF.pil_to_tensor(pil_to_rgb(ImageOps.exif_transpose(item))), s, c)
         if isinstance(item, (bytes, bytearray, memoryview)):  # a file's bytes, as the service receives them
-            return decode_stored(bytes(item), s, c, self.max_bytes)
+            return decode_stored(bytes(item), s, c, self.max_bytes, name)
         if isinstance(item, np.ndarray):  # (H, W), (H, W, 1) or (H, W, 3) RGB, as np.asarray(pil_image) gives
             if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3)):
                 raise InvalidImageError(f"array of shape {item.shape} is not an (H, W) or (H, W, C) image, C = 1 or 3")
@@ -260,7 +260,7 @@ class Predictor:
         for i, item in enumerate(images):
             name = str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} {i}>"
             try:
-                pending.append((name, self.stored(item), None))
+                pending.append((name, self.stored(item, name), None))
                 waiting += 1
             except InvalidImageError as err:
                 message = str(err)
