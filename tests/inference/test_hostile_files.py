@@ -247,3 +247,139 @@ def test_a_pickle_in_every_other_format_never_runs(tmp_path, capsys):
             err = capsys.readouterr().err
             assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (kind, err)
         assert not marker.exists(), kind
+
+
+def test_an_onnx_files_external_data_is_read_only_beside_it(tmp_path, capfd):
+    """An ONNX file may keep its weights in other files (`external_data`), named by path: a shared model could name
+    /etc/shadow, ../../.ssh/id_rsa, a symlink to either, /dev/zero (a read without end) or a FIFO (a read that blocks).
+    onnxruntime refuses each (its own check, kept by this test); our line says why in one line, and onnxruntime's
+    own coloured log line beside it is silenced."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    meta = json.dumps(
+        make_weights(tmp_path / "m.safetensors") and load_trained(tmp_path / "m.safetensors").meta.to_dict()
+    )
+    secret = tmp_path / "outside" / "secret"
+    secret.parent.mkdir()
+    secret.write_bytes(b"hush")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "link.bin").symlink_to(secret)
+    (folder / "zero.bin").symlink_to("/dev/zero")
+    os.mkfifo(folder / "fifo.bin")
+
+    def model_reading(location: str, length: int) -> Path:
+        weight = TensorProto(name="W", data_type=TensorProto.UINT8, dims=[length], data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+            weight.external_data.add(key=key, value=value)
+        nodes = [  # logits = mean(images) · W[:4]: the file's bytes would reach the output
+            helper.make_node("Slice", ["W", "s0", "s4"], ["w4"]),
+            helper.make_node("Cast", ["w4"], ["wf"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Unsqueeze", ["m", "ax"], ["m1"]),
+            helper.make_node("Mul", ["m1", "wf"], ["logits"]),
+        ]
+        consts = [
+            numpy_helper.from_array(__import__("numpy").array([v], "int64"), n)
+            for n, v in (("s0", 0), ("s4", 4), ("ax", 1))
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 32, 32])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 4])],
+            initializer=[weight, *consts],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        model.metadata_props.add(key="alexnet", value=meta)
+        path = folder / f"{len(list(folder.glob('*.onnx')))}.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    image = tmp_path / "x.png"
+    __import__("PIL.Image", fromlist=["Image"]).new("RGB", (32, 32)).save(image)
+    (folder / "inside.bin").write_bytes(b"\x01\x02\x03\x04")
+    inside = model_reading("inside.bin", 4)  # what the format is for: a file beside the model is read
+    assert main(["predict", "--weights", str(inside), "--json", str(image)]) == 0, capfd.readouterr().err
+    capfd.readouterr()
+    for location, length in (
+        (str(secret), 4),
+        (os.path.relpath(secret, folder), 4),
+        ("link.bin", 4),
+        ("zero.bin", 8 << 30),
+        ("fifo.bin", 4),
+    ):
+        path = model_reading(location, length)
+        assert main(["predict", "--weights", str(path), str(image)]) == 2, location
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "is not a loadable ONNX model" in err and "ONNXRuntimeError" not in err, err
+        assert "hush" not in err
+
+
+@pytest.mark.parametrize(
+    "images, logits, graph, says",
+    [
+        (["b", 3, 64, 64], ["b", 4], "4 logits", "its graph takes images tensor(float) ['b', 3, 64, 64]"),  # a size
+        (["b", 1, 32, 32], ["b", 4], "4 logits", "its metadata says one float batch (N, 3, 32, 32)"),  # grey
+        (["b", 3, 32, 32], ["b", 5], "5 logits", "its graph gives ['b', 5], where its metadata says (N, 4) logits"),
+        (["b", 3, 32, 32], ["b", "k"], "5 logits from the data", "gave logits of shape (1, 5) for a batch of 1"),
+        (
+            ["b", 3, 32, 32],
+            ["b", 4],
+            "a reshape that fails",
+            "the ONNX model failed on a batch of shape (1, 3, 32, 32)",
+        ),
+    ],
+)
+def test_an_onnx_graph_that_disagrees_with_its_metadata_is_one_line(tmp_path, capfd, images, logits, graph, says):
+    """An ONNX file whose graph takes another input, or gives another number of logits, than its metadata says
+    (edited, or another model's graph under this metadata) ended `predict` in onnxruntime's traceback, or printed
+    predictions from logits of another shape. Refused on loading where the graph's shapes are known, else at the
+    first batch; one line either way."""
+    from onnx import TensorProto, helper
+
+    def const(name: str, dtype: int, values: list) -> object:
+        return helper.make_tensor(name, dtype, [len(values)], values)
+
+    meta = json.dumps(
+        make_weights(tmp_path / "m.safetensors") and load_trained(tmp_path / "m.safetensors").meta.to_dict()
+    )
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["images"], ["p"]),  # (N, 3, 1, 1)
+        helper.make_node("Flatten", ["p"], ["f"]),  # (N, 3): zeros padded after the channel means are the logits
+    ]
+    inits = [const("zero", TensorProto.FLOAT, [0.0]), const("begin", TensorProto.INT64, [0, 0, 0])]
+    if graph == "5 logits from the data":  # a pad of 0 · max(images) + 2: no shape inference can know it
+        nodes += [
+            helper.make_node("ReduceMax", ["images"], ["m"], keepdims=0),
+            helper.make_node("Mul", ["m", "zero"], ["z"]),
+            helper.make_node("Add", ["z", "two"], ["t"]),
+            helper.make_node("Cast", ["t"], ["end"], to=TensorProto.INT64),
+            helper.make_node("Concat", ["begin", "end"], ["pads"], axis=0),
+        ]
+        inits.append(const("two", TensorProto.FLOAT, [2.0]))
+    else:
+        inits.append(const("pads", TensorProto.INT64, [0, 0, 0, 2 if graph == "5 logits" else 1]))
+    nodes.append(helper.make_node("Pad", ["f", "pads"], ["padded"]))
+    if graph == "a reshape that fails":
+        nodes.append(helper.make_node("Reshape", ["padded", "shape"], ["logits"]))
+        inits.append(const("shape", TensorProto.INT64, [3, -1]))
+    else:
+        nodes.append(helper.make_node("Identity", ["padded"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, images)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, logits)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    model.metadata_props.add(key="alexnet", value=meta)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    image = tmp_path / "x.png"
+    __import__("PIL.Image", fromlist=["Image"]).new("RGB", (32, 32)).save(image)
+    code = main(["predict", "--weights", str(path), str(image)])
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err, err

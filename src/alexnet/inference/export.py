@@ -224,11 +224,68 @@ def load_onnx(path: str | Path) -> tuple[Any, ModelMeta]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file {path} does not exist")
+    options = ort.SessionOptions()
+    # onnxruntime logs a failed load to stderr itself, a coloured line beside the exception it raises, which says
+    # the same (the error line below): only fatal messages from its logger.
+    options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         tree = json.loads(session.get_modelmeta().custom_metadata_map["alexnet"])
     except KeyError:
         raise CorruptCheckpointError(f"{path} has no alexnet metadata (export it with `alexnet export`)") from None
     except Exception as err:  # onnxruntime raises its own exception types for invalid graphs
-        raise CorruptCheckpointError(f"{path} is not a loadable ONNX model ({err})") from None
-    return session, ModelMeta.from_dict(tree, str(path))
+        raise CorruptCheckpointError(f"{path} is not a loadable ONNX model ({_onnxruntime_reason(err)})") from None
+    meta = ModelMeta.from_dict(tree, str(path))
+    _check_graph(session, meta, path)
+    return session, meta
+
+
+def run_onnx(session: Any, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, C, S, S) float inputs through ``session`` → (B, num_classes) logits. A graph that fails on them, or gives
+    logits of another shape (its own shapes wrong where `load_onnx` could not see them: left symbolic, or declared
+    otherwise than computed), raises `AlexNetError` saying so."""
+    try:
+        out = session.run(None, {session.get_inputs()[0].name: x.float().contiguous().numpy()})[0]
+    except Exception as err:  # onnxruntime's own exception types
+        raise AlexNetError(
+            f"the ONNX model failed on a batch of shape {tuple(x.shape)}: {_onnxruntime_reason(err)}"
+        ) from None
+    if tuple(out.shape) != (len(x), num_classes):
+        raise AlexNetError(
+            f"the ONNX model gave logits of shape {tuple(out.shape)} for a batch of {len(x)}, where its metadata says "
+            f"{num_classes} classes"
+        )
+    return torch.from_numpy(out)
+
+
+def _check_graph(session: Any, meta: ModelMeta, path: Path) -> None:
+    """The graph takes what its metadata says the model takes, and gives a logit for each class: a file whose two
+    disagree (edited, or another model's graph with this metadata) is refused on loading, not with onnxruntime's
+    traceback at the first batch. Dimensions the graph leaves symbolic (the batch) match any size."""
+    size, channels = meta.preprocessing.input_size, meta.model.in_channels
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    expected = [None, channels, size, size]
+
+    def agrees(shape: list, want: list) -> bool:
+        return len(shape) == len(want) and all(
+            w is None or not isinstance(d, int) or d == w for d, w in zip(shape, want)
+        )
+
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or not agrees(inputs[0].shape, expected):
+        found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "nothing"
+        raise CorruptCheckpointError(
+            f"{path}: its graph takes {found}, where its metadata says one float batch (N, {channels}, {size}, {size})"
+        )
+    if not outputs or not agrees(outputs[0].shape, [None, meta.model.num_classes]):
+        found = outputs[0].shape if outputs else "nothing"
+        raise CorruptCheckpointError(
+            f"{path}: its graph gives {found}, where its metadata says (N, {meta.model.num_classes}) logits"
+        )
+
+
+def _onnxruntime_reason(err: Exception) -> str:
+    """onnxruntime's message without its wrapping: ``[ONNXRuntimeError] : 1 : FAIL : <a C++ signature>
+    [ONNXRuntimeError] : 1 : FAIL : env.cc:538 OpenRandomAccessFile <the reason>`` is ``OpenRandomAccessFile <the
+    reason>``."""
+    text = re.split(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", str(err).strip())[-1]
+    return re.sub(r"\S+\.(?:cc|cpp|h):\d+ ", "", text).strip() or type(err).__name__

@@ -168,8 +168,9 @@ class Predictor:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_onnx:
-            name = self.model.get_inputs()[0].name
-            logits = torch.from_numpy(self.model.run(None, {name: x.float().contiguous().numpy()})[0])
+            from .export import run_onnx
+
+            logits = run_onnx(self.model, x, self.meta.model.num_classes)
         elif self.compiled:  # computes in its own dtype: no autocast
             logits = self.model(x.to(self.device)).float().cpu()
         else:
