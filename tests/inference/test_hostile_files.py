@@ -383,3 +383,32 @@ def test_an_onnx_graph_that_disagrees_with_its_metadata_is_one_line(tmp_path, ca
     code = main(["predict", "--weights", str(path), str(image)])
     err = capfd.readouterr().err
     assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def _five_classes(tree: dict) -> None:
+    tree["model"]["num_classes"], tree["classes"] = 5, [*tree["classes"], "label_4"]
+
+
+def _grey(tree: dict) -> None:
+    tree["model"]["in_channels"] = 1
+    tree["data"]["mean"], tree["data"]["std"] = [0.5], [0.25]
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (_five_classes, "its program gives [(None, 4)], where its metadata says (N, 5) logits"),
+        (_grey, "its program takes [(None, 3, 32, 32)], where its metadata says one float batch (N, 1, 32, 32)"),
+    ],
+)
+def test_a_program_under_another_models_metadata_is_refused_on_loading(program, tmp_path, capsys, edit, says):
+    """A `.pt2` whose metadata is another model's (five classes for a program of four) printed predictions under the
+    wrong names, or ended in an IndexError at the first batch."""
+    edited = _rewrite(
+        program, tmp_path / "edited.pt2", lambda entries, top: _edit_json(entries, f"{top}/extra/alexnet.json", edit)
+    )
+    image = tmp_path / "x.png"
+    __import__("PIL.Image", fromlist=["Image"]).new("RGB", (32, 32)).save(image)
+    assert main(["predict", "--weights", str(edited), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err

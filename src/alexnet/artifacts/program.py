@@ -230,12 +230,38 @@ def load_program(path: Path | str) -> TrainedModel:
     if not extra["alexnet.json"]:
         raise CorruptCheckpointError(f"{path} has no alexnet metadata (write it with alexnet export or quantize)")
     meta = ModelMeta.from_dict(json.loads(extra["alexnet.json"]), str(path))
+    _check_shapes(program, meta, path)
     quantization = meta.provenance.get("quantization")
     if quantization:
         batch, autotune = int(quantization["batch"]), bool(quantization.get("autotune"))
         model: nn.Module = Int8Model(program, batch, autotune, cache=True)
         return TrainedModel(model.eval(), meta, None, str(path))
     return TrainedModel(ProgramModel(program.module(), meta.model.in_channels), meta, None, str(path))
+
+
+def _check_shapes(program: torch.export.ExportedProgram, meta: ModelMeta, path: Path) -> None:
+    """The program takes one float batch (N, C, S, S) and gives (N, classes) logits, as its metadata says: a
+    program saved under another model's metadata (edited) printed predictions from the wrong classes' list, or
+    ended in an IndexError, at the first batch. The batch may be symbolic or fixed (an int8 program's)."""
+    size, channels, classes = meta.preprocessing.input_size, meta.model.in_channels, meta.model.num_classes
+    names = program.graph_signature.user_inputs
+    given = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in names]
+    output = next(n for n in program.graph.nodes if n.op == "output").args[0]
+    gives = [getattr(a, "meta", {}).get("val") for a in output]
+
+    def shape(value: Any) -> tuple | None:
+        return tuple(int(d) if isinstance(d, int) else None for d in value.shape) if value is not None else None
+
+    takes = [shape(v) for v in given]
+    if len(given) != 1 or given[0] is None or given[0].dtype != torch.float32 or takes[0][1:] != (channels, size, size):
+        raise CorruptCheckpointError(
+            f"{path}: its program takes {takes}, where its metadata says one float batch "
+            f"(N, {channels}, {size}, {size})"
+        )
+    if len(gives) != 1 or gives[0] is None or shape(gives[0])[1:] != (classes,):
+        raise CorruptCheckpointError(
+            f"{path}: its program gives {[shape(v) for v in gives]}, where its metadata says (N, {classes}) logits"
+        )
 
 
 class ProgramModel(ExportedModule):

@@ -170,7 +170,7 @@ class Predictor:
         if self.is_onnx:
             from .export import run_onnx
 
-            logits = run_onnx(self.model, x, self.meta.model.num_classes)
+            logits = run_onnx(self.model, x)
         elif self.compiled:  # computes in its own dtype: no autocast
             logits = self.model(x.to(self.device)).float().cpu()
         else:
@@ -178,6 +178,11 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
             with torch.no_grad(), autocast(self.device, self.precision):
                 logits = self.model(x).float().cpu()
+        if logits.shape != (len(x), len(self.classes)):  # a program or graph of other shapes than its metadata's
+            raise AlexNetError(
+                f"the model gave logits of shape {tuple(logits.shape)} for a batch of {len(x)}, where its metadata "
+                f"says {len(self.classes)} classes"
+            )
         if not bool(torch.isfinite(logits).all()):  # a diverged model: never print "nan%" as a prediction
             raise NonFiniteOutputError(
                 "the model produces non-finite outputs (NaN or infinity) although its weights are finite: training "
