@@ -7,7 +7,6 @@ image, or whose header claims more than `MAX_PIXELS`, raises `InvalidImageError`
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import re
@@ -207,13 +206,33 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
                 )
             files += found
         elif not path.exists() and not is_url(item) and any(c in item for c in "*?["):
-            found = sorted(glob.glob(item, recursive=True))
+            found = sorted(_glob(item))
             if not found:
                 raise AlexNetError(f"pattern {item!r} matches no file")
             files += found
         else:
             files.append(item)
     return files
+
+
+def _glob(pattern: str) -> list[str]:
+    """What ``glob.glob(pattern, recursive=True)`` matches, without following a symbolic link to a directory while
+    expanding ``**``: glob.glob does, so a folder holding a link to its parent (``up -> ..``, as an unpacked archive
+    may) made ``predict 'photos/**/*.jpg'`` walk ``photos/up/up/up/...`` without end. pathlib's ``**`` follows none
+    (bash's ``globstar`` neither). Names starting with a dot match only a pattern part that starts with one, as
+    with glob.glob."""
+    magic = next(i for i, c in enumerate(pattern) if c in "*?[")
+    cut = pattern.rfind(os.sep, 0, magic) + 1  # the literal directory before the first wildcard, its "/" kept
+    base, rest = pattern[:cut], pattern[cut:]
+    dotted = any(part.startswith(".") for part in Path(rest).parts)
+    if rest == "**" or rest.endswith(os.sep + "**"):  # "a/**": glob.glob lists what is below, pathlib dirs alone
+        rest += os.sep + "*"
+    found = []
+    for path in Path(base or ".").glob(rest):
+        relative = path.relative_to(base or ".")
+        if dotted or not any(part.startswith(".") for part in relative.parts):
+            found.append(base + str(relative))
+    return found
 
 
 def is_url(item: str) -> bool:
