@@ -350,3 +350,30 @@ def test_an_onnx_file_is_named_as_one_where_ours_are_read(files, tmp_path, capsy
     words = [w.format(m=onnx, img=files["image"], d=out) for w in argv]
     _refused(capsys, words, f"{onnx} is an ONNX model", "alexnet predict", ".safetensors or .pt it was exported from")
     assert not any(out.iterdir())
+
+
+def test_names_longer_than_a_file_system_takes_are_one_line(files, capsys, tmp_path):
+    """A name of more than 255 bytes (the file systems' limit) ended train, eval, export, predict, serve and
+    --recipe in OSError tracebacks; names a little shorter were refused by features and export, or ended export in
+    a traceback, because the files staged beside them took the name and more."""
+    weights, image, too_long = files["weights"], files["image"], str(tmp_path / ("g" * 260))
+    for argv in (
+        ["train", "--dataset", "fake", "--out", too_long],
+        ["eval", "--checkpoint", weights, "--dataset", "fake", "--out", too_long],
+        ["features", "--weights", weights, image, "--out", too_long + ".npy"],
+        ["export", "--weights", weights, "--format", "exported-program", "--out", too_long + ".pt2"],
+        ["quantize", "--weights", weights, "--out", too_long + ".pt2"],
+        ["predict", "--weights", too_long + ".safetensors", image],
+        ["serve", "--weights", too_long + ".safetensors"],
+        ["train", "--recipe", too_long + ".toml", "--dataset", "fake"],
+    ):
+        err = _refused(capsys, argv, "g" * 100)
+        assert "File name too long" in err or "longer than 255 bytes" in err, err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("g")]
+    assert main(["predict", "--weights", weights, too_long + ".png", image]) == 1  # reported for its path alone
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("\terror: cannot read (File name too long)") and "%" in lines[1], lines
+    long = str(tmp_path / ("f" * 240))  # legal: 244 bytes with its suffix
+    assert main(["features", "--weights", weights, image, "--out", long + ".npy"]) == 0
+    assert main(["export", "--weights", weights, "--format", "exported-program", "--out", long + ".pt2"]) == 0
+    assert sorted(p.suffix for p in tmp_path.iterdir() if p.name.startswith("f")) == [".npy", ".pt2", ".txt"]

@@ -10,6 +10,7 @@ crash leaves the old file or the new one, never half of one. New files get the u
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MB = 1 << 20
 DISK_FULL_BYTES = 64 * MB  # a failed write with less than this free is put down to the disk
+NAME_MAX = 255  # bytes in a file name: Linux's file systems, macOS's APFS, Windows' NTFS (in UTF-16 units)
 # How a writer names itself in the files it stages (`process_tag`): its process id and its machine's host name, so
 # that a directory shared between machines (an HPC cluster's home over NFS, a volume two containers mount) never has
 # one machine judge another's files by process ids that mean nothing there.
@@ -124,6 +126,8 @@ def check_target(path: Path | str) -> Path:
         WriteError: naming what is there.
     """
     path = Path(path)
+    if len(os.fsencode(path.name)) > NAME_MAX:  # the file system's limit: every check below would raise it
+        raise WriteError(f"could not write {path}: its name is longer than {NAME_MAX} bytes; choose a shorter one")
     if path.is_symlink() and not path.exists():
         raise WriteError(f"could not write {path}: it is a dangling symbolic link")
     # The nearest ancestor that exists must be a directory (else making the parents fails with "File exists").
@@ -219,8 +223,9 @@ def atomic_write(
         path.parent.mkdir(parents=True, exist_ok=True)
         # A writer killed outright (SIGKILL, the out-of-memory killer) left .<name>.<tag>.<random>.tmp: the size of
         # what it was writing (a checkpoint, a quantized model, a features array), hidden, for good.
-        remove_abandoned(path.parent, rf"\.{re.escape(path.name)}\.{TAG}\.\w+\.tmp")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{process_tag()}.", suffix=".tmp", dir=path.parent)
+        name = staging_name(path.name)
+        remove_abandoned(path.parent, rf"\.{re.escape(name)}\.{TAG}\.\w+\.tmp")
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.{process_tag()}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())  # mkstemp makes 0600: use the user's umask
     except OSError as err:
         raise WriteError(f"could not write {path}: {err.strerror or err}") from err
@@ -252,6 +257,16 @@ def atomic_write(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def staging_name(name: str) -> str:
+    """``name`` as it appears in the names of the files staged beside it: itself, or for a long name (a file name
+    holds at most `NAME_MAX` bytes, and a staged name adds the process tag) its first 64 bytes and a digest of all."""
+    encoded = os.fsencode(name)
+    if len(encoded) <= 120:
+        return name
+    head = encoded[:64].decode("utf-8", "ignore")  # whole characters only
+    return f"{head}~{hashlib.sha256(encoded).hexdigest()[:16]}"
 
 
 def process_tag() -> str:

@@ -104,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout to /dev/null, so the interpreter's last flush at exit does not fail again (Python's own recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as err:  # a path the user gave that the system refuses: a name over 255 bytes, a loop of links
+        if args.verbose or err.filename is None:  # not a path's: a fault of ours or the machine's, with its traceback
+            raise
+        where = display_label(os.fsdecode(err.filename))
+        print(f"alexnet {args.command}: error: {where}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 class _Plain(logging.Formatter):

@@ -198,14 +198,18 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
         if not item.strip():
             raise AlexNetError("an input is empty ('' would mean the current directory): name files, folders or globs")
         path = Path(item)
-        if path.is_dir():
+        try:
+            is_dir, exists = path.is_dir(), path.exists()
+        except OSError:  # a name the system refuses (over 255 bytes): reported for its path, as a missing file is
+            is_dir, exists = False, True
+        if is_dir:
             found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
             if not found:
                 raise AlexNetError(
                     f"directory {item} holds no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})"
                 )
             files += found
-        elif not path.exists() and not is_url(item) and any(c in item for c in "*?["):
+        elif not exists and not is_url(item) and any(c in item for c in "*?["):
             found = sorted(_glob(item))
             if not found:
                 raise AlexNetError(f"pattern {item!r} matches no file")

@@ -21,7 +21,16 @@ from torch import nn
 
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..errors import AlexNetError, CorruptCheckpointError
-from ..files import ANY_TAG, TAG, atomic_write, check_replaceable, check_target, process_tag, remove_abandoned
+from ..files import (
+    ANY_TAG,
+    TAG,
+    atomic_write,
+    check_replaceable,
+    check_target,
+    process_tag,
+    remove_abandoned,
+    staging_name,
+)
 from ..models import standard_modules
 
 log = logging.getLogger(__name__)
@@ -149,10 +158,10 @@ def export_model(
     check_replaceable(out)
     # Written beside the target under another name and checked there; only a file that passes replaces the target,
     # so a failed check leaves the user's previous export as it was.
-    staged = out.with_name(f".{out.stem}.{process_tag()}.staged{out.suffix}")
+    staged = out.with_name(f".{staging_name(out.stem)}.{process_tag()}.staged{out.suffix}")
     # An export killed outright (SIGKILL, the out-of-memory killer) left .m.<tag>.staged.onnx, and atomic_write's
     # ..m.<tag>.staged.onnx.<tag>.<random>.tmp while it was being written: 244 MB for alexnet_owt's ONNX, hidden.
-    stem, suffix = re.escape(out.stem), re.escape(out.suffix)
+    stem, suffix = re.escape(staging_name(out.stem)), re.escape(out.suffix)
     remove_abandoned(out.parent, rf"\.\.?{stem}\.{TAG}\.staged{suffix}(\.{ANY_TAG}\.\w+\.tmp)?")
     with torch.no_grad():
         expected = model(x)
