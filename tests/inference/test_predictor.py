@@ -304,3 +304,29 @@ def test_predict_reads_an_image_piped_to_it_as_dash(tmp_path, weights, capsys, m
     for argv, says in ((["-", "-"], "- is given twice"), (["-"], "which is a terminal here")):
         code, out = piped(data, *argv, tty=argv == ["-"])
         assert code == 2 and says in out and out.count("\n") == 1, out
+
+
+def test_class_names_a_terminals_encoding_cannot_spell_are_escaped_not_fatal(tmp_path, weights):
+    """Printing to a stream whose encoding cannot spell a class name (`> out.txt` on Windows is cp1252; here
+    PYTHONIOENCODING=ascii) showed no prediction, only "'ascii' codec can't encode characters"."""
+    import os
+    import subprocess
+    import sys
+
+    from alexnet.artifacts.checkpoint import save_weights
+    from alexnet.artifacts.loader import load_trained
+
+    trained = load_trained(weights)
+    meta = trained.meta.to_dict()
+    meta["classes"] = ["café", "日本", "naïve", "plain"]
+    named = tmp_path / "named.safetensors"
+    save_weights(trained.model, named, {k: meta[k] for k in ("model", "classes", "data")})
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 10, 30)).save(image)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    base = [sys.executable, "-m", "alexnet.cli", "predict", "--weights", str(named), "--topk", "4", str(image)]
+    table = subprocess.run(base, capture_output=True, text=True, env=env, encoding="ascii")
+    assert table.returncode == 0 and table.stderr == "", table.stderr
+    assert {"caf\\xe9", "\\u65e5\\u672c", "na\\xefve", "plain"} <= set(table.stdout.split()), table.stdout
+    lines = subprocess.run([*base, "--json"], capture_output=True, text=True, env=env, encoding="ascii")
+    assert {t["label"] for t in json.loads(lines.stdout)["topk"]} == set(meta["classes"])

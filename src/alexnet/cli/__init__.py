@@ -69,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_at = words.index(args.command) if args.command in words else len(words)
         before = [w for w in words[:command_at] if w in unknown]  # `alexnet --bogus train`: the top level's
         (parser if before else args.command_parser).error(f"unrecognized arguments: {' '.join(before or unknown)}")
+    # A terminal or file whose encoding cannot spell a class name (`> out.txt` on Windows writes cp1252; a
+    # PYTHONIOENCODING=ascii) showed no prediction at all, only "'ascii' codec can't encode": escaped instead.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # replaced by a caller with a plain stream, or closed
+            stream.reconfigure(errors="backslashreplace")
     # Our progress lines at INFO; other libraries' (onnxscript's optimizer, inductor) only from WARNING, all with -v.
     handler = logging.StreamHandler()
     handler.setFormatter(_Plain("%(message)s"))
