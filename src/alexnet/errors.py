@@ -18,7 +18,7 @@ class AlexNetError(Exception):
 
 
 class DataNotFoundError(AlexNetError):
-    """A data set is not where it was looked for, and could not be downloaded."""
+    """A data set is not where it was looked for, or not intact there, and could not be downloaded."""
 
 
 class UnsafeCheckpointError(AlexNetError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +55,35 @@ def data_root(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get("ALEXNET_DATA") or "data")
 
 
+MAX_IDX_BYTES = 1 << 32  # MNIST's largest file holds 47 MB; a header declaring more is not one of these
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    """An MNIST-format IDX file (optionally gzipped) as a numpy array."""
+    """An MNIST-format IDX file of bytes (optionally gzipped) as a numpy array, read no further than its header
+    declares (a gzip bomb costs nothing more).
+
+    Raises:
+        DataNotFoundError: not such a file, cut short (a download that stopped, a full disk) or damaged (gzip's CRC),
+            saying to delete it so that it is fetched again.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    fix = "delete it to download it again, or put an intact copy there"
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)  # two zero bytes, 0x08 (unsigned bytes), the number of dimensions
+            if len(head) < 4 or head[:3] != b"\0\0\x08" or head[3] not in (1, 3):
+                raise DataNotFoundError(f"{path} is not an MNIST-format IDX file (it starts {head!r}): {fix}")
+            dims = [int.from_bytes(f.read(4), "big") for _ in range(head[3])]
+            count = int(np.prod(dims))
+            if count > MAX_IDX_BYTES:
+                raise DataNotFoundError(f"{path} declares {dims} bytes of data, more than any such file: {fix}")
+            data = f.read(count + 1)  # a byte more: reads to the end, where gzip checks its CRC
+    except (OSError, EOFError, zlib.error) as err:  # gzip's "ended before the end-of-stream marker", "CRC check failed"
+        raise DataNotFoundError(f"{path} cannot be read ({err}): {fix}") from None
+    if len(data) != count:
+        held = "more than" if len(data) > count else f"{len(data):,} of the"
+        raise DataNotFoundError(f"{path} holds {held} {count:,} bytes its header declares {dims}: {fix}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx(dirs: list[Path], stem: str) -> Path | None:
@@ -93,6 +115,11 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSpl
     log.debug("reading %s from %s", name, images.parent)
     x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)  # (N, 1, 28, 28)
     y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+    if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+        raise DataNotFoundError(
+            f"{images} holds {len(x):,} images of {tuple(x.shape[2:])} and {labels} {len(y):,} labels of "
+            f"{tuple(y.shape[1:])}: not images and a label for each (files of two data sets, or one renamed)"
+        )
     classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
     return TensorSplit(x, y, list(classes))
 
