@@ -80,6 +80,19 @@ def test_fig4_neighbours_and_retrieval_precision(two_tower_run, capsys):
     assert (two_tower_run / "fig4.png").stat().st_size > 5000
 
 
+def test_fig4_refuses_a_data_set_of_other_classes(tmp_path, capsys):
+    """A model of 4 classes given fig4 on the fake set's 10 ended in an IndexError (the set's labels indexing the
+    model's names): refused as eval refuses it, one line, nothing written."""
+    from tests.conftest import make_weights
+
+    weights = make_weights(tmp_path / "m.safetensors")
+    out = tmp_path / "fig"
+    assert main(["paper", "fig4", str(weights), "--dataset", "fake", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained on 4 classes" in err and "fake has 10" in err, err
+    assert not out.exists()
+
+
 def test_every_train_run_writes_a_report_and_report_rebuilds_it(tmp_path, capsys):
     out = tmp_path / "run"
     args = [
