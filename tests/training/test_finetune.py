@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -69,3 +71,22 @@ def test_whitened_conv1_starts_from_the_training_images_and_freeze_keeps_it(tmp_
     other = alexnet.create_model("alexnet_small", num_classes=10, width=0.25)
     whiten_conv1(other, data, images=64)
     assert not torch.allclose(other.features[0].weight, conv1.weight)
+
+
+def test_colour_weights_on_a_grey_data_set_name_the_weights(tmp_path, capsys):
+    """Fine-tuning 3-channel weights on Fashion-MNIST (1 channel) said `data.mean has 3 values for 1-channel
+    images; give 1 or 1`: a setting the user never gave (the weights' mean), and advice that cannot help. It names
+    the weights and the channels now, as `transfer` does; a user's own data.mean says `give 1`."""
+    from alexnet.cli import main
+    from tests.conftest import make_weights
+
+    fixture = Path(__file__).parent.parent / "fixtures" / "fashion-mnist"
+    weights = make_weights(tmp_path / "colour.safetensors")
+    base = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fixture), "--epochs", "1"]
+    assert main([*base, "--weights", str(weights), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "take 3-channel images and this data set has 1" in err, err
+    assert main([*base, "--set", "data.mean=[0.1, 0.2, 0.3]", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("data.mean has 3 values for 1-channel images; give 1"), err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

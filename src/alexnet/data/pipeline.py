@@ -221,12 +221,24 @@ def build_held_out_loader(cfg: DataConfig, stored: int, device: torch.device) ->
     return loader, classes, held_idx
 
 
+class ChannelsError(AlexNetError):
+    """A per-channel setting (``data.mean``, ``data.std``) has another number of values than the images channels:
+    ``channels`` is the images'."""
+
+    def __init__(self, message: str, channels: int) -> None:
+        super().__init__(message)
+        self.channels = channels
+
+
 def _per_channel(values: list[float], channels: int, name: str) -> list[float]:
     """One value per input channel: a single value applies to every channel (d2l's ``mean = [0.0]``)."""
     if len(values) == 1:
         return list(values) * channels
     if len(values) != channels:
-        raise AlexNetError(f"data.{name} has {len(values)} values for {channels}-channel images; give 1 or {channels}")
+        give = "1" if channels == 1 else f"1 or {channels}"
+        raise ChannelsError(
+            f"data.{name} has {len(values)} values for {channels}-channel images; give {give}", channels
+        )
     return list(values)
 
 

@@ -30,7 +30,7 @@ from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, sa
 from ..artifacts.trained import ModelMeta
 from ..config import Config
 from ..data.folder import reporting_worker_crashes
-from ..data.pipeline import Data, build_data
+from ..data.pipeline import ChannelsError, Data, build_data
 from ..data.sources import FOLDER_DATASETS, data_root
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
@@ -199,7 +199,17 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
     # Towers and hybrid: every rank evaluates the whole validation set (the model spans the ranks).
-    data = build_data(cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard(), not strategy.sharded)
+    try:
+        data = build_data(
+            cfg.data, spec.input_size, device, cfg.train.seed, *strategy.data_shard(), not strategy.sharded
+        )
+    except ChannelsError as err:  # the weights' mean and std, one value a channel, met images of other channels
+        if pretrained is None:
+            raise
+        raise IncompatibleCheckpointError(
+            f"the weights {pretrained.source} take {pretrained.meta.model.in_channels}-channel images and this data "
+            f"set has {err.channels}: fine-tune on a data set with the same channels"
+        ) from None
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
         copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []
