@@ -400,3 +400,39 @@ def test_a_post_from_another_sites_page_is_refused(files):
         for origin, code in pages:
             r = client.post("/v1/classify", content=png, headers={**via_proxy, "Origin": origin})
             assert r.status_code == code, (origin, r.text)
+
+
+def test_an_fp32_input_that_overflows_the_network_fails_alone(files, caplog):
+    """Finite FP32 values of 3e38 take the network's outputs to infinity. The predictor's check then failed the
+    whole batch: every client batched with that one got a 500 (and the log a traceback saying "training
+    diverged"). Now that request alone gets 422, and the others batched with it their answers."""
+    import numpy as np
+
+    client, service = app_client(files, max_wait_ms=400)
+    shape = [1, *service.input_shape]
+    count = int(np.prod(shape))
+
+    def request(value: float) -> httpx.Response:
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": [value] * count}]}
+        return client.post("/v2/models/small/infer", json=body, headers={"Host": "localhost"})
+
+    with client:
+        results: dict[str, httpx.Response] = {}
+        threads = [
+            threading.Thread(target=lambda v=v, k=k: results.__setitem__(k, request(v)))
+            for k, v in (("hostile", 3e38), ("plain", 0.5))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results["hostile"].status_code == 422, results["hostile"].text
+        assert "not finite" in results["hostile"].json()["error"]
+        assert results["plain"].status_code == 200, results["plain"].text
+        assert np.isfinite(results["plain"].json()["outputs"][0]["data"]).all()
+    # Batched together, the plain request's rows stay finite and its own.
+    import torch
+
+    probs = service._infer([torch.full(shape, 3e38), torch.full(shape, 0.5)])
+    assert not torch.isfinite(probs[0]).all() and torch.isfinite(probs[1]).all()
+    assert "inference failed" not in caplog.text and "Traceback" not in caplog.text

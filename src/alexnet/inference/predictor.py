@@ -166,7 +166,7 @@ class Predictor:
         model = Ensemble([m.model for m in members])
         return cls(model, meta, device, precision, max_file_mb, compile and fixed is None)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
         if self.is_onnx:
             from .export import run_onnx
 
@@ -183,16 +183,21 @@ class Predictor:
                 f"the model gave logits of shape {tuple(logits.shape)} for a batch of {len(x)}, where its metadata "
                 f"says {len(self.classes)} classes"
             )
-        if not bool(torch.isfinite(logits).all()):  # a diverged model: never print "nan%" as a prediction
+        if check_finite and not bool(torch.isfinite(logits).all()):  # a diverged model: never print "nan%"
             raise NonFiniteOutputError(
                 "the model produces non-finite outputs (NaN or infinity) although its weights are finite: training "
                 "diverged; use an earlier checkpoint"
             )
         return logits
 
-    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) model inputs (already transformed) → (B, num_classes) softmax probabilities, fp32."""
-        return self._logits(inputs).softmax(1)
+    def probabilities(self, inputs: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+        """(B, C, H, W) model inputs (already transformed) → (B, num_classes) softmax probabilities, fp32.
+
+        Raises:
+            NonFiniteOutputError: an output is not finite, unless ``check_finite`` is False (the service, which
+                batches several clients' inputs, judges each one's rows itself).
+        """
+        return self._logits(inputs, check_finite).softmax(1)
 
     def stored(self, item: ImageLike, name: str = "<bytes>") -> torch.Tensor:
         """One input decoded and brought to the stored (C, S, S) uint8 square; ``name`` names a file's bytes in errors.

@@ -257,7 +257,9 @@ class _Service:
             return torch.cat([out[id(x)] for x in parts])
         x = torch.cat(parts) if len(parts) > 1 else parts[0]
         x = self.predictor.transform.eval(x) if images else x
-        return self.predictor.probabilities(x)  # it runs channels last itself
+        # Unchecked: one client's input that overflows the network (finite FP32 values of 3e38) must not fail the
+        # other requests batched with it; `run` judges each request's own rows.
+        return self.predictor.probabilities(x, check_finite=False)  # it runs channels last itself
 
     # --- request plumbing ---
     def authorize(self, request: Request) -> None:
@@ -364,12 +366,27 @@ class _Service:
         self._infer(images)
 
     async def run(self, inputs: torch.Tensor) -> torch.Tensor:
+        """This request's probabilities, batched with others'.
+
+        Raises:
+            HTTPException: 503 when the queue is full, 504 past the time limit; 422 when its FP32 inputs take the
+                network's outputs beyond any float (the client's input), 500 when images do (the model's weights).
+        """
         try:
-            return await asyncio.wait_for(self.batcher.submit(inputs), self.settings.timeout_s)
+            probs = await asyncio.wait_for(self.batcher.submit(inputs), self.settings.timeout_s)
         except QueueFull as err:
             raise HTTPException(503, f"busy: {err}; retry shortly", headers={"Retry-After": "1"}) from None
         except TimeoutError:
             raise HTTPException(504, f"no result within {self.settings.timeout_s:g} s") from None
+        if not bool(torch.isfinite(probs).all()):
+            if inputs.dtype == torch.uint8:  # decoded images: nothing a client sent can do this
+                raise HTTPException(500, "the model gives non-finite outputs for this image: its training diverged")
+            raise HTTPException(
+                422,
+                "the model's outputs for this FP32 input are not finite: send inputs as the model's preprocessing "
+                "makes them (a few units either side of 0), or the image itself as BYTES",
+            )
+        return probs
 
     # --- endpoints ---
     async def page(self, request: Request) -> Response:

@@ -37,6 +37,7 @@ CALLS = {  # method → (request, response) message names
 # HTTP statuses the REST service raises → gRPC's codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html).
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
