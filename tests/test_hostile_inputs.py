@@ -377,3 +377,17 @@ def test_names_longer_than_a_file_system_takes_are_one_line(files, capsys, tmp_p
     assert main(["features", "--weights", weights, image, "--out", long + ".npy"]) == 0
     assert main(["export", "--weights", weights, "--format", "exported-program", "--out", long + ".pt2"]) == 0
     assert sorted(p.suffix for p in tmp_path.iterdir() if p.name.startswith("f")) == [".npy", ".pt2", ".txt"]
+
+
+def test_a_run_directory_inside_the_datas_splits_is_refused(tmp_path, capsys, monkeypatch):
+    """`--out data/train/run` made the run directory a class folder of the data: the run failed with "class folder
+    data/train/run has no images", and had it gone on, its checkpoints and figures would have been a class of the
+    next run's training images. Refused by name now, before anything is written; beside the splits is fine."""
+    data = make_folder(tmp_path / "data")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    base = ["train", "--dataset", "folder", "--data-dir", str(data), "--epochs", "1", "--batch-size", "4"]
+    for out in (data / "train" / "run", data / "val" / "cat" / "run"):
+        _refused(capsys, [*base, "--out", str(out)], "is inside the data's", "choose one outside it")
+    monkeypatch.chdir(data)  # the same through relative paths
+    _refused(capsys, ["train", "--dataset", "folder", "--data-dir", ".", "--out", "train/run"], "inside the data's")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -29,11 +29,11 @@ from .. import native
 from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_weights
 from ..artifacts.trained import ModelMeta
 from ..config import Config
-from ..data.folder import reporting_worker_crashes
+from ..data.folder import find_splits, reporting_worker_crashes
 from ..data.pipeline import ChannelsError, Data, build_data
 from ..data.sources import FOLDER_DATASETS, data_root
 from ..device import pick_device, pick_precision, tune_cpu_allocator
-from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
+from ..errors import AlexNetError, ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import atomic_write
 from ..models import create_model, fused_kernels, get_spec
@@ -494,8 +494,27 @@ def _run_dir(cfg: Config, dist_info: distributed.DistInfo) -> Path:
         torch.distributed.broadcast_object_list(shared, src=0)
         out = Path(shared[0])
     if dist_info.is_main:
+        _outside_the_splits(out, cfg)
         check_writable(out)  # before the data loads and anything trains
     return out
+
+
+def _outside_the_splits(out: Path, cfg: Config) -> None:
+    """Refuse a run directory inside an image folder's split: in ``train/`` it is read as a class folder of its own
+    (empty at first, so the run failed with "class folder ... has no images"; the next run would have trained on
+    its figures)."""
+    if cfg.data.dataset not in FOLDER_DATASETS:
+        return
+    try:
+        splits = find_splits(data_root(cfg.data.data_dir))
+    except AlexNetError:  # no splits there: the data's own error says so when it loads
+        return
+    for split in splits:
+        if out.resolve().is_relative_to(split.resolve()):
+            raise ConfigError(
+                f"the run directory {out} is inside the data's {split}, where it would be read as a class: "
+                "choose one outside it"
+            )
 
 
 def _build_model(
