@@ -334,3 +334,25 @@ def test_a_reproductions_own_results_are_recognised(tmp_path):
     record.parent.mkdir(parents=True)
     record.write_text("{}")
     assert _holds_reproduction(tmp_path)
+
+
+def test_a_run_file_that_cannot_be_written_is_said_before_training(tmp_path, capsys):
+    """`last.pt` a link to nowhere (checkpoints moved to a disk since unmounted) or to a device: a new run trained
+    its first epoch and then failed writing it; `--resume auto` skipped it without a word, resumed from `best.pt`
+    and failed the same way after the epoch. Both are one line now, before the data loads or anything trains."""
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "last.pt").symlink_to(tmp_path / "unmounted" / "last.pt")
+    assert main([*TRAIN, "--out", str(new), "--epochs", "1"]) == 2
+    _one_line(err := capsys.readouterr().err)
+    assert "last.pt: it is a dangling symbolic link" in err and sorted(os.listdir(new)) == ["last.pt"]
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(run), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    (run / "last.pt").unlink()
+    (run / "last.pt").symlink_to("/dev/null")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    assert main([*TRAIN, "--out", str(run), "--epochs", "2", "--resume", "auto"]) == 2
+    _one_line(err := capsys.readouterr().err)
+    assert "last.pt: it exists and is not a regular file" in err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == before

@@ -35,7 +35,7 @@ from ..data.sources import FOLDER_DATASETS, data_root
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
-from ..files import atomic_write
+from ..files import RUN_RECORDS, RUN_REPORT, RUN_RESULTS, atomic_write, check_target
 from ..models import create_model, fused_kernels, get_spec
 from . import bf16_copies, distributed
 from .bf16_copies import Bf16Copies, applies
@@ -195,6 +195,8 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
         logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
     out = _run_dir(cfg, dist_info)
     if dist_info.is_main:  # before the data loads: one process owns the directory, and a finished run is kept
+        for name in (*RUN_RESULTS, *RUN_REPORT, *RUN_RECORDS):  # a link to nowhere, a device: said now, not when
+            check_target(out / name)  # the first epoch's checkpoint is written over it
         cleanup.callback(claim(out, resuming=bool(cfg.train.resume)).release)
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
