@@ -61,9 +61,7 @@ def check_input(path: Path | str, max_bytes: int, what: str = "file") -> Path:
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
         raise InputFileError(f"{what} {path} is {kind}")
     if info.st_size > max_bytes:
-        raise InputFileError(
-            f"{what} {path} is {info.st_size / MB:.1f} MB, more than the {max_bytes / MB:.0f} MB allowed"
-        )
+        raise InputFileError(f"{what} {path} is {_size(info.st_size)}, more than the {_size(max_bytes)} allowed")
     return path
 
 
@@ -88,9 +86,7 @@ def read_input(path: Path | str, max_bytes: int, what: str = "file") -> bytes:
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
             raise InputFileError(f"{what} {path} is {kind}")
         if info.st_size > max_bytes:
-            raise InputFileError(
-                f"{what} {path} is {info.st_size / MB:.1f} MB, more than the {max_bytes / MB:.0f} MB allowed"
-            )
+            raise InputFileError(f"{what} {path} is {_size(info.st_size)}, more than the {_size(max_bytes)} allowed")
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read(min(max_bytes, info.st_size) + 1)  # no more than it said it held, plus one to see growth
     except OSError as err:
@@ -98,8 +94,13 @@ def read_input(path: Path | str, max_bytes: int, what: str = "file") -> bytes:
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise InputFileError(f"{what} {path} is larger than the {max_bytes / MB:.0f} MB allowed")
+        raise InputFileError(f"{what} {path} is larger than the {_size(max_bytes)} allowed")
     return data
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it: ``190.7 MB``, ``64 KB`` (a limit under 1 MB said as 0 MB said nothing)."""
+    return f"{n / MB:.1f} MB" if n >= MB else f"{n / 1024:.0f} KB"
 
 
 def read_text_input(path: Path | str, max_bytes: int, what: str = "file") -> str:

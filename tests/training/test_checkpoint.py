@@ -277,3 +277,29 @@ def test_exception_mid_write_leaves_the_old_file(tmp_path):
         atomic_write(path, explode)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_a_digest_record_that_is_not_one_is_refused_without_reading_it_whole(tmp_path):
+    """`last.pt.sha256` a link to /dev/zero was read until the machine ran out of memory (measured: killed at 24 GB
+    of RSS by the kernel) at the next `--resume auto`, `eval` or `predict` of the checkpoint; a 200 MB record was
+    read whole (1.9 GB of RSS). A record is a few lines: anything else refuses its checkpoint, naming the record."""
+    from alexnet.artifacts.checkpoint import digest_path, load_checkpoint, remove_stale_temporaries, save_checkpoint
+    from alexnet.errors import CorruptCheckpointError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.zeros(2)}, "config": {}}, path)
+    record = digest_path(path)
+    for make, says in (
+        (lambda: record.write_bytes(b"a" * (1 << 20)), "is 1.0 MB, more than the 64 KB allowed"),
+        (lambda: record.write_bytes(b"\xff\xfe not text"), "is not UTF-8 text"),
+        (lambda: record.symlink_to("/dev/zero"), "is not a regular file"),  # last: a regression would read forever
+    ):
+        record.unlink()
+        make()
+        with pytest.raises(CorruptCheckpointError, match=says):
+            load_checkpoint(path)
+        remove_stale_temporaries(tmp_path)  # skips it: the load says what is wrong
+    record.unlink()
+    assert load_checkpoint(path)["model"]["w"].shape == (2,)  # no record: loaded unchecked, as before
+    save_checkpoint({"model": {"w": torch.ones(2)}, "config": {}}, path)  # a save writes a record of its own again
+    assert record.read_text().split()[1] == "last.pt" and load_checkpoint(path)["model"]["w"].sum() == 2

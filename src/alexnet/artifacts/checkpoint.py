@@ -34,7 +34,7 @@ from ..errors import (
     first_line,
     out_of_memory,
 )
-from ..files import atomic_write, check_input
+from ..files import InputFileError, atomic_write, check_input, read_text_input
 
 log = logging.getLogger(__name__)
 META_KEY = "alexnet"
@@ -42,6 +42,7 @@ META_KEY = "alexnet"
 # are refused before they are read.
 MAX_WEIGHTS_BYTES = 8 << 30
 MAX_CHECKPOINT_BYTES = 16 << 30
+MAX_SIDECAR_BYTES = 64 << 10  # a digest record holds one or two lines of ~70 bytes
 
 
 def remove_stale_temporaries(directory: Path | str) -> None:
@@ -52,7 +53,10 @@ def remove_stale_temporaries(directory: Path | str) -> None:
             stale.unlink()
     for sidecar in Path(directory).glob("*.sha256"):
         target = sidecar.with_name(sidecar.name[: -len(".sha256")])
-        digests = recorded_digests(target)
+        try:
+            digests = recorded_digests(target)
+        except CorruptCheckpointError:  # not a record: the checkpoint's own load says so
+            continue
         if len(digests) > 1 and target.is_file():
             actual = file_digest(target)
             if actual in digests:
@@ -80,11 +84,19 @@ def digest_path(path: Path | str) -> Path:
 
 
 def recorded_digests(path: Path | str) -> list[str]:
-    """The SHA-256 digests recorded for ``path`` (none when it has no sidecar: written elsewhere or by hand)."""
+    """The SHA-256 digests recorded for ``path`` (none when it has no sidecar: written elsewhere or by hand).
+
+    Raises:
+        CorruptCheckpointError: the sidecar is not a digest record: not a regular file (a link to /dev/zero was
+            read until the machine ran out of memory), larger than any record, or not text.
+    """
+    sidecar = digest_path(path)
     try:
-        lines = digest_path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = read_text_input(sidecar, MAX_SIDECAR_BYTES, "digest record").splitlines()
+    except FileNotFoundError:
         return []
+    except InputFileError as err:
+        raise CorruptCheckpointError(f"{err}: move it away to use {Path(path).name} unchecked") from None
     return [line.split()[0] for line in lines if line.strip()]
 
 
@@ -100,7 +112,10 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:
     that matches its record.
     """
     path = Path(path)
-    old = recorded_digests(path)[:1] if path.exists() else []
+    try:
+        old = recorded_digests(path)[:1] if path.exists() else []
+    except CorruptCheckpointError:  # replaced below with the new file's own record
+        old = []
     new: list[str] = []
 
     def write(f: Any) -> None:

@@ -195,8 +195,9 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
         logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
     out = _run_dir(cfg, dist_info)
     if dist_info.is_main:  # before the data loads: one process owns the directory, and a finished run is kept
-        for name in (*RUN_RESULTS, *RUN_REPORT, *RUN_RECORDS):  # a link to nowhere, a device: said now, not when
-            check_target(out / name)  # the first epoch's checkpoint is written over it
+        sidecars = ("last.pt.sha256", "best.pt.sha256")
+        for name in (*RUN_RESULTS, *RUN_REPORT, *RUN_RECORDS, *sidecars):  # a link to nowhere, a device: said now,
+            check_target(out / name)  # not when the first epoch's checkpoint is written over it
         cleanup.callback(claim(out, resuming=bool(cfg.train.resume)).release)
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
