@@ -190,11 +190,14 @@ def check_outputs(directory: Path | str, names: Iterable[str], ours: bool, flag:
         )
 
 
+RECORD_BYTES = 64 * MB  # the JSON records commands write: a run's history, its held-out indices (ImageNet's ~10 MB)
+
+
 def read_record(path: Path | str) -> Any:
-    """The JSON at ``path`` (at most 16 MB), or None where there is none or it is not JSON: how a command recognises
-    a record it wrote earlier."""
+    """The JSON at ``path`` (at most `RECORD_BYTES`), or None where there is none or it is not JSON: how a command
+    recognises a record it wrote earlier."""
     try:
-        return read_json_input(path, 16 * MB, "record")
+        return read_json_input(path, RECORD_BYTES, "record")
     except (AlexNetError, OSError):  # missing, a FIFO, too large, not JSON: not a record
         return None
 

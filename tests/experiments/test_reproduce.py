@@ -266,3 +266,14 @@ def test_a_second_reproduce_on_the_same_out_is_refused_at_the_run_the_first_is_t
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"is being written by process {__import__('os').getpid()}" in err, err
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # the held lock's file went with its release
+
+
+def test_a_record_that_is_not_json_is_named(tmp_path, capsys):
+    """Records are committed to carry a reproduction across sittings, so a merge can leave conflict markers in one:
+    `reproduce` said only "Expecting value: line 1 column 1 (char 0)", naming no file."""
+    done = tmp_path / "lrn" / "paper" / "seed0" / "done.json"
+    done.parent.mkdir(parents=True)
+    done.write_text('<<<<<<< HEAD\n{"history": []}\n=======\n{}\n>>>>>>> theirs\n')
+    assert main(["reproduce", "--out", str(tmp_path), "--only", "lrn", "--seeds", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run record {done} is not valid JSON" in err, err

@@ -29,7 +29,7 @@ from .. import native
 from ..config import load_config
 from ..data.pipeline import check_present
 from ..errors import AlexNetError
-from ..files import atomic_write, check_outputs, read_record
+from ..files import RECORD_BYTES, atomic_write, check_outputs, read_json_input, read_record
 from ..training.fit import fit
 from . import claims
 from .ablations import BUDGETS, Arm, Experiment
@@ -64,7 +64,7 @@ def _run(plan: Plan, arm: Arm, seed: int, rel: Path) -> dict[str, Any]:
     record, run = plan.records / rel, plan.out / rel
     done = record / "done.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_json_input(done, RECORD_BYTES, "run record")
     # resume="auto": from the run's checkpoint when it was interrupted, a fresh start when it has none
     overrides = [
         *arm.overrides,
@@ -138,7 +138,7 @@ def _ensemble_record(plan: Plan, home: Path, seeds: int) -> dict[str, Any] | Non
 
     path = plan.records / home / "ensemble.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json_input(path, RECORD_BYTES, "ensemble record")
         if saved.get("seeds") == list(range(seeds)):
             return saved
     weights = [plan.out / home / f"seed{s}" / "last.pt" for s in range(seeds)]

@@ -4,23 +4,22 @@ spread over several sittings is reported as one."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write, json_text, save_figure
+from ..files import RECORD_BYTES, atomic_write, json_text, read_json_input, save_figure
 
 
 def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
     """Every finished run's record of this reproduction, each once."""
     seen = sorted({p for home in homes.values() for p in (records / home).glob("seed*/done.json")})
-    return [json.loads(p.read_text()) for p in seen]
+    return [read_json_input(p, RECORD_BYTES, "run record") for p in seen]
 
 
 def _ensembles(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
     """The ensemble records (``ensemble.json`` beside an arm's seeds) of this reproduction."""
     found = sorted({records / home / "ensemble.json" for home in homes.values()})
-    return [json.loads(p.read_text()) for p in found if p.is_file()]
+    return [read_json_input(p, RECORD_BYTES, "ensemble record") for p in found if p.is_file()]
 
 
 def write_report(
@@ -122,7 +121,7 @@ def _curves(records: Path, experiments: list[Any], homes: dict[Any, Path]) -> li
         key = "val_acc1" if exp.metric == "error" else ("train_acc1" if exp.metric == "epochs" else "train_loss")
         for arm in (exp.paper_arm, exp.other_arm):
             for i, done in enumerate(sorted((records / homes[arm]).glob("seed*/done.json"))):
-                rows = json.loads(done.read_text())["history"]
+                rows = read_json_input(done, RECORD_BYTES, "run record")["history"]
                 ys = [r[key] if key == "train_loss" else 100 - r[key] for r in rows]
                 ax.plot(
                     range(1, len(ys) + 1),

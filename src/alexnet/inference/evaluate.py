@@ -4,7 +4,6 @@ with the preprocessing recorded in its metadata."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from ..data.config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
 from ..device import compute_dtype, pick_device, pick_precision, tune_cpu_allocator
-from ..errors import ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
+from ..errors import AlexNetError, ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..evaluation import Evaluation, StepSettings, evaluate
+from ..files import RECORD_BYTES, read_json_input
 from ..models import fused_kernels, matmul_weights_to
 from .ensemble import Ensemble, check_members
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
@@ -135,9 +135,10 @@ def _check_held_out(checkpoint: Path, held: list[int]) -> None:
     if not record.is_file():
         return
     try:
-        indices = json.loads(record.read_text()).get("indices")
-    except (OSError, ValueError, AttributeError) as err:
-        raise IncompatibleCheckpointError(f"{record} is unreadable ({err})") from None
+        tree = read_json_input(record, RECORD_BYTES, "held-out record")
+    except (OSError, AlexNetError) as err:
+        raise IncompatibleCheckpointError(str(err)) from None
+    indices = tree.get("indices") if isinstance(tree, dict) else None
     if indices != held:
         raise IncompatibleCheckpointError(
             f"the held-out images recomputed for {checkpoint} differ from the run's record {record}: the data set "

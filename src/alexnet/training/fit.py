@@ -35,7 +35,7 @@ from ..data.sources import FOLDER_DATASETS, data_root
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
-from ..files import RUN_RECORDS, RUN_REPORT, RUN_RESULTS, atomic_write, check_target
+from ..files import RECORD_BYTES, RUN_RECORDS, RUN_REPORT, RUN_RESULTS, atomic_write, check_target, read_json_input
 from ..models import create_model, fused_kernels, get_spec
 from . import bf16_copies, distributed
 from .bf16_copies import Bf16Copies, applies
@@ -476,9 +476,9 @@ def _record_held_out(out: Path, data: Data, cfg: Config) -> None:
     path = out / HELD_OUT
     if path.is_file():
         try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            why = f"{path} is unreadable ({err}): it records this run's held-out images"
+            before = read_json_input(path, RECORD_BYTES, "held-out record")
+        except (OSError, AlexNetError) as err:
+            why = f"{err}: it records this run's held-out images"
             raise IncompatibleCheckpointError(why) from None
         if not isinstance(before, dict) or before.get("indices") != data.held_out:
             raise IncompatibleCheckpointError(
