@@ -52,6 +52,15 @@ def test_world_size_without_torchrun(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("port", ["abc", "99999", "-1"])
+def test_a_master_port_that_is_not_one(tmp_path, capsys, monkeypatch, port):
+    # torch.distributed said "invalid literal for int() with base 10: 'abc'", naming no variable.
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port)):
+        monkeypatch.setenv(name, value)
+    _refused(capsys, ["train", "--dataset", "fake", "--out", str(tmp_path / "r")], f"MASTER_PORT={port!r}")
+    assert not (tmp_path / "r").exists()
+
+
 def test_recipes_that_are_not_tables(tmp_path, capsys):
     (tmp_path / "list.json").write_text("[1, 2]")
     _refused(capsys, ["train", "--recipe", str(tmp_path / "list.json"), "--dataset", "fake"], "must be a table")

@@ -85,6 +85,9 @@ def from_environment() -> DistInfo:
             f"WORLD_SIZE={world} asks for {world} processes but RANK is not set: start them with torchrun "
             f"(torchrun --nproc-per-node={world} -m alexnet.cli train ...), or unset WORLD_SIZE to train in one process"
         )
+    port = os.environ.get("MASTER_PORT")  # torch.distributed said "invalid literal for int() with base 10: 'abc'"
+    if port is not None and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ConfigError(f"MASTER_PORT={port!r}: expected a port number from 0 to 65535; torchrun sets it")
     return DistInfo(rank, world, number("LOCAL_RANK", 0, 0))
 
 
