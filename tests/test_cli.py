@@ -459,3 +459,25 @@ def test_names_that_hold_a_terminals_escapes_are_printed_as_text(tmp_path):
 
 
 _TEXT = {"capture_output": True, "text": True, "timeout": 300}
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (every write: no space left)")
+def test_output_to_a_full_disk_is_one_line(tmp_path):
+    """`alexnet predict DIR > preds.txt` on a full disk ended in a traceback from print."""
+    from PIL import Image
+
+    from tests.conftest import make_weights
+
+    weights = make_weights(tmp_path / "m.safetensors")
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    for argv in (
+        ["models"],
+        ["parallel-plan", "--json"],
+        ["predict", "--weights", str(weights), str(tmp_path / "x.png")],
+    ):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "alexnet.cli", *argv], stdout=full, stderr=subprocess.PIPE, text=True
+            )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == f"alexnet {argv[0]}: error: could not write its output: No space left on device\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -110,11 +111,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except OSError as err:  # a path the user gave that the system refuses: a name over 255 bytes, a loop of links
-        if args.verbose or err.filename is None:  # not a path's: a fault of ours or the machine's, with its traceback
+        if args.verbose:
+            raise
+        if err.filename is None and err.errno in _OUTPUT_ERRNOS:  # `predict DIR > preds.txt` on a full disk
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+            print(f"alexnet {args.command}: error: could not write its output: {err.strerror}", file=sys.stderr)
+            return 2
+        if err.filename is None:  # not a path's: a fault of ours or the machine's, with its traceback
             raise
         where = display_label(os.fsdecode(err.filename))
         print(f"alexnet {args.command}: error: {where}: {err.strerror or err}", file=sys.stderr)
         return 2
+
+
+# Errors of writing to the standard output (redirected to a file) that name no file: a full disk or quota, a file
+# grown past its limit, an I/O error.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 class _Plain(logging.Formatter):
