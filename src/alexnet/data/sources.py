@@ -55,7 +55,7 @@ def data_root(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get("ALEXNET_DATA") or "data")
 
 
-MAX_IDX_BYTES = 1 << 32  # MNIST's largest file holds 47 MB; a header declaring more is not one of these
+MAX_IDX_BYTES = 1 << 30  # MNIST's largest file holds 47 MB, EMNIST's 0.55 GB: a header declaring more is none
 
 
 def _read_idx(path: Path) -> np.ndarray:
