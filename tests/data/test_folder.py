@@ -166,3 +166,26 @@ def test_check_present_names_a_missing_data_set_without_loading_it(tmp_path, mon
         check_present(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "nowhere"), download=False))
     with pytest.raises(ValueError, match="unknown data set"):
         check_present(DataConfig(dataset="nope"))
+
+
+def test_class_names_in_another_unicode_normalisation_are_said_to_be(tmp_path):
+    """A training split written on macOS (folder names decomposed, NFD) beside a val split written elsewhere (NFC)
+    was refused as 'has classes the training split lacks: ['café']', a name that prints as one the training
+    split has."""
+    import unicodedata
+
+    from PIL import Image
+
+    from alexnet.data.folder import scan_folder
+    from alexnet.errors import DataNotFoundError
+
+    for split, form in (("train", "NFD"), ("val", "NFC")):
+        for name in ("café", "plain"):
+            folder = tmp_path / split / unicodedata.normalize(form, name)
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(folder / "0.png")
+    _, classes = scan_folder(tmp_path / "train")
+    assert unicodedata.normalize("NFD", "café") in classes
+    with pytest.raises(DataNotFoundError, match="another Unicode normalisation") as err:
+        scan_folder(tmp_path / "val", classes)
+    assert "plain" not in str(err.value)

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import re
 import signal
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,16 @@ def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
+        # The same letters in another Unicode normalisation (macOS writes names decomposed, NFD; most tools
+        # composed, NFC) look identical when printed: say so, or the message shows a name the training split has.
+        composed = {unicodedata.normalize("NFC", c) for c in classes}
+        twins = [u for u in unknown if unicodedata.normalize("NFC", u) in composed]
+        if twins:
+            raise DataNotFoundError(
+                f"{split_dir} names classes {twins[:5]} as the training split does but in another Unicode "
+                "normalisation (one split written on macOS, NFD, the other elsewhere, NFC): rename one split's "
+                "folders to the other's form (convmv -f utf8 -t utf8 --nfc -r --notest does it)"
+            )
         raise DataNotFoundError(f"{split_dir} has classes the training split lacks: {unknown[:5]}")
     index = {c: i for i, c in enumerate(classes)}
     samples = []
