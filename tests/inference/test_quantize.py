@@ -94,6 +94,19 @@ def test_quantize_refuses_a_wrong_suffix_and_a_broken_program(trained_run, tmp_p
     assert "not a loadable torch.export program" in capsys.readouterr().err
 
 
+def test_a_batch_beyond_any_use_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """`--batch 100000` wrote a 946 MB program for a 4-class 32 px model (its file keeps a zero example batch);
+    at 224 px the example alone would have asked 60 GB."""
+    import alexnet.inference.quantize as Q
+
+    monkeypatch.setattr(Q, "load_network", lambda *a: pytest.fail("the model loaded"))
+    for batch in ("1025", "100000"):
+        assert main(["quantize", "--weights", "x.safetensors", "--out", str(tmp_path / "q.pt2"), "--batch", batch]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"batch {batch} is out of range" in err and "from 1 to 1024" in err, err
+    assert not list(tmp_path.iterdir())
+
+
 # The last chunk short of a batch; fewer images than one batch; a batch of one (the bench's latency program).
 @pytest.mark.parametrize(("images", "batch"), [(45, 32), (20, 32), (8, 1)])
 def test_calibration_images_need_not_fill_whole_batches(images, batch):
