@@ -292,6 +292,19 @@ class TrainedModel:
     def classes(self) -> list[str]:
         return list(self.meta.classes)
 
+    def check_classes(self, classes: list[str], source: str, data: str = "this data set") -> None:
+        """Refuse a data set whose class list is not the model's: its labels would index the wrong names.
+
+        Raises:
+            IncompatibleCheckpointError: showing the first four of each.
+        """
+        if list(classes) != self.classes:
+            shown = [display_label(c) for c in classes[:4]]
+            raise IncompatibleCheckpointError(
+                f"{source} was trained on {len(self.classes)} classes {self.meta.labels[:4]}…; {data} has "
+                f"{len(classes)}: {shown}…"
+            )
+
     @property
     def preprocessing(self) -> Preprocessing:
         return self.meta.preprocessing

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..artifacts.loader import load_network
-from ..artifacts.trained import TrainedModel, display_label
-from ..errors import AlexNetError, IncompatibleCheckpointError
+from ..artifacts.trained import TrainedModel
+from ..errors import AlexNetError
 from ..files import check_outputs, is_record, save_figure, write_text
 from ..models.inspect import conv1_weight
 
@@ -151,12 +151,7 @@ def _splits(trained: TrainedModel, dataset: str | None, data_dir: str | None, li
         )
         for train in (True, False)
     ]
-    if list(splits[0].classes) != list(trained.classes):  # another data set's labels would index the wrong names
-        shown = [display_label(c) for c in splits[0].classes[:4]]
-        raise IncompatibleCheckpointError(
-            f"{trained.source} was trained on {len(trained.classes)} classes {trained.meta.labels[:4]}…; "
-            f"{cfg.dataset} has {len(splits[0].classes)}: {shown}…"
-        )
+    trained.check_classes(splits[0].classes, trained.source, cfg.dataset)
     return splits
 
 

@@ -12,7 +12,7 @@ import torch
 from .. import native
 from ..artifacts.loader import load_trained
 from ..artifacts.program import is_int8
-from ..artifacts.trained import TrainedModel, display_label
+from ..artifacts.trained import TrainedModel
 from ..data.config import DataConfig
 from ..data.folder import reporting_worker_crashes
 from ..data.pipeline import build_eval_loader, build_held_out_loader, training_mean_image
@@ -87,12 +87,7 @@ def evaluate_checkpoint(
             _check_held_out(p, held)
     else:
         loader, classes = build_eval_loader(cfg, prep.stored_size, dev)
-    if classes != trained.classes:
-        shown = [display_label(c) for c in classes[:4]]
-        raise IncompatibleCheckpointError(
-            f"{paths[0]} was trained on {len(trained.classes)} classes {trained.meta.labels[:4]}…; this data set has "
-            f"{len(classes)}: {shown}…"
-        )
+    trained.check_classes(classes, str(paths[0]))
     if precision == "int8":  # quantize on the fly, calibrated on the training split: once the data set is known good
         members = [_quantized(m, data_dir) for m in members]
     transform = prep.transform()
