@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import native
-from ..artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_weights
+from ..artifacts.checkpoint import digest_path, load_checkpoint, remove_stale_temporaries, save_weights
 from ..artifacts.trained import ModelMeta
 from ..config import Config
 from ..data.folder import find_splits, reporting_worker_crashes
@@ -195,9 +195,9 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
         logging.getLogger("alexnet").setLevel(logging.WARNING)  # one process reports
     out = _run_dir(cfg, dist_info)
     if dist_info.is_main:  # before the data loads: one process owns the directory, and a finished run is kept
-        sidecars = ("last.pt.sha256", "best.pt.sha256")
-        for name in (*RUN_RESULTS, *RUN_REPORT, *RUN_RECORDS, *sidecars):  # a link to nowhere, a device: said now,
-            check_target(out / name)  # not when the first epoch's checkpoint is written over it
+        targets = [out / name for name in (*RUN_RESULTS, *RUN_REPORT, *RUN_RECORDS)]
+        for target in targets + [digest_path(t) for t in targets if t.suffix == ".pt"]:  # and checkpoints' records
+            check_target(target)  # a link to nowhere, a device: said now, not when the first checkpoint is written
         cleanup.callback(claim(out, resuming=bool(cfg.train.resume)).release)
     strategy = Strategy.for_run(cfg.train.parallel, dist_info, cfg.optim.clip_grad_norm, cfg.train.compile)
     spec = get_spec(cfg.model.name, **cfg.model.overrides)
