@@ -183,7 +183,8 @@ def _standard_input(max_file_mb: float) -> bytes:
     """The image piped to ``predict -`` (``curl ... | alexnet predict --weights W -``): at most the size limit and a
     byte more, so a larger one is refused by the limit without reading all of it."""
     if sys.stdin is None or sys.stdin.isatty():
-        raise AlexNetError("- reads an image from standard input, which is a terminal here: pipe a file into it")
+        where = "closed" if sys.stdin is None else "a terminal"
+        raise AlexNetError(f"- reads an image from standard input, which is {where} here: pipe a file into it")
     return sys.stdin.buffer.read(int(max_file_mb * 2**20) + 1)
 
 
