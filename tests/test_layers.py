@@ -25,6 +25,7 @@ LAYERS = {
     "errors": 0,
     "files": 0,
     "device": 0,
+    "memory": 0,
     "native": 0,
     "logs": 0,
     "recipes": 0,

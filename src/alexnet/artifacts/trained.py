@@ -266,6 +266,20 @@ class ModelMeta:
             "provenance": self.provenance,
         }
 
+    def image_bytes(self, value_bytes: int, views: int = 1) -> int:
+        """The least memory one image takes in inference: its stored square twice (held, then in the stacked
+        batch), and for each view one layer's input and output at once: the fp32 input and conv1's output, or a
+        later pair of ``value_bytes`` values (the compute dtype's size; an int8 program's, 1). What
+        `alexnet.memory.check_batch` sets against the memory left: it must not overstate."""
+        from ..models import get_spec
+
+        described = self.model
+        spec = get_spec(described.variant, **described.overrides)
+        counts = spec.activations(self.preprocessing.input_size, described.in_channels)
+        sizes = [counts[0] * 4] + [n * value_bytes for n in counts[1:]]
+        stored = 2 * described.in_channels * self.preprocessing.stored_size**2
+        return stored + views * max(a + b for a, b in zip(sizes, sizes[1:]))
+
     @property
     def labels(self) -> list[str]:
         """The class names, safe to print (see `display_label`)."""

@@ -294,6 +294,11 @@ class FolderLoader:
         n = shard_size(len(self.dataset), self.rank, self.world, self.drop_last)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    @property
+    def largest_batch(self) -> int:
+        """The most images one batch holds."""
+        return min(self.batch_size, shard_size(len(self.dataset), self.rank, self.world, self.drop_last))
+
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.dataset)
         order = epoch_order(n, epoch, self.shuffle, self.seed, self.rank, self.world, self.drop_last).tolist()

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 class Loader(Protocol):
     def __len__(self) -> int: ...
+    @property
+    def largest_batch(self) -> int: ...
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
@@ -63,6 +65,11 @@ class TensorLoader:
     def __len__(self) -> int:
         n = shard_size(len(self.split.labels), self.rank, self.world, self.drop_last)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def largest_batch(self) -> int:
+        """The most images one batch holds."""
+        return min(self.batch_size, shard_size(len(self.split.labels), self.rank, self.world, self.drop_last))
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._images is None:  # one copy to the device per run: 47 MB for Fashion-MNIST

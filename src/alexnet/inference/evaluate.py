@@ -20,6 +20,7 @@ from ..device import compute_dtype, pick_device, pick_precision, tune_cpu_alloca
 from ..errors import AlexNetError, ConfigError, IncompatibleCheckpointError, NonFiniteOutputError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import RECORD_BYTES, read_json_input
+from ..memory import check_batch
 from ..models import fused_kernels, matmul_weights_to
 from .ensemble import Ensemble, check_members
 from .quantize import CALIBRATION_IMAGES, calibration_inputs, quantize
@@ -100,6 +101,10 @@ def evaluate_checkpoint(
         matmul_weights_to(model, compute_dtype(prec))
     if dev.type == "cpu" and not int8:  # the fused kernels its first batch asks for one by one, side by side
         native.prepare(fused_kernels(model, training=False))
+    if dev.type == "cpu":  # a batch that cannot fit: the out-of-memory killer would end the process without a word
+        value = 1 if int8 else torch.empty(0, dtype=compute_dtype(prec)).element_size()
+        n_views = 10 if views["ten_crop"] else (2 if views["flip"] else 1) * (3 if views["translate"] else 1)
+        check_batch("evaluation", loader.largest_batch, trained.meta.image_bytes(value, n_views))
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)
     with reporting_worker_crashes(loader):
         result = evaluate(model, loader, transform, settings, **views)

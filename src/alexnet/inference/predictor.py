@@ -9,7 +9,7 @@ decoded, so a batch waiting to fill holds small tensors only: memory is bounded 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
 from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, ConfigError, InvalidImageError, NonFiniteOutputError
+from ..memory import check_batch
 from ..models import fused_kernels, matmul_weights_to
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,19 @@ class Predictor:
         model = Ensemble([m.model for m in members])
         return cls(model, meta, device, precision, max_file_mb, compile and fixed is None)
 
+    def check_batch(self, count: int, ten_crop: bool = False, what: str = "prediction") -> None:
+        """Refuse a batch of ``count`` images that cannot fit in the memory left (`alexnet.memory`): on the CPU the
+        out-of-memory killer would end the process without a word. A GPU's allocator says so itself.
+
+        Raises:
+            MemoryBudgetError: naming what the batch needs and what is available.
+        """
+        if self.device.type != "cpu":
+            return
+        quantized = bool(self.meta.provenance.get("quantization"))  # an int8 program's values: a byte
+        value = 1 if quantized else torch.empty(0, dtype=compute_dtype(self.precision)).element_size()
+        check_batch(what, count, self.meta.image_bytes(value, 10 if ten_crop else 1))
+
     def _logits(self, x: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
         if self.is_onnx:
             from .export import run_onnx
@@ -258,6 +272,7 @@ class Predictor:
         """Yield one `Prediction` per input, in input order; an input that fails carries its error, the rest go on."""
         if topk < 1 or batch_size < 1:
             raise AlexNetError(f"topk ({topk}) and batch size ({batch_size}) must be at least 1")
+        self.check_batch(min(batch_size, len(images)) if isinstance(images, Sized) else batch_size, ten_crop)
         pending: list[tuple[str, torch.Tensor | None, str | None]] = []  # in input order, errors included
 
         def flush() -> Iterator[Prediction]:

@@ -132,6 +132,25 @@ class ArchSpec:
             side = self.adaptive_pool
         return self.channels()[-1], side, side
 
+    def activations(self, size: int | None = None, in_channels: int = 3) -> list[int]:
+        """Values one image's forward pass produces, layer by layer: the input, each conv's output (and its pooled
+        map), each hidden fc's output. What a batch's memory is reckoned from (`alexnet.memory`).
+
+        Raises:
+            ValueError: if the input is too small for the trunk.
+        """
+        self.feature_shape(size)  # the same check
+        side = size or self.input_size
+        k_pool, s_pool = POOLS[self.pool]
+        counts = [in_channels * side * side]
+        for c, out in zip(self.convs, self.channels()):
+            side = (side + 2 * c.pad - c.kernel) // c.stride + 1
+            counts.append(out * side * side)
+            if c.pool:
+                side = (side + 2 * self.pool_pad - k_pool) // s_pool + 1
+                counts.append(out * side * side)
+        return counts + self.hidden()
+
 
 def _scale(channels: int, width: float, multiple: int) -> int:
     return max(multiple, int(round(channels * width / multiple)) * multiple)

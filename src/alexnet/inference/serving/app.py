@@ -218,6 +218,8 @@ class _Service:
         self.predictor = Predictor.from_trained(
             members, paths, settings.device, settings.precision, compile=settings.compile
         )
+        # A full batch that cannot fit: refused at start, not by the out-of-memory killer at the first busy moment.
+        self.predictor.check_batch(settings.max_batch, what="serving")
         self.meta = self.predictor.meta  # the members agree on classes and preprocessing
         prep = self.meta.preprocessing
         self.input_shape = [self.meta.model.in_channels, prep.input_size, prep.input_size]

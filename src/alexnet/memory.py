@@ -1,0 +1,116 @@
+"""Whether a batch can fit in the memory left: a batch far too large is refused before it is allocated.
+
+On Linux torch's allocations succeed beyond what is free (the kernel overcommits); touching the pages then brings
+the out-of-memory killer, which ends the process without a word (exit 137), and a container's memory limit (a
+cgroup's) does the same below what the machine has. So what a batch needs at the least is set against what the
+machine, and the tightest cgroup limit above this process, leave free. Elsewhere (macOS, Windows) nothing is read and
+nothing refused: their allocators fail with an error the CLI reports as one line, as CUDA's does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AlexNetError
+
+log = logging.getLogger(__name__)
+GB = 1e9
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as 2^63 rounded down to a page
+
+
+class MemoryBudgetError(AlexNetError):
+    """A batch needs more memory than is available: refused before anything was allocated for it."""
+
+
+@dataclass(frozen=True)
+class Available:
+    """Bytes this process may still take, and what bounds them (for messages)."""
+
+    bytes: int
+    bound: str
+
+
+def _fields(path: Path) -> dict[str, int]:
+    """``key value`` lines (meminfo's, memory.stat's) as a dict; a missing or unreadable file gives none."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out: dict[str, int] = {}
+    for line in lines:
+        parts = line.replace(":", " ").split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1]) * (1024 if parts[2:] == ["kB"] else 1)
+    return out
+
+
+def _number(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def _cgroup_limits(root: Path) -> list[Available]:
+    """What each memory cgroup from this process's own up to the hierarchy's root leaves: its limit less its usage,
+    less the file cache it can reclaim first (as Kubernetes reckons a pod's working set). Inside a container the
+    path /proc names may not exist below the mount: only the levels that exist are read."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    found = []
+    for line in lines:  # "0::/path" (v2) or "4:memory:/path" (v1)
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base, names = root / "sys/fs/cgroup", ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base = root / "sys/fs/cgroup/memory"
+            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        level = Path(path.strip() or "/")
+        for directory in [level, *level.parents]:
+            here = base / str(directory).lstrip("/")
+            limit, used = _number(here / names[0]), _number(here / names[1])
+            if limit is None or limit >= UNLIMITED or used is None:
+                continue
+            cache = _fields(here / "memory.stat").get(names[2], 0)
+            found.append(
+                Available(max(limit - max(used - cache, 0), 0), f"left under the memory limit of cgroup {directory}")
+            )
+    return found
+
+
+def available(root: Path = Path("/")) -> Available | None:
+    """What this process may still allocate: the least of the machine's available memory and its cgroups'; None
+    where none of it can be read (not Linux)."""
+    candidates = _cgroup_limits(root)
+    free = _fields(root / "proc/meminfo").get("MemAvailable")
+    if free is not None:
+        candidates.append(Available(free, "available on this machine"))
+    return min(candidates, key=lambda a: a.bytes) if candidates else None
+
+
+def check_batch(what: str, count: int, per_item: int, limit: Available | None = None) -> None:
+    """Refuse ``count`` items of ``per_item`` bytes at the least when they cannot fit in what is `available`.
+
+    ``per_item`` must not overstate: a batch refused here would not have run, one let through may still fail.
+
+    Raises:
+        MemoryBudgetError: naming the batch, its need and what bounds it.
+    """
+    limit = available() if limit is None else limit
+    need = count * per_item
+    log.debug("%s: %d × %d bytes against %s", what, count, per_item, limit)
+    if limit is not None and need > limit.bytes:
+        raise MemoryBudgetError(
+            f"{what}: a batch of {count:,} needs at least {need / GB:.1f} GB and {limit.bytes / GB:.1f} GB is "
+            f"{limit.bound}: use a smaller batch size"
+        )
