@@ -223,6 +223,64 @@ def test_bad_numbers_and_choices_are_one_line_exit_2(args, message, capsys):
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
 
 
+# Each command with what it requires, so that only the flag under test is wrong.
+_REQUIRED = {
+    "predict": ["--weights", "w.safetensors", "a.png"],
+    "eval": ["--weights", "w.safetensors"],
+    "features": ["--weights", "w.safetensors", "--out", "f.npy", "a.png"],
+    "export": ["--weights", "w.safetensors", "--format", "onnx", "--out", "m.onnx"],
+    "quantize": ["--weights", "w.safetensors", "--out", "q.pt2"],
+    "serve": ["--weights", "w.safetensors"],
+    "reproduce": ["--out", "r"],
+    "convert-caffe": ["m.caffemodel"],
+    "report": ["run"],
+    "paper": ["fig1"],
+    "stats": ["--dataset", "fake"],
+}
+
+
+def _options_with_values():
+    import argparse
+
+    from alexnet.cli import build_parser
+
+    commands = {}
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+                for inner in nested[0].choices.items() if nested else [(None, sub)]:
+                    commands[f"{name} {inner[0]}" if inner[0] else name] = inner[1]
+    for command, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.nargs != 0 and action.option_strings[-1] != "--help":
+                yield command, tuple(action.option_strings)
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"), list(_options_with_values()), ids=lambda v: "/".join(v) if isinstance(v, tuple) else v
+)
+def test_an_empty_value_is_one_line_whatever_the_flag(command, flags, capsys, monkeypatch):
+    """``--weights "$W"`` with W unset trained from scratch; ``--recipe ""`` took the default recipe, ``--resume ""``
+    started over, ``--data-dir ""`` read ./data, without a word; elsewhere "checkpoint . is a directory"."""
+    import alexnet.cli as cli
+
+    words = command.split()
+    # Let through, the command would run (train the default recipe): here it returns at once, and the test fails.
+    monkeypatch.setitem(cli.COMMANDS, words[0], (*cli.COMMANDS[words[0]][:2], lambda args: 99))
+    required = list(_REQUIRED.get(command, []))
+    if set(flags) & set(required):  # the flag under test is a required one: given once, empty
+        at = next(i for i, word in enumerate(required) if word in flags)
+        del required[at : at + 2]
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main([*words, *required, flags[-1], ""]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    named = err.removeprefix(f"alexnet {words[0]}: error: argument ").split(": ")[0]
+    assert set(named.split("/")) <= set(flags) and named and len(err.splitlines()) == 1, err
+    assert "empty" in err or "''" in err, err  # ours, or the flag's type naming the empty string
+
+
 def test_an_unwritable_out_fails_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

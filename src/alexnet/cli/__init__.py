@@ -70,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_at = words.index(args.command) if args.command in words else len(words)
         before = [w for w in words[:command_at] if w in unknown]  # `alexnet --bogus train`: the top level's
         (parser if before else args.command_parser).error(f"unrecognized arguments: {' '.join(before or unknown)}")
+    empty = _empty_option(parser, args, list(sys.argv[1:] if argv is None else argv))
+    if empty:  # `--weights "$W"` with W unset trained from scratch, `--recipe ""` took the default, without a word
+        args.command_parser.error(
+            f"argument {empty}: the value is empty (an unset variable?): give one, or leave it out"
+        )
     # A terminal or file whose encoding cannot spell a class name (`> out.txt` on Windows writes cp1252; a
     # PYTHONIOENCODING=ascii) showed no prediction at all, only "'ascii' codec can't encode": escaped instead.
     for stream in (sys.stdout, sys.stderr):
@@ -122,6 +127,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = display_label(os.fsdecode(err.filename))
         print(f"alexnet {args.command}: error: {where}: {err.strerror or err}", file=sys.stderr)
         return 2
+
+
+def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> str | None:
+    """The flag given an empty value, as typed (``--weights`` or ``--checkpoint``), if any (no default is empty).
+    Empty inputs among the positional arguments have their own message (`predict`: "'' would mean the current
+    directory")."""
+    given = {k for k, v in vars(args).items() if v == "" or (isinstance(v, list | tuple) and "" in v)}
+    if not given:
+        return None
+    parsers = [parser]
+    for each in parsers:  # the commands' parsers and theirs (`paper fig1`), breadth first
+        for action in each._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+            elif action.option_strings and action.dest in given:
+                typed = [o for o in action.option_strings if any(w == o or w.startswith(o + "=") for w in words)]
+                return (typed or action.option_strings)[0]
+    return None
 
 
 # Errors of writing to the standard output (redirected to a file) that name no file: a full disk or quota, a file

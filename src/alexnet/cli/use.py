@@ -322,6 +322,15 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:  # `--allowed-hosts "$PROXY"` with PROXY unset: the proxy's requests would all get 400
+        raise argparse.ArgumentTypeError(
+            "the value is empty or names no host (an unset variable?): give one, or leave it out"
+        )
+    return names
+
+
 def add_serve(p: argparse.ArgumentParser) -> None:
     options.weights(
         p,
@@ -333,7 +342,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
         "--allowed-hosts",
-        type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+        type=_host_names,
         default=(),
         metavar="NAMES",
         help="host names requests may address besides loopback's, comma-separated (a reverse proxy's: "
