@@ -269,7 +269,12 @@ class Predictor:
     def predict_iter(
         self, images: Iterable[ImageLike], topk: int = 5, batch_size: int = 32, ten_crop: bool = False
     ) -> Iterator[Prediction]:
-        """Yield one `Prediction` per input, in input order; an input that fails carries its error, the rest go on."""
+        """Yield one `Prediction` per input, in input order; an input that fails carries its error, the rest go on.
+
+        Raises:
+            MemoryBudgetError: on the CPU, a batch (``batch_size``, or fewer inputs) that cannot fit in the memory
+                left, before any input is read.
+        """
         if topk < 1 or batch_size < 1:
             raise AlexNetError(f"topk ({topk}) and batch size ({batch_size}) must be at least 1")
         self.check_batch(min(batch_size, len(images)) if isinstance(images, Sized) else batch_size, ten_crop)

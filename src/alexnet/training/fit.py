@@ -151,8 +151,8 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
 def _image_bytes(spec: ArchSpec, in_channels: int, precision: str) -> int:
     """The least memory one training image takes: its fp32 input, and every later layer's output, kept for the
     backward pass, in the dtype it computes in. Measured on 2 cores of an AMD EPYC (Zen 4), bf16, peak RSS from
-    one batch size to another: alexnet_owt 2.6 MB an image where this says 1.8, alexnet_small (cifar10-fast) 401 KB
-    where it says 290. It must not overstate: `check_batch` refuses on it."""
+    one batch size to another: alexnet_owt 2.6 MB an image where this says 1.8, alexnet_cifar (cifar10-fast) 401 KB
+    where it says 299. It must not overstate: `check_batch` refuses on it."""
     counts = spec.activations(None, in_channels)
     value = torch.empty(0, dtype=compute_dtype(precision)).element_size()
     return counts[0] * 4 + sum(counts[1:]) * value
