@@ -107,6 +107,29 @@ def test_the_activations_reckoned_are_the_networks(name):
     assert spec.activations() == seen[:-1]  # the logits' few values aside
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_the_parameters_reckoned_are_the_networks(name):
+    """Training's memory floor counts the weights (and their gradients) before the network is made."""
+    with torch.device("meta"):  # nothing allocated
+        model = create_model(name, num_classes=7, in_channels=1)
+    assert get_spec(name).parameters(7, 1) == sum(p.numel() for p in model.parameters())
+
+
+def test_weights_that_cannot_fit_are_said_as_such(tmp_path, capsys, monkeypatch):
+    # Measured before, in a cgroup of 6 GB: `--set model.overrides.width=4` of alexnet_owt (7.3 GB of fp32 weights
+    # and gradients) was killed in its first step (exit 137, no word), leaving its run directory behind.
+    monkeypatch.setattr(memory, "available", lambda: Available(10**6, "available on this machine"))
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "fake", "--out", str(out), "--set", "model.overrides.input_size=32", "-b", "1"]
+    argv += ["--epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1"]  # let through: over soon
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    spec = get_spec("alexnet_small", width=0.5, input_size=32, pool_first=True)  # the default recipe's, at 32 px
+    weights = 8 * spec.parameters(10, 1)  # fp32 values and gradients: fake data has 10 classes, stored grey here
+    assert f"(the weights and gradients {weights / 1e6:.1f} MB of it) and 1.0 MB is available" in err, err
+    assert err.endswith("use a smaller batch size or model") and not out.exists()
+
+
 @pytest.fixture
 def cramped(monkeypatch):
     """A machine with 50 MB left."""

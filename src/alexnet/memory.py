@@ -98,19 +98,27 @@ def available(root: Path = Path("/")) -> Available | None:
     return min(candidates, key=lambda a: a.bytes) if candidates else None
 
 
-def check_batch(what: str, count: int, per_item: int, limit: Available | None = None) -> None:
-    """Refuse ``count`` items of ``per_item`` bytes at the least when they cannot fit in what is `available`.
+def check_batch(
+    what: str, count: int, per_item: int, limit: Available | None = None, fixed: int = 0, fixed_what: str = ""
+) -> None:
+    """Refuse ``count`` items of ``per_item`` bytes at the least, and ``fixed`` bytes besides (``fixed_what``: the
+    model's weights and gradients, not yet made), when they cannot fit in what is `available`.
 
-    ``per_item`` must not overstate: a batch refused here would not have run, one let through may still fail.
+    Neither may overstate: a batch refused here would not have run, one let through may still fail.
 
     Raises:
         MemoryBudgetError: naming the batch, its need and what bounds it.
     """
     limit = available() if limit is None else limit
-    need = count * per_item
-    log.debug("%s: %d × %d bytes against %s", what, count, per_item, limit)
+    need = count * per_item + fixed
+    log.debug("%s: %d × %d + %d bytes against %s", what, count, per_item, fixed, limit)
     if limit is not None and need > limit.bytes:
+        besides = f" ({fixed_what} {_amount(fixed)} of it)" if fixed else ""
         raise MemoryBudgetError(
-            f"{what}: a batch of {count:,} needs at least {need / GB:.1f} GB and {limit.bytes / GB:.1f} GB is "
-            f"{limit.bound}: use a smaller batch size"
+            f"{what}: a batch of {count:,} needs at least {_amount(need)}{besides} and {_amount(limit.bytes)} is "
+            f"{limit.bound}: use a smaller batch size" + (" or model" if fixed else "")
         )
+
+
+def _amount(n: int) -> str:
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / 1e6:.1f} MB"

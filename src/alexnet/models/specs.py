@@ -151,6 +151,18 @@ class ArchSpec:
                 counts.append(out * side * side)
         return counts + self.hidden()
 
+    def parameters(self, num_classes: int = 1000, in_channels: int = 3) -> int:
+        """How many values the network learns (weights, biases, BatchNorm's scales and shifts), as built."""
+        total, prev = 0, in_channels
+        for c, out in zip(self.convs, self.channels()):
+            total += out * (prev // (self.groups if c.tower else 1)) * c.kernel**2 + out
+            total += 2 * out if self.norm == "batch" else 0
+            prev = out
+        c, h, w = self.feature_shape()
+        widths = [c * h * w, *self.hidden(), num_classes]
+        total += sum(a * b + b for a, b in zip(widths, widths[1:]))
+        return total + (2 * sum(self.hidden()) if self.fc_norm else 0)
+
 
 def _scale(channels: int, width: float, multiple: int) -> int:
     return max(multiple, int(round(channels * width / multiple)) * multiple)

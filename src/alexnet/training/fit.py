@@ -225,7 +225,11 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
             f"set has {err.channels}: fine-tune on a data set with the same channels"
         ) from None
     if device.type == "cpu":  # a batch that cannot fit: the out-of-memory killer would end the run without a word
-        check_batch("training", data.train.largest_batch, _image_bytes(spec, data.in_channels, precision))
+        weights = 8 * spec.parameters(len(data.classes), data.in_channels)  # fp32 values and their gradients
+        per_image = _image_bytes(spec, data.in_channels, precision)
+        check_batch(
+            "training", data.train.largest_batch, per_image, fixed=weights, fixed_what="the weights and gradients"
+        )
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
         copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []
