@@ -136,3 +136,18 @@ def test_validate_makes_the_types_load_config_makes():
     cfg.optim.lr, cfg.data.mean = 1, [0, 0, 0]
     cfg.validate()
     assert type(cfg.optim.lr) is float and all(type(v) is float for v in cfg.data.mean)
+
+
+def test_a_saved_config_with_a_key_this_version_lacks_says_a_newer_one_wrote_it():
+    """A checkpoint's config with a key unknown here: no field was ever renamed or removed, so a later alexnet
+    wrote it (before: the list of valid keys, as for a typing mistake in a recipe)."""
+    from alexnet.version import __version__
+
+    saved = Config().to_dict()
+    assert config_from_dict(saved).to_dict() == saved  # every field of this version reads back
+    saved["train"]["resharding"] = "auto"
+    with pytest.raises(
+        AlexNetError,
+        match=rf"unknown key train\.resharding, written by a newer alexnet than this one \({__version__}\): upgrade",
+    ):
+        config_from_dict(saved)

@@ -19,6 +19,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from .data.config import DataConfig
 from .device import PRECISIONS
 from .errors import AlexNetError, ConfigError
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,11 @@ def _merge(config: Config, tree: dict[str, Any], origin: str) -> None:
         hints = get_type_hints(type(target))
         for key, value in values.items():
             if key not in hints:
+                if origin == SAVED:  # no field was ever renamed or removed: only a later version writes one
+                    raise AlexNetError(
+                        f"{origin}: unknown key {section}.{key}, written by a newer alexnet than this one "
+                        f"({__version__}): upgrade alexnet to read it"
+                    )
                 raise AlexNetError(f"{origin}: unknown key {section}.{key}; valid keys: {sorted(hints)}")
             setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
 
@@ -376,10 +382,13 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None, *
     return config.validate()
 
 
+SAVED = "saved config"
+
+
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """Rebuild a `Config` saved by `Config.to_dict`."""
     config = Config(recipe=tree.get("recipe", ""))
-    _merge(config, tree, "saved config")
+    _merge(config, tree, SAVED)
     return config
 
 
