@@ -105,6 +105,25 @@ def test_a_batch_beyond_any_use_is_refused_before_the_model_loads(tmp_path, caps
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"batch {batch} is out of range" in err and "from 1 to 1024" in err, err
     assert not list(tmp_path.iterdir())
+    # Every calibration image is held preprocessed at once: a million of ImageNet's would ask 600 GB.
+    argv = ["quantize", "--weights", "x.safetensors", "--out", str(tmp_path / "q.pt2"), "--calibration", "10001"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "calibration on 10,001 images is out of range: from 1 to 10,000" in err, err
+
+
+def test_calibration_images_that_cannot_fit_are_one_line(trained_run, monkeypatch):
+    """The images are held preprocessed at once (fp32): in a container whose limit they exceed, the out-of-memory
+    killer would end `quantize` without a word."""
+    import alexnet.memory as memory
+    from alexnet.memory import Available, MemoryBudgetError
+
+    trained = load_trained(trained_run / "best.safetensors")
+    monkeypatch.setattr(memory, "available", lambda: Available(10_000, "available on this machine"))
+    with pytest.raises(MemoryBudgetError, match="calibration: a batch of 16 needs at least"):
+        calibration_inputs(trained, 16)
+    monkeypatch.setattr(memory, "available", lambda: Available(10**9, "available on this machine"))
+    assert len(calibration_inputs(trained, 16)) == 16
 
 
 # The last chunk short of a batch; fewer images than one batch; a batch of one (the bench's latency program).

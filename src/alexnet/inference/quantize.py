@@ -26,6 +26,7 @@ from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.stored import stored_split
 from ..errors import AlexNetError
 from ..files import atomic_write, check_replaceable
+from ..memory import check_batch
 from ..models import standard_modules
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,22 @@ MAX_BATCH = 1024
 SCHEME = "int8 static: torchao PT2E X86InductorQuantizer (per-channel weights, per-tensor activations)"
 
 
-def _check_batch(batch: int) -> None:
+# Activation ranges settle within a few hundred images (NNCF's default subset is 300); every calibration image is
+# held preprocessed at once (602 KB in fp32 at 224 px): `--calibration 1000000` of ImageNet weights would decode for
+# hours and then ask 600 GB.
+MAX_CALIBRATION = 10_000
+
+
+def _check_batch(batch: int, calibration: int = CALIBRATION_IMAGES) -> None:
     if not 1 <= batch <= MAX_BATCH:
         raise AlexNetError(
             f"batch {batch} is out of range: an int8 program is compiled for one batch, from 1 to {MAX_BATCH} (each "
             "call runs a whole one, and the file keeps an example of it)"
+        )
+    if not 1 <= calibration <= MAX_CALIBRATION:
+        raise AlexNetError(
+            f"calibration on {calibration:,} images is out of range: from 1 to {MAX_CALIBRATION:,} (each is held "
+            "preprocessed at once; the int8 scales settle within a few hundred)"
         )
 
 
@@ -80,6 +92,8 @@ def calibration_inputs(trained: TrainedModel, n: int, data_dir: str | None = Non
     split = stored_split(prep.dataset, data_dir, train=True, size=prep.stored_size, limit=n, pick="random", seed=seed)
     stored = split.images
     transform = prep.transform()
+    # All of them at once in fp32, then a batch's forward pass: a container's limit is said, not met by the killer.
+    check_batch("calibration", len(stored), trained.meta.model.in_channels * prep.input_size**2 * 4)
     return torch.cat([transform.eval(chunk) for chunk in stored.split(256)]).contiguous()
 
 
@@ -157,7 +171,7 @@ def quantize_file(
             (checked before the work); DataNotFoundError: the training data set is not on disk.
     """
     out = Path(out)
-    _check_batch(batch)  # before the model loads
+    _check_batch(batch, calibration)  # before the model loads
     if out.suffix != ".pt2":
         raise AlexNetError(f"{out}: the int8 program is a torch.export file, name it .pt2")
     check_replaceable(out)  # before the work: a directory, a device or a run's results where the file goes
