@@ -99,10 +99,17 @@ def available(root: Path = Path("/")) -> Available | None:
 
 
 def check_batch(
-    what: str, count: int, per_item: int, limit: Available | None = None, fixed: int = 0, fixed_what: str = ""
+    what: str,
+    count: int,
+    per_item: int,
+    limit: Available | None = None,
+    fixed: int = 0,
+    fixed_what: str = "",
+    advice: str = "use a smaller batch size",
 ) -> None:
     """Refuse ``count`` items of ``per_item`` bytes at the least, and ``fixed`` bytes besides (``fixed_what``: the
-    model's weights and gradients, not yet made), when they cannot fit in what is `available`.
+    model's weights and gradients, not yet made), when they cannot fit in what is `available`; ``advice`` ends the
+    message.
 
     Neither may overstate: a batch refused here would not have run, one let through may still fail.
 
@@ -116,7 +123,7 @@ def check_batch(
         besides = f" ({fixed_what} {_amount(fixed)} of it)" if fixed else ""
         raise MemoryBudgetError(
             f"{what}: a batch of {count:,} needs at least {_amount(need)}{besides} and {_amount(limit.bytes)} is "
-            f"{limit.bound}: use a smaller batch size" + (" or model" if fixed else "")
+            f"{limit.bound}: {advice}" + (" or model" if fixed else "")
         )
 
 

@@ -92,8 +92,9 @@ def calibration_inputs(trained: TrainedModel, n: int, data_dir: str | None = Non
     split = stored_split(prep.dataset, data_dir, train=True, size=prep.stored_size, limit=n, pick="random", seed=seed)
     stored = split.images
     transform = prep.transform()
-    # All of them at once in fp32, then a batch's forward pass: a container's limit is said, not met by the killer.
-    check_batch("calibration", len(stored), trained.meta.model.in_channels * prep.input_size**2 * 4)
+    # All of them at once in fp32: a container's limit is said, not met by the out-of-memory killer.
+    fp32 = trained.meta.model.in_channels * prep.input_size**2 * 4
+    check_batch("calibration", len(stored), fp32, advice="calibrate on fewer images")
     return torch.cat([transform.eval(chunk) for chunk in stored.split(256)]).contiguous()
 
 
