@@ -38,6 +38,9 @@ def test_the_machines_available_memory(tmp_path):
     root = _tree(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "4:memory:/\n3:cpu:/\n"})
     assert available(root) == Available(20000000 * 1024, "available on this machine")
     assert available(tmp_path / "nothing") is None  # not Linux: nothing read, nothing refused
+    # Swap lets a larger batch run (slowly): it is counted, so nothing that would run is refused.
+    (root / "proc/meminfo").write_text(MEMINFO + "SwapTotal:       4000000 kB\nSwapFree:        1000000 kB\n")
+    assert available(root) == Available(21000000 * 1024, "available on this machine, swap included")
 
 
 def test_a_cgroup_v1_limit_below_the_machine_bounds_it(tmp_path):

@@ -91,11 +91,17 @@ def _cgroup_limits(root: Path) -> list[Available]:
 def available(root: Path = Path("/")) -> Available | None:
     """What this process may still allocate: the least of the machine's available memory and its cgroups'; None
     where none of it can be read (not Linux)."""
+    meminfo = _fields(root / "proc/meminfo")
     candidates = _cgroup_limits(root)
-    free = _fields(root / "proc/meminfo").get("MemAvailable")
-    if free is not None:
-        candidates.append(Available(free, "available on this machine"))
-    return min(candidates, key=lambda a: a.bytes) if candidates else None
+    if "MemAvailable" in meminfo:
+        candidates.append(Available(meminfo["MemAvailable"], "available on this machine"))
+    if not candidates:
+        return None
+    least = min(candidates, key=lambda a: a.bytes)
+    # Swap lets a larger batch run, slowly: counted wherever it may be used (a cgroup that may not swap is judged
+    # leniently, never wrongly), so nothing that would run is refused.
+    swap = meminfo.get("SwapFree", 0)
+    return Available(least.bytes + swap, f"{least.bound}, swap included") if swap else least
 
 
 def check_batch(
