@@ -196,14 +196,13 @@ def add_features(p: argparse.ArgumentParser) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from ..artifacts.loader import load_network
     from ..artifacts.trained import display_label
     from ..data.decode import expand_inputs
     from ..errors import AlexNetError
-    from ..files import atomic_write, check_outputs, check_replaceable, write_bytes
-    from ..inference.features import features_of_files
+    from ..files import check_outputs, check_replaceable, write_bytes
+    from ..inference.features import NoFeaturesError, write_features
 
     if not args.out.endswith(".npy"):
         raise AlexNetError(f"--out {args.out}: the features are a NumPy array, name the file .npy")
@@ -213,16 +212,19 @@ def run_features(args: argparse.Namespace) -> int:
     check_replaceable(args.out), check_replaceable(order)
     check_outputs(Path(order).parent, [Path(order).name], _an_order_of(args.out, order), "--out")
     files = expand_inputs(args.inputs)
-    feats, done, errors = features_of_files(load_network(args.weights, "to read features from"), files, args.layer)
-    for e in errors:
-        print(f"error: {display_label(e)}", file=sys.stderr)
-    if not done:
-        print(f"alexnet features: no image could be read; {args.out} not written", file=sys.stderr)
+    trained = load_network(args.weights, "to read features from")
+    try:
+        written = write_features(trained, files, args.out, args.layer)
+    except NoFeaturesError as err:
+        for e in err.errors:
+            print(f"error: {display_label(e)}", file=sys.stderr)
+        print(f"alexnet features: {err}", file=sys.stderr)
         return 1
-    atomic_write(args.out, lambda f: np.save(f, feats))
-    write_bytes(order, b"".join(_order_line(name) for name in done))
-    print(f"wrote {args.out} {tuple(feats.shape)} ({args.layer}) and {order}")
-    return 1 if errors else 0
+    for e in written.errors:
+        print(f"error: {display_label(e)}", file=sys.stderr)
+    write_bytes(order, b"".join(_order_line(name) for name in written.done))
+    print(f"wrote {args.out} {written.shape} ({args.layer}) and {order}")
+    return 1 if written.errors else 0
 
 
 def _an_order_of(npy: str, txt: str) -> bool:
