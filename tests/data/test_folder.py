@@ -8,7 +8,7 @@ import torch
 
 from alexnet.data.batch import stack_images
 from alexnet.data.config import DataConfig
-from alexnet.data.folder import scan_folder
+from alexnet.data.folder import FolderLoader, scan_folder
 from alexnet.data.pipeline import build_data
 from alexnet.errors import AlexNetError, DataNotFoundError
 from tests.conftest import make_folder
@@ -120,6 +120,20 @@ def test_small_folders_are_decoded_once_into_memory_skipping_bad_files(tmp_path,
     assert alternating.train.alternate_flips and not alternating.train_transform.flip and data.train_transform.flip
     with pytest.raises(AlexNetError, match="in memory"):
         build_data(dataclasses.replace(cfg, in_memory_gb=0, alternate_flips=True), 16, torch.device("cpu"))
+    assert "into memory" in caplog.text
+    # A folder under data.in_memory_gb but over half the memory left (a container's limit) is streamed, said once;
+    # it was kept in memory, and the run killed without a word.
+    import alexnet.memory as memory
+
+    caplog.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(memory, "available", lambda: memory.Available(90_000, "available on this machine"))
+        cramped = build_data(cfg, 16, torch.device("cpu"))  # 60 images of 768 bytes: 46 KB, over 45
+        assert isinstance(cramped.train, FolderLoader) and "read from disk each epoch" in caplog.text
+        with pytest.raises(AlexNetError, match="more than half the memory left"):
+            build_data(dataclasses.replace(cfg, alternate_flips=True), 16, torch.device("cpu"))
+        patch.setattr(memory, "available", lambda: memory.Available(93_000, "available on this machine"))
+        assert not isinstance(build_data(cfg, 16, torch.device("cpu")).train, FolderLoader)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")
     assert len(build_data(cfg, 16, torch.device("cpu")).train.split.labels) == 30
     assert "broken.jpg" in caplog.text

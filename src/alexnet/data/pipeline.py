@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .. import memory
 from ..errors import AlexNetError, ConfigError
 from .augment import Augment
 from .batch import (
@@ -273,6 +274,22 @@ def _decoded_folder(
     return _DECODED[key]
 
 
+def _leaves_room(decoded_gb: float) -> bool:
+    """Whether a folder decoded to ``decoded_gb`` leaves half the memory left for the rest of the run: else it is
+    streamed, as a folder over ``data.in_memory_gb`` is (in a container of 2 GB, a folder decoding to 1.9 GB was
+    kept in memory, and the run would have been killed without a word)."""
+    limit = memory.available()
+    if limit is None or decoded_gb * 1e9 <= limit.bytes / 2:
+        return True
+    log.info(
+        "the folder decodes to %.1f GB and %.1f GB is %s: it is read from disk each epoch, not kept in memory",
+        decoded_gb,
+        limit.bytes / 1e9,
+        limit.bound,
+    )
+    return False
+
+
 def build_data(
     cfg: DataConfig,
     input_size: int,
@@ -335,7 +352,8 @@ def build_data(
         train_samples, _ = scan_folder(find_splits(data_root(cfg.data_dir))[0])
         assert isinstance(val, FolderLoader)  # build_eval_loader's folder branch
         decoded_gb = (len(train_samples) + len(val.dataset)) * 3 * stored**2 / 1e9
-        if decoded_gb <= cfg.in_memory_gb:
+        room = _leaves_room(decoded_gb) if decoded_gb <= cfg.in_memory_gb else True
+        if decoded_gb <= cfg.in_memory_gb and room:
             # Small folders (the CIFAR-10 JPEGs: 0.18 GB) are decoded once, then batched like the in-memory data sets:
             # the same images in the same order as streaming them, without decoding them again every epoch.
             train_split, val_split = _decoded_folder(train_samples, val.dataset.samples, classes, stored, cfg)
@@ -350,16 +368,21 @@ def build_data(
                 mean_image = mean_image_of(train_split)
             train = _training_loader(train_split, cfg, seed, device, rank, world)
         else:
+            over = (
+                f"over data.in_memory_gb={cfg.in_memory_gb}. Raise that"
+                if room
+                else "more than half the memory left. Free some"
+            )
             if cfg.alternate_flips:
                 raise AlexNetError(
                     f"data.alternate_flips needs the images in memory; this folder decodes to {decoded_gb:.1f} GB, "
-                    f"over data.in_memory_gb={cfg.in_memory_gb}. Raise that, or use random flips"
+                    f"{over}, or use random flips"
                 )
             if cfg.mean_image:
                 raise AlexNetError(
                     "data.mean_image=true needs a per-pixel mean of the training images, computed for data sets "
-                    f"held in memory; this folder decodes to {decoded_gb:.1f} GB, over data.in_memory_gb="
-                    f"{cfg.in_memory_gb}. Raise that, or use the per-channel mean (data.mean_image=false)"
+                    f"held in memory; this folder decodes to {decoded_gb:.1f} GB, {over}, or use the per-channel "
+                    "mean (data.mean_image=false)"
                 )
             if cfg.val_split:
                 labels = torch.tensor([label for _, label in train_samples])
