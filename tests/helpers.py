@@ -1,11 +1,14 @@
-"""What many tests need: images of every kind, written to disk or as bytes. Fixtures stay in conftest.py."""
+"""What many tests need: images of every kind, written to disk or as bytes; the signals a child process starts
+with. Fixtures stay in conftest.py."""
 
 from __future__ import annotations
 
 import io
 import json
+import signal
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +134,16 @@ def strict_json(text: str):
         raise ValueError(f"{name} is not JSON")
 
     return json.loads(text, parse_constant=refuse)
+
+
+def child_signals(ignoring: tuple[int, ...] = ()) -> Callable[[], None]:
+    """For ``subprocess.Popen(preexec_fn=...)``: the child starts with SIGINT, SIGTERM and SIGHUP at their defaults,
+    those in ``ignoring`` ignored, whatever the test run's own are. A suite started as a background job (``make test
+    &``, a CI runner's) ignores SIGINT; its children inherited that, and the commands, which leave an ignored signal
+    ignored, ran on through the tests' Ctrl-C."""
+
+    def setup() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN if signum in ignoring else signal.SIG_DFL)
+
+    return setup

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from alexnet.cli import main
+from tests.helpers import child_signals
 
 
 def test_models_table(capsys):
@@ -463,7 +464,8 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
         "from alexnet.cli import main\n"
         "sys.exit(main(['export', '--weights', sys.argv[1], '--format', 'exported-program', '--out', sys.argv[2]]))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(weights), str(out)], capture_output=True, text=True)
+    argv = [sys.executable, "-c", script, str(weights), str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, preexec_fn=child_signals())
     assert done.returncode == 128 + signal.SIGTERM and done.stderr == "terminated\n", done.stderr[-2000:]
     assert os.listdir(out.parent) == ["m.pt2"] and out.read_bytes() == b"the previous export"
     # A SIGTERM its caller ignores stays ignored: the export finishes and replaces the previous one.
@@ -471,7 +473,7 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
         [sys.executable, "-c", script, str(weights), str(out)],
         capture_output=True,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
+        preexec_fn=child_signals((signal.SIGTERM,)),
     )
     assert ignoring.returncode == 0 and os.listdir(out.parent) == ["m.pt2"], ignoring.stderr[-2000:]
     assert out.read_bytes() != b"the previous export"

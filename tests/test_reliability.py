@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from alexnet.artifacts.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from tests.helpers import train_command
+from tests.helpers import child_signals, train_command
 
 TRAIN = [
     sys.executable,
@@ -47,7 +47,9 @@ def straight_run(tmp_path_factory):
 def test_signal_mid_epoch_checkpoints_and_resumes_bitwise(tmp_path, signum, straight_run):
     args, straight = SIGNAL_ARGS, straight_run
     run = tmp_path / "run"
-    proc = subprocess.Popen([*TRAIN, "--out", str(run), *args], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*TRAIN, "--out", str(run), *args], stderr=subprocess.PIPE, text=True, preexec_fn=child_signals()
+    )
     deadline = time.time() + 120
     while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)  # the end of epoch 1: signal during epoch 2
@@ -80,7 +82,7 @@ def test_signals_the_caller_ignores_stay_ignored(tmp_path, straight_run):
         [*TRAIN, "--out", str(run), *SIGNAL_ARGS],
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN) for s in ignoring],
+        preexec_fn=child_signals(ignoring),
     )
     deadline = time.time() + 120
     while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:

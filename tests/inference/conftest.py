@@ -18,6 +18,7 @@ import torch
 
 import alexnet
 from alexnet.artifacts.checkpoint import save_weights
+from tests.helpers import child_signals
 
 CLASSES = ["apple", "boat", "cloud", "daisy", "eagle", "fern"]
 
@@ -70,7 +71,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: [signal.signal(s, signal.SIG_IGN) for s in ignoring]) if ignoring else None,
+            preexec_fn=child_signals(ignoring),
         )
         self.log: list[str] = []
         lines: queue.Queue[str | None] = queue.Queue()
