@@ -54,8 +54,10 @@ def test_a_cgroup_v1_limit_below_the_machine_bounds_it(tmp_path):
             "sys/fs/cgroup/memory/memory.usage_in_bytes": "5000000000\n",
             "sys/fs/cgroup/memory/pod/memory.limit_in_bytes": str(2 * GIB),
             "sys/fs/cgroup/memory/pod/memory.usage_in_bytes": str(GIB),
-            # a quarter GiB of it file cache the kernel reclaims before it kills
-            "sys/fs/cgroup/memory/pod/memory.stat": f"cache 1\ntotal_inactive_file {GIB // 4}\n",
+            # a quarter GiB of it file cache, active or not, which the kernel reclaims before it kills
+            "sys/fs/cgroup/memory/pod/memory.stat": (
+                f"cache 1\ninactive_file 7\ntotal_inactive_file {GIB // 8}\ntotal_active_file {GIB // 8}\n"
+            ),
         },
     )
     assert available(root) == Available(GIB + GIB // 4, "left under the memory limit of cgroup /pod")
@@ -71,9 +73,10 @@ def test_a_cgroup_v2_limit_and_the_tightest_of_several(tmp_path):
             "sys/fs/cgroup/user/memory.current": str(7 * GIB),
             "sys/fs/cgroup/user/job/memory.max": "max\n",  # no limit of its own
             "sys/fs/cgroup/user/job/memory.current": str(GIB),
+            "sys/fs/cgroup/user/memory.stat": f"anon 5\nactive_file {GIB // 4}\ninactive_file {GIB // 4}\n",
         },
     )
-    assert available(root) == Available(GIB, "left under the memory limit of cgroup /user")
+    assert available(root) == Available(GIB + GIB // 2, "left under the memory limit of cgroup /user")
     (root / "sys/fs/cgroup/user/memory.current").write_text(str(9 * GIB))  # over its limit: nothing left, not < 0
     assert available(root).bytes == 0
 

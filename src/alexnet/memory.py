@@ -56,8 +56,9 @@ def _number(path: Path) -> int | None:
 
 def _cgroup_limits(root: Path) -> list[Available]:
     """What each memory cgroup from this process's own up to the hierarchy's root leaves: its limit less its usage,
-    less the file cache it can reclaim first (as Kubernetes reckons a pod's working set). Inside a container the
-    path /proc names may not exist below the mount: only the levels that exist are read."""
+    less the file cache, which the kernel reclaims before it kills (all of it, where Kubernetes' working set keeps
+    the active part: a floor must never be refused for memory that would be found). Inside a container the path
+    /proc names may not exist below the mount: only the levels that exist are read."""
     try:
         lines = (root / "proc/self/cgroup").read_text().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -69,10 +70,10 @@ def _cgroup_limits(root: Path) -> list[Available]:
             continue
         _, controllers, path = parts
         if controllers == "":
-            base, names = root / "sys/fs/cgroup", ("memory.max", "memory.current", "inactive_file")
+            base, names = root / "sys/fs/cgroup", ("memory.max", "memory.current", "")
         elif "memory" in controllers.split(","):
             base = root / "sys/fs/cgroup/memory"
-            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_")
         else:
             continue
         level = Path(path.strip() or "/")
@@ -81,7 +82,8 @@ def _cgroup_limits(root: Path) -> list[Available]:
             limit, used = _number(here / names[0]), _number(here / names[1])
             if limit is None or limit >= UNLIMITED or used is None:
                 continue
-            cache = _fields(here / "memory.stat").get(names[2], 0)
+            stat = _fields(here / "memory.stat")  # file pages, active or not: reclaimed before the killer comes
+            cache = stat.get(f"{names[2]}active_file", 0) + stat.get(f"{names[2]}inactive_file", 0)
             found.append(
                 Available(max(limit - max(used - cache, 0), 0), f"left under the memory limit of cgroup {directory}")
             )
