@@ -129,11 +129,13 @@ def check_batch(
     log.debug("%s: %d × %d + %d bytes against %s", what, count, per_item, fixed, limit)
     if limit is not None and need > limit.bytes:
         besides = f" ({fixed_what} {_amount(fixed)} of it)" if fixed else ""
+        # As many decimals as it takes for the two to differ (1.68 GB against 1.66, not 1.7 against 1.7)
+        digits = next((d for d in (1, 2, 3) if _amount(need, d) != _amount(limit.bytes, d)), 3)
         raise MemoryBudgetError(
-            f"{what}: a batch of {count:,} needs at least {_amount(need)}{besides} and {_amount(limit.bytes)} is "
-            f"{limit.bound}: {advice}" + (" or model" if fixed else "")
+            f"{what}: a batch of {count:,} needs at least {_amount(need, digits)}{besides} and "
+            f"{_amount(limit.bytes, digits)} is {limit.bound}: {advice}" + (" or model" if fixed else "")
         )
 
 
-def _amount(n: int) -> str:
-    return f"{n / GB:.1f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
+def _amount(n: int, digits: int = 1) -> str:
+    return f"{n / GB:.{digits}f} GB" if n >= GB else f"{n / 1e6:.{digits}f} MB"
