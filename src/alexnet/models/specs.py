@@ -114,22 +114,32 @@ class ArchSpec:
         """Hidden fc widths after the width multiplier."""
         return [_scale(f, self.width, 8) for f in self.fc]
 
-    def feature_shape(self, size: int | None = None) -> tuple[int, int, int]:
-        """(C, H, W) of the conv trunk's output (after the adaptive pool, if any) for a square input.
+    def _sides(self, size: int | None = None) -> list[tuple[int, int | None]]:
+        """Each conv stage's (output side, pooled side or None) in px for a square input.
 
         Raises:
             ValueError: if the input is too small for the trunk.
         """
         side = size or self.input_size
         k_pool, s_pool = POOLS[self.pool]
+        sides: list[tuple[int, int | None]] = []
         for i, c in enumerate(self.convs):
-            side = (side + 2 * c.pad - c.kernel) // c.stride + 1
+            side = conv = (side + 2 * c.pad - c.kernel) // c.stride + 1
             if c.pool:
                 side = (side + 2 * self.pool_pad - k_pool) // s_pool + 1
             if side < 1:
                 raise ValueError(f"input {size or self.input_size}px is too small: conv{i + 1} has no output")
-        if self.adaptive_pool:
-            side = self.adaptive_pool
+            sides.append((conv, side if c.pool else None))
+        return sides
+
+    def feature_shape(self, size: int | None = None) -> tuple[int, int, int]:
+        """(C, H, W) of the conv trunk's output (after the adaptive pool, if any) for a square input.
+
+        Raises:
+            ValueError: if the input is too small for the trunk.
+        """
+        conv, pooled = self._sides(size)[-1]
+        side = self.adaptive_pool or pooled or conv
         return self.channels()[-1], side, side
 
     def activations(self, size: int | None = None, in_channels: int = 3) -> list[int]:
@@ -139,16 +149,9 @@ class ArchSpec:
         Raises:
             ValueError: if the input is too small for the trunk.
         """
-        self.feature_shape(size)  # the same check
-        side = size or self.input_size
-        k_pool, s_pool = POOLS[self.pool]
-        counts = [in_channels * side * side]
-        for c, out in zip(self.convs, self.channels()):
-            side = (side + 2 * c.pad - c.kernel) // c.stride + 1
-            counts.append(out * side * side)
-            if c.pool:
-                side = (side + 2 * self.pool_pad - k_pool) // s_pool + 1
-                counts.append(out * side * side)
+        counts = [in_channels * (size or self.input_size) ** 2]
+        for (conv, pooled), out in zip(self._sides(size), self.channels()):
+            counts += [out * conv**2] + ([out * pooled**2] if pooled else [])
         return counts + self.hidden()
 
     def parameters(self, num_classes: int = 1000, in_channels: int = 3) -> int:
