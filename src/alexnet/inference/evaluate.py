@@ -102,7 +102,7 @@ def evaluate_checkpoint(
     if dev.type == "cpu" and not int8:  # the fused kernels its first batch asks for one by one, side by side
         native.prepare(fused_kernels(model, training=False))
     if dev.type == "cpu":  # a batch that cannot fit: the out-of-memory killer would end the process without a word
-        value = 1 if int8 else torch.empty(0, dtype=compute_dtype(prec)).element_size()
+        value = 1 if int8 else compute_dtype(prec).itemsize
         n_views = 10 if views["ten_crop"] else (2 if views["flip"] else 1) * (3 if views["translate"] else 1)
         check_batch("evaluation", loader.largest_batch, trained.meta.image_bytes(value, n_views))
     settings = StepSettings(dev, prec, 0, len(classes), limit_batches=limit_batches, progress=progress)

@@ -50,6 +50,12 @@ def _feature_batches(
 
     predictor = Predictor(trained.model, trained.meta)
     pending: list[tuple[str, torch.Tensor]] = []
+
+    def rows() -> tuple[np.ndarray, list[str]]:  # the pending images' features and names; none pending after
+        out = extract_features(trained, stack_images([t for _, t in pending]), layer).numpy(), [n for n, _ in pending]
+        pending.clear()
+        return out
+
     for name in files:
         try:
             pending.append((name, predictor.stored(Path(name))))
@@ -57,13 +63,9 @@ def _feature_batches(
             message = str(err)  # the decoders' errors already begin with the file's name
             errors.append(message if message.startswith(f"{name}: ") else f"{name}: {message}")
         if len(pending) >= batch:
-            yield (
-                extract_features(trained, stack_images([t for _, t in pending]), layer).numpy(),
-                [n for n, _ in pending],
-            )
-            pending.clear()
+            yield rows()
     if pending:
-        yield extract_features(trained, stack_images([t for _, t in pending]), layer).numpy(), [n for n, _ in pending]
+        yield rows()
 
 
 def features_of_files(

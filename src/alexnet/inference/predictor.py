@@ -177,7 +177,7 @@ class Predictor:
         if self.device.type != "cpu":
             return
         quantized = bool(self.meta.provenance.get("quantization"))  # an int8 program's values: a byte
-        value = 1 if quantized else torch.empty(0, dtype=compute_dtype(self.precision)).element_size()
+        value = 1 if quantized else compute_dtype(self.precision).itemsize
         check_batch(what, count, self.meta.image_bytes(value, 10 if ten_crop else 1))
 
     def _logits(self, x: torch.Tensor, check_finite: bool = True) -> torch.Tensor:

@@ -154,7 +154,7 @@ def _image_bytes(spec: ArchSpec, in_channels: int, precision: str) -> int:
     one batch size to another: alexnet_owt 2.6 MB an image where this says 1.8, alexnet_cifar (cifar10-fast) 401 KB
     where it says 299. It must not overstate: `check_batch` refuses on it."""
     counts = spec.activations(None, in_channels)
-    value = torch.empty(0, dtype=compute_dtype(precision)).element_size()
+    value = compute_dtype(precision).itemsize
     return counts[0] * 4 + sum(counts[1:]) * value
 
 
