@@ -20,7 +20,7 @@ import pytest
 from alexnet.cli import main
 from tests.helpers import noise_png
 
-from .conftest import Server, app_client
+from .conftest import Server, app_client, response_length
 
 
 @pytest.fixture(scope="module")
@@ -438,3 +438,65 @@ def test_an_fp32_input_that_overflows_the_network_fails_alone(files, caplog):
     probs = service._infer([torch.full(shape, 3e38), torch.full(shape, 0.5)])
     assert not torch.isfinite(probs[0]).all() and torch.isfinite(probs[1]).all()
     assert "inference failed" not in caplog.text and "Traceback" not in caplog.text
+
+
+def _responses(s: socket.socket, count: int, timeout: float = 10) -> list[bytes]:
+    """The status lines of the next ``count`` responses on ``s`` (fewer if it closes first)."""
+    s.settimeout(timeout)
+    data, out = b"", []
+    while len(out) < count:
+        if b"\r\n\r\n" in data:
+            head, rest = data.split(b"\r\n\r\n", 1)
+            length = response_length(head + b"\r\n\r\n")
+            if len(rest) >= length:
+                out.append(head.split(b"\r\n", 1)[0])
+                data = rest[length:]
+                continue
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return out
+
+
+def test_a_body_refused_before_it_arrives_is_not_read_as_the_next_request(guarded):
+    """A 413 answered from the Content-Length before the body arrives: the body that follows is drained as the
+    refused request's, and the connection's next request is answered. (It was counted as the next request's head:
+    past 64 KiB that request got 431, as httpx clients reusing the connection did.) The drain is bounded: a client
+    that goes on sending past the body limit, or trickles, is disconnected."""
+    too_long = 16 * 2**20 + 1  # the default --max-body-mb is 16
+    head = "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+    head += f"Content-Length: {too_long}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
+        s.sendall(head.encode())
+        assert _responses(s, 1) == [b"HTTP/1.1 413 Request Entity Too Large"]  # answered before any body byte
+        s.sendall(b"\0" * too_long + b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert _responses(s, 1) == [b"HTTP/1.1 200 OK"]
+    with httpx.Client(base_url=guarded.url, timeout=30) as client:  # one kept-alive connection
+        for _ in range(3):
+            big = client.post("/v1/classify", content=b"\0" * too_long, headers={"Content-Type": "image/png"})
+            assert big.status_code == 413
+            assert client.post("/v1/classify", content=noise_png(), headers={"Content-Type": "image/png"}).is_success
+    # A body declared far past the limit and sent on: cut off after four limits' worth of draining (64 MiB).
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
+        s.sendall(head.replace(str(too_long), str(2**40)).encode())
+        assert _responses(s, 1) == [b"HTTP/1.1 413 Request Entity Too Large"]
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < 2**30:
+                s.sendall(b"\0" * 2**20)
+                sent += 2**20
+        assert sent <= 80 * 2**20  # the kernel's buffers take some megabytes after the close
+    # Trickled a byte at a time after the 413: disconnected at the head timeout (2 s here), not held for ever.
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
+        s.sendall(head.encode())
+        assert _responses(s, 1) == [b"HTTP/1.1 413 Request Entity Too Large"]
+        began = time.perf_counter()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while time.perf_counter() - began < 20:
+                s.sendall(b"\0")
+                time.sleep(0.1)
+        assert time.perf_counter() - began < 5

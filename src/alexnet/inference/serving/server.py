@@ -101,7 +101,8 @@ def serve(
         access_log=False,
         limit_concurrency=4 * settings.max_queue + 256,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        http=guarded(head_timeout_s=settings.head_timeout_s),
+        # A refused body up to four times the limit is drained (its client reads the 413 and keeps the connection).
+        http=guarded(head_timeout_s=settings.head_timeout_s, max_drain_bytes=int(4 * settings.max_body_mb * 2**20)),
     )
     # A signal the caller ignores stays ignored, as it would for any program: `nohup` ignores SIGHUP so that closing
     # the terminal leaves the service running, and a script's background job (`alexnet serve &`) ignores SIGINT so
