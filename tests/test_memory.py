@@ -121,18 +121,28 @@ def test_the_parameters_reckoned_are_the_networks(name):
     assert get_spec(name).parameters(7, 1) == sum(p.numel() for p in model.parameters())
 
 
-def test_weights_that_cannot_fit_are_said_as_such(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "settings, per_parameter, held",
+    [
+        ([], 12, "the weights, gradients and optimizer state"),  # SGD's momentum
+        (["optim.momentum=0"], 8, "the weights and gradients"),
+        (["optim.name=adamw"], 16, "the weights, gradients and optimizer state"),  # two moments
+        (["train.ema_decay=0.99"], 16, "the weights, gradients, optimizer state and moving average"),
+    ],
+)
+def test_weights_that_cannot_fit_are_said_as_such(settings, per_parameter, held, tmp_path, capsys, monkeypatch):
     # Measured before, in a cgroup of 6 GB: `--set model.overrides.width=4` of alexnet_owt (7.3 GB of fp32 weights
     # and gradients) was killed in its first step (exit 137, no word), leaving its run directory behind.
     monkeypatch.setattr(memory, "available", lambda: Available(10**6, "available on this machine"))
     out = tmp_path / "run"
     argv = ["train", "--dataset", "fake", "--out", str(out), "--set", "model.overrides.input_size=32", "-b", "1"]
     argv += ["--epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1"]  # let through: over soon
+    argv += [word for setting in settings for word in ("--set", setting)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     spec = get_spec("alexnet_small", width=0.5, input_size=32, pool_first=True)  # the default recipe's, at 32 px
-    weights = 8 * spec.parameters(10, 1)  # fp32 values and gradients: fake data has 10 classes, stored grey here
-    assert f"(the weights and gradients {weights / 1e6:.1f} MB of it) and 1.0 MB is available" in err, err
+    weights = per_parameter * spec.parameters(10, 1)  # fp32 values: fake data has 10 classes, stored grey here
+    assert f"({held} {weights / 1e6:.1f} MB of it) and 1.0 MB is available" in err, err
     assert err.endswith("use a smaller batch size or model") and not out.exists()
 
 

@@ -225,11 +225,10 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
             f"set has {err.channels}: fine-tune on a data set with the same channels"
         ) from None
     if device.type == "cpu":  # a batch that cannot fit: the out-of-memory killer would end the run without a word
-        weights = 8 * spec.parameters(len(data.classes), data.in_channels)  # fp32 values and their gradients
+        per_parameter, held = _parameter_bytes(cfg)
+        weights = per_parameter * spec.parameters(len(data.classes), data.in_channels)
         per_image = _image_bytes(spec, data.in_channels, precision)
-        check_batch(
-            "training", data.train.largest_batch, per_image, fixed=weights, fixed_what="the weights and gradients"
-        )
+        check_batch("training", data.train.largest_batch, per_image, fixed=weights, fixed_what=held)
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
         copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []
@@ -295,6 +294,16 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
         RunResult(out),
         started,
     )
+
+
+def _parameter_bytes(cfg: Config) -> tuple[int, str]:
+    """Bytes each parameter holds while training, and what they are: its fp32 value and gradient (on bf16 copies, a
+    bf16 copy and its bf16 gradient in the gradient's place: as many bytes), the optimizer's fp32 state (SGD's
+    momentum, AdamW's two moments) and the moving average's copy."""
+    state = 8 if cfg.optim.name == "adamw" else 4 if cfg.optim.momentum else 0
+    ema = 4 if cfg.train.ema_decay is not None else 0
+    held = ["the weights", "gradients"] + ["optimizer state"] * bool(state) + ["moving average"] * bool(ema)
+    return 8 + state + ema, ", ".join(held[:-1]) + " and " + held[-1]
 
 
 def _on_bf16_copies(
