@@ -210,3 +210,23 @@ def test_eval_serve_and_train_refuse_a_batch_that_cannot_fit(tmp_path, capsys, m
     assert not (tmp_path / "run").exists()  # nothing written
     # What fits runs: eval with a batch of 4 of the same model.
     assert main([*evaluate, "-b", "4"]) == 0
+
+
+def test_serve_plans_for_its_budgets_at_start(tmp_path, capsys, monkeypatch):
+    """A service whose request bodies and decoding, at their budgets, cannot fit with a full batch is refused at start
+    (it would be killed at its first busy moment); smaller budgets let it start."""
+    import uvicorn
+
+    def served(*args, **kwargs):
+        raise RuntimeError("the service started")
+
+    monkeypatch.setattr(uvicorn, "Config", served)
+    monkeypatch.setattr(memory, "available", lambda: Available(500 * 10**6, "available on this machine"))
+    weights = str(make_weights(tmp_path / "w.safetensors"))
+    serve = ["serve", "--weights", weights, "--port", "0", "--max-batch", "4"]
+    assert main(serve) == 2  # the defaults: 256 MiB of bodies, 100 megapixels decoding (300 MB at 3 bytes a pixel)
+    err = capsys.readouterr().err.strip()
+    assert "serving: a batch of 4 needs at least 568.6 MB (request bodies and decoding 568.4 MB of it)" in err, err
+    assert err.endswith("use a smaller --max-batch, --body-budget-mb or --decode-budget-mp") and "\n" not in err
+    with pytest.raises(RuntimeError, match="the service started"):
+        main([*serve, "--body-budget-mb", "64", "--decode-budget-mp", "50"])

@@ -116,8 +116,8 @@ def check_batch(
     advice: str = "use a smaller batch size",
 ) -> None:
     """Refuse ``count`` items of ``per_item`` bytes at the least, and ``fixed`` bytes besides (``fixed_what``: the
-    model's weights and gradients, not yet made), when they cannot fit in what is `available`; ``advice`` ends the
-    message.
+    model's weights and gradients, not yet made; a service's budgets), when they cannot fit in what is `available`;
+    ``advice`` ends the message.
 
     Neither may overstate: a batch refused here would not have run, one let through may still fail.
 
@@ -133,7 +133,7 @@ def check_batch(
         digits = next((d for d in (1, 2, 3) if _amount(need, d) != _amount(limit.bytes, d)), 3)
         raise MemoryBudgetError(
             f"{what}: a batch of {count:,} needs at least {_amount(need, digits)}{besides} and "
-            f"{_amount(limit.bytes, digits)} is {limit.bound}: {advice}" + (" or model" if fixed else "")
+            f"{_amount(limit.bytes, digits)} is {limit.bound}: {advice}"
         )
 
 

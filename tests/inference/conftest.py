@@ -159,6 +159,28 @@ def response_length(data: bytes) -> int:
     return 0
 
 
+def bodies_held(srv: Server, until: float | None = None) -> float:
+    """The bytes of request bodies ``srv`` holds (its metrics' gauge), once they reach ``until`` (within 10 s)."""
+    deadline = time.time() + 10
+    while True:
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        held = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("alexnet_request_body")))
+        if until is None or held == until or time.time() > deadline:
+            return held
+        time.sleep(0.05)
+
+
+def hold_bodies(srv: Server, count: int, sent: int) -> list[socket.socket]:
+    """``count`` connections each sending ``sent`` bytes of a body of ``sent`` + 100,000, and holding them."""
+    held, head = [], "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s.sendall(f"{head}Content-Length: {sent + 100_000}\r\n\r\n".encode() + b"\x89PNG" + b"\0" * (sent - 4))
+        held.append(s)
+    bodies_held(srv, until=count * sent)
+    return held
+
+
 def app_client(files, **settings):
     """The service in-process (Starlette's TestClient) on the small model, and its state."""
     from starlette.testclient import TestClient

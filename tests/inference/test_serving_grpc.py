@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import noise_png
 
-from .conftest import CLASSES, Server
+from .conftest import CLASSES, Server, bodies_held, hold_bodies
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
@@ -182,5 +182,34 @@ def test_the_api_key_guards_grpc_too(files):
             _call(srv.grpc, request)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert len(_call(srv.grpc, request, metadata=[("x-api-key", "s3cret-key-0123456789")]).outputs) == 2
+    finally:
+        assert srv.stop() == 0
+
+
+def test_grpc_messages_count_against_the_body_budget(files):
+    """A gRPC message, received whole before its handler runs, is held against --body-budget-mb with the REST
+    bodies until answered: one with no room left gets UNAVAILABLE (REST's 503), smaller ones are served."""
+    from alexnet.inference.serving.grpc_service import protocol
+
+    pb = protocol()
+    flags = ["--name", "small", "--max-body-mb", "1", "--body-budget-mb", "2", "--body-timeout", "20"]
+    srv = Server(files["small"], *flags, grpc=True)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[40, 3, 32, 32])
+    tensor.contents.fp32_contents.extend([0.5] * (40 * 3 * 32 * 32))  # 491,520 bytes
+    large = _request(model_name="small", inputs=[tensor])
+    image = pb.ModelInferRequest.InferInputTensor(
+        name="image", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[noise_png()])
+    )
+    try:
+        holding = hold_bodies(srv, 2, 900_000)  # REST bodies: 1,800,000 of 2,097,152 bytes held
+        with pytest.raises(grpc.RpcError) as err:
+            _call(srv.grpc, large)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "budget of 2 MiB" in err.value.details()
+        assert len(_call(srv.grpc, _request(model_name="small", inputs=[image])).outputs) == 2
+        for s in holding:
+            s.close()
+        assert bodies_held(srv, until=0) == 0
+        assert len(_call(srv.grpc, large).outputs) == 2
+        assert bodies_held(srv) == 0  # given back once answered
     finally:
         assert srv.stop() == 0

@@ -22,7 +22,7 @@ import pytest
 from alexnet.cli import main
 from tests.helpers import noise_png
 
-from .conftest import Server, app_client, response_length
+from .conftest import Server, app_client, bodies_held, hold_bodies, response_length
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +197,15 @@ def test_flags_that_would_break_the_batcher_are_refused(files, capsys):
         ("--timeout", "nan"),
         ("--body-timeout", "-1"),
         ("--decode-budget-mp", "0"),
+        ("--body-budget-mb", "nan"),
     ):
         assert main(["serve", "--checkpoint", str(files["small"]), flag, value]) == 2
         err = capsys.readouterr().err
         assert f"{flag} " in err and "out of range" in err and len(err.strip().splitlines()) == 1, err
+    # A budget smaller than one body of the largest size: none such could ever be received.
+    assert main(["serve", "--checkpoint", str(files["small"]), "--body-budget-mb", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--body-budget-mb 8 is less than --max-body-mb 16" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_readiness_sees_a_dead_batching_thread(files):
@@ -568,3 +573,37 @@ def test_memory_stays_flat_over_thousands_of_mixed_requests(files):
     assert min(seen["200"], seen["400"], seen["404"], seen["413"], seen["grpc OK"]) > 50, seen
     # 4,000 requests within 3 MB (measured: under 1 MB): a leak of 800 bytes a request would show.
     assert after - before < 3, (before, after, seen)
+
+
+def test_request_bodies_held_at_once_stay_within_the_budget(files):
+    """Measured before, in a 2 GB cgroup: 100 connections each sending 15 MiB of a 16 MiB body (and holding it, within
+    --body-timeout) had the service killed in 1.6 s. Bodies count against --body-budget-mb as they arrive and until
+    answered; one that would pass it gets 503 with Retry-After at once, and the rest of the service goes on."""
+    srv = Server(
+        files["small"], "--name", "small", "--max-body-mb", "1", "--body-budget-mb", "2", "--body-timeout", "20"
+    )
+    try:
+        holding = hold_bodies(srv, 2, 900_000)
+        assert bodies_held(srv) == 1_800_000  # of 2,097,152
+        # A third declaring as much: 503 before it is read.
+        third = httpx.post(f"{srv.url}/v1/classify", content=b"\0" * 1_000_000, headers={"Content-Type": "image/png"})
+        assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text
+        assert "budget of 2 MiB" in third.json()["error"]
+        # One without a length (chunked): 503 once what it sent passes the room left.
+        chunked = httpx.post(
+            f"{srv.url}/v1/classify",
+            content=iter([b"\0" * 100_000] * 4),
+            headers={"Content-Type": "image/png"},
+        )
+        assert chunked.status_code == 503, chunked.text
+        # A photo within the room is served meanwhile.
+        small = noise_png()
+        ok = httpx.post(f"{srv.url}/v1/classify", content=small, headers={"Content-Type": "image/png"})
+        assert ok.status_code == 200 and len(small) < 2_097_152 - 1_800_000
+        for s in holding:  # the held bodies' clients go: their bytes go back to the budget
+            s.close()
+        assert bodies_held(srv, until=0) == 0
+        again = httpx.post(f"{srv.url}/v1/classify", content=b"\0" * 1_000_000, headers={"Content-Type": "image/png"})
+        assert again.status_code == 400  # read whole, and not an image
+    finally:
+        assert srv.stop() == 0

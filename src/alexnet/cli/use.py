@@ -358,6 +358,13 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds before a waiting request 504s")
     p.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB", help="larger request bodies get 413")
+    p.add_argument(
+        "--body-budget-mb",
+        type=float,
+        default=256.0,
+        metavar="MB",
+        help="request bodies held at once, all requests (bounds memory; beyond: 503)",
+    )
     p.add_argument("--api-key", help="required on every endpoint but health checks (default $ALEXNET_API_KEY)")
     p.add_argument("--body-timeout", type=float, default=30.0, metavar="S", help="seconds to receive a body, else 408")
     p.add_argument("--head-timeout", type=float, default=10.0, metavar="S", help="seconds to receive headers, else 408")
@@ -390,6 +397,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         timeout_s=args.timeout,
         max_body_mb=args.max_body_mb,
+        body_budget_mb=args.body_budget_mb,
         api_key=args.api_key,
         device=args.device,
         precision=args.precision,

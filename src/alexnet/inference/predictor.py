@@ -167,8 +167,17 @@ class Predictor:
         model = Ensemble([m.model for m in members])
         return cls(model, meta, device, precision, max_file_mb, compile and fixed is None)
 
-    def check_batch(self, count: int, ten_crop: bool = False, what: str = "prediction") -> None:
-        """Refuse a batch of ``count`` images that cannot fit in the memory left (`alexnet.memory`): on the CPU the
+    def check_batch(
+        self,
+        count: int,
+        ten_crop: bool = False,
+        what: str = "prediction",
+        fixed: int = 0,
+        fixed_what: str = "",
+        advice: str = "use a smaller batch size",
+    ) -> None:
+        """Refuse a batch of ``count`` images that cannot fit in the memory left (`alexnet.memory`), with ``fixed``
+        bytes besides (``fixed_what``, the message's ``advice``: `alexnet.memory.check_batch`): on the CPU the
         out-of-memory killer would end the process without a word. A GPU's allocator says so itself.
 
         Raises:
@@ -178,7 +187,7 @@ class Predictor:
             return
         quantized = bool(self.meta.provenance.get("quantization"))  # an int8 program's values: a byte
         value = 1 if quantized else compute_dtype(self.precision).itemsize
-        check_batch(what, count, self.meta.image_bytes(value, 10 if ten_crop else 1))
+        check_batch(what, count, self.meta.image_bytes(value, 10 if ten_crop else 1), None, fixed, fixed_what, advice)
 
     def _logits(self, x: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
         if self.is_onnx:

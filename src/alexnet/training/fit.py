@@ -228,7 +228,8 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
         per_parameter, held = _parameter_bytes(cfg)
         weights = per_parameter * spec.parameters(len(data.classes), data.in_channels)
         per_image = _image_bytes(spec, data.in_channels, precision)
-        check_batch("training", data.train.largest_batch, per_image, fixed=weights, fixed_what=held)
+        advice = "use a smaller batch size or model"
+        check_batch("training", data.train.largest_batch, per_image, fixed=weights, fixed_what=held, advice=advice)
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
         copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []

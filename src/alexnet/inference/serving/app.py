@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -42,7 +42,7 @@ from ...device import release_free_memory
 from ...errors import ConfigError, InvalidImageError
 from ..predictor import Predictor
 from .batcher import Batcher, QueueFull
-from .budget import PixelBudget, decode_cost
+from .budget import ByteBudget, PixelBudget, decode_cost
 from .protocol import HEADER, InferInput, ProtocolError, infer_response, parse_infer
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class ServeSettings:
             with Retry-After at once, before their body is read.
         timeout_s: a request waiting longer than this for its result gets 504 (s).
         max_body_mb: request bodies over this get 413 (MiB).
+        body_budget_mb: request bodies held at once, over all requests, as they arrive and until answered (MiB); a
+            body that would pass it gets 503 with Retry-After at once (at its Content-Length, when the rest of the
+            budget is less). At least ``max_body_mb``.
         api_key: required on every endpoint but the health checks, when set.
         device: where the model runs; precision: ``auto`` (bf16 where fast), ``fp32``, ``bf16``.
         compile: compile the model ahead of time before serving (`alexnet.inference.compiled`): seconds at start-up,
@@ -81,6 +84,7 @@ class ServeSettings:
     max_queue: int = 256
     timeout_s: float = 10.0
     max_body_mb: float = 16.0
+    body_budget_mb: float = 256.0
     api_key: str | None = None
     device: str = "cpu"
     precision: str = "auto"
@@ -99,6 +103,7 @@ class ServeSettings:
             "max_queue": (1, 1_000_000),
             "timeout_s": (0.001, 3600),
             "max_body_mb": (0.001, 4096),
+            "body_budget_mb": (0.001, 1_000_000),
             "body_timeout_s": (0.001, 3600),
             "head_timeout_s": (0.001, 3600),
             "decode_budget_mp": (1, 10_000),
@@ -124,6 +129,11 @@ class ServeSettings:
             if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} {value!r} is out of range: give a number from {low:g} to {high:g}")
+        if self.body_budget_mb < self.max_body_mb:
+            raise ConfigError(
+                f"--body-budget-mb {self.body_budget_mb:g} is less than --max-body-mb {self.max_body_mb:g}: a body "
+                "of the largest size could never be received"
+            )
 
 
 def _is_host_pattern(pattern: str) -> bool:
@@ -141,7 +151,7 @@ def _is_host_pattern(pattern: str) -> bool:
 
 
 class _Metrics:
-    def __init__(self, batcher_depth: Any) -> None:
+    def __init__(self, batcher_depth: Any, body_bytes: Any) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -164,6 +174,9 @@ class _Metrics:
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         Gauge("alexnet_queue_depth", "images waiting for the model", registry=r).set_function(batcher_depth)
+        Gauge("alexnet_request_body_bytes", "request bodies held (--body-budget-mb)", registry=r).set_function(
+            body_bytes
+        )
 
     def on_batch(self, n: int, seconds: float) -> None:
         self.batch.observe(n)
@@ -218,17 +231,26 @@ class _Service:
         self.predictor = Predictor.from_trained(
             members, paths, settings.device, settings.precision, compile=settings.compile
         )
-        # A full batch that cannot fit: refused at start, not by the out-of-memory killer at the first busy moment.
-        self.predictor.check_batch(settings.max_batch, what="serving")
+        # Refused at start, not by the out-of-memory killer at the first busy moment: a full batch, with the request
+        # bodies and the decoding its budgets allow (3 bytes a decoded pixel at the least).
+        bodies, decoding = int(settings.body_budget_mb * 2**20), int(3 * settings.decode_budget_mp * 1e6)
+        self.predictor.check_batch(
+            settings.max_batch,
+            what="serving",
+            fixed=bodies + decoding,
+            fixed_what="request bodies and decoding",
+            advice="use a smaller --max-batch, --body-budget-mb or --decode-budget-mp",
+        )
         self.meta = self.predictor.meta  # the members agree on classes and preprocessing
         prep = self.meta.preprocessing
         self.input_shape = [self.meta.model.in_channels, prep.input_size, prep.input_size]
         self.max_body = int(settings.max_body_mb * 2**20)
-        self.metrics = _Metrics(lambda: self.batcher.depth)
+        self.metrics = _Metrics(lambda: self.batcher.depth, lambda: self.bodies.used)
         self.batcher = Batcher(
             self._infer, settings.max_batch, settings.max_wait_ms, settings.max_queue, self.metrics.on_batch
         )
         self.pixels = PixelBudget(int(settings.decode_budget_mp * 1e6))
+        self.bodies = ByteBudget(bodies)
         self.ready = False
         self.admitted = 0  # requests between admission and their answer: at most max_queue
         self.labels = self.meta.labels  # display-safe names, escaped once (not per request)
@@ -301,26 +323,59 @@ class _Service:
             for p in self.settings.allowed_hosts
         )
 
-    async def body(self, request: Request) -> bytes:
-        """The body, refused with 413 as soon as it is known to be over the limit (before reading it, when the
-        client said its length), and with 408 when it has not all arrived within ``body_timeout_s``."""
+    @contextlib.asynccontextmanager
+    async def received(self, request: Request) -> AsyncIterator[bytes]:
+        """The body, held against the body budget until the block ends; refused with 413 as soon as it is known to
+        be over the limit (before reading it, when the client said its length), 503 when the budget has no room for
+        it, and 408 when it has not all arrived within ``body_timeout_s``."""
         length = request.headers.get("content-length")
         if length is not None:
             if not (length.isascii() and length.isdigit()):
                 raise HTTPException(400, f"Content-Length {length!r} is not a byte count")
             if int(length) > self.max_body:
                 raise HTTPException(413, f"the body is {length} bytes; the limit is {self.max_body}")
+            if int(length) > self.bodies.room():
+                raise self._no_room()
         chunks, n = [], 0
         try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                async for chunk in request.stream():
-                    n += len(chunk)
-                    if n > self.max_body:
-                        raise HTTPException(413, f"the body passed the limit of {self.max_body} bytes")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise HTTPException(408, f"the body did not arrive within {self.settings.body_timeout_s:g} s") from None
-        return b"".join(chunks)
+            try:
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    async for chunk in request.stream():
+                        if n + len(chunk) > self.max_body:
+                            raise HTTPException(413, f"the body passed the limit of {self.max_body} bytes")
+                        if not self.bodies.take(len(chunk)):
+                            raise self._no_room()
+                        n += len(chunk)
+                        chunks.append(chunk)
+            except TimeoutError:
+                raise HTTPException(408, f"the body did not arrive within {self.settings.body_timeout_s:g} s") from None
+            body = b"".join(chunks)
+            chunks.clear()
+            yield body
+        finally:
+            self.bodies.give(n)
+
+    @contextlib.contextmanager
+    def holding(self, size: int) -> Iterator[None]:
+        """``size`` bytes of a request received whole (a gRPC message) held against the body budget for the block.
+
+        Raises:
+            HTTPException: 503 when the budget has no room for them.
+        """
+        if not self.bodies.take(size):
+            raise self._no_room()
+        try:
+            yield
+        finally:
+            self.bodies.give(size)
+
+    def _no_room(self) -> HTTPException:
+        return HTTPException(
+            503,
+            f"busy: the request bodies being received fill the budget of {self.bodies.total / 2**20:g} MiB; "
+            "retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
     def _prepare(self, data: bytes) -> torch.Tensor:
         """Encoded image → (1, C, S, S) uint8 stored square (in a worker thread: decoding is CPU work)."""
@@ -405,10 +460,10 @@ class _Service:
         ctype = request.headers.get("content-type", "").lower()
         if not (ctype.startswith("multipart/form-data") or ctype.startswith(IMAGE_TYPES)):
             raise HTTPException(415, f"Content-Type {ctype or 'none'!r}: send multipart/form-data or image/*")
-        body = await self.body(request)  # before admission: a slow client holds no place in the queue
-        data = await self._multipart_file(request, body) if ctype.startswith("multipart/") else body
-        with self.admission():
-            probs = (await self.run(await self.images_to_inputs([data])))[0]
+        async with self.received(request) as body:  # before admission: a slow client holds no place in the queue
+            data = await self._multipart_file(request, body) if ctype.startswith("multipart/") else body
+            with self.admission():
+                probs = (await self.run(await self.images_to_inputs([data])))[0]
         values, indices = probs.topk(min(int(topk), probs.numel()))
         labels = self.labels
         return JSONResponse(
@@ -441,12 +496,12 @@ class _Service:
         ctype = request.headers.get("content-type", "application/json").lower()
         if not ctype.startswith(("application/json", "application/octet-stream", "application/x-www-form")):
             raise HTTPException(415, f"Content-Type {ctype!r}: send JSON (or Triton's binary extension)")
-        body = await self.body(request)  # before admission: a slow client holds no place in the queue
-        try:
-            req = parse_infer(body, request.headers.get(HEADER))
-        except ProtocolError as err:
-            raise HTTPException(400, str(err)) from None
-        outputs = await self.infer_outputs(req.inputs[0])
+        async with self.received(request) as body:  # before admission: a slow client holds no place in the queue
+            try:
+                req = parse_infer(body, request.headers.get(HEADER))
+            except ProtocolError as err:
+                raise HTTPException(400, str(err)) from None
+            outputs = await self.infer_outputs(req.inputs[0])
         payload, headers = infer_response(self.name, req, outputs)
         media = "application/octet-stream" if headers else "application/json"
         return Response(payload, media_type=media, headers=headers)

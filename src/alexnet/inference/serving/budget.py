@@ -1,6 +1,7 @@
-"""A budget of pixels being decoded at once, over all requests: memory per request is bounded by what its image
+"""Budgets over all requests at once: of pixels being decoded (memory per request is bounded by what its image
 decodes to, and the sum over concurrent requests by the budget, so many large uploads at once wait their turn
-instead of taking gigabytes together."""
+instead of taking gigabytes together), and of request bodies held (each bounded by the body limit, their sum by
+the budget: without it a thousand connections each sending most of a 16 MiB body held 16 GB)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,24 @@ class PixelBudget:
             async with self._room:
                 self.used -= pixels
                 self._room.notify_all()
+
+
+class ByteBudget:
+    """At most ``total`` bytes held at once. `take` never waits: a body that would pass the budget is refused at once
+    (503), as a request beyond a full queue is; waiting would hold its connection and what it has sent."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+
+    def room(self) -> int:
+        return self.total - self.used
+
+    def take(self, n: int) -> bool:
+        """Hold ``n`` more bytes if there is room (the event loop is one thread: no lock needed)."""
+        if self.used + n > self.total:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n

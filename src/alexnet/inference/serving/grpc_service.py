@@ -113,8 +113,9 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
         async def ModelInfer(self, request: Any, context: Any) -> Any:
             await _check(service, request.model_name, context)
             try:
-                item = _input(request)
-                outputs = await service.infer_outputs(item)
+                with service.holding(request.ByteSize()):  # the message counts against the body budget, as a body does
+                    item = _input(request)
+                    outputs = await service.infer_outputs(item)
             except ProtocolError as err:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             except HTTPException as err:
