@@ -95,11 +95,13 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
             return pb.ServerReadyResponse(ready=service.ready and service.batcher.alive)
 
         async def ModelReady(self, request: Any, context: Any) -> Any:
-            await _check(service, request.name, context)
+            if refused := _check(service, request.name, context):
+                return _refuse(context, refused, pb.ModelReadyResponse())
             return pb.ModelReadyResponse(ready=service.ready and service.batcher.alive)
 
         async def ModelMetadata(self, request: Any, context: Any) -> Any:
-            await _check(service, request.name, context)
+            if refused := _check(service, request.name, context):
+                return _refuse(context, refused, pb.ModelMetadataResponse())
             meta = service.metadata()
             tensors = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
@@ -111,16 +113,17 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
             )
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:
-            await _check(service, request.model_name, context)
+            if refused := _check(service, request.model_name, context):
+                return _refuse(context, refused, pb.ModelInferResponse())
             try:
                 with service.holding(request.ByteSize()):  # the message counts against the body budget, as a body does
-                    item = _input(request)
-                    outputs = await service.infer_outputs(item)
+                    outputs = await service.infer_outputs(_input(request))
+                    return _response(pb, service.name, request, outputs)
             except ProtocolError as err:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+                refused = (grpc.StatusCode.INVALID_ARGUMENT, str(err))
             except HTTPException as err:
-                await context.abort(CODES.get(err.status_code, grpc.StatusCode.INTERNAL), str(err.detail))
-            return _response(pb, service.name, request, outputs)
+                refused = (CODES.get(err.status_code, grpc.StatusCode.INTERNAL), str(err.detail))
+            return _refuse(context, refused, pb.ModelInferResponse())
 
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
@@ -142,8 +145,9 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
     return server, bound
 
 
-async def _check(service: Any, name: str, context: Any) -> None:
-    """The API key (when the server has one) and the model's name, as REST checks them."""
+def _check(service: Any, name: str, context: Any) -> tuple[grpc.StatusCode, str] | None:
+    """The API key (when the server has one) and the model's name, as REST checks them: the status refusing the call,
+    or None."""
     key = service.settings.api_key
     if key is not None:
         metadata = dict(context.invocation_metadata() or ())
@@ -152,9 +156,20 @@ async def _check(service: Any, name: str, context: Any) -> None:
         if auth.lower().startswith("bearer "):
             given = auth[7:]
         if not hmac.compare_digest(str(given).encode(), key.encode()):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid API key is required (x-api-key metadata)")
+            return grpc.StatusCode.UNAUTHENTICATED, "a valid API key is required (x-api-key metadata)"
     if name != service.name:
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {name!r}; this server has {service.name!r}")
+        return grpc.StatusCode.NOT_FOUND, f"no model {name!r}; this server has {service.name!r}"
+    return None
+
+
+def _refuse(context: Any, status: tuple[grpc.StatusCode, str], empty: Any) -> Any:
+    """The call ended with ``status`` (code, details), set on ``context`` rather than raised with ``context.abort``:
+    grpc.aio keeps an aborted call's exception in a reference cycle with the handler's frame, which holds the request
+    until the cyclic collector runs (measured: 150 messages of 15 MiB refused one at a time left the service 1 GB
+    larger; set, 70 MB)."""
+    context.set_code(status[0])
+    context.set_details(status[1])
+    return empty
 
 
 def _input(request: Any) -> Any:
