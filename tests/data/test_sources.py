@@ -83,3 +83,14 @@ def test_through_the_cli_it_is_one_line(copy, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "delete it to download it again" in err and not out.exists(), err
+
+
+def test_a_data_dir_given_with_the_fake_data_set_is_refused_not_ignored(tmp_path, capsys):
+    """`--dataset fake --data-dir DIR` trained on generated images and never looked at DIR: a folder named for
+    generated images is surely meant for another data set."""
+    from alexnet.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "fake", "--data-dir", str(tmp_path), "--out", str(out), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--data-dir {tmp_path} would be ignored" in err and "\n" not in err and not out.exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,14 @@ def load_tensor_split(name: str, data_dir: str | None, train: bool, download: bo
     Raises:
         DataNotFoundError: the files are missing and could not be downloaded; the message says how to get them.
     """
-    root = data_root(data_dir)
     if name == "fake":
+        if data_dir is not None:  # a folder named for generated images: surely meant for another data set
+            raise ConfigError(
+                f"the fake data set is generated and reads no files, so --data-dir {data_dir} would be ignored: leave "
+                "it out, or name the data set it holds (--dataset folder, cifar10, ...)"
+            )
         return fake_split(train)
+    root = data_root(data_dir)
     if name in ("fashion-mnist", "mnist"):
         return _mnist_like(name, root, train, download)
     if name in ("cifar10", "cifar100"):
