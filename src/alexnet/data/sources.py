@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataNotFoundError
+from ..errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,9 @@ def fake_split(
     return TensorSplit(images, labels, [f"class_{i}" for i in range(num_classes)])
 
 
+_IGNORED: set[str] = set()  # data directories said to be ignored (with the fake data set)
+
+
 def load_tensor_split(name: str, data_dir: str | None, train: bool, download: bool = True) -> TensorSplit:
     """One split of a small data set as uint8 tensors.
 
@@ -169,11 +172,9 @@ def load_tensor_split(name: str, data_dir: str | None, train: bool, download: bo
         DataNotFoundError: the files are missing and could not be downloaded; the message says how to get them.
     """
     if name == "fake":
-        if data_dir is not None:  # a folder named for generated images: surely meant for another data set
-            raise ConfigError(
-                f"the fake data set is generated and reads no files, so --data-dir {data_dir} would be ignored: leave "
-                "it out, or name the data set it holds (--dataset folder, cifar10, ...)"
-            )
+        if data_dir is not None and data_dir not in _IGNORED:  # said once: a dry run of a real command line is fine
+            _IGNORED.add(data_dir)
+            log.warning("the fake data set is generated and reads no files: %s is not read", data_dir)
         return fake_split(train)
     root = data_root(data_dir)
     if name in ("fashion-mnist", "mnist"):
