@@ -128,6 +128,7 @@ def test_the_parameters_reckoned_are_the_networks(name):
         (["optim.momentum=0"], 8, "the weights and gradients"),
         (["optim.name=adamw"], 16, "the weights, gradients and optimizer state"),  # two moments
         (["train.ema_decay=0.99"], 16, "the weights, gradients, optimizer state and moving average"),
+        (["model.freeze=features"], 4, "the weights"),  # frozen layers hold no gradient nor state: values only
     ],
 )
 def test_weights_that_cannot_fit_are_said_as_such(settings, per_parameter, held, tmp_path, capsys, monkeypatch):

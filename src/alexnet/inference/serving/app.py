@@ -355,9 +355,7 @@ class _Service:
             chunks.clear()
             yield body
         finally:
-            self.bodies.give(n)
-            if n > TRIM_AFTER_BYTES:
-                self._trim_soon()
+            self._release(n)
 
     @contextlib.contextmanager
     def holding(self, size: int) -> Iterator[None]:
@@ -366,16 +364,20 @@ class _Service:
         Raises:
             HTTPException: 503 when the budget has no room for them.
         """
-        try:
-            if not self.bodies.take(size):
-                raise self._no_room()
-            try:
-                yield
-            finally:
-                self.bodies.give(size)
-        finally:
-            if size > TRIM_AFTER_BYTES:
+        if not self.bodies.take(size):
+            if size > TRIM_AFTER_BYTES:  # refused, its message is freed all the same
                 self._trim_soon()
+            raise self._no_room()
+        try:
+            yield
+        finally:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        """``size`` bytes of a request that has gone given back to the body budget."""
+        self.bodies.give(size)
+        if size > TRIM_AFTER_BYTES:
+            self._trim_soon()
 
     def _trim_soon(self) -> None:
         """Hand freed memory back to the OS 0.1 s after a large request (its body or message is freed only once its
