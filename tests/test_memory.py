@@ -192,7 +192,7 @@ def test_eval_serve_and_train_refuse_a_batch_that_cannot_fit(tmp_path, capsys, m
     for argv in (
         [*evaluate, "-b", "2000"],  # 24 images: a batch of 24
         [*evaluate, "-b", "4", "--ten-crop"],
-        ["serve", "--weights", weights, "--max-batch", "4096", "--port", "0"],
+        ["serve", "--weights", weights, "--max-batch", "4096", "--port", "0", "--precision", "fp32"],  # no cast
         [
             "train",
             "--dataset",
@@ -231,3 +231,27 @@ def test_serve_plans_for_its_budgets_at_start(tmp_path, capsys, monkeypatch):
     assert err.endswith("use a smaller --max-batch, --body-budget-mb or --decode-budget-mp") and "\n" not in err
     with pytest.raises(RuntimeError, match="the service started"):
         main([*serve, "--body-budget-mb", "64", "--decode-budget-mp", "50"])
+
+
+def test_a_cast_of_weights_that_cannot_fit_is_refused_before_it_is_made(tmp_path, capsys, monkeypatch):
+    """Measured before, in a 2 GB cgroup: `serve` with twenty `--weights` of alexnet_owt was killed without a word
+    (a safetensors file's weights are mapped from the file; the cast to bf16 copies them). The cast's copies are set
+    against the memory left; fp32 makes none."""
+    weights = str(make_weights(tmp_path / "w.safetensors"))
+    one = Predictor.from_path(weights, precision="fp32")
+    kinds = (torch.nn.Conv2d, torch.nn.Linear)
+    values = sum(p.numel() for m in one.model.modules() if isinstance(m, kinds) for p in m.parameters())
+    room = 3 * 2 * values - 1  # a byte short of three members' weights in bf16
+    monkeypatch.setattr(memory, "available", lambda: Available(room, "available on this machine"))
+    with pytest.raises(MemoryBudgetError) as refused:
+        Predictor.from_path([weights] * 3, precision="bf16")
+    assert str(refused.value).startswith("prediction: the weights of 3 models in bf16 need at least")
+    assert str(refused.value).endswith("average fewer models, or run them in fp32 (--precision fp32)")
+    Predictor.from_path([weights] * 2, precision="bf16")  # two fit
+    Predictor.from_path([weights] * 3, precision="fp32")  # no cast
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "Config", lambda *a, **k: pytest.fail("the service started"))
+    assert main(["serve", *["--weights", weights] * 3, "--precision", "bf16", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the weights of 3 models in bf16 need at least" in err, err

@@ -124,15 +124,32 @@ def check_batch(
     Raises:
         MemoryBudgetError: naming the batch, its need and what bounds it.
     """
+    log.debug("%s: %d × %d + %d bytes", what, count, per_item, fixed)
+    besides = f" ({fixed_what} {{fixed}} of it)" if fixed else ""
+    check_need(what, f"a batch of {count:,} needs", count * per_item + fixed, advice, limit, fixed, besides)
+
+
+def check_need(
+    what: str,
+    needing: str,
+    need: int,
+    advice: str,
+    limit: Available | None = None,
+    fixed: int = 0,
+    besides: str = "",
+) -> None:
+    """Refuse ``need`` bytes (``needing``: what needs them, as the message says it) when they cannot fit in what is
+    `available` (`check_batch` for a batch; ``besides`` may hold ``{fixed}``, ``fixed`` bytes' amount).
+
+    Raises:
+        MemoryBudgetError: ``{what}: {needing} at least … and … is left …: {advice}``.
+    """
     limit = available() if limit is None else limit
-    need = count * per_item + fixed
-    log.debug("%s: %d × %d + %d bytes against %s", what, count, per_item, fixed, limit)
     if limit is not None and need > limit.bytes:
-        besides = f" ({fixed_what} {_amount(fixed)} of it)" if fixed else ""
         # As many decimals as it takes for the two to differ (1.68 GB against 1.66, not 1.7 against 1.7)
         digits = next((d for d in (1, 2, 3) if _amount(need, d) != _amount(limit.bytes, d)), 3)
         raise MemoryBudgetError(
-            f"{what}: a batch of {count:,} needs at least {_amount(need, digits)}{besides} and "
+            f"{what}: {needing} at least {_amount(need, digits)}{besides.format(fixed=_amount(fixed))} and "
             f"{_amount(limit.bytes, digits)} is {limit.bound}: {advice}"
         )
 

@@ -26,7 +26,7 @@ from ..data.batch import stack_images
 from ..data.decode import decode_stored, is_url, pil_to_rgb, to_stored
 from ..device import autocast, compute_dtype, pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, ConfigError, InvalidImageError, NonFiniteOutputError
-from ..memory import check_batch
+from ..memory import check_batch, check_need
 from ..models import fused_kernels, matmul_weights_to
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class Predictor:
             # 316 ms in NCHW, 216 so.
             self.model = self.model.to(memory_format=torch.channels_last)
         if eager and self.precision != "fp32":
+            if self.device.type == "cpu":
+                self._check_cast()
             # Cast once, not by autocast on every call (bit for bit the same): there, alexnet_owt's batch-1 call in
             # bf16 took 26.0 ms with fp32 weights, 18.4 in fp32.
             matmul_weights_to(self.model, compute_dtype(self.precision))
@@ -102,6 +104,18 @@ class Predictor:
 
             size = meta.preprocessing.input_size
             self.model = CompiledModel(self.model, self.in_channels, size, compute_dtype(self.precision), self.device)
+
+    def _check_cast(self) -> None:
+        """Refuse a cast of the conv and fc weights that cannot fit in the memory left: it makes a copy of each in the
+        compute dtype, and is where an ensemble's memory is first taken (a safetensors file's weights are mapped from
+        the file until then): twenty `alexnet_owt` members in bf16 were killed in a 2 GB cgroup without a word."""
+        kinds = (torch.nn.Conv2d, torch.nn.Linear)
+        values = sum(p.numel() for m in self.model.modules() if isinstance(m, kinds) for p in m.parameters())
+        members = len(getattr(self.model, "members", [self.model]))
+        whose = f"the weights of {members} models" if members > 1 else "the model's weights"
+        advice = "average fewer models, or run them in fp32" if members > 1 else "run it in fp32"
+        need = values * compute_dtype(self.precision).itemsize
+        check_need("prediction", f"{whose} in {self.precision} need", need, advice + " (--precision fp32)")
 
     @classmethod
     def from_path(
