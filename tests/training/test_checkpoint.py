@@ -303,3 +303,24 @@ def test_a_digest_record_that_is_not_one_is_refused_without_reading_it_whole(tmp
     assert load_checkpoint(path)["model"]["w"].shape == (2,)  # no record: loaded unchecked, as before
     save_checkpoint({"model": {"w": torch.ones(2)}, "config": {}}, path)  # a save writes a record of its own again
     assert record.read_text().split()[1] == "last.pt" and load_checkpoint(path)["model"]["w"].sum() == 2
+
+
+def test_a_checkpoint_whose_tensors_cannot_fit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """torch.load reads every tensor of a checkpoint (the weights and the optimizer's state) into memory: where they
+    cannot fit, the out-of-memory killer would end the process without a word; the archive's directory says how many
+    bytes they are before any is read."""
+    from alexnet import memory
+    from alexnet.memory import Available, MemoryBudgetError
+
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {"w": torch.zeros(250_000), "b": torch.zeros(10)}, "config": {}}, path)  # 1,000,040 B
+    read = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: read.append(a) or pytest.fail("read"))
+    monkeypatch.setattr(memory, "available", lambda: Available(1_000_039, "available on this machine"))
+    with pytest.raises(MemoryBudgetError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value).startswith(f"loading: {path} needs at least 1.000 MB and 1.000 MB is available")
+    assert read == []
+    monkeypatch.undo()
+    monkeypatch.setattr(memory, "available", lambda: Available(1_000_040, "available on this machine"))
+    assert load_checkpoint(path)["model"]["w"].numel() == 250_000

@@ -35,6 +35,7 @@ from ..errors import (
     out_of_memory,
 )
 from ..files import InputFileError, atomic_write, check_input, read_text_input
+from ..memory import check_need
 
 log = logging.getLogger(__name__)
 META_KEY = "alexnet"
@@ -159,6 +160,9 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         )
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint (not the zip archive torch.save writes)")
+    # torch.load reads every tensor into memory (the weights and the optimizer's state): set against what is left,
+    # as the out-of-memory killer would end the process without a word (an ensemble's members load one by one).
+    check_need("loading", f"{path} needs", _storage_bytes(path), "free memory, or give this process more")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -178,6 +182,17 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CorruptCheckpointError(f"{path} is not an alexnet checkpoint (no model state and config)")
     return state
+
+
+def _storage_bytes(path: Path) -> int:
+    """The bytes of the tensors a checkpoint holds, from its archive's directory (torch.save stores each storage as
+    one entry under ``data/``, uncompressed) without reading them; 0 for an archive that cannot be listed (torch.load
+    then says what is wrong with it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(i.file_size for i in archive.infolist() if "/data/" in i.filename)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return 0
 
 
 def file_digest(path: Path | str) -> str:
