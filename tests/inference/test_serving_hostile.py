@@ -607,3 +607,28 @@ def test_request_bodies_held_at_once_stay_within_the_budget(files):
         assert again.status_code == 400  # read whole, and not an image
     finally:
         assert srv.stop() == 0
+
+
+def test_a_pipelined_request_whose_body_is_slow_is_answered(files):
+    """Two requests sent at once (HTTP/1.1 pipelining), the second's body arriving after the head timeout: its bytes
+    are its body, read under --body-timeout, neither a head nor a refused body's drain: the connection was cut at the
+    head timeout (the head's deadline was armed when the first response ended, then the drain's)."""
+    import re
+
+    srv = Server(files["small"], "--name", "small", "--head-timeout", "1")  # --body-timeout 30
+    png = noise_png()
+    post = "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+    post += f"Content-Length: {len(png)}\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n" + post.encode() + png[:100])
+            time.sleep(2)  # past the head timeout, well within the body's
+            s.sendall(png[100:])
+            data, deadline = b"", time.time() + 10
+            while len(re.findall(rb"HTTP/1\.1 \d+", data)) < 2 and time.time() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    s.settimeout(0.5)
+                    data += s.recv(65536) or b""
+        assert re.findall(rb"HTTP/1\.1 \d+", data)[:2] == [b"HTTP/1.1 200", b"HTTP/1.1 200"], data[:300]
+    finally:
+        assert srv.stop() == 0

@@ -391,7 +391,8 @@ class _Service:
 
         def trim() -> None:
             self._trim_pending = False
-            loop.run_in_executor(None, release_free_memory)
+            with contextlib.suppress(RuntimeError):  # the executor shut down: the service is stopping
+                loop.run_in_executor(None, release_free_memory)
 
         loop.call_later(0.1, trim)
 

@@ -116,6 +116,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._body_done:
             self._arm()  # the next request on a kept-alive connection gets its own deadline
+        elif not self.cycle.response_complete:  # a pipelined request, now running: its body arrives, read by it
+            self._in_head = False
+            self._disarm()
         else:  # answered before its body arrived: what follows is that body, drained, not the next head
             self._in_head, self._drained = False, 0
             self._disarm()
