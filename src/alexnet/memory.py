@@ -21,7 +21,8 @@ UNLIMITED = 2**60  # cgroup v1 writes "no limit" as 2^63 rounded down to a page
 
 
 class MemoryBudgetError(AlexNetError):
-    """A batch needs more memory than is available: refused before anything was allocated for it."""
+    """A batch, a model's weights or a checkpoint's tensors need more memory than is available: refused before
+    anything was allocated for them."""
 
 
 @dataclass(frozen=True)
@@ -125,21 +126,15 @@ def check_batch(
         MemoryBudgetError: naming the batch, its need and what bounds it.
     """
     log.debug("%s: %d × %d + %d bytes", what, count, per_item, fixed)
-    besides = f" ({fixed_what} {{fixed}} of it)" if fixed else ""
-    check_need(what, f"a batch of {count:,} needs", count * per_item + fixed, advice, limit, fixed, besides)
+    besides = f" ({fixed_what} {_amount(fixed)} of it)" if fixed else ""
+    check_need(what, f"a batch of {count:,} needs", count * per_item + fixed, advice, limit, besides)
 
 
 def check_need(
-    what: str,
-    needing: str,
-    need: int,
-    advice: str,
-    limit: Available | None = None,
-    fixed: int = 0,
-    besides: str = "",
+    what: str, needing: str, need: int, advice: str, limit: Available | None = None, besides: str = ""
 ) -> None:
-    """Refuse ``need`` bytes (``needing``: what needs them, as the message says it) when they cannot fit in what is
-    `available` (`check_batch` for a batch; ``besides`` may hold ``{fixed}``, ``fixed`` bytes' amount).
+    """Refuse ``need`` bytes (``needing``: what needs them, as the message says it; ``besides`` follows the amount)
+    when they cannot fit in what is `available` (`check_batch` for a batch).
 
     Raises:
         MemoryBudgetError: ``{what}: {needing} at least … and … is left …: {advice}``.
@@ -149,7 +144,7 @@ def check_need(
         # As many decimals as it takes for the two to differ (1.68 GB against 1.66, not 1.7 against 1.7)
         digits = next((d for d in (1, 2, 3) if _amount(need, d) != _amount(limit.bytes, d)), 3)
         raise MemoryBudgetError(
-            f"{what}: {needing} at least {_amount(need, digits)}{besides.format(fixed=_amount(fixed))} and "
+            f"{what}: {needing} at least {_amount(need, digits)}{besides} and "
             f"{_amount(limit.bytes, digits)} is {limit.bound}: {advice}"
         )
 
