@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -412,3 +413,23 @@ def test_a_program_under_another_models_metadata_is_refused_on_loading(program, 
     assert main(["predict", "--weights", str(edited), str(image)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, err
+
+
+def test_a_program_whose_weights_cannot_fit_is_refused_before_it_is_read(program, monkeypatch):
+    """torch.export.load reads every weight of a .pt2 into memory: set against what is left from the archive's
+    directory, as a checkpoint's tensors are, before torch reads anything."""
+    from alexnet import memory
+    from alexnet.artifacts.checkpoint import archive_tensor_bytes
+    from alexnet.memory import Available, MemoryBudgetError
+
+    with zipfile.ZipFile(program) as z:
+        weights = sum(i.file_size for i in z.infolist() if "/data/weights/weight_" in i.filename)
+    need = archive_tensor_bytes(program)
+    assert weights <= need < weights + 128 * 1024  # the weights, and the few small entries beside them
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("read"))
+    monkeypatch.setattr(memory, "available", lambda: Available(need - 1, "available on this machine"))
+    with pytest.raises(MemoryBudgetError, match=f"^loading: {re.escape(str(program))} needs at least"):
+        load_trained(program)
+    monkeypatch.undo()
+    monkeypatch.setattr(memory, "available", lambda: Available(need, "available on this machine"))
+    assert load_trained(program).meta.model.variant

@@ -39,6 +39,7 @@ from ..memory import check_need
 
 log = logging.getLogger(__name__)
 META_KEY = "alexnet"
+LOAD_ADVICE = "free memory, or give this process more"
 # alexnet_paper's release weights are 244 MB and a training checkpoint with its momentum ~0.5 GB: far larger files
 # are refused before they are read.
 MAX_WEIGHTS_BYTES = 8 << 30
@@ -162,7 +163,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         raise CorruptCheckpointError(f"{path} is truncated or not a checkpoint (not the zip archive torch.save writes)")
     # torch.load reads every tensor into memory (the weights and the optimizer's state): set against what is left,
     # as the out-of-memory killer would end the process without a word (an ensemble's members load one by one).
-    check_need("loading", f"{path} needs", _storage_bytes(path), "free memory, or give this process more")
+    check_need("loading", f"{path} needs", archive_tensor_bytes(path), LOAD_ADVICE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -184,10 +185,10 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     return state
 
 
-def _storage_bytes(path: Path) -> int:
-    """The bytes of the tensors a checkpoint holds, from its archive's directory (torch.save stores each storage as
-    one entry under ``data/``, uncompressed) without reading them; 0 for an archive that cannot be listed (torch.load
-    then says what is wrong with it)."""
+def archive_tensor_bytes(path: Path) -> int:
+    """The bytes of the tensors a torch archive holds (a checkpoint, a ``.pt2`` program), from its directory without
+    reading them: torch.save stores each storage as one entry under ``data/``, uncompressed, and torch.export each
+    weight and constant; 0 for an archive that cannot be listed (the loader then says what is wrong with it)."""
     try:
         with zipfile.ZipFile(path) as archive:
             return sum(i.file_size for i in archive.infolist() if "/data/" in i.filename)

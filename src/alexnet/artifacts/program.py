@@ -22,7 +22,9 @@ from torch import nn
 from .. import native
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
 from ..logs import level_set
+from ..memory import check_need
 from . import aoti_cpu, program_cache, qlinear_rows
+from .checkpoint import LOAD_ADVICE, archive_tensor_bytes
 from .program_guard import check_program
 from .trained import ModelMeta, TrainedModel
 
@@ -218,6 +220,8 @@ def load_program(path: Path | str) -> TrainedModel:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     check_program(path)  # before torch reads it: torch.export.load unpickles and evaluates parts of an archive
+    # torch.export.load reads every weight into memory: set against what is left (the out-of-memory killer is silent)
+    check_need("loading", f"{path} needs", archive_tensor_bytes(path), LOAD_ADVICE)
     extra = {"alexnet.json": ""}
     # torchao registers the quantized_decomposed ops an int8 program is made of, before deserialising; an fp32
     # program needs none, and an int8 one without torchao fails below, naming the ops.
