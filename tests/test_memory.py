@@ -255,3 +255,28 @@ def test_a_cast_of_weights_that_cannot_fit_is_refused_before_it_is_made(tmp_path
     assert main(["serve", *["--weights", weights] * 3, "--precision", "bf16", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the weights of 3 models in bf16 need at least" in err, err
+
+
+@pytest.mark.parametrize(
+    "name, mode", [("alexnet_paper", "towers"), ("alexnet_paper", "hybrid"), ("alexnet_owt", "hybrid")]
+)
+def test_a_split_networks_floor_counts_each_ranks_share(name, mode):
+    """Under --parallel towers or hybrid a rank holds its share of the parameters' state and of the layers'
+    outputs, and every fp32 value while the whole network is built before it is split: counting the whole network's
+    state on each rank overstated, and would refuse a run that fits."""
+    from alexnet.config import Config
+    from alexnet.training.fit import _training_floor
+    from alexnet.training.model_parallel import ShardedAlexNet
+
+    model = create_model(name, num_classes=10)
+    total = sum(p.numel() for p in model.parameters())
+    for rank in (0, 1):  # the premise: each rank's shard holds at least its share
+        assert sum(p.numel() for p in ShardedAlexNet(model, mode, rank, 2).parameters()) >= total // 2
+    spec, cfg = get_spec(name), Config()  # SGD with momentum: 12 bytes a trained parameter
+    whole_image, whole, held = _training_floor(cfg, spec, 10, 3, "bf16")
+    half_image, half, _ = _training_floor(cfg, spec, 10, 3, "bf16", shards=2)
+    assert (whole, half) == (12 * total, 6 * total) and held == "the weights, gradients and optimizer state"
+    first = spec.activations(None, 3)[0] * 4  # the fp32 input: every rank's whole
+    assert half_image - first == (whole_image - first) // 2
+    cfg.model.freeze = "features"  # values only: the whole network, built before it is split
+    assert _training_floor(cfg, spec, 10, 3, "bf16", shards=2)[1] == 4 * total

@@ -148,14 +148,23 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
     return result
 
 
-def _image_bytes(spec: ArchSpec, in_channels: int, precision: str) -> int:
-    """The least memory one training image takes: its fp32 input, and every later layer's output, kept for the
-    backward pass, in the dtype it computes in. Measured on 2 cores of an AMD EPYC (Zen 4), bf16, peak RSS from
-    one batch size to another: alexnet_owt 2.6 MB an image where this says 1.8, alexnet_cifar (cifar10-fast) 401 KB
-    where it says 299. It must not overstate: `check_batch` refuses on it."""
+def _training_floor(
+    cfg: Config, spec: ArchSpec, classes: int, in_channels: int, precision: str, shards: int = 1
+) -> tuple[int, int, str]:
+    """(bytes an image, bytes besides, what those are) that a training process holds at the least, so that a batch
+    or model that cannot fit is refused (`check_batch`); it must not overstate.
+
+    An image: its fp32 input, and every later layer's output, kept for the backward pass, in the dtype it computes
+    in. Measured on 2 cores of an AMD EPYC (Zen 4), bf16, peak RSS from one batch size to another: alexnet_owt 2.6 MB
+    an image where this says 1.8, alexnet_cifar (cifar10-fast) 401 KB where it says 299. Besides: what each parameter
+    holds (`_parameter_bytes`). A rank of a network split ``shards`` ways (towers, hybrid) holds at least its share
+    of the layers' outputs and of the parameters' state, and every fp32 value while the whole network is built
+    before it is split."""
     counts = spec.activations(None, in_channels)
-    value = compute_dtype(precision).itemsize
-    return counts[0] * 4 + sum(counts[1:]) * value
+    per_image = counts[0] * 4 + sum(counts[1:]) * compute_dtype(precision).itemsize // shards
+    per_parameter, held = _parameter_bytes(cfg)
+    parameters = spec.parameters(classes, in_channels)
+    return per_image, max(4 * parameters, per_parameter * parameters // shards), held
 
 
 def _builtin_callbacks(cfg: Config) -> list[Callback]:
@@ -225,9 +234,8 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
             f"set has {err.channels}: fine-tune on a data set with the same channels"
         ) from None
     if device.type == "cpu":  # a batch that cannot fit: the out-of-memory killer would end the run without a word
-        per_parameter, held = _parameter_bytes(cfg)
-        weights = per_parameter * spec.parameters(len(data.classes), data.in_channels)
-        per_image = _image_bytes(spec, data.in_channels, precision)
+        shards = strategy.dist.world if strategy.sharded else 1
+        per_image, weights, held = _training_floor(cfg, spec, len(data.classes), data.in_channels, precision, shards)
         advice = "use a smaller batch size or model"
         check_batch("training", data.train.largest_batch, per_image, fixed=weights, fixed_what=held, advice=advice)
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
