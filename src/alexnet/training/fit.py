@@ -310,10 +310,10 @@ def _parameter_bytes(cfg: Config) -> tuple[int, str]:
     bf16 copy and its bf16 gradient in the gradient's place: as many bytes), the optimizer's fp32 state (SGD's
     momentum, AdamW's two moments) and the moving average's copy. With layers frozen (`model.freeze`), theirs hold
     no gradient nor state, and the spec does not say how many they have: only the values are counted."""
-    if cfg.model.freeze is not None:
-        return 4 + (4 if cfg.train.ema_decay is not None else 0), "the weights"
-    state = 8 if cfg.optim.name == "adamw" else 4 if cfg.optim.momentum else 0
     ema = 4 if cfg.train.ema_decay is not None else 0
+    if cfg.model.freeze is not None:
+        return 4 + ema, "the weights" + " and moving average" * bool(ema)
+    state = 8 if cfg.optim.name == "adamw" else 4 if cfg.optim.momentum else 0
     held = ["the weights", "gradients"] + ["optimizer state"] * bool(state) + ["moving average"] * bool(ema)
     return 8 + state + ema, ", ".join(held[:-1]) + " and " + held[-1]
 
