@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from alexnet.cli import main
+from alexnet.inference.serving.app import ServeSettings
 from tests.helpers import noise_png
 
 from .conftest import Server, app_client, bodies_held, hold_bodies, response_length
@@ -206,6 +207,9 @@ def test_flags_that_would_break_the_batcher_are_refused(files, capsys):
     assert main(["serve", "--checkpoint", str(files["small"]), "--body-budget-mb", "8"]) == 2
     err = capsys.readouterr().err
     assert "--body-budget-mb 8 is less than --max-body-mb 16" in err and len(err.strip().splitlines()) == 1, err
+    # Not named, the budget follows a limit raised past it: a body of the largest size can still be received.
+    assert ServeSettings().body_budget == 256 * 2**20
+    assert ServeSettings(max_body_mb=512).body_budget == 512 * 2**20
 
 
 def test_readiness_sees_a_dead_batching_thread(files):

@@ -361,9 +361,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--body-budget-mb",
         type=float,
-        default=256.0,
         metavar="MB",
-        help="request bodies held at once, all requests (bounds memory; beyond: 503)",
+        help="request bodies held at once, all requests (bounds memory; beyond: 503; default 256, or --max-body-mb)",
     )
     p.add_argument("--api-key", help="required on every endpoint but health checks (default $ALEXNET_API_KEY)")
     p.add_argument("--body-timeout", type=float, default=30.0, metavar="S", help="seconds to receive a body, else 408")

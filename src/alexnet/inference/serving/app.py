@@ -47,6 +47,7 @@ from .protocol import HEADER, InferInput, ProtocolError, infer_response, parse_i
 
 log = logging.getLogger(__name__)
 MIN_KEY_CHARS = 16  # secrets.token_urlsafe() gives 43
+BODY_BUDGET_MB = 256.0  # request bodies held at once, by default: 16 bodies at the default limit, or ~1,000 photos
 IMAGE_TYPES = ("image/", "application/octet-stream")
 TRIM_AFTER_PIXELS = 8_000_000  # a decode this large (~100 MB while it runs) hands its freed memory back
 TRIM_AFTER_BYTES = 4 * 2**20  # so does a request body or gRPC message this large, once its request has gone
@@ -65,7 +66,7 @@ class ServeSettings:
         max_body_mb: request bodies over this get 413 (MiB).
         body_budget_mb: request bodies held at once, over all requests, as they arrive and until answered (MiB); a
             body that would pass it gets 503 with Retry-After at once (at its Content-Length, when the rest of the
-            budget is less). At least ``max_body_mb``.
+            budget is less). At least ``max_body_mb``; None: 256, or ``max_body_mb`` where that is larger.
         api_key: required on every endpoint but the health checks, when set.
         device: where the model runs; precision: ``auto`` (bf16 where fast), ``fp32``, ``bf16``.
         compile: compile the model ahead of time before serving (`alexnet.inference.compiled`): seconds at start-up,
@@ -85,7 +86,7 @@ class ServeSettings:
     max_queue: int = 256
     timeout_s: float = 10.0
     max_body_mb: float = 16.0
-    body_budget_mb: float = 256.0
+    body_budget_mb: float | None = None
     api_key: str | None = None
     device: str = "cpu"
     precision: str = "auto"
@@ -127,14 +128,23 @@ class ServeSettings:
             raise ConfigError(f"gRPC port {self.grpc_port!r} is not a port number")
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
+            if value is None:  # body_budget_mb's default, which follows max_body_mb (`body_budget`)
+                continue
             if not (isinstance(value, (int, float)) and low <= value <= high):  # NaN fails too
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} {value!r} is out of range: give a number from {low:g} to {high:g}")
-        if self.body_budget_mb < self.max_body_mb:
+        if self.body_budget_mb is not None and self.body_budget_mb < self.max_body_mb:
             raise ConfigError(
                 f"--body-budget-mb {self.body_budget_mb:g} is less than --max-body-mb {self.max_body_mb:g}: a body "
                 "of the largest size could never be received"
             )
+
+    @property
+    def body_budget(self) -> int:
+        """The body budget in bytes: ``body_budget_mb``, by default 256 MiB or ``max_body_mb`` where that is larger (a
+        limit raised past the budget without naming one still receives a body of the largest size)."""
+        mb = self.body_budget_mb if self.body_budget_mb is not None else max(BODY_BUDGET_MB, self.max_body_mb)
+        return int(mb * 2**20)
 
 
 def _is_host_pattern(pattern: str) -> bool:
@@ -234,7 +244,7 @@ class _Service:
         )
         # Refused at start, not by the out-of-memory killer at the first busy moment: a full batch, with the request
         # bodies and the decoding its budgets allow (3 bytes a decoded pixel at the least).
-        bodies, decoding = int(settings.body_budget_mb * 2**20), int(3 * settings.decode_budget_mp * 1e6)
+        bodies, decoding = settings.body_budget, int(3 * settings.decode_budget_mp * 1e6)
         self.predictor.check_batch(
             settings.max_batch,
             what="serving",
