@@ -115,19 +115,24 @@ def check_batch(
     fixed: int = 0,
     fixed_what: str = "",
     advice: str = "use a smaller batch size",
+    processes: int = 1,
 ) -> None:
     """Refuse ``count`` items of ``per_item`` bytes at the least, and ``fixed`` bytes besides (``fixed_what``: the
     model's weights and gradients, not yet made; a service's budgets), when they cannot fit in what is `available`;
-    ``advice`` ends the message.
+    ``advice`` ends the message. ``processes`` on this machine each holding as much (torchrun's ranks on one node)
+    share what is left.
 
     Neither may overstate: a batch refused here would not have run, one let through may still fail.
 
     Raises:
         MemoryBudgetError: naming the batch, its need and what bounds it.
     """
-    log.debug("%s: %d × %d + %d bytes", what, count, per_item, fixed)
-    besides = f" ({fixed_what} {_amount(fixed)} of it)" if fixed else ""
-    check_need(what, f"a batch of {count:,} needs", count * per_item + fixed, advice, limit, besides)
+    log.debug("%s: %d × (%d × %d + %d bytes)", what, processes, count, per_item, fixed)
+    besides = f" ({fixed_what} {_amount(fixed * processes)} of it)" if fixed else ""
+    needing = f"a batch of {count:,} needs"
+    if processes > 1:
+        needing = f"{processes} processes on this machine, each with a batch of {count:,}, need"
+    check_need(what, needing, (count * per_item + fixed) * processes, advice, limit, besides)
 
 
 def check_need(

@@ -34,7 +34,7 @@ def environ(monkeypatch):
     """Set torchrun's variables as given, the others unset."""
 
     def put(**env: str) -> None:
-        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -49,6 +49,7 @@ def environ(monkeypatch):
         ({"WORLD_SIZE": "1"}, DistInfo()),
         ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, DistInfo()),  # torchrun with one process
         ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, DistInfo(3, 4, 1)),
+        ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, DistInfo(3, 4, 1, 2)),
         ({"WORLD_SIZE": "2", "RANK": "1"}, DistInfo(1, 2, 0)),
     ],
 )
@@ -66,6 +67,7 @@ def test_the_place_among_processes_comes_from_torchruns_variables(environ, env, 
         ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK='2': expected a whole number ≥ 0 below WORLD_SIZE (2)"),
         ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1'"),
         ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "one"}, "LOCAL_RANK='one'"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_WORLD_SIZE": "0"}, "LOCAL_WORLD_SIZE='0'"),
     ],
 )
 def test_a_bad_torchrun_environment_is_named(environ, env, message):
@@ -170,6 +172,48 @@ def test_one_failing_rank_stops_every_rank(tmp_path):
     result = _chaos_run(tmp_path, "raise", 0, out)
     assert result.returncode != 0 and "rank 1 fails" in result.stderr
     assert time.monotonic() - start < 120
+
+
+CRAMPED = """
+import os, sys
+import alexnet.memory as memory
+import alexnet.training.fit as fit_module
+
+real = fit_module._training_floor
+room = []
+
+def floor(cfg, *args, **kwargs):  # the memory left: half as much again as one process's floor
+    per_image, weights, held = real(cfg, *args, **kwargs)
+    room.append((cfg.data.batch_size * per_image + weights) * 3 // 2)
+    return per_image, weights, held
+
+fit_module._training_floor = floor
+# Rank 0 reads ten times as much: every rank judges by the least any reads.
+memory.available = lambda: memory.Available(room[-1] * (10 if os.environ["RANK"] == "0" else 1), "available here")
+from alexnet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_processes_of_one_machine_share_its_memory(tmp_path):
+    """Each rank set its batch against the memory left as if it were alone: two ranks on one machine whose batches fit
+    one at a time, and not together, both started and were ended by the out-of-memory killer. Every rank now counts
+    the machine's ranks (LOCAL_WORLD_SIZE), on the least memory any of them reads (so that all refuse alike), in one
+    line before any builds its model."""
+    script = tmp_path / "cramped.py"
+    script.write_text(CRAMPED)
+    out = tmp_path / "run"
+    launcher = [*TORCHRUN[:5], str(script), *TORCHRUN[7:]]
+    result = subprocess.run([*launcher, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("alexnet train: error: training:")]
+    assert len(ours) == 2, result.stderr[-3000:]  # each rank, one line
+    for line in ours:
+        assert "2 processes on this machine, each with a batch of 32, need at least" in line, line
+        assert line.endswith("use a smaller batch size or model (or fewer processes a machine)"), line
+    assert sum(" is available here: " in line for line in ours) == 1  # rank 1's own, and rank 0 told of it
+    assert sum(" is left to another process of this run: " in line for line in ours) == 1
+    assert not any(out.glob("*.pt")), list(out.iterdir())
 
 
 def test_uneven_shards_neither_hang_nor_double_count(tmp_path):

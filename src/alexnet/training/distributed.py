@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import memory
 from ..errors import ConfigError
 
 
@@ -26,6 +27,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # the processes on this machine, which share its memory
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +55,8 @@ def setup(device: torch.device) -> DistInfo:
 
 
 def from_environment() -> DistInfo:
-    """This process's place among torchrun's (RANK, WORLD_SIZE, LOCAL_RANK); one process where WORLD_SIZE is unset.
+    """This process's place among torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE); one process where
+    WORLD_SIZE is unset.
 
     Raises:
         ConfigError: the variables are not whole numbers, or WORLD_SIZE asks for several processes without the
@@ -88,7 +91,7 @@ def from_environment() -> DistInfo:
     port = os.environ.get("MASTER_PORT")  # torch.distributed said "invalid literal for int() with base 10: 'abc'"
     if port is not None and not (port.isascii() and port.isdigit() and int(port) <= 65535):
         raise ConfigError(f"MASTER_PORT={port!r}: expected a port number from 0 to 65535; torchrun sets it")
-    return DistInfo(rank, world, number("LOCAL_RANK", 0, 0))
+    return DistInfo(rank, world, number("LOCAL_RANK", 0, 0), number("LOCAL_WORLD_SIZE", 1, 1))
 
 
 def local_device(device: torch.device, info: DistInfo) -> torch.device:
@@ -104,6 +107,25 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def least_available(info: DistInfo) -> memory.Available | None:
+    """What the process with the least memory left may still allocate (`alexnet.memory.available`), read by every
+    process at once: after a barrier, so that none has started building its model while another reads, and the least
+    of them, so that every process judges a batch alike (one refusing alone would leave the others waiting)."""
+    if not info.enabled:
+        return memory.available()
+    barrier(info)
+    own = memory.available()
+    unread = memory.UNLIMITED  # not Linux: nothing read
+    least = torch.tensor([unread if own is None else own.bytes], dtype=torch.int64)
+    dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    value = int(least.item())
+    if value == unread:
+        return None
+    if own is not None and own.bytes == value:
+        return own
+    return memory.Available(value, "left to another process of this run")
 
 
 def barrier(info: DistInfo) -> None:

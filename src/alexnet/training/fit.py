@@ -236,8 +236,18 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
     if device.type == "cpu":  # a batch that cannot fit: the out-of-memory killer would end the run without a word
         shards = strategy.dist.world if strategy.sharded else 1
         per_image, weights, held = _training_floor(cfg, spec, len(data.classes), data.in_channels, precision, shards)
-        advice = "use a smaller batch size or model"
-        check_batch("training", data.train.largest_batch, per_image, fixed=weights, fixed_what=held, advice=advice)
+        advice = "use a smaller batch size or model" + " (or fewer processes a machine)" * (dist_info.local_world > 1)
+        room = distributed.least_available(dist_info)  # torchrun's ranks on one machine share it
+        check_batch(
+            "training",
+            data.train.largest_batch,
+            per_image,
+            room,
+            weights,
+            held,
+            advice,
+            processes=dist_info.local_world,
+        )
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
         copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []
