@@ -75,8 +75,20 @@ def quantize_graph(model: nn.Module, calibration: torch.Tensor, batch: int = 64)
         prepared = prepare(graph, quantizer)
         for chunk in calibration.split(batch):
             prepared(chunk)
-        converted = convert(prepared)
+        converted = _without_unused(convert(prepared))
         return torch.export.export(converted, (example,))
+
+
+def _without_unused(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` without the parameters and buffers no node reads: converting folds each weight into an int8 constant
+    and leaves the fp32 original behind, which export would save beside it (`alexnet_owt`'s program: 290 MB, of which
+    231 MB unread fp32 weights; 61 MB of int8 weights)."""
+    read = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in read:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner), attr)
+    return graph
 
 
 def calibration_inputs(trained: TrainedModel, n: int, data_dir: str | None = None, seed: int = 0) -> torch.Tensor:
