@@ -4,6 +4,7 @@ fp32, is really quantized, runs any batch size, and evaluates as fp32 does; `eva
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 import torch
@@ -52,6 +53,11 @@ def test_quantize_writes_an_int8_program_that_loads_and_agrees(trained_run, tmp_
     inputs = saved.graph_signature.input_specs
     assert [spec.target for spec in inputs if spec.target is not None and spec.arg.name not in read] == []
     weights_saved = [t for t in [*saved.state_dict.values(), *saved.constants.values()] if t.ndim >= 2]
+    # Its example batch (zeros, which AOTInductor compiles from) is kept as one zero expanded, not 32 images' worth.
+    (example,), _ = saved.example_inputs
+    with zipfile.ZipFile(program) as archive:
+        kept = next(i.file_size for i in archive.infolist() if i.filename.endswith("sample_inputs/model.pt"))
+    assert example.shape[0] == 32 and example.numel() * 4 > 300_000 and kept < 4096 and not example.any()
     int8, fp32 = load_trained(program), load_trained(weights)
     layers = sum(isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in fp32.model.modules())
     assert len(weights_saved) == layers and all(t.dtype == torch.int8 for t in weights_saved)

@@ -88,6 +88,12 @@ def aot_compile(
     # its GEMM templates against oneDNN's while compiling: alexnet_owt int8 at batch 1 went 4.45 → 2.96 ms per
     # image (the fc layers), for ~15 s of compile time.
     settings = {**_inductor_settings(), "max_autotune": autotune}
+    # An int8 program's file keeps its example batch as one zero expanded (`save_int8`). AOTInductor compiles from
+    # the graph's own shapes and strides (torch 2.14: the same outputs, bit for bit, either way); the examples are
+    # made whole all the same, so that no compile step (autotuning runs candidates on inputs) meets stride-0 tensors.
+    if program.example_inputs is not None:
+        args, kwargs = program.example_inputs
+        program.example_inputs = (tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args), kwargs)
     with tempfile.TemporaryDirectory(prefix="alexnet-aot-") as tmp, torch.no_grad(), warnings.catch_warnings():
         # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
         warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
