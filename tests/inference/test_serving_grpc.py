@@ -20,7 +20,7 @@ tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
 @pytest.fixture(scope="module")
 def grpc_server(files):
-    srv = Server(files["small"], "--name", "small", "--max-body-mb", "1", grpc=True)
+    srv = Server(files["small"], "--name", "small", "--max-body-mb", "1", "--body-timeout", "3", grpc=True)
     yield srv
     assert srv.stop() == 0
 
@@ -251,3 +251,50 @@ def test_refused_large_messages_are_not_kept(files):
         assert rss_mb() - before < 150, (before, rss_mb())  # +24-30 MB alone, +80 in the full suite; +295 before
     finally:
         assert srv.stop() == 0
+
+
+def _streamed(target: str, messages, timeout: float = 30):
+    """ModelInfer called as a client stream (on the wire, a unary call is one whose stream holds one message)."""
+    from alexnet.inference.serving.grpc_service import SERVICE, protocol
+
+    pb = protocol()
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        return call(messages, timeout=timeout)
+
+
+def test_a_message_that_does_not_arrive_in_time_ends_its_call(grpc_server):
+    """grpc calls a unary handler only once the whole message has arrived, and waits for it without end: a client
+    trickling its message (or sending none) held a call, one of the server's limited slots, for as long as it liked,
+    where REST's bodies have --body-timeout. The message is now read by the handler under --body-timeout (3 s
+    here): DEADLINE_EXCEEDED, the call's slot and buffers freed. One message a call, as a unary call has."""
+    from alexnet.inference.serving.grpc_service import protocol
+
+    pb = protocol()
+    image = pb.ModelInferRequest.InferInputTensor(
+        name="image", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[noise_png()])
+    )
+    request = _request(model_name="small", inputs=[image])
+
+    def late():
+        time.sleep(8)
+        yield request
+
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        _streamed(grpc_server.grpc, late(), timeout=20)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
+    assert "did not arrive within 3 s" in err.value.details()
+    assert time.monotonic() - start < 7  # the server's deadline, not the client's
+    with pytest.raises(grpc.RpcError) as err:
+        _streamed(grpc_server.grpc, iter([request, request]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "one request message" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        _streamed(grpc_server.grpc, iter([]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no request message" in err.value.details()
+    assert len(_streamed(grpc_server.grpc, iter([request])).outputs) == 2
+    assert len(_call(grpc_server.grpc, request).outputs) == 2  # a unary client, as before

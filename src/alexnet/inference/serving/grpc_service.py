@@ -10,6 +10,7 @@ server starts (grpcio-tools' protoc) into a descriptor pool of their own: a proc
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -112,7 +113,18 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
                 outputs=[tensors(**t) for t in meta["outputs"]],
             )
 
-        async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def ModelInfer(self, requests: Any, context: Any) -> Any:
+            try:
+                request = await _one_message(requests, service.settings.body_timeout_s)
+            except ProtocolError as err:
+                return _refuse(context, (grpc.StatusCode.INVALID_ARGUMENT, str(err)), pb.ModelInferResponse())
+            except TimeoutError:
+                seconds = service.settings.body_timeout_s
+                refused = (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the request message did not arrive within {seconds:g} s",
+                )
+                return _refuse(context, refused, pb.ModelInferResponse())
             if refused := _check(service, request.model_name, context):
                 return _refuse(context, refused, pb.ModelInferResponse())
             try:
@@ -130,8 +142,13 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
         maximum_concurrent_rpcs=4 * service.settings.max_queue + 256,
     )
     servicer = Servicer()
+    # ModelInfer's handler reads its message itself, as a client stream's: on the wire a unary call is a stream of
+    # one message, and grpc calls a unary handler only once that has arrived, waiting for it without end (a client
+    # trickling its message held a call, one of `maximum_concurrent_rpcs`, as long as it liked).
     handlers = {
-        method: grpc.unary_unary_rpc_method_handler(
+        method: (
+            grpc.stream_unary_rpc_method_handler if method == "ModelInfer" else grpc.unary_unary_rpc_method_handler
+        )(
             getattr(servicer, method),
             request_deserializer=getattr(pb, request).FromString,
             response_serializer=getattr(pb, response).SerializeToString,
@@ -170,6 +187,21 @@ def _refuse(context: Any, status: tuple[grpc.StatusCode, str], empty: Any) -> An
     context.set_code(status[0])
     context.set_details(status[1])
     return empty
+
+
+async def _one_message(requests: Any, seconds: float) -> Any:
+    """The call's one message, and the end of its stream, within ``seconds`` (REST's body timeout).
+
+    Raises:
+        TimeoutError: they did not arrive in time; ProtocolError: no message, or more than one.
+    """
+    async with asyncio.timeout(seconds):
+        message = await anext(requests, None)
+        if message is None:
+            raise ProtocolError("no request message: a ModelInfer call carries one")
+        if await anext(requests, None) is not None:
+            raise ProtocolError("one request message per ModelInfer call, as a unary call sends")
+    return message
 
 
 def _input(request: Any) -> Any:
