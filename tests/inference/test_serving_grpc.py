@@ -4,6 +4,7 @@ messages get a gRPC status with a reason (never a crash); the API key guards gRP
 from __future__ import annotations
 
 import base64
+import threading
 import time
 
 import grpc
@@ -183,6 +184,20 @@ def test_the_api_key_guards_grpc_too(files):
             _call(srv.grpc, request)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert len(_call(srv.grpc, request, metadata=[("x-api-key", "s3cret-key-0123456789")]).outputs) == 2
+
+        done = threading.Event()
+
+        def never():  # a call without the key is refused before its message is waited for
+            done.wait(60)
+            yield request
+
+        start = time.monotonic()
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                _streamed(srv.grpc, never(), timeout=50)
+        finally:
+            done.set()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and time.monotonic() - start < 10
     finally:
         assert srv.stop() == 0
 
@@ -280,13 +295,18 @@ def test_a_message_that_does_not_arrive_in_time_ends_its_call(grpc_server):
     )
     request = _request(model_name="small", inputs=[image])
 
+    done = threading.Event()
+
     def late():
-        time.sleep(8)
+        done.wait(8)
         yield request
 
     start = time.monotonic()
-    with pytest.raises(grpc.RpcError) as err:
-        _streamed(grpc_server.grpc, late(), timeout=20)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            _streamed(grpc_server.grpc, late(), timeout=20)
+    finally:
+        done.set()
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
     assert "did not arrive within 3 s" in err.value.details()
     assert time.monotonic() - start < 7  # the server's deadline, not the client's

@@ -114,6 +114,8 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
             )
 
         async def ModelInfer(self, requests: Any, context: Any) -> Any:
+            if refused := _check(service, None, context):  # the key, before the message is read
+                return _refuse(context, refused, pb.ModelInferResponse())
             try:
                 request = await _one_message(requests, service.settings.body_timeout_s)
             except ProtocolError as err:
@@ -162,9 +164,9 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
     return server, bound
 
 
-def _check(service: Any, name: str, context: Any) -> tuple[grpc.StatusCode, str] | None:
-    """The API key (when the server has one) and the model's name, as REST checks them: the status refusing the call,
-    or None."""
+def _check(service: Any, name: str | None, context: Any) -> tuple[grpc.StatusCode, str] | None:
+    """The API key (when the server has one) and the model's name (unless None), as REST checks them: the status
+    refusing the call, or None."""
     key = service.settings.api_key
     if key is not None:
         metadata = dict(context.invocation_metadata() or ())
@@ -174,7 +176,7 @@ def _check(service: Any, name: str, context: Any) -> tuple[grpc.StatusCode, str]
             given = auth[7:]
         if not hmac.compare_digest(str(given).encode(), key.encode()):
             return grpc.StatusCode.UNAUTHENTICATED, "a valid API key is required (x-api-key metadata)"
-    if name != service.name:
+    if name is not None and name != service.name:
         return grpc.StatusCode.NOT_FOUND, f"no model {name!r}; this server has {service.name!r}"
     return None
 
