@@ -186,7 +186,8 @@ def app_client(files, **settings):
     from starlette.testclient import TestClient
 
     from alexnet.artifacts.loader import load_trained
-    from alexnet.inference.serving.app import ServeSettings, create_app
+    from alexnet.inference.serving.app import create_app
+    from alexnet.inference.serving.settings import ServeSettings
 
     app = create_app(load_trained(files["small"]), "small", ServeSettings(**{"precision": "fp32", **settings}))
     return TestClient(app), app.state.service

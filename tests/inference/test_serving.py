@@ -20,7 +20,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.errors import ConfigError
-from alexnet.inference.serving.app import ServeSettings
+from alexnet.inference.serving.settings import ServeSettings
 from tests.helpers import noise_png
 
 from .conftest import CLASSES, Server, app_client, raw_request
@@ -370,7 +370,8 @@ def test_several_models_are_served_as_one_their_softmax_averaged(files, monkeypa
     from alexnet.artifacts.loader import load_trained
     from alexnet.inference.predictor import Predictor
     from alexnet.inference.serving import server as server_module
-    from alexnet.inference.serving.app import ServeSettings, create_app
+    from alexnet.inference.serving.app import create_app
+    from alexnet.inference.serving.settings import ServeSettings
 
     from .conftest import _weights, free_port
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from alexnet.cli import main
-from alexnet.inference.serving.app import ServeSettings
+from alexnet.inference.serving.settings import ServeSettings
 from tests.helpers import noise_png
 
 from .conftest import Server, app_client, bodies_held, hold_bodies, response_length
@@ -319,8 +319,9 @@ def test_a_name_clients_cannot_address_is_refused_and_defaults_are_made_addressa
 
     from alexnet.artifacts.loader import load_trained
     from alexnet.errors import ConfigError
-    from alexnet.inference.serving.app import ServeSettings, create_app
+    from alexnet.inference.serving.app import create_app
     from alexnet.inference.serving.server import default_name
+    from alexnet.inference.serving.settings import ServeSettings
 
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # were a bad name let through: no server kept up
 

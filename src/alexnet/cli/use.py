@@ -384,8 +384,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        from ..inference.serving.app import ServeSettings
         from ..inference.serving.server import serve
+        from ..inference.serving.settings import ServeSettings
     except ImportError as err:
         raise AlexNetError(f"serving needs the [serve] extra: pip install 'alexnet[serve]' ({err})") from None
     if not 0 <= args.port <= 65535:

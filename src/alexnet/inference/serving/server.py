@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ...artifacts.loader import load_trained
 from ...errors import AlexNetError
-from .app import MODEL_NAME, ServeSettings, check_model_name, create_app
+from .app import create_app
 from .guarded_http import MAX_HEAD_BYTES, guarded
+from .settings import MODEL_NAME, ServeSettings, check_model_name
 
 log = logging.getLogger(__name__)
 KEY_ENV = "ALEXNET_API_KEY"
