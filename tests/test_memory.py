@@ -265,7 +265,7 @@ def test_a_split_networks_floor_counts_each_ranks_share(name, mode):
     outputs, and every fp32 value while the whole network is built before it is split: counting the whole network's
     state on each rank overstated, and would refuse a run that fits."""
     from alexnet.config import Config
-    from alexnet.training.fit import _training_floor
+    from alexnet.training.floor import training_floor
     from alexnet.training.model_parallel import ShardedAlexNet
 
     model = create_model(name, num_classes=10)
@@ -273,10 +273,10 @@ def test_a_split_networks_floor_counts_each_ranks_share(name, mode):
     for rank in (0, 1):  # the premise: each rank's shard holds at least its share
         assert sum(p.numel() for p in ShardedAlexNet(model, mode, rank, 2).parameters()) >= total // 2
     spec, cfg = get_spec(name), Config()  # SGD with momentum: 12 bytes a trained parameter
-    whole_image, whole, held = _training_floor(cfg, spec, 10, 3, "bf16")
-    half_image, half, _ = _training_floor(cfg, spec, 10, 3, "bf16", shards=2)
+    whole_image, whole, held = training_floor(cfg, spec, 10, 3, "bf16")
+    half_image, half, _ = training_floor(cfg, spec, 10, 3, "bf16", shards=2)
     assert (whole, half) == (12 * total, 6 * total) and held == "the weights, gradients and optimizer state"
     first = spec.activations(None, 3)[0] * 4  # the fp32 input: every rank's whole
     assert half_image - first == (whole_image - first) // 2
     cfg.model.freeze = "features"  # values only: the whole network, built before it is split
-    assert _training_floor(cfg, spec, 10, 3, "bf16", shards=2)[1] == 4 * total
+    assert training_floor(cfg, spec, 10, 3, "bf16", shards=2)[1] == 4 * total

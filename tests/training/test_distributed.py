@@ -177,9 +177,9 @@ def test_one_failing_rank_stops_every_rank(tmp_path):
 CRAMPED = """
 import os, sys
 import alexnet.memory as memory
-import alexnet.training.fit as fit_module
+import alexnet.training.floor as floor_module
 
-real = fit_module._training_floor
+real = floor_module.training_floor
 room = []
 
 def floor(cfg, *args, **kwargs):  # the memory left: half as much again as one process's floor
@@ -187,7 +187,7 @@ def floor(cfg, *args, **kwargs):  # the memory left: half as much again as one p
     room.append((cfg.data.batch_size * per_image + weights) * 3 // 2)
     return per_image, weights, held
 
-fit_module._training_floor = floor
+floor_module.training_floor = floor
 # Rank 0 reads ten times as much: every rank judges by the least any reads.
 memory.available = lambda: memory.Available(room[-1] * (10 if os.environ["RANK"] == "0" else 1), "available here")
 from alexnet.cli import main

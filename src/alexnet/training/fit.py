@@ -32,12 +32,11 @@ from ..config import Config
 from ..data.folder import find_splits, reporting_worker_crashes
 from ..data.pipeline import ChannelsError, Data, build_data
 from ..data.sources import FOLDER_DATASETS, data_root
-from ..device import compute_dtype, pick_device, pick_precision, tune_cpu_allocator
+from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
 from ..files import RECORD_BYTES, RUN_RECORDS, RUN_REPORT, RUN_RESULTS, atomic_write, check_target, read_json_input
-from ..memory import check_batch
-from ..models import ArchSpec, create_model, fused_kernels, get_spec
+from ..models import create_model, fused_kernels, get_spec
 from . import bf16_copies, distributed
 from .bf16_copies import Bf16Copies, applies
 from .callbacks import Callback, Callbacks, Control, ProgressLog, StopAtTrainAccuracy, TensorBoardLogger
@@ -45,6 +44,7 @@ from .checkpointer import Checkpointer
 from .ema import WeightEma
 from .engine import train_one_epoch
 from .finetune import adopt_pretrained, freeze, transfer, whiten_conv1
+from .floor import check_training_memory
 from .optim import PaperSGD, Schedule, build_optimizer
 from .run import Run, RunResult
 from .rundir import claim
@@ -148,25 +148,6 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
     return result
 
 
-def _training_floor(
-    cfg: Config, spec: ArchSpec, classes: int, in_channels: int, precision: str, shards: int = 1
-) -> tuple[int, int, str]:
-    """(bytes an image, bytes besides, what those are) that a training process holds at the least, so that a batch
-    or model that cannot fit is refused (`check_batch`); it must not overstate.
-
-    An image: its fp32 input, and every later layer's output, kept for the backward pass, in the dtype it computes
-    in. Measured on 2 cores of an AMD EPYC (Zen 4), bf16, peak RSS from one batch size to another: alexnet_owt 2.6 MB
-    an image where this says 1.8, alexnet_cifar (cifar10-fast) 401 KB where it says 299. Besides: what each parameter
-    holds (`_parameter_bytes`). A rank of a network split ``shards`` ways (towers, hybrid) holds at least its share
-    of the layers' outputs and of the parameters' state, and every fp32 value while the whole network is built
-    before it is split."""
-    counts = spec.activations(None, in_channels)
-    per_image = counts[0] * 4 + sum(counts[1:]) * compute_dtype(precision).itemsize // shards
-    per_parameter, held = _parameter_bytes(cfg)
-    parameters = spec.parameters(classes, in_channels)
-    return per_image, max(4 * parameters, per_parameter * parameters // shards), held
-
-
 def _builtin_callbacks(cfg: Config) -> list[Callback]:
     """What ``alexnet train`` does at each epoch, made of the same events users' callbacks get."""
     builtin: list[Callback] = [ProgressLog()]
@@ -234,20 +215,7 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
             f"set has {err.channels}: fine-tune on a data set with the same channels"
         ) from None
     if device.type == "cpu":  # a batch that cannot fit: the out-of-memory killer would end the run without a word
-        shards = strategy.dist.world if strategy.sharded else 1
-        per_image, weights, held = _training_floor(cfg, spec, len(data.classes), data.in_channels, precision, shards)
-        advice = "use a smaller batch size or model" + " (or fewer processes a machine)" * (dist_info.local_world > 1)
-        room = distributed.least_available(dist_info)  # torchrun's ranks on one machine share it
-        check_batch(
-            "training",
-            data.train.largest_batch,
-            per_image,
-            room,
-            weights,
-            held,
-            advice,
-            processes=dist_info.local_world,
-        )
+        check_training_memory(cfg, spec, data, precision, strategy)
     model, plain, new = _build_model(cfg, data, device, strategy, pretrained)
     if device.type == "cpu":  # the kernels the first step asks for one by one, built side by side
         copies = [bf16_copies.kernel] if precision == "bf16" and cfg.train.bf16_copies else []
@@ -313,19 +281,6 @@ def _setup(cfg: Config, cleanup: contextlib.ExitStack) -> Run:
         RunResult(out),
         started,
     )
-
-
-def _parameter_bytes(cfg: Config) -> tuple[int, str]:
-    """Bytes each parameter holds while training, and what they are: its fp32 value and gradient (on bf16 copies, a
-    bf16 copy and its bf16 gradient in the gradient's place: as many bytes), the optimizer's fp32 state (SGD's
-    momentum, AdamW's two moments) and the moving average's copy. With layers frozen (`model.freeze`), theirs hold
-    no gradient nor state, and the spec does not say how many they have: only the values are counted."""
-    ema = 4 if cfg.train.ema_decay is not None else 0
-    if cfg.model.freeze is not None:
-        return 4 + ema, "the weights" + " and moving average" * bool(ema)
-    state = 8 if cfg.optim.name == "adamw" else 4 if cfg.optim.momentum else 0
-    held = ["the weights", "gradients"] + ["optimizer state"] * bool(state) + ["moving average"] * bool(ema)
-    return 8 + state + ema, ", ".join(held[:-1]) + " and " + held[-1]
 
 
 def _on_bf16_copies(
