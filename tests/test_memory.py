@@ -173,7 +173,7 @@ def test_predict_refuses_a_batch_that_cannot_fit_before_decoding(tmp_path, cramp
     assert len(Predictor.from_path(weights).predict(images, batch_size=10**9)) == 3
     # On the command line: one line, exit 2, nothing printed.
     many = [str(images[0])] * big
-    assert main(["predict", "--weights", str(weights), "-b", str(big), *many]) == 2
+    assert main(["predict", "--weights", str(weights), "--precision", "fp32", "-b", str(big), *many]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "available on this machine: use a smaller batch size" in err, err
 

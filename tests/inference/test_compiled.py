@@ -55,7 +55,8 @@ def test_predict_compile_gives_the_eager_predictions(weights, tmp_path, capsys, 
     paths = [str(p) for p in mixed_images(tmp_path / "imgs")]
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        assert main(["predict", "--weights", str(weights), *paths, "--topk", "3", "--json", *extra]) == 0
+        argv = ["predict", "--weights", str(weights), *paths, "--topk", "3", "--json", "--precision", "fp32"]
+        assert main([*argv, *extra]) == 0
         runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(runs["eager"]) == len(paths) and "compiled AlexNet for torch.float32" in caplog.text
     for a, b in zip(runs["eager"], runs["compiled"]):

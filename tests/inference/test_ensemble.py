@@ -181,7 +181,7 @@ def test_the_cli_predicts_with_several_models_one_weights_each(runs, tmp_path, c
     """`--weights A --weights B`: a list after one --weights would swallow the images that follow it."""
     a, b = (str(out / "last.pt") for out in runs)
     images = [str(p) for p in _images(tmp_path, 2)]
-    k = ["--topk", "10", "--json", "--device", "cpu"]
+    k = ["--topk", "10", "--json", "--device", "cpu", "--precision", "fp32"]
     assert main(["predict", "--weights", a, *images, *k]) == 0  # the one-model form, images after it, as before
     one = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["predict", *images, "--weights", a, "--weights", b, *k]) == 0

@@ -148,6 +148,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ten-crop", action="store_true", help="average softmax over ten crops")
     options.device(p)
+    options.precision(p)
     options.compile_first(p)
     options.json_output(p, "JSON lines: {path, topk: [{label, prob}]} or {path, error}")
 
@@ -162,7 +163,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise AlexNetError("- is given twice: standard input holds one image")
     inputs = [_standard_input(args.max_file_mb) if name == "-" else name for name in names]
     predictor = Predictor.from_path(
-        args.weights, device=args.device, max_file_mb=args.max_file_mb, compile=args.compile
+        args.weights, args.device, args.precision, max_file_mb=args.max_file_mb, compile=args.compile
     )
     failed = 0
     for name, pred in zip(names, predictor.predict_iter(inputs, args.topk, args.batch_size, args.ten_crop)):
