@@ -77,6 +77,18 @@ def test_a_bad_torchrun_environment_is_named(environ, env, message):
     assert message in str(caught.value)
 
 
+def test_more_processes_than_gpus_is_named(environ, monkeypatch):
+    """`torchrun --nproc-per-node=2` on a machine with one GPU: the second rank asked for cuda:1, and torch said
+    "CUDA error: invalid device ordinal"."""
+    environ(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail(f"cuda:{index} was set"))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("the group was joined"))
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=1 asks for cuda:1 and this machine has 1 CUDA device\(s\)"):
+        distributed.setup(torch.device("cuda"))
+
+
 def test_epoch_order_shards():
     train = [epoch_order(103, 5, True, 0, r, 4, equal=True) for r in range(4)]
     assert all(len(t) == 25 for t in train)

@@ -49,6 +49,12 @@ def setup(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
+            count = torch.cuda.device_count()
+            if info.local_rank >= count:  # torch says "CUDA error: invalid device ordinal"
+                raise ConfigError(
+                    f"LOCAL_RANK={info.local_rank} asks for cuda:{info.local_rank} and this machine has {count} CUDA "
+                    f"device(s): start at most one process a GPU (torchrun --nproc-per-node={count})"
+                )
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend)
     return info
