@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,7 @@ from alexnet.errors import ConfigError
 from alexnet.inference.evaluate import evaluate_checkpoint
 from alexnet.training import distributed
 from alexnet.training.distributed import DistInfo
-from tests.helpers import train_command
+from tests.helpers import child_signals, train_command
 
 TORCHRUN = [
     sys.executable,
@@ -87,6 +89,41 @@ def test_more_processes_than_gpus_is_named(environ, monkeypatch):
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("the group was joined"))
     with pytest.raises(ConfigError, match=r"LOCAL_RANK=1 asks for cuda:1 and this machine has 1 CUDA device\(s\)"):
         distributed.setup(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_rank_waiting_for_its_peers_stops_on_a_signal(tmp_path, signum):
+    """A rank started without its peers (by hand, or whose peers never came) waits for them inside a C++ call, where
+    Python's handlers cannot run: Ctrl-C and SIGTERM did nothing until the store's 30-minute timeout. They now end
+    it at once, before anything is written."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, *TORCHRUN[5:], "--out", str(out)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=child_signals(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # waiting: rank 0 serves the store the others join at MASTER_PORT
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) in (-signum, 128 + signum)
+        assert not out.exists()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_epoch_order_shards():

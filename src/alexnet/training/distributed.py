@@ -10,8 +10,12 @@ image exactly once (no padded duplicates) and sums the counts across processes, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +60,29 @@ def setup(device: torch.device) -> DistInfo:
                     f"device(s): start at most one process a GPU (torchrun --nproc-per-node={count})"
                 )
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend)
+        with _signals_end_the_process():
+            dist.init_process_group(backend)
     return info
+
+
+@contextlib.contextmanager
+def _signals_end_the_process() -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the process at once while it waits for the others to join: that wait is a C++ call,
+    during which Python's handlers cannot run, so a rank started alone (by hand, or whose peers never came) ignored
+    both until the store's 30-minute timeout. Nothing is written yet, so nothing is lost; signals the caller ignores
+    stay ignored, and only the main thread may change them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def from_environment() -> DistInfo:
