@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import memory
 from ..errors import ConfigError
 
 
@@ -140,23 +139,13 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
-def least_available(info: DistInfo) -> memory.Available | None:
-    """What the process with the least memory left may still allocate (`alexnet.memory.available`), read by every
-    process at once: after a barrier, so that none has started building its model while another reads, and the least
-    of them, so that every process judges a batch alike (one refusing alone would leave the others waiting)."""
+def least(value: int, info: DistInfo) -> int:
+    """The least of ``value`` over the processes (``value`` itself in one process)."""
     if not info.enabled:
-        return memory.available()
-    barrier(info)
-    own = memory.available()
-    unread = memory.UNLIMITED  # not Linux: nothing read
-    least = torch.tensor([unread if own is None else own.bytes], dtype=torch.int64)
+        return value
+    least = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(least, op=dist.ReduceOp.MIN)
-    value = int(least.item())
-    if value == unread:
-        return None
-    if own is not None and own.bytes == value:
-        return own
-    return memory.Available(value, "left to another process of this run")
+    return int(least.item())
 
 
 def barrier(info: DistInfo) -> None:

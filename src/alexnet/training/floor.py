@@ -4,6 +4,7 @@ without a word. A floor, never an estimate of the peak: it must not refuse a run
 
 from __future__ import annotations
 
+from .. import memory
 from ..config import Config
 from ..data.pipeline import Data
 from ..device import compute_dtype
@@ -14,19 +15,30 @@ from .strategy import Strategy
 
 
 def check_training_memory(cfg: Config, spec: ArchSpec, data: Data, precision: str, strategy: Strategy) -> None:
-    """Refuse a run whose batch, with the parameters' state, cannot fit in the memory left; under torchrun the
-    machine's ranks share it, and every rank judges by the least any reads (`distributed.least_available`).
+    """Refuse a run whose batch, with the parameters' state, cannot fit in the memory left. Under torchrun the
+    processes of one machine share it, each reads it once all have loaded their data (none has built its model yet),
+    and all refuse when one lacks room (one refusing alone would leave the others waiting for it).
 
     Raises:
-        MemoryBudgetError: naming the batch, its need and what bounds it.
+        MemoryBudgetError: naming the batch, its need and what bounds it; in the other processes, that one did.
     """
-    dist_info = strategy.dist
-    shards = dist_info.world if strategy.sharded else 1
+    info = strategy.dist
+    shards = info.world if strategy.sharded else 1
     per_image, weights, held = training_floor(cfg, spec, len(data.classes), data.in_channels, precision, shards)
-    advice = "use a smaller batch size or model" + " (or fewer processes a machine)" * (dist_info.local_world > 1)
-    room = distributed.least_available(dist_info)
-    check_batch(
-        "training", data.train.largest_batch, per_image, room, weights, held, advice, processes=dist_info.local_world
+    advice = "use a smaller batch size or model" + " (or fewer processes a machine)" * (info.local_world > 1)
+    batch = data.train.largest_batch
+    distributed.barrier(info)
+    room = memory.available()
+    need = (batch * per_image + weights) * info.local_world
+    short = 0 if room is None else max(need - room.bytes, 0)
+    if distributed.least(-short, info) == 0:
+        return
+    # Each machine judged by its own room (machines may differ in memory and in processes): this one's account, or
+    # word of another's.
+    check_batch("training", batch, per_image, room, weights, held, advice, processes=info.local_world)
+    raise memory.MemoryBudgetError(
+        f"training: another process of this run has too little memory for its batch (its own error says how much): "
+        f"{advice}"
     )
 
 
