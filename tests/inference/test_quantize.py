@@ -46,7 +46,7 @@ def test_quantize_writes_an_int8_program_that_loads_and_agrees(trained_run, tmp_
     )
     assert "calibrated on 128 training images of fake" in capsys.readouterr().out
     # Only what the graph reads is saved: converting left each fp32 weight beside its int8 copy, and export saved both
-    # (alexnet_owt's program: 290 MB where 62 do).
+    # (alexnet_owt's program at batch 8: 290 MB where 62 do).
     load_torchao()
     saved = torch.export.load(program)
     read = {node.name for node in saved.graph.nodes if node.op == "placeholder" and node.users}

@@ -185,19 +185,9 @@ def test_the_api_key_guards_grpc_too(files):
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert len(_call(srv.grpc, request, metadata=[("x-api-key", "s3cret-key-0123456789")]).outputs) == 2
 
-        done = threading.Event()
-
-        def never():  # a call without the key is refused before its message is waited for
-            done.wait(60)
-            yield request
-
-        start = time.monotonic()
-        try:
-            with pytest.raises(grpc.RpcError) as err:
-                _streamed(srv.grpc, never(), timeout=50)
-        finally:
-            done.set()
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and time.monotonic() - start < 10
+        # A call without the key is refused before its message is waited for.
+        error, seconds = _ended_before_its_message(srv.grpc, request, 60)
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED and seconds < 10
     finally:
         assert srv.stop() == 0
 
@@ -282,6 +272,24 @@ def _streamed(target: str, messages, timeout: float = 30):
         return call(messages, timeout=timeout)
 
 
+def _ended_before_its_message(target: str, request, after: float) -> tuple[grpc.RpcError, float]:
+    """A ModelInfer call whose one message would come ``after`` seconds: the error the server ended it with first, and
+    the seconds that took (the client waits up to ``after`` + 10 s; its message is released when the call ends)."""
+    done = threading.Event()
+
+    def late():
+        done.wait(after)
+        yield request
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            _streamed(target, late(), timeout=after + 10)
+    finally:
+        done.set()
+    return err.value, time.monotonic() - start
+
+
 def test_a_message_that_does_not_arrive_in_time_ends_its_call(grpc_server):
     """grpc calls a unary handler only once the whole message has arrived, and waits for it without end: a client
     trickling its message (or sending none) held a call, one of the server's limited slots, for as long as it liked,
@@ -295,21 +303,10 @@ def test_a_message_that_does_not_arrive_in_time_ends_its_call(grpc_server):
     )
     request = _request(model_name="small", inputs=[image])
 
-    done = threading.Event()
-
-    def late():
-        done.wait(8)
-        yield request
-
-    start = time.monotonic()
-    try:
-        with pytest.raises(grpc.RpcError) as err:
-            _streamed(grpc_server.grpc, late(), timeout=20)
-    finally:
-        done.set()
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
-    assert "did not arrive within 3 s" in err.value.details()
-    assert time.monotonic() - start < 7  # the server's deadline, not the client's
+    error, seconds = _ended_before_its_message(grpc_server.grpc, request, 8)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+    assert "did not arrive within 3 s" in error.details()
+    assert seconds < 7  # the server's deadline, not the client's
     with pytest.raises(grpc.RpcError) as err:
         _streamed(grpc_server.grpc, iter([request, request]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "one request message" in err.value.details()
