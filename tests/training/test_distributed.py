@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from alexnet.artifacts.checkpoint import load_checkpoint
+from alexnet.config import load_config
 from alexnet.data.batch import epoch_order
-from alexnet.errors import ConfigError
+from alexnet.errors import ConfigError, IncompatibleCheckpointError
 from alexnet.inference.evaluate import evaluate_checkpoint
 from alexnet.training import distributed
 from alexnet.training.distributed import DistInfo
+from alexnet.training.state import _check_processes
 from tests.helpers import child_signals, train_command
 
 TORCHRUN = [
@@ -199,6 +201,32 @@ def _chaos_run(tmp_path, chaos: str, restarts: int, out):
     orphans = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert not orphans, f"processes left behind: {orphans}"
     return result
+
+
+def test_another_number_of_processes_resumes_only_when_allowed(two_process_run, tmp_path):
+    """A run of 2 processes resumed in 1 went on silently with half the global batch and rank 0's random state; one
+    of 1 resumed by 2 said "the checkpoint holds RNG states for 1 processes, not 2". The number is part of the run
+    (each process reads every N-th image with its own random state): refused unless --allow-changes, then at an
+    epoch's end only."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(two_process_run, out)  # the module's run stays as it is
+    single = [sys.executable, *TORCHRUN[5:], "--epochs", "3", "--out", str(out), "--resume", "auto"]
+    refused = subprocess.run(single, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "was trained by 2 processes; this run has 1" in refused.stderr and "--allow-changes" in refused.stderr
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2  # nothing trained
+    done = subprocess.run([*single, "--allow-changes"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 3 and len(state["rng_ranks"]) == 1
+    _run("--epochs", "4", "--out", str(out), "--resume", "auto", "--allow-changes")  # and from 1 process to 2
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 4 and len(state["rng_ranks"]) == 2
+    state["step"] = 3  # inside an epoch: its images were split among 2
+    with pytest.raises(IncompatibleCheckpointError, match="stopped inside an epoch whose images are split among 2"):
+        _check_processes(state, load_config("fashion-mnist", ["train.allow_changes=true"]), "last.pt", 1)
 
 
 def test_elastic_restart_after_a_lost_rank_continues_bitwise(two_process_run, tmp_path):

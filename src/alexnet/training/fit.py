@@ -314,7 +314,7 @@ def _resume(run: Run) -> None:
     elif resume:
         state = load_checkpoint(resume)  # an explicit path that is missing or corrupt is an error, never a fresh start
     if state is not None:
-        check_resume(state, run.plain, run.data.classes, run.cfg, resume)
+        check_resume(state, run.plain, run.data.classes, run.cfg, resume, run.dist.world)
         rank = run.dist.rank if run.dist.enabled else None
         run.totals = restore(state, run.plain, run.optimizer, run.schedule, run.scaler, run.strategy, rank)
         run.start_epoch, run.start_step = state["epoch"], state["step"]

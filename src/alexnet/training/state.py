@@ -20,7 +20,7 @@ import torch
 from ..artifacts.checkpoint import load_checkpoint
 from ..artifacts.trained import check_finite, display_label, meta_from_checkpoint
 from ..config import Config
-from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
+from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -152,8 +152,11 @@ def latest_valid(out: Path) -> tuple[str | None, dict[str, Any] | None]:
     return None, None
 
 
-def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[str], cfg: Config, source: str) -> None:
-    """Refuse to resume ``state`` into a different model, class list or (unless allowed) recipe.
+def check_resume(
+    state: dict[str, Any], model: torch.nn.Module, classes: list[str], cfg: Config, source: str, processes: int = 1
+) -> None:
+    """Refuse to resume ``state`` into a different model, class list or (unless allowed) recipe or number of
+    ``processes`` (torchrun's world).
 
     Raises:
         IncompatibleCheckpointError: naming the first difference.
@@ -174,6 +177,7 @@ def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[st
             f"against {display_label(str(classes[first : first + 1]))})"
         )
     check_finite(state["model"], source)
+    _check_processes(state, cfg, source, processes)
     if cfg.train.allow_changes:
         return
     saved_cfg = state.get("config", {})
@@ -185,6 +189,26 @@ def check_resume(state: dict[str, Any], model: torch.nn.Module, classes: list[st
                 f"{source} was trained with {dotted}={before!r}; this run says {now!r}. Resuming would no longer be "
                 "the run it claims to be: keep the value, start a new --out, or pass --allow-changes"
             )
+
+
+def _check_processes(state: dict[str, Any], cfg: Config, source: str, processes: int) -> None:
+    """The number of processes a run was trained by is part of the run: each reads every N-th image of an epoch's
+    order with its own random state, and the global batch is N per-process batches. Another number is refused
+    unless allowed (`--allow-changes`), and then only at an epoch's end."""
+    saved = len(state.get("rng_ranks") or []) or 1
+    if saved == processes:
+        return
+    counts = f"{source} was trained by {saved} process{'es' * (saved > 1)}; this run has {processes}"
+    if not cfg.train.allow_changes:
+        raise IncompatibleCheckpointError(
+            f"{counts}: the global batch and each process's images would change, so resuming would no longer be the "
+            f"run it claims to be: start it with {saved}, start a new --out, or pass --allow-changes"
+        )
+    if state["step"]:
+        raise IncompatibleCheckpointError(
+            f"{counts}, and it stopped inside an epoch whose images are split among {saved}: finish that epoch with "
+            f"{saved}, or resume from a checkpoint taken at an epoch's end"
+        )
 
 
 def match_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -224,7 +248,9 @@ def restore(
     schedule.load_state_dict(state["schedule"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    if rank is not None and len(state.get("rng_ranks", [])) <= rank:
-        raise AlexNetError(f"the checkpoint holds RNG states for {len(state['rng_ranks'])} processes, not {rank + 1}")
-    set_rng_state(state["rng_ranks"][rank] if rank is not None else state["rng"])
+    saved = state.get("rng_ranks") or []
+    if rank is not None and rank >= len(saved):  # more processes than trained it (allowed, `check_resume`)
+        seed_everything(int(state["config"]["train"]["seed"]) + rank + 1000 * int(state["epoch"]))
+    else:
+        set_rng_state(saved[rank] if rank is not None else state["rng"])
     return EpochTotals(**state.get("epoch_totals") or {})
