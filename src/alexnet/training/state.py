@@ -202,9 +202,10 @@ def _check_processes(state: dict[str, Any], cfg: Config, source: str, processes:
     if not cfg.train.allow_changes:
         raise IncompatibleCheckpointError(
             f"{counts}: the global batch and each process's images would change, so resuming would no longer be the "
-            f"run it claims to be: start it with {saved}, start a new --out, or pass --allow-changes"
+            f"run it claims to be: resume it with {saved} process{'es' * (saved > 1)}, start a new --out, or pass "
+            "--allow-changes"
         )
-    if state["step"]:
+    if state.get("step"):
         raise IncompatibleCheckpointError(
             f"{counts}, and it stopped inside an epoch whose images are split among {saved}: finish that epoch with "
             f"{saved}, or resume from a checkpoint taken at an epoch's end"
