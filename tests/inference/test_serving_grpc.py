@@ -258,21 +258,24 @@ def test_refused_large_messages_are_not_kept(files):
         assert srv.stop() == 0
 
 
-def _streamed(target: str, messages, timeout: float = 30):
-    """ModelInfer called as a client stream (on the wire, a unary call is one whose stream holds one message)."""
-    from alexnet.inference.serving.grpc_service import SERVICE, protocol
+def _streamed(target: str, messages, timeout: float = 30, method: str = "ModelInfer"):
+    """``method`` called as a client stream (on the wire, a unary call is one whose stream holds one message)."""
+    from alexnet.inference.serving.grpc_service import CALLS, SERVICE, protocol
 
     pb = protocol()
+    request, response = CALLS[method]
     with grpc.insecure_channel(target) as channel:
         call = channel.stream_unary(
-            f"/{SERVICE}/ModelInfer",
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelInferResponse.FromString,
+            f"/{SERVICE}/{method}",
+            request_serializer=getattr(pb, request).SerializeToString,
+            response_deserializer=getattr(pb, response).FromString,
         )
         return call(messages, timeout=timeout)
 
 
-def _ended_before_its_message(target: str, request, after: float) -> tuple[grpc.RpcError, float]:
+def _ended_before_its_message(
+    target: str, request, after: float, method: str = "ModelInfer"
+) -> tuple[grpc.RpcError, float]:
     """A ModelInfer call whose one message would come ``after`` seconds: the error the server ended it with first, and
     the seconds that took (the client waits up to ``after`` + 10 s; its message is released when the call ends)."""
     done = threading.Event()
@@ -284,7 +287,7 @@ def _ended_before_its_message(target: str, request, after: float) -> tuple[grpc.
     start = time.monotonic()
     try:
         with pytest.raises(grpc.RpcError) as err:
-            _streamed(target, late(), timeout=after + 10)
+            _streamed(target, late(), timeout=after + 10, method=method)
     finally:
         done.set()
     return err.value, time.monotonic() - start
@@ -293,8 +296,8 @@ def _ended_before_its_message(target: str, request, after: float) -> tuple[grpc.
 def test_a_message_that_does_not_arrive_in_time_ends_its_call(grpc_server):
     """grpc calls a unary handler only once the whole message has arrived, and waits for it without end: a client
     trickling its message (or sending none) held a call, one of the server's limited slots, for as long as it liked,
-    where REST's bodies have --body-timeout. The message is now read by the handler under --body-timeout (3 s
-    here): DEADLINE_EXCEEDED, the call's slot and buffers freed. One message a call, as a unary call has."""
+    where REST's bodies have --body-timeout. Every method's message is now read by its handler under --body-timeout
+    (3 s here): DEADLINE_EXCEEDED, the call's slot and buffers freed. One message a call, as a unary call has."""
     from alexnet.inference.serving.grpc_service import protocol
 
     pb = protocol()
@@ -307,6 +310,8 @@ def test_a_message_that_does_not_arrive_in_time_ends_its_call(grpc_server):
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
     assert "did not arrive within 3 s" in error.details()
     assert seconds < 7  # the server's deadline, not the client's
+    error, seconds = _ended_before_its_message(grpc_server.grpc, pb.ServerLiveRequest(), 8, "ServerLive")
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and seconds < 7  # every method, a health check too
     with pytest.raises(grpc.RpcError) as err:
         _streamed(grpc_server.grpc, iter([request, request]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "one request message" in err.value.details()

@@ -35,6 +35,7 @@ CALLS = {  # method → (request, response) message names
     "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
     "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
 }
+UNGUARDED = {"ServerLive", "ServerReady"}  # health checks answer without the API key, as REST's do
 # HTTP statuses the REST service raises → gRPC's codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html).
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -113,20 +114,7 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
                 outputs=[tensors(**t) for t in meta["outputs"]],
             )
 
-        async def ModelInfer(self, requests: Any, context: Any) -> Any:
-            if refused := _check(service, None, context):  # the key, before the message is read
-                return _refuse(context, refused, pb.ModelInferResponse())
-            try:
-                request = await _one_message(requests, service.settings.body_timeout_s)
-            except ProtocolError as err:
-                return _refuse(context, (grpc.StatusCode.INVALID_ARGUMENT, str(err)), pb.ModelInferResponse())
-            except TimeoutError:
-                seconds = service.settings.body_timeout_s
-                refused = (
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the request message did not arrive within {seconds:g} s",
-                )
-                return _refuse(context, refused, pb.ModelInferResponse())
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
             if refused := _check(service, request.model_name, context):
                 return _refuse(context, refused, pb.ModelInferResponse())
             try:
@@ -144,14 +132,32 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
         maximum_concurrent_rpcs=4 * service.settings.max_queue + 256,
     )
     servicer = Servicer()
-    # ModelInfer's handler reads its message itself, as a client stream's: on the wire a unary call is a stream of
-    # one message, and grpc calls a unary handler only once that has arrived, waiting for it without end (a client
-    # trickling its message held a call, one of `maximum_concurrent_rpcs`, as long as it liked).
+
+    def reading(method: str, response: Any) -> Any:
+        """``method``'s handler reading its message itself, as a client stream's: on the wire a unary call is a stream
+        of one message, and grpc calls a unary handler only once that has arrived, waiting for it without end (a
+        client trickling its message, or sending none, held a call, one of `maximum_concurrent_rpcs`, as long as it
+        liked). The API key, where the method asks for one, is checked before the message is waited for."""
+        handle, keyed = getattr(servicer, method), method not in UNGUARDED
+
+        async def handler(requests: Any, context: Any) -> Any:
+            if keyed and (refused := _check(service, None, context)):
+                return _refuse(context, refused, response())
+            seconds = service.settings.body_timeout_s
+            try:
+                request = await _one_message(requests, seconds)
+            except ProtocolError as err:
+                return _refuse(context, (grpc.StatusCode.INVALID_ARGUMENT, str(err)), response())
+            except TimeoutError:
+                late = (grpc.StatusCode.DEADLINE_EXCEEDED, f"the request message did not arrive within {seconds:g} s")
+                return _refuse(context, late, response())
+            return await handle(request, context)
+
+        return handler
+
     handlers = {
-        method: (
-            grpc.stream_unary_rpc_method_handler if method == "ModelInfer" else grpc.unary_unary_rpc_method_handler
-        )(
-            getattr(servicer, method),
+        method: grpc.stream_unary_rpc_method_handler(
+            reading(method, getattr(pb, response)),
             request_deserializer=getattr(pb, request).FromString,
             response_serializer=getattr(pb, response).SerializeToString,
         )
@@ -200,9 +206,9 @@ async def _one_message(requests: Any, seconds: float) -> Any:
     async with asyncio.timeout(seconds):
         message = await anext(requests, None)
         if message is None:
-            raise ProtocolError("no request message: a ModelInfer call carries one")
+            raise ProtocolError("no request message: a call carries one")
         if await anext(requests, None) is not None:
-            raise ProtocolError("one request message per ModelInfer call, as a unary call sends")
+            raise ProtocolError("one request message per call, as a unary call sends")
     return message
 
 
