@@ -97,12 +97,12 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
             return pb.ServerReadyResponse(ready=service.ready and service.batcher.alive)
 
         async def ModelReady(self, request: Any, context: Any) -> Any:
-            if refused := _check(service, request.name, context):
+            if refused := _check_model(service, request.name):
                 return _refuse(context, refused, pb.ModelReadyResponse())
             return pb.ModelReadyResponse(ready=service.ready and service.batcher.alive)
 
         async def ModelMetadata(self, request: Any, context: Any) -> Any:
-            if refused := _check(service, request.name, context):
+            if refused := _check_model(service, request.name):
                 return _refuse(context, refused, pb.ModelMetadataResponse())
             meta = service.metadata()
             tensors = pb.ModelMetadataResponse.TensorMetadata
@@ -115,7 +115,7 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
             )
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:
-            if refused := _check(service, request.model_name, context):
+            if refused := _check_model(service, request.model_name):
                 return _refuse(context, refused, pb.ModelInferResponse())
             try:
                 with service.holding(request.ByteSize()):  # the message counts against the body budget, as a body does
@@ -141,7 +141,7 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
         handle, keyed = getattr(servicer, method), method not in UNGUARDED
 
         async def handler(requests: Any, context: Any) -> Any:
-            if keyed and (refused := _check(service, None, context)):
+            if keyed and (refused := _check_key(service, context)):
                 return _refuse(context, refused, response())
             seconds = service.settings.body_timeout_s
             try:
@@ -170,9 +170,8 @@ def build_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
     return server, bound
 
 
-def _check(service: Any, name: str | None, context: Any) -> tuple[grpc.StatusCode, str] | None:
-    """The API key (when the server has one) and the model's name (unless None), as REST checks them: the status
-    refusing the call, or None."""
+def _check_key(service: Any, context: Any) -> tuple[grpc.StatusCode, str] | None:
+    """The API key, when the server has one, as REST checks it: the status refusing the call, or None."""
     key = service.settings.api_key
     if key is not None:
         metadata = dict(context.invocation_metadata() or ())
@@ -182,7 +181,13 @@ def _check(service: Any, name: str | None, context: Any) -> tuple[grpc.StatusCod
             given = auth[7:]
         if not hmac.compare_digest(str(given).encode(), key.encode()):
             return grpc.StatusCode.UNAUTHENTICATED, "a valid API key is required (x-api-key metadata)"
-    if name is not None and name != service.name:
+    return None
+
+
+def _check_model(service: Any, name: str) -> tuple[grpc.StatusCode, str] | None:
+    """The model a call names (after its key, which every method but the health checks has checked before reading
+    the message): the status refusing the call, or None."""
+    if name != service.name:
         return grpc.StatusCode.NOT_FOUND, f"no model {name!r}; this server has {service.name!r}"
     return None
 
