@@ -183,3 +183,49 @@ def test_a_package_others_could_have_written_is_not_taken(tmp_path, monkeypatch)
     me = os.getuid()
     monkeypatch.setattr(program_cache.os, "getuid", lambda: me + 1)  # owned by someone else
     assert program_cache.lookup("a") is None
+
+
+def test_a_compile_the_memory_left_cannot_hold_is_refused_before_it_starts(tmp_path, monkeypatch, compiles):
+    """The out-of-memory killer ended `alexnet predict` of an int8 `alexnet_owt` in a 1 GB container without a word,
+    while inductor compiled it: a compile, and the load of a kept package, are set against the memory left first."""
+    from alexnet import memory
+    from alexnet.artifacts import program as program_module
+    from alexnet.memory import Available, MemoryBudgetError
+
+    monkeypatch.setenv(program_cache.ENV, str(tmp_path / "cache"))
+    _, program = _program()
+    weights = sum(t.numel() for t in program.state_dict.values())
+    compiling = int(program_module.COMPILE_FIXED + program_module.COMPILE_PER_WEIGHT * weights)
+    loading = int(program_module.KEPT_FIXED + program_module.KEPT_PER_WEIGHT * weights)
+    assert loading < compiling
+
+    def left(n: int) -> None:
+        monkeypatch.setattr(memory, "available", lambda: Available(n, "left under the memory limit of cgroup /t"))
+
+    left(compiling - 1)
+    with pytest.raises(MemoryBudgetError, match=r"^compiling: a program of 0\.\d M weights needs, while inductor") as e:
+        program_module.aot_compile(program, cache=True)
+    assert str(e.value).endswith("(once compiled it is kept, and later loads need less)") and compiles[0] == 0
+    left(compiling)
+    x = torch.rand(2, 3, 32, 32)
+    want = program_module.aot_compile(program, cache=True)([x])[0]
+    assert compiles[0] == 1
+    left(loading - 1)
+    with pytest.raises(MemoryBudgetError, match=r"^loading: the compiled program kept for this one \(0\.\d M weights"):
+        program_module.aot_compile(program, cache=True)
+    left(loading)
+    assert torch.equal(program_module.aot_compile(program, cache=True)([x])[0], want) and compiles[0] == 1
+
+
+def test_predict_compile_without_the_memory_is_one_line(tmp_path, monkeypatch, capsys, image_folder):
+    from alexnet import memory
+    from alexnet.cli import main
+    from alexnet.memory import Available
+
+    monkeypatch.setenv(program_cache.ENV, "0")  # nothing kept: the advice does not promise it
+    monkeypatch.setattr(memory, "available", lambda: Available(150 * 10**6, "available on this machine"))
+    weights = make_weights(tmp_path / "m.safetensors")
+    assert main(["predict", "--compile", "--precision", "fp32", "--weights", str(weights), str(image_folder)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "error: compiling: a program of" in err and err.rstrip().endswith("free memory or raise the limit"), err

@@ -97,13 +97,19 @@ def aot_compile(
     with tempfile.TemporaryDirectory(prefix="alexnet-aot-") as tmp, torch.no_grad(), warnings.catch_warnings():
         # Inductor's own lowering warns about a tensor copy it makes (torch/_inductor/mkldnn_lowerings.py).
         warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
-        cache_key = program_cache.key(program, autotune) if cache and _device(program).type == "cpu" else None
+        cpu = _device(program).type == "cpu"
+        cache_key = program_cache.key(program, autotune) if cache and cpu else None
         kept = program_cache.lookup(cache_key) if cache_key else None
         if kept is not None:
+            check_compile_memory(program, kept=True)
             try:
                 return aoti_cpu.load_cpu(kept, Path(tmp))
             except Exception as err:  # a damaged file (the zip's checksums), a torch that cannot run it: compile
                 log.debug("the kept program %s does not load (%s): compiling", kept, first_line(err))
+        if cpu:
+            check_compile_memory(
+                program, kept=False, keeps=cache_key is not None and program_cache.cache_dir() is not None
+            )
         try:
             package = torch._inductor.aoti_compile_and_package(
                 program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=settings
@@ -112,7 +118,7 @@ def aot_compile(
             raise AlexNetError(
                 f"inductor could not compile the program (it needs a C++ compiler): {first_line(err)}"
             ) from err
-        if _device(program).type == "cpu":
+        if cpu:
             try:
                 run = aoti_cpu.load_cpu(Path(package), Path(tmp))  # its weights 64-byte aligned (see aoti_cpu)
             except Exception as err:  # a torch whose runner API moved costs speed, never the model
@@ -124,6 +130,38 @@ def aot_compile(
         # The loader's own call: the package's wrapper re-parses its input and output specs on every call (0.03-0.06
         # ms of a 1.6 ms batch-1 call), and these programs take one tensor and return one.
         return torch._inductor.aoti_load_package(package).loader.boxed_run
+
+
+# What a compile takes beyond what is in use when it starts, at the least (bytes: fixed, and a weight of the program):
+# inductor's lowering and code, the C++ compiler, copies of the frozen weights. Measured on 2 cores of an AMD EPYC
+# (Zen 3), torch 2.14.1 and g++ 12, as the memory left at this check in the largest memory cgroup a load was killed
+# (or thrashed) in and the smallest it ran in. Compiling, 200 MB + 1.4 B a weight (285 MB for alexnet_owt's 61 M) is
+# under every program measured: alexnet_owt in bf16 needed 292-391 MB, in int8 and fp32 more than 670 and 972;
+# alexnet_small (4 M weights) in int8 and fp32 more than 329 and 372. Loading a kept package (`program_cache`), 40 MB
+# + 1 B a weight: alexnet_owt's int8 one needed 115-138 MB, its fp32 one 373-572.
+COMPILE_FIXED, COMPILE_PER_WEIGHT = 200_000_000, 1.4
+KEPT_FIXED, KEPT_PER_WEIGHT = 40_000_000, 1
+
+
+def check_compile_memory(program: torch.export.ExportedProgram, kept: bool, keeps: bool = False) -> None:
+    """Refuse a compile of ``program`` (or, ``kept``, the load of its kept package) where the memory left cannot hold
+    what it takes: the out-of-memory killer would end the process without a word (`alexnet predict` of an int8
+    `alexnet_owt` in a 1 GB container). ``keeps``: the compile's package will be kept, which the advice says.
+
+    Raises:
+        alexnet.memory.MemoryBudgetError
+    """
+    tensors = (*program.state_dict.values(), *program.constants.values())
+    weights = sum(t.numel() for t in tensors if isinstance(t, torch.Tensor))
+    advice = "free memory or raise the limit"
+    if kept:
+        what, need = "loading", KEPT_FIXED + KEPT_PER_WEIGHT * weights
+        needing = f"the compiled program kept for this one ({weights / 1e6:.1f} M weights) needs"
+    else:
+        what, need = "compiling", COMPILE_FIXED + COMPILE_PER_WEIGHT * weights
+        needing = f"a program of {weights / 1e6:.1f} M weights needs, while inductor compiles it,"
+        advice += " (once compiled it is kept, and later loads need less)" if keeps else ""
+    check_need(what, needing, int(need), advice)
 
 
 def _device(program: torch.export.ExportedProgram) -> torch.device:
@@ -169,7 +207,7 @@ def seven_bit_weights(program: torch.export.ExportedProgram) -> torch.export.Exp
         if zeros[z].any():  # not symmetric: halving the weights would need the zero points halved too
             raise ValueError(f"{node.name}: int8 weights with a zero point")
         if w not in halved:
-            weights[w] = torch.round(weights[w].float() / 2).to(torch.int8)  # -128..127 → -64..64
+            weights[w] = _halved(weights[w])
         if s not in halved:
             scales[s] = scales[s] * 2
         halved |= {w, s}
@@ -177,6 +215,14 @@ def seven_bit_weights(program: torch.export.ExportedProgram) -> torch.export.Exp
     program.graph_module.recompile()
     log.debug("int8 weights on 7 bits: this CPU has no VNNI, and oneDNN's int8 sums would overflow at 8")
     return program
+
+
+def _halved(w: torch.Tensor) -> torch.Tensor:
+    """``torch.round(w / 2)`` of int8 ``w`` (halves to even: -128..127 → -64..64), in int8 throughout: through
+    float each step made a copy of 4 bytes a weight (`alexnet_owt`'s fc6: 151 MB each), which had the load of its int8
+    program killed in an 800 MB memory cgroup before the compile's memory was checked."""
+    floor = w >> 1  # floor(w / 2), -64..63
+    return floor + (w & floor & 1)  # an odd w is a half: up to the even neighbour where the floor is odd
 
 
 class Int8Model(ExportedModule):
