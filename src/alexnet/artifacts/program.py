@@ -136,9 +136,10 @@ def aot_compile(
 # inductor's lowering and code, the C++ compiler, copies of the frozen weights. Measured on 2 cores of an AMD EPYC
 # (Zen 3), torch 2.14.1 and g++ 12, as the memory left at this check in the largest memory cgroup a load was killed
 # (or thrashed) in and the smallest it ran in. Compiling, 200 MB + 1.4 B a weight (285 MB for alexnet_owt's 61 M) is
-# under every program measured: alexnet_owt in bf16 needed 292-391 MB, in int8 and fp32 more than 670 and 972;
-# alexnet_small (4 M weights) in int8 and fp32 more than 329 and 372. Loading a kept package (`program_cache`), 40 MB
-# + 1 B a weight: alexnet_owt's int8 one needed 115-138 MB, its fp32 one 373-572.
+# under every program measured: alexnet_owt in bf16 ran with 391 MB left and thrashed in a cgroup 100 MB smaller, in
+# int8 and fp32 needed more than 670 and 972; alexnet_small (4 M weights) in int8 and fp32 more than 329 and 372.
+# Loading a kept package (`program_cache`), 40 MB + 1 B a weight: alexnet_owt's int8 one needed 115-138 MB, its fp32
+# one 373-572.
 COMPILE_FIXED, COMPILE_PER_WEIGHT = 200_000_000, 1.4
 KEPT_FIXED, KEPT_PER_WEIGHT = 40_000_000, 1
 
@@ -146,7 +147,7 @@ KEPT_FIXED, KEPT_PER_WEIGHT = 40_000_000, 1
 def check_compile_memory(program: torch.export.ExportedProgram, kept: bool, keeps: bool = False) -> None:
     """Refuse a compile of ``program`` (or, ``kept``, the load of its kept package) where the memory left cannot hold
     what it takes: the out-of-memory killer would end the process without a word (`alexnet predict` of an int8
-    `alexnet_owt` in a 1 GB container). ``keeps``: the compile's package will be kept, which the advice says.
+    `alexnet_owt` in an 800 MB memory cgroup). ``keeps``: the compile's package will be kept, which the advice says.
 
     Raises:
         alexnet.memory.MemoryBudgetError
