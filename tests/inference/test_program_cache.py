@@ -186,7 +186,7 @@ def test_a_package_others_could_have_written_is_not_taken(tmp_path, monkeypatch)
 
 
 def test_a_compile_the_memory_left_cannot_hold_is_refused_before_it_starts(tmp_path, monkeypatch, compiles):
-    """The out-of-memory killer ended `alexnet predict` of an int8 `alexnet_owt` in a 1 GB container without a word,
+    """The out-of-memory killer ended `alexnet predict` of an int8 `alexnet_owt` in an 800 MB cgroup without a word,
     while inductor compiled it: a compile, and the load of a kept package, are set against the memory left first."""
     from alexnet import memory
     from alexnet.artifacts import program as program_module
