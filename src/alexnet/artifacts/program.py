@@ -132,16 +132,32 @@ def aot_compile(
         return torch._inductor.aoti_load_package(package).loader.boxed_run
 
 
-# What a compile takes beyond what is in use when it starts, at the least (bytes: fixed, and a weight of the program):
-# inductor's lowering and code, the C++ compiler, copies of the frozen weights. Measured on 2 cores of an AMD EPYC
-# (Zen 3), torch 2.14.1 and g++ 12, as the memory left at this check in the largest memory cgroup a load was killed
-# (or thrashed) in and the smallest it ran in. Compiling, 200 MB + 1.4 B a weight (285 MB for alexnet_owt's 61 M) is
-# under every program measured: alexnet_owt in bf16 ran with 391 MB left and thrashed in a cgroup 100 MB smaller, in
-# int8 and fp32 needed more than 670 and 972; alexnet_small (4 M weights) in int8 and fp32 more than 329 and 372.
-# Loading a kept package (`program_cache`), 40 MB + 1 B a weight: alexnet_owt's int8 one needed 115-138 MB, its fp32
-# one 373-572.
-COMPILE_FIXED, COMPILE_PER_WEIGHT = 200_000_000, 1.4
+# What a compile takes beyond what is in use when it starts, at the least (bytes: fixed, and a weight of the program,
+# by the dtype most of its weights are in): inductor's lowering and code, the C++ compiler, copies of the frozen
+# weights. Measured as the memory left at this check in the largest memory cgroup a load was killed (or thrashed) in
+# and the smallest it ran in, torch 2.14.1 and g++ 12, on 2 cores of an AMD EPYC (Zen 3, AVX2) and of an Intel Xeon
+# with AMX; each floor lies under every need measured. int8, 250 MB + 6 B a weight (593 MB for alexnet_owt's 57 M):
+# alexnet_owt needed 658-708 MB (Xeon) and more than 670 (Zen 3), alexnet_small (4 M weights) 299-349 and more than
+# 329. fp32, 250 MB + 10 B a weight: alexnet_owt 990-1,090 and more than 972, alexnet_small more than 372 (Zen 3).
+# Others (bf16), 200 MB + 1.4 B a weight: alexnet_owt ran with 391 MB left on the Zen 3 (it needed 417-619 on the
+# Xeon). Loading a kept package (`program_cache`), 40 MB + 1 B a weight: alexnet_owt's int8 one needed 115-138 MB,
+# its fp32 one 373-572 (Zen 3).
+COMPILE_FLOORS = {torch.int8: (250_000_000, 6), torch.float32: (250_000_000, 10)}
+COMPILE_FLOOR = (200_000_000, 1.4)
 KEPT_FIXED, KEPT_PER_WEIGHT = 40_000_000, 1
+
+
+def compile_floor(program: torch.export.ExportedProgram) -> tuple[int, int]:
+    """The number of weights in ``program`` and the bytes its compile needs at the least (see `COMPILE_FLOORS`)."""
+    counts: dict[torch.dtype, int] = {}
+    for t in (*program.state_dict.values(), *program.constants.values()):
+        if isinstance(t, torch.Tensor):
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    weights = sum(counts.values())
+    fixed, per_weight = (
+        COMPILE_FLOORS.get(max(counts, key=counts.__getitem__), COMPILE_FLOOR) if counts else COMPILE_FLOOR
+    )
+    return weights, int(fixed + per_weight * weights)
 
 
 def check_compile_memory(program: torch.export.ExportedProgram, kept: bool, keeps: bool = False) -> None:
@@ -152,17 +168,16 @@ def check_compile_memory(program: torch.export.ExportedProgram, kept: bool, keep
     Raises:
         alexnet.memory.MemoryBudgetError
     """
-    tensors = (*program.state_dict.values(), *program.constants.values())
-    weights = sum(t.numel() for t in tensors if isinstance(t, torch.Tensor))
+    weights, need = compile_floor(program)
     advice = "free memory or raise the limit"
     if kept:
-        what, need = "loading", KEPT_FIXED + KEPT_PER_WEIGHT * weights
+        what, need = "loading", int(KEPT_FIXED + KEPT_PER_WEIGHT * weights)
         needing = f"the compiled program kept for this one ({weights / 1e6:.1f} M weights) needs"
     else:
-        what, need = "compiling", COMPILE_FIXED + COMPILE_PER_WEIGHT * weights
+        what = "compiling"
         needing = f"a program of {weights / 1e6:.1f} M weights needs, while inductor compiles it,"
         advice += " (once compiled it is kept, and later loads need less)" if keeps else ""
-    check_need(what, needing, int(need), advice)
+    check_need(what, needing, need, advice)
 
 
 def _device(program: torch.export.ExportedProgram) -> torch.device:
