@@ -219,9 +219,9 @@ def test_a_compile_the_memory_left_cannot_hold_is_refused_before_it_starts(tmp_p
 
 
 def test_each_kind_of_program_has_its_own_compile_floor():
-    """int8 and fp32 programs take several times what a bf16 one takes to compile (alexnet_owt: 658-708 and 990-1,090
-    MB left against 417-619 on a Xeon with AMX), so one floor for all left int8 loads killed without a word in cgroups
-    of 0.95-1.2 GB: each is set by the dtype most of the program's weights are in."""
+    """int8 and fp32 programs take more to compile than a bf16 one (alexnet_owt: 658-708 and 990-1,090 MB left against
+    417-619 on a Xeon with AMX; the bf16 one ran with 391 on a Zen 3), so one floor under all of them left int8 loads
+    killed without a word in cgroups of 0.95-1.2 GB: each is set by the dtype most of the program's weights are in."""
     from alexnet.artifacts import program as program_module
     from alexnet.inference.quantize import quantize_graph
 
