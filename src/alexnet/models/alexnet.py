@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .init import initialize
-from .layers import AdaptiveAvgPool2d, Dropout, Features, Linear, LocalResponseNorm, Stack, StemConv2d
+from .layers import AdaptiveAvgPool2d, Conv2d, Dropout, Features, Linear, LocalResponseNorm, Stack, StemConv2d
 from .specs import POOLS, ArchSpec
 
 
@@ -44,7 +44,7 @@ class AlexNet(nn.Module):
             groups = spec.groups if conv.tower else 1
             batch_norm = spec.norm == "batch"
             # The first takes the image: in bf16 training on a CPU with AMX a strided one runs as space-to-depth.
-            layer = StemConv2d if not convs and conv.stride > 1 else nn.Conv2d
+            layer = StemConv2d if not convs and conv.stride > 1 else Conv2d
             convs.append(layer(prev, out, conv.kernel, conv.stride, conv.pad, groups=groups))
             stage: list[nn.Module] = [nn.BatchNorm2d(out, momentum=spec.bn_momentum)] if batch_norm else []
             stage.append(_activation(spec.activation))

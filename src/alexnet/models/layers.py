@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import native
-from . import amx_fc, fused_bn, fused_lrn, fused_pool, fused_stem, gemv, onednn_fc
+from . import amx_fc, fused_bn, fused_lrn, fused_pool, fused_stem, gemv, onednn_fc, packed_conv
 
 
 class LocalResponseNorm(nn.Module):
@@ -163,7 +163,19 @@ def _plain_pool(m: nn.Module) -> bool:
     return _square_pool(m) and m.padding == 0
 
 
-class StemConv2d(nn.Conv2d):
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose bf16 inference on a CPU with AMX runs on its weight laid out for oneDNN once rather than
+    reordered on every call (`packed_conv`: ``alexnet_owt`` at batch 1 1.12×, the outputs the same bit for bit).
+    Elsewhere (training, other dtypes and devices, tracers, ``ALEXNET_PACKED_CONV=0``) it is ``nn.Conv2d``.
+    Parameters and state dict are ``nn.Conv2d``'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if packed_conv.usable(self, x):
+            return packed_conv.conv2d(self, x)
+        return super().forward(x)
+
+
+class StemConv2d(Conv2d):
     """``nn.Conv2d`` for a strided convolution over few input channels (conv1: 3 channels, 11 × 11, stride 4), which
     in bf16 training on a CPU with native bf16 products (AMX, AVX512-BF16) runs as space-to-depth: each s × s block of
     input pixels becomes s²·C channels and the kernel, zero-padded to a multiple of s, becomes a ⌈k/s⌉ × ⌈k/s⌉ kernel
@@ -303,6 +315,7 @@ def _tracing() -> bool:
 
 _STANDARD = {
     AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d,
+    Conv2d: nn.Conv2d,
     StemConv2d: nn.Conv2d,
     Linear: nn.Linear,
     Dropout: nn.Dropout,
@@ -345,13 +358,13 @@ def matmul_weights_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 @contextlib.contextmanager
 def standard_modules(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` with torch's own modules while the block runs (the same objects, weights untouched): `StemConv2d` as
-    ``nn.Conv2d``, `Linear` as ``nn.Linear``, `Dropout` as ``nn.Dropout``, `Features` and `Stack` as ``nn.Sequential``,
-    ReLU in place as torchvision has it. For what traces it into a program (``torch.export``, the int8 quantizer, ONNX,
-    TorchScript): their graphs are then the standard ones. The int8 quantizer (torchao's X86InductorQuantizer) picks
-    layers by module type: given `StemConv2d` it left conv1 in fp32, and ``alexnet_owt``'s batch-64 program ran at
-    955-1,511 img/s instead of 1,500-2,650 (2 cores of an Intel Xeon with AMX, before `alexnet.artifacts.aoti_cpu`
-    aligned its weights)."""
+    """``model`` with torch's own modules while the block runs (the same objects, weights untouched): `Conv2d` and
+    `StemConv2d` as ``nn.Conv2d``, `Linear` as ``nn.Linear``, `Dropout` as ``nn.Dropout``, `Features` and `Stack` as
+    ``nn.Sequential``, ReLU in place as torchvision has it. For what traces it into a program (``torch.export``, the
+    int8 quantizer, ONNX, TorchScript): their graphs are then the standard ones. The int8 quantizer (torchao's
+    X86InductorQuantizer) picks layers by module type: given `StemConv2d` it left conv1 in fp32, and ``alexnet_owt``'s
+    batch-64 program ran at 955-1,511 img/s instead of 1,500-2,650 (2 cores of an Intel Xeon with AMX, before
+    `alexnet.artifacts.aoti_cpu` aligned its weights)."""
     changed: list[tuple[nn.Module, type]] = []
     relus: list[nn.ReLU] = []
     for m in model.modules():
