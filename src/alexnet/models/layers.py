@@ -165,7 +165,7 @@ def _plain_pool(m: nn.Module) -> bool:
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` whose bf16 inference on a CPU with AMX runs on its weight laid out for oneDNN once rather than
-    reordered on every call (`packed_conv`: ``alexnet_owt`` at batch 1 1.12×, the outputs the same bit for bit).
+    reordered on every call (`packed_conv`: ``alexnet_owt`` at batch 1 1.09×, the outputs the same bit for bit).
     Elsewhere (training, other dtypes and devices, tracers, ``ALEXNET_PACKED_CONV=0``) it is ``nn.Conv2d``.
     Parameters and state dict are ``nn.Conv2d``'s."""
 

@@ -6,14 +6,15 @@ blocked layout its kernel reads on every call: at batch 1 on 2 cores of an Intel
 (0.78). Here the weight is reordered once (``mkldnn::_reorder_convolution_weight``, what inductor's freezing does) and
 kept for the input shape it was laid out for; the convolution then runs on it (``mkldnn::_convolution_pointwise``,
 no post-op). The same kernel on the same values: the outputs are torch's bit for bit. Measured there, eight
-interleaved rounds, bf16 weights as `alexnet.Predictor` casts them: ``alexnet_owt`` at batch 1 1.12× (1.09-1.14),
-``alexnet_paper`` 1.10× (1.05-1.15), ``alexnet_owt`` at batch 8 1.05× (1.01-1.06).
+interleaved rounds in one process with ``ALEXNET_PACKED_CONV=0``, bf16 weights as `alexnet.Predictor` casts them:
+``alexnet_owt`` at batch 1 1.09× (1.06-1.25), ``alexnet_paper`` 1.10× (1.04-1.14), ``alexnet_owt`` at batch 8 1.06×
+(1.03-1.10), at batch 64 1.00× (0.97-1.06).
 
-Inference only (no gradient wanted), bf16 weights on a CPU with AMX (where it was measured; on others the reorders
-are there too, unmeasured), under bf16 autocast or with a bf16 input; a weight
-changed in place, replaced, or met with another input shape is laid out again. The laid-out copies are kept beside
-the modules (a weak mapping), not in them: state dicts, ``copy.deepcopy`` and pickling see ``nn.Conv2d``. Tracers
-and compilers see ``F.conv2d``; ``ALEXNET_PACKED_CONV=0`` turns it off.
+Inference only (no gradient wanted), bf16 weights on a CPU with AMX (where it was measured; on others the reorders are
+there too, unmeasured), under bf16 autocast or with a bf16 input. A weight changed in place, replaced, or met with
+another input shape is laid out again. The laid-out copies are kept beside the modules (a weak mapping), not in them:
+state dicts, ``copy.deepcopy`` and pickling carry none of them. Tracers and compilers see ``F.conv2d``;
+``ALEXNET_PACKED_CONV=0`` turns it off.
 """
 
 from __future__ import annotations
