@@ -154,9 +154,7 @@ def compile_floor(program: torch.export.ExportedProgram) -> tuple[int, int]:
         if isinstance(t, torch.Tensor):
             counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
     weights = sum(counts.values())
-    fixed, per_weight = (
-        COMPILE_FLOORS.get(max(counts, key=counts.__getitem__), COMPILE_FLOOR) if counts else COMPILE_FLOOR
-    )
+    fixed, per_weight = COMPILE_FLOORS.get(max(counts, key=counts.__getitem__, default=None), COMPILE_FLOOR)
     return weights, int(fixed + per_weight * weights)
 
 
@@ -168,13 +166,13 @@ def check_compile_memory(program: torch.export.ExportedProgram, kept: bool, keep
     Raises:
         alexnet.memory.MemoryBudgetError
     """
-    weights, need = compile_floor(program)
+    weights, compiling = compile_floor(program)
     advice = "free memory or raise the limit"
     if kept:
         what, need = "loading", int(KEPT_FIXED + KEPT_PER_WEIGHT * weights)
         needing = f"the compiled program kept for this one ({weights / 1e6:.1f} M weights) needs"
     else:
-        what = "compiling"
+        what, need = "compiling", compiling
         needing = f"a program of {weights / 1e6:.1f} M weights needs, while inductor compiles it,"
         advice += " (once compiled it is kept, and later loads need less)" if keeps else ""
     check_need(what, needing, need, advice)

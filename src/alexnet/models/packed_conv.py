@@ -19,13 +19,13 @@ state dicts, ``copy.deepcopy`` and pickling carry none of them. Tracers and comp
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
 from torch import nn
 
 from .. import native
+from .amx_fc import amx  # AMX's bf16 tiles: where it was measured
 
 # module → (weight and bias as weak references, key, laid-out weight): the key names their storage and version and
 # the input's shape; the references, that they are the same tensors (a new one can take a freed one's address).
@@ -61,12 +61,6 @@ def usable(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     )
 
 
-@functools.cache
-def amx() -> bool:
-    """AMX's bf16 tiles (/proc/cpuinfo's amx_bf16): where it was measured."""
-    return "amx_bf16" in native.cpu_flags()
-
-
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` on its weight laid out for oneDNN (laid out now if it was not, or no longer fits). Where `usable`."""
     w, b = conv.weight, conv.bias
@@ -74,7 +68,7 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
     key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version), tuple(x.shape))
     kept = _PACKED.get(conv)
-    if kept is None or kept[0]() is not w or (b is not None and kept[1]() is not b) or kept[2] != key:
+    if kept is None or kept[0]() is not w or kept[1]() is not b or kept[2] != key:
         packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, stride, dilation, conv.groups, list(x.shape))
         refs = weakref.ref(w), (lambda: None) if b is None else weakref.ref(b)
         _PACKED[conv] = kept = (*refs, key, packed)
