@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .alexnet import AlexNet
 from .specs import OVERRIDABLE, VARIANTS, ArchSpec, apply_overrides
@@ -89,6 +88,9 @@ def model_info(name: str, *, num_classes: int = 1000, in_channels: int = 3, **ov
     MACs come from ``torch.utils.flop_counter`` (convolutions and matmuls; FLOPs / 2) on the meta device, so no
     memory is allocated and no arithmetic is done.
     """
+    # Imported here: it imports triton, a tenth of a second that every `import alexnet` paid for this one function.
+    from torch.utils.flop_counter import FlopCounterMode
+
     spec = get_spec(name, **overrides)
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, in_channels=in_channels, **overrides)
