@@ -94,8 +94,11 @@ def test_the_fused_kernel_equals_relu_and_max_pool_apart(shape, k, s, p, dtype, 
         torch.testing.assert_close(want[1].float(), exact, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("channels", [17, 6])
 @pytest.mark.parametrize("relu", [True, False])
-def test_nan_and_infinities_go_where_torch_sends_them(relu, calls, values_calls, monkeypatch):
+def test_nan_and_infinities_go_where_torch_sends_them(relu, channels, calls, values_calls, monkeypatch):
+    """17 channels: the last in the kernel's last vector, which overlaps the first (16 lanes with AVX-512, 8 without);
+    6: fewer than a vector, one at a time."""
     x = _map((1, 17, 5, 5))
     x[0, 1, 1, 1] = float("nan")  # a NaN wins its windows, forward and back (also through the ReLU)
     x[0, 2, 0, 0], x[0, 2, 3, 3] = float("nan"), float("nan")  # two in one window: the later one takes it
@@ -103,9 +106,12 @@ def test_nan_and_infinities_go_where_torch_sends_them(relu, calls, values_calls,
     x[0, 4, 0, 0], x[0, 4, 1, 1] = float("inf"), float("-inf")  # they sum to NaN as a NaN would: still inf
     x[0, 5, 4, 4] = float("nan")  # a NaN in the last place of its windows, after the maximum
     x[0, 16] = float("inf")
-    x[0, 16, 2, 2] = float("nan")  # channel 16: past the kernel's vectors of 16, its one-at-a-time path
+    x[0, 16, 2, 2] = float("nan")  # channel 16: past the kernel's first vector
+    x = x[:, :channels].contiguous(memory_format=torch.channels_last)
     layers = [nn.ReLU()] * relu + [nn.MaxPool2d(3, 2, padding=1)]
-    grad = torch.arange(1.0, 1 + 17 * 9).reshape(1, 17, 3, 3).contiguous(memory_format=torch.channels_last)
+    grad = (
+        torch.arange(1.0, 1 + 17 * 9).reshape(1, 17, 3, 3)[:, :channels].contiguous(memory_format=torch.channels_last)
+    )
     want = _run(Stack(*layers), x, grad, False, monkeypatch)
     got = _run(Stack(*layers), x, grad, True, monkeypatch)
     with torch.no_grad():
