@@ -39,20 +39,22 @@ def test_console_script_runs():
     assert version.returncode == 0 and version.stdout.strip() == f"alexnet {alexnet.__version__}"
 
 
-def test_the_commands_exit_without_the_interpreters_last_collection():
+@pytest.mark.parametrize(("words", "code", "out"), [(["models"], 0, "alexnet_small"), (["--version"], 0, "alexnet")])
+def test_the_commands_exit_without_the_interpreters_last_collection(words, code, out):
     """The console script and ``python -m alexnet.cli`` end through `run`, which freezes what is left for the exit
-    (the interpreter's last garbage collection took 0.4-0.5 s of a short command); the output is all there."""
+    (the interpreter's last garbage collection took about 0.5 s of a short command), also where argparse ends the
+    command (``--version``, ``--help``, a usage error); the output is all there."""
     import tomllib
 
     scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"alexnet": "alexnet.cli:run"}
     probe = (
-        "import atexit, gc, runpy, sys; sys.argv = ['alexnet', 'models'];"
+        f"import atexit, gc, runpy, sys; sys.argv = ['alexnet', *{words!r}];"
         "atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr));"
         "runpy.run_module('alexnet.cli', run_name='__main__')"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "alexnet_small" in done.stdout, done.stderr
+    assert done.returncode == code and out in done.stdout, done.stderr
     assert done.stderr.split()[:1] == ["frozen"] and int(done.stderr.split()[1]) > 10_000, done.stderr
 
 
