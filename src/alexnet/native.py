@@ -210,6 +210,19 @@ def enabled(switch: str) -> bool:
     return os.environ.get(switch, "1") != "0"
 
 
+def tracing() -> bool:
+    """Whether a tracer or compiler is at work (TorchScript, ``torch.compile``, ``torch.export``): the programs they
+    write see torch's own operators, so they depend on no kernel of this library."""
+    import torch  # imported already by whoever asks; here, so that this module's import needs no torch
+
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
 def compile_constant(fn: Any) -> Any:
     """Mark ``fn`` (no arguments) as a constant to ``torch.compile``: it is called once while a graph is traced and
     its answer kept, rather than traced into or breaking the graph. In eager mode it runs on every call."""

@@ -38,9 +38,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """Whether ``x`` (N, in) times ``weight`` (out, in) plus ``bias`` runs here: bf16 on a CPU with AMX (under
     autocast, or every operand bf16), a weight of `MIN_WEIGHTS` or more, shapes matching, no tracer or
     compiler."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    if torch.compiler.is_exporting():
+    if native.tracing():
         return False
     autocast = torch.is_autocast_enabled("cpu")
     dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype

@@ -35,9 +35,7 @@ def kernel() -> Any | None:
 def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether ``x`` (1, in) times ``weight`` (out, in) plus ``bias`` runs here: one row, every operand a bf16 CPU
     tensor (a contiguous weight), no gradient wanted, no tracer or compiler, a CPU with AVX512-BF16 and no AMX."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    if torch.compiler.is_exporting():
+    if native.tracing():
         return False
     operands = [t for t in (x, weight, bias) if t is not None]
     return (

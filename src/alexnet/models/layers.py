@@ -207,7 +207,7 @@ class StemConv2d(Conv2d):
     def _space_to_depth(self, x: torch.Tensor) -> bool:
         # bf16 training on a CPU with native bf16 products, the measured cases; a plain zero-padded, undilated,
         # ungrouped square convolution.
-        if _tracing() or not _bf16_products():
+        if native.tracing() or not _bf16_products():
             return False
         return (
             x.device.type == "cpu"
@@ -268,7 +268,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = self.output_size if isinstance(self.output_size, tuple) else (self.output_size,) * 2
-        if all(s is None or s == d for s, d in zip(size, x.shape[-2:])) and not _tracing():  # None: the input's
+        if all(s is None or s == d for s, d in zip(size, x.shape[-2:])) and not native.tracing():  # None: the input's
             return x
         return super().forward(x)
 
@@ -282,7 +282,7 @@ class Dropout(nn.Dropout):
     Elsewhere (CUDA's fused kernel, tracers, compilers, p = 1) it is ``nn.Dropout``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not 0 < self.p < 1 or x.device.type != "cpu" or self.inplace or _tracing():
+        if not self.training or not 0 < self.p < 1 or x.device.type != "cpu" or self.inplace or native.tracing():
             return super().forward(x)
         n = x.numel()
         # int64 draws over their whole range, read as int16s uniform on [−32,768, 32,767]: kept from the threshold up
@@ -301,16 +301,6 @@ def _bf16_products() -> bool:
     # AMX's bf16 tiles or AVX512-BF16's dot products (/proc/cpuinfo's amx_bf16, avx512_bf16): where space-to-depth was
     # measured faster. Elsewhere bf16 is converted to fp32 for the products, unmeasured.
     return bool({"amx_bf16", "avx512_bf16"} & native.cpu_flags())
-
-
-def _tracing() -> bool:
-    # Tracers and compilers see the standard operators: the programs they write do not depend on this module.
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    )
 
 
 _STANDARD = {

@@ -35,9 +35,7 @@ _PACKED: weakref.WeakKeyDictionary[nn.Conv2d, tuple] = weakref.WeakKeyDictionary
 def usable(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` runs on a laid-out weight: a bf16 weight (and bias) on a CPU with AMX, a 4-D input in bf16
     or under bf16 autocast, no gradient wanted, zero padding given as numbers, no tracer or compiler."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    if torch.compiler.is_exporting():
+    if native.tracing():
         return False
     w, b = conv.weight, conv.bias
     autocast = torch.is_autocast_enabled("cpu")
