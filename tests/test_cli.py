@@ -39,6 +39,38 @@ def test_console_script_runs():
     assert version.returncode == 0 and version.stdout.strip() == f"alexnet {alexnet.__version__}"
 
 
+def _probe(words: list[str], report: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The command run as ``python -m alexnet.cli`` runs it, ``report`` (an expression) printed to stderr at exit."""
+    probe = (
+        f"import atexit, gc, os, runpy, sys; sys.argv = ['alexnet', *{words!r}];"
+        f"atexit.register(lambda: print({report}, file=sys.stderr));"
+        "runpy.run_module('alexnet.cli', run_name='__main__')"
+    )
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize(
+    ("words", "code", "out"),
+    [
+        (["--help"], 0, "usage: alexnet"),
+        (["--version"], 0, "alexnet "),
+        (["train", "--help"], 0, "--recipe"),
+        (["predict", "--bogus"], 2, "alexnet predict: error: the following arguments are required"),
+        (["eval", "--batch-size", "x"], 2, "alexnet eval: error: argument -b/--batch-size: 'x' is not an integer"),
+    ],
+)
+def test_help_version_and_usage_errors_answer_without_importing_torch(words, code, out):
+    """`import alexnet` and the command line's parser import no torch (1.4 s of a 1.5 s ``alexnet --help``), so
+    these answer at once."""
+    done = _probe(words, "'torch' in sys.modules")
+    assert done.returncode == code, done.stderr
+    assert out in done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == "False", done.stderr
+    imports = "import sys, alexnet, alexnet.cli; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    light = subprocess.run([sys.executable, "-c", imports], capture_output=True, text=True)
+    assert light.stdout.strip() == "[]", light.stderr
+
+
 @pytest.mark.parametrize(("words", "code", "out"), [(["models"], 0, "alexnet_small"), (["--version"], 0, "alexnet")])
 def test_the_commands_exit_without_the_interpreters_last_collection(words, code, out):
     """The console script and ``python -m alexnet.cli`` end through `run`, which freezes what is left for the exit
@@ -48,12 +80,7 @@ def test_the_commands_exit_without_the_interpreters_last_collection(words, code,
 
     scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"alexnet": "alexnet.cli:run"}
-    probe = (
-        f"import atexit, gc, runpy, sys; sys.argv = ['alexnet', *{words!r}];"
-        "atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr));"
-        "runpy.run_module('alexnet.cli', run_name='__main__')"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    done = _probe(words, "'frozen', gc.get_freeze_count()")
     assert done.returncode == code and out in done.stdout, done.stderr
     assert done.stderr.split()[:1] == ["frozen"] and int(done.stderr.split()[1]) > 10_000, done.stderr
 

@@ -2,7 +2,8 @@
 imports a module of a higher layer, and no import cycle exists, between packages or between modules.
 
 The layers, bottom to top (docs/architecture.md draws them):
-0. foundation: errors, files, device, native (the C++ kernels' build), logs (others' loggers quieted), recipes, version
+0. foundation: errors, files, names (what users choose and see, free of torch), device, memory, native (the C++
+   kernels' build), logs (others' loggers quieted), recipes, version
 1. models, data
 2. config (a run's whole configuration: validated against the models and data sets)
 3. artifacts (the trained model and its files)
@@ -26,6 +27,7 @@ LAYERS = {
     "files": 0,
     "device": 0,
     "memory": 0,
+    "names": 0,
     "native": 0,
     "logs": 0,
     "recipes": 0,

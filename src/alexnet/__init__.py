@@ -9,11 +9,16 @@ alexnet.Predictor.from_path("runs/demo/best.safetensors").predict(["shoe.jpg"])
 from importlib import import_module
 from typing import Any
 
-from .models import ModelInfo, get_spec, list_models, model_from_config, model_info
 from .version import __version__
 
-# Training, evaluation, inference and export load on first use, so `import alexnet` stays light.
+# Everything loads on first use: `import alexnet` imports no torch (1.4 s), so the command line's --help, --version
+# and usage errors answer at once, and `alexnet.cli` can set torch's allocator options before torch allocates.
 _LAZY = {
+    "ModelInfo": "models",
+    "get_spec": "models",
+    "list_models": "models",
+    "model_from_config": "models",
+    "model_info": "models",
     "create_model": "api",
     "fit": "training.fit",
     "load_config": "config",
@@ -31,12 +36,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
 
 
-__all__ = [
-    "ModelInfo",
-    "__version__",
-    "get_spec",
-    "list_models",
-    "model_from_config",
-    "model_info",
-    *_LAZY,
-]
+__all__ = ["__version__", *_LAZY]
+
+
+def __dir__() -> list[str]:  # the lazy names too, as `dir()` and tab completion list a module's names
+    return sorted({*globals(), *_LAZY})

@@ -17,8 +17,8 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .data.config import DataConfig
-from .device import PRECISIONS
 from .errors import AlexNetError, ConfigError
+from .names import PRECISIONS
 from .version import __version__
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import logging
 import torch
 
 from .errors import ConfigError
+from .names import PRECISIONS
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -11,7 +11,6 @@ training checkpoints.
 from __future__ import annotations
 
 import math
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 from ..config import config_from_dict
 from ..data.batch import BatchTransform
 from ..errors import AlexNetError, CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
+from ..names import display_label
 from .checkpoint import load_checkpoint, load_weights, read_weights_meta, weights_header
 
 FORMAT_VERSION = 1
@@ -166,21 +166,6 @@ class Preprocessing:
         tree = asdict(self)
         tree["mean"], tree["std"] = list(self.mean), None if self.std is None else list(self.std)
         return tree
-
-
-def display_label(name: str) -> str:
-    """``name`` safe to print or plot: control characters (escape sequences, newlines, bidi overrides) escaped
-    as ``\\xNN`` / ``\\uNNNN``, a file name's bytes that are not UTF-8 as ``\\xNN``, and maths markers left to the
-    caller (plots render labels as plain text)."""
-    out = []
-    for ch in name:
-        if 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte of a file name that is not UTF-8 (os.listdir's surrogateescape)
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 @dataclass(frozen=True)

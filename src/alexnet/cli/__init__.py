@@ -20,8 +20,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from ..artifacts.trained import display_label
 from ..errors import AlexNetError, TrainingInterrupted, out_of_memory
+from ..names import display_label
 from . import catalog, paper, train, use
 from .options import __doc__ as WEIGHTS_RULE
 

@@ -38,8 +38,8 @@ def add_weights(p: argparse.ArgumentParser) -> None:
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from ..artifacts.trained import display_label
     from ..artifacts.weights import cache_state, list_weights
+    from ..names import display_label
 
     damaged = 0
     for w in list_weights():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..device import PRECISIONS
+from ..names import PRECISIONS
 
 WEIGHTS_HELP = "published weights (alexnet weights lists them), our .safetensors or .pt files"
 DEVICE_HELP = "auto (the default: CUDA, else MPS, else the CPU), cpu, cuda, cuda:N, mps"

@@ -71,8 +71,8 @@ def add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..artifacts.trained import display_label
     from ..inference.evaluate import evaluate_checkpoint
+    from ..names import display_label
 
     if args.single_view and args.translate_tta:
         raise ConfigError("--single-view and --translate-tta are exclusive: translated views are more views")
@@ -154,9 +154,9 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..artifacts.trained import display_label
     from ..data.decode import expand_inputs
     from ..inference.predictor import Predictor
+    from ..names import display_label
 
     names = expand_inputs(args.inputs)  # an empty argument, or a folder or glob with no image, fails here
     if names.count("-") > 1:
@@ -199,11 +199,11 @@ def add_features(p: argparse.ArgumentParser) -> None:
 def run_features(args: argparse.Namespace) -> int:
 
     from ..artifacts.loader import load_network
-    from ..artifacts.trained import display_label
     from ..data.decode import expand_inputs
     from ..errors import AlexNetError
     from ..files import check_outputs, check_replaceable, write_bytes
     from ..inference.features import NoFeaturesError, write_features
+    from ..names import display_label
 
     if not args.out.endswith(".npy"):
         raise AlexNetError(f"--out {args.out}: the features are a NumPy array, name the file .npy")
@@ -245,7 +245,7 @@ def _order_line(name: str) -> bytes:
     file system has it), a line break inside a name escaped as `predict` prints it."""
     import os
 
-    from ..artifacts.trained import display_label
+    from ..names import display_label
 
     return os.fsencode(display_label(name) if "\n" in name or "\r" in name else name) + b"\n"
 

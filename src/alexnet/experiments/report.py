@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from ..artifacts.trained import display_label
 from ..evaluation import Evaluation
 from ..files import MB, InputFileError, read_json_input, read_text_input, save_figure, write_bytes, write_text
 from ..models.inspect import conv1_weight, scaled_kernels
+from ..names import display_label
 
 
 def _pyplot():

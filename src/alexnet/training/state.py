@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from ..artifacts.checkpoint import load_checkpoint
-from ..artifacts.trained import check_finite, display_label, meta_from_checkpoint
+from ..artifacts.trained import check_finite, meta_from_checkpoint
 from ..config import Config
 from ..errors import CorruptCheckpointError, IncompatibleCheckpointError, NonFiniteWeightsError
+from ..names import display_label
 
 log = logging.getLogger(__name__)
 VERSION = 1
