@@ -587,3 +587,11 @@ def test_output_to_a_full_disk_is_one_line(tmp_path):
             )
         assert done.returncode == 2, done.stderr
         assert done.stderr == f"alexnet {argv[0]}: error: could not write its output: No space left on device\n"
+
+
+def test_the_top_level_help_states_the_shared_flags_rule_as_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--weights NAME|PATH names a trained model everywhere" in " ".join(out.split())
+    assert "``" not in out and "The flags several commands share" not in out  # the docstring's markup and heading

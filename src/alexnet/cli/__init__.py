@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="alexnet",
         description="AlexNet (Krizhevsky, Sutskever and Hinton, 2012): train, evaluate, predict, export, serve.",
-        epilog=" ".join(WEIGHTS_RULE.split()),
+        # the shared flags' rule, without the module docstring's first line (for readers of the code) or its markup
+        epilog=" ".join(WEIGHTS_RULE.split("\n\n", 1)[1].replace("``", "").split()),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
