@@ -176,3 +176,16 @@ def test_the_version_is_the_one_pyproject_declares():
 
     pyproject = tomllib.loads((SRC.parent / "pyproject.toml").read_text())
     assert alexnet.__version__ == pyproject["project"]["version"]
+
+
+def test_the_package_loads_its_names_and_subpackages_on_first_use():
+    """`import alexnet` imports no torch (`test_cli` checks it in a fresh process); what it offers still comes on
+    first use: the everyday names, and its subpackages as attributes, as when the package imported them itself."""
+    import alexnet
+
+    for name in alexnet.__all__:
+        assert getattr(alexnet, name) is not None, name
+    assert "alexnet_paper" in alexnet.models.list_models() and alexnet.errors.AlexNetError
+    assert set(alexnet.__all__) <= set(dir(alexnet))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        alexnet.nope  # noqa: B018

@@ -33,6 +33,12 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    if not name.startswith("_"):  # a subpackage on first use (`alexnet.models.list_models()` after `import alexnet`)
+        try:
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":  # a module it imports is missing: that is the error to see
+                raise
     raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
 
 
