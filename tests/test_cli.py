@@ -336,6 +336,26 @@ def test_an_unwritable_out_fails_before_training(tmp_path, capsys):
     assert "cannot write the run directory" in err and len(err.strip().splitlines()) == 1
 
 
+def test_eval_of_a_split_without_some_classes_gives_them_no_accuracy_not_0(tmp_path, capsys):
+    """A split that holds no image of a class (here the first batch of a folder, which is in class order) has no
+    accuracy for it: null in JSON, "no images" in the table; they said 0.00%, as if every one had been missed."""
+    from alexnet.training.fit import fit
+    from tests.conftest import make_folder, tiny_config
+
+    root = make_folder(tmp_path / "imgs", classes=("cat", "dog", "eel"), per_class=4)
+    folder = ['data.dataset="folder"', f'data.data_dir="{root}"', "data.batch_size=4"]
+    fit(tiny_config(tmp_path / "run", *folder, "train.epochs=1"))
+    capsys.readouterr()
+    args = ["eval", "--weights", str(tmp_path / "run" / "best.safetensors"), "-b", "4", "--limit-val-batches", "1"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 4 and result["per_class_acc"]["dog"] is None and result["per_class_acc"]["eel"] is None
+    assert result["per_class_acc"]["cat"] in (0.0, 25.0, 50.0, 75.0, 100.0)
+    assert main(args) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["dog"] == rows["eel"] == ["no", "images"] and rows["cat"][0].endswith("%")
+
+
 def test_eval_writes_results_before_figures_and_plots_maths_names_as_text(tmp_path, capsys):
     from alexnet.training.fit import fit
     from tests.conftest import make_folder, tiny_config

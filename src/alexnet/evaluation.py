@@ -48,7 +48,8 @@ class Evaluation:
     Attributes:
         loss: mean cross-entropy (of the view-averaged softmax with several views).
         acc1, acc5: top-1 and top-5 accuracy, percent.
-        per_class_acc: top-1 accuracy of each class, percent, in class order.
+        per_class_acc: top-1 accuracy of each class, percent, in class order; NaN for a class the split holds no
+            image of.
         confusion: (classes, classes) int64 counts; rows are the true class, columns the predicted one.
         images: how many images were scored.
         classes: the class names, where the caller knows them.
@@ -144,7 +145,10 @@ def evaluate(
             torch.distributed.all_reduce(t)
         loss_sum, seen = totals.tolist()
     matrix = confusion.view(c, c).cpu()  # rows: true class, columns: predicted
-    per_class = (matrix.diag() / matrix.sum(1).clamp_min(1)).mul(100).tolist()
+    # A class the split holds no image of has no accuracy (NaN: null in JSON, "no images" when shown), not 0%:
+    # a split without it (a folder's, a --limit-val-batches prefix) said the model got all of them wrong.
+    counts = matrix.sum(1)
+    per_class = torch.where(counts > 0, matrix.diag() / counts.clamp_min(1) * 100, math.nan).tolist()
     acc1 = 100 * matrix.diag().sum().item() / max(seen, 1)
     acc5 = 100 * top5_hits.item() / max(seen, 1)
     return Evaluation(loss_sum / max(seen, 1), acc1, acc5, per_class, matrix, int(seen))

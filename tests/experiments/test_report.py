@@ -33,3 +33,9 @@ def test_class_names_and_values_read_as_they_are(tmp_path):
     assert "| model | alexnet_small |" in path.read_text()  # an underscore in a word stays (demo prints it)
     names = [n.replace("\t", "\\x09") for n in NAMES]
     assert [r for r in rows if len(r) == 2 and r[1].endswith(".0")] == [[n, f"{i}.0"] for i, n in enumerate(names)]
+
+
+def test_a_class_the_split_holds_no_image_of_says_so_not_zero(tmp_path):
+    evaluation = Evaluation(1.0, 50.0, 90.0, [75.0, float("nan"), 0.0], images=8, classes=["cat", "dog", "eel"])
+    rows = _tables(write_report(tmp_path, "a run", {}, evaluation).read_text())
+    assert [r for r in rows if r[0] in ("cat", "dog", "eel")] == [["cat", "75.0"], ["dog", "no images"], ["eel", "0.0"]]

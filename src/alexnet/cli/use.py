@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -112,7 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
             + (f"  ({summary['models']} models, softmax averaged)" if summary["models"] > 1 else "")
         )
         for name, acc in per_class.items():
-            print(f"  {display_label(name):<24} {acc:6.2f}%")
+            print(f"  {display_label(name):<24} " + (f"{acc:6.2f}%" if math.isfinite(acc) else "no images"))
         sys.stdout.flush()
     if args.out:  # written only where asked
         from ..files import write_text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,10 @@ def write_report(
         "| class | accuracy (%) |",
         "|---|---:|",
     ]
-    lines += [f"| {markdown_text(c)} | {a:.1f} |" for c, a in zip(e.classes, e.per_class_acc)]
+    lines += [
+        f"| {markdown_text(c)} | {f'{a:.1f}' if math.isfinite(a) else 'no images'} |"
+        for c, a in zip(e.classes, e.per_class_acc)
+    ]
     figures = [
         ("training curves", "curves.png"),
         ("conv1 filters (the paper's Figure 3)", "conv1_filters.png"),
