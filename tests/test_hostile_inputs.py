@@ -361,6 +361,35 @@ def test_an_onnx_file_is_named_as_one_where_ours_are_read(files, tmp_path, capsy
     assert not any(out.iterdir())
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "--weights", "{r}", "{img}"],
+        ["eval", "--weights", "{r}", "--dataset", "fake"],
+        ["export", "--weights", "{r}", "--format", "onnx", "--out", "{d}/m.onnx"],
+        ["serve", "--weights", "{r}", "--port", "0"],
+        ["train", "--dataset", "fake", "--weights", "{r}", "--out", "{d}/run"],
+    ],
+)
+def test_a_run_directory_given_as_the_model_names_its_model_files(files, tmp_path, capsys, argv):
+    """`--weights runs/demo` (the run, not a file in it) said only "checkpoint runs/demo is a directory"; it now
+    names the files that load, the best epoch's weights first; an empty directory is named as not a model file."""
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    for name in ("last.pt", "metrics.csv", "best.safetensors", "report.md"):
+        (run / name).write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    words = [w.format(r=run, img=files["image"], d=out) for w in argv]
+    files_named = f"({run}/best.safetensors, {run}/last.pt)"
+    _refused(capsys, words, f"{run} is a directory: give one of its model files {files_named}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    words = [w.format(r=empty, img=files["image"], d=out) for w in argv]
+    _refused(capsys, words, f"{empty} is a directory, not a model file")
+    assert not any(out.iterdir())
+
+
 def test_names_longer_than_a_file_system_takes_are_one_line(files, capsys, tmp_path):
     """A name of more than 255 bytes (the file systems' limit) ended train, eval, export, predict, serve and
     --recipe in OSError tracebacks; names a little shorter were refused by features and export, or ended export in

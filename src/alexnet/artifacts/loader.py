@@ -9,6 +9,9 @@ from .program import load_program
 from .trained import TrainedModel, load_own
 from .weights import resolve
 
+# What `load_trained` reads, in the order a directory's files are suggested (a run's best weights first).
+_MODEL_SUFFIXES = (".safetensors", ".pt", ".pt2", ".pth")
+
 
 def load_trained(path: Path | str) -> TrainedModel:
     """Rebuild a trained model from release weights (``.safetensors``), a training checkpoint (``.pt``), a program
@@ -19,7 +22,7 @@ def load_trained(path: Path | str) -> TrainedModel:
     the file: checkpoints are unpickled with ``weights_only=True``, programs are checked before torch reads them.
 
     Raises:
-        AlexNetError: an ONNX file (`Predictor.from_path` runs those).
+        AlexNetError: an ONNX file (`Predictor.from_path` runs those); a directory (its model files named).
         FileNotFoundError: no such file, and no published weights of that name.
         CorruptCheckpointError: unreadable, or metadata that fails validation (`InvalidMetadataError`).
         UnsafeCheckpointError: a checkpoint or program that would run code when loaded.
@@ -28,6 +31,17 @@ def load_trained(path: Path | str) -> TrainedModel:
         WeightsError: published weights that cannot be downloaded or fail their hash check.
     """
     path = Path(path)
+    if path.is_dir():  # a run's directory, most often: name the files it holds that load
+        found = sorted(
+            (p.name for p in path.iterdir() if p.suffix in _MODEL_SUFFIXES and p.is_file()),
+            key=lambda name: (name != "best.safetensors", _MODEL_SUFFIXES.index(Path(name).suffix), name),
+        )
+        files = ", ".join(str(path / name) for name in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise AlexNetError(
+            f"{path} is a directory: give one of its model files ({files})"
+            if found
+            else f"{path} is a directory, not a model file"
+        )
     if path.suffix == ".onnx":  # read as a checkpoint it would be "not the zip archive torch.save writes"
         raise AlexNetError(
             f"{path} is an ONNX model: `alexnet predict` (or onnxruntime) runs it; this takes the .safetensors or "
