@@ -49,7 +49,9 @@ def test_overrides_and_fields():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["optim.lrr=1"], "unknown key optim.lrr"),
+        (["optim.lrr=1"], r"unknown key optim.lrr; valid keys: \["),
+        (["train.lr=0.1"], r"unknown key train.lr; did you mean optim.lr\? valid keys"),  # a key of another section
+        (["data.epochs=3"], r"unknown key data.epochs; did you mean train.epochs\?"),
         (["optimizer.lr=1"], "unknown section"),
         (["optim.lr=fast"], "wrong type"),
         (["train.epochs=1.5"], "wrong type"),

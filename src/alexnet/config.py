@@ -336,7 +336,13 @@ def _merge(config: Config, tree: dict[str, Any], origin: str) -> None:
                         f"{origin}: unknown key {section}.{key}, written by a newer alexnet than this one "
                         f"({__version__}): upgrade alexnet to read it"
                     )
-                raise AlexNetError(f"{origin}: unknown key {section}.{key}; valid keys: {sorted(hints)}")
+                elsewhere = [  # `train.lr` for `optim.lr`: the key of another section
+                    f"{other.name}.{key}"
+                    for other in dataclasses.fields(config)
+                    if other.name != section and key in get_type_hints(type(getattr(config, other.name)))
+                ]
+                hint = f"did you mean {' or '.join(elsewhere)}? " if elsewhere else ""
+                raise AlexNetError(f"{origin}: unknown key {section}.{key}; {hint}valid keys: {sorted(hints)}")
             setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
 
 
