@@ -489,7 +489,7 @@ def test_an_interrupted_run_is_told_how_its_own_command_continues_it(argv, targe
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
-        (["paper", "fig3", "--weights", "w.safetensors"], "alexnet paper: error: unrecognized arguments: --weights"),
+        (["paper", "fig3", "--batch-size", "4"], "alexnet paper: error: unrecognized arguments: --batch-size 4"),
         (["train", "--bogus", "1"], "alexnet train: error: unrecognized arguments: --bogus 1 (see alexnet train"),
         (["predict", "--weights", "w", "x.png", "--nope"], "(see alexnet predict --help)"),
         # before the command, the top level's (it was train's, whose usage does not list -v and --version)
@@ -497,7 +497,7 @@ def test_an_interrupted_run_is_told_how_its_own_command_continues_it(argv, targe
     ],
 )
 def test_a_flag_a_command_lacks_is_named_by_that_command(argv, line, capsys, tmp_path, monkeypatch):
-    """`alexnet paper fig3 --weights W` said `alexnet: error: ... (see alexnet --help)`: the top level's usage,
+    """`alexnet paper fig3 --batch-size 4` said `alexnet: error: ... (see alexnet --help)`: the top level's usage,
     which lists the commands, not the flags the command does take."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:

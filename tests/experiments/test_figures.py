@@ -143,3 +143,22 @@ def test_features_command_writes_embeddings_in_file_order(two_tower_run, tmp_pat
     lines = (tmp_path / "f.txt").read_bytes().splitlines()
     assert np.load(tmp_path / "f.npy").shape == (5, 512) and len(lines) == 5
     assert names[0] in lines and os.fsencode(tmp_path) + b"/two\\x0alines.png" in lines
+
+
+def test_the_figures_take_the_model_as_weights_too_once_and_only_where_one_is_read(two_tower_run, tmp_path, capsys):
+    """`--weights` names a model in every other command; `paper fig3 --weights RUN` was "unrecognized arguments".
+    Given twice (SOURCE and --weights), or to fig1, which trains its own networks and ignored it, it is one line."""
+    out = tmp_path / "f3"
+    assert main(["paper", "fig3", "--weights", str(two_tower_run), "--out", str(out)]) == 0
+    assert json.loads((out / "fig3.json").read_text())["source"] == str(two_tower_run)
+    for words, said in (
+        (["fig3", str(two_tower_run), "--checkpoint", str(two_tower_run)], "give the model once"),
+        (["fig1", "--weights", str(two_tower_run), "--out", str(tmp_path / "f1")], "fig1 trains its own networks"),
+        (["fig1", str(two_tower_run), "--out", str(tmp_path / "f1")], "fig1 trains its own networks"),
+    ):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            main(["paper", *words])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "f1").exists()

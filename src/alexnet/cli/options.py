@@ -88,7 +88,13 @@ class Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP, many: bool = False, repeat: bool = False) -> None:
+def weights(
+    p: argparse.ArgumentParser,
+    help: str = WEIGHTS_HELP,
+    many: bool = False,
+    repeat: bool = False,
+    required: bool = True,
+) -> None:
     # Several: `alexnet eval`'s ensemble, listed after one --weights or over several (``many``), or, for a command
     # whose positional arguments such a list would swallow (`alexnet predict`'s images), one --weights each
     # (``repeat``). Otherwise one, given once.
@@ -98,7 +104,7 @@ def weights(p: argparse.ArgumentParser, help: str = WEIGHTS_HELP, many: bool = F
         "--weights",
         "--checkpoint",
         dest="weights",
-        required=True,
+        required=required,
         metavar="NAME|PATH",
         nargs=nargs,
         action=action,

@@ -16,6 +16,7 @@ def add_paper(p: argparse.ArgumentParser) -> None:
         "colour specialisation; fig4: top-5 and nearest training images in fc7 space",
     )
     p.add_argument("source", nargs="?", help="fig3, fig4: a run directory, weights or a checkpoint")
+    options.weights(p, "fig3, fig4: the model, as SOURCE (--weights names a model in every command)", required=False)
     p.add_argument(
         "--out", metavar="DIR", help="where the runs and figures go (default runs/fig1, or beside the source)"
     )
@@ -47,8 +48,13 @@ def add_paper(p: argparse.ArgumentParser) -> None:
 
 
 def run_paper(args: argparse.Namespace) -> int:
+    if args.source and args.weights:
+        args.command_parser.error("give the model once: as SOURCE or as --weights")
+    args.source = args.source or args.weights
     if args.experiment in ("fig3", "fig4"):
         return _figure(args)
+    if args.source:  # it was ignored without a word
+        args.command_parser.error("fig1 trains its own networks: a model (SOURCE, --weights) is for fig3 and fig4")
     from ..experiments.paper import figure1
 
     out = args.out or "runs/fig1"
