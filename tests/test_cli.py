@@ -155,6 +155,21 @@ def test_train_then_eval(tmp_path, capsys, monkeypatch):
     )
     held = json.loads(capsys.readouterr().out)
     assert held["images"] == 102 and held["acc1"] == pytest.approx(float(last["val_acc1"]), abs=1e-3)
+    # A run directory is its model: best.safetensors (which knows no held-out split: said so, naming the file)...
+    by_dir = ["eval", "--checkpoint", str(tmp_path / "run"), "--json", "--precision", "fp32", "--split", "val"]
+    assert main(by_dir) == 2
+    assert f"{tmp_path / 'run' / 'best.safetensors'} carries no training config" in capsys.readouterr().err
+    # ... else last.pt, scored on the run's held-out images, whose record beside it is honoured.
+    import shutil
+
+    copy = shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    (copy / "best.safetensors").unlink()
+    assert main([*by_dir[:2], str(copy), *by_dir[3:]]) == 0
+    assert json.loads(capsys.readouterr().out) == held
+    record = json.loads((copy / "held_out.json").read_text())
+    (copy / "held_out.json").write_text(json.dumps({**record, "indices": record["indices"][::-1]}))
+    assert main([*by_dir[:2], str(copy), *by_dir[3:]]) == 2
+    assert "differ from the run's record" in capsys.readouterr().err
     # int8 on the fly of the held-out split: the quantized model carries no run config (as `quantize` returns it),
     # and the split is the run's own all the same (it once read a default config: "trained without data.val_split").
     import dataclasses

@@ -4,6 +4,7 @@ is refused (issue 21 §4, §6): each case runs the command as a user would, unde
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 
@@ -371,23 +372,37 @@ def test_an_onnx_file_is_named_as_one_where_ours_are_read(files, tmp_path, capsy
         ["train", "--dataset", "fake", "--weights", "{r}", "--out", "{d}/run"],
     ],
 )
-def test_a_run_directory_given_as_the_model_names_its_model_files(files, tmp_path, capsys, argv):
-    """`--weights runs/demo` (the run, not a file in it) said only "checkpoint runs/demo is a directory"; it now
-    names the files that load, the best epoch's weights first; an empty directory is named as not a model file."""
-    run = tmp_path / "runs" / "demo"
-    run.mkdir(parents=True)
-    for name in ("last.pt", "metrics.csv", "best.safetensors", "report.md"):
-        (run / name).write_bytes(b"x")
+def test_a_directory_without_a_runs_model_names_the_model_files_it_holds(files, tmp_path, capsys, argv):
+    """A run directory is its model (`best.safetensors`, else `last.pt`); a directory with neither said only
+    "checkpoint DIR is a directory": it names the model files it holds, or that it holds none."""
+    other = tmp_path / "exports"
+    other.mkdir()
+    for name in ("notes.md", "m.pt2", "w.safetensors"):
+        (other / name).write_bytes(b"x")
     out = tmp_path / "out"
     out.mkdir()
-    words = [w.format(r=run, img=files["image"], d=out) for w in argv]
-    files_named = f"({run}/best.safetensors, {run}/last.pt)"
-    _refused(capsys, words, f"{run} is a directory: give one of its model files {files_named}")
+    words = [w.format(r=other, img=files["image"], d=out) for w in argv]
+    _refused(
+        capsys, words, f"{other} has neither best.safetensors nor last.pt", f"({other}/w.safetensors, {other}/m.pt2)"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     words = [w.format(r=empty, img=files["image"], d=out) for w in argv]
-    _refused(capsys, words, f"{empty} is a directory, not a model file")
+    _refused(capsys, words, f"{empty} is a directory with no model file")
     assert not any(out.iterdir())
+
+
+def test_a_run_directory_predicts_as_its_best_weights(files, tmp_path, capsys, caplog):
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    (run / "best.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes())  # the `files` fixture's
+    (run / "last.pt").write_bytes(b"not read: best.safetensors comes first")
+    assert main(["predict", "--weights", files["weights"], files["image"]]) == 0
+    by_file = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        assert main(["predict", "--weights", str(run), files["image"]]) == 0
+    assert capsys.readouterr().out == by_file
+    assert f"{run}: the model in it, best.safetensors" in caplog.text
 
 
 def test_names_longer_than_a_file_system_takes_are_one_line(files, capsys, tmp_path):

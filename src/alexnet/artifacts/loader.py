@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import AlexNetError
@@ -9,20 +10,45 @@ from .program import load_program
 from .trained import TrainedModel, load_own
 from .weights import resolve
 
-# What `load_trained` reads, in the order a directory's files are suggested (a run's best weights first).
+# What `load_trained` reads, in the order a directory's other model files are named.
 _MODEL_SUFFIXES = (".safetensors", ".pt", ".pt2", ".pth")
+log = logging.getLogger(__name__)
+
+
+def model_file(path: Path | str) -> Path:
+    """``path`` itself, or for a directory (a run's, the ``--out`` of ``alexnet train``) the model in it: its
+    ``best.safetensors`` (the best epoch's weights), else its ``last.pt``.
+
+    Raises:
+        AlexNetError: a directory with neither: the model files it does hold are named, if any.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("best.safetensors", "last.pt"):
+        if (path / name).is_file():
+            log.info("%s: the model in it, %s", path, name)
+            return path / name
+    found = sorted(
+        (p.name for p in path.iterdir() if p.suffix in _MODEL_SUFFIXES and p.is_file()),
+        key=lambda name: (_MODEL_SUFFIXES.index(Path(name).suffix), name),
+    )
+    if not found:
+        raise AlexNetError(f"{path} is a directory with no model file (a run's holds best.safetensors or last.pt)")
+    files = ", ".join(str(path / name) for name in found[:3]) + (", ..." if len(found) > 3 else "")
+    raise AlexNetError(f"{path} has neither best.safetensors nor last.pt: give one of its model files ({files})")
 
 
 def load_trained(path: Path | str) -> TrainedModel:
     """Rebuild a trained model from release weights (``.safetensors``), a training checkpoint (``.pt``), a program
-    export or quantize wrote (``.pt2``) or published weights (a registry name such as ``alexnet_owt.IMAGENET1K_V1``,
-    or its file: see `alexnet.artifacts.weights`).
+    export or quantize wrote (``.pt2``), published weights (a registry name such as ``alexnet_owt.IMAGENET1K_V1``,
+    or its file: see `alexnet.artifacts.weights`) or a run directory (its model: `model_file`).
 
     The metadata is validated before the network is built, and the weights must be finite. No format runs code from
     the file: checkpoints are unpickled with ``weights_only=True``, programs are checked before torch reads them.
 
     Raises:
-        AlexNetError: an ONNX file (`Predictor.from_path` runs those); a directory (its model files named).
+        AlexNetError: an ONNX file (`Predictor.from_path` runs those); a directory without a run's model.
         FileNotFoundError: no such file, and no published weights of that name.
         CorruptCheckpointError: unreadable, or metadata that fails validation (`InvalidMetadataError`).
         UnsafeCheckpointError: a checkpoint or program that would run code when loaded.
@@ -31,17 +57,8 @@ def load_trained(path: Path | str) -> TrainedModel:
         WeightsError: published weights that cannot be downloaded or fail their hash check.
     """
     path = Path(path)
-    if path.is_dir():  # a run's directory, most often: name the files it holds that load
-        found = sorted(
-            (p.name for p in path.iterdir() if p.suffix in _MODEL_SUFFIXES and p.is_file()),
-            key=lambda name: (name != "best.safetensors", _MODEL_SUFFIXES.index(Path(name).suffix), name),
-        )
-        files = ", ".join(str(path / name) for name in found[:3]) + (", ..." if len(found) > 3 else "")
-        raise AlexNetError(
-            f"{path} is a directory: give one of its model files ({files})"
-            if found
-            else f"{path} is a directory, not a model file"
-        )
+    if path.is_dir():
+        path = model_file(path)
     if path.suffix == ".onnx":  # read as a checkpoint it would be "not the zip archive torch.save writes"
         raise AlexNetError(
             f"{path} is an ONNX model: `alexnet predict` (or onnxruntime) runs it; this takes the .safetensors or "

@@ -1,8 +1,9 @@
 """The flags several commands share, each defined once with one default and one meaning.
 
 ``--weights NAME|PATH`` names a trained model everywhere (``--checkpoint`` is the same flag): published weights
-(``alexnet weights``), our ``.safetensors`` or ``.pt`` files, or a program we exported. ``train`` starts from it
-(fine-tuning); every other command uses it as it is.
+(``alexnet weights``), our ``.safetensors`` or ``.pt`` files, a program we exported, or a run directory (its
+``best.safetensors``, else its ``last.pt``). ``train`` starts from it (fine-tuning); every other command uses it as
+it is.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from ..names import PRECISIONS
 
-WEIGHTS_HELP = "published weights (alexnet weights lists them), our .safetensors or .pt files"
+WEIGHTS_HELP = "published weights (alexnet weights lists them), our .safetensors or .pt files, a run directory"
 DEVICE_HELP = "auto (the default: CUDA, else MPS, else the CPU), cpu, cuda, cuda:N, mps"
 
 

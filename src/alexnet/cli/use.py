@@ -16,7 +16,7 @@ from . import options
 def add_eval(p: argparse.ArgumentParser) -> None:
     options.weights(
         p,
-        options.WEIGHTS_HELP + ", or a .pt2 program export or quantize wrote; several: scored as one, the softmax "
+        options.WEIGHTS_HELP + " or a .pt2 program export or quantize wrote; several: scored as one, the softmax "
         "averaged over them (the paper's five CNNs)",
         many=True,
     )

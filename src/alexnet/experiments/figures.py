@@ -10,24 +10,13 @@ from typing import Any
 
 import torch
 
-from ..artifacts.loader import load_network
+from ..artifacts.loader import load_network, model_file
 from ..artifacts.trained import TrainedModel
 from ..errors import AlexNetError
 from ..files import check_outputs, is_record, save_figure, write_text
 from ..models.inspect import conv1_weight
 
 log = logging.getLogger(__name__)
-
-
-def resolve(source: Path | str) -> Path:
-    """A weights or checkpoint file, or a run directory (its ``best.safetensors``, else ``last.pt``)."""
-    source = Path(source)
-    if source.is_dir():
-        for name in ("best.safetensors", "last.pt"):
-            if (source / name).is_file():
-                return source / name
-        raise FileNotFoundError(f"{source} has neither best.safetensors nor last.pt")
-    return source
 
 
 def colour_specificity(kernels: torch.Tensor) -> torch.Tensor:
@@ -68,7 +57,7 @@ def figure3(source: Path | str, out: Path | str) -> dict[str, Any]:
         ``towers``: per tower, the mean, median and per-kernel colour specificity; ``ratio``: the more colourful
         tower's mean over the other's; ``p_random_split``: `random_split_p`; ``figure``: the PNG's path.
     """
-    trained = load_network(resolve(source), "to draw Figure 3 from")
+    trained = load_network(model_file(source), "to draw Figure 3 from")
     w = conv1_weight(trained.model)
     if w.shape[1] != 3:
         raise ValueError(f"Figure 3 needs a colour model; this conv1 takes {w.shape[1]} channel(s)")
@@ -176,7 +165,7 @@ def figure4(
     """
     from ..inference.features import extract_features
 
-    trained = load_network(resolve(source), "to take fc7 features from")
+    trained = load_network(model_file(source), "to take fc7 features from")
     train, test = _splits(trained, dataset, data_dir, limit)
     train_feats = extract_features(trained, train.images)  # (N, D)
     m = min(len(test.labels), retrieval_queries)
@@ -267,7 +256,7 @@ def run_figure(
         raise AlexNetError(f"unknown figure {kind!r}: fig3 or fig4")
     if not source:
         raise AlexNetError(f"alexnet paper {kind} needs a run directory, weights or a checkpoint")
-    out = Path(out or resolve(source).parent)
+    out = Path(out or model_file(source).parent)
     if out.exists() and not out.is_dir():
         raise AlexNetError(f"{out} is a file: {kind} writes its figure and record into a directory")
     check_outputs(out, [f"{kind}.png", f"{kind}.json"], is_record(out / f"{kind}.json", ("figure",)), "--out")

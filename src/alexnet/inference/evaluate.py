@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import native
-from ..artifacts.loader import load_trained
+from ..artifacts.loader import load_trained, model_file
 from ..artifacts.program import is_int8
 from ..artifacts.trained import TrainedModel
 from ..data.config import DataConfig
@@ -54,7 +54,8 @@ def evaluate_checkpoint(
     """
     if split not in ("test", "val"):
         raise ConfigError(f"split={split!r}: choose test (the data set's own split) or val (the held-out images)")
-    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    # a run directory as its model file: its held_out.json is beside that file
+    paths = [model_file(path)] if isinstance(path, (str, Path)) else [model_file(p) for p in path]
     if not paths:
         raise ConfigError("no model to evaluate")
     members = [load_trained(p) for p in paths]

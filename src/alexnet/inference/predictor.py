@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .. import native
-from ..artifacts.loader import load_trained
+from ..artifacts.loader import load_trained, model_file
 from ..artifacts.program import is_int8
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.batch import stack_images
@@ -126,15 +126,16 @@ class Predictor:
         max_file_mb: float = MAX_FILE_MB,
         compile: bool = False,
     ) -> Predictor:
-        """From ``.safetensors`` weights, a ``.pt`` training checkpoint, a ``.pt2`` program, or an ``.onnx`` file we
-        exported. Several (not ONNX): one classifier, the softmax averaged over them (`Ensemble`, the paper's five
-        CNNs); they must agree on classes and preprocessing (`check_members`)."""
+        """From ``.safetensors`` weights, a ``.pt`` training checkpoint, a ``.pt2`` program, an ``.onnx`` file we
+        exported, or a run directory (its model: `alexnet.artifacts.loader.model_file`). Several (not ONNX): one
+        classifier, the softmax averaged over them (`Ensemble`, the paper's five CNNs); they must agree on classes
+        and preprocessing (`check_members`)."""
         if not isinstance(path, (str, Path)):
-            paths = [Path(p) for p in path]
+            paths = [model_file(p) for p in path]
             if len(paths) != 1:
                 return cls._ensemble(paths, device, precision, max_file_mb, compile)
             path = paths[0]
-        path = Path(path)
+        path = model_file(path)  # a run directory as the model in it
         if path.suffix == ".onnx":
             from .export import load_onnx
 
