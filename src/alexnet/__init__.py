@@ -12,7 +12,7 @@ from typing import Any
 from .version import __version__
 
 # Everything loads on first use: `import alexnet` imports no torch (1.4 s), so the command line's --help, --version
-# and usage errors answer at once, and `alexnet.cli` can set torch's allocator options before torch allocates.
+# and usage errors answer at once.
 _LAZY = {
     "ModelInfo": "models",
     "get_spec": "models",
