@@ -97,3 +97,21 @@ def test_a_data_dir_given_with_the_fake_data_set_is_said_to_be_unread(tmp_path, 
         load_tensor_split("fake", None, train=True)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert said == [f"the fake data set is generated and reads no files: {tmp_path} is not read"]
+
+
+def test_a_data_dir_without_fashion_mnist_says_it_reads_the_system_copy(tmp_path, monkeypatch, caplog):
+    """Fashion-MNIST is read from Debian's package where the data directory holds none: said at INFO, as a
+    mistyped --data-dir trained on the system's copy without a word."""
+    from alexnet.data import sources
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "fashion-mnist"
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", fixture)
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        split = sources.load_tensor_split("fashion-mnist", str(tmp_path / "typo"), train=False, download=False)
+    assert len(split.labels) > 0
+    assert f"none under {tmp_path / 'typo'}; reading Debian's copy in {fixture}" in caplog.text
+    caplog.clear()
+    shutil.copytree(fixture, tmp_path / "mine" / "FashionMNIST" / "raw")
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        sources.load_tensor_split("fashion-mnist", str(tmp_path / "mine"), train=False, download=False)
+    assert "Debian" not in caplog.text

@@ -26,6 +26,7 @@ FOLDER_DATASETS = ("imagenet", "folder")
 DATASETS = TENSOR_DATASETS + FOLDER_DATASETS
 # Where Debian's dataset-fashion-mnist package installs the four original IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_SAID_SYSTEM_COPY: set[Path] = set()  # the data roots whose missing Fashion-MNIST was said, once a process
 
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -112,7 +113,12 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSpl
         except Exception as err:  # network errors come in many types (URLError, OSError, RuntimeError)
             raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {err})") from err
         return TensorSplit(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes))
-    log.debug("reading %s from %s", name, images.parent)
+    if images.parent == DEBIAN_FASHION_MNIST and root not in _SAID_SYSTEM_COPY:  # once, for both splits
+        # said: a --data-dir that holds none (a typo?) read the system's copy without a word
+        _SAID_SYSTEM_COPY.add(root)
+        log.info("fashion-mnist: none under %s; reading Debian's copy in %s", root, DEBIAN_FASHION_MNIST)
+    else:
+        log.debug("reading %s from %s", name, images.parent)
     x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)  # (N, 1, 28, 28)
     y = torch.from_numpy(_read_idx(labels).astype(np.int64))
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
