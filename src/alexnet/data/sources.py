@@ -116,7 +116,7 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSpl
     if images.parent == DEBIAN_FASHION_MNIST and root not in _SAID_SYSTEM_COPY:  # once, for both splits
         # said: a --data-dir that holds none (a typo?) read the system's copy without a word
         _SAID_SYSTEM_COPY.add(root)
-        log.info("fashion-mnist: none under %s; reading Debian's copy in %s", root, DEBIAN_FASHION_MNIST)
+        log.info("fashion-mnist: reading Debian's copy in %s (none under %s)", DEBIAN_FASHION_MNIST, root.resolve())
     else:
         log.debug("reading %s from %s", name, images.parent)
     x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)  # (N, 1, 28, 28)
