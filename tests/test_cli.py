@@ -39,14 +39,14 @@ def test_console_script_runs():
     assert version.returncode == 0 and version.stdout.strip() == f"alexnet {alexnet.__version__}"
 
 
-def _probe(words: list[str], report: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _probe(words: list[str], report: str) -> subprocess.CompletedProcess:
     """The command run as ``python -m alexnet.cli`` runs it, ``report`` (an expression) printed to stderr at exit."""
     probe = (
-        f"import atexit, gc, os, runpy, sys; sys.argv = ['alexnet', *{words!r}];"
+        f"import atexit, gc, runpy, sys; sys.argv = ['alexnet', *{words!r}];"
         f"atexit.register(lambda: print({report}, file=sys.stderr));"
         "runpy.run_module('alexnet.cli', run_name='__main__')"
     )
-    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(
