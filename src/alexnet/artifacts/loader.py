@@ -56,9 +56,7 @@ def load_trained(path: Path | str) -> TrainedModel:
         NonFiniteWeightsError: NaN or infinite weights.
         WeightsError: published weights that cannot be downloaded or fail their hash check.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = model_file(path)
+    path = model_file(path)
     if path.suffix == ".onnx":  # read as a checkpoint it would be "not the zip archive torch.save writes"
         raise AlexNetError(
             f"{path} is an ONNX model: `alexnet predict` (or onnxruntime) runs it; this takes the .safetensors or "

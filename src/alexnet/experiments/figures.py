@@ -256,7 +256,8 @@ def run_figure(
         raise AlexNetError(f"unknown figure {kind!r}: fig3 or fig4")
     if not source:
         raise AlexNetError(f"alexnet paper {kind} needs a run directory, weights or a checkpoint")
-    out = Path(out or model_file(source).parent)
+    # beside the model: a run directory itself, else the file's directory (figure3/4 resolve the model, once)
+    out = Path(out or (source if Path(source).is_dir() else Path(source).parent))
     if out.exists() and not out.is_dir():
         raise AlexNetError(f"{out} is a file: {kind} writes its figure and record into a directory")
     check_outputs(out, [f"{kind}.png", f"{kind}.json"], is_record(out / f"{kind}.json", ("figure",)), "--out")
