@@ -26,7 +26,9 @@ def initialize(convs: list[nn.Conv2d], linears: list[nn.Linear], scheme: str) ->
             PyTorch's default), ``kaiming`` (He-normal, fan-in, zero biases; N(0, 0.01²) for the classifier)
             or ``torch`` (leave PyTorch's defaults, as torchvision does).
     """
-    if scheme == "torch":
+    if scheme == "torch" or convs[0].weight.is_meta:
+        # A network built on the meta device is about to be given its weights (assigned, not copied): there are no
+        # values to set, and torch's meta normal_ runs through torch._refs, which imports torch._dynamo (~1.1 s).
         return
     hidden = set(range(len(linears) - 1))
     for i, m in enumerate([*convs, *linears]):
