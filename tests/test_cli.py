@@ -121,7 +121,12 @@ def test_verbose_shows_our_lines_not_matplotlibs_font_search(tmp_path):
     assert "findfont" not in done.stderr, done.stderr[:2000]
 
 
-def test_train_then_eval(tmp_path, capsys, monkeypatch):
+def _eval_json(path, *args, capsys):
+    assert main(["eval", "--checkpoint", str(path), "--json", "--precision", "fp32", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_then_eval(tmp_path, capsys, caplog, monkeypatch):
     assert main(_train_args(tmp_path / "run", "--limit-train-batches", "8")) == 0
     assert "best val acc1" in capsys.readouterr().out
     assert (
@@ -155,15 +160,22 @@ def test_train_then_eval(tmp_path, capsys, monkeypatch):
     )
     held = json.loads(capsys.readouterr().out)
     assert held["images"] == 102 and held["acc1"] == pytest.approx(float(last["val_acc1"]), abs=1e-3)
-    # A run directory is its model: best.safetensors (which knows no held-out split: said so, naming the file)...
-    by_dir = ["eval", "--checkpoint", str(tmp_path / "run"), "--json", "--precision", "fp32", "--split", "val"]
-    assert main(by_dir) == 2
-    assert f"{tmp_path / 'run' / 'best.safetensors'} carries no training config" in capsys.readouterr().err
+    # A run directory is its model; for its held-out images the best epoch's checkpoint, best.pt (best.safetensors,
+    # the same weights, knows no split: refused, naming the checkpoints beside it) ...
+    run = tmp_path / "run"
+    by_dir = ["eval", "--checkpoint", str(run), "--json", "--precision", "fp32", "--split", "val"]
+    assert main(by_dir) == 0
+    assert f"{run}: the model in it, best.pt" in caplog.text
+    assert json.loads(capsys.readouterr().out) == _eval_json(run / "best.pt", "--split", "val", capsys=capsys)
+    assert main([*by_dir[:2], str(run / "best.safetensors"), *by_dir[3:]]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'best.safetensors'} carries no training config" in err and f"give {run / 'best.pt'} or" in err
     # ... else last.pt, scored on the run's held-out images, whose record beside it is honoured.
     import shutil
 
-    copy = shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    copy = shutil.copytree(run, tmp_path / "copy")
     (copy / "best.safetensors").unlink()
+    (copy / "best.pt").unlink()
     assert main([*by_dir[:2], str(copy), *by_dir[3:]]) == 0
     assert json.loads(capsys.readouterr().out) == held
     record = json.loads((copy / "held_out.json").read_text())

@@ -97,9 +97,7 @@ def test_the_readme_commands_run_on_fake_data(tmp_path, monkeypatch):
         trained += 1
     assert trained >= 5  # every distinct recipe line, the paper's and torchrun's included
     # The evaluation block, on weights trained above (the first line: the demo's recipe).
-    demo = tmp_path / "runs" / "demo"
-    demo.mkdir(parents=True)
-    (tmp_path / "run0" / "best.safetensors").rename(demo / "best.safetensors")
+    shutil.copytree(tmp_path / "run0", tmp_path / "runs" / "demo")
     for name in "abc":  # the ensemble line's runs: the demo's run thrice (members must read images alike)
         shutil.copytree(tmp_path / "run0", tmp_path / "runs" / name)
     for folder in ("photos", "more"):

@@ -15,9 +15,11 @@ _MODEL_SUFFIXES = (".safetensors", ".pt", ".pt2", ".pth")
 log = logging.getLogger(__name__)
 
 
-def model_file(path: Path | str) -> Path:
+def model_file(path: Path | str, *, checkpoint: bool = False) -> Path:
     """``path`` itself, or for a directory (a run's, the ``--out`` of ``alexnet train``) the model in it: its
-    ``best.safetensors`` (the best epoch's weights), else its ``last.pt``.
+    ``best.safetensors`` (the best epoch's weights), else its ``last.pt``. With ``checkpoint`` (the caller needs
+    the run's training config, as an evaluation of its held-out images does), the best epoch's ``best.pt`` (the same
+    weights with the config) comes first instead.
 
     Raises:
         AlexNetError: a directory with neither: the model files it does hold are named, if any.
@@ -25,7 +27,7 @@ def model_file(path: Path | str) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    for name in ("best.safetensors", "last.pt"):
+    for name in ("best.pt" if checkpoint else "best.safetensors", "last.pt"):
         if (path / name).is_file():
             log.info("%s: the model in it, %s", path, name)
             return path / name

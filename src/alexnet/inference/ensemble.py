@@ -58,8 +58,10 @@ def check_members(paths: Sequence[Path | str], members: Sequence[TrainedModel], 
         return
     for path, member in zip(paths, members):
         if member.config is None:
+            beside = [str(p) for p in (Path(path).with_name("best.pt"), Path(path).with_name("last.pt")) if p.is_file()]
             raise ConfigError(
                 f"{path} carries no training config: only a run's .pt checkpoint knows its held-out split"
+                + (f" (give {' or '.join(beside)})" if beside else "")
             )
     splits = {(m.config.data.val_split, m.config.data.val_seed) for m in members if m.config is not None}
     if len(splits) > 1:

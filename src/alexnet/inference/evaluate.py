@@ -54,8 +54,10 @@ def evaluate_checkpoint(
     """
     if split not in ("test", "val"):
         raise ConfigError(f"split={split!r}: choose test (the data set's own split) or val (the held-out images)")
-    # a run directory as its model file: its held_out.json is beside that file
-    paths = [model_file(path)] if isinstance(path, (str, Path)) else [model_file(p) for p in path]
+    # a run directory as its model file (a checkpoint, which knows the run's config, for the held-out images): its
+    # held_out.json is beside that file
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    paths = [model_file(p, checkpoint=split == "val") for p in paths]
     if not paths:
         raise ConfigError("no model to evaluate")
     members = [load_trained(p) for p in paths]
