@@ -45,5 +45,10 @@ def __getattr__(name: str) -> Any:
 __all__ = ["__version__", *_LAZY]
 
 
-def __dir__() -> list[str]:  # the lazy names too, as `dir()` and tab completion list a module's names
-    return sorted({*globals(), *_LAZY})
+def __dir__() -> list[str]:
+    # What `alexnet.<tab>` can reach: the public names and the submodules, loaded or not (read from the directory,
+    # not imported); not this file's helpers (import_module, Any).
+    from pkgutil import iter_modules
+
+    modules = (m.name for m in iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted({*(name for name in globals() if name.startswith("__")), *__all__, *modules})
