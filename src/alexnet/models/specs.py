@@ -166,6 +166,17 @@ class ArchSpec:
         total += sum(a * b + b for a, b in zip(widths, widths[1:]))
         return total + (2 * sum(self.hidden()) if self.fc_norm else 0)
 
+    def macs(self, num_classes: int = 1000, in_channels: int = 3) -> int:
+        """Multiply-accumulates of one image's forward pass at the spec's input size: the convolutions' and the fc
+        layers' (what ``torch.utils.flop_counter`` counts of the built network, halved)."""
+        total, prev = 0, in_channels
+        for c, out, (side, _) in zip(self.convs, self.channels(), self._sides()):
+            total += side**2 * out * (prev // (self.groups if c.tower else 1)) * c.kernel**2
+            prev = out
+        c, h, w = self.feature_shape()
+        widths = [c * h * w, *self.hidden(), num_classes]
+        return total + sum(a * b for a, b in zip(widths, widths[1:]))
+
 
 def _scale(channels: int, width: float, multiple: int) -> int:
     return max(multiple, int(round(channels * width / multiple)) * multiple)
