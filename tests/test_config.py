@@ -153,3 +153,9 @@ def test_a_saved_config_with_a_key_this_version_lacks_says_a_newer_one_wrote_it(
         match=rf"unknown key train\.resharding, written by a newer alexnet than this one \({__version__}\): upgrade",
     ):
         config_from_dict(saved)
+
+
+def test_the_mnist_recipe_never_mirrors_a_digit():
+    """A mirrored digit is another digit (or none): the recipe translates instead, and scores no mirror."""
+    cfg = load_config("mnist")
+    assert (cfg.data.dataset, cfg.data.flip, cfg.data.flip_tta, cfg.data.pad) == ("mnist", False, False, 2)
