@@ -58,7 +58,11 @@ def check_members(paths: Sequence[Path | str], members: Sequence[TrainedModel], 
         return
     for path, member in zip(paths, members):
         if member.config is None:
-            beside = [str(p) for p in (Path(path).with_name("best.pt"), Path(path).with_name("last.pt")) if p.is_file()]
+            # a run's weights file (not a published name, whose "beside" would be the working directory)
+            file = Path(path)
+            beside = [
+                str(p) for p in (file.with_name("best.pt"), file.with_name("last.pt")) if file.is_file() and p.is_file()
+            ]
             raise ConfigError(
                 f"{path} carries no training config: only a run's .pt checkpoint knows its held-out split"
                 + (f" (give {' or '.join(beside)})" if beside else "")
