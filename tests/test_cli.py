@@ -646,3 +646,34 @@ def test_the_top_level_help_states_the_shared_flags_rule_as_plain_text(capsys):
     out = capsys.readouterr().out
     assert "--weights NAME|PATH names a trained model everywhere" in " ".join(out.split())
     assert "``" not in out and "The flags several commands share" not in out  # the docstring's markup and heading
+
+
+@pytest.mark.parametrize(
+    ("argv", "recipe", "dataset"),
+    [
+        (["--dataset", "mnist"], "mnist", "mnist"),  # the fashion-mnist recipe would mirror its digits
+        (["--dataset", "cifar10"], "cifar10", "cifar10"),
+        (["--dataset", "imagenet"], "paper-imagenet", "imagenet"),
+        (["--dataset", "fake"], "fashion-mnist", "fake"),  # no recipe of its own: the default
+        ([], "fashion-mnist", "fashion-mnist"),
+        (["--dataset", "mnist", "--recipe", "fashion-mnist"], "fashion-mnist", "mnist"),  # named: as named
+    ],
+)
+def test_train_without_a_recipe_takes_the_data_sets_own(argv, recipe, dataset, monkeypatch, caplog):
+    import logging
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fit(cfg, *args, **kwargs):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr("alexnet.training.fit.fit", fit)
+    with caplog.at_level(logging.INFO, logger="alexnet"), pytest.raises(Stop):
+        main(["train", *argv])
+    assert (seen[0].recipe, seen[0].data.dataset) == (recipe, dataset)
+    said = f"--dataset {dataset}: the {recipe} recipe" in caplog.text
+    assert said == ("--dataset" in argv and "--recipe" not in argv)

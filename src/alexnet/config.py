@@ -249,6 +249,17 @@ class Config:
         return getattr(getattr(self, section), key)
 
 
+DEFAULT_RECIPE = "fashion-mnist"
+# The recipe a data set trains with when none is named (`alexnet train --dataset mnist`): the fashion-mnist recipe
+# would mirror MNIST's digits and cut CIFAR's and ImageNet's images to 28 px.
+DATASET_RECIPES = {"mnist": "mnist", "cifar10": "cifar10", "imagenet": "paper-imagenet"}
+
+
+def default_recipe(dataset: str | None) -> str:
+    """The recipe for ``dataset`` when no recipe is named: its own where it has one, else `DEFAULT_RECIPE`."""
+    return DATASET_RECIPES.get(dataset or "", DEFAULT_RECIPE)
+
+
 def list_recipes() -> list[str]:
     """Names of the recipes shipped with the package."""
     return sorted(p.name[:-5] for p in resources.files("alexnet.recipes").iterdir() if p.name.endswith(".toml"))

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
 from ..config import LOGGERS, PARALLEL_MODES
 from . import options
 
+log = logging.getLogger(__name__)
+
 
 def add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default="fashion-mnist", help="a recipe name (see --list-recipes) or a .toml/.json file")
+    p.add_argument(
+        "--recipe",
+        help="a recipe name (see --list-recipes) or a .toml/.json file; by default the --dataset's own (mnist, "
+        "cifar10; imagenet: paper-imagenet), else fashion-mnist",
+    )
     p.add_argument("--list-recipes", action="store_true", help="print the built-in recipes and exit")
     p.add_argument("--model", dest="model__name", help="model variant (alexnet models)")
     p.add_argument(
@@ -106,13 +113,16 @@ def _loggers(text: str) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..config import list_recipes, load_config
+    from ..config import default_recipe, list_recipes, load_config
     from ..training.fit import fit
 
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return 0
-    result = fit(load_config(args.recipe, args.overrides, **options.config_fields(args)))
+    recipe = args.recipe or default_recipe(args.data__dataset)
+    if args.recipe is None and args.data__dataset:
+        log.info("--dataset %s: the %s recipe (--recipe names another)", args.data__dataset, recipe)
+    result = fit(load_config(recipe, args.overrides, **options.config_fields(args)))
     final = result.final
     if final is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         print(
