@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from ..config import LOGGERS, PARALLEL_MODES
+from ..config import DEFAULT_RECIPE, LOGGERS, PARALLEL_MODES
 from . import options
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="the run directory (default runs/demo)")
-    p.add_argument("--recipe", default="fashion-mnist", help="a recipe name or file (default fashion-mnist)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"a recipe name or file (default {DEFAULT_RECIPE})")
     options.allow_changes(p)  # the demo resumes what --out holds: its refusals name this flag
     options.overrides(p)
 
