@@ -657,6 +657,7 @@ def test_the_top_level_help_states_the_shared_flags_rule_as_plain_text(capsys):
         (["--dataset", "fake"], "fashion-mnist", "fake"),  # no recipe of its own: the default
         ([], "fashion-mnist", "fashion-mnist"),
         (["--dataset", "mnist", "--recipe", "fashion-mnist"], "fashion-mnist", "mnist"),  # named: as named
+        (["--set", 'data.dataset="mnist"'], "mnist", "mnist"),  # the data set named the other way
     ],
 )
 def test_train_without_a_recipe_takes_the_data_sets_own(argv, recipe, dataset, monkeypatch, caplog):
@@ -675,5 +676,5 @@ def test_train_without_a_recipe_takes_the_data_sets_own(argv, recipe, dataset, m
     with caplog.at_level(logging.INFO, logger="alexnet"), pytest.raises(Stop):
         main(["train", *argv])
     assert (seen[0].recipe, seen[0].data.dataset) == (recipe, dataset)
-    said = f"--dataset {dataset}: the {recipe} recipe" in caplog.text
-    assert said == ("--dataset" in argv and "--recipe" not in argv)
+    said = f"data set {dataset}: the {recipe} recipe" in caplog.text
+    assert said == (("--dataset" in argv or "--set" in argv) and "--recipe" not in argv)

@@ -357,6 +357,15 @@ def _merge(config: Config, tree: dict[str, Any], origin: str) -> None:
             setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
 
 
+def given_value(dotted: str, overrides: list[str] | None, fields: dict[str, Any]) -> str | None:
+    """The name a command line gives ``section.key`` (``model.name``, ``data.dataset``), before any recipe is read:
+    its keyword field (``section__key``, a flag's), else the last ``section.key=value`` override."""
+    named = [
+        i.split("=", 1)[1].strip().strip('"') for i in overrides or [] if i.replace(" ", "").startswith(f"{dotted}=")
+    ]
+    return fields.get(dotted.replace(".", "__")) or (named[-1] if named else None)
+
+
 def load_config(recipe: str | None = None, overrides: list[str] | None = None, **fields: Any) -> Config:
     """Resolve a recipe, then ``section.key=value`` overrides, then keyword ``section__key=value`` fields.
 
@@ -366,10 +375,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None, *
     config = Config(recipe=recipe or "")
     if recipe:
         _merge(config, _read_recipe(recipe), f"recipe {recipe}")
-    named = [
-        i.split("=", 1)[1].strip().strip('"') for i in overrides or [] if i.replace(" ", "").startswith("model.name=")
-    ]
-    chosen = fields.get("model__name") or (named[-1] if named else None)
+    chosen = given_value("model.name", overrides, fields)
     if chosen and chosen != config.model.name and config.model.overrides:
         # The recipe's overrides (input size, width...) were chosen for its own model: another model gets its own
         # defaults, so its input size sets the data's crop (alexnet_paper on 32 px data: 227 px crops, resized).

@@ -113,16 +113,18 @@ def _loggers(text: str) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..config import default_recipe, list_recipes, load_config
+    from ..config import default_recipe, given_value, list_recipes, load_config
     from ..training.fit import fit
 
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return 0
-    recipe = args.recipe or default_recipe(args.data__dataset)
-    if args.recipe is None and args.data__dataset:
-        log.info("--dataset %s: the %s recipe (--recipe names another)", args.data__dataset, recipe)
-    result = fit(load_config(recipe, args.overrides, **options.config_fields(args)))
+    fields = options.config_fields(args)
+    dataset = given_value("data.dataset", args.overrides, fields)  # --dataset, or --set data.dataset=...
+    recipe = args.recipe or default_recipe(dataset)
+    if args.recipe is None and dataset:
+        log.info("data set %s: the %s recipe (--recipe names another)", dataset, recipe)
+    result = fit(load_config(recipe, args.overrides, **fields))
     final = result.final
     if final is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         print(
