@@ -164,7 +164,9 @@ def test_the_page_in_a_real_browser_shows_predicts_top1(server, files, tmp_path,
     options.binary_location = str(chromium)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,900"):
         options.add_argument(arg)
-    browser = webdriver.Chrome(options=options, service=Service(str(driver)))
+    # Chromium leaves its singleton socket's folder in TMPDIR at every start: in the test's folder, not /tmp.
+    service = Service(str(driver), env={**os.environ, "TMPDIR": str(tmp_path)})
+    browser = webdriver.Chrome(options=options, service=service)
     try:
         browser.get(f"{server.url}/")
         browser.find_element(By.ID, "file").send_keys(str(image))
