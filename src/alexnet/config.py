@@ -18,7 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .data.config import DataConfig
 from .errors import AlexNetError, ConfigError
-from .names import PRECISIONS
+from .names import PRECISIONS, did_you_mean
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ class Config:
         for dotted, choices in {**CHOICES, "data.dataset": tuple(DATASETS)}.items():
             value = self._get(dotted)
             if value not in choices:
-                raise ConfigError(f"{dotted}={value!r} is not valid; choose one of {list(choices)}")
+                hint = did_you_mean(value, choices)
+                raise ConfigError(f"{dotted}={value!r} is not valid; {hint}choose one of {list(choices)}")
         for dotted, (low, high, inclusive) in RANGES.items():
             value = self._get(dotted)
             if value is None:
@@ -282,7 +283,8 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
         return tree
     builtin = resources.files("alexnet.recipes") / f"{name_or_path}.toml"
     if not builtin.is_file():
-        raise AlexNetError(f"unknown recipe {name_or_path!r}: not a file, and not one of {list_recipes()}")
+        hint = did_you_mean(name_or_path, list_recipes())
+        raise AlexNetError(f"unknown recipe {name_or_path!r}; {hint}recipes: {list_recipes()}, or a TOML file's path")
     return tomllib.loads(builtin.read_text())
 
 
@@ -375,17 +377,11 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None, *
     config = Config(recipe=recipe or "")
     if recipe:
         _merge(config, _read_recipe(recipe), f"recipe {recipe}")
-    chosen = given_value("model.name", overrides, fields)
+    chosen, dropped = given_value("model.name", overrides, fields), None
     if chosen and chosen != config.model.name and config.model.overrides:
         # The recipe's overrides (input size, width...) were chosen for its own model: another model gets its own
         # defaults, so its input size sets the data's crop (alexnet_paper on 32 px data: 227 px crops, resized).
-        log.info(
-            "model %s replaces the recipe's %s: its overrides %s are not applied",
-            chosen,
-            config.model.name,
-            config.model.overrides,
-        )
-        config.model.overrides = {}
+        dropped, config.model.overrides = (config.model.name, config.model.overrides), {}
     tree: dict[str, dict[str, Any]] = {}
     for item in overrides or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -402,7 +398,10 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None, *
             section, key = name.split("__", 1)
             tree.setdefault(section, {})[key] = value
     _merge(config, tree, "override")
-    return config.validate()
+    config.validate()
+    if dropped:  # said once the model is known to be one
+        log.info("model %s replaces the recipe's %s: its overrides %s are not applied", chosen, *dropped)
+    return config
 
 
 SAVED = "saved config"

@@ -4,9 +4,21 @@ name made safe to print."""
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
+from collections.abc import Iterable
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def did_you_mean(value: object, choices: Iterable[object]) -> str:
+    """``"did you mean 'mnist'? "`` for a name a letter's case or a typo away from one of ``choices``, else ``""``:
+    the start of a refusal's hint (``MNIST``, ``cifar-10``, ``alexnet_owt.imagenet1k_v1``)."""
+    if not isinstance(value, str):
+        return ""
+    names = {c.lower(): c for c in choices if isinstance(c, str)}
+    close = difflib.get_close_matches(value.lower(), list(names), n=1, cutoff=0.8)
+    return f"did you mean {names[close[0]]!r}? " if close else ""
 
 
 def display_label(name: str) -> str:

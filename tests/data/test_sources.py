@@ -115,3 +115,21 @@ def test_a_data_dir_without_fashion_mnist_says_it_reads_the_system_copy(tmp_path
     with caplog.at_level(logging.INFO, logger="alexnet"):
         sources.load_tensor_split("fashion-mnist", str(tmp_path / "mine"), train=False, download=False)
     assert "Debian" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_failed_download_is_said_on_one_line(name, tmp_path, monkeypatch):
+    """torchvision's download error lists each mirror it tried on a line of its own; the refusal is one line
+    (the CLI would escape the newlines into ``\\x0a``)."""
+    import torchvision
+
+    def offline(*args, download=False, **kwargs):
+        if not download:  # CIFAR's first look, without downloading: nothing there
+            raise RuntimeError("Dataset not found or corrupted.")
+        raise RuntimeError("Error downloading x.gz:\nTried https://a/, got:\n<urlopen error>\nTried http://b/, got:\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST" if name == "mnist" else "CIFAR10", offline)
+    with pytest.raises(DataNotFoundError) as err:
+        load_tensor_split(name, str(tmp_path), train=True, download=True)
+    message = str(err.value)
+    assert "\n" not in message and "(download failed: Error downloading x.gz: Tried https://a/, got: <url" in message

@@ -28,6 +28,7 @@ import torch
 from ..data.batch import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import AlexNetError, CorruptCheckpointError, first_line
 from ..files import TAG, process_tag, remove_abandoned
+from ..names import did_you_mean
 from .trained import ModelMeta, TrainedModel, check_finite, load_own, load_state
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,8 @@ def resolve(name_or_path: str | Path, progress: bool = True) -> TrainedModel:
             "our .safetensors / .pt files"
         )
     if not path.exists() and path.suffix not in (".pt", ".safetensors"):
-        raise WeightsError(f"{text!r} is neither a file nor registered weights; registered: {sorted(_REGISTRY)}")
+        hint = did_you_mean(text, _REGISTRY)
+        raise WeightsError(f"{text!r} is neither a file nor registered weights; {hint}registered: {sorted(_REGISTRY)}")
     return load_own(path)
 
 

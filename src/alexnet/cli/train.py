@@ -121,10 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     fields = options.config_fields(args)
     dataset = given_value("data.dataset", args.overrides, fields)  # --dataset, or --set data.dataset=...
-    recipe = args.recipe or default_recipe(dataset)
-    if args.recipe is None and dataset:
-        log.info("data set %s: the %s recipe (--recipe names another)", dataset, recipe)
-    result = fit(load_config(recipe, args.overrides, **fields))
+    result = fit(load_config(args.recipe or default_recipe(dataset), args.overrides, **fields))  # training names it
     final = result.final
     if final is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         print(

@@ -95,6 +95,11 @@ def _find_idx(dirs: list[Path], stem: str) -> Path | None:
     return None
 
 
+def _one_line(err: Exception) -> str:
+    """An error's text on one line: torchvision's download error lists every mirror it tried, a line each."""
+    return " ".join(str(err).split())
+
+
 def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSplit:
     import torchvision
 
@@ -111,7 +116,7 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSpl
         try:
             ds = cls(str(root), train=train, download=True)
         except Exception as err:  # network errors come in many types (URLError, OSError, RuntimeError)
-            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {err})") from err
+            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {_one_line(err)})") from err
         return TensorSplit(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes))
     if images.parent == DEBIAN_FASHION_MNIST and root not in _SAID_SYSTEM_COPY:  # once, for both splits
         # said: a --data-dir that holds none (a typo?) read the system's copy without a word
@@ -142,7 +147,7 @@ def _cifar(name: str, root: Path, train: bool, download: bool) -> TensorSplit:
         try:
             ds = cls(str(root), train=train, download=True)
         except Exception as err:
-            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {err})") from err
+            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {_one_line(err)})") from err
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) → (N, 3, 32, 32)
     return TensorSplit(x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..names import did_you_mean
 from .alexnet import AlexNet
 from .specs import OVERRIDABLE, VARIANTS, ArchSpec, apply_overrides
 
@@ -23,7 +24,7 @@ def get_spec(name: str, **overrides: Any) -> ArchSpec:
         ValueError: for an unknown name or a bad override, naming what is valid.
     """
     if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+        raise ValueError(f"unknown model {name!r}; {did_you_mean(name, VARIANTS)}available: {list_models()}")
     return apply_overrides(name, VARIANTS[name], overrides)
 
 

@@ -344,9 +344,10 @@ def _start(run: Run) -> None:
     if run.dist.is_main:
         atomic_write(run.out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
     log.info(
-        "%s on %s: %d train batches of %d, %d classes, device %s, precision %s, out %s",
+        "%s on %s (recipe %s): %d train batches of %d, %d classes, device %s, precision %s, out %s",
         cfg.model.name,
         cfg.data.dataset,
+        cfg.recipe or "none",
         run.steps,
         cfg.data.batch_size,
         len(run.data.classes),
