@@ -297,13 +297,14 @@ def test_public_api_names_resolve():
         (["stats", "--dataset", "fake", "--limit-batches", "0"], "--limit-batches: 0 must be at least 1"),  # "empty"
     ],
 )
-def test_bad_numbers_and_choices_are_one_line_exit_2(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error for flags
-        code = main(args)
+def test_bad_numbers_and_choices_are_one_line_exit_2(args, message, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="alexnet"), pytest.raises(SystemExit) as exit_info:
+        code = main(args)  # argparse's own usage error for flags
         raise SystemExit(code)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]  # in-process, logs land here
 
 
 # Each command with what it requires, so that only the flag under test is wrong.
