@@ -58,11 +58,12 @@ def _probe(words: list[str], report: str) -> subprocess.CompletedProcess:
         (["train", "--help"], 0, "--recipe"),
         (["predict", "--bogus"], 2, "alexnet predict: error: the following arguments are required"),
         (["eval", "--batch-size", "x"], 2, "alexnet eval: error: argument -b/--batch-size: 'x' is not an integer"),
+        (["train", "--list-recipes"], 0, "paper-imagenet\n"),  # 3.3 s when it imported training first
     ],
 )
 def test_help_version_and_usage_errors_answer_without_importing_torch(words, code, out):
     """`import alexnet` and the command line's parser import no torch (1.4 s of a 1.5 s ``alexnet --help``), so
-    these answer at once."""
+    these, and listing the recipes, answer at once."""
     done = _probe(words, "'torch' in sys.modules")
     assert done.returncode == code, done.stderr
     assert out in done.stdout + done.stderr

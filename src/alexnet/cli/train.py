@@ -114,11 +114,12 @@ def _loggers(text: str) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..config import default_recipe, given_value, list_recipes, load_config
-    from ..training.fit import fit
 
-    if args.list_recipes:
+    if args.list_recipes:  # before training's imports (torch, 3 s): a listing answers at once
         print("\n".join(list_recipes()))
         return 0
+    from ..training.fit import fit
+
     fields = options.config_fields(args)
     dataset = given_value("data.dataset", args.overrides, fields)  # --dataset, or --set data.dataset=...
     result = fit(load_config(args.recipe or default_recipe(dataset), args.overrides, **fields))  # training names it
