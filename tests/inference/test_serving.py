@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -164,20 +165,21 @@ def test_the_page_in_a_real_browser_shows_predicts_top1(server, files, tmp_path,
     options.binary_location = str(chromium)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,900"):
         options.add_argument(arg)
-    # Chromium leaves its singleton socket's folder in TMPDIR at every start: in the test's folder, not /tmp.
-    service = Service(str(driver), env={**os.environ, "TMPDIR": str(tmp_path)})
-    browser = webdriver.Chrome(options=options, service=service)
-    try:
-        browser.get(f"{server.url}/")
-        browser.find_element(By.ID, "file").send_keys(str(image))
-        WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result"))
-        rows = browser.find_elements(By.CSS_SELECTOR, "#results .result")
-        assert len(rows) == 5
-        assert rows[0].find_element(By.CLASS_NAME, "label").text == expected
-        assert "latency" in browser.find_element(By.ID, "status").text
-        browser.save_screenshot(str(tmp_path / "page.png"))
-    finally:
-        browser.quit()
+    # Chromium leaves its singleton socket's folder in TMPDIR at every start: in one removed afterwards, not /tmp;
+    # a short path, as a socket's may not pass 107 bytes (under xdist tmp_path is too deep: Chromium exits at once).
+    with tempfile.TemporaryDirectory(prefix="alexnet-chromium-") as scratch:
+        browser = webdriver.Chrome(options=options, service=Service(str(driver), env={**os.environ, "TMPDIR": scratch}))
+        try:
+            browser.get(f"{server.url}/")
+            browser.find_element(By.ID, "file").send_keys(str(image))
+            WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result"))
+            rows = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+            assert len(rows) == 5
+            assert rows[0].find_element(By.CLASS_NAME, "label").text == expected
+            assert "latency" in browser.find_element(By.ID, "status").text
+            browser.save_screenshot(str(tmp_path / "page.png"))
+        finally:
+            browser.quit()
     assert (tmp_path / "page.png").stat().st_size > 5000
 
 
