@@ -16,7 +16,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .data.config import DataConfig
+from .data.config import DATASETS, DataConfig
 from .errors import AlexNetError, ConfigError
 from .names import PRECISIONS, did_you_mean
 from .version import __version__
@@ -168,7 +168,6 @@ class Config:
         Raises:
             ConfigError: naming the field, its value and what is valid.
         """
-        from .data.sources import DATASETS
         from .models import get_spec
 
         self._check_types()

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+TENSOR_DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "fake")  # read whole into tensors
+FOLDER_DATASETS = ("imagenet", "folder")  # class folders of image files, decoded per sample
+DATASETS = TENSOR_DATASETS + FOLDER_DATASETS
+
 
 @dataclass
 class DataConfig:

@@ -23,7 +23,7 @@ from .batch import (
     epoch_order,
     shard_size,
 )
-from .config import DataConfig
+from .config import DATASETS, TENSOR_DATASETS, DataConfig
 from .folder import (
     FolderDataset,
     FolderLoader,
@@ -35,7 +35,7 @@ from .folder import (
     scan_folder,
 )
 from .holdout import holdout_indices, split_indices
-from .sources import DATASETS, TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
+from .sources import TensorSplit, data_root, load_tensor_split
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import DataNotFoundError
+from .config import DATASETS
 
 log = logging.getLogger(__name__)
 
-TENSOR_DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "fake")
-FOLDER_DATASETS = ("imagenet", "folder")
-DATASETS = TENSOR_DATASETS + FOLDER_DATASETS
 # Where Debian's dataset-fashion-mnist package installs the four original IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _SAID_SYSTEM_COPY: set[Path] = set()  # the data roots whose missing Fashion-MNIST was said, once a process

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from .config import DataConfig
+from .config import TENSOR_DATASETS, DataConfig
 from .pipeline import build_data
-from .sources import TENSOR_DATASETS
 
 BATCH_BYTES = 256 << 20  # a batch's stored images (uint8) at most: 256 images of 256 px take 50 MB, of 8,192 px one 201
 CHUNK = 1 << 22  # pixels turned into float64 at once: (3, 2^22) is 100 MB, where a batch of 256 at 1,024 px was 6.4 GB

@@ -7,8 +7,9 @@ from typing import Literal
 
 import torch
 
+from .config import TENSOR_DATASETS
 from .folder import decode_split, find_splits, list_classes, scan_folder
-from .sources import TENSOR_DATASETS, TensorSplit, data_root, load_tensor_split
+from .sources import TensorSplit, data_root, load_tensor_split
 
 
 def stored_split(

@@ -118,8 +118,7 @@ def _splits(trained: TrainedModel, dataset: str | None, data_dir: str | None, li
     """The training and test splits as uint8 (N, C, S, S) images at the model's stored size, with labels."""
     import dataclasses
 
-    from ..data.config import DataConfig
-    from ..data.sources import TENSOR_DATASETS
+    from ..data.config import TENSOR_DATASETS, DataConfig
     from ..data.stored import stored_split
 
     prep = trained.preprocessing

@@ -59,8 +59,8 @@ def check_inputs_for(
         (B, C, H, W) inputs or None, and a few words saying what they are.
     """
     from ..data.batch import stack_images
+    from ..data.config import TENSOR_DATASETS
     from ..data.decode import decode_stored, expand_inputs
-    from ..data.sources import TENSOR_DATASETS
     from ..data.stored import stored_split
     from ..errors import DataNotFoundError
 

@@ -1,24 +1,42 @@
-"""The AlexNet model zoo: a spec table (`specs`), one module (`alexnet`), and a registry."""
+"""The AlexNet model zoo: a spec table (`specs`), one module (`alexnet`), and a registry.
 
-from .alexnet import AlexNet
-from .layers import LocalResponseNorm, fused_kernels, matmul_weights_to, standard_modules
-from .registry import ModelInfo, create_model, get_spec, list_models, model_from_config, model_info
-from .specs import OVERRIDABLE, VARIANTS, ArchSpec, ConvSpec
+Names load on first use, as the top package's do: listing the variants, resolving a spec and describing one
+(`catalog`) import no torch, so ``alexnet models`` and a config's validation answer without it; building a network
+(`registry`, `layers`) imports torch and registers the fused kernels' operators.
+"""
 
-__all__ = [
-    "OVERRIDABLE",
-    "VARIANTS",
-    "AlexNet",
-    "ArchSpec",
-    "ConvSpec",
-    "LocalResponseNorm",
-    "ModelInfo",
-    "create_model",
-    "fused_kernels",
-    "get_spec",
-    "list_models",
-    "matmul_weights_to",
-    "model_from_config",
-    "model_info",
-    "standard_modules",
-]
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "OVERRIDABLE": "specs",
+    "VARIANTS": "specs",
+    "ArchSpec": "specs",
+    "ConvSpec": "specs",
+    "ModelInfo": "catalog",
+    "get_spec": "catalog",
+    "list_models": "catalog",
+    "model_info": "catalog",
+    "AlexNet": "alexnet",
+    "create_model": "registry",
+    "model_from_config": "registry",
+    "LocalResponseNorm": "layers",
+    "fused_kernels": "layers",
+    "matmul_weights_to": "layers",
+    "standard_modules": "layers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_WHERE)
+
+
+def __dir__() -> list[str]:
+    from pkgutil import iter_modules
+
+    return sorted({*(n for n in globals() if n.startswith("__")), *__all__, *(m.name for m in iter_modules(__path__))})

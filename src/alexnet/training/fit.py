@@ -29,9 +29,10 @@ from .. import native
 from ..artifacts.checkpoint import digest_path, load_checkpoint, remove_stale_temporaries, save_weights
 from ..artifacts.trained import ModelMeta
 from ..config import Config
+from ..data.config import FOLDER_DATASETS
 from ..data.folder import find_splits, reporting_worker_crashes
 from ..data.pipeline import ChannelsError, Data, build_data
-from ..data.sources import FOLDER_DATASETS, data_root
+from ..data.sources import data_root
 from ..device import pick_device, pick_precision, tune_cpu_allocator
 from ..errors import AlexNetError, ConfigError, IncompatibleCheckpointError, NonFiniteOutputError, WriteError
 from ..evaluation import Evaluation, StepSettings, evaluate
