@@ -664,6 +664,7 @@ def test_the_top_level_help_states_the_shared_flags_rule_as_plain_text(capsys):
     [
         (["--dataset", "mnist"], "mnist", "mnist"),  # the fashion-mnist recipe would mirror its digits
         (["--dataset", "cifar10"], "cifar10", "cifar10"),
+        (["--dataset", "cifar100"], "cifar10", "cifar100"),  # the same 32 px images: not cut to 28 px
         (["--dataset", "imagenet"], "paper-imagenet", "imagenet"),
         (["--dataset", "fake"], "fashion-mnist", "fake"),  # no recipe of its own: the default
         ([], "fashion-mnist", "fashion-mnist"),

@@ -18,7 +18,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recipe",
         help="a recipe name (see --list-recipes) or a .toml/.json file; by default the --dataset's own (mnist, "
-        "cifar10; imagenet: paper-imagenet), else fashion-mnist",
+        "cifar10; cifar100: cifar10; imagenet: paper-imagenet), else fashion-mnist",
     )
     p.add_argument("--list-recipes", action="store_true", help="print the built-in recipes and exit")
     p.add_argument("--model", dest="model__name", help="model variant (alexnet models)")
