@@ -118,18 +118,27 @@ def test_a_data_dir_without_fashion_mnist_says_it_reads_the_system_copy(tmp_path
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
-def test_a_failed_download_is_said_on_one_line(name, tmp_path, monkeypatch):
+def test_a_failed_download_is_one_line_and_leaves_no_folders(name, tmp_path, monkeypatch):
     """torchvision's download error lists each mirror it tried on a line of its own; the refusal is one line
-    (the CLI would escape the newlines into ``\\x0a``)."""
+    (the CLI would escape the newlines into ``\\x0a``). torchvision makes the data's folders before it downloads:
+    offline, a mistyped --data-dir was left behind as a tree of empty folders; a folder that was there stays."""
     import torchvision
 
-    def offline(*args, download=False, **kwargs):
+    typo = tmp_path / "dat" / "a"
+
+    def offline(root, train, download=False):
         if not download:  # CIFAR's first look, without downloading: nothing there
             raise RuntimeError("Dataset not found or corrupted.")
+        (Path(root, "MNIST", "raw") if name == "mnist" else Path(root)).mkdir(parents=True, exist_ok=True)  # as theirs
         raise RuntimeError("Error downloading x.gz:\nTried https://a/, got:\n<urlopen error>\nTried http://b/, got:\n")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST" if name == "mnist" else "CIFAR10", offline)
     with pytest.raises(DataNotFoundError) as err:
-        load_tensor_split(name, str(tmp_path), train=True, download=True)
+        load_tensor_split(name, str(typo), train=True, download=True)
+    assert list(tmp_path.iterdir()) == []  # dat/ and all below it made by the attempt: gone
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataNotFoundError):
+        load_tensor_split(name, str(tmp_path / "mine"), train=True, download=True)
+    assert (tmp_path / "mine").is_dir()
     message = str(err.value)
     assert "\n" not in message and "(download failed: Error downloading x.gz: Tried https://a/, got: <url" in message

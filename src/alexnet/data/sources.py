@@ -7,12 +7,15 @@ augmentation runs on whole batches on the compute device (`alexnet.data.batch`).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,9 +96,26 @@ def _find_idx(dirs: list[Path], stem: str) -> Path | None:
     return None
 
 
-def _one_line(err: Exception) -> str:
-    """An error's text on one line: torchvision's download error lists every mirror it tried, a line each."""
-    return " ".join(str(err).split())
+def _download(name: str, root: Path, into: Path, make: Callable[[], Any]) -> Any:
+    """``make()``, torchvision's data set built with ``download=True``, which first makes ``into`` and any folder
+    above it. On failure those folders go again where still empty (an offline run with a mistyped --data-dir left
+    the typo's tree behind), and the error is one line (torchvision's lists each mirror it tried on a line).
+
+    Raises:
+        DataNotFoundError: where to put the files by hand, and why the download failed.
+    """
+    made = []  # deepest first
+    while not into.exists() and into != into.parent:
+        made.append(into)
+        into = into.parent
+    try:
+        return make()
+    except Exception as err:  # network errors come in many types (URLError, OSError, RuntimeError)
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (a partial file kept), or not ours to remove
+                folder.rmdir()
+        why = " ".join(str(err).split())
+        raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {why})") from err
 
 
 def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSplit:
@@ -111,10 +131,7 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> TensorSpl
         if not download:
             raise DataNotFoundError(_missing_message(name, root))
         cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
-        try:
-            ds = cls(str(root), train=train, download=True)
-        except Exception as err:  # network errors come in many types (URLError, OSError, RuntimeError)
-            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {_one_line(err)})") from err
+        ds = _download(name, root, root / folder / "raw", lambda: cls(str(root), train=train, download=True))
         return TensorSplit(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), list(ds.classes))
     if images.parent == DEBIAN_FASHION_MNIST and root not in _SAID_SYSTEM_COPY:  # once, for both splits
         # said: a --data-dir that holds none (a typo?) read the system's copy without a word
@@ -142,10 +159,7 @@ def _cifar(name: str, root: Path, train: bool, download: bool) -> TensorSplit:
     except RuntimeError:
         if not download:
             raise DataNotFoundError(_missing_message(name, root)) from None
-        try:
-            ds = cls(str(root), train=train, download=True)
-        except Exception as err:
-            raise DataNotFoundError(f"{_missing_message(name, root)} (download failed: {_one_line(err)})") from err
+        ds = _download(name, root, root, lambda: cls(str(root), train=train, download=True))
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) → (N, 3, 32, 32)
     return TensorSplit(x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
 
