@@ -686,3 +686,25 @@ def test_train_without_a_recipe_takes_the_data_sets_own(argv, recipe, dataset, m
     with pytest.raises(Stop):
         main(["train", *argv])
     assert (seen[0].recipe, seen[0].data.dataset) == (recipe, dataset)  # training's first line names the recipe
+
+
+def test_the_systems_file_errors_are_said_as_path_and_reason(monkeypatch, capsys):
+    """A folder the system will not make (``paper fig3 RUN --out /proc/x``) was ``[Errno 2] No such file or directory:
+    '/proc/x'``; ours (``... does not exist``) carry no file name and are said as written."""
+    import alexnet.cli as cli
+
+    def failing(error):
+        def run(args):
+            raise error
+
+        monkeypatch.setitem(cli.COMMANDS, "models", (*cli.COMMANDS["models"][:2], run))
+        assert main(["models"]) == 2
+        return capsys.readouterr().err.strip()
+
+    assert failing(FileNotFoundError(2, "No such file or directory", "/proc/x")) == (
+        "alexnet models: error: /proc/x: No such file or directory"
+    )
+    assert (
+        failing(FileNotFoundError("weights w.pt does not exist"))
+        == "alexnet models: error: weights w.pt does not exist"
+    )

@@ -103,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         hint = f": {_continue(args.command, err.out)}" if isinstance(err, TrainingInterrupted) else ""
-        print(f"alexnet {args.command}: error: {display_label(str(err))}{hint}", file=sys.stderr)
+        said = str(err)
+        if isinstance(err, OSError) and err.filename is not None:  # the system's ("[Errno 2] ... '/proc/x'"), not ours
+            said = f"{os.fsdecode(err.filename)}: {err.strerror}"
+        print(f"alexnet {args.command}: error: {display_label(said)}{hint}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except (MemoryError, RuntimeError) as err:
         if args.verbose or not out_of_memory(err):
