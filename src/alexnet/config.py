@@ -78,6 +78,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "train.checkpoint_every": (1, INF, True),
     "train.val_every": (1, INF, True),
     "train.stop_at_train_acc1": (0, 100, True),
+    "train.early_stop_patience": (1, INF, True),
     "train.keep_best": (1, 1000, True),
     "train.ema_decay": (0, 1, False),
     "train.seed": (0, 2**32 - 1, True),  # NumPy's seed range (Python's and torch's are wider)
@@ -140,6 +141,8 @@ class TrainConfig:
     checkpoint_every: int | None = None  # also save last.pt every N steps within an epoch
     keep_every_epoch: bool = False  # also keep each epoch's state as epoch-N.pt (resumable, like last.pt)
     stop_at_train_acc1: float | None = None  # stop after the epoch whose training accuracy (%) reaches this
+    # Lightning's EarlyStopping: stop after this many validations in a row without a better `monitor`; None: off
+    early_stop_patience: int | None = None
     # csv: metrics.csv (always written: resume and reports read it); tensorboard: event files in <out>/tensorboard
     loggers: list[str] = field(default_factory=lambda: ["csv"])
     # best.pt/best.safetensors follow monitor (a validation figure: never the test split); keep_best > 1 also keeps

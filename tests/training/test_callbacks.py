@@ -4,6 +4,7 @@ logger's files read back with TensorBoard's own reader."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,43 @@ def test_the_monitor_cannot_be_the_test_split(tmp_path):
 
     with pytest.raises(ConfigError, match="train.monitor"):
         load_config(None, ['train.monitor="test_acc1"'])
+
+
+@pytest.mark.parametrize(
+    ("monitor", "figures", "patience", "stops_at"),
+    [
+        ("val_acc1", [50, 60, 59, 60], 2, 2),  # 60 again is no improvement: a tie keeps the first
+        ("val_acc1", [50, 60, 59, 60], 3, None),
+        ("val_acc1", [50, 60, 61, 60], 2, None),
+        ("val_loss", [1.0, 0.9, 0.95, 0.91], 2, 2),  # a loss improves downwards
+        ("val_acc1", [50, float("nan"), 49, float("nan"), 48], 2, 1),  # epochs not validated do not count
+        ("val_acc1", [50, float("nan"), 49, float("nan")], 2, None),
+    ],
+)
+def test_patience_counts_validations_since_the_best(monitor, figures, patience, stops_at):
+    from alexnet.training.fit import _out_of_patience
+
+    cfg = tiny_config(Path("run"), f"train.early_stop_patience={patience}", f'train.monitor="{monitor}"')
+    history = [{"epoch": e + 1, monitor: f} for e, f in enumerate(figures)]
+    why = _out_of_patience(cfg, history)
+    assert (why is None) == (stops_at is None), why
+    if stops_at is not None:
+        assert f"{monitor} no better than epoch {stops_at}'s for {patience} validations" in why
+
+
+NO_BN, HELD_OUT = 'model.overrides.norm="none"', "data.val_split=0.25"
+
+
+def test_early_stopping_stops_tests_once_and_stays_stopped_on_resume(tmp_path, caplog):
+    """Lightning's EarlyStopping: no better held-out figure in ``train.early_stop_patience`` validations ends the
+    run after the one that ran out, tested then (the test split once, as after a last epoch); resuming the run
+    trains nothing more. A learning rate of 1e-12 leaves fp32 weights as they were (a step under half their last
+    bit), and without batch norm's running statistics every epoch's held-out figures are the first's."""
+    out, still = tmp_path / "run", ("optim.lr=1e-12", "train.epochs=6", "train.early_stop_patience=2", NO_BN, HELD_OUT)
+    with caplog.at_level("INFO", logger="alexnet"):
+        result = fit(tiny_config(out, *still))
+    assert [r["epoch"] for r in result.history] == [1, 2, 3] and result.test is not None
+    assert "test_acc1" in result.history[-1] and "test_acc1" not in result.history[1]
+    assert "val_acc1 no better than epoch 1's for 2 validations (early_stop_patience): stopping" in caplog.text
+    again = fit(tiny_config(out, *still, 'train.resume="auto"'))
+    assert [r["epoch"] for r in again.history] == [1, 2, 3]

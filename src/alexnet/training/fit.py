@@ -113,8 +113,9 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
 
     Args:
         cfg: the run's configuration (`alexnet.load_config`).
-        callbacks: called at the run's events after the built-in ones (the epoch log line, early stopping, the
-            loggers of ``train.loggers``); see `alexnet.training.callbacks`.
+        callbacks: called at the run's events after the built-in ones (the epoch log line, the training-accuracy
+            stop, the loggers of ``train.loggers``); see `alexnet.training.callbacks`. Early stopping on the
+            held-out figures is ``train.early_stop_patience``.
 
     Raises:
         ConfigError: a field of the wrong type or out of range (``cfg`` is checked as `load_config` checks it, so
@@ -330,11 +331,27 @@ def _resume(run: Run) -> None:
 
 
 def _stopped_at_target(run: Run) -> bool:
-    """Whether the resumed run had already stopped where ``train.stop_at_train_acc1`` stops it: its last epoch's
-    training accuracy (as recorded) reached the target. Resuming it trains no further, as a run that finished its
-    epochs (Figure 1's sweep, continued after an interruption, must not add an epoch to a finished curve)."""
+    """Whether the resumed run had already stopped where ``train.stop_at_train_acc1`` or
+    ``train.early_stop_patience`` stops it: its last epoch's training accuracy (as recorded) reached the target, or
+    its last validations ran out of patience. Resuming it trains no further, as a run that finished its epochs
+    (Figure 1's sweep, continued after an interruption, must not add an epoch to a finished curve)."""
     target, history = run.cfg.train.stop_at_train_acc1, run.result.history
-    return target is not None and bool(history) and history[-1].get("train_acc1", -math.inf) >= target
+    reached = target is not None and bool(history) and history[-1].get("train_acc1", -math.inf) >= target
+    return reached or _out_of_patience(run.cfg, history) is not None
+
+
+def _out_of_patience(cfg: Config, history: list[dict[str, float]]) -> str | None:
+    """Why to stop when the last ``train.early_stop_patience`` validations of ``history`` each failed to beat the
+    best before them on ``train.monitor`` (a held-out figure: never the test split's), else None."""
+    patience, monitor = cfg.train.early_stop_patience, cfg.train.monitor
+    validated = [(s, int(r["epoch"])) for r in history if (s := _score(monitor, r)) is not None]
+    if patience is None or len(validated) <= patience:
+        return None
+    scores = [s for s, _ in validated]
+    best = scores.index(max(scores))  # the first of equals: a tie is no improvement
+    if len(scores) - 1 - best < patience:
+        return None
+    return f"{monitor} no better than epoch {validated[best][1]}'s for {patience} validations (early_stop_patience)"
 
 
 def _start(run: Run) -> None:
@@ -407,6 +424,8 @@ def _epoch(run: Run, epoch: int, checkpointer: Checkpointer) -> bool:
         ema_val = evaluate(run.ema.module, data.val, data.eval_transform, run.eval_settings, **views)
         row.update(ema_val_loss=round(ema_val.loss, 5), ema_val_acc1=round(ema_val.acc1, 3))
         row.update(ema_val_acc5=round(ema_val.acc5, 3))
+    if validate and not stopping and (why := _out_of_patience(cfg, [*result.history, row])):
+        stopping, control.reason = True, why  # the same in every process: the validation figures are summed
     if data.test is not None and (epoch + 1 == cfg.train.epochs or stopping):
         # The test split, once: nothing selects on it (best, plateau and early stops read the held-out split).
         result.test = evaluate(run.model, data.test, data.eval_transform, run.eval_settings, **views)
