@@ -39,3 +39,28 @@ def test_names_keep_runs_apart(budget):
         if exp.other_arm is not None:  # the arms' runs are told apart by name: OUT/<experiment>/<arm>/seed<k>/
             assert exp.paper_arm.name != exp.other_arm.name, exp.name
     assert plan.baseline is None or any(plan.baseline == exp.paper_arm for exp in plan.experiments)
+
+
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
+def test_the_towers_arm_is_the_papers_one_gpu_net(budget):
+    """§3.2's comparison: one tower with half the kernels of conv1-4, conv5 and the fc layers whole (footnote 2:
+    "to make the two nets have approximately the same number of parameters"). The arm once had every layer at
+    half width, fc included: a net of a quarter of the parameters, whose error made the towers' gain look twice
+    the paper's."""
+    towers = next(e for e in BUDGETS[budget]().experiments if e.name == "towers")
+    two, one = [
+        get_spec(cfg.model.name, **cfg.model.overrides)
+        for cfg in (load_config(a.recipe, list(a.overrides)) for a in (towers.paper_arm, towers.other_arm))
+    ]
+    assert (two.groups, one.groups) == (2, 1)
+    assert one.channels()[:-1] == [c // 2 for c in two.channels()[:-1]]
+    assert one.channels()[-1] == two.channels()[-1] and one.hidden() == two.hidden()
+    params = [s.parameters(10, 3) for s in (two, one)]
+    assert 0.85 < params[1] / params[0] < 1.0, params
+
+
+def test_one_gpu_gives_the_papers_widths():
+    one = get_spec("alexnet_paper", groups=1, one_gpu=True)
+    assert one.channels() == [48, 128, 192, 192, 256] and one.hidden() == [4096, 4096]
+    with pytest.raises(ValueError, match="one_gpu is the paper's one-tower net: give groups=1"):
+        get_spec("alexnet_paper", one_gpu=True)  # the paper's two towers

@@ -89,7 +89,12 @@ def _flop_counter_macs(name: str, num_classes: int = 1000, in_channels: int = 3,
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"groups": 2, "width": 0.5}, {"groups": 1, "pool": "non_overlapping", "norm": "batch", "input_size": 64}],
+    [
+        {},
+        {"groups": 2, "width": 0.5},
+        {"groups": 1, "pool": "non_overlapping", "norm": "batch", "input_size": 64},
+        {"groups": 1, "one_gpu": True, "width": 0.5},
+    ],
     ids=str,
 )
 def test_the_specs_macs_are_what_torchs_flop_counter_counts_of_the_built_network(name, overrides):
@@ -365,3 +370,21 @@ def test_listing_describing_and_validating_import_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == [str(len(MODELS)), "False"], done.stderr
+
+
+@pytest.mark.parametrize("name", ["alexnet_paper", "alexnet_small"])
+def test_drop_conv_takes_out_one_middle_layer_and_nothing_else(name):
+    """§7's depth claim: conv4 out, every other layer the same (conv4 maps as many channels in as out here)."""
+    whole, cut = alexnet.create_model(name, num_classes=10), alexnet.create_model(name, num_classes=10, drop_conv=4)
+    convs = [m for m in whole.modules() if isinstance(m, torch.nn.Conv2d)]
+    kept = [m for m in cut.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.weight.shape for c in kept] == [c.weight.shape for i, c in enumerate(convs) if i != 3]
+    gone = sum(p.numel() for p in convs[3].parameters())
+    assert sum(p.numel() for p in cut.parameters()) == sum(p.numel() for p in whole.parameters()) - gone - (
+        2 * convs[3].out_channels if alexnet.get_spec(name).norm == "batch" else 0  # conv4's batch norm
+    )
+    spec = alexnet.get_spec(name, drop_conv=4)
+    assert spec.macs(10, 3) == _flop_counter_macs(name, 10, 3, drop_conv=4)
+    assert spec.parameters(10, 3) == sum(p.numel() for p in cut.parameters())
+    with pytest.raises(ValueError, match="drop_conv=2 .* neither pools nor normalises: \\[3, 4\\]"):
+        alexnet.get_spec(name, drop_conv=2)

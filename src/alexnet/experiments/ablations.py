@@ -72,9 +72,10 @@ class Budget:
 MISHKIN = "Mishkin et al. 2016 (CaffeNet at 128 px, ImageNet): "
 
 
-def _ablations(base: Arm, off: Any, half: float, towers_note: str = "") -> list[Experiment]:
-    """§3.2-§4.1's ablations against ``base``; ``off(name, *overrides)`` makes an arm without one feature, and the
-    one-tower arm has ``half`` the base's width (half its kernels)."""
+def _ablations(base: Arm, off: Any) -> list[Experiment]:
+    """§3.2-§4.1's and §7's ablations against ``base``; ``off(name, *overrides)`` makes an arm without one feature. The
+    towers' arm is the paper's one-GPU net: half the kernels of conv1-4 in one tower, conv5 and the fc layers whole
+    (its footnote 2; `ArchSpec.one_gpu`)."""
     return [
         Experiment(
             "lrn",
@@ -100,13 +101,22 @@ def _ablations(base: Arm, off: Any, half: float, towers_note: str = "") -> list[
         Experiment(
             "towers",
             "§3.2",
-            "two towers reduce top-1 error by 1.7% against one tower with half the kernels",
+            "two towers reduce top-1 error by 1.7% against one tower with half the kernels in conv1-4",
             "−1.7 points",
             1.7,
             "error",
             base,
-            off("one_tower", "model.overrides.groups=1", f"model.overrides.width={half}"),
-            note=towers_note,
+            off("one_gpu", "model.overrides.groups=1", "model.overrides.one_gpu=true"),
+        ),
+        Experiment(
+            "depth",
+            "§7",
+            "removing any of the middle convolutional layers loses about 2% top-1",
+            "−2 points",
+            2.0,
+            "error",
+            base,
+            off("no_conv4", "model.overrides.drop_conv=4"),  # conv3 and conv4 are the middle layers that keep sizes
         ),
         Experiment(
             "pca",
@@ -239,7 +249,7 @@ def _small() -> Budget:
     experiments = [
         _relu_tanh(fig1, 45.0, "epochs of 80 batches (10,240 images), target 45% training error, at most 10"),
         _lrn_cifar(common, "locally connected layers as convolutions; 8 short epochs, not cuda-convnet's schedule"),
-        *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
+        *_ablations(base, off),
         _crops_flips(base, off, "CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256"),
         _dropout(
             Arm("dropout", "fashion-mnist", fashion),
@@ -285,7 +295,7 @@ def _cpu() -> Budget:
     )
     # The baseline's arms first: the runs every ablation shares, and the budget's test of convergence.
     experiments = [
-        *_ablations(base, off, 0.25, "the one-tower arm halves the fc layers too (width applies to every layer)"),
+        *_ablations(base, off),
         _crops_flips(base, off, "CIFAR crops are pad-4 shifts of the 32 px image, not 224 from 256"),
         _dropout(
             base,
@@ -313,7 +323,7 @@ def _full() -> Budget:
         return Arm(name, "paper-imagenet", changes)
 
     experiments = [
-        *_ablations(base, off, 0.5),
+        *_ablations(base, off),
         _dropout(base, off("no_dropout", "model.overrides.dropout=0.0"), 2.5),
         _ten_crop(base, ""),
         _ensemble(base, ENSEMBLE_NOTE),

@@ -54,6 +54,13 @@ class ArchSpec:
         input_size: default square input side (px) the variant is designed for.
         width: channel multiplier applied to every conv and hidden fc layer.
         groups: tower count for ``tower`` convs (2 = the paper's two GPUs, 1 = one tower).
+        one_gpu: the paper's comparison net for its two towers (§3.2): one tower (``groups=1``) with half the
+            kernels of the two-tower net in conv1-4, and conv5 and the fc layers whole ("to make the two nets have
+            approximately the same number of parameters", footnote 2): for the paper's widths 48-128-192-192-256.
+        drop_conv: a middle conv stage taken out (1-based, as the variant's table numbers them; §7: "removing any
+            of the middle layers results in a loss of about 2% for the top-1 performance"); one that neither pools
+            nor normalises, so the maps keep their sides (the next conv takes the channels before it). ``convs`` no
+            longer holds it; 0 keeps them all.
         norm: ``lrn`` (where a stage asks for it), ``batch`` (BatchNorm after every conv), or ``none``.
         lrn_size: LRN window n (channels).
         lrn_alpha: LRN α as the convention below defines it.
@@ -86,6 +93,8 @@ class ArchSpec:
     input_size: int = 224
     width: float = 1.0
     groups: int = 1
+    one_gpu: bool = False
+    drop_conv: int = 0
     norm: str = "lrn"
     lrn_size: int = 5
     lrn_alpha: float = 1e-4
@@ -108,6 +117,9 @@ class ArchSpec:
 
     def channels(self) -> list[int]:
         """Conv output channels after the width multiplier, rounded to a multiple of 8 (and of the towers)."""
+        if self.one_gpu:  # half of what each layer of the two-tower net has (a multiple of 16), but the last
+            last = len(self.convs) - 1
+            return [_scale(c.out, self.width, 16) // (1 if i == last else 2) for i, c in enumerate(self.convs)]
         return [_scale(c.out, self.width, 8 * self.groups) for c in self.convs]
 
     def hidden(self) -> list[int]:
@@ -315,6 +327,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "lrn_across_towers": (False, True),
     "pool_first": (False, True),
     "fc_norm": (False, True),
+    "one_gpu": (False, True),
 }
 _NUMBERS: dict[str, tuple[type, float, float]] = {  # field: (type, lowest, highest), inclusive
     "width": (float, 1e-3, 64.0),
@@ -326,6 +339,7 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {  # field: (type, lowest, high
     "dropout": (float, 0.0, 0.999),
     "bn_momentum": (float, 1e-3, 1.0),
     "input_size": (int, 8, 4096),
+    "drop_conv": (int, 0, 64),
 }
 OVERRIDABLE = tuple(sorted([*_CHOICES, *_NUMBERS]))
 
@@ -351,11 +365,28 @@ def apply_overrides(name: str, spec: ArchSpec, overrides: dict[str, Any]) -> Arc
             raise ValueError(f"unknown override {key!r} for {name}; valid overrides: {list(OVERRIDABLE)}")
     resolved = {k: int(v) if _NUMBERS.get(k, (None,))[0] is int else v for k, v in overrides.items()}
     spec = dataclasses.replace(spec, **resolved)
+    if spec.drop_conv:
+        spec = _without_conv(name, spec)
     _check(name, spec)
     return spec
 
 
+def _without_conv(name: str, spec: ArchSpec) -> ArchSpec:
+    """``spec`` without its conv stage ``drop_conv``.
+
+    Raises:
+        ValueError: not a middle stage, or one that pools or normalises (the layers after it would change size).
+    """
+    k, convs = spec.drop_conv, spec.convs
+    if not 1 < k < len(convs) or convs[k - 1].pool or convs[k - 1].lrn:
+        middle = [i for i, c in enumerate(convs[1:-1], 2) if not (c.pool or c.lrn)]
+        raise ValueError(f"drop_conv={k} for {name}: choose a middle conv that neither pools nor normalises: {middle}")
+    return dataclasses.replace(spec, convs=convs[: k - 1] + convs[k:])
+
+
 def _check(name: str, spec: ArchSpec) -> None:
+    if spec.one_gpu and spec.groups != 1:
+        raise ValueError(f"one_gpu is the paper's one-tower net: give groups=1 with it, not {spec.groups}")
     if spec.lrn_size % 2 == 0:
         raise ValueError(f"lrn_size={spec.lrn_size} must be odd so the window is centred on the channel")
     spec.feature_shape()  # raises for an input too small for the trunk
