@@ -1,6 +1,6 @@
 """Names users give and see, kept free of torch so that the command line's ``--help``, ``--version`` and usage
-errors answer without importing it (1.4 s of a 1.5 s ``alexnet --help``): the precisions one chooses among, and any
-name made safe to print."""
+errors answer without importing it (1.4 s of a 1.5 s ``alexnet --help``): the precisions one chooses among, the
+near miss a mistyped name is told of, and any name made safe to print."""
 
 from __future__ import annotations
 
