@@ -131,7 +131,7 @@ def fit(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
         _start(run)
         checkpointer = Checkpointer(run)
         run.callbacks.on_run_start(run)
-        end = run.start_epoch if _stopped_at_target(run) else cfg.train.epochs
+        end = run.start_epoch if _finished_early(run) else cfg.train.epochs
         with checkpointer.catching_signals(), reporting_worker_crashes(run.data.train, run.data.val):
             for epoch in range(run.start_epoch, end):
                 if _epoch(run, epoch, checkpointer):
@@ -330,7 +330,7 @@ def _resume(run: Run) -> None:
         _record_held_out(run.out, run.data, run.cfg)  # after check_resume: a changed data.val_split is named as such
 
 
-def _stopped_at_target(run: Run) -> bool:
+def _finished_early(run: Run) -> bool:
     """Whether the resumed run had already stopped where ``train.stop_at_train_acc1`` or
     ``train.early_stop_patience`` stops it: its last epoch's training accuracy (as recorded) reached the target, or
     its last validations ran out of patience. Resuming it trains no further, as a run that finished its epochs
