@@ -62,5 +62,5 @@ def test_the_towers_arm_is_the_papers_one_gpu_net(budget):
 def test_one_gpu_gives_the_papers_widths():
     one = get_spec("alexnet_paper", groups=1, one_gpu=True)
     assert one.channels() == [48, 128, 192, 192, 256] and one.hidden() == [4096, 4096]
-    with pytest.raises(ValueError, match="one_gpu is the paper's one-tower net: give groups=1"):
+    with pytest.raises(ValueError, match="one_gpu=True is not valid with groups=2: the paper's one-GPU net is one"):
         get_spec("alexnet_paper", one_gpu=True)  # the paper's two towers

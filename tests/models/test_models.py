@@ -195,6 +195,7 @@ GOOD_OVERRIDES = [
     {"fc_norm": True},
     {"fc_norm": True, "dropout_position": "before"},
     {"norm": "batch", "fc_norm": True, "bn_momentum": 0.4},
+    {"groups": 1, "one_gpu": True},  # drop_conv: test_drop_conv_... (not every variant has a conv it may take out)
 ]
 
 
@@ -318,6 +319,10 @@ BAD_OVERRIDES = [
     ({"fc_norm": "yes"}, "choose one of"),
     ({"bn_momentum": 0.0}, "bn_momentum=0.0"),
     ({"bn_momentum": 1.5}, "bn_momentum=1.5"),
+    ({"one_gpu": 1}, "choose one of"),
+    ({"one_gpu": True}, "one_gpu=True is not valid with groups=2"),  # the paper's two towers
+    ({"drop_conv": -1}, "drop_conv=-1"),
+    ({"drop_conv": 2}, "drop_conv=2 is not valid for alexnet_paper: a middle conv that neither pools"),
 ]
 
 
@@ -386,5 +391,5 @@ def test_drop_conv_takes_out_one_middle_layer_and_nothing_else(name):
     spec = alexnet.get_spec(name, drop_conv=4)
     assert spec.macs(10, 3) == _flop_counter_macs(name, 10, 3, drop_conv=4)
     assert spec.parameters(10, 3) == sum(p.numel() for p in cut.parameters())
-    with pytest.raises(ValueError, match="drop_conv=2 .* neither pools nor normalises: \\[3, 4\\]"):
+    with pytest.raises(ValueError, match="drop_conv=2 is not valid .* neither pools nor normalises: \\[3, 4\\]"):
         alexnet.get_spec(name, drop_conv=2)

@@ -380,13 +380,15 @@ def _without_conv(name: str, spec: ArchSpec) -> ArchSpec:
     k, convs = spec.drop_conv, spec.convs
     if not 1 < k < len(convs) or convs[k - 1].pool or convs[k - 1].lrn:
         middle = [i for i, c in enumerate(convs[1:-1], 2) if not (c.pool or c.lrn)]
-        raise ValueError(f"drop_conv={k} for {name}: choose a middle conv that neither pools nor normalises: {middle}")
+        why = f"a middle conv that neither pools nor normalises: {middle}"
+        raise ValueError(f"drop_conv={k} is not valid for {name}: {why}")
     return dataclasses.replace(spec, convs=convs[: k - 1] + convs[k:])
 
 
 def _check(name: str, spec: ArchSpec) -> None:
     if spec.one_gpu and spec.groups != 1:
-        raise ValueError(f"one_gpu is the paper's one-tower net: give groups=1 with it, not {spec.groups}")
+        why = "the paper's one-GPU net is one tower (groups=1)"
+        raise ValueError(f"one_gpu=True is not valid with groups={spec.groups}: {why}")
     if spec.lrn_size % 2 == 0:
         raise ValueError(f"lrn_size={spec.lrn_size} must be odd so the window is centred on the channel")
     spec.feature_shape()  # raises for an input too small for the trunk
