@@ -3,7 +3,7 @@ imports a module of a higher layer, and no import cycle exists, between packages
 
 The layers, bottom to top (docs/architecture.md draws them):
 0. foundation: errors, files, names (what users choose and see, free of torch), device, memory, native (the C++
-   kernels' build), logs (others' loggers quieted), recipes, version
+   kernels' build), logs (others' loggers quieted), lazy (names loaded on first use), recipes, version
 1. models, data
 2. config (a run's whole configuration: validated against the models and data sets)
 3. artifacts (the trained model and its files)
@@ -30,6 +30,7 @@ LAYERS = {
     "device": 0,
     "memory": 0,
     "names": 0,
+    "lazy": 0,
     "native": 0,
     "logs": 0,
     "recipes": 0,
@@ -183,7 +184,8 @@ def test_the_version_is_the_one_pyproject_declares():
 def test_the_package_loads_its_names_and_subpackages_on_first_use():
     """`import alexnet` imports no torch (`test_cli` checks that); what it offers still comes on first use, in a
     fresh process (here the suite has imported every subpackage already): the everyday names, and its subpackages
-    as attributes, as when the package imported them itself."""
+    as attributes, as when the package imported them itself; `alexnet.models` the same (its submodules were
+    listed by ``dir`` but refused as attributes when it first loaded lazily)."""
     script = (
         "import alexnet\n"
         "assert 'alexnet_paper' in alexnet.models.list_models() and alexnet.errors.AlexNetError\n"
@@ -191,12 +193,19 @@ def test_the_package_loads_its_names_and_subpackages_on_first_use():
         "    assert getattr(alexnet, name) is not None, name\n"
         "names = set(dir(alexnet))\n"
         "assert set(alexnet.__all__) | {'models', 'inference', 'errors'} <= names\n"
-        "assert not {'Any', 'import_module'} & names\n"
-        "try:\n"
-        "    alexnet.nope\n"
-        "except AttributeError as err:\n"
-        "    print(err)\n"
+        "assert not {'Any', 'import_module', 'lazy_names'} & names\n"
+        "models = alexnet.models\n"
+        "assert {'fused_lrn', 'layers', 'get_spec'} <= set(dir(models)) and 'lazy_names' not in dir(models)\n"
+        "assert models.layers.LocalResponseNorm is models.LocalResponseNorm and models.fused_lrn.kernel\n"
+        "for package in (alexnet, models):\n"
+        "    try:\n"
+        "        package.nope\n"
+        "    except AttributeError as err:\n"
+        "        print(err)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "module 'alexnet' has no attribute 'nope'"
+    assert done.stdout.strip().split("\n") == [
+        "module 'alexnet' has no attribute 'nope'",
+        "module 'alexnet.models' has no attribute 'nope'",
+    ], done.stdout

@@ -5,8 +5,7 @@ Names load on first use, as the top package's do: listing the variants, resolvin
 (`registry`, `layers`) imports torch and registers the fused kernels' operators.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_names
 
 _WHERE = {
     "OVERRIDABLE": "specs",
@@ -27,16 +26,5 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = sorted(_WHERE)
-
-
-def __dir__() -> list[str]:
-    from pkgutil import iter_modules
-
-    return sorted({*(n for n in globals() if n.startswith("__")), *__all__, *(m.name for m in iter_modules(__path__))})
+__getattr__, __dir__ = lazy_names(__name__, __path__, _WHERE, globals())
