@@ -59,11 +59,12 @@ def _probe(words: list[str], report: str) -> subprocess.CompletedProcess:
         (["predict", "--bogus"], 2, "alexnet predict: error: the following arguments are required"),
         (["eval", "--batch-size", "x"], 2, "alexnet eval: error: argument -b/--batch-size: 'x' is not an integer"),
         (["train", "--list-recipes"], 0, "paper-imagenet\n"),  # 3.3 s when it imported training first
+        (["weights"], 0, "alexnet_owt.IMAGENET1K_V1 "),  # 1.7 s when its catalog imported torch
     ],
 )
 def test_help_version_and_usage_errors_answer_without_importing_torch(words, code, out):
     """`import alexnet` and the command line's parser import no torch (1.4 s of a 1.5 s ``alexnet --help``), so
-    these, and listing the recipes, answer at once."""
+    these, and listing the recipes and the published weights, answer at once."""
     done = _probe(words, "'torch' in sys.modules")
     assert done.returncode == code, done.stderr
     assert out in done.stdout + done.stderr

@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -337,3 +340,23 @@ def test_the_listing_tells_a_damaged_cached_file_from_the_published_one(entry, c
 
     path.write_bytes(bytes(data[: len(data) // 2]))  # cut short: the size tells without hashing
     assert "check it with --verify" in listed()[2]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"TORCH_HOME": "{tmp}/th"}, {"XDG_CACHE_HOME": "{tmp}/xdg"}, {"TORCH_HOME": "~/th", "XDG_CACHE_HOME": "/x"}],
+)
+def test_the_catalog_finds_torch_hubs_cache_without_importing_torch(env, tmp_path):
+    """`published.cache_dir` follows torch.hub's rule for ``$TORCH_HOME`` and ``$XDG_CACHE_HOME`` without importing
+    torch (so ``alexnet weights`` answers at once), and asks torch.hub once it is loaded (``set_dir`` holds)."""
+    probe = (
+        "import sys; from alexnet.artifacts.published import cache_dir; print(cache_dir());"
+        "print('torch' in sys.modules); import torch.hub; print(torch.hub.get_dir());"
+        f"torch.hub.set_dir({str(tmp_path / 'set')!r}); print(cache_dir())"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}
+    environ.update({k: v.format(tmp=tmp_path) for k, v in env.items()})
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environ, timeout=120)
+    ours, loaded, hub, after_set = done.stdout.splitlines()
+    assert (ours, loaded) == (f"{hub}/checkpoints", "False"), done.stderr
+    assert after_set == f"{tmp_path}/set/checkpoints"

@@ -38,7 +38,7 @@ def add_weights(p: argparse.ArgumentParser) -> None:
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from ..artifacts.weights import cache_state, list_weights
+    from ..artifacts.published import cache_state, list_weights
     from ..names import display_label
 
     damaged = 0

@@ -18,8 +18,6 @@ IMAGENET_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:

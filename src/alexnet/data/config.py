@@ -12,6 +12,9 @@ from typing import Any
 TENSOR_DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "fake")  # read whole into tensors
 FOLDER_DATASETS = ("imagenet", "folder")  # class folders of image files, decoded per sample
 DATASETS = TENSOR_DATASETS + FOLDER_DATASETS
+# torchvision's ImageNet normalisation (RGB, [0, 1] pixels): what its weights and our ImageNet recipes expect
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -17,13 +17,11 @@ from .augment import Augment
 from .batch import (
     IMAGENET_EIGVAL,
     IMAGENET_EIGVEC,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     BatchTransform,
     epoch_order,
     shard_size,
 )
-from .config import DATASETS, TENSOR_DATASETS, DataConfig
+from .config import DATASETS, IMAGENET_MEAN, IMAGENET_STD, TENSOR_DATASETS, DataConfig
 from .folder import (
     FolderDataset,
     FolderLoader,
