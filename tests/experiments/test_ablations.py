@@ -64,3 +64,22 @@ def test_one_gpu_gives_the_papers_widths():
     assert one.channels() == [48, 128, 192, 192, 256] and one.hidden() == [4096, 4096]
     with pytest.raises(ValueError, match="one_gpu=True is not valid with groups=2: the paper's one-GPU net is one"):
         get_spec("alexnet_paper", one_gpu=True)  # the paper's two towers
+
+
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
+def test_the_depth_claim_takes_out_each_middle_conv_once(budget):
+    """§7: "removing any of the middle layers results in a loss of about 2%": one experiment a middle conv that
+    keeps the maps' sides (conv3 and conv4 in every variant here), each against the five-conv baseline."""
+    plan = BUDGETS[budget]()
+    depth = [e for e in plan.experiments if e.section == "§7"]
+    base = load_config(depth[0].paper_arm.recipe, list(depth[0].paper_arm.overrides))
+    spec = get_spec(base.model.name, **base.model.overrides)
+    middle = [i for i, c in enumerate(spec.convs[1:-1], 2) if not (c.pool or c.lrn)]
+    dropped = []
+    for exp in depth:
+        assert exp.paper_arm == plan.baseline and exp.metric == "error", exp.name
+        cfg = load_config(exp.other_arm.recipe, list(exp.other_arm.overrides))
+        k = cfg.model.overrides["drop_conv"]
+        assert f"conv{k}" in exp.claim and len(get_spec(cfg.model.name, **cfg.model.overrides).convs) == 4
+        dropped.append(k)
+    assert sorted(dropped) == middle == [3, 4], (budget, dropped, middle)

@@ -108,15 +108,19 @@ def _ablations(base: Arm, off: Any) -> list[Experiment]:
             base,
             off("one_gpu", "model.overrides.groups=1", "model.overrides.one_gpu=true"),
         ),
-        Experiment(
-            "depth",
-            "§7",
-            "removing any of the middle convolutional layers loses about 2% top-1",
-            "−2 points",
-            2.0,
-            "error",
-            base,
-            off("no_conv4", "model.overrides.drop_conv=4"),  # conv3 and conv4 are the middle layers that keep sizes
+        # conv3 and conv4 are the middle layers that keep the maps' sides ("any of the middle layers": one each)
+        *(
+            Experiment(
+                name,
+                "§7",
+                f"removing any of the middle convolutional layers loses about 2% top-1 (here conv{conv})",
+                "−2 points",
+                2.0,
+                "error",
+                base,
+                off(f"no_conv{conv}", f"model.overrides.drop_conv={conv}"),
+            )
+            for name, conv in (("depth", 4), ("depth_conv3", 3))
         ),
         Experiment(
             "pca",
