@@ -4,6 +4,7 @@ carry a reproduction across sittings, and the statistics behind the verdicts."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -277,3 +278,17 @@ def test_a_record_that_is_not_json_is_named(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path), "--only", "lrn", "--seeds", "1", *TINY]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"run record {done} is not valid JSON" in err, err
+
+
+def test_the_committed_records_rebuild_the_committed_report(tmp_path, capsys):
+    """`results/reproduce-cpu` is what the README and docs/paper.md quote: its records, read again by today's code,
+    must give its report and results word for word (no data, no training), so neither a change to the statistics
+    nor a record changed by hand leaves the quoted figures behind."""
+    committed = Path(__file__).resolve().parents[2] / "results" / "reproduce-cpu"
+    records = shutil.copytree(committed, tmp_path / "records")
+    words = ["reproduce", "--budget", "cpu", "--seeds", "3", "--records", str(records), "--out", str(tmp_path / "x")]
+    assert main(words) == 0
+    assert "report: " in capsys.readouterr().out
+    for name in ("report.md", "results.json"):
+        assert (records / name).read_text() == (committed / name).read_text(), name
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("*.pt"))  # nothing trained
