@@ -60,6 +60,8 @@ def _probe(words: list[str], report: str) -> subprocess.CompletedProcess:
         (["eval", "--batch-size", "x"], 2, "alexnet eval: error: argument -b/--batch-size: 'x' is not an integer"),
         (["train", "--list-recipes"], 0, "paper-imagenet\n"),  # 3.3 s when it imported training first
         (["weights"], 0, "alexnet_owt.IMAGENET1K_V1 "),  # 1.7 s when its catalog imported torch
+        (["features", "--layer", "FC7"], 2, "(choose from 'fc7', 'fc6', 'pool5'); did you mean 'fc7'? (see"),
+        (["trian"], 2, "); did you mean 'train'? (see alexnet --help)"),
     ],
 )
 def test_help_version_and_usage_errors_answer_without_importing_torch(words, code, out):
@@ -238,6 +240,8 @@ def test_train_then_eval(tmp_path, capsys, caplog, monkeypatch):
         (["train", "--recipe", "cifar-10"], "unknown recipe 'cifar-10'; did you mean 'cifar10'?"),
         (["train", "--set", "optim.schedule=Cosine"], "did you mean 'cosine'?"),
         (["predict", "--weights", "alexnet_owt.imagenet1k_v1", "a.png"], "did you mean 'alexnet_owt.IMAGENET1K_V1'?"),
+        (["train", "--set", 'model.overrides.norm="LRN"'], "norm='LRN' is not valid; did you mean 'lrn'? choose"),
+        (["train", "--set", 'train.loggers=["tensorbord"]'], "unknown ['tensorbord']; did you mean 'tensorboard'?"),
     ],
 )
 def test_errors_are_one_line_and_nonzero(args, message, capsys, caplog, tmp_path, monkeypatch):

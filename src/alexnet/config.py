@@ -220,7 +220,10 @@ class Config:
             raise ConfigError(f"data.pca_eigvec={eigvec!r} must be a 3×3 matrix (eigenvectors as columns, RGB)")
         unknown = sorted(set(self.train.loggers) - set(LOGGERS))
         if unknown:
-            raise ConfigError(f"train.loggers={self.train.loggers!r}: unknown {unknown}; choose from {list(LOGGERS)}")
+            hint = did_you_mean(unknown[0], LOGGERS)
+            raise ConfigError(
+                f"train.loggers={self.train.loggers!r}: unknown {unknown}; {hint}choose from {list(LOGGERS)}"
+            )
         betas = self.optim.betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1)")

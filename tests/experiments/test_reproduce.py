@@ -175,7 +175,9 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
 
 def test_only_and_unknown_names(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path), "--only", "lrn,nope", *TINY]) == 2
-    assert "unknown experiment(s) ['nope']" in capsys.readouterr().err
+    assert "unknown experiment(s) ['nope']; choose from [" in capsys.readouterr().err
+    assert main(["reproduce", "--out", str(tmp_path), "--only", "Depth_Conv", *TINY]) == 2
+    assert "unknown experiment(s) ['Depth_Conv']; did you mean 'depth_conv3'? choose" in capsys.readouterr().err
 
 
 def test_t_quantiles():

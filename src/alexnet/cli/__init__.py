@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from ..errors import AlexNetError, TrainingInterrupted, out_of_memory
-from ..names import display_label
+from ..names import did_you_mean, display_label
 from . import catalog, paper, train, use
 from .options import __doc__ as WEIGHTS_RULE
 
@@ -35,6 +35,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse's own hook for a value outside ``choices`` (Python 3.14 adds the hint as ``suggest_on_error``)
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as err:
+            hint = did_you_mean(value, action.choices or ())
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, f"{err.message}; {hint.strip()}") from None
 
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
         takes_value = kwargs.get("action") in (None, "store", "append") and kwargs.get("choices") is None

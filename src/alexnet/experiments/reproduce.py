@@ -30,6 +30,7 @@ from ..config import load_config
 from ..data.pipeline import check_present
 from ..errors import AlexNetError
 from ..files import RECORD_BYTES, atomic_write, check_outputs, read_json_input, read_record
+from ..names import did_you_mean
 from ..training.fit import fit
 from . import claims
 from .ablations import BUDGETS, Arm, Experiment
@@ -329,7 +330,8 @@ def reproduce(
     names = [e.name for e in budget_plan.experiments]
     unknown = sorted(set(only or []) - set(names))
     if unknown:
-        raise AlexNetError(f"unknown experiment(s) {unknown}; choose from {names}")
+        hint = did_you_mean(unknown[0], names)
+        raise AlexNetError(f"unknown experiment(s) {unknown}; {hint}choose from {names}")
     if seeds < 1:
         raise AlexNetError("seeds must be at least 1")
     out = Path(out)

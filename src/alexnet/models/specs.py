@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..names import did_you_mean
+
 
 @dataclass(frozen=True)
 class ConvSpec:
@@ -353,7 +355,8 @@ def apply_overrides(name: str, spec: ArchSpec, overrides: dict[str, Any]) -> Arc
     for key, value in overrides.items():
         if key in _CHOICES:
             if value not in _CHOICES[key] or type(value) not in {type(c) for c in _CHOICES[key]}:  # 1 is not True
-                raise ValueError(f"{key}={value!r} is not valid; choose one of {list(_CHOICES[key])}")
+                hint = did_you_mean(value, _CHOICES[key])
+                raise ValueError(f"{key}={value!r} is not valid; {hint}choose one of {list(_CHOICES[key])}")
         elif key in _NUMBERS:
             kind, low, high = _NUMBERS[key]
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
