@@ -109,7 +109,7 @@ def test_the_cpu_budget_in_miniature_reports_intervals_censoring_and_figure3(tmp
 
 
 @pytest.mark.slow
-def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
+def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch, capsys):
     out, records = tmp_path / "runs", tmp_path / "records"
     args = [
         "reproduce",
@@ -149,18 +149,30 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch):
     gone = strict_json((records / "results.json").read_text())["ensemble"]
     assert gone["text"] == "not measured" and "weights are gone" in gone["verdict"]
     assert gone["effect"]["estimate"] is None  # not NaN, which strict JSON parsers refuse
+    # A record is read only by a sitting that would train its run the same way: other --set values (or an arm
+    # whose definition changed since) are refused before anything trains, naming the difference; nothing is lost.
+    done = records / "pca" / "no_pca" / "seed0" / "done.json"
+    kept = done.read_bytes()
+    two = [*args[: -len(TINY)], *TINY, "--set", "train.epochs=2"]
+    assert main(two) == 2 and trained == [] and done.read_bytes() == kept
+    err = capsys.readouterr().err
+    assert "seed0/done.json was trained otherwise (train.epochs=1, not 2): run with its settings" in err, err
+    assert len(err.strip().splitlines()) == 1
+    stale = json.loads(kept)
+    stale["overrides"] = ["data.pca_std=0.5"]
+    done.write_text(json.dumps(stale))
+    assert main(args) == 2 and trained == []
+    assert "the arm's overrides ['data.pca_std=0.5'], not ['" in capsys.readouterr().err
     # A run without a record and without a checkpoint trains from scratch; one with a checkpoint (killed after it)
     # resumes from it.
-    done = records / "pca" / "no_pca" / "seed0" / "done.json"
     done.unlink()
-    two = [*args[: -len(TINY)], *TINY, "--set", "train.epochs=2"]
-    assert main(two) == 0
+    assert main(args) == 0
     assert len(trained) == 1 and trained[0].train.resume == "auto" and str(trained[0].train.out).endswith("seed0")
-    first = json.loads(done.read_text())["history"]
-    assert [r["epoch"] for r in first] == [1, 2]
+    first = json.loads(done.read_text())
+    assert [r["epoch"] for r in first["history"]] == [1] and first["settings"]["train.epochs"] == "1"
     done.unlink()
-    assert main(two) == 0
-    assert len(trained) == 2 and json.loads(done.read_text())["history"] == first  # resumed: nothing retrained
+    assert main(args) == 0
+    assert len(trained) == 2 and json.loads(done.read_text())["history"] == first["history"]  # nothing retrained
     # A baseline run trained again (its record removed) replaces the weights the ensemble averaged: measured anew,
     # not read from the record of the old weights.
     stale = {**results["ensemble"], "seeds": [0], "members_err": [99.0], "ensemble_err": 99.0, "seconds": 1.0}
@@ -249,10 +261,12 @@ def test_a_missing_data_set_is_named_before_the_first_run(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert "fashion-mnist not found" in err and len(err.splitlines()) == 1, err
     assert trained == [] and not out.exists()
-    for arm in ("dropout", "no_dropout"):  # as a fresh clone of committed records has them
-        record = out / "dropout" / arm / "seed0" / "done.json"
+    dropout = next(e for e in BUDGETS["small"]().experiments if e.name == "dropout")
+    for arm in (dropout.paper_arm, dropout.other_arm):  # as a fresh clone of committed records has them
+        record = out / "dropout" / arm.name / "seed0" / "done.json"
         record.parent.mkdir(parents=True)
-        record.write_text("{}")
+        settings = {"data.download": "false"}  # this sitting's --set
+        record.write_text(json.dumps({"recipe": arm.recipe, "overrides": list(arm.overrides), "settings": settings}))
     assert main([*args, *missing]) == 130 and len(trained) == 1  # on to the first CIFAR-10 run
 
 

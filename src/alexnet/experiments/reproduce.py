@@ -85,6 +85,7 @@ def _run(plan: Plan, arm: Arm, seed: int, rel: Path) -> dict[str, Any]:
         "arm": arm.name,
         "recipe": arm.recipe,
         "overrides": list(arm.overrides),
+        "settings": _settings(plan),
         "machine": machine(),
     }
     if arm == plan.baseline:
@@ -283,6 +284,40 @@ def _check_data(plan: Plan, arms: list[Arm]) -> None:
             checked.add(source)
 
 
+def _settings(plan: Plan) -> dict[str, str]:
+    """What this sitting changes in every run: its ``--set`` overrides (the last of a key holds) and ``--dataset``;
+    where and how fast the runs go (device, precision, progress bars) leaves a run the same experiment."""
+    given = [*plan.overrides, *(f"data.dataset={v}" for k, v in plan.fields.items() if k == "data__dataset")]
+    return {k.strip(): v.strip() for k, v in (o.split("=", 1) for o in given if "=" in o)}
+
+
+def _check_records(plan: Plan, homes: dict[Arm, Path], seeds: int) -> None:
+    """Every record this sitting would read was trained as this sitting would train it: an arm whose definition
+    changed (a newer version's table) or a sitting with other ``--set`` values would otherwise be reported beside
+    runs it does not match. Checked before anything trains; the record is never overwritten."""
+    ours = _settings(plan)
+    for arm, home in homes.items():
+        for seed in range(seeds):
+            done = plan.records / home / f"seed{seed}" / "done.json"
+            if not done.is_file():
+                continue
+            record = read_json_input(done, RECORD_BYTES, "run record")
+            theirs = record.get("settings", {})  # records made before settings were kept: made without --set
+            what = [f"recipe {record.get('recipe')!r}"] if record.get("recipe") != arm.recipe else []
+            if record.get("overrides") != list(arm.overrides):
+                what.append(f"the arm's overrides {record.get('overrides')!r}, not {list(arm.overrides)!r}")
+            if not isinstance(theirs, dict):
+                what.append(f"settings {theirs!r}")
+            elif theirs != ours:
+                keys = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
+                what += [f"{k}={theirs.get(k, '(not set)')}, not {ours.get(k, '(not set)')}" for k in keys]
+            if what:
+                raise AlexNetError(
+                    f"{done} was trained otherwise ({'; '.join(what)}): run with its settings, or move the record "
+                    "away to train the run again"
+                )
+
+
 def _holds_reproduction(records: Path) -> bool:
     """Whether ``records`` holds a reproduction's records (a run's ``done.json``, or ``results.json`` with a claim's
     verdict): then its report and figures are this command's to write again."""
@@ -351,6 +386,7 @@ def reproduce(
     for exp in chosen:
         for arm in (a for a in (exp.paper_arm, exp.other_arm) if a is not None):
             homes.setdefault(arm, Path(exp.name) / arm.name)
+    _check_records(plan, homes, seeds)
     _check_data(plan, [a for a, home in homes.items() if not _recorded(plan, home, seeds)])
     results: dict[str, ClaimResult] = {}
     for exp in chosen:
