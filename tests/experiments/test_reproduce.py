@@ -308,3 +308,23 @@ def test_the_committed_records_rebuild_the_committed_report(tmp_path, capsys):
     for name in ("report.md", "results.json"):
         assert (records / name).read_text() == (committed / name).read_text(), name
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("*.pt"))  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ("[1]", "is not a run record (a JSON object)"),
+        ("{", "is not valid JSON"),
+        ('{"recipe": 3, "overrides": "x", "settings": [1]}', "trained otherwise (recipe 3; the arm's overrides 'x'"),
+    ],
+)
+def test_a_damaged_record_is_one_line_before_anything_trains(body, said, tmp_path, capsys, monkeypatch):
+    import alexnet.experiments.reproduce as reproduce
+
+    monkeypatch.setattr(reproduce, "fit", lambda cfg: pytest.fail("trained"))
+    done = tmp_path / "lrn" / "paper" / "seed0" / "done.json"
+    done.parent.mkdir(parents=True)
+    done.write_text(body)
+    assert main(["reproduce", "--out", str(tmp_path), "--only", "lrn", "--seeds", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1 and done.read_text() == body, err

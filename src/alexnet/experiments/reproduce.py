@@ -302,6 +302,8 @@ def _check_records(plan: Plan, homes: dict[Arm, Path], seeds: int) -> None:
             if not done.is_file():
                 continue
             record = read_json_input(done, RECORD_BYTES, "run record")
+            if not isinstance(record, dict):
+                raise AlexNetError(f"{done} is not a run record (a JSON object): move it away to train the run again")
             theirs = record.get("settings", {})  # records made before settings were kept: made without --set
             what = [f"recipe {record.get('recipe')!r}"] if record.get("recipe") != arm.recipe else []
             if record.get("overrides") != list(arm.overrides):
