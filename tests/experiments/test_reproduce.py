@@ -30,6 +30,8 @@ TINY = [
     "--set",
     "data.eval_batch_size=64",
 ]
+# What a run's record holds that the report reads: every epoch's losses and accuracies, and the seconds.
+RUN = {"history": [{"epoch": 1, "train_loss": 2.0, "train_acc1": 10.0, "val_acc1": 10.0}], "seconds": 1.0}
 
 
 @pytest.mark.slow
@@ -149,6 +151,11 @@ def test_records_carry_a_reproduction_across_sittings(tmp_path, monkeypatch, cap
     gone = strict_json((records / "results.json").read_text())["ensemble"]
     assert gone["text"] == "not measured" and "weights are gone" in gone["verdict"]
     assert gone["effect"]["estimate"] is None  # not NaN, which strict JSON parsers refuse
+    for damaged in ("[1]", '{"seeds": [0], "members_err": "x"}'):  # not read (a warning), not a traceback
+        (records / "lrn" / "paper" / "ensemble.json").write_text(damaged)
+        assert main(args) == 0
+        assert strict_json((records / "results.json").read_text())["ensemble"]["text"] == "not measured"
+        assert "ensemble measured on" not in (records / "report.md").read_text()
     # A record is read only by a sitting that would train its run the same way: other --set values (or an arm
     # whose definition changed since) are refused before anything trains, naming the difference; nothing is lost.
     done = records / "pca" / "no_pca" / "seed0" / "done.json"
@@ -266,7 +273,8 @@ def test_a_missing_data_set_is_named_before_the_first_run(tmp_path, capsys, monk
         record = out / "dropout" / arm.name / "seed0" / "done.json"
         record.parent.mkdir(parents=True)
         settings = {"data.download": "false"}  # this sitting's --set
-        record.write_text(json.dumps({"recipe": arm.recipe, "overrides": list(arm.overrides), "settings": settings}))
+        kept = {"recipe": arm.recipe, "overrides": list(arm.overrides), "settings": settings, **RUN}
+        record.write_text(json.dumps(kept))
     assert main([*args, *missing]) == 130 and len(trained) == 1  # on to the first CIFAR-10 run
 
 
@@ -313,9 +321,10 @@ def test_the_committed_records_rebuild_the_committed_report(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("body", "said"),
     [
-        ("[1]", "is not a run record (a JSON object)"),
+        ("[1]", "is not a run record (a JSON object with every epoch"),
+        ('{"history": [{}], "seconds": 1}', "is not a run record"),
         ("{", "is not valid JSON"),
-        ('{"recipe": 3, "overrides": "x", "settings": [1]}', "trained otherwise (recipe 3; the arm's overrides 'x'"),
+        (json.dumps({"recipe": 3, "overrides": "x", "settings": [1], **RUN}), "(recipe 3; the arm's overrides"),
     ],
 )
 def test_a_damaged_record_is_one_line_before_anything_trains(body, said, tmp_path, capsys, monkeypatch):

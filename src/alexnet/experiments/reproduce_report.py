@@ -7,19 +7,29 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from ..files import RECORD_BYTES, atomic_write, json_text, read_json_input, save_figure
+from ..files import RECORD_BYTES, atomic_write, json_text, read_json_input, read_record, save_figure
+
+
+def is_ensemble_record(saved: Any) -> bool:
+    """Whether ``saved`` (an ``ensemble.json``'s JSON) holds the numbers the report reads: a damaged one is not."""
+    if not isinstance(saved, dict) or not isinstance(members := saved.get("members_err"), list):
+        return False
+    numbers = [*members, saved.get("ensemble_err"), saved.get("seconds")]
+    return isinstance(saved.get("seeds"), list) and all(isinstance(v, (int, float)) for v in numbers)
 
 
 def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
-    """Every finished run's record of this reproduction, each once."""
+    """Every finished run's record of this reproduction, each once (seeds past this sitting's too, unchecked: a
+    damaged one is left out of the totals)."""
     seen = sorted({p for home in homes.values() for p in (records / home).glob("seed*/done.json")})
-    return [read_json_input(p, RECORD_BYTES, "run record") for p in seen]
+    found = (read_record(p) for p in seen)
+    return [r for r in found if isinstance(r, dict) and isinstance(r.get("seconds"), (int, float))]
 
 
 def _ensembles(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
     """The ensemble records (``ensemble.json`` beside an arm's seeds) of this reproduction."""
     found = sorted({records / home / "ensemble.json" for home in homes.values()})
-    return [read_json_input(p, RECORD_BYTES, "ensemble record") for p in found if p.is_file()]
+    return [r for r in (read_record(p) for p in found if p.is_file()) if is_ensemble_record(r)]
 
 
 def write_report(
