@@ -324,8 +324,12 @@ def _check_records(plan: Plan, homes: dict[Arm, Path], seeds: int) -> None:
                 )
             theirs = record.get("settings", {})  # records made before settings were kept: made without --set
             what = [f"recipe {record.get('recipe')!r}"] if record.get("recipe") != arm.recipe else []
-            if record.get("overrides") != list(arm.overrides):
-                what.append(f"the arm's overrides {record.get('overrides')!r}, not {list(arm.overrides)!r}")
+            kept, now = record.get("overrides"), list(arm.overrides)
+            if kept != now and isinstance(kept, list):  # only what differs: an arm has a dozen overrides
+                gone, added = [o for o in kept if o not in now], [o for o in now if o not in kept]
+                what.append(f"the arm had {gone}, now {added}" if gone or added else "the arm's overrides reordered")
+            elif kept != now:
+                what.append(f"the arm's overrides {kept!r}")
             if not isinstance(theirs, dict):
                 what.append(f"settings {theirs!r}")
             elif theirs != ours:
