@@ -242,6 +242,8 @@ def test_train_then_eval(tmp_path, capsys, caplog, monkeypatch):
         (["predict", "--weights", "alexnet_owt.imagenet1k_v1", "a.png"], "did you mean 'alexnet_owt.IMAGENET1K_V1'?"),
         (["train", "--set", 'model.overrides.norm="LRN"'], "norm='LRN' is not valid; did you mean 'lrn'? choose"),
         (["train", "--set", 'train.loggers=["tensorbord"]'], "unknown ['tensorbord']; did you mean 'tensorboard'?"),
+        # A --resume file that is no checkpoint, once the run's set-up has begun: nothing was said before it.
+        (["train", "--dataset", "fake", "--resume", __file__], "is truncated or not a checkpoint"),
     ],
 )
 def test_errors_are_one_line_and_nonzero(args, message, capsys, caplog, tmp_path, monkeypatch):

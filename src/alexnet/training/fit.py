@@ -304,7 +304,6 @@ def _on_bf16_copies(
         return model
     copies = Bf16Copies(model)  # one process: model is the bare module
     optimizer.use_copies(copies.copies())
-    log.info("training on bf16 copies of the conv and fc weights, no per-step casts (train.bf16_copies=false: off)")
     return copies
 
 
@@ -357,6 +356,8 @@ def _out_of_patience(cfg: Config, history: list[dict[str, float]]) -> str | None
 def _start(run: Run) -> None:
     """Compile if asked, record the resolved config, and say what is about to train."""
     cfg = run.cfg
+    if isinstance(run.model, Bf16Copies):  # said here, after the resume's checks: a refusal stays the one line
+        log.info("training on bf16 copies of the conv and fc weights, no per-step casts (train.bf16_copies=false: off)")
     if cfg.train.compile:
         run.model = torch.compile(run.model)
     if run.dist.is_main:
