@@ -338,3 +338,15 @@ def test_a_damaged_record_is_one_line_before_anything_trains(body, said, tmp_pat
     assert main(["reproduce", "--out", str(tmp_path), "--only", "lrn", "--seeds", "1", *TINY]) == 2
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1 and done.read_text() == body, err
+
+
+def test_a_damaged_record_past_the_sittings_seeds_is_left_out_of_the_report(tmp_path, capsys):
+    """A seed the sitting does not ask for is not checked before the runs; the report, which reads every seed's
+    record for its totals and curves, leaves a damaged one out (it was a traceback after the runs)."""
+    committed = Path(__file__).resolve().parents[2] / "results" / "reproduce-cpu"
+    records = shutil.copytree(committed, tmp_path / "records")
+    (records / "depth" / "no_conv4" / "seed3").mkdir()
+    (records / "depth" / "no_conv4" / "seed3" / "done.json").write_text('{"history": [1]}')
+    words = ["reproduce", "--budget", "cpu", "--seeds", "3", "--records", str(records), "--out", str(tmp_path / "x")]
+    assert main(words) == 0
+    assert (records / "report.md").read_text() == (committed / "report.md").read_text()

@@ -34,7 +34,7 @@ from ..names import did_you_mean
 from ..training.fit import fit
 from . import claims
 from .ablations import BUDGETS, Arm, Experiment
-from .reproduce_report import is_ensemble_record
+from .reproduce_report import is_ensemble_record, is_run_record
 
 log = logging.getLogger(__name__)
 
@@ -294,18 +294,6 @@ def _settings(plan: Plan) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in (o.split("=", 1) for o in given if "=" in o)}
 
 
-def _is_run_record(record: Any) -> bool:
-    """Whether ``record`` (a ``done.json``'s JSON) holds what `_value` and the report read: the seconds, and every
-    epoch's training loss and accuracy with a test (or else validation) accuracy after the last."""
-    number = (int, float)
-    history = record.get("history") if isinstance(record, dict) else None
-    if not (isinstance(history, list) and history and all(isinstance(r, dict) for r in history)):
-        return False
-    rows = all(isinstance(r.get(k), number) for r in history for k in ("train_loss", "train_acc1"))
-    last = isinstance(history[-1].get("test_acc1"), number) or isinstance(history[-1].get("val_acc1"), number)
-    return rows and last and isinstance(record.get("seconds"), number)
-
-
 def _check_records(plan: Plan, homes: dict[Arm, Path], seeds: int) -> None:
     """Every record this sitting would read was trained as this sitting would train it: an arm whose definition
     changed (a newer version's table) or a sitting with other ``--set`` values would otherwise be reported beside
@@ -317,7 +305,7 @@ def _check_records(plan: Plan, homes: dict[Arm, Path], seeds: int) -> None:
             if not done.is_file():
                 continue
             record = read_json_input(done, RECORD_BYTES, "run record")
-            if not _is_run_record(record):
+            if not is_run_record(record):
                 raise AlexNetError(
                     f"{done} is not a run record (a JSON object with every epoch's losses and accuracies, and the "
                     "seconds): move it away to train the run again"

@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from ..files import RECORD_BYTES, atomic_write, json_text, read_json_input, read_record, save_figure
+from ..files import atomic_write, json_text, read_record, save_figure
 
 
 def is_ensemble_record(saved: Any) -> bool:
@@ -18,12 +18,28 @@ def is_ensemble_record(saved: Any) -> bool:
     return isinstance(saved.get("seeds"), list) and all(isinstance(v, (int, float)) for v in numbers)
 
 
+def is_run_record(record: Any) -> bool:
+    """Whether ``record`` (a ``done.json``'s JSON) holds what the measures and this report read: the seconds, and
+    every epoch's training loss and accuracy with a test (or else validation) accuracy after the last."""
+    number = (int, float)
+    history = record.get("history") if isinstance(record, dict) else None
+    if not (isinstance(history, list) and history and all(isinstance(r, dict) for r in history)):
+        return False
+    rows = all(isinstance(r.get(k), number) for r in history for k in ("train_loss", "train_acc1"))
+    last = isinstance(history[-1].get("test_acc1"), number) or isinstance(history[-1].get("val_acc1"), number)
+    return rows and last and isinstance(record.get("seconds"), number)
+
+
+def _arm_records(records: Path, home: Path) -> list[dict[str, Any]]:
+    """The records of one arm's seeds, by seed: those past this sitting's seeds too, which `reproduce` did not
+    check, so a damaged one is left out rather than read."""
+    found = (read_record(p) for p in sorted((records / home).glob("seed*/done.json")))
+    return [r for r in found if is_run_record(r)]
+
+
 def _records(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
-    """Every finished run's record of this reproduction, each once (seeds past this sitting's too, unchecked: a
-    damaged one is left out of the totals)."""
-    seen = sorted({p for home in homes.values() for p in (records / home).glob("seed*/done.json")})
-    found = (read_record(p) for p in seen)
-    return [r for r in found if isinstance(r, dict) and isinstance(r.get("seconds"), (int, float))]
+    """Every finished run's record of this reproduction, each once."""
+    return [r for home in sorted(set(homes.values())) for r in _arm_records(records, home)]
 
 
 def _ensembles(records: Path, homes: dict[Any, Path]) -> list[dict[str, Any]]:
@@ -130,8 +146,8 @@ def _curves(records: Path, experiments: list[Any], homes: dict[Any, Path]) -> li
         fig, ax = plt.subplots(figsize=(5, 3.2))
         key = "val_acc1" if exp.metric == "error" else ("train_acc1" if exp.metric == "epochs" else "train_loss")
         for arm in (exp.paper_arm, exp.other_arm):
-            for i, done in enumerate(sorted((records / homes[arm]).glob("seed*/done.json"))):
-                rows = read_json_input(done, RECORD_BYTES, "run record")["history"]
+            for i, record in enumerate(_arm_records(records, homes[arm])):
+                rows = record["history"]
                 ys = [r[key] if key == "train_loss" else 100 - r[key] for r in rows]
                 ax.plot(
                     range(1, len(ys) + 1),
