@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import platform
 import re
 import shutil
 import threading
@@ -67,6 +68,27 @@ def int8_saturates() -> bool:
     return capabilities.get("architecture") in {"x86_64", "x86"} and not any(
         capabilities.get(flag) for flag in VNNI_FLAGS
     )
+
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # bf16 products in hardware: vdpbf16ps, AMX's bf16 tiles
+
+
+def bf16_products() -> bool:
+    """Whether this x86 CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Without them oneDNN still runs bf16 on
+    any AVX-512 CPU, widening each value to fp32 first: an Ice Lake-class Xeon ran a 4096² bf16 matmul at 61 GFLOP/s
+    against fp32's 319, and a convolution at 69 against 348. False on other architectures (ask oneDNN there)."""
+    flags = cpu_flags()
+    if flags:  # Linux on x86: /proc/cpuinfo's flags
+        return bool(flags & BF16_FLAGS)
+    import torch  # elsewhere, torch's own cpuinfo (the same flag names)
+
+    capabilities = torch.cpu.get_capabilities()
+    return any(capabilities.get(flag) for flag in BF16_FLAGS)
+
+
+def x86() -> bool:
+    """Whether this is an x86 CPU."""
+    return platform.machine().lower() in {"x86_64", "amd64", "i386", "i686"}
 
 
 def cpu_model(cpuinfo: Path = _CPUINFO) -> str:

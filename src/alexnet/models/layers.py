@@ -298,9 +298,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 @functools.cache
 def _bf16_products() -> bool:
-    # AMX's bf16 tiles or AVX512-BF16's dot products (/proc/cpuinfo's amx_bf16, avx512_bf16): where space-to-depth was
-    # measured faster. Elsewhere bf16 is converted to fp32 for the products, unmeasured.
-    return bool({"amx_bf16", "avx512_bf16"} & native.cpu_flags())
+    # AMX's bf16 tiles or AVX512-BF16's dot products: where space-to-depth was measured faster. Elsewhere bf16 is
+    # converted to fp32 for the products, unmeasured.
+    return native.bf16_products()
 
 
 _STANDARD = {
