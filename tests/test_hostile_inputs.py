@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -403,6 +404,23 @@ def test_a_run_directory_predicts_as_its_best_weights(files, tmp_path, capsys, c
         assert main(["predict", "--weights", str(run), files["image"]]) == 0
     assert capsys.readouterr().out == by_file
     assert f"{run}: the model in it, best.safetensors" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_a_refusal_after_a_run_directory_is_resolved_is_the_one_line(files, tmp_path, capsys, caplog, command):
+    # Which file a run directory stood for was said as it was resolved, so a data set that is not there (eval) or a
+    # damaged model file (predict) came after that line: now it is said once the command's checks have passed.
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = Path(files["weights"]).read_bytes()
+    (run / "best.safetensors").write_bytes(weights if command == "eval" else weights[: len(weights) // 2])
+    argv = {
+        "eval": ["eval", "--checkpoint", str(run), "--dataset", "cifar10", "--data-dir", str(tmp_path / "no-data")],
+        "predict": ["predict", "--checkpoint", str(run), files["image"]],
+    }[command]
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        _refused(capsys, argv, "cifar10" if command == "eval" else "best.safetensors")
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
 
 
 def test_names_longer_than_a_file_system_takes_are_one_line(files, capsys, tmp_path):

@@ -21,6 +21,8 @@ def model_file(path: Path | str, *, checkpoint: bool = False) -> Path:
     the run's training config, as an evaluation of its held-out images does), the best epoch's ``best.pt`` (the same
     weights with the config) comes first instead.
 
+    The caller says which file it took (`say_model_file`) once its checks have passed: a refusal is the one line.
+
     Raises:
         AlexNetError: a directory with neither: the model files it does hold are named, if any.
     """
@@ -29,7 +31,6 @@ def model_file(path: Path | str, *, checkpoint: bool = False) -> Path:
         return path
     for name in ("best.pt" if checkpoint else "best.safetensors", "last.pt"):
         if (path / name).is_file():
-            log.info("%s: the model in it, %s", path, name)
             return path / name
     found = sorted(
         (p.name for p in path.iterdir() if p.suffix in _MODEL_SUFFIXES and p.is_file()),
@@ -39,6 +40,12 @@ def model_file(path: Path | str, *, checkpoint: bool = False) -> Path:
         raise AlexNetError(f"{path} is a directory with no model file (a run's holds best.safetensors or last.pt)")
     files = ", ".join(str(path / name) for name in found[:3]) + (", ..." if len(found) > 3 else "")
     raise AlexNetError(f"{path} has neither best.safetensors nor last.pt: give one of its model files ({files})")
+
+
+def say_model_file(given: Path | str, taken: Path | str) -> None:
+    """Log the file `model_file` took for a run directory (nothing for a file given as itself)."""
+    if Path(given) != Path(taken):
+        log.info("%s: the model in it, %s", given, Path(taken).name)
 
 
 def load_trained(path: Path | str) -> TrainedModel:

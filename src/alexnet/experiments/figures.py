@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts.loader import load_network, model_file
+from ..artifacts.loader import load_network, model_file, say_model_file
 from ..artifacts.trained import TrainedModel
 from ..errors import AlexNetError
 from ..files import check_outputs, is_record, save_figure, write_text
@@ -57,7 +57,8 @@ def figure3(source: Path | str, out: Path | str) -> dict[str, Any]:
         ``towers``: per tower, the mean, median and per-kernel colour specificity; ``ratio``: the more colourful
         tower's mean over the other's; ``p_random_split``: `random_split_p`; ``figure``: the PNG's path.
     """
-    trained = load_network(model_file(source), "to draw Figure 3 from")
+    trained = load_network(taken := model_file(source), "to draw Figure 3 from")
+    say_model_file(source, taken)
     w = conv1_weight(trained.model)
     if w.shape[1] != 3:
         raise ValueError(f"Figure 3 needs a colour model; this conv1 takes {w.shape[1]} channel(s)")
@@ -164,7 +165,8 @@ def figure4(
     """
     from ..inference.features import extract_features
 
-    trained = load_network(model_file(source), "to take fc7 features from")
+    trained = load_network(taken := model_file(source), "to take fc7 features from")
+    say_model_file(source, taken)
     train, test = _splits(trained, dataset, data_dir, limit)
     train_feats = extract_features(trained, train.images)  # (N, D)
     m = min(len(test.labels), retrieval_queries)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import native
-from ..artifacts.loader import load_trained, model_file
+from ..artifacts.loader import load_trained, model_file, say_model_file
 from ..artifacts.program import is_int8
 from ..artifacts.trained import TrainedModel
 from ..data.config import DataConfig
@@ -56,8 +56,8 @@ def evaluate_checkpoint(
         raise ConfigError(f"split={split!r}: choose test (the data set's own split) or val (the held-out images)")
     # a run directory as its model file (a checkpoint, which knows the run's config, for the held-out images): its
     # held_out.json is beside that file
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
-    paths = [model_file(p, checkpoint=split == "val") for p in paths]
+    given = [path] if isinstance(path, (str, Path)) else list(path)
+    paths = [model_file(p, checkpoint=split == "val") for p in given]
     if not paths:
         raise ConfigError("no model to evaluate")
     members = [load_trained(p) for p in paths]
@@ -92,6 +92,8 @@ def evaluate_checkpoint(
     else:
         loader, classes = build_eval_loader(cfg, prep.stored_size, dev)
     trained.check_classes(classes, str(paths[0]))
+    for p, taken in zip(given, paths):  # said once the models and the data set are known good
+        say_model_file(p, taken)
     if precision == "int8":  # quantize on the fly, calibrated on the training split: once the data set is known good
         members = [_quantized(m, data_dir) for m in members]
     transform = prep.transform()

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .. import native
-from ..artifacts.loader import load_trained, model_file
+from ..artifacts.loader import load_trained, model_file, say_model_file
 from ..artifacts.program import is_int8
 from ..artifacts.trained import ModelMeta, TrainedModel
 from ..data.batch import stack_images
@@ -130,18 +130,20 @@ class Predictor:
         exported, or a run directory (its model: `alexnet.artifacts.loader.model_file`). Several (not ONNX): one
         classifier, the softmax averaged over them (`Ensemble`, the paper's five CNNs); they must agree on classes
         and preprocessing (`check_members`)."""
-        if not isinstance(path, (str, Path)):
-            paths = [model_file(p) for p in path]
-            if len(paths) != 1:
-                return cls._ensemble(paths, device, precision, max_file_mb, compile)
-            path = paths[0]
-        path = model_file(path)  # a run directory as the model in it
-        if path.suffix == ".onnx":
+        given = [path] if isinstance(path, (str, Path)) else list(path)
+        paths = [model_file(p) for p in given]  # a run directory as the model in it
+        if len(paths) != 1:
+            predictor = cls._ensemble(paths, device, precision, max_file_mb, compile)
+        elif paths[0].suffix == ".onnx":
             from .export import load_onnx
 
-            session, meta = load_onnx(path)
-            return cls(session, meta, max_file_mb=max_file_mb)
-        return cls.from_trained([load_trained(path)], [path], device, precision, max_file_mb, compile)
+            session, meta = load_onnx(paths[0])
+            predictor = cls(session, meta, max_file_mb=max_file_mb)
+        else:
+            predictor = cls.from_trained([load_trained(paths[0])], paths, device, precision, max_file_mb, compile)
+        for p, taken in zip(given, paths):  # said once the models are loaded and checked
+            say_model_file(p, taken)
+        return predictor
 
     @classmethod
     def _ensemble(cls, paths: list[Path], device: str, precision: str, max_file_mb: float, compile: bool) -> Predictor:
