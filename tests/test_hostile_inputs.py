@@ -406,21 +406,30 @@ def test_a_run_directory_predicts_as_its_best_weights(files, tmp_path, capsys, c
     assert f"{run}: the model in it, best.safetensors" in caplog.text
 
 
-@pytest.mark.parametrize("command", ["eval", "predict"])
+@pytest.mark.parametrize("command", ["eval", "fig4", "predict", "export"])
 def test_a_refusal_after_a_run_directory_is_resolved_is_the_one_line(files, tmp_path, capsys, caplog, command):
-    # Which file a run directory stood for was said as it was resolved, so a data set that is not there (eval) or a
-    # damaged model file (predict) came after that line: now it is said once the command's checks have passed.
+    # Which file a run directory stood for was said as it was resolved, so a data set that is not there (eval, fig4)
+    # or a damaged model file (predict, export) came after that line: now it is said once the checks have passed.
+    from alexnet.artifacts.loader import load_trained
+
     run = tmp_path / "run"
     run.mkdir()
     weights = Path(files["weights"]).read_bytes()
-    (run / "best.safetensors").write_bytes(weights if command == "eval" else weights[: len(weights) // 2])
+    damaged = command in ("predict", "export")
+    (run / "best.safetensors").write_bytes(weights[: len(weights) // 2] if damaged else weights)
+    no_data = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "no-data")]
     argv = {
-        "eval": ["eval", "--checkpoint", str(run), "--dataset", "cifar10", "--data-dir", str(tmp_path / "no-data")],
+        "eval": ["eval", "--checkpoint", str(run), *no_data],
+        "fig4": ["paper", "fig4", str(run), "--out", str(tmp_path / "fig4"), *no_data],
         "predict": ["predict", "--checkpoint", str(run), files["image"]],
+        "export": ["export", "--checkpoint", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
     }[command]
     with caplog.at_level(logging.INFO, logger="alexnet"):
-        _refused(capsys, argv, "cifar10" if command == "eval" else "best.safetensors")
-    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        _refused(capsys, argv, "best.safetensors" if damaged else "cifar10")
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        if not damaged:  # and said where the model loads
+            load_trained(run)
+            assert f"{run}: the model in it, best.safetensors" in caplog.text
 
 
 def test_names_longer_than_a_file_system_takes_are_one_line(files, capsys, tmp_path):

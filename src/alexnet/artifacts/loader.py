@@ -65,17 +65,20 @@ def load_trained(path: Path | str) -> TrainedModel:
         NonFiniteWeightsError: NaN or infinite weights.
         WeightsError: published weights that cannot be downloaded or fail their hash check.
     """
-    path = model_file(path)
+    given, path = path, model_file(path)
     if path.suffix == ".onnx":  # read as a checkpoint it would be "not the zip archive torch.save writes"
         raise AlexNetError(
             f"{path} is an ONNX model: `alexnet predict` (or onnxruntime) runs it; this takes the .safetensors or "
             ".pt it was exported from"
         )
     if path.suffix == ".pt2":  # a torch.export program we wrote: exported fp32, or quantized int8
-        return load_program(path)
-    if path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
-        return resolve(path)  # published weights: a registry name, torchvision's or Caffe's files
-    return load_own(path)
+        trained = load_program(path)
+    elif path.suffix in (".pth", ".caffemodel") or not (path.exists() or path.suffix in (".pt", ".safetensors")):
+        trained = resolve(path)  # published weights: a registry name, torchvision's or Caffe's files
+    else:
+        trained = load_own(path)
+    say_model_file(given, path)  # a run directory's: once its model has loaded (callers that check more say it later)
+    return trained
 
 
 def load_network(path: Path | str, purpose: str) -> TrainedModel:

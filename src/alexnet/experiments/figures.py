@@ -58,10 +58,10 @@ def figure3(source: Path | str, out: Path | str) -> dict[str, Any]:
         tower's mean over the other's; ``p_random_split``: `random_split_p`; ``figure``: the PNG's path.
     """
     trained = load_network(taken := model_file(source), "to draw Figure 3 from")
-    say_model_file(source, taken)
     w = conv1_weight(trained.model)
     if w.shape[1] != 3:
         raise ValueError(f"Figure 3 needs a colour model; this conv1 takes {w.shape[1]} channel(s)")
+    say_model_file(source, taken)
     groups = trained.model.spec.groups
     spec = colour_specificity(w)
     towers = []
@@ -166,8 +166,8 @@ def figure4(
     from ..inference.features import extract_features
 
     trained = load_network(taken := model_file(source), "to take fc7 features from")
-    say_model_file(source, taken)
     train, test = _splits(trained, dataset, data_dir, limit)
+    say_model_file(source, taken)  # once the data set is known good
     train_feats = extract_features(trained, train.images)  # (N, D)
     m = min(len(test.labels), retrieval_queries)
     test_feats = extract_features(trained, test.images[:m])
